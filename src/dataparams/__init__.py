@@ -1,0 +1,32 @@
+"""dataparams: data parameters for PyTorch (Saxena, Tuzel & DeCoste, NeurIPS 2019).
+
+A learnable temperature for every class and every training sample divides the logits during
+training; learned by gradient descent with the model, it gives a dynamic curriculum, robustness
+to noisy labels and a per-sample score that singles out mislabeled data. Inference is unchanged.
+"""
+
+from dataparams.losses import scale_logits, scaled_cross_entropy, scaled_loss
+from dataparams.optim import SparseSGD, sparse_sgd_step
+from dataparams.parameters import (
+    DEFAULT_CLAMP,
+    DataParameters,
+    combine_sigma,
+    gather_rows,
+    log_sigma_penalty,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_CLAMP",
+    "DataParameters",
+    "SparseSGD",
+    "combine_sigma",
+    "gather_rows",
+    "log_sigma_penalty",
+    "scale_logits",
+    "scaled_cross_entropy",
+    "scaled_loss",
+    "sparse_sgd_step",
+    "__version__",
+]

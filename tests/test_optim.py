@@ -1,0 +1,166 @@
+"""SparseSGD: the issue's worked example, agreement with torch.optim.SGD, state round-trip."""
+
+import copy
+
+import pytest
+import torch
+
+from dataparams import DataParameters, SparseSGD, gather_rows
+
+
+def _step_rows(param, opt, rows, grad_value=1.0):
+    """One step in which each listed row gets gradient ``grad_value``."""
+    opt.zero_grad()
+    (gather_rows(param, torch.tensor(rows)) * grad_value).sum().backward()
+    opt.step()
+
+
+def test_worked_example_from_the_issue():
+    # lr 1, momentum 0.9, rows start at 0, each present row gets gradient 1:
+    # [0,1] then [2] then [0] -> [-1,-1,-1,0] after step 2 and [-2.9,-1,-1,0] after step 3.
+    p = torch.nn.Parameter(torch.zeros(4))
+    opt = SparseSGD([p], lr=1.0, momentum=0.9)
+    _step_rows(p, opt, [0, 1])
+    torch.testing.assert_close(p.detach(), torch.tensor([-1.0, -1.0, 0.0, 0.0]))
+    _step_rows(p, opt, [2])
+    torch.testing.assert_close(p.detach(), torch.tensor([-1.0, -1.0, -1.0, 0.0]))
+    _step_rows(p, opt, [0])
+    torch.testing.assert_close(p.detach(), torch.tensor([-2.9, -1.0, -1.0, 0.0]))
+    torch.testing.assert_close(opt.state[p]["momentum_buffer"], torch.tensor([1.9, 1.0, 1.0, 0.0]))
+
+
+def test_present_row_with_zero_gradient_is_still_present():
+    # Presence comes from the batch: a present row with gradient exactly 0 still decays its
+    # momentum and moves by it. (The released code would leave it frozen.)
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = SparseSGD([p], lr=1.0, momentum=0.9)
+    _step_rows(p, opt, [0])
+    _step_rows(p, opt, [0], grad_value=0.0)
+    torch.testing.assert_close(p.detach(), torch.tensor([-1.9, 0.0, 0.0]))
+    torch.testing.assert_close(opt.state[p]["momentum_buffer"], torch.tensor([0.9, 0.0, 0.0]))
+
+
+def test_repeated_rows_sum_their_gradients():
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = SparseSGD([p], lr=0.5)
+    _step_rows(p, opt, [1, 1, 1, 2])
+    torch.testing.assert_close(p.detach(), torch.tensor([0.0, -1.5, -0.5]))
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_agrees_with_torch_sgd_when_every_row_is_present(nesterov, weight_decay):
+    g = torch.Generator().manual_seed(3)
+    N = 50
+    init = torch.randn(N, generator=g)
+    ours = torch.nn.Parameter(init.clone())
+    ref = torch.nn.Parameter(init.clone())
+    opt = SparseSGD([ours], lr=0.3, momentum=0.9, weight_decay=weight_decay, nesterov=nesterov)
+    ref_opt = torch.optim.SGD([ref], lr=0.3, momentum=0.9, weight_decay=weight_decay, nesterov=nesterov)
+    for _ in range(25):
+        # Every row present, in a random order and some twice: their gradients add up.
+        rows = torch.cat([torch.randperm(N, generator=g), torch.randint(0, N, (10,), generator=g)])
+        coef = torch.randn(rows.numel(), generator=g)
+        for param, o, gather in ((ours, opt, gather_rows), (ref, ref_opt, lambda w, i: w[i])):
+            o.zero_grad()
+            (torch.sin(gather(param, rows)) * coef).sum().backward()
+            o.step()
+        torch.testing.assert_close(ours.detach(), ref.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(opt.state[ours]["momentum_buffer"], ref_opt.state[ref]["momentum_buffer"])
+
+
+def test_absent_rows_are_not_touched_by_decay_or_clamp():
+    p = torch.nn.Parameter(torch.tensor([5.0, 5.0, -5.0]))
+    opt = SparseSGD([p], lr=0.1, momentum=0.9, weight_decay=0.5, bounds=(-1.0, 1.0))
+    _step_rows(p, opt, [0], grad_value=0.0)
+    # row 0: wd gradient 2.5 -> 5 - 0.25 = 4.75, then clamped to 1; rows 1 and 2 untouched
+    torch.testing.assert_close(p.detach(), torch.tensor([1.0, 5.0, -5.0]))
+    torch.testing.assert_close(opt.state[p]["momentum_buffer"], torch.tensor([2.5, 0.0, 0.0]))
+
+
+def test_clamp_through_data_parameters_bounds():
+    dp = DataParameters(2, 4, instance_curriculum=True)
+    opt = SparseSGD([dp.instance_log_sigma], lr=100.0, bounds=dp.log_bounds)
+    y, idx = torch.tensor([0, 1]), torch.tensor([1, 2])
+    opt.zero_grad()
+    (dp(y, idx) * torch.tensor([1.0, -1.0])).sum().backward()
+    opt.step()
+    torch.testing.assert_close(dp.instance_sigma(), torch.tensor([1.0, 1 / 20, 20.0, 1.0]))
+
+
+def test_state_dict_round_trip_is_exact():
+    g = torch.Generator().manual_seed(0)
+
+    def run(param, opt, steps):
+        for _ in range(steps):
+            _step_rows(param, opt, torch.randint(0, 30, (8,), generator=g).tolist(),
+                       grad_value=float(torch.randn((), generator=g)))
+
+    a = torch.nn.Parameter(torch.zeros(30))
+    opt_a = SparseSGD([a], lr=0.2, momentum=0.9, bounds=(-0.5, 0.5))
+    run(a, opt_a, 5)
+    saved_param, saved_state = a.detach().clone(), copy.deepcopy(opt_a.state_dict())
+
+    b = torch.nn.Parameter(saved_param.clone())
+    opt_b = SparseSGD([b], lr=999.0)  # hyper-parameters come from the state dict
+    opt_b.load_state_dict(saved_state)
+    assert opt_b.param_groups[0]["lr"] == 0.2 and opt_b.param_groups[0]["bounds"] == (-0.5, 0.5)
+    assert torch.equal(opt_b.state[b]["momentum_buffer"], opt_a.state[a]["momentum_buffer"])
+
+    state = g.get_state()
+    run(a, opt_a, 5)
+    g.set_state(state)
+    run(b, opt_b, 5)
+    assert torch.equal(a.detach(), b.detach())
+    assert torch.equal(opt_a.state[a]["momentum_buffer"], opt_b.state[b]["momentum_buffer"])
+
+
+def test_out_of_range_gradient_changes_nothing():
+    a = torch.nn.Parameter(torch.zeros(4))
+    b = torch.nn.Parameter(torch.zeros(4))
+    opt = SparseSGD([a, b], lr=1.0, momentum=0.9)
+    _step_rows(a, opt, [0, 1])
+    before = a.detach().clone(), opt.state[a]["momentum_buffer"].clone()
+    opt.zero_grad()
+    a.grad = torch.sparse_coo_tensor(torch.tensor([[1]]), torch.tensor([1.0]), (4,), check_invariants=True)
+    b.grad = torch.sparse_coo_tensor(torch.tensor([[7]]), torch.tensor([1.0]), (4,), check_invariants=False)
+    with pytest.raises(IndexError, match="row 7"):
+        opt.step()
+    # the valid gradient of ``a`` was not applied either: the step is all or nothing
+    assert torch.equal(a.detach(), before[0]) and torch.equal(opt.state[a]["momentum_buffer"], before[1])
+    assert torch.equal(b.detach(), torch.zeros(4)) and b not in opt.state
+
+
+def test_dense_gradient_is_refused():
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = SparseSGD([p], lr=1.0)
+    p[torch.tensor([0])].sum().backward()
+    with pytest.raises(TypeError, match="sparse gradients"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.zeros(3))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [(dict(lr=-1.0), "learning rate"), (dict(momentum=1.0), "momentum"),
+     (dict(weight_decay=-1.0), "weight_decay"), (dict(nesterov=True), "Nesterov"),
+     (dict(bounds=(1.0, 0.0)), "bounds")],
+)
+def test_bad_hyperparameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SparseSGD([torch.nn.Parameter(torch.zeros(2))], **{"lr": 0.1, **kwargs})
+
+
+def test_closure_is_evaluated_with_grad_enabled():
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = SparseSGD([p], lr=1.0)
+
+    def closure():
+        opt.zero_grad()
+        loss = gather_rows(p, torch.tensor([2])).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert loss.item() == 0.0
+    torch.testing.assert_close(p.detach(), torch.tensor([0.0, 0.0, -1.0]))
