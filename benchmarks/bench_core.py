@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, B = {B}",
         "",
-        "(a) Data-parameter update time (median over %d updates)" % args.reps,
+        f"(a) Data-parameter update time (median over {args.reps} updates)",
         "",
         "| N | SparseSGD.step ms | dense published step ms | step ratio | full update ms (ours) | full update ms (dense) | full ratio |",
         "|---:|---:|---:|---:|---:|---:|---:|",
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     r = train_step_ratio(args.train_reps)
     lines += [
         "",
-        "(c) Small-CNN training step, B = 128, N = 60,000, joint curriculum (median of %d each)" % args.train_reps,
+        f"(c) Small-CNN training step, B = 128, N = 60,000, joint curriculum (median of {args.train_reps} each)",
         "",
         "| baseline ms | with data parameters ms | ratio |",
         "|---:|---:|---:|",

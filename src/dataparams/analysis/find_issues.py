@@ -1,0 +1,423 @@
+"""Find the mislabeled samples of a finished run, ranked by suspicion, cleanlab-style.
+
+A sample whose label disagrees with what the rest of the data teaches gets a large instance
+temperature sigma: raising sigma flattens its softmax and so the gradient its wrong label pushes
+(Saxena, Tuzel & DeCoste, NeurIPS 2019, sec. 3.4 and Figure 4). Sorting by sigma therefore ranks
+the samples by how likely their label is wrong, and a two-component mixture on log sigma
+(:func:`~dataparams.analysis.metrics.estimate_num_mislabeled`) says how many to flag without
+being told the noise rate.
+
+:func:`find_issues` reads a run directory and returns an :class:`IssueReport`, whose writers give
+a CSV of every sample, cleanlab-compatible arrays (``label_issues_mask.npy`` like the default
+return of ``cleanlab.filter.find_label_issues``, ``ranked_label_issues.npy`` like its
+``return_indices_ranked_by=...``) and a cleaned label list to retrain on.
+
+Notation: ``N`` training samples of the run, ``K`` classes. ``index`` is a sample's position in
+the run (what snapshots and labels.npz use); ``source_index`` its position in the dataset's train
+split.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dataparams.analysis.metrics import auroc, average_precision, estimate_num_mislabeled
+from dataparams.analysis.runs_io import LoadedRun, load_run
+from dataparams.runs import RunDirError
+
+__all__ = ["SCORES", "IssueReport", "find_issues"]
+
+SCORES = ("sigma", "loss")
+# Datasets read from image files: their samples have a path worth exporting.
+_FILE_DATASETS = ("imagenet", "webvision", "webvision-mini", "filelist")
+# A loss of exactly 0 (float16 underflow of a memorised sample) has no logarithm; this floor sits
+# far below any loss that matters.
+_LOSS_FLOOR = 1e-8
+
+
+@dataclass
+class IssueReport:
+    """Every training sample of a run, scored and ranked by how likely its label is wrong.
+
+    All arrays have shape ``(N,)`` and are indexed by the sample's position in the run.
+
+    Attributes
+    ----------
+    run_dir : Path
+        The run directory read.
+    score_name : str
+        ``"sigma"`` (instance temperature) or ``"loss"`` (last training loss).
+    epoch : int
+        The snapshot epoch the scores come from.
+    score : ndarray of float
+        The ranking score, larger = more suspicious.
+    rank : ndarray of int
+        1 for the most suspicious sample, ``N`` for the least; ties go to the lower index.
+    is_flagged : ndarray of bool
+        Flagged as mislabeled: the mixture's posterior probability of the high component > 0.5.
+    mislabeled_prob : ndarray of float
+        That posterior.
+    given : ndarray of int
+        The labels the run trained on.
+    predicted, predicted_prob, given_prob : ndarray or None
+        The final model's predicted class and its probability, and the probability of the given
+        label; ``None`` when the run wrote no ``predictions.npz``.
+    sigma, loss : ndarray of float or None
+        Instance sigma (``None`` without an instance curriculum) and last training loss.
+    source_index : ndarray of int
+        Position in the dataset's train split.
+    paths : list of str
+        Image file per sample for file-based datasets, else empty strings.
+    class_names : list of str or None
+        Names of the ``K`` classes, when the dataset could be loaded.
+    true_label, is_corrupted : ndarray or None
+        The truth, when the run knows it (it injected the noise); else ``None``.
+    estimate : dict
+        :func:`~dataparams.analysis.metrics.estimate_num_mislabeled` without the posterior.
+    notes : list of str
+        Caveats (predictions from the final model while the scores are from an earlier epoch, no
+        class names, an unreliable mixture, ...).
+    """
+
+    run_dir: Path
+    score_name: str
+    epoch: int
+    score: np.ndarray
+    rank: np.ndarray
+    is_flagged: np.ndarray
+    mislabeled_prob: np.ndarray
+    given: np.ndarray
+    source_index: np.ndarray
+    paths: list[str]
+    predicted: np.ndarray | None = None
+    predicted_prob: np.ndarray | None = None
+    given_prob: np.ndarray | None = None
+    sigma: np.ndarray | None = None
+    loss: np.ndarray | None = None
+    class_names: list[str] | None = None
+    true_label: np.ndarray | None = None
+    is_corrupted: np.ndarray | None = None
+    estimate: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return int(self.score.shape[0])
+
+    @property
+    def order(self) -> np.ndarray:
+        """Sample indices from the most to the least suspicious, shape (N,)."""
+        return np.argsort(self.rank, kind="stable")
+
+    # -- cleanlab-compatible views ----------------------------------------------------------
+    def label_issues_mask(self) -> np.ndarray:
+        """Boolean mask (N,), True for flagged samples (cleanlab's ``find_label_issues`` default)."""
+        return self.is_flagged.copy()
+
+    def ranked_label_issues(self) -> np.ndarray:
+        """Indices of the flagged samples, most suspicious first (``return_indices_ranked_by``)."""
+        order = self.order
+        return order[self.is_flagged[order]].astype(np.int64)
+
+    def cleaned_labels(self, *, action: str = "relabel") -> tuple[np.ndarray, np.ndarray]:
+        """Labels to retrain on.
+
+        Parameters
+        ----------
+        action : {"relabel", "drop"}
+            ``relabel``: flagged samples take the final model's predicted label; ``drop``: they
+            are left out.
+
+        Returns
+        -------
+        index : ndarray of int
+            Positions in the run of the samples kept, ascending.
+        labels : ndarray of int
+            Their labels.
+        """
+        if action not in ("relabel", "drop"):
+            raise ValueError(f"action must be 'relabel' or 'drop', got {action!r}")
+        if action == "drop":
+            keep = np.flatnonzero(~self.is_flagged)
+            return keep, self.given[keep].copy()
+        if self.predicted is None:
+            raise RunDirError(f"{self.run_dir / 'predictions.npz'} is missing: no predicted labels to relabel "
+                              "with (the run did not finish?); use action='drop'")
+        labels = np.where(self.is_flagged, self.predicted, self.given)
+        return np.arange(self.n), labels.astype(np.int64)
+
+    # -- summary and rows -------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """``n``, ``n_flagged``, ``threshold`` and, when the truth is known, how good the flags are.
+
+        Returns
+        -------
+        dict
+            ``run_dir``, ``score``, ``epoch``, ``n``, ``n_flagged`` (the estimated number of
+            mislabeled samples), ``fraction_flagged``, ``threshold`` (smallest flagged score),
+            ``separation`` and ``note`` of the mixture fit; with the truth also
+            ``n_corrupted``, ``precision``, ``recall`` (of the flagged set), ``auroc`` and
+            ``average_precision`` (of the score). Undefined values are ``None``.
+        """
+        n_flagged = int(self.is_flagged.sum())
+        out: dict[str, Any] = {
+            "run_dir": str(self.run_dir),
+            "score": self.score_name,
+            "epoch": self.epoch,
+            "n": self.n,
+            "n_flagged": n_flagged,
+            "fraction_flagged": n_flagged / self.n if self.n else None,
+            "threshold": _finite_or_none(self.estimate.get("threshold")),
+            "separation": _finite_or_none(self.estimate.get("separation")),
+            "note": self.estimate.get("note"),
+        }
+        if self.is_corrupted is not None:
+            tp = int((self.is_flagged & self.is_corrupted).sum())
+            n_bad = int(self.is_corrupted.sum())
+            out.update(
+                n_corrupted=n_bad,
+                precision=tp / n_flagged if n_flagged else None,
+                recall=tp / n_bad if n_bad else None,
+                auroc=_finite_or_none(auroc(self.score, self.is_corrupted)),
+                average_precision=_finite_or_none(average_precision(self.score, self.is_corrupted)),
+            )
+        return out
+
+    def _name(self, c: int) -> str:
+        if self.class_names is not None and 0 <= c < len(self.class_names):
+            return self.class_names[c]
+        return ""
+
+    def columns(self) -> list[str]:
+        cols = ["rank", "index", "source_index", "path", "given_label", "given_name", "predicted_label",
+                "predicted_name", "predicted_prob", "given_prob", "sigma", "loss", "mislabeled_prob", "is_flagged"]
+        if self.is_corrupted is not None:
+            cols += ["true_label", "true_name", "is_corrupted"]
+        return cols
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per sample (keys :meth:`columns`), most suspicious first. Missing values are ``""``."""
+
+        def opt(arr: np.ndarray | None, i: int, cast: Any = float) -> Any:
+            return "" if arr is None else cast(arr[i])
+
+        out = []
+        for i in self.order:
+            i = int(i)
+            row: dict[str, Any] = {
+                "rank": int(self.rank[i]),
+                "index": i,
+                "source_index": int(self.source_index[i]),
+                "path": self.paths[i],
+                "given_label": int(self.given[i]),
+                "given_name": self._name(int(self.given[i])),
+                "predicted_label": opt(self.predicted, i, int),
+                "predicted_name": "" if self.predicted is None else self._name(int(self.predicted[i])),
+                "predicted_prob": opt(self.predicted_prob, i),
+                "given_prob": opt(self.given_prob, i),
+                "sigma": opt(self.sigma, i),
+                "loss": opt(self.loss, i),
+                "mislabeled_prob": float(self.mislabeled_prob[i]),
+                "is_flagged": bool(self.is_flagged[i]),
+            }
+            if self.is_corrupted is not None and self.true_label is not None:
+                row.update(true_label=int(self.true_label[i]), true_name=self._name(int(self.true_label[i])),
+                           is_corrupted=bool(self.is_corrupted[i]))
+            out.append(row)
+        return out
+
+    # -- writers ----------------------------------------------------------------------------
+    def write_csv(self, path: str | os.PathLike[str]) -> Path:
+        """Every sample, most suspicious first, one row each (columns: :meth:`columns`)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns())
+            writer.writeheader()
+            for row in self.rows():
+                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        return path
+
+    def write_cleanlab(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+        """``label_issues_mask.npy`` (bool (N,)) and ``ranked_label_issues.npy`` (int, flagged only)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        mask, ranked = out / "label_issues_mask.npy", out / "ranked_label_issues.npy"
+        np.save(mask, self.label_issues_mask())
+        np.save(ranked, self.ranked_label_issues())
+        return {"label_issues_mask": mask, "ranked_label_issues": ranked}
+
+    def write_cleaned_labels(self, path: str | os.PathLike[str], *, action: str = "relabel") -> Path:
+        """A CSV ``index,source_index,label`` to retrain on (see :meth:`cleaned_labels`)."""
+        index, labels = self.cleaned_labels(action=action)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["index", "source_index", "label"])
+            for i, lab in zip(index, labels):
+                writer.writerow([int(i), int(self.source_index[i]), int(lab)])
+        return path
+
+    def save(self, out_dir: str | os.PathLike[str], *, cleaned_labels: str | None = None) -> dict[str, Path]:
+        """Write ``issues.csv``, the cleanlab arrays, ``summary.json`` and, when asked,
+        ``cleaned_labels_<action>.csv`` into ``out_dir``; return the paths by name."""
+        out = Path(out_dir)
+        files = {"issues_csv": self.write_csv(out / "issues.csv"), **self.write_cleanlab(out)}
+        if cleaned_labels is not None:
+            files["cleaned_labels"] = self.write_cleaned_labels(out / f"cleaned_labels_{cleaned_labels}.csv",
+                                                                action=cleaned_labels)
+        summary = {**self.summary(), "notes": self.notes}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        files["summary"] = out / "summary.json"
+        return files
+
+
+def _finite_or_none(x: Any) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _descending_ranks(score: np.ndarray) -> np.ndarray:
+    # Stable sort of the negated score: among equal scores the lower index ranks first, the same
+    # tie rule as the metrics' precision@k.
+    order = np.argsort(-score, kind="stable")
+    rank = np.empty(score.shape[0], dtype=np.int64)
+    rank[order] = np.arange(1, score.shape[0] + 1)
+    return rank
+
+
+def _dataset_info(run: LoadedRun, notes: list[str]) -> tuple[list[str] | None, list[str] | None]:
+    data = run.config.get("data", {})
+    try:
+        from dataparams.data.registry import load_splits
+
+        ds = load_splits(data.get("dataset"), data.get("data_dir"), label_set=data.get("label_set"))
+    except Exception as e:  # no data here is fine: the ranking does not need it
+        notes.append(f"dataset {data.get('dataset')!r} could not be loaded ({type(e).__name__}: {e}); "
+                     "no class names or file paths")
+        return None, None
+    return list(ds.train.classes), (list(ds.train.paths) if ds.train.paths is not None else None)
+
+
+def find_issues(
+    run_dir: str | os.PathLike[str],
+    *,
+    score: str = "sigma",
+    epoch: int | None = None,
+    load_dataset: bool = True,
+) -> IssueReport:
+    """Rank the training samples of a run by how likely their label is wrong.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        A run directory written by ``dataparams train``.
+    score : {"sigma", "loss"}, default "sigma"
+        ``sigma``: the learned instance temperature (needs a run with the instance or joint
+        curriculum). ``loss``: the sample's last training loss, the small-loss criterion, which
+        works for any run.
+    epoch : int, optional
+        Use the snapshot of this (1-based) epoch; default the last one holding the score.
+    load_dataset : bool, default True
+        Load the dataset for class names and, for image-file datasets, file paths. Without it
+        (or when it cannot be loaded) those columns are empty.
+
+    Returns
+    -------
+    IssueReport
+
+    Raises
+    ------
+    RunDirError
+        The run cannot be read, has no snapshot of ``epoch``, or has no instance sigma for
+        ``score="sigma"``; the message names the file or says which variant to train.
+    ValueError
+        ``score`` is not one of :data:`SCORES`.
+    """
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+    run = load_run(run_dir)
+    notes = list(run.warnings)
+    if run.labels is None:
+        raise RunDirError(f"{run.path / 'labels.npz'} is missing or unreadable: the labels are needed to rank")
+    key = "instance_sigma" if score == "sigma" else "loss"
+    if score == "sigma" and not run.instance_curriculum:
+        raise RunDirError(
+            f"{run.path} was trained without an instance curriculum (curriculum.instance_curriculum is false in "
+            "its config.json), so it has no instance sigma to rank by; train the instance or joint variant "
+            f"(e.g. --preset {run.preset.split('/')[0]}/instance), or use --score loss"
+        )
+    if epoch is None:
+        epoch = run.last_snapshot_epoch(key)
+        if epoch is None:
+            raise RunDirError(f"{run.path / 'snapshots'}: no readable snapshot holds {key}")
+    snap = run.snapshot(int(epoch))
+    if key not in snap:
+        raise RunDirError(f"{run.path / 'snapshots' / f'epoch_{int(epoch):04d}.npz'} holds no {key}")
+    n = int(run.labels["given"].shape[0])
+    sigma = np.asarray(snap["instance_sigma"], dtype=np.float64) if "instance_sigma" in snap else None
+    loss = np.asarray(snap["loss"], dtype=np.float64) if "loss" in snap else None
+    values = sigma if score == "sigma" else loss
+    assert values is not None
+    if values.shape != (n,):
+        raise RunDirError(f"{run.path / 'snapshots'}: {key} has shape {values.shape}, labels.npz has {n} samples")
+    if not np.all(np.isfinite(values)):
+        raise RunDirError(f"{run.path / 'snapshots'}: {key} of epoch {epoch} holds non-finite values")
+
+    # Fit the mixture on log scores: sigma is a temperature (multiplicative), and losses span
+    # orders of magnitude between memorised and unlearned samples.
+    fit_on = values if score == "sigma" else np.maximum(values, _LOSS_FLOOR)
+    est = estimate_num_mislabeled(fit_on, log=True)
+    flagged = est["posterior"] > 0.5
+    if est.get("note"):
+        notes.append(f"mislabeled-count estimate: {est['note']}")
+
+    pred = run.predictions
+    if pred is None:
+        notes.append("no predictions.npz: predicted labels unknown, relabelling unavailable")
+    elif epoch != max(run.snapshot_epochs, default=epoch):
+        notes.append(f"scores are from epoch {epoch}, predicted labels from the final model")
+
+    class_names, paths = (None, None)
+    if load_dataset:
+        class_names, all_paths = _dataset_info(run, notes)
+        src = run.labels["source_index"]
+        if all_paths is not None:
+            paths = [all_paths[int(i)] for i in src]
+    elif run.config.get("data", {}).get("dataset") in _FILE_DATASETS:
+        notes.append("dataset not loaded: no file paths")
+
+    corrupted = run.is_corrupted if run.knows_truth else None
+    return IssueReport(
+        run_dir=run.path,
+        score_name=score,
+        epoch=int(epoch),
+        score=values,
+        rank=_descending_ranks(values),
+        is_flagged=flagged,
+        mislabeled_prob=np.asarray(est["posterior"], dtype=np.float64),
+        given=run.labels["given"].astype(np.int64),
+        source_index=run.labels["source_index"].astype(np.int64),
+        paths=paths if paths is not None else [""] * n,
+        predicted=None if pred is None else pred["predicted"].astype(np.int64),
+        predicted_prob=None if pred is None else pred["predicted_prob"].astype(np.float64),
+        given_prob=None if pred is None else pred["given_prob"].astype(np.float64),
+        sigma=sigma,
+        loss=loss,
+        class_names=class_names,
+        true_label=run.labels["clean"].astype(np.int64) if corrupted is not None else None,
+        is_corrupted=corrupted,
+        estimate={k: v for k, v in est.items() if k != "posterior"},
+        notes=notes,
+    )

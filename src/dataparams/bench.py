@@ -1,0 +1,454 @@
+"""The method x noise x seed grid: data parameters next to the methods people use instead.
+
+Every method trains the same model on the same data with the same epochs, augmentation and
+optimizer (those of the base preset), and gets the same tuning budget: a few values of its main
+hyper-parameter, chosen on the held-out *noisy* validation split (never the test set) by
+:func:`tune`. A cell (method, noise model, rate, seed) is its own directory under
+``OUT/cells``; a finished cell is skipped when the grid runs again, an interrupted one resumes,
+and a crashing one is recorded as failed with its error while the grid continues.
+
+Multi-stage methods:
+
+* ``cleanlab`` (Northcutt, Jiang & Chuang, JAIR 2021, through the ``cleanlab`` package):
+  out-of-sample predicted probabilities by K-fold cross-validation (K trainings), then
+  ``cleanlab.filter.find_label_issues``, then a retraining on the kept samples.
+* ``aum`` (Pleiss et al., NeurIPS 2020, through the ``aum`` package): two trainings, each with a
+  different set of N/(K+1) threshold samples relabelled to a fake class; a sample is flagged
+  when its area under the margin is below the 99th percentile of the threshold samples'; then
+  a retraining on the kept samples.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dataparams.config import ConfigError, TrainConfig, apply_overrides
+from dataparams.presets import get_preset
+from dataparams.runs import RunDir, atomic_write_text
+
+__all__ = ["METHODS", "BenchSpec", "Cell", "run_cell", "run_grid", "summarize", "tune"]
+
+# method -> (preset variant, extra overrides). Multi-stage methods are handled in run_cell.
+_SINGLE = {
+    "baseline": ("baseline", []),
+    "oracle": ("oracle", []),
+    "dp-class": ("class", []),
+    "dp-instance": ("instance", []),
+    "dp-joint": ("joint", []),
+    "superloss": ("baseline", ["method=superloss"]),
+    "gce": ("baseline", ["method=gce"]),
+    "sce": ("baseline", ["method=sce"]),
+    "coteaching": ("baseline", ["method=coteaching"]),
+}
+METHODS = (*_SINGLE, "cleanlab", "aum")
+
+# The tuning budget: three settings per method, the first being the paper's / package's default.
+TUNING_GRID: dict[str, list[list[str]]] = {
+    "dp-class": [["curriculum.lr_class=0.1"], ["curriculum.lr_class=0.3"], ["curriculum.lr_class=1.0"]],
+    "dp-instance": [["curriculum.lr_instance=0.2"], ["curriculum.lr_instance=0.5"], ["curriculum.lr_instance=1.0"]],
+    "dp-joint": [["curriculum.lr_instance=0.2"], ["curriculum.lr_instance=0.5"], ["curriculum.lr_instance=1.0"]],
+    "superloss": [['method_options={"lam": 1.0}'], ['method_options={"lam": 0.25}'], ['method_options={"lam": 4.0}']],
+    "gce": [['method_options={"q": 0.7}'], ['method_options={"q": 0.4}'], ['method_options={"q": 0.9}']],
+    "sce": [['method_options={"alpha": 0.1, "beta": 1.0}'], ['method_options={"alpha": 1.0, "beta": 1.0}'],
+            ['method_options={"alpha": 0.5, "beta": 0.5}']],
+    # co-teaching's forget rate, as a multiple of the known noise rate (its paper uses 1x)
+    "coteaching": [["@forget=1.0"], ["@forget=0.5"], ["@forget=1.25"]],
+    "cleanlab": [["@filter_by=prune_by_noise_rate"], ["@filter_by=both"], ["@filter_by=confident_learning"]],
+    "aum": [["@percentile=99"], ["@percentile=90"], ["@percentile=50"]],
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    noise: str
+    rate: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}/{self.noise}{int(round(self.rate * 100))}/seed{self.seed}"
+
+
+@dataclass
+class BenchSpec:
+    """What to run. ``overrides`` apply to every cell (after the preset); ``chosen`` holds the
+    tuned setting of each method (a list of overrides, as in :data:`TUNING_GRID`)."""
+
+    base: str = "fmnist-noisy40"
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    # (noise model, rate, seeds)
+    grid: list[tuple[str, float, list[int]]] = field(
+        default_factory=lambda: [("uniform", 0.4, [1, 2, 3]), ("uniform", 0.2, [1]), ("uniform", 0.8, [1]),
+                                 ("pair", 0.4, [1])]
+    )
+    overrides: list[str] = field(default_factory=lambda: ["data.val_fraction=0.1"])
+    chosen: dict[str, list[str]] = field(default_factory=dict)
+    folds: int = 5
+
+    def cells(self) -> list[Cell]:
+        return [Cell(m, noise, rate, s) for noise, rate, seeds in self.grid for s in seeds for m in self.methods]
+
+
+# ----------------------------------------------------------------------------------------------
+# one cell
+# ----------------------------------------------------------------------------------------------
+def _split_special(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Separate pipeline options (``@name=value``) from config overrides."""
+    plain, special = [], {}
+    for o in overrides:
+        if o.startswith("@"):
+            k, _, v = o[1:].partition("=")
+            special[k] = v
+        else:
+            plain.append(o)
+    return plain, special
+
+
+def _cell_config(spec: BenchSpec, cell: Cell, variant: str, extra: list[str]) -> TrainConfig:
+    cfg = get_preset(f"{spec.base}/{variant}")
+    return apply_overrides(cfg, [*spec.overrides, f"data.noise={cell.noise}", f"data.noise_rate={cell.rate}",
+                                 f"seed={cell.seed}", *extra])
+
+
+def _train(cfg: TrainConfig, out: Path, device: str) -> dict[str, Any]:
+    from dataparams.experiment import train
+
+    done = out / "summary.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    return train(cfg, out, resume=True, device=device, quiet=True, tensorboard=False)
+
+
+def _detection(scores: np.ndarray, corrupted: np.ndarray) -> dict[str, float] | None:
+    from dataparams.analysis.metrics import detection_report
+
+    if not corrupted.any() or corrupted.all() or not np.all(np.isfinite(scores)):
+        return None
+    rep = detection_report(scores, corrupted)
+    return {k: rep[k] for k in ("auroc", "average_precision", "precision_at_k")}
+
+
+def _pool(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The training pool of ``cfg`` (after the validation split): source index, given and clean labels."""
+    from dataparams.experiment import prepare_data
+
+    data = prepare_data(dataclasses.replace(cfg), "cpu")
+    return data.source_index, data.given_targets, data.is_corrupted, data.num_classes
+
+
+def _result(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary.get(k) for k in ("final_test_acc", "val_selected_test_acc", "val_selected_epoch",
+                                        "val_selected_val_acc", "best_test_acc")}
+
+
+def _cleanlab(spec: BenchSpec, cell: Cell, out: Path, special: dict[str, str], extra: list[str], device: str):
+    try:
+        from cleanlab.filter import find_label_issues
+        from cleanlab.rank import get_label_quality_scores
+    except ImportError:
+        raise ImportError("the cleanlab method needs the `cleanlab` package: pip install 'dataparams[bench]'") from None
+    cfg = _cell_config(spec, cell, "baseline", extra)
+    pool, given, corrupted, k = _pool(cfg)
+    rng = np.random.default_rng(cell.seed)
+    # Stratified folds by given label, as cleanlab's own cross-validation does.
+    fold = np.empty(len(pool), dtype=np.int64)
+    for c in range(k):
+        members = rng.permutation(np.flatnonzero(given == c))
+        fold[members] = np.arange(len(members)) % spec.folds
+    oof = np.zeros((len(pool), k), dtype=np.float32)
+    wall = 0.0
+    pos = {s: i for i, s in enumerate(pool)}
+    for f in range(spec.folds):
+        keep_file = out / f"keep_fold{f}.npy"
+        np.save(keep_file, pool[fold != f])
+        summary = _train(apply_overrides(cfg, [f"data.keep_file={keep_file}"]), out / f"fold{f}", device)
+        wall += summary["train_time_s"]
+        held = RunDir(out / f"fold{f}").load_arrays("heldout_predictions.npz")
+        oof[[pos[s] for s in held["source_index"]]] = held["probs"]
+    issues = find_label_issues(labels=given, pred_probs=oof, filter_by=special.get("filter_by", "prune_by_noise_rate"))
+    quality = get_label_quality_scores(given, oof)
+    keep_file = out / "keep_final.npy"
+    np.save(keep_file, pool[~issues])
+    summary = _train(apply_overrides(cfg, [f"data.keep_file={keep_file}"]), out / "retrain", device)
+    wall += summary["train_time_s"]
+    return {**_result(summary), "train_time_s": wall, "trainings": spec.folds + 1,
+            "n_flagged": int(issues.sum()), "detection": _detection(1.0 - quality, corrupted)}
+
+
+def _aum(spec: BenchSpec, cell: Cell, out: Path, special: dict[str, str], extra: list[str], device: str):
+    cfg = _cell_config(spec, cell, "baseline", extra)
+    pool, given, corrupted, k = _pool(cfg)
+    rng = np.random.default_rng(cell.seed)
+    perm = rng.permutation(len(pool))
+    m = len(pool) // (k + 1)
+    percentile = float(special.get("percentile", 99))
+    aums, thresholds, masks, wall = [], [], [], 0.0
+    for r in range(2):
+        thr_pos = np.sort(perm[r * m : (r + 1) * m])
+        thr_file = out / f"threshold_{r}.npy"
+        np.save(thr_file, pool[thr_pos])
+        run_cfg = apply_overrides(cfg, ["method=aum", f"data.threshold_file={thr_file}"])
+        summary = _train(run_cfg, out / f"stage{r}", device)
+        wall += summary["train_time_s"]
+        run = RunDir(out / f"stage{r}")
+        last = run.snapshot_epochs()[-1]
+        aum = run.load_snapshot(last)["aum"].astype(np.float64)
+        src = run.load_arrays("labels.npz")["source_index"]
+        if not np.array_equal(src, pool):
+            raise RuntimeError(f"{run.path}: training pool differs from the cell's pool")
+        is_thr = np.zeros(len(pool), dtype=bool)
+        is_thr[thr_pos] = True
+        thresholds.append(np.percentile(aum[is_thr], percentile))
+        aums.append(np.where(is_thr, np.nan, aum))
+        masks.append(is_thr)
+    aum = np.nanmean(np.vstack(aums), axis=0)  # each sample is scored where it was not a threshold sample
+    threshold = float(np.mean(thresholds))
+    flagged = aum <= threshold
+    keep_file = out / "keep_final.npy"
+    np.save(keep_file, pool[~flagged])
+    summary = _train(apply_overrides(cfg, [f"data.keep_file={keep_file}"]), out / "retrain", device)
+    wall += summary["train_time_s"]
+    return {**_result(summary), "train_time_s": wall, "trainings": 3, "n_flagged": int(flagged.sum()),
+            "detection": _detection(-aum, corrupted)}
+
+
+def _single(spec: BenchSpec, cell: Cell, out: Path, special: dict[str, str], extra: list[str], device: str):
+    variant, fixed = _SINGLE[cell.method]
+    extra = list(extra)
+    if cell.method == "coteaching":
+        factor = float(special.get("forget", 1.0))
+        extra.append(f'method_options={{"forget_rate": {min(0.95, factor * cell.rate)}}}')
+    cfg = _cell_config(spec, cell, variant, [*fixed, *extra])
+    summary = _train(cfg, out, device)
+    run = RunDir(out)
+    labels = run.load_arrays("labels.npz")
+    corrupted = labels["is_corrupted"]
+    detection = None
+    if cell.method in ("dp-instance", "dp-joint", "superloss") and "detection" in summary:
+        detection = {k: summary["detection"][k] for k in ("auroc", "average_precision", "precision_at_k")}
+    elif cell.method in ("baseline", "coteaching"):
+        # The small-loss criterion: mean per-sample training loss over all epochs.
+        from dataparams.methods.small_loss import small_loss_score
+
+        history = np.vstack([run.load_snapshot(e)["loss"].astype(np.float32) for e in run.snapshot_epochs()])
+        detection = _detection(small_loss_score(history).numpy(), corrupted)
+    trainings = {"coteaching": 2, "oracle": 1}.get(cell.method, 1)
+    return {**_result(summary), "train_time_s": summary["train_time_s"], "trainings": trainings,
+            "detection": detection}
+
+
+def run_cell(spec: BenchSpec, cell: Cell, root: Path, *, device: str = "cpu",
+             setting: list[str] | None = None) -> dict[str, Any]:
+    """Run one cell into ``root/cells/<key>`` (or reuse its result); never raises."""
+    out = root / "cells" / cell.key if setting is None else root
+    result_file = out / "result.json"
+    if result_file.exists():
+        res = json.loads(result_file.read_text())
+        if res.get("status") == "ok":
+            return res
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = spec.chosen.get(cell.method, TUNING_GRID.get(cell.method, [[]])[0]) if setting is None else setting
+    extra, special = _split_special(list(chosen))
+    t0 = time.perf_counter()
+    try:
+        if cell.method not in METHODS:
+            raise ConfigError(f"unknown bench method {cell.method!r}; choose from {', '.join(METHODS)}")
+        fn = {"cleanlab": _cleanlab, "aum": _aum}.get(cell.method, _single)
+        res = {"status": "ok", **fn(spec, cell, out, special, extra, device)}
+    except Exception as e:  # recorded, and the grid goes on
+        res = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    res.update({"cell": dataclasses.asdict(cell), "setting": chosen, "wall_s": time.perf_counter() - t0})
+    atomic_write_text(result_file, json.dumps(res, indent=2, allow_nan=True) + "\n")
+    return res
+
+
+def _worker(args: tuple[BenchSpec, Cell, str, str, int, list[str] | None]) -> dict[str, Any]:
+    spec, cell, root, device, threads, setting = args
+    import torch
+
+    torch.set_num_threads(threads)
+    return run_cell(spec, cell, Path(root), device=device, setting=setting)
+
+
+def _run_many(jobs: list[tuple[Any, ...]], n_jobs: int, desc: str, quiet: bool) -> list[dict[str, Any]]:
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc=desc, unit="cell", file=sys.stderr, dynamic_ncols=True)
+    results: list[dict[str, Any]] = []
+    if n_jobs <= 1:
+        for j in jobs:
+            results.append(_worker(j))
+            if bar:
+                bar.update(1)
+                bar.set_postfix_str(f"{j[1].key}: {results[-1]['status']}")
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with futures.ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
+            pending = {pool.submit(_worker, j): j for j in jobs}
+            for fut in futures.as_completed(pending):
+                j = pending[fut]
+                try:
+                    results.append(fut.result())
+                except Exception as e:  # a worker that died (e.g. out of memory)
+                    results.append({"status": "failed", "error": f"worker died: {e}", "cell": dataclasses.asdict(j[1])})
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix_str(f"{j[1].key}: {results[-1]['status']}")
+    if bar:
+        bar.close()
+    return results
+
+
+def _threads(n_jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, n_jobs))
+
+
+# ----------------------------------------------------------------------------------------------
+# tuning and the grid
+# ----------------------------------------------------------------------------------------------
+def tune(spec: BenchSpec, root: Path, *, noise: str = "uniform", rate: float = 0.4, seed: int = 100,
+         device: str = "cpu", jobs: int = 1, quiet: bool = False) -> dict[str, list[str]]:
+    """Try each method's :data:`TUNING_GRID` settings on one noisy cell; keep the best by the
+    noisy-validation accuracy at the validation-selected epoch. Writes ``root/tuning.{json,md}``."""
+    jobs_list = []
+    for method in spec.methods:
+        for i, setting in enumerate(TUNING_GRID.get(method, [[]])):
+            cell = Cell(method, noise, rate, seed)
+            jobs_list.append((spec, cell, str(root / "tuning" / f"{method}_{i}"), device, _threads(jobs), setting))
+    results = _run_many(jobs_list, jobs, "tuning", quiet)
+    chosen: dict[str, list[str]] = {}
+    rows = ["| method | setting | val acc (val-selected epoch) | status |", "|---|---|---:|---|"]
+    for method in spec.methods:
+        best, best_val = None, -math.inf
+        for r in [r for r in results if r.get("cell", {}).get("method") == method]:
+            val = _val_acc(r)
+            rows.append(f"| {method} | {' '.join(r.get('setting', []))} | "
+                        f"{'n/a' if val is None else f'{val:.2f}'} | {r['status']} |")
+            if val is not None and val > best_val:
+                best, best_val = r["setting"], val
+        if best is not None:
+            chosen[method] = best
+    (root / "tuning.json").write_text(json.dumps({"cell": [noise, rate, seed], "chosen": chosen}, indent=2) + "\n")
+    (root / "tuning.md").write_text(
+        f"Tuning on {noise} {rate:g} noise, seed {seed}, chosen by noisy-validation accuracy:\n\n" + "\n".join(rows)
+        + "\n\nChosen: " + json.dumps(chosen) + "\n")
+    return chosen
+
+
+def _val_acc(res: dict[str, Any]) -> float | None:
+    """Noisy-validation accuracy at the val-selected epoch of the run that produced ``res``."""
+    if res.get("status") != "ok" or res.get("val_selected_epoch") is None:
+        return None
+    return res.get("val_selected_val_acc")
+
+
+def run_grid(spec: BenchSpec, root: Path, *, device: str = "cpu", jobs: int = 1, quiet: bool = False) -> dict[str, Any]:
+    """Run every cell of ``spec`` (skipping finished ones) and write the results tables."""
+    root.mkdir(parents=True, exist_ok=True)
+    tuning = root / "tuning.json"
+    if tuning.exists():
+        spec.chosen = {**json.loads(tuning.read_text())["chosen"], **spec.chosen}
+    jobs_list = [(spec, c, str(root), device, _threads(jobs), None) for c in spec.cells()]
+    _run_many(jobs_list, jobs, "bench", quiet)
+    return summarize(spec, root)
+
+
+def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
+    """Collect every cell's result.json into ``results.json`` and ``results.md``."""
+    cells: dict[str, dict[str, Any]] = {}
+    for c in spec.cells():
+        f = root / "cells" / c.key / "result.json"
+        cells[c.key] = json.loads(f.read_text()) if f.exists() else {"status": "missing", "cell": dataclasses.asdict(c)}
+    columns = [(noise, rate) for noise, rate, _ in spec.grid]
+
+    def ms(vals: list[float]) -> str:
+        vals = [v for v in vals if v is not None and not math.isnan(v)]
+        if not vals:
+            return "n/a"
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        return f"{statistics.fmean(vals):.2f} ± {sd:.2f} (n={len(vals)})" if len(vals) > 1 else f"{vals[0]:.2f}"
+
+    def group(method: str, noise: str, rate: float) -> list[dict[str, Any]]:
+        seeds = next(s for n, r, s in spec.grid if n == noise and r == rate)
+        return [cells[Cell(method, noise, rate, s).key] for s in seeds]
+
+    def cell_text(rs: list[dict[str, Any]], key: str) -> str:
+        bad = [r for r in rs if r["status"] != "ok"]
+        text = ms([r.get(key) for r in rs if r["status"] == "ok"])
+        if bad:
+            text += " / " + ", ".join(f"{r['status']}" + (f": {r.get('error', '')[:60]}" if r.get("error") else "")
+                                      for r in bad)
+        return text
+
+    head = " | ".join(f"{n} {int(r * 100)}%" for n, r in columns)
+    lines = [f"# Bench: {spec.base}, methods x noise, test accuracy (%)", ""]
+    for title, key in (("Final epoch", "final_test_acc"), ("Epoch chosen on the noisy validation split",
+                                                             "val_selected_test_acc")):
+        lines += [f"## {title}", "", f"| method | {head} |", "|---|" + "---:|" * len(columns)]
+        for m in spec.methods:
+            lines.append(f"| {m} | " + " | ".join(cell_text(group(m, n, r), key) for n, r in columns) + " |")
+        lines.append("")
+    lines += ["## Wall time per run (s) and trainings per run", "", f"| method | {head} | trainings |",
+              "|---|" + "---:|" * (len(columns) + 1)]
+    for m in spec.methods:
+        rs = [r for n, r in columns for r in group(m, n, r)]
+        tr = next((r.get("trainings") for r in rs if r.get("trainings")), None)
+        lines.append(f"| {m} | " + " | ".join(ms([x.get("train_time_s") for x in group(m, n, r)
+                                                  if x["status"] == "ok"]) for n, r in columns) + f" | {tr} |")
+    lines += ["", "## Noise detection (scores of the training labels, last epoch)", ""]
+    for n, r in columns:
+        lines += [f"### {n} {int(r * 100)}%", "", "| method | AUROC | average precision | precision at true count | "
+                  "trainings |", "|---|---:|---:|---:|---:|"]
+        for m in spec.methods:
+            rs = [x for x in group(m, n, r) if x["status"] == "ok" and x.get("detection")]
+            if not rs:
+                continue
+            lines.append(f"| {m} | " + " | ".join(ms([x["detection"][k] for x in rs]) for k in
+                                                  ("auroc", "average_precision", "precision_at_k"))
+                         + f" | {rs[0].get('trainings')} |")
+        lines.append("")
+    lines += ["Settings (chosen on the noisy validation split): " + json.dumps(
+        {m: spec.chosen.get(m, TUNING_GRID.get(m, [[]])[0]) for m in spec.methods})]
+    text = "\n".join(lines) + "\n"
+    (root / "results.md").write_text(text)
+    out = {"spec": dataclasses.asdict(spec), "cells": {k: {kk: vv for kk, vv in v.items() if kk != "traceback"}
+                                                       for k, v in cells.items()}}
+    (root / "results.json").write_text(json.dumps(out, indent=2, allow_nan=True) + "\n")
+    return out
+
+
+def load_spec(path: Path | None, **changes: Any) -> BenchSpec:
+    spec = BenchSpec()
+    if path is not None:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read bench spec {path}: {e}") from None
+        unknown = set(data) - {f.name for f in dataclasses.fields(BenchSpec)}
+        if unknown:
+            raise ConfigError(f"unknown bench spec keys: {', '.join(sorted(unknown))}")
+        data["grid"] = [tuple(g) for g in data.get("grid", spec.grid)]
+        spec = BenchSpec(**{**dataclasses.asdict(spec), **data})
+    spec = dataclasses.replace(spec, **{k: v for k, v in changes.items() if v is not None})
+    bad = [m for m in spec.methods if m not in METHODS]
+    if bad:
+        raise ConfigError(f"unknown bench method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    get_preset(f"{spec.base}/baseline")  # fails early on a bad base
+    return spec

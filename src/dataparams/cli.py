@@ -1,0 +1,306 @@
+"""The ``dataparams`` command line: train, demo, presets, report, find-issues, bench.
+
+Only this module parses arguments. It builds :class:`~dataparams.config.TrainConfig` objects
+from a preset plus overrides and hands them, with explicit options, to library functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["get_args_parser", "main"]
+
+
+# ----------------------------------------------------------------------------------------------
+# argument parsing
+# ----------------------------------------------------------------------------------------------
+def _add_execution_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("execution (does not change the result)")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
+    g.add_argument("--amp", default="off", choices=["off", "fp16", "bf16"],
+                   help="mixed precision: fp16 (CUDA, with a gradient scaler) or bf16 (default: off)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="use deterministic algorithms only (slower on GPU; CPU runs are deterministic anyway)")
+    g.add_argument("--workers", type=int, help="DataLoader worker processes for image-file datasets")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-epoch lines")
+    g.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard event files")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dataparams",
+        description=(
+            "Train PyTorch models with data parameters (Saxena, Tuzel & DeCoste, NeurIPS 2019): a learnable "
+            "temperature per class and per sample, a dynamic curriculum, and a score that finds mislabeled data."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a preset (with overrides) into a run directory",
+                       description="Train a named preset, optionally overriding any config field.")
+    t.add_argument("--preset", default="fmnist-noisy40/instance",
+                   help="EXPERIMENT/VARIANT, see `dataparams presets` (default: %(default)s)")
+    t.add_argument("--config", help="start from a config.json (e.g. of an earlier run) instead of a preset")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a config field, e.g. --set optim.lr=0.1 --set curriculum.lr_instance=0.5 (repeatable)")
+    t.add_argument("--data-dir", help="dataset folder (same as --set data.data_dir=...)")
+    t.add_argument("--epochs", type=int, help="same as --set optim.epochs=N")
+    t.add_argument("--seed", type=int, help="same as --set seed=N")
+    t.add_argument("--seeds", type=int, nargs="+", help="run one repeat per seed into OUT/seedN and summarise mean ± std")
+    t.add_argument("--out", help="run directory (default: runs/<preset>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="delete the run in --out and start over")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    _add_execution_args(t)
+
+    d = sub.add_parser("demo", help="baseline vs instance curriculum on Fashion-MNIST with 40%% label noise",
+                       description="The main job: train the cross-entropy baseline and the instance-level curriculum "
+                       "on Fashion-MNIST with 40%% uniform label noise, then print test accuracy and the "
+                       "noise-detection AUROC of sigma side by side.")
+    d.add_argument("--out", default="runs/demo", help="parent folder of the two run directories (default: %(default)s)")
+    d.add_argument("--data-dir", help="Fashion-MNIST folder (default: the Debian package's)")
+    d.add_argument("--epochs", type=int, help="override the demo's epoch count")
+    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--overwrite", action="store_true", help="replace earlier demo runs (default: refuse, or resume)")
+    _add_execution_args(d)
+
+    sub.add_parser("presets", help="list the preset names", description="List every EXPERIMENT/VARIANT preset.")
+
+    r = sub.add_parser("report", help="figures and an HTML/Markdown report of finished runs",
+                       description="Read run directories (or folders of them, e.g. OUT of `train --seeds`), group "
+                       "the seeds of each setting, and write the learned-curriculum figures, report.html "
+                       "(self-contained), report.md and per-group detection JSON into --out.")
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or folders holding them")
+    r.add_argument("--out", required=True, help="folder for the report")
+    r.add_argument("--classes", nargs="+", metavar="CLASS",
+                   help="classes (indices or names) for the class-parameter figure (default: 4 at random)")
+    r.add_argument("--samples", nargs="+", type=int, metavar="INDEX",
+                   help="samples (positions in the run) for the instance-parameter figure "
+                   "(default: 3 clean and 3 corrupted at random)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the random choices (default: %(default)s)")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+
+    f = sub.add_parser("find-issues", help="rank the training samples of a run by how likely their label is wrong",
+                       description="Rank the samples of a finished run by their learned instance sigma (or their "
+                       "last training loss), flag the estimated number of mislabeled ones without being told "
+                       "the noise rate, and write issues.csv, cleanlab-compatible label_issues_mask.npy and "
+                       "ranked_label_issues.npy, and summary.json.")
+    f.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `dataparams train`")
+    f.add_argument("--out", help="output folder (default: RUN_DIR/issues)")
+    f.add_argument("--score", choices=["sigma", "loss"], default="sigma",
+                   help="sigma: instance temperature (instance or joint runs); loss: last training loss, "
+                   "any run (default: %(default)s)")
+    f.add_argument("--epoch", type=int, help="use the snapshot of this epoch (default: the last)")
+    f.add_argument("--cleaned-labels", choices=["relabel", "drop"],
+                   help="also write cleaned_labels_<action>.csv: flagged samples relabelled with the model's "
+                   "prediction, or dropped")
+    b = sub.add_parser(
+        "bench", help="data parameters vs peer methods: a resumable method x noise x seed grid",
+        description="Run every method (baseline, oracle, data parameters class/instance/joint, SuperLoss, GCE, "
+        "SCE, co-teaching, cleanlab, AUM) on the same model, data and budget over a grid of noise models, "
+        "rates and seeds. Each cell is its own run directory under OUT/cells; finished cells are skipped, "
+        "interrupted ones resume, crashing ones are recorded as failed. Writes OUT/results.md and "
+        "results.json (final epoch and noisy-validation-selected epoch, wall time, detection quality).")
+    b.add_argument("--out", default="runs/bench", help="bench folder (default: %(default)s)")
+    b.add_argument("--spec", help="a JSON file with BenchSpec fields (base, methods, grid, overrides, chosen, folds)")
+    b.add_argument("--base", help="base experiment, default fmnist-noisy40 (its baseline preset sets model, data, "
+                   "epochs and optimizer for every method)")
+    b.add_argument("--methods", nargs="+", help="subset of methods (default: all)")
+    b.add_argument("--set", dest="overrides", action="append", metavar="FIELD=VALUE",
+                   help="config override for every cell (replaces the default data.val_fraction=0.1 list)")
+    b.add_argument("--stage", choices=["tune", "grid", "all", "summary"], default="all",
+                   help="tune: choose each method's setting on the noisy validation split; grid: run the cells "
+                   "(with the tuned settings when OUT/tuning.json exists); all: both; summary: only rewrite "
+                   "the tables (default: %(default)s)")
+    b.add_argument("--jobs", type=int, default=1, help="cells run in parallel, each with cores/jobs threads")
+    b.add_argument("--device", default="cpu", help="device of every cell (default: cpu)")
+    b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------
+# commands
+# ----------------------------------------------------------------------------------------------
+def _resolve_config(args: argparse.Namespace) -> Any:
+    from dataparams.config import apply_overrides, config_from_dict
+    from dataparams.presets import get_preset
+
+    if args.config:
+        try:
+            data = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise SystemExit(f"error: cannot read --config {args.config}: {e}") from None
+        cfg = config_from_dict(data)
+    else:
+        cfg = get_preset(args.preset)
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    if args.epochs is not None:
+        overrides.append(f"optim.epochs={args.epochs}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if getattr(args, "workers", None) is not None:
+        overrides.append(f"data.workers={args.workers}")
+    return apply_overrides(cfg, overrides)
+
+
+def _train_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(device=args.device, amp=args.amp, deterministic=args.deterministic, quiet=args.quiet,
+                tensorboard=not args.no_tensorboard)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def _fmt(ms: tuple[float, float], digits: int = 2) -> str:
+    m, s = ms
+    return "n/a" if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataparams.config import config_to_dict
+    from dataparams.experiment import train
+
+    cfg = _resolve_config(args)
+    if args.print_config:
+        print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
+        return 0
+    out = Path(args.out or Path("runs") / cfg.preset.replace("/", "_"))
+    if not args.seeds:
+        summary = train(cfg, out, resume=args.resume, overwrite=args.overwrite, **_train_kwargs(args))
+        print(json.dumps(summary, indent=2, allow_nan=True))
+        return 0
+    summaries = []
+    for seed in args.seeds:
+        run_cfg = dataclasses.replace(cfg, seed=seed)
+        summaries.append(train(run_cfg, out / f"seed{seed}", resume=args.resume, overwrite=args.overwrite,
+                               label=f"seed {seed}: ", **_train_kwargs(args)))
+    keys = ["final_test_acc", "val_selected_test_acc", *[f"test_acc_epoch_{e}" for e in cfg.report_epochs]]
+    table = {k: mean_std([s.get(k) for s in summaries]) for k in keys}
+    det = [s["detection"]["auroc"] for s in summaries if "detection" in s]
+    if det:
+        table["detection_auroc"] = mean_std(det)
+    lines = [f"# {cfg.preset}, seeds {' '.join(map(str, args.seeds))}", "", "| quantity | mean ± std |", "|---|---:|"]
+    lines += [f"| {k} | {_fmt(v, 4 if k == 'detection_auroc' else 2)} |" for k, v in table.items()]
+    (out / "seeds_summary.md").write_text("\n".join(lines) + "\n")
+    (out / "seeds_summary.json").write_text(json.dumps(
+        {"seeds": args.seeds, "mean_std": table, "runs": summaries}, indent=2, allow_nan=True) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from dataparams.presets import get_preset, list_presets
+
+    for name in list_presets():
+        cfg = get_preset(name)
+        if name.endswith("/baseline"):
+            print(f"{name.split('/')[0]:<20} {cfg.data.dataset}, {cfg.model.arch}, {cfg.optim.epochs} epochs, "
+                  f"noise {cfg.data.noise} {cfg.data.noise_rate:g}")
+    print("\nvariants: baseline, class, instance, joint (and oracle for noisy experiments), e.g. "
+          "--preset cifar100-noisy40/instance")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dataparams.demo import run_demo
+
+    run_demo(Path(args.out), data_dir=args.data_dir, epochs=args.epochs, seed=args.seed,
+             overwrite=args.overwrite, **_train_kwargs(args))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from dataparams.analysis.report import build_report
+
+    classes = None if args.classes is None else [int(c) if c.lstrip("-").isdigit() else c for c in args.classes]
+    result = build_report(args.run_dirs, Path(args.out), classes=classes, samples=args.samples, seed=args.seed,
+                          quiet=args.quiet)
+    for item in result["skipped"]:
+        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    print(f"{len(result['figures'])} figure(s), report: {result['html']}  (markdown: {result['markdown']})")
+    return 0
+
+
+def cmd_find_issues(args: argparse.Namespace) -> int:
+    from dataparams.analysis.find_issues import find_issues
+
+    report = find_issues(args.run_dir, score=args.score, epoch=args.epoch)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "issues"
+    files = report.save(out, cleaned_labels=args.cleaned_labels)
+    summary = report.summary()
+    print(f"{summary['run_dir']}: scored by {summary['score']} at epoch {summary['epoch']}")
+    print(f"flagged {summary['n_flagged']} of {summary['n']} samples as mislabeled "
+          f"({100 * (summary['fraction_flagged'] or 0):.1f}%, estimated without the noise rate)")
+    if "n_corrupted" in summary:
+        def pct(v: Any) -> str:
+            return "n/a" if v is None else f"{100 * v:.1f}%"
+
+        auroc = "n/a" if summary["auroc"] is None else f"{summary['auroc']:.4f}"
+        print(f"truth: {summary['n_corrupted']} corrupted; precision {pct(summary['precision'])}, "
+              f"recall {pct(summary['recall'])}, AUROC {auroc}")
+    for note in report.notes:
+        print(f"note: {note}")
+    for name, path in files.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dataparams.bench import load_spec, run_grid, summarize, tune
+
+    spec = load_spec(Path(args.spec) if args.spec else None, base=args.base, methods=args.methods,
+                     overrides=args.overrides)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2) + "\n")
+    if args.stage in ("tune", "all"):
+        tune(spec, out, device=args.device, jobs=args.jobs, quiet=args.quiet)
+    if args.stage in ("grid", "all"):
+        run_grid(spec, out, device=args.device, jobs=args.jobs, quiet=args.quiet)
+    if args.stage == "summary":
+        summarize(spec, out)
+    if args.stage != "tune":
+        print((out / "results.md").read_text())
+    else:
+        print((out / "tuning.md").read_text())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from dataparams.config import ConfigError
+    from dataparams.data.base import DatasetNotFoundError
+    from dataparams.runs import RunDirError
+
+    commands = {"train": cmd_train, "presets": cmd_presets, "demo": cmd_demo, "report": cmd_report,
+                "find-issues": cmd_find_issues, "bench": cmd_bench}
+    try:
+        return commands[args.command](args)
+    except (ConfigError, DatasetNotFoundError, RunDirError, ValueError, ImportError) as e:
+        # Bad input (names, values, files, missing optional packages): one line, no traceback.
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

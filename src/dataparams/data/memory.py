@@ -1,0 +1,147 @@
+"""A loader for datasets that fit in memory: one uint8 tensor, augmentation on tensors.
+
+Following airbench: the whole split lives as one ``(N, C, H, W)`` uint8 tensor on the training
+device, a batch is gathered by index, and the standard augmentation (random crop with zero
+padding, horizontal flip) runs on the batch as tensor ops. Each batch carries the sample indices,
+which is what data parameters need. The order and the augmentation of epoch ``e`` depend only on
+``(seed, e)``, so a resumed run replays exactly the batches an uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["Augment", "InMemoryLoader", "random_crop", "random_flip"]
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Standard augmentation: ``crop_padding`` pixels of zero padding then a random crop back to
+    size, and a horizontal flip with probability 0.5 when ``flip``."""
+
+    crop_padding: int = 4
+    flip: bool = True
+
+
+def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
+    """Pad ``x`` (B, C, H, W) by ``padding`` zeros and crop each sample at a random offset."""
+    if padding <= 0:
+        return x
+    b, _, h, w = x.shape
+    xp = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    # Advanced indices around a slice put their dims first: (B, H, W, C).
+    return xp[batch, :, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Flip each sample of ``x`` (B, C, H, W) left-right with probability 0.5."""
+    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+class InMemoryLoader:
+    """Batches ``(x, y, index)`` from images held in memory.
+
+    Parameters
+    ----------
+    images : uint8 array or tensor, (N, H, W, C) or (N, C, H, W) when ``channels_last=False``
+    targets : int array or tensor (N,)
+        The labels to train on (noisy labels for a corrupted run).
+    batch_size : int
+    shuffle : bool
+        A new permutation every epoch, drawn from ``(seed, epoch)``.
+    augment : Augment or None
+    mean, std : sequence of float, one per channel
+        Normalisation applied after scaling pixels to [0, 1].
+    device : torch.device or str
+        Where the images live and batches are produced.
+    seed : int
+    drop_last : bool
+    index : int array (N,), optional
+        The index yielded with each sample (default ``arange(N)``).
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray | Tensor,
+        targets: np.ndarray | Tensor,
+        *,
+        batch_size: int,
+        shuffle: bool = False,
+        augment: Augment | None = None,
+        mean: Sequence[float] = (0.5,),
+        std: Sequence[float] = (0.5,),
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        drop_last: bool = False,
+        channels_last: bool = True,
+        index: np.ndarray | Tensor | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        imgs = torch.as_tensor(images)
+        if imgs.dtype != torch.uint8 or imgs.dim() != 4:
+            raise ValueError(f"images must be uint8 with 4 dims, got {imgs.dtype} {tuple(imgs.shape)}")
+        if channels_last:
+            imgs = imgs.permute(0, 3, 1, 2)
+        self.device = torch.device(device)
+        self.images = imgs.contiguous().to(self.device)
+        self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.long).to(self.device)
+        if len(self.targets) != len(self.images):
+            raise ValueError(f"{len(self.images)} images but {len(self.targets)} targets")
+        n = len(self.images)
+        self.index = (
+            torch.arange(n) if index is None else torch.as_tensor(np.asarray(index), dtype=torch.long)
+        ).to(self.device)
+        channels = self.images.shape[1]
+        if len(mean) != channels or len(std) != channels:
+            raise ValueError(f"mean/std need {channels} values, got {len(mean)}/{len(std)}")
+        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order and augmentation of ``epoch`` (call before iterating)."""
+        self.epoch = epoch
+
+    @property
+    def dataset_size(self) -> int:
+        return len(self.images)
+
+    def __len__(self) -> int:
+        n = len(self.images)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _generator(self) -> torch.Generator:
+        # One stream per (seed, epoch): batches do not depend on what ran before.
+        return torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(self.epoch))
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        g = self._generator()
+        n = len(self.images)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        order = order.to(self.device)
+        for b in range(len(self)):
+            pos = order[b * self.batch_size : (b + 1) * self.batch_size]
+            x = self.images.index_select(0, pos).float().div_(255.0)
+            if self.augment is not None:
+                x = random_crop(x, self.augment.crop_padding, g)
+                if self.augment.flip:
+                    x = random_flip(x, g)
+            x = (x - self.mean) / self.std
+            yield x, self.targets.index_select(0, pos), self.index.index_select(0, pos)

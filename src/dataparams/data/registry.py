@@ -1,0 +1,122 @@
+"""Datasets by name: where their files are, how they are normalised, how they are loaded.
+
+``load_splits(name, data_dir)`` returns the train and test :class:`~dataparams.data.base.Split`
+of a dataset found on disk, plus the dataset's own noisy labels where it ships them (CIFAR-N).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dataparams.data.base import DatasetNotFoundError, Split
+
+__all__ = ["DATASETS", "DatasetInfo", "LoadedDataset", "load_splits"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Normalisation constants and the input shape the models are built for."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    in_channels: int
+    image_size: int
+
+
+_IMAGENET = DatasetInfo((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 3, 224)
+
+DATASETS: dict[str, DatasetInfo] = {
+    "fashion-mnist": DatasetInfo((0.2860,), (0.3530,), 1, 28),
+    "mnist": DatasetInfo((0.1307,), (0.3081,), 1, 28),
+    "cifar10": DatasetInfo((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 3, 32),
+    "cifar100": DatasetInfo((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 3, 32),
+    "cifar10n": DatasetInfo((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 3, 32),
+    "cifar100n": DatasetInfo((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 3, 32),
+    "imagenet": _IMAGENET,
+    "webvision": _IMAGENET,
+    "webvision-mini": _IMAGENET,
+    "filelist": _IMAGENET,
+}
+
+
+@dataclass
+class LoadedDataset:
+    train: Split
+    test: Split
+    info: DatasetInfo
+    # Labels shipped with the dataset in place of the clean ones (CIFAR-N human labels).
+    shipped_noisy_labels: np.ndarray | None = None
+
+
+def _need_dir(name: str, data_dir: str | None) -> Path:
+    if data_dir is None:
+        raise DatasetNotFoundError(
+            f"{name} needs --data-dir (or data.data_dir=...): the folder that holds its files; it cannot "
+            "be downloaded by this tool"
+        )
+    path = Path(data_dir).expanduser()
+    if not path.exists():
+        raise DatasetNotFoundError(f"{name}: --data-dir {path} does not exist")
+    return path
+
+
+def _find_one(folder: Path, names: tuple[str, ...], what: str) -> Path:
+    for n in names:
+        if (folder / n).exists():
+            return folder / n
+    raise DatasetNotFoundError(f"{what}: expected one of {', '.join(names)} in {folder}")
+
+
+def load_splits(name: str, data_dir: str | os.PathLike[str] | None = None, *, label_set: str | None = None) -> LoadedDataset:
+    """Load the train and test splits of dataset ``name`` (see :data:`DATASETS`).
+
+    ``data_dir`` is the dataset's folder; Fashion-MNIST and MNIST also look in their default
+    places (``/usr/share/datasets/...``). ``label_set`` picks CIFAR-N's human label set.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data.dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    info = DATASETS[name]
+    d = None if data_dir is None else str(data_dir)
+    if name in ("fashion-mnist", "mnist"):
+        from dataparams.data.idx import load_fashion_mnist, load_mnist
+
+        load = load_fashion_mnist if name == "fashion-mnist" else load_mnist
+        return LoadedDataset(load(d, train=True), load(d, train=False), info)
+    if name in ("cifar10", "cifar100", "cifar10n", "cifar100n"):
+        from dataparams.data.cifar import load_cifar10, load_cifar100, load_cifar_n_labels
+
+        root = _need_dir(name, d)
+        load = load_cifar10 if name.startswith("cifar10") and not name.startswith("cifar100") else load_cifar100
+        train, test = load(root, train=True), load(root, train=False)
+        shipped = None
+        if name.endswith("n"):
+            label_file = _find_one(
+                root,
+                ("CIFAR-10_human.pt",) if name == "cifar10n" else ("CIFAR-100_human.pt",),
+                f"{name} human labels",
+            )
+            default = "worst" if name == "cifar10n" else "noisy"
+            shipped = load_cifar_n_labels(label_file, label_set=label_set or default, split=train)
+        return LoadedDataset(train, test, info, shipped)
+    from dataparams.data.folders import load_filelist, load_imagenet, load_webvision
+
+    root = _need_dir(name, d)
+    if name == "imagenet":
+        return LoadedDataset(load_imagenet(root, train=True), load_imagenet(root, train=False), info)
+    if name in ("webvision", "webvision-mini"):
+        k = 50 if name == "webvision-mini" else 1000
+        return LoadedDataset(
+            load_webvision(root, train=True, num_classes=k), load_webvision(root, train=False, num_classes=k), info
+        )
+    # filelist: a folder with train.csv / test.csv (or .tsv)
+    train_file = _find_one(root, ("train.csv", "train.tsv"), "filelist dataset")
+    test_file = _find_one(root, ("test.csv", "test.tsv", "val.csv", "val.tsv"), "filelist dataset")
+    train = load_filelist(train_file)
+    test = load_filelist(test_file)
+    if test.classes != train.classes:
+        raise ValueError(f"{test_file} and {train_file} do not have the same classes")
+    return LoadedDataset(train, test, info)

@@ -1,0 +1,294 @@
+"""The training engine: one epoch, evaluation, and the epoch loop with a few callback events.
+
+It knows nothing about the model, the data set or the method: a loader yields
+``(inputs, targets, indices)``, an :class:`~dataparams.objectives.Objective` turns logits into the
+loss, and callbacks (logging, checkpoints, peers that watch the logits) hook into
+``on_batch_end`` and ``on_epoch_end``. Whether a curriculum is on is invisible here: a disabled
+one is sigma = 1 inside the objective.
+
+Per-step cost is O(B): the only per-sample state the engine keeps is the last training loss of
+every sample, updated by index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from dataparams.objectives import Objective
+
+__all__ = [
+    "Callback",
+    "EpochStats",
+    "Precision",
+    "evaluate",
+    "fit",
+    "predict",
+    "resolve_device",
+    "train_one_epoch",
+]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; other names are checked to exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available on this machine")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps was asked for but Apple MPS is not available on this machine")
+    if name not in ("cpu", "mps") and not name.startswith("cuda"):
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return torch.device(name)
+
+
+@dataclass
+class Precision:
+    """Mixed precision: ``dtype`` None (float32), ``float16`` (with a gradient scaler) or
+    ``bfloat16``. Autocast covers the model's forward; the data-parameter division and the
+    loss run in float32 because sigma is float32."""
+
+    device: torch.device
+    dtype: torch.dtype | None = None
+    scaler: Any = None
+
+    @classmethod
+    def create(cls, device: torch.device, amp: str) -> Precision:
+        if amp in ("off", "none", ""):
+            return cls(device)
+        if amp == "bf16":
+            return cls(device, torch.bfloat16)
+        if amp == "fp16":
+            if device.type != "cuda":
+                raise ValueError("--amp fp16 needs CUDA; use --amp bf16 on the CPU")
+            return cls(device, torch.float16, torch.amp.GradScaler("cuda"))
+        raise ValueError(f"unknown amp mode {amp!r}; use off, fp16 or bf16")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def backward_and_step(self, loss: Tensor, optimizers: Sequence[Optimizer]) -> None:
+        if self.scaler is None:
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            return
+        self.scaler.scale(loss).backward()
+        for opt in optimizers:
+            self.scaler.step(opt)
+        self.scaler.update()
+
+
+class Callback:
+    """Hooks into the epoch loop; override what you need."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        pass
+
+    def on_batch_end(self, logits: Tensor, targets: Tensor, indices: Tensor, per_sample_loss: Tensor) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class EpochStats:
+    """Running sums over an epoch; ``clean_targets`` lets us score against the true labels."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    correct_clean: int = 0
+    seen: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self, has_clean: bool) -> dict[str, float]:
+        n = max(self.seen, 1)
+        out = {"train_loss": self.loss_sum / n, "train_acc": 100.0 * self.correct / n}
+        if has_clean:
+            out["train_acc_clean"] = 100.0 * self.correct_clean / n
+        return out
+
+
+def train_one_epoch(
+    model: nn.Module,
+    objective: Objective,
+    optimizer: Optimizer,
+    loader: Iterable[tuple[Tensor, Tensor, Tensor]],
+    device: torch.device,
+    epoch: int,
+    *,
+    precision: Precision | None = None,
+    clean_targets: Tensor | None = None,
+    last_loss: Tensor | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: Any = None,
+) -> dict[str, float]:
+    """Train for one epoch; return mean training loss (without regulariser) and accuracies.
+
+    Parameters
+    ----------
+    loader : iterable of ``(inputs, targets, indices)``
+    clean_targets : LongTensor (N,), optional
+        True labels, to report training accuracy against them as well as the given ones.
+    last_loss : Tensor (N,), optional
+        Filled, by index, with each sample's latest per-sample training loss.
+    progress : tqdm-like, optional
+        Updated once per batch with the running loss and accuracy.
+    """
+    precision = precision or Precision(device)
+    model.train()
+    optimizers = [optimizer, *objective.optimizers().values()]
+    stats = EpochStats()
+    for x, y, idx in loader:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        idx = idx.to(device, non_blocking=True)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        with precision.autocast():
+            logits = model(x)
+        loss, per_sample = objective.loss(logits.float(), x, y, idx)
+        precision.backward_and_step(loss, optimizers)
+
+        with torch.no_grad():
+            pred = logits.argmax(1)
+            b = y.shape[0]
+            stats.seen += b
+            stats.loss_sum += float(per_sample.sum())
+            stats.correct += int((pred == y).sum())
+            if clean_targets is not None:
+                stats.correct_clean += int((pred == clean_targets[idx]).sum())
+            if last_loss is not None:
+                last_loss.index_copy_(0, idx, per_sample.to(last_loss.dtype))
+        for cb in callbacks:
+            cb.on_batch_end(logits.detach(), y, idx, per_sample)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(
+                loss=f"{stats.loss_sum / stats.seen:.3f}", acc=f"{100.0 * stats.correct / stats.seen:.1f}", refresh=False
+            )
+    return stats.as_dict(clean_targets is not None)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, ...]],
+    device: torch.device,
+    *,
+    precision: Precision | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Logits of the model in eval mode, unscaled (sec. 2.2): ``(logits (N, K), targets, indices)``."""
+    precision = precision or Precision(device)
+    model.eval()
+    outs, ys, idxs = [], [], []
+    for batch in loader:
+        x, y = batch[0].to(device, non_blocking=True), batch[1]
+        with precision.autocast():
+            outs.append(model(x).float().cpu())
+        ys.append(y.cpu())
+        idxs.append(batch[2].cpu() if len(batch) > 2 else torch.arange(len(y)))
+    return torch.cat(outs), torch.cat(ys), torch.cat(idxs)
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, ...]],
+    device: torch.device,
+    *,
+    precision: Precision | None = None,
+) -> dict[str, float]:
+    """Loss and top-1 accuracy (percent) of the unscaled logits."""
+    logits, y, _ = predict(model, loader, device, precision=precision)
+    if len(y) == 0:
+        return {"loss": float("nan"), "acc": float("nan")}
+    return {
+        "loss": float(F.cross_entropy(logits, y)),
+        "acc": 100.0 * float((logits.argmax(1) == y).float().mean()),
+    }
+
+
+def fit(
+    model: nn.Module,
+    objective: Objective,
+    optimizer: Optimizer,
+    train_loader: Any,
+    device: torch.device,
+    *,
+    epochs: int,
+    start_epoch: int = 0,
+    scheduler: Any = None,
+    eval_loaders: dict[str, Any] | None = None,
+    precision: Precision | None = None,
+    clean_targets: Tensor | None = None,
+    last_loss: Tensor | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress_factory: Any = None,
+) -> list[dict[str, Any]]:
+    """Train from ``start_epoch`` to ``epochs`` (0-based, exclusive), evaluating every epoch.
+
+    ``train_loader`` may have ``set_epoch(epoch)`` (the in-memory loader, a distributed
+    sampler); it is called so that each epoch's order depends on the epoch only, which is what
+    makes a resumed run equal an uninterrupted one. ``scheduler`` is stepped once per epoch.
+    ``progress_factory(epoch, total_batches)`` returns a tqdm-like bar or None.
+
+    Returns the list of per-epoch records (also passed to ``on_epoch_end``).
+    """
+    history = []
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        objective.on_epoch_start(epoch)
+        for cb in callbacks:
+            cb.on_epoch_start(epoch)
+        bar = progress_factory(epoch, len(train_loader)) if progress_factory else None
+        try:
+            record: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+            record.update(
+                train_one_epoch(
+                    model,
+                    objective,
+                    optimizer,
+                    train_loader,
+                    device,
+                    epoch,
+                    precision=precision,
+                    clean_targets=clean_targets,
+                    last_loss=last_loss,
+                    callbacks=callbacks,
+                    progress=bar,
+                )
+            )
+            record["train_time_s"] = time.perf_counter() - t0
+            for name, loader in (eval_loaders or {}).items():
+                ev = evaluate(model, loader, device, precision=precision)
+                record[f"{name}_loss"], record[f"{name}_acc"] = ev["loss"], ev["acc"]
+            if bar is not None:
+                shown = {k: f"{record[k]:.2f}" for k in ("train_acc", "test_acc") if k in record}
+                bar.set_postfix(loss=f"{record['train_loss']:.3f}", **shown, refresh=True)
+        finally:
+            if bar is not None:
+                bar.close()
+        if scheduler is not None:
+            scheduler.step()
+        record["time_s"] = time.perf_counter() - t0
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, record)
+        history.append(record)
+    return history

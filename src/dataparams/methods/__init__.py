@@ -1,0 +1,36 @@
+"""Peer methods for learning with noisy labels, as pure per-sample functions.
+
+Each module follows one paper, cited in its docstring:
+
+* :mod:`~dataparams.methods.superloss` -- SuperLoss (Castells et al., NeurIPS 2020);
+* :mod:`~dataparams.methods.robust_losses` -- generalized cross-entropy (Zhang & Sabuncu,
+  NeurIPS 2018) and symmetric cross-entropy (Wang et al., ICCV 2019);
+* :mod:`~dataparams.methods.coteaching` -- Co-teaching (Han et al., NeurIPS 2018);
+* :mod:`~dataparams.methods.small_loss` -- the small-loss criterion as a suspicion score.
+
+Losses take logits (B, K) and targets (B,) and return one loss per sample (B,), unless a
+function's docstring says otherwise; reducing is the caller's job.
+"""
+
+from dataparams.methods.coteaching import coteaching_losses, forget_rate_schedule, small_loss_selection
+from dataparams.methods.robust_losses import (
+    generalized_cross_entropy,
+    reverse_cross_entropy,
+    symmetric_cross_entropy,
+)
+from dataparams.methods.small_loss import small_loss_score
+from dataparams.methods.superloss import SuperLoss, lambert_w, superloss, superloss_sigma
+
+__all__ = [
+    "SuperLoss",
+    "coteaching_losses",
+    "forget_rate_schedule",
+    "generalized_cross_entropy",
+    "lambert_w",
+    "reverse_cross_entropy",
+    "small_loss_score",
+    "small_loss_selection",
+    "superloss",
+    "superloss_sigma",
+    "symmetric_cross_entropy",
+]

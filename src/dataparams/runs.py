@@ -1,0 +1,259 @@
+"""The run directory: everything a run writes, and how a killed run resumes.
+
+Layout of ``RUN_DIR``::
+
+    config.json          resolved TrainConfig (also inside every checkpoint)
+    metrics.jsonl        one JSON line per finished epoch
+    labels.npz           given (noisy) labels, clean labels, is_corrupted mask, source index
+    snapshots/epoch_NNNN.npz   per-epoch sigma values (class, instance) and per-sample loss
+    checkpoint.pt        latest state, written atomically (tmp file + rename)
+    predictions.npz      final model's predictions on the training set (for find-issues)
+    heldout_predictions.npz   predictions on training-pool samples held out by data.keep_file
+    summary.json         final numbers (test accuracy at the end and at report epochs, ...)
+    tensorboard/         event files with sigma histograms, when tensorboard is installed
+
+A checkpoint is written at the end of every epoch, after the metrics line and the snapshot.
+On resume the metrics and snapshots of epochs after the checkpoint are discarded (a kill between
+the two writes leaves one such epoch) and training continues from the checkpoint; with the same
+seed the result equals an uninterrupted run bit for bit on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dataparams.config import EXECUTION_FIELDS, diff_configs
+
+__all__ = ["RunDir", "RunDirError", "atomic_write_bytes", "atomic_write_text"]
+
+_OURS = (
+    "config.json",
+    "metrics.jsonl",
+    "labels.npz",
+    "snapshots",
+    "checkpoint.pt",
+    "predictions.npz",
+    "summary.json",
+    "tensorboard",
+    "calibration.json",
+    "heldout_predictions.npz",
+)
+
+
+class RunDirError(RuntimeError):
+    """A run directory that cannot be used as asked (holds another run, corrupt files, ...)."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def _relevant_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return [d for d in diff_configs(a, b) if d not in EXECUTION_FIELDS]
+
+
+class RunDir:
+    """Reads and writes one run directory (see the module docstring for the layout)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    # -- files ---------------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.path / "snapshots"
+
+    def snapshot_file(self, epoch: int) -> Path:
+        return self.snapshot_dir / f"epoch_{epoch:04d}.npz"
+
+    # -- life cycle ----------------------------------------------------------------------
+    def prepare(self, config: dict[str, Any], *, resume: bool = False, overwrite: bool = False) -> bool:
+        """Make the directory ready for ``config``; return True when there is a run to resume.
+
+        Refuses (``RunDirError``) a directory that holds a different run unless ``overwrite``;
+        a directory holding this same run needs ``resume`` (continue) or ``overwrite`` (start
+        over). Nothing is written before the checks pass.
+        """
+        if resume and overwrite:
+            raise RunDirError("choose one of --resume and --overwrite")
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"{self.path} exists and is not a directory")
+        existing = self.path.exists() and any(self.path.iterdir())
+        if existing and overwrite:
+            foreign = [p.name for p in self.path.iterdir() if p.name not in _OURS and not p.name.startswith(".")]
+            if foreign:
+                raise RunDirError(
+                    f"{self.path} holds files that are not from a run ({', '.join(sorted(foreign)[:5])}); "
+                    "refusing to overwrite it"
+                )
+            shutil.rmtree(self.path)
+            existing = False
+        if existing:
+            if not self.config_file.exists():
+                raise RunDirError(f"{self.path} is not empty and holds no run (no config.json); pick another --out")
+            try:
+                old = json.loads(self.config_file.read_text())
+            except json.JSONDecodeError as e:
+                raise RunDirError(f"{self.config_file} is not valid JSON ({e}); use --overwrite to start over") from None
+            diff = _relevant_diff(old, config)
+            if diff:
+                raise RunDirError(
+                    f"{self.path} holds a different run (fields differ: {', '.join(diff[:8])}); "
+                    "use another --out, or --overwrite to replace it"
+                )
+            if not resume:
+                raise RunDirError(
+                    f"{self.path} already holds this run; pass --resume to continue it or --overwrite to start over"
+                )
+            return self.checkpoint_file.exists()
+        # (--resume on an empty or missing directory starts fresh: a kill before the first
+        # checkpoint leaves nothing to continue.)
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_file, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        return False
+
+    # -- metrics -------------------------------------------------------------------------
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.metrics_file, "a") as f:
+            f.write(json.dumps(record, allow_nan=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self, *, strict: bool = False) -> list[dict[str, Any]]:
+        """Epoch records. A truncated last line (a kill mid-write) is skipped unless ``strict``;
+        a bad line elsewhere raises ``RunDirError`` naming the file and line."""
+        if not self.metrics_file.exists():
+            raise RunDirError(f"{self.metrics_file} is missing")
+        lines = self.metrics_file.read_text().splitlines()
+        out = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i == len(lines) - 1 and not strict:
+                    break
+                raise RunDirError(f"{self.metrics_file}, line {i + 1}: not valid JSON (truncated or edited?)") from None
+        return out
+
+    def truncate_after(self, epoch: int) -> None:
+        """Drop metrics lines and snapshots of epochs > ``epoch`` (1-based)."""
+        if self.metrics_file.exists():
+            kept = [r for r in self.read_metrics() if r.get("epoch", 0) <= epoch]
+            atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
+        if self.snapshot_dir.exists():
+            for f in self.snapshot_dir.glob("epoch_*.npz"):
+                try:
+                    e = int(f.stem.split("_")[1])
+                except (IndexError, ValueError):
+                    continue
+                if e > epoch:
+                    f.unlink()
+
+    # -- arrays --------------------------------------------------------------------------
+    def save_arrays(self, name: str, **arrays: np.ndarray) -> None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        atomic_write_bytes(self.path / name, buf.getvalue())
+
+    def load_arrays(self, name: str) -> dict[str, np.ndarray]:
+        f = self.path / name
+        if not f.exists():
+            raise RunDirError(f"{f} is missing")
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except Exception as e:  # zipfile / format errors: name the file
+            raise RunDirError(f"{f} is unreadable ({type(e).__name__}: {e})") from None
+
+    def save_snapshot(self, epoch: int, **arrays: np.ndarray) -> None:
+        self.snapshot_dir.mkdir(exist_ok=True)
+        self.save_arrays(f"snapshots/{self.snapshot_file(epoch).name}", **arrays)
+
+    def snapshot_epochs(self) -> list[int]:
+        if not self.snapshot_dir.exists():
+            return []
+        out = []
+        for f in self.snapshot_dir.glob("epoch_*.npz"):
+            try:
+                out.append(int(f.stem.split("_")[1]))
+            except (IndexError, ValueError):
+                continue
+        return sorted(out)
+
+    def load_snapshot(self, epoch: int) -> dict[str, np.ndarray]:
+        return self.load_arrays(f"snapshots/{self.snapshot_file(epoch).name}")
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.checkpoint_file, buf.getvalue())
+
+    def load_checkpoint(self, config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Load the checkpoint; with ``config``, refuse one written by another configuration."""
+        try:
+            state = torch.load(self.checkpoint_file, map_location="cpu", weights_only=False)
+        except FileNotFoundError:
+            raise RunDirError(f"{self.checkpoint_file} is missing") from None
+        except Exception as e:
+            raise RunDirError(f"{self.checkpoint_file} is unreadable ({type(e).__name__}: {e})") from None
+        if config is not None:
+            diff = _relevant_diff(state.get("config", {}), config)
+            if diff:
+                raise RunDirError(
+                    f"{self.checkpoint_file} was written by another configuration (fields differ: "
+                    f"{', '.join(diff[:8])})"
+                )
+        return state
+
+    def write_json(self, name: str, data: dict[str, Any]) -> None:
+        atomic_write_text(self.path / name, json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n")
+
+    def read_json(self, name: str) -> dict[str, Any]:
+        f = self.path / name
+        if not f.exists():
+            raise RunDirError(f"{f} is missing")
+        try:
+            return json.loads(f.read_text())
+        except json.JSONDecodeError as e:
+            raise RunDirError(f"{f} is not valid JSON ({e})") from None

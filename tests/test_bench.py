@@ -1,0 +1,90 @@
+"""The bench grid: a micro-grid completes, resumes without retraining, records a crash and goes on."""
+
+import json
+
+import numpy as np
+
+import fakes
+from dataparams.bench import BenchSpec, Cell, run_cell, run_grid, summarize
+
+
+def _spec(root, methods, **kw):
+    return BenchSpec(
+        methods=methods,
+        grid=[("uniform", 0.4, [1])],
+        overrides=[f"data.data_dir={root}", "data.subset=64", "data.val_fraction=0.25", "optim.epochs=2",
+                   "data.batch_size=16", "data.eval_batch_size=64"],
+        **kw,
+    )
+
+
+def test_micro_grid_completes_and_resumes(tmp_path):
+    data = fakes.write_idx(tmp_path / "data", 64, 32)
+    out = tmp_path / "bench"
+    spec = _spec(data, ["baseline", "dp-instance"])
+    res = run_grid(spec, out, quiet=True)
+    cells = res["cells"]
+    assert set(cells) == {"baseline/uniform40/seed1", "dp-instance/uniform40/seed1"}
+    for c in cells.values():
+        assert c["status"] == "ok", c.get("error")
+        assert 0 <= c["final_test_acc"] <= 100 and c["val_selected_epoch"] in (1, 2)
+    inst = cells["dp-instance/uniform40/seed1"]
+    assert inst["detection"] is not None and 0 <= inst["detection"]["auroc"] <= 1
+    assert cells["baseline/uniform40/seed1"]["detection"] is not None  # small-loss criterion
+    md = (out / "results.md").read_text()
+    assert "| dp-instance |" in md and "Epoch chosen on the noisy validation split" in md
+
+    # A second call reuses finished cells: no training happens, results are identical.
+    stamp = {k: (out / "cells" / k / "result.json").stat().st_mtime_ns for k in cells}
+    again = run_grid(spec, out, quiet=True)
+    assert {k: (out / "cells" / k / "result.json").stat().st_mtime_ns for k in cells} == stamp
+    assert again["cells"] == cells
+
+
+def test_interrupted_cell_resumes_from_its_checkpoint(tmp_path):
+    data = fakes.write_idx(tmp_path / "data", 64, 32)
+    out = tmp_path / "bench"
+    spec = _spec(data, ["baseline"])
+    cell = Cell("baseline", "uniform", 0.4, 1)
+    first = run_cell(spec, cell, out)
+    run = out / "cells" / cell.key
+    # Simulate a kill after epoch 1: drop the result and the final epoch's outputs.
+    (run / "result.json").unlink()
+    (run / "summary.json").unlink()
+    ckpt_epochs = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["epoch"]
+    assert ckpt_epochs == 2
+    again = run_cell(spec, cell, out)
+    assert again["status"] == "ok" and again["final_test_acc"] == first["final_test_acc"]
+
+
+def test_a_crashing_cell_is_recorded_and_the_grid_goes_on(tmp_path):
+    data = fakes.write_idx(tmp_path / "data", 64, 32)
+    out = tmp_path / "bench"
+    spec = _spec(data, ["gce", "baseline"], chosen={"gce": ['method_options={"nonsense": 1}']})
+    res = run_grid(spec, out, quiet=True)
+    bad = res["cells"]["gce/uniform40/seed1"]
+    assert bad["status"] == "failed" and "nonsense" in bad["error"]
+    assert res["cells"]["baseline/uniform40/seed1"]["status"] == "ok"
+    assert "failed: ConfigError" in (out / "results.md").read_text()
+
+
+def test_multistage_pipelines_run(tmp_path):
+    data = fakes.write_idx(tmp_path / "data", 64, 32)
+    out = tmp_path / "bench"
+    spec = _spec(data, ["cleanlab", "aum"], folds=2)
+    res = run_grid(spec, out, quiet=True)
+    for key, trainings in (("cleanlab/uniform40/seed1", 3), ("aum/uniform40/seed1", 3)):
+        c = res["cells"][key]
+        assert c["status"] == "ok", c.get("error")
+        assert c["trainings"] == trainings and c["n_flagged"] >= 0
+        assert c["detection"] is not None
+    # cleanlab's retraining used exactly the samples it did not flag
+    keep = np.load(out / "cells" / "cleanlab/uniform40/seed1" / "keep_final.npy")
+    labels = np.load(out / "cells" / "cleanlab/uniform40/seed1" / "retrain" / "labels.npz")
+    np.testing.assert_array_equal(np.sort(labels["source_index"]), np.sort(keep))
+    # every AUM threshold sample was relabelled to the extra class in its stage
+    thr = np.load(out / "cells" / "aum/uniform40/seed1" / "threshold_0.npy")
+    st = np.load(out / "cells" / "aum/uniform40/seed1" / "stage0" / "labels.npz")
+    given = dict(zip(st["source_index"].tolist(), st["given"].tolist()))
+    assert all(given[s] == 10 for s in thr.tolist())
+    summarize(spec, out)

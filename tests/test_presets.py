@@ -1,0 +1,324 @@
+"""Presets: the paper's hyper-parameters, and two training steps of every experiment family.
+
+The expected values are the paper's (Saxena, Tuzel & DeCoste, NeurIPS 2019, sec. 3), written
+out here rather than read from the presets module. The smoke tests run each family on a tiny
+dataset written in its real on-disk format (tests/fakes.py): 8 training images and a batch of
+4, so one epoch is two optimizer steps.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import fakes
+from dataparams.config import ConfigError, apply_overrides, config_to_dict
+from dataparams.experiment import train
+from dataparams.presets import VARIANTS, get_preset, list_presets
+
+CIFAR = ["cifar10", "cifar100"]
+NOISY_CIFAR = [f"cifar{k}-noisy{p}" for k in (10, 100) for p in (20, 40, 80)]
+IMAGENET_LIKE = ["imagenet", "webvision", "webvision-mini"]
+NOISY = [*NOISY_CIFAR, "fmnist-noisy20", "fmnist-noisy40", "fmnist-noisy80", "fmnist-pair40", "mnist-noisy40"]
+ALL_EXPERIMENTS = [*CIFAR, *NOISY_CIFAR, *IMAGENET_LIKE, "cifar100-random", "fmnist", *NOISY[6:]]
+# Sec. 3.1 clamps temperatures to [1/20, 20] (the released code's range).
+CLAMP = [0.05, 20.0]
+
+
+def _variants(experiment):
+    return [v for v in VARIANTS if v != "oracle" or experiment in NOISY]
+
+
+# ---------------------------------------------------------------------------------------------
+# the paper's hyper-parameters
+
+
+def test_list_presets_is_every_experiment_and_variant():
+    expected = {f"{e}/{v}" for e in ALL_EXPERIMENTS for v in _variants(e)}
+    assert set(list_presets()) == expected
+    assert len(list_presets()) == len(expected)
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_every_listed_preset_resolves(name):
+    cfg = get_preset(name)
+    assert cfg.preset == name
+    # Round trip through the overrides parser: every field has a value its own type accepts.
+    assert config_to_dict(apply_overrides(cfg, [])) == config_to_dict(cfg)
+    assert cfg.curriculum.clamp == CLAMP
+    assert cfg.notes
+
+
+def test_experiment_alone_is_the_baseline():
+    assert config_to_dict(get_preset("cifar10")) == {
+        **config_to_dict(get_preset("cifar10/baseline")),
+        "preset": "cifar10/baseline",
+    }
+
+
+@pytest.mark.parametrize("experiment", [*CIFAR, *NOISY_CIFAR])
+@pytest.mark.parametrize("variant", ["baseline", "class", "instance", "joint"])
+def test_cifar_wide_resnet_recipe(experiment, variant):
+    # Sec. 3.2 / 3.4: WRN-28-10, dropout 0, batch 128, and the WideResNet schedule: 200 epochs of
+    # SGD, Nesterov momentum 0.9, lr 0.1 x0.2 at epochs 60, 120, 160, weight decay 5e-4.
+    cfg = get_preset(f"{experiment}/{variant}")
+    assert cfg.data.dataset == experiment.split("-")[0]
+    assert (cfg.model.arch, cfg.model.dropout) == ("wrn28_10", 0.0)
+    assert cfg.data.batch_size == 128
+    o = cfg.optim
+    assert (o.epochs, o.lr, o.momentum, o.nesterov, o.weight_decay) == (200, 0.1, 0.9, True, 5e-4)
+    assert (o.schedule, o.milestones, o.gamma) == ("multistep", [60, 120, 160], 0.2)
+    assert cfg.method == "ce"
+
+
+@pytest.mark.parametrize("experiment", [*CIFAR, *NOISY_CIFAR])
+def test_cifar_class_level(experiment):
+    c = get_preset(f"{experiment}/class").curriculum
+    assert c.class_curriculum and not c.instance_curriculum
+    assert (c.init_class, c.lr_class, c.wd_class) == (1.0, 0.1, 5e-4)
+
+
+@pytest.mark.parametrize("experiment", CIFAR)
+def test_clean_cifar_has_no_noise(experiment):
+    cfg = get_preset(f"{experiment}/joint")
+    assert (cfg.data.noise, cfg.data.noise_rate, cfg.data.oracle) == ("none", 0.0, False)
+
+
+@pytest.mark.parametrize("k", [10, 100])
+@pytest.mark.parametrize("rate", [20, 40, 80])
+def test_noisy_cifar(k, rate):
+    # Sec. 3.4: uniform noise at 20/40/80 %; instance parameters init 1, lr 0.2, no weight decay;
+    # accuracy reported at the cross-validated epoch 84 as well as at the end.
+    experiment = f"cifar{k}-noisy{rate}"
+    for variant in _variants(experiment):
+        cfg = get_preset(f"{experiment}/{variant}")
+        assert cfg.data.dataset == f"cifar{k}"
+        assert cfg.data.noise == "uniform"
+        assert cfg.data.noise_rate == pytest.approx(rate / 100)
+        assert 84 in cfg.report_epochs
+    c = get_preset(f"{experiment}/instance").curriculum
+    assert c.instance_curriculum and not c.class_curriculum
+    assert (c.init_instance, c.lr_instance, c.wd_instance) == (1.0, 0.2, 0.0)
+
+
+@pytest.mark.parametrize("experiment", IMAGENET_LIKE)
+@pytest.mark.parametrize("variant", ["baseline", "class", "instance", "joint"])
+def test_imagenet_and_webvision_recipe(experiment, variant):
+    # Sec. 3.2 / 3.5: ResNet18, 100 epochs, lr 0.1 x0.1 at 30, 60, 90, batch 256, wd 1e-4.
+    cfg = get_preset(f"{experiment}/{variant}")
+    assert cfg.data.dataset == experiment
+    assert cfg.model.arch == "resnet18"
+    assert cfg.data.batch_size == 256
+    o = cfg.optim
+    assert (o.epochs, o.lr, o.weight_decay) == (100, 0.1, 1e-4)
+    assert (o.schedule, o.milestones, o.gamma) == ("multistep", [30, 60, 90], 0.1)
+
+
+@pytest.mark.parametrize("experiment", IMAGENET_LIKE)
+def test_imagenet_and_webvision_data_parameters(experiment):
+    c = get_preset(f"{experiment}/class").curriculum
+    assert c.class_curriculum and not c.instance_curriculum
+    assert (c.init_class, c.lr_class, c.wd_class) == (1.0, 0.1, 1e-4)
+    # Sec. 3.1: joint starts class parameters at 1 and instance parameters at 0.001; the instance
+    # level then learns with lr 0.8 and weight decay 1e-8.
+    c = get_preset(f"{experiment}/joint").curriculum
+    assert c.class_curriculum and c.instance_curriculum
+    assert (c.init_class, c.lr_class, c.wd_class) == (1.0, 0.1, 1e-4)
+    assert (c.init_instance, c.lr_instance, c.wd_instance) == (0.001, 0.8, 1e-8)
+
+
+@pytest.mark.parametrize("variant", ["baseline", "class", "instance", "joint"])
+def test_random_labels(variant):
+    # Sec. 3.5: every CIFAR-100 label replaced by a random one, VGG16.
+    cfg = get_preset(f"cifar100-random/{variant}")
+    assert cfg.model.arch == "vgg16"
+    assert cfg.data.dataset == "cifar100"
+    assert (cfg.data.noise, cfg.data.noise_rate) == ("random", 1.0)
+
+
+@pytest.mark.parametrize("variant", ["baseline", "class", "instance", "joint", "oracle"])
+def test_cpu_preset(variant):
+    cfg = get_preset(f"fmnist-noisy40/{variant}")
+    assert (cfg.data.dataset, cfg.data.subset, cfg.data.batch_size) == ("fashion-mnist", 10_000, 128)
+    assert (cfg.data.noise, cfg.data.noise_rate) == ("uniform", 0.4)
+    assert cfg.model.arch == "small_cnn"
+    o = cfg.optim
+    assert (o.epochs, o.lr, o.momentum, o.weight_decay) == (40, 0.05, 0.9, 5e-4)
+
+
+@pytest.mark.parametrize("experiment", ALL_EXPERIMENTS)
+def test_variants_set_the_curriculum(experiment):
+    flags = {}
+    for v in _variants(experiment):
+        c = get_preset(f"{experiment}/{v}")
+        flags[v] = (c.curriculum.class_curriculum, c.curriculum.instance_curriculum, c.data.oracle)
+    assert flags["baseline"] == (False, False, False)
+    assert flags["class"] == (True, False, False)
+    assert flags["instance"] == (False, True, False)
+    assert flags["joint"] == (True, True, False)
+    joint = get_preset(f"{experiment}/joint").curriculum
+    assert (joint.init_class, joint.init_instance) == (1.0, 0.001)
+    if "oracle" in flags:
+        assert flags["oracle"] == (False, False, True)
+    # A variant changes the curriculum (and the oracle flag) only.
+    base = config_to_dict(get_preset(f"{experiment}/baseline"))
+    for v in _variants(experiment):
+        d = config_to_dict(get_preset(f"{experiment}/{v}"))
+        d["curriculum"], d["preset"], d["data"]["oracle"] = base["curriculum"], base["preset"], False
+        assert d == base, v
+
+
+@pytest.mark.parametrize("experiment", [*CIFAR, "cifar100-random", "fmnist", *IMAGENET_LIKE])
+def test_no_oracle_without_label_noise(experiment):
+    with pytest.raises(ConfigError, match="no oracle"):
+        get_preset(f"{experiment}/oracle")
+
+
+def test_unknown_names():
+    with pytest.raises(ConfigError, match="unknown preset 'cifar1000/joint'.*cifar100"):
+        get_preset("cifar1000/joint")
+    with pytest.raises(ConfigError, match="unknown variant 'jiont'.*joint"):
+        get_preset("cifar10/jiont")
+
+
+def test_presets_are_independent_copies():
+    a = get_preset("cifar10/joint")
+    a.optim.milestones.append(999)
+    a.report_epochs.append(1)
+    assert get_preset("cifar10/joint").optim.milestones == [60, 120, 160]
+    assert get_preset("cifar10-noisy40/joint").report_epochs == [84]
+
+
+# ---------------------------------------------------------------------------------------------
+# the fakes are what the loaders read
+
+
+def test_fakes_load_as_the_real_formats(tmp_path):
+    from dataparams.data.registry import load_splits
+
+    cases = {
+        "fashion-mnist": (fakes.write_idx(tmp_path / "f", 16, 8), 16, 8, 10),
+        "mnist": (fakes.write_idx(tmp_path / "m", 5, 3, gz=False), 5, 3, 10),
+        "cifar10": (fakes.write_cifar10(tmp_path / "c10", 8, 4), 8, 4, 10),
+        "cifar100": (fakes.write_cifar100(tmp_path / "c100", 8, 4), 8, 4, 100),
+        "cifar10n": (fakes.write_cifar_n(tmp_path / "c10n", "10", 8, 4), 8, 4, 10),
+        "cifar100n": (fakes.write_cifar_n(tmp_path / "c100n", "100", 8, 4), 8, 4, 100),
+        "imagenet": (fakes.write_imagenet(tmp_path / "in", 4, 2, val_per_class=2), 8, 4, 2),
+        "webvision": (fakes.write_webvision(tmp_path / "wv", 8, 4, n_extra=2), 10, 6, 1000),
+        "webvision-mini": (tmp_path / "wv", 8, 4, 50),
+        "filelist": (fakes.write_filelist(tmp_path / "fl", 8, 4), 8, 4, 3),
+    }
+    for name, (root, n_train, n_test, k) in cases.items():
+        d = load_splits(name, root)
+        assert (len(d.train), len(d.test), d.train.num_classes) == (n_train, n_test, k), name
+        assert d.train.targets.max() < k
+        if name in ("cifar10n", "cifar100n"):
+            assert d.shipped_noisy_labels.shape == (n_train,)
+
+
+# ---------------------------------------------------------------------------------------------
+# two training steps of each paper experiment, in its real data format
+
+
+def _cifar10n(root):
+    return fakes.write_cifar_n(root, "10", 8, 4)
+
+
+SMOKE = [
+    # (preset, writer of 8 train + 4 test images, extra overrides)
+    ("cifar10/class", lambda r: fakes.write_cifar10(r, 8, 4), []),
+    ("cifar100/joint", lambda r: fakes.write_cifar100(r, 8, 4), []),
+    ("cifar10-noisy40/instance", lambda r: fakes.write_cifar10(r, 8, 4), []),
+    ("cifar100-noisy80/joint", lambda r: fakes.write_cifar100(r, 8, 4), []),
+    ("imagenet/joint", lambda r: fakes.write_imagenet(r, 4, 2, val_per_class=2), []),
+    ("webvision/baseline", lambda r: fakes.write_webvision(r, 8, 4), []),
+    # Two samples with labels >= 50 that mini-WebVision must drop.
+    ("webvision-mini/joint", lambda r: fakes.write_webvision(r, 8, 4, n_extra=2), []),
+    ("cifar100-random/joint", lambda r: fakes.write_cifar100(r, 8, 4), []),
+    ("fmnist-noisy40/joint", lambda r: fakes.write_idx(r, 16, 4), ["data.subset=8"]),
+    ("mnist-noisy40/oracle", lambda r: fakes.write_idx(r, 16, 4, gz=False), ["data.subset=8"]),
+    ("cifar10/instance", _cifar10n, ["data.dataset=cifar10n", "data.label_set=aggre"]),
+]
+
+
+@pytest.mark.parametrize(
+    "preset, write, extra",
+    SMOKE,
+    ids=[p + ("+cifar10n" if "cifar10n" in str(e) else "") for p, _, e in SMOKE],
+)
+def test_two_steps_in_the_real_format(tmp_path, preset, write, extra):
+    root = write(tmp_path / "data")
+    cfg = apply_overrides(
+        get_preset(preset),
+        [
+            f"data.data_dir={root}",
+            "optim.epochs=1",
+            "data.batch_size=4",
+            "data.eval_batch_size=4",
+            "data.workers=0",
+            *extra,
+        ],
+    )
+    out = tmp_path / "run"
+    summary = train(cfg, out, device="cpu", quiet=True, tensorboard=False)
+    cur = cfg.curriculum
+
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["epoch"] == 1 and math.isfinite(record["train_loss"])
+    assert record["lr"] == cfg.optim.lr
+    assert json.loads((out / "config.json").read_text()) == config_to_dict(cfg)
+    assert summary["epochs"] == 1 and summary["preset"] == preset
+
+    with np.load(out / "labels.npz") as z:
+        given, clean, corrupted = z["given"], z["clean"], z["is_corrupted"]
+    n = len(given)
+    if cfg.data.oracle:
+        # The oracle trains on the clean samples among the 8 only.
+        assert 0 < n < 8 and not corrupted.any()
+    else:
+        assert n == 8
+    np.testing.assert_array_equal(corrupted, given != clean)
+    if cfg.data.dataset == "cifar10n":
+        human = torch.load(root / "CIFAR-10_human.pt", weights_only=False)
+        np.testing.assert_array_equal(given, human["aggre_label"])
+        np.testing.assert_array_equal(clean, human["clean_label"])
+
+    with np.load(out / "snapshots" / "epoch_0001.npz") as z:
+        snap = {k: z[k] for k in z.files}
+    assert snap["loss"].shape == (n,)
+    assert ("instance_sigma" in snap) == cur.instance_curriculum
+    assert ("class_sigma" in snap) == cur.class_curriculum
+
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 1 and state["config"] == config_to_dict(cfg)
+    dp = state["modules"]["data_parameters"]
+    lo, hi = math.log(CLAMP[0]), math.log(CLAMP[1])
+    instance = dp["instance_log_sigma"]
+    assert instance.shape == (n,)
+    init_instance = torch.full_like(instance, math.log(min(max(cur.init_instance, CLAMP[0]), CLAMP[1])))
+    if cur.instance_curriculum:
+        np.testing.assert_allclose(snap["instance_sigma"], instance.exp().numpy(), rtol=1e-6)
+        assert ((instance >= lo - 1e-6) & (instance <= hi + 1e-6)).all()
+        if cur.class_curriculum:
+            # Joint starts instance sigma at 0.001, clamped to 0.05: rows whose loss wants a lower
+            # temperature stay at the clamp, the others move up.
+            assert (instance != init_instance).any()
+            assert (instance >= init_instance).all()
+        else:
+            assert (instance != init_instance).all()
+    else:
+        torch.testing.assert_close(instance, init_instance, rtol=0, atol=0)
+    cls = dp["class_log_sigma"]
+    present = torch.zeros(len(cls), dtype=torch.bool)
+    present[torch.as_tensor(given)] = True
+    if cur.class_curriculum:
+        np.testing.assert_allclose(snap["class_sigma"], cls.exp().numpy(), rtol=1e-6)
+        # Only the classes of the batches move (a sparse update).
+        assert (cls[present] != math.log(cur.init_class)).all()
+        assert (cls[~present] == math.log(cur.init_class)).all()
+    else:
+        assert (cls == math.log(cur.init_class)).all()

@@ -1,0 +1,97 @@
+"""kill -9 in the middle of an epoch, --resume, and the run ends exactly where an uninterrupted one does."""
+
+import gzip
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+
+def _write_idx(folder, n_train=2048, n_test=256, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        # class-dependent blobs plus noise, so the model learns something
+        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, c in enumerate(labels):
+            images[i, 2 * c : 2 * c + 8, 4:24] += 150
+        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">II", 2049, n) + labels.tobytes())
+    return folder
+
+
+def _cmd(data, out, *extra):
+    return [
+        sys.executable, "-m", "dataparams.cli", "train", "--preset", "fmnist-noisy40/joint",
+        "--data-dir", str(data), "--epochs", "4", "--set", "data.batch_size=16", "--set", "data.eval_batch_size=256",
+        "--set", "data.val_fraction=0.1", "--out", str(out), "--device", "cpu", "--quiet", "--no-tensorboard", *extra,
+    ]
+
+
+def _final_state(run):
+    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for m in metrics:  # wall-clock fields differ between any two runs
+        for k in ("time_s", "train_time_s"):
+            m.pop(k)
+    return ckpt, metrics
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs SIGKILL")
+def test_kill_minus_9_then_resume_equals_uninterrupted(tmp_path):
+    data = _write_idx(tmp_path / "data")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run(_cmd(data, ref), check=True, env=env, capture_output=True)
+
+    proc = subprocess.Popen(_cmd(data, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 1 and (killed / "checkpoint.pt").exists():
+            break
+        time.sleep(0.02)
+    time.sleep(0.3)  # into epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert len(metrics.read_text().splitlines()) < 4
+
+    # Without --resume the directory is refused; with it the run continues.
+    refused = subprocess.run(_cmd(data, killed), env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    subprocess.run(_cmd(data, killed, "--resume"), check=True, env=env, capture_output=True)
+
+    ref_ckpt, ref_metrics = _final_state(ref)
+    got_ckpt, got_metrics = _final_state(killed)
+    assert got_metrics == ref_metrics
+    assert ref_ckpt["epoch"] == got_ckpt["epoch"] == 4
+    for part in ("model", "optimizer"):
+        a, b = ref_ckpt[part], got_ckpt[part]
+        if part == "model":
+            for k in a:
+                assert torch.equal(a[k], b[k]), k
+        else:
+            for pid, st in a["state"].items():
+                assert torch.equal(st["momentum_buffer"], b["state"][pid]["momentum_buffer"])
+    for k, v in ref_ckpt["modules"]["data_parameters"].items():
+        assert torch.equal(v, got_ckpt["modules"]["data_parameters"][k]), k
+    for name in ("class", "instance"):
+        a = ref_ckpt["objective_optimizers"][name]["state"][0]["momentum_buffer"]
+        b = got_ckpt["objective_optimizers"][name]["state"][0]["momentum_buffer"]
+        assert torch.equal(a, b)
+    for e in range(1, 5):
+        a = np.load(ref / "snapshots" / f"epoch_{e:04d}.npz")
+        b = np.load(killed / "snapshots" / f"epoch_{e:04d}.npz")
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k])
