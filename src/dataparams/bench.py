@@ -58,9 +58,11 @@ METHODS = (*_SINGLE, "cleanlab", "aum")
 
 # The tuning budget: three settings per method, the first being the paper's / package's default.
 TUNING_GRID: dict[str, list[list[str]]] = {
-    "dp-class": [["curriculum.lr_class=0.1"], ["curriculum.lr_class=0.3"], ["curriculum.lr_class=1.0"]],
-    "dp-instance": [["curriculum.lr_instance=0.2"], ["curriculum.lr_instance=0.5"], ["curriculum.lr_instance=1.0"]],
-    "dp-joint": [["curriculum.lr_instance=0.2"], ["curriculum.lr_instance=0.5"], ["curriculum.lr_instance=1.0"]],
+    # Data parameters: the paper's values first, then a log-spaced step up; the small CNN's logits
+    # are smaller than WRN-28-10's, so its temperatures need a larger step to move as far.
+    "dp-class": [["curriculum.lr_class=0.1"], ["curriculum.lr_class=0.5"], ["curriculum.lr_class=2.5"]],
+    "dp-instance": [["curriculum.lr_instance=0.2"], ["curriculum.lr_instance=1.0"], ["curriculum.lr_instance=5.0"]],
+    "dp-joint": [["curriculum.lr_instance=0.2"], ["curriculum.lr_instance=1.0"], ["curriculum.lr_instance=5.0"]],
     "superloss": [['method_options={"lam": 1.0}'], ['method_options={"lam": 0.25}'], ['method_options={"lam": 4.0}']],
     "gce": [['method_options={"q": 0.7}'], ['method_options={"q": 0.4}'], ['method_options={"q": 0.9}']],
     "sce": [['method_options={"alpha": 0.1, "beta": 1.0}'], ['method_options={"alpha": 1.0, "beta": 1.0}'],
@@ -156,7 +158,8 @@ def _result(summary: dict[str, Any]) -> dict[str, Any]:
                                         "val_selected_val_acc", "best_test_acc")}
 
 
-def _cleanlab(spec: BenchSpec, cell: Cell, out: Path, special: dict[str, str], extra: list[str], device: str):
+def _cleanlab(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str, str], extra: list[str],
+              device: str):
     try:
         from cleanlab.filter import find_label_issues
         from cleanlab.rank import get_label_quality_scores
@@ -173,12 +176,13 @@ def _cleanlab(spec: BenchSpec, cell: Cell, out: Path, special: dict[str, str], e
     oof = np.zeros((len(pool), k), dtype=np.float32)
     wall = 0.0
     pos = {s: i for i, s in enumerate(pool)}
+    stages.mkdir(parents=True, exist_ok=True)
     for f in range(spec.folds):
-        keep_file = out / f"keep_fold{f}.npy"
+        keep_file = stages / f"keep_fold{f}.npy"
         np.save(keep_file, pool[fold != f])
-        summary = _train(apply_overrides(cfg, [f"data.keep_file={keep_file}"]), out / f"fold{f}", device)
+        summary = _train(apply_overrides(cfg, [f"data.keep_file={keep_file}"]), stages / f"fold{f}", device)
         wall += summary["train_time_s"]
-        held = RunDir(out / f"fold{f}").load_arrays("heldout_predictions.npz")
+        held = RunDir(stages / f"fold{f}").load_arrays("heldout_predictions.npz")
         oof[[pos[s] for s in held["source_index"]]] = held["probs"]
     issues = find_label_issues(labels=given, pred_probs=oof, filter_by=special.get("filter_by", "prune_by_noise_rate"))
     quality = get_label_quality_scores(given, oof)
@@ -190,22 +194,24 @@ def _cleanlab(spec: BenchSpec, cell: Cell, out: Path, special: dict[str, str], e
             "n_flagged": int(issues.sum()), "detection": _detection(1.0 - quality, corrupted)}
 
 
-def _aum(spec: BenchSpec, cell: Cell, out: Path, special: dict[str, str], extra: list[str], device: str):
+def _aum(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str, str], extra: list[str],
+         device: str):
     cfg = _cell_config(spec, cell, "baseline", extra)
     pool, given, corrupted, k = _pool(cfg)
     rng = np.random.default_rng(cell.seed)
     perm = rng.permutation(len(pool))
     m = len(pool) // (k + 1)
     percentile = float(special.get("percentile", 99))
-    aums, thresholds, masks, wall = [], [], [], 0.0
+    aums, thresholds, wall = [], [], 0.0
+    stages.mkdir(parents=True, exist_ok=True)
     for r in range(2):
         thr_pos = np.sort(perm[r * m : (r + 1) * m])
-        thr_file = out / f"threshold_{r}.npy"
+        thr_file = stages / f"threshold_{r}.npy"
         np.save(thr_file, pool[thr_pos])
         run_cfg = apply_overrides(cfg, ["method=aum", f"data.threshold_file={thr_file}"])
-        summary = _train(run_cfg, out / f"stage{r}", device)
+        summary = _train(run_cfg, stages / f"stage{r}", device)
         wall += summary["train_time_s"]
-        run = RunDir(out / f"stage{r}")
+        run = RunDir(stages / f"stage{r}")
         last = run.snapshot_epochs()[-1]
         aum = run.load_snapshot(last)["aum"].astype(np.float64)
         src = run.load_arrays("labels.npz")["source_index"]
@@ -215,7 +221,6 @@ def _aum(spec: BenchSpec, cell: Cell, out: Path, special: dict[str, str], extra:
         is_thr[thr_pos] = True
         thresholds.append(np.percentile(aum[is_thr], percentile))
         aums.append(np.where(is_thr, np.nan, aum))
-        masks.append(is_thr)
     aum = np.nanmean(np.vstack(aums), axis=0)  # each sample is scored where it was not a threshold sample
     threshold = float(np.mean(thresholds))
     flagged = aum <= threshold
@@ -227,7 +232,8 @@ def _aum(spec: BenchSpec, cell: Cell, out: Path, special: dict[str, str], extra:
             "detection": _detection(-aum, corrupted)}
 
 
-def _single(spec: BenchSpec, cell: Cell, out: Path, special: dict[str, str], extra: list[str], device: str):
+def _single(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str, str], extra: list[str],
+            device: str):
     variant, fixed = _SINGLE[cell.method]
     extra = list(extra)
     if cell.method == "coteaching":
@@ -253,9 +259,15 @@ def _single(spec: BenchSpec, cell: Cell, out: Path, special: dict[str, str], ext
 
 
 def run_cell(spec: BenchSpec, cell: Cell, root: Path, *, device: str = "cpu",
-             setting: list[str] | None = None) -> dict[str, Any]:
-    """Run one cell into ``root/cells/<key>`` (or reuse its result); never raises."""
+             setting: list[str] | None = None, stages: Path | None = None) -> dict[str, Any]:
+    """Run one cell into ``root/cells/<key>`` (or reuse its result); never raises.
+
+    With ``setting`` (tuning) the cell runs in ``root`` itself with that setting, and the
+    trainings that do not depend on it (cleanlab's folds, AUM's threshold runs) go to
+    ``stages`` so that the settings of one method share them.
+    """
     out = root / "cells" / cell.key if setting is None else root
+    stages = out if stages is None else stages
     result_file = out / "result.json"
     if result_file.exists():
         res = json.loads(result_file.read_text())
@@ -269,7 +281,7 @@ def run_cell(spec: BenchSpec, cell: Cell, root: Path, *, device: str = "cpu",
         if cell.method not in METHODS:
             raise ConfigError(f"unknown bench method {cell.method!r}; choose from {', '.join(METHODS)}")
         fn = {"cleanlab": _cleanlab, "aum": _aum}.get(cell.method, _single)
-        res = {"status": "ok", **fn(spec, cell, out, special, extra, device)}
+        res = {"status": "ok", **fn(spec, cell, out, stages, special, extra, device)}
     except Exception as e:  # recorded, and the grid goes on
         res = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
     res.update({"cell": dataclasses.asdict(cell), "setting": chosen, "wall_s": time.perf_counter() - t0})
@@ -277,40 +289,52 @@ def run_cell(spec: BenchSpec, cell: Cell, root: Path, *, device: str = "cpu",
     return res
 
 
-def _worker(args: tuple[BenchSpec, Cell, str, str, int, list[str] | None]) -> dict[str, Any]:
-    spec, cell, root, device, threads, setting = args
+def _worker(args: tuple[Any, ...]) -> dict[str, Any]:
+    spec, cell, root, device, threads, setting, stages = args
     import torch
 
     torch.set_num_threads(threads)
-    return run_cell(spec, cell, Path(root), device=device, setting=setting)
+    return run_cell(spec, cell, Path(root), device=device, setting=setting,
+                    stages=None if stages is None else Path(stages))
 
 
-def _run_many(jobs: list[tuple[Any, ...]], n_jobs: int, desc: str, quiet: bool) -> list[dict[str, Any]]:
+def _tune_worker(args: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """All settings of one method, in turn: they share the setting-independent stages."""
+    spec, cell, root, device, threads, settings = args
+    return [_worker((spec, cell, str(Path(root) / f"{cell.method}_{i}"), device, threads, setting,
+                     str(Path(root) / f"{cell.method}_stages"))) for i, setting in enumerate(settings)]
+
+
+def _run_many(fn: Any, jobs: list[tuple[Any, ...]], n_jobs: int, desc: str, quiet: bool) -> list[Any]:
+    """``fn(job)`` for every job, ``n_jobs`` at a time in separate processes, with a progress bar."""
     bar = None
     if not quiet:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(jobs), desc=desc, unit="cell", file=sys.stderr, dynamic_ncols=True)
-    results: list[dict[str, Any]] = []
+        bar = tqdm(total=len(jobs), desc=desc, unit="job", file=sys.stderr, dynamic_ncols=True)
+    results: list[Any] = []
+
+    def done(job: tuple[Any, ...], res: Any) -> None:
+        results.append(res)
+        if bar:
+            bar.update(1)
+            status = res["status"] if isinstance(res, dict) else ",".join(r["status"] for r in res)
+            bar.set_postfix_str(f"{job[1].key}: {status}")
+
     if n_jobs <= 1:
         for j in jobs:
-            results.append(_worker(j))
-            if bar:
-                bar.update(1)
-                bar.set_postfix_str(f"{j[1].key}: {results[-1]['status']}")
+            done(j, fn(j))
     else:
         ctx = multiprocessing.get_context("spawn")
         with futures.ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
-            pending = {pool.submit(_worker, j): j for j in jobs}
+            pending = {pool.submit(fn, j): j for j in jobs}
             for fut in futures.as_completed(pending):
                 j = pending[fut]
                 try:
-                    results.append(fut.result())
+                    res = fut.result()
                 except Exception as e:  # a worker that died (e.g. out of memory)
-                    results.append({"status": "failed", "error": f"worker died: {e}", "cell": dataclasses.asdict(j[1])})
-                if bar:
-                    bar.update(1)
-                    bar.set_postfix_str(f"{j[1].key}: {results[-1]['status']}")
+                    res = {"status": "failed", "error": f"worker died: {e}", "cell": dataclasses.asdict(j[1])}
+                done(j, res)
     if bar:
         bar.close()
     return results
@@ -327,12 +351,11 @@ def tune(spec: BenchSpec, root: Path, *, noise: str = "uniform", rate: float = 0
          device: str = "cpu", jobs: int = 1, quiet: bool = False) -> dict[str, list[str]]:
     """Try each method's :data:`TUNING_GRID` settings on one noisy cell; keep the best by the
     noisy-validation accuracy at the validation-selected epoch. Writes ``root/tuning.{json,md}``."""
-    jobs_list = []
-    for method in spec.methods:
-        for i, setting in enumerate(TUNING_GRID.get(method, [[]])):
-            cell = Cell(method, noise, rate, seed)
-            jobs_list.append((spec, cell, str(root / "tuning" / f"{method}_{i}"), device, _threads(jobs), setting))
-    results = _run_many(jobs_list, jobs, "tuning", quiet)
+    # One job per method (methods without hyper-parameters, baseline and oracle, have none).
+    jobs_list = [(spec, Cell(m, noise, rate, seed), str(root / "tuning"), device, _threads(jobs), TUNING_GRID[m])
+                 for m in spec.methods if m in TUNING_GRID]
+    results = [r for rs in _run_many(_tune_worker, jobs_list, jobs, "tuning", quiet)
+               for r in (rs if isinstance(rs, list) else [rs])]
     chosen: dict[str, list[str]] = {}
     rows = ["| method | setting | val acc (val-selected epoch) | status |", "|---|---|---:|---|"]
     for method in spec.methods:
@@ -365,8 +388,8 @@ def run_grid(spec: BenchSpec, root: Path, *, device: str = "cpu", jobs: int = 1,
     tuning = root / "tuning.json"
     if tuning.exists():
         spec.chosen = {**json.loads(tuning.read_text())["chosen"], **spec.chosen}
-    jobs_list = [(spec, c, str(root), device, _threads(jobs), None) for c in spec.cells()]
-    _run_many(jobs_list, jobs, "bench", quiet)
+    jobs_list = [(spec, c, str(root), device, _threads(jobs), None, None) for c in spec.cells()]
+    _run_many(_worker, jobs_list, jobs, "bench", quiet)
     return summarize(spec, root)
 
 

@@ -64,7 +64,7 @@ class DataConfig:
     crop_padding: int = 4
     flip: bool = True
     batch_size: int = 128
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 256
     workers: int = 0
 
 

@@ -24,7 +24,7 @@ from dataparams.config import ConfigError, TrainConfig, config_to_dict
 from dataparams.data.base import Split
 from dataparams.data.memory import Augment, InMemoryLoader
 from dataparams.data.registry import DatasetInfo, load_splits
-from dataparams.engine import Callback, Precision, fit, predict, resolve_device
+from dataparams.engine import Callback, Execution, fit, predict, resolve_device
 from dataparams.models import ARCHITECTURES, build_model
 from dataparams.noise import NOISE_MODELS, apply_noise
 from dataparams.objectives import DataParameterObjective, Objective
@@ -421,20 +421,24 @@ def train(
     deterministic: bool = False,
     quiet: bool = False,
     tensorboard: bool = True,
+    channels_last: bool = True,
     label: str = "",
 ) -> dict[str, Any]:
-    """Run (or resume) training of ``cfg`` into run directory ``out``; return the summary."""
+    """Run (or resume) training of ``cfg`` into run directory ``out``; return the summary.
+
+    ``device``, ``amp``, ``deterministic``, ``channels_last`` choose how it runs (not part of the
+    config); ``quiet`` turns off progress output; ``label`` prefixes the progress bars.
+    """
     validate_config(cfg)
     dev = resolve_device(device)
-    precision = Precision.create(dev, amp)
+    execution = Execution.create(dev, amp, channels_last=channels_last)
     seed_everything(cfg.seed, deterministic=deterministic)
     data = prepare_data(cfg, dev)
-    model = build_model(cfg.model.arch, data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_size, dropout=cfg.model.dropout).to(dev)
-
     def model_factory() -> torch.nn.Module:
-        return build_model(cfg.model.arch, data.num_classes, in_channels=data.in_channels,
-                           image_size=data.image_size, dropout=cfg.model.dropout).to(dev)
+        return execution.model(build_model(cfg.model.arch, data.num_classes, in_channels=data.in_channels,
+                                           image_size=data.image_size, dropout=cfg.model.dropout))
+
+    model = model_factory()
 
     objective = build_objective(cfg, data.num_classes, data.num_train, dev, model_factory=model_factory)
     optimizer, scheduler = build_optimizer(cfg, model)
@@ -455,8 +459,8 @@ def train(
         for name, opt in objective.optimizers().items():
             opt.load_state_dict(state["objective_optimizers"][name])
         objective.load_extra_state(state.get("objective_state", {}))
-        if precision.scaler is not None and "scaler" in state:
-            precision.scaler.load_state_dict(state["scaler"])
+        if execution.scaler is not None and "scaler" in state:
+            execution.scaler.load_state_dict(state["scaler"])
         last_loss.copy_(state["last_loss"].to(dev))
         _set_rng_state(state["rng"])
         start_epoch = int(state["epoch"])
@@ -484,8 +488,8 @@ def train(
             "last_loss": last_loss.detach().cpu(),
             "rng": _rng_state(),
         }
-        if precision.scaler is not None:
-            st["scaler"] = precision.scaler.state_dict()
+        if execution.scaler is not None:
+            st["scaler"] = execution.scaler.state_dict()
         return st
 
     logger = RunLogger(run, cfg, data, objective, state_fn, last_loss, quiet=quiet, tensorboard=tensorboard)
@@ -494,19 +498,19 @@ def train(
         if start_epoch < cfg.optim.epochs:
             fit(
                 model, objective, optimizer, data.train_loader, dev, epochs=cfg.optim.epochs,
-                start_epoch=start_epoch, scheduler=scheduler, eval_loaders=data.eval_loaders, precision=precision,
+                start_epoch=start_epoch, scheduler=scheduler, eval_loaders=data.eval_loaders, execution=execution,
                 clean_targets=torch.as_tensor(data.clean_targets, device=dev), last_loss=last_loss,
                 callbacks=callbacks, progress_factory=_progress_factory(cfg, quiet, label),
             )
     finally:
         logger.close()
-    return finish(run, cfg, data, model, objective, dev, precision)
+    return finish(run, cfg, data, model, objective, dev, execution)
 
 
 def finish(run: RunDir, cfg: TrainConfig, data: PreparedData, model: torch.nn.Module, objective: Objective,
-           dev: torch.device, precision: Precision) -> dict[str, Any]:
+           dev: torch.device, execution: Execution) -> dict[str, Any]:
     """Predictions on the training set, calibration, and summary.json."""
-    logits, _, idx = predict(model, data.train_eval_loader, dev, precision=precision)
+    logits, _, idx = predict(model, data.train_eval_loader, dev, execution=execution)
     probs = logits.softmax(1)
     order = torch.argsort(idx)
     probs, given = probs[order], torch.as_tensor(data.given_targets)
@@ -516,7 +520,7 @@ def finish(run: RunDir, cfg: TrainConfig, data: PreparedData, model: torch.nn.Mo
         given_prob=probs.gather(1, given[:, None]).squeeze(1).numpy(),
     )
     if data.heldout_loader is not None:
-        h_logits, _, h_pos = predict(model, data.heldout_loader, dev, precision=precision)
+        h_logits, _, h_pos = predict(model, data.heldout_loader, dev, execution=execution)
         order = torch.argsort(h_pos)
         run.save_arrays("heldout_predictions.npz", source_index=data.heldout_source_index,
                         probs=h_logits[order].softmax(1).numpy().astype(np.float32))
@@ -547,8 +551,8 @@ def finish(run: RunDir, cfg: TrainConfig, data: PreparedData, model: torch.nn.Mo
     if "detection_loss" in last:
         summary["detection_loss"] = last["detection_loss"]
     if cfg.calibrate and "val" in data.eval_loaders:
-        v_logits, v_y, _ = predict(model, data.eval_loaders["val"], dev, precision=precision)
-        t_logits, t_y, _ = predict(model, data.eval_loaders["test"], dev, precision=precision)
+        v_logits, v_y, _ = predict(model, data.eval_loaders["val"], dev, execution=execution)
+        t_logits, t_y, _ = predict(model, data.eval_loaders["test"], dev, execution=execution)
         temp = fit_temperature(v_logits, v_y)
         cal = {
             "temperature": temp,

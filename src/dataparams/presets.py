@@ -115,8 +115,11 @@ CPU_CLASS = dict(init_class=1.0, lr_class=0.1, wd_class=5e-4)
 
 def _cpu(dataset: str, noise: str, rate: float) -> tuple[TrainConfig, dict[str, dict]]:
     base = TrainConfig(
+        # No augmentation: with crops and flips the small CNN does not memorise the noise within
+        # 40 epochs (measured: 58% train accuracy on 40%-noisy labels, test accuracy flat at 86%),
+        # so the comparison would show nothing. Turn it on with --set data.augment=true.
         data=DataConfig(
-            dataset=dataset, subset=10_000, noise=noise, noise_rate=rate, batch_size=128,
+            dataset=dataset, subset=10_000, noise=noise, noise_rate=rate, batch_size=128, augment=False,
             crop_padding=2, flip=dataset == "fashion-mnist",
         ),
         model=ModelConfig(arch="small_cnn"),

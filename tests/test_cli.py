@@ -1,0 +1,68 @@
+"""The command line end to end on tiny IDX data: seeds summary, demo, calibration, TensorBoard."""
+
+import json
+
+import fakes
+import pytest
+
+from dataparams.cli import main
+
+TINY = ["--set", "data.subset=96", "--set", "data.batch_size=32", "--set", "data.eval_batch_size=64",
+        "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return fakes.write_idx(tmp_path_factory.mktemp("idx"), 96, 48)
+
+
+def test_seeds_write_a_mean_std_summary(data, tmp_path, capsys):
+    out = tmp_path / "seeds"
+    code = main(["train", "--preset", "fmnist-noisy40/instance", "--data-dir", str(data), "--epochs", "2",
+                 "--seeds", "1", "2", "--out", str(out), "--no-tensorboard", *TINY])
+    assert code == 0
+    summary = json.loads((out / "seeds_summary.json").read_text())
+    accs = [r["final_test_acc"] for r in summary["runs"]]
+    mean, std = summary["mean_std"]["final_test_acc"]
+    assert mean == pytest.approx(sum(accs) / 2) and std == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
+    assert (out / "seed1" / "config.json").exists() and (out / "seed2" / "config.json").exists()
+    assert json.loads((out / "seed2" / "config.json").read_text())["seed"] == 2
+    assert "± " in (out / "seeds_summary.md").read_text()
+
+
+def test_demo_prints_the_table_and_writes_both_runs(data, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--data-dir", str(data), "--epochs", "1", "--out", str(out), "--device", "cpu",
+                 "--quiet", "--no-tensorboard"]) == 0
+    printed = capsys.readouterr().out
+    assert "| baseline |" in printed and "| instance |" in printed and "sigma AUROC" in printed
+    for v in ("baseline", "instance"):
+        assert (out / v / "summary.json").exists()
+    # a second demo resumes the finished runs instead of refusing or retraining
+    assert main(["demo", "--data-dir", str(data), "--epochs", "1", "--out", str(out), "--device", "cpu",
+                 "--quiet", "--no-tensorboard"]) == 0
+
+
+def test_calibration_and_tensorboard(data, tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "cal"
+    assert main(["train", "--preset", "fmnist-noisy40/joint", "--data-dir", str(data), "--epochs", "1",
+                 "--set", "data.val_fraction=0.25", "--set", "calibrate=true", "--out", str(out), *TINY]) == 0
+    cal = json.loads((out / "calibration.json").read_text())
+    assert cal["temperature"] > 0 and 0 <= cal["test_ece_after"] <= 1 and 0 <= cal["test_ece_before"] <= 1
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_print_config_and_presets(capsys):
+    assert main(["train", "--preset", "cifar100-noisy40/joint", "--set", "optim.epochs=3", "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["optim"]["epochs"] == 3 and cfg["curriculum"]["init_instance"] == 0.001
+    assert main(["presets"]) == 0
+    assert "cifar100-noisy40" in capsys.readouterr().out
+
+
+def test_calibration_without_validation_split_is_refused(data, tmp_path, capsys):
+    out = tmp_path / "nocal"
+    assert main(["train", "--preset", "fmnist-noisy40/instance", "--data-dir", str(data), "--set", "calibrate=true",
+                 "--out", str(out), *TINY]) == 2
+    assert "val_fraction" in capsys.readouterr().err and not out.exists()

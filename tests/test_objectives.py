@@ -1,0 +1,97 @@
+"""Objectives: the data-parameter loss, and the peers' bookkeeping against independent computations."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dataparams import DataParameters
+from dataparams.config import TrainConfig, apply_overrides
+from dataparams.methods.objectives import AUMObjective, CoTeachingObjective, SuperLossObjective, build_peer_objective
+from dataparams.methods.superloss import superloss_sigma
+from dataparams.objectives import DataParameterObjective
+
+
+def _batch(b=6, k=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, k, generator=g), torch.randint(0, k, (b,), generator=g), torch.arange(b)
+
+
+def test_data_parameter_objective_is_scaled_ce_plus_penalty():
+    z, y, idx = _batch()
+    dp = DataParameters(4, 6, class_curriculum=True, instance_curriculum=True, init_class=2.0, init_instance=0.5)
+    obj = DataParameterObjective(dp, wd_class=0.1, wd_instance=0.01)
+    loss, per = obj.loss(z, None, y, idx)
+    sigma = torch.full((6,), 2.5)
+    ce = F.cross_entropy(z / sigma[:, None], y, reduction="none")
+    penalty = 0.5 * 0.1 * 6 * math.log(2.0) ** 2 + 0.5 * 0.01 * 6 * math.log(0.5) ** 2
+    torch.testing.assert_close(per, ce)
+    assert loss.item() == pytest.approx(ce.mean().item() + penalty, rel=1e-6)
+    assert set(obj.optimizers()) == {"class", "instance"}
+
+
+def test_baseline_objective_has_no_extra_optimizer_and_no_score():
+    z, y, idx = _batch()
+    obj = DataParameterObjective(DataParameters(4, 6))
+    loss, _ = obj.loss(z, None, y, idx)
+    assert loss.item() == pytest.approx(F.cross_entropy(z, y).item(), rel=1e-6)
+    assert obj.optimizers() == {} and obj.scores() is None
+
+
+def test_superloss_objective_records_confidence_by_index():
+    z, y, idx = _batch()
+    obj = SuperLossObjective(10, torch.device("cpu"), lam=1.0, tau=math.log(4))
+    obj.loss(z, None, y, idx + 3)
+    ce = F.cross_entropy(z, y, reduction="none")
+    expected = superloss_sigma(ce, math.log(4), 1.0)
+    torch.testing.assert_close(obj.confidence[3:9], expected)
+    assert torch.equal(obj.confidence[:3], torch.ones(3))
+    np.testing.assert_allclose(obj.scores()[3:9], -np.log(expected.numpy()), rtol=1e-6)
+
+
+def test_coteaching_objective_trains_both_networks_on_each_others_picks():
+    torch.manual_seed(0)
+    cfg = apply_overrides(TrainConfig(), ["method=coteaching", 'method_options={"forget_rate": 0.5, "num_gradual": 1}'])
+    model_a = torch.nn.Linear(3, 4)
+    obj = build_peer_objective(cfg, num_classes=4, num_train=8, device=torch.device("cpu"),
+                               model_factory=lambda: torch.nn.Linear(3, 4))
+    assert isinstance(obj, CoTeachingObjective)
+    opt_a = torch.optim.SGD(model_a.parameters(), lr=0.1)
+    obj.attach(model_a, opt_a)
+    obj.on_epoch_start(5)  # past the ramp: forget half the batch
+    assert obj.forget_rate == 0.5
+    x = torch.randn(8, 3)
+    y = torch.randint(0, 4, (8,))
+    before_b = [p.detach().clone() for p in obj.model_b.parameters()]
+    loss, per = obj.loss(model_a(x), x, y, torch.arange(8))
+    loss.backward()
+    obj.optimizers()["model_b"].step()
+    assert any(not torch.equal(a, b) for a, b in zip(before_b, obj.model_b.parameters()))
+    assert model_a.weight.grad is not None and per.shape == (8,)
+
+
+def test_aum_objective_matches_the_margin_by_hand():
+    pytest.importorskip("aum")
+    obj = AUMObjective(5)
+    z1 = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+    z2 = torch.tensor([[1.0, 1.5, 0.0]])  # a batch of one
+    obj.loss(z1, None, torch.tensor([0, 2]), torch.tensor([0, 1]))
+    obj.loss(z2, None, torch.tensor([0]), torch.tensor([0]))
+    aum = obj.aum()
+    # sample 0: margins 2-1=1 and 1-1.5=-0.5 -> mean 0.25; sample 1: 1-3=-2; others unseen
+    assert aum[0] == pytest.approx(0.25) and aum[1] == pytest.approx(-2.0)
+    assert np.isnan(aum[2:]).all()
+    state = obj.extra_state()
+    other = AUMObjective(5)
+    other.load_extra_state(state)
+    np.testing.assert_array_equal(other.aum(), aum)
+
+
+def test_unknown_method_option_is_refused():
+    from dataparams.config import ConfigError
+
+    cfg = apply_overrides(TrainConfig(), ["method=gce", 'method_options={"qq": 1}'])
+    with pytest.raises(ConfigError, match="qq"):
+        build_peer_objective(cfg, num_classes=3, num_train=4, device=torch.device("cpu"), model_factory=None)
