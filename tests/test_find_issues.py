@@ -147,3 +147,18 @@ def test_cli_prints_the_summary(inst, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "flagged" in out and "precision" in out and str(tmp_path / "o" / "issues.csv") in out
     assert (tmp_path / "o" / "cleaned_labels_relabel.csv").exists()
+
+
+def test_ties_at_the_clamp_are_ordered_by_the_given_label_probability(inst):
+    # Saturated sigma (many samples at the clamp's upper bound) must not fall back to index order.
+    snap = _snapshot(inst, 5)
+    sigma = snap["instance_sigma"].copy()
+    top = np.argsort(-sigma)[:6]
+    sigma[top] = 20.0
+    np.savez_compressed(inst / "snapshots" / "epoch_0005.npz", **{**snap, "instance_sigma": sigma})
+    with np.load(inst / "predictions.npz") as z:
+        pred = {k: z[k] for k in z.files}
+    rep = find_issues(inst, load_dataset=False)
+    tied_order = rep.order[:6]
+    assert set(tied_order.tolist()) == set(top.tolist())
+    assert np.all(np.diff(pred["given_prob"][tied_order]) >= 0)  # least likely given label first

@@ -146,6 +146,17 @@ def test_cpu_preset(variant):
     assert cfg.model.arch == "small_cnn"
     o = cfg.optim
     assert (o.epochs, o.lr, o.momentum, o.weight_decay) == (40, 0.05, 0.9, 5e-4)
+    # the memorisation regime: no augmentation (with it the baseline does not memorise in 40 epochs)
+    assert cfg.data.augment is False
+    # data-parameter learning rates chosen on the noisy validation split, recorded in the preset
+    c = cfg.curriculum
+    if variant == "instance":
+        assert (c.init_instance, c.lr_instance, c.wd_instance) == (1.0, 5.0, 0.0)
+    if variant == "class":
+        assert (c.init_class, c.lr_class, c.wd_class) == (1.0, 0.1, 5e-4)
+    if variant == "joint":
+        assert (c.init_class, c.init_instance, c.lr_class, c.lr_instance) == (1.0, 0.001, 0.1, 0.2)
+    assert "noisy validation split" in cfg.notes and "tuning.md" in cfg.notes
 
 
 @pytest.mark.parametrize("experiment", ALL_EXPERIMENTS)

@@ -60,7 +60,8 @@ class IssueReport:
     score : ndarray of float
         The ranking score, larger = more suspicious.
     rank : ndarray of int
-        1 for the most suspicious sample, ``N`` for the least; ties go to the lower index.
+        1 for the most suspicious sample, ``N`` for the least; equal scores are ordered by the final
+        model's probability of the given label (lowest first), then by index.
     is_flagged : ndarray of bool
         Flagged as mislabeled: the mixture's posterior probability of the high component > 0.5.
     mislabeled_prob : ndarray of float
@@ -288,10 +289,13 @@ def _finite_or_none(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _descending_ranks(score: np.ndarray) -> np.ndarray:
-    # Stable sort of the negated score: among equal scores the lower index ranks first, the same
-    # tie rule as the metrics' precision@k.
-    order = np.argsort(-score, kind="stable")
+def _descending_ranks(score: np.ndarray, tiebreak: np.ndarray | None = None) -> np.ndarray:
+    # Largest score first. Equal scores are common (sigma saturates at the clamp's upper bound for
+    # many corrupted samples), so ties go to the larger ``tiebreak`` and then the lower index.
+    keys = [np.arange(score.shape[0])]
+    if tiebreak is not None:
+        keys.append(-tiebreak)
+    order = np.lexsort((*keys, -score))
     rank = np.empty(score.shape[0], dtype=np.int64)
     rank[order] = np.arange(1, score.shape[0] + 1)
     return rank
@@ -404,7 +408,9 @@ def find_issues(
         score_name=score,
         epoch=int(epoch),
         score=values,
-        rank=_descending_ranks(values),
+        # Ties (e.g. sigma at the clamp) are ordered by how unlikely the final model finds the
+        # given label.
+        rank=_descending_ranks(values, None if pred is None else -pred["given_prob"].astype(np.float64)),
         is_flagged=flagged,
         mislabeled_prob=np.asarray(est["posterior"], dtype=np.float64),
         given=run.labels["given"].astype(np.int64),
