@@ -66,3 +66,24 @@ def test_calibration_without_validation_split_is_refused(data, tmp_path, capsys)
     assert main(["train", "--preset", "fmnist-noisy40/instance", "--data-dir", str(data), "--set", "calibrate=true",
                  "--out", str(out), *TINY]) == 2
     assert "val_fraction" in capsys.readouterr().err and not out.exists()
+
+
+def test_find_issues_cleaned_labels_retrain(data, tmp_path, capsys):
+    """find-issues -> cleaned label list -> a new run trains on exactly those labels."""
+    run = tmp_path / "noisy"
+    assert main(["train", "--preset", "fmnist-noisy40/instance", "--data-dir", str(data), "--epochs", "2",
+                 "--out", str(run), "--no-tensorboard", *TINY]) == 0
+    assert main(["find-issues", str(run), "--out", str(tmp_path / "issues"), "--cleaned-labels", "drop"]) == 0
+    cleaned = tmp_path / "issues" / "cleaned_labels_drop.csv"
+    import csv
+
+    rows = list(csv.DictReader(open(cleaned)))
+    retrain = tmp_path / "retrain"
+    assert main(["train", "--preset", "fmnist-noisy40/baseline", "--data-dir", str(data), "--epochs", "1",
+                 "--set", f"data.labels_file={cleaned}", "--out", str(retrain), "--no-tensorboard", *TINY]) == 0
+    import numpy as np
+
+    labels = np.load(retrain / "labels.npz")
+    assert sorted(labels["source_index"].tolist()) == sorted(int(r["source_index"]) for r in rows)
+    given = dict(zip(labels["source_index"].tolist(), labels["given"].tolist()))
+    assert all(given[int(r["source_index"])] == int(r["label"]) for r in rows)

@@ -43,6 +43,8 @@ class DataConfig:
     clean data"). ``keep_file`` (a ``.npy`` of source indices, i.e. positions in the dataset's
     training split) restricts training to those samples; the rest of the training pool is held
     out and predicted at the end (cross-validation, retraining on a filtered set).
+    ``labels_file`` (a CSV with ``source_index`` and ``label`` columns, as written by
+    ``dataparams find-issues --cleaned-labels``) trains on the listed samples with those labels.
     ``threshold_file`` (``.npy`` of source indices) relabels those samples to an extra class K,
     the "threshold samples" of AUM (Pleiss et al. 2020). ``augment`` turns on random crops (``crop_padding`` pixels) and, when ``flip``,
     horizontal flips; image-file datasets use the ImageNet transforms instead.
@@ -59,6 +61,7 @@ class DataConfig:
     val_seed: int = 0
     oracle: bool = False
     keep_file: str | None = None
+    labels_file: str | None = None
     threshold_file: str | None = None
     augment: bool = True
     crop_padding: int = 4

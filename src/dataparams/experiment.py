@@ -119,6 +119,26 @@ def _load_index_file(path: str, n: int, what: str) -> np.ndarray:
     return idx.astype(np.int64)
 
 
+def _load_labels_file(path: str, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise ConfigError(f"data.labels_file: cannot read {path} ({e})") from None
+    if not rows or not {"source_index", "label"} <= set(rows[0]):
+        raise ConfigError(f"data.labels_file: {path} needs a header with source_index and label columns")
+    try:
+        src = np.array([int(r["source_index"]) for r in rows], dtype=np.int64)
+        lab = np.array([int(r["label"]) for r in rows], dtype=np.int64)
+    except (TypeError, ValueError):
+        raise ConfigError(f"data.labels_file: {path} holds a non-integer source_index or label") from None
+    if src.min() < 0 or src.max() >= n or lab.min() < 0 or lab.max() >= k:
+        raise ConfigError(f"data.labels_file: {path} holds indices outside [0, {n}) or labels outside [0, {k})")
+    return src, lab
+
+
 def prepare_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> PreparedData:
     """Load, subset, corrupt and split the data of ``cfg``; build the loaders."""
     device = torch.device(device)
@@ -158,6 +178,14 @@ def prepare_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> Prepar
     if d.keep_file:
         keep = np.isin(train_idx, _load_index_file(d.keep_file, len(train), "data.keep_file"))
         train_idx, heldout_idx = train_idx[keep], train_idx[~keep]
+    if d.labels_file:
+        # A cleaned label list (e.g. from `dataparams find-issues --cleaned-labels`): train on the
+        # listed samples with the listed labels; the truth mask follows the new labels.
+        src, lab = _load_labels_file(d.labels_file, len(train), k)
+        noisy = noisy.copy()
+        noisy[src] = lab
+        corrupted = noisy != clean
+        train_idx = train_idx[np.isin(train_idx, src)]
     if d.threshold_file:
         # AUM's threshold samples: a fake class K that no sample truly belongs to.
         thr = _load_index_file(d.threshold_file, len(train), "data.threshold_file")

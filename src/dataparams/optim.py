@@ -74,10 +74,26 @@ def sparse_sgd_step(
         If ``grad`` lists a row outside ``[0, R)``; nothing is modified then.
     """
     grad = _checked_coalesce(grad, param.shape[0])
-    rows = grad.indices()[0]
+    _update_rows(param, grad.indices()[0], grad.values(), momentum_buffer, lr=lr, momentum=momentum,
+                 weight_decay=weight_decay, nesterov=nesterov, bounds=bounds)
+
+
+def _update_rows(
+    param: Tensor,
+    rows: Tensor,
+    values: Tensor,
+    momentum_buffer: Tensor | None,
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    nesterov: bool,
+    bounds: tuple[float, float] | None,
+) -> None:
+    """The SGD update of the (unique, in-range) ``rows``; everything else stays as it is."""
     if rows.numel() == 0:
         return
-    g = grad.values().to(param.dtype)
+    g = values.to(param.dtype)
     p_rows = param.index_select(0, rows)
     if weight_decay != 0:
         g = g.add(p_rows, alpha=weight_decay)
@@ -85,12 +101,14 @@ def sparse_sgd_step(
         if momentum_buffer is None:
             raise ValueError("momentum != 0 needs a momentum_buffer")
         buf = momentum_buffer.index_select(0, rows).mul_(momentum).add_(g)
-        momentum_buffer.index_copy_(0, rows, buf)
+        # index_put_ rather than index_copy_: it has a deterministic CUDA kernel, so the
+        # optimizer also runs under torch.use_deterministic_algorithms(True).
+        momentum_buffer.index_put_((rows,), buf)
         g = g.add(buf, alpha=momentum) if nesterov else buf
     p_rows.add_(g, alpha=-lr)
     if bounds is not None:
         p_rows.clamp_(bounds[0], bounds[1])
-    param.index_copy_(0, rows, p_rows)
+    param.index_put_((rows,), p_rows)
 
 
 class SparseSGD(Optimizer):
@@ -183,9 +201,11 @@ class SparseSGD(Optimizer):
                 if buf is None:
                     # Zeros make the first visit of each row set buf = grad (see module notes).
                     buf = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            sparse_sgd_step(
+            # ``grad`` is coalesced and range-checked above: update its rows directly.
+            _update_rows(
                 p,
-                grad,
+                grad.indices()[0],
+                grad.values(),
                 buf,
                 lr=group["lr"],
                 momentum=group["momentum"],
