@@ -79,15 +79,29 @@ def test_multistage_pipelines_run(tmp_path):
         assert c["trainings"] == trainings and c["n_flagged"] >= 0
         assert c["detection"] is not None
     # cleanlab's retraining used exactly the samples it did not flag
-    keep = np.load(out / "cells" / "cleanlab/uniform40/seed1" / "keep_final.npy")
-    labels = np.load(out / "cells" / "cleanlab/uniform40/seed1" / "retrain" / "labels.npz")
+    cl = out / "cells" / "cleanlab/uniform40/seed1"
+    (keep_file,) = cl.glob("keep_final_*.npy")
+    keep = np.load(keep_file)
+    labels = np.load(cl / f"retrain_{keep_file.stem.split('_')[-1]}" / "labels.npz")
     np.testing.assert_array_equal(np.sort(labels["source_index"]), np.sort(keep))
     # every AUM threshold sample was relabelled to the extra class in its stage
-    thr = np.load(out / "cells" / "aum/uniform40/seed1" / "threshold_0.npy")
-    st = np.load(out / "cells" / "aum/uniform40/seed1" / "stage0" / "labels.npz")
+    am = out / "cells" / "aum/uniform40/seed1"
+    (thr_file,) = am.glob("threshold_0_*.npy")
+    thr = np.load(thr_file)
+    st = np.load(am / f"stage0_{thr_file.stem.split('_')[-1]}" / "labels.npz")
     given = dict(zip(st["source_index"].tolist(), st["given"].tolist()))
     assert all(given[s] == 10 for s in thr.tolist())
     summarize(spec, out)
+
+
+def test_index_files_are_named_by_content(tmp_path):
+    from dataparams.bench import _index_file
+
+    a, ha = _index_file(tmp_path, "keep", np.array([1, 2, 3]))
+    b, hb = _index_file(tmp_path, "keep", np.array([1, 2, 4]))
+    c, hc = _index_file(tmp_path, "keep", np.array([1, 2, 3]))
+    assert a == c and ha == hc and a != b and ha != hb
+    np.testing.assert_array_equal(np.load(b), [1, 2, 4])
 
 
 def test_tuning_picks_the_best_noisy_validation_setting(tmp_path):

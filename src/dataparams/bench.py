@@ -13,15 +13,18 @@ Multi-stage methods:
   out-of-sample predicted probabilities by K-fold cross-validation (K trainings), then
   ``cleanlab.filter.find_label_issues``, then a retraining on the kept samples.
 * ``aum`` (Pleiss et al., NeurIPS 2020, through the ``aum`` package): two trainings, each with a
-  different set of N/(K+1) threshold samples relabelled to a fake class; a sample is flagged
-  when its area under the margin is below the 99th percentile of the threshold samples'; then
-  a retraining on the kept samples.
+  different set of N/(K+1) threshold samples relabelled to a fake class; AUM is read at the
+  epoch where that training's noisy-validation accuracy peaked (the paper reads it before the
+  first learning-rate drop, i.e. before memorisation); a sample is flagged when its AUM is below
+  a percentile (99th in the paper, tuned here) of the threshold samples'; then a retraining on
+  the kept samples.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
 import dataclasses
+import hashlib
 import json
 import math
 import multiprocessing
@@ -36,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from dataparams.config import ConfigError, TrainConfig, apply_overrides
+from dataparams.config import ConfigError, TrainConfig, apply_overrides, config_to_dict
 from dataparams.presets import get_preset
 from dataparams.runs import RunDir, atomic_write_text
 
@@ -132,8 +135,24 @@ def _train(cfg: TrainConfig, out: Path, device: str) -> dict[str, Any]:
 
     done = out / "summary.json"
     if done.exists():
+        # A finished run is reused only if it was trained with this very config.
+        run = RunDir(out)
+        run.prepare(config_to_dict(cfg), resume=True)
         return json.loads(done.read_text())
     return train(cfg, out, resume=True, device=device, quiet=True, tensorboard=False)
+
+
+def _index_file(folder: Path, name: str, index: np.ndarray) -> tuple[Path, str]:
+    """Save ``index`` as ``folder/name_<hash>.npy``; return the path and the hash.
+
+    Named by content so that a run trained on one index set is never reused for another (the
+    config holds the path, not the file's content)."""
+    index = np.ascontiguousarray(index, dtype=np.int64)
+    digest = hashlib.sha1(index.tobytes()).hexdigest()[:10]
+    path = folder / f"{name}_{digest}.npy"
+    if not path.exists():
+        np.save(path, index)
+    return path, digest
 
 
 def _detection(scores: np.ndarray, corrupted: np.ndarray) -> dict[str, float] | None:
@@ -178,17 +197,19 @@ def _cleanlab(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dic
     pos = {s: i for i, s in enumerate(pool)}
     stages.mkdir(parents=True, exist_ok=True)
     for f in range(spec.folds):
-        keep_file = stages / f"keep_fold{f}.npy"
-        np.save(keep_file, pool[fold != f])
-        summary = _train(apply_overrides(cfg, [f"data.keep_file={keep_file}"]), stages / f"fold{f}", device)
+        keep_file, digest = _index_file(stages, f"keep_fold{f}", pool[fold != f])
+        run_dir = stages / f"fold{f}_{digest}"
+        summary = _train(apply_overrides(cfg, [f"data.keep_file={keep_file}"]), run_dir, device)
         wall += summary["train_time_s"]
-        held = RunDir(stages / f"fold{f}").load_arrays("heldout_predictions.npz")
+        held = RunDir(run_dir).load_arrays("heldout_predictions.npz")
         oof[[pos[s] for s in held["source_index"]]] = held["probs"]
-    issues = find_label_issues(labels=given, pred_probs=oof, filter_by=special.get("filter_by", "prune_by_noise_rate"))
+    # n_jobs=1: cleanlab's parallel path relies on fork-inherited globals and fails in the
+    # spawned worker processes the bench uses.
+    issues = find_label_issues(labels=given, pred_probs=oof, n_jobs=1,
+                               filter_by=special.get("filter_by", "prune_by_noise_rate"))
     quality = get_label_quality_scores(given, oof)
-    keep_file = out / "keep_final.npy"
-    np.save(keep_file, pool[~issues])
-    summary = _train(apply_overrides(cfg, [f"data.keep_file={keep_file}"]), out / "retrain", device)
+    keep_file, digest = _index_file(out, "keep_final", pool[~issues])
+    summary = _train(apply_overrides(cfg, [f"data.keep_file={keep_file}"]), out / f"retrain_{digest}", device)
     wall += summary["train_time_s"]
     return {**_result(summary), "train_time_s": wall, "trainings": spec.folds + 1,
             "n_flagged": int(issues.sum()), "detection": _detection(1.0 - quality, corrupted)}
@@ -206,14 +227,16 @@ def _aum(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str
     stages.mkdir(parents=True, exist_ok=True)
     for r in range(2):
         thr_pos = np.sort(perm[r * m : (r + 1) * m])
-        thr_file = stages / f"threshold_{r}.npy"
-        np.save(thr_file, pool[thr_pos])
+        thr_file, digest = _index_file(stages, f"threshold_{r}", pool[thr_pos])
         run_cfg = apply_overrides(cfg, ["method=aum", f"data.threshold_file={thr_file}"])
-        summary = _train(run_cfg, stages / f"stage{r}", device)
+        summary = _train(run_cfg, stages / f"stage{r}_{digest}", device)
         wall += summary["train_time_s"]
-        run = RunDir(stages / f"stage{r}")
-        last = run.snapshot_epochs()[-1]
-        aum = run.load_snapshot(last)["aum"].astype(np.float64)
+        run = RunDir(stages / f"stage{r}_{digest}")
+        # AUM is read where the noisy-validation accuracy peaked: the AUM paper stops at the
+        # first learning-rate drop, before the network memorises; with a constant learning rate
+        # the threshold samples are memorised later on and their margins stop being a reference.
+        epoch = summary.get("val_selected_epoch") or run.snapshot_epochs()[-1]
+        aum = run.load_snapshot(epoch)["aum"].astype(np.float64)
         src = run.load_arrays("labels.npz")["source_index"]
         if not np.array_equal(src, pool):
             raise RuntimeError(f"{run.path}: training pool differs from the cell's pool")
@@ -224,9 +247,8 @@ def _aum(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str
     aum = np.nanmean(np.vstack(aums), axis=0)  # each sample is scored where it was not a threshold sample
     threshold = float(np.mean(thresholds))
     flagged = aum <= threshold
-    keep_file = out / "keep_final.npy"
-    np.save(keep_file, pool[~flagged])
-    summary = _train(apply_overrides(cfg, [f"data.keep_file={keep_file}"]), out / "retrain", device)
+    keep_file, digest = _index_file(out, "keep_final", pool[~flagged])
+    summary = _train(apply_overrides(cfg, [f"data.keep_file={keep_file}"]), out / f"retrain_{digest}", device)
     wall += summary["train_time_s"]
     return {**_result(summary), "train_time_s": wall, "trainings": 3, "n_flagged": int(flagged.sum()),
             "detection": _detection(-aum, corrupted)}
@@ -266,8 +288,11 @@ def run_cell(spec: BenchSpec, cell: Cell, root: Path, *, device: str = "cpu",
     trainings that do not depend on it (cleanlab's folds, AUM's threshold runs) go to
     ``stages`` so that the settings of one method share them.
     """
+    # Absolute paths: the index files they name end up in configs, which must not depend on
+    # the directory the bench was started from.
+    root = Path(root).resolve()
     out = root / "cells" / cell.key if setting is None else root
-    stages = out if stages is None else stages
+    stages = out if stages is None else Path(stages).resolve()
     result_file = out / "result.json"
     if result_file.exists():
         res = json.loads(result_file.read_text())
@@ -351,6 +376,7 @@ def tune(spec: BenchSpec, root: Path, *, noise: str = "uniform", rate: float = 0
          device: str = "cpu", jobs: int = 1, quiet: bool = False) -> dict[str, list[str]]:
     """Try each method's :data:`TUNING_GRID` settings on one noisy cell; keep the best by the
     noisy-validation accuracy at the validation-selected epoch. Writes ``root/tuning.{json,md}``."""
+    root = Path(root).resolve()
     # One job per method (methods without hyper-parameters, baseline and oracle, have none).
     jobs_list = [(spec, Cell(m, noise, rate, seed), str(root / "tuning"), device, _threads(jobs), TUNING_GRID[m])
                  for m in spec.methods if m in TUNING_GRID]
@@ -384,6 +410,7 @@ def _val_acc(res: dict[str, Any]) -> float | None:
 
 def run_grid(spec: BenchSpec, root: Path, *, device: str = "cpu", jobs: int = 1, quiet: bool = False) -> dict[str, Any]:
     """Run every cell of ``spec`` (skipping finished ones) and write the results tables."""
+    root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     tuning = root / "tuning.json"
     if tuning.exists():
