@@ -263,21 +263,38 @@ def _single(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[
         extra.append(f'method_options={{"forget_rate": {min(0.95, factor * cell.rate)}}}')
     cfg = _cell_config(spec, cell, variant, [*fixed, *extra])
     summary = _train(cfg, out, device)
-    run = RunDir(out)
-    labels = run.load_arrays("labels.npz")
-    corrupted = labels["is_corrupted"]
-    detection = None
-    if cell.method in ("dp-instance", "dp-joint", "superloss") and "detection" in summary:
-        detection = {k: summary["detection"][k] for k in ("auroc", "average_precision", "precision_at_k")}
-    elif cell.method in ("baseline", "coteaching"):
-        # The small-loss criterion: mean per-sample training loss over all epochs.
-        from dataparams.methods.small_loss import small_loss_score
-
-        history = np.vstack([run.load_snapshot(e)["loss"].astype(np.float32) for e in run.snapshot_epochs()])
-        detection = _detection(small_loss_score(history).numpy(), corrupted)
     trainings = {"coteaching": 2, "oracle": 1}.get(cell.method, 1)
     return {**_result(summary), "train_time_s": summary["train_time_s"], "trainings": trainings,
-            "detection": detection}
+            **_single_detection(cell.method, out, summary)}
+
+
+def _single_detection(method: str, out: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Detection quality of a one-run method, at the last epoch and at the val-selected epoch.
+
+    Data parameters and SuperLoss score by their per-sample parameter (sigma, confidence), logged
+    every epoch; the baseline and co-teaching by the small-loss criterion, the mean per-sample
+    training loss over the epochs up to that point.
+    """
+    run = RunDir(out)
+    corrupted = run.load_arrays("labels.npz")["is_corrupted"]
+    final_epoch = run.snapshot_epochs()[-1] if run.snapshot_epochs() else None
+    picked = summary.get("val_selected_epoch") or final_epoch
+    keys = ("auroc", "average_precision", "precision_at_k")
+    res: dict[str, Any] = {"detection": None, "detection_valsel": None}
+    if method in ("dp-instance", "dp-joint", "superloss"):
+        by_epoch = {r["epoch"]: r.get("detection") for r in run.read_metrics()}
+        for name, e in (("detection", final_epoch), ("detection_valsel", picked)):
+            if by_epoch.get(e):
+                res[name] = {k: by_epoch[e][k] for k in keys}
+    elif method in ("baseline", "coteaching"):
+        from dataparams.methods.small_loss import small_loss_score
+
+        epochs = run.snapshot_epochs()
+        history = np.vstack([run.load_snapshot(e)["loss"].astype(np.float32) for e in epochs])
+        res["detection"] = _detection(small_loss_score(history).numpy(), corrupted)
+        upto = sum(1 for e in epochs if e <= picked)
+        res["detection_valsel"] = _detection(small_loss_score(history[:upto]).numpy(), corrupted)
+    return res
 
 
 def run_cell(spec: BenchSpec, cell: Cell, root: Path, *, device: str = "cpu",
@@ -422,10 +439,16 @@ def run_grid(spec: BenchSpec, root: Path, *, device: str = "cpu", jobs: int = 1,
 
 def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
     """Collect every cell's result.json into ``results.json`` and ``results.md``."""
+    root = Path(root).resolve()
     cells: dict[str, dict[str, Any]] = {}
     for c in spec.cells():
         f = root / "cells" / c.key / "result.json"
         cells[c.key] = json.loads(f.read_text()) if f.exists() else {"status": "missing", "cell": dataclasses.asdict(c)}
+        res = cells[c.key]
+        if res["status"] == "ok" and c.method in _SINGLE and "detection_valsel" not in res:
+            # results written before the val-selected detection was recorded
+            res.update(_single_detection(c.method, root / "cells" / c.key, json.loads(
+                (root / "cells" / c.key / "summary.json").read_text())))
     columns = [(noise, rate) for noise, rate, _ in spec.grid]
 
     def ms(vals: list[float]) -> str:
@@ -462,16 +485,28 @@ def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
         tr = next((r.get("trainings") for r in rs if r.get("trainings")), None)
         lines.append(f"| {m} | " + " | ".join(ms([x.get("train_time_s") for x in group(m, n, r)
                                                   if x["status"] == "ok"]) for n, r in columns) + f" | {tr} |")
-    lines += ["", "## Noise detection (scores of the training labels, last epoch)", ""]
+    lines += ["", "## Noise detection: how well each method's per-sample score ranks the corrupted labels", "",
+              "Scores: data parameters, instance sigma; SuperLoss, -log confidence; baseline and co-teaching, the "
+              "small-loss criterion (mean training loss so far); cleanlab, 1 - label quality from K-fold out-of-sample "
+              "probabilities; AUM, -AUM read at the noisy-validation peak. 'last' is the final epoch, 'val' the epoch "
+              "chosen on the noisy validation split (cleanlab and AUM have one value).", ""]
     for n, r in columns:
-        lines += [f"### {n} {int(r * 100)}%", "", "| method | AUROC | average precision | precision at true count | "
-                  "trainings |", "|---|---:|---:|---:|---:|"]
+        lines += [f"### {n} {int(r * 100)}%", "", "| method | AUROC last | AUROC val | AP last | AP val | "
+                  "precision at true count, val | trainings |", "|---|---:|---:|---:|---:|---:|---:|"]
         for m in spec.methods:
             rs = [x for x in group(m, n, r) if x["status"] == "ok" and x.get("detection")]
             if not rs:
                 continue
-            lines.append(f"| {m} | " + " | ".join(ms([x["detection"][k] for x in rs]) for k in
-                                                  ("auroc", "average_precision", "precision_at_k"))
+
+            def det(x: dict[str, Any], which: str, k: str) -> float:
+                d = x.get(which) or x["detection"]
+                return d[k]
+
+            lines.append(f"| {m} | " + " | ".join(
+                ms([det(x, w, k) for x in rs]) for w, k in (("detection", "auroc"), ("detection_valsel", "auroc"),
+                                                           ("detection", "average_precision"),
+                                                           ("detection_valsel", "average_precision"),
+                                                           ("detection_valsel", "precision_at_k")))
                          + f" | {rs[0].get('trainings')} |")
         lines.append("")
     lines += ["Settings (chosen on the noisy validation split): " + json.dumps(

@@ -190,7 +190,9 @@ def train_one_epoch(
             if clean_targets is not None:
                 stats.correct_clean += int((pred == clean_targets[idx]).sum())
             if last_loss is not None:
-                last_loss.index_copy_(0, idx, per_sample.to(last_loss.dtype))
+                # index_put_ (not index_copy_) has a deterministic CUDA kernel; a sample seen twice
+                # in one batch keeps one of its (equal-epoch) losses either way.
+                last_loss.index_put_((idx,), per_sample.to(last_loss.dtype))
         for cb in callbacks:
             cb.on_batch_end(logits.detach(), y, idx, per_sample)
         if progress is not None:

@@ -65,7 +65,8 @@ class SuperLossObjective(Objective):
         out = self.module(ce)
         with torch.no_grad():
             # The confidence for scoring, with the threshold the module just used.
-            self.confidence.index_copy_(0, indices, superloss_sigma(ce, self.module.tau.to(ce.dtype), self.module.lam))
+            conf = superloss_sigma(ce, self.module.tau.to(ce.dtype), self.module.lam)
+            self.confidence.index_put_((indices,), conf.to(self.confidence.dtype))
         return out.mean(), ce.detach()
 
     def modules(self) -> dict[str, nn.Module]:
