@@ -145,7 +145,9 @@ def train_step_ratio(reps: int) -> dict:
         for o in (opt_model, opt_cls, opt_inst):
             o.step()
 
-    for _ in range(10):
+    # A long warm-up: the first few dozen steps of each arm pay one-off allocator and kernel
+    # selection costs that otherwise land in one arm's median.
+    for _ in range(50):
         step_base()
         step_dp()
     tb, td = [], []
@@ -162,7 +164,7 @@ def train_step_ratio(reps: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=200, help="timed updates per configuration")
-    parser.add_argument("--train-reps", type=int, default=150, help="timed training steps per arm")
+    parser.add_argument("--train-reps", type=int, default=300, help="timed training steps per arm")
     parser.add_argument("--out", help="also write the tables (Markdown) to this file")
     parser.add_argument("--child", nargs=2, metavar=("N", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

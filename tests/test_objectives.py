@@ -9,7 +9,12 @@ import torch.nn.functional as F
 
 from dataparams import DataParameters
 from dataparams.config import TrainConfig, apply_overrides
-from dataparams.methods.objectives import AUMObjective, CoTeachingObjective, SuperLossObjective, build_peer_objective
+from dataparams.methods.objectives import (
+    AUMObjective,
+    CoTeachingObjective,
+    SuperLossObjective,
+    build_peer_objective,
+)
 from dataparams.methods.superloss import superloss_sigma
 from dataparams.objectives import DataParameterObjective
 

@@ -188,7 +188,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         summaries.append(train(run_cfg, out / f"seed{seed}", resume=args.resume, overwrite=args.overwrite,
                                label=f"seed {seed}: ", **_train_kwargs(args)))
     keys = ["final_test_acc", "val_selected_test_acc", *[f"test_acc_epoch_{e}" for e in cfg.report_epochs]]
-    table = {k: mean_std([s.get(k) for s in summaries]) for k in keys}
+    # Quantities no seed produced (no validation split, no report epoch reached) are left out
+    # rather than shown as n/a rows.
+    table = {k: mean_std([s.get(k) for s in summaries]) for k in keys
+             if any(s.get(k) is not None for s in summaries)}
     det = [s["detection"]["auroc"] for s in summaries if "detection" in s]
     if det:
         table["detection_auroc"] = mean_std(det)
