@@ -33,6 +33,12 @@ def test_micro_grid_completes_and_resumes(tmp_path):
     assert cells["baseline/uniform40/seed1"]["detection"] is not None  # small-loss criterion
     md = (out / "results.md").read_text()
     assert "| dp-instance |" in md and "Epoch chosen on the noisy validation split" in md
+    # The bar figure is written next to the table and linked from it.
+    assert (out / "results.png").stat().st_size > 0 and "](results.png)" in md
+    # The settings line reports what each cell ran with: the default first setting of the tuning
+    # grid here (no tuning stage), e.g. the instance learning rate of that grid.
+    settings = json.loads(md.rsplit("as run): ", 1)[1])
+    assert settings["dp-instance"] == inst["setting"] and settings["baseline"] == []
 
     # A second call reuses finished cells: no training happens, results are identical.
     stamp = {k: (out / "cells" / k / "result.json").stat().st_mtime_ns for k in cells}

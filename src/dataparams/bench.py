@@ -429,17 +429,23 @@ def run_grid(spec: BenchSpec, root: Path, *, device: str = "cpu", jobs: int = 1,
     """Run every cell of ``spec`` (skipping finished ones) and write the results tables."""
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    tuning = root / "tuning.json"
-    if tuning.exists():
-        spec.chosen = {**json.loads(tuning.read_text())["chosen"], **spec.chosen}
+    _load_tuning(spec, root)
     jobs_list = [(spec, c, str(root), device, _threads(jobs), None, None) for c in spec.cells()]
     _run_many(_worker, jobs_list, jobs, "bench", quiet)
     return summarize(spec, root)
 
 
+def _load_tuning(spec: BenchSpec, root: Path) -> None:
+    """Settings chosen by an earlier ``tune`` stage in ``root``; the spec's own choices win."""
+    tuning = root / "tuning.json"
+    if tuning.exists():
+        spec.chosen = {**json.loads(tuning.read_text())["chosen"], **spec.chosen}
+
+
 def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
-    """Collect every cell's result.json into ``results.json`` and ``results.md``."""
+    """Collect every cell's result.json into ``results.json``, ``results.md`` and ``results.png``."""
     root = Path(root).resolve()
+    _load_tuning(spec, root)
     cells: dict[str, dict[str, Any]] = {}
     for c in spec.cells():
         f = root / "cells" / c.key / "result.json"
@@ -509,14 +515,43 @@ def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
                                                            ("detection_valsel", "precision_at_k")))
                          + f" | {rs[0].get('trainings')} |")
         lines.append("")
-    lines += ["Settings (chosen on the noisy validation split): " + json.dumps(
-        {m: spec.chosen.get(m, TUNING_GRID.get(m, [[]])[0]) for m in spec.methods})]
+    # The settings each cell actually ran with (recorded in its result), not what the spec in
+    # hand would choose now: a summary rewritten later must describe the runs it summarises.
+    used: dict[str, Any] = {}
+    for m in spec.methods:
+        seen = [r["setting"] for n, rt in columns for r in group(m, n, rt) if r["status"] == "ok" and "setting" in r]
+        distinct = [x for i, x in enumerate(seen) if x not in seen[:i]]
+        used[m] = distinct[0] if len(distinct) == 1 else distinct or spec.chosen.get(m, TUNING_GRID.get(m, [[]])[0])
+    lines += ["Settings (chosen on the noisy validation split; as run): " + json.dumps(used)]
+    figure = _plot_results(spec, root, columns, group)
+    if figure is not None:
+        lines[2:2] = [f"![test accuracy by method and noise]({figure.name})", ""]
     text = "\n".join(lines) + "\n"
     (root / "results.md").write_text(text)
     out = {"spec": dataclasses.asdict(spec), "cells": {k: {kk: vv for kk, vv in v.items() if kk != "traceback"}
                                                        for k, v in cells.items()}}
     (root / "results.json").write_text(json.dumps(out, indent=2, allow_nan=True) + "\n")
     return out
+
+
+def _plot_results(spec: BenchSpec, root: Path, columns: list[tuple[str, float]], group: Any) -> Path | None:
+    """``results.png``: the accuracy tables as bars; skipped (None) without matplotlib."""
+    table = {
+        f"{noise} {int(rate * 100)}%": {
+            m: {"final": [r.get("final_test_acc") for r in group(m, noise, rate) if r["status"] == "ok"],
+                "val": [r.get("val_selected_test_acc") for r in group(m, noise, rate) if r["status"] == "ok"]}
+            for m in spec.methods
+        }
+        for noise, rate in columns
+    }
+    try:
+        from dataparams.analysis.figures import plot_method_comparison
+
+        return plot_method_comparison(table, root / "results.png",
+                                      highlight=[m for m in spec.methods if m.startswith("dp-")],
+                                      title=f"{spec.base}: test accuracy by method and noise (mean ± std over seeds)")
+    except ImportError:
+        return None
 
 
 def load_spec(path: Path | None, **changes: Any) -> BenchSpec:

@@ -107,7 +107,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "SCE, co-teaching, cleanlab, AUM) on the same model, data and budget over a grid of noise models, "
         "rates and seeds. Each cell is its own run directory under OUT/cells; finished cells are skipped, "
         "interrupted ones resume, crashing ones are recorded as failed. Writes OUT/results.md and "
-        "results.json (final epoch and noisy-validation-selected epoch, wall time, detection quality).")
+        "results.json (final epoch and noisy-validation-selected epoch, wall time, detection quality) and "
+        "OUT/results.png (the accuracy tables as bars, when matplotlib is installed).")
     b.add_argument("--out", default="runs/bench", help="bench folder (default: %(default)s)")
     b.add_argument("--spec", help="a JSON file with BenchSpec fields (base, methods, grid, overrides, chosen, folds)")
     b.add_argument("--base", help="base experiment, default fmnist-noisy40 (its baseline preset sets model, data, "

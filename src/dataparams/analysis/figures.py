@@ -14,7 +14,9 @@ arrays out of run directories. The figures follow the paper (Saxena, Tuzel & DeC
 * :func:`plot_random_label_accuracy` -- train accuracy on random labels, baseline against
   curriculum (sec. 3.5);
 * :func:`plot_accuracy` and :func:`plot_detection` -- accuracy and noise-detection metrics over
-  epochs for several groups of runs.
+  epochs for several groups of runs;
+* :func:`plot_method_comparison` -- the bench's test accuracies, every method in every noise
+  setting, as bars.
 
 Notation, fixed for this module: ``R`` runs (seeds) of one setting, ``E`` epochs, ``K`` classes,
 ``N`` training samples, ``M`` chosen samples. Epochs are 1-based. Bands are one standard
@@ -46,6 +48,7 @@ __all__ = [
     "plot_clean_vs_corrupted_stats",
     "plot_detection",
     "plot_instance_sigma",
+    "plot_method_comparison",
     "plot_random_label_accuracy",
     "plot_sigma_histograms",
 ]
@@ -618,13 +621,16 @@ def _group_panels(
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
     # One legend for all panels, below them: the groups are the same in every panel.
-    kw = dict(ncol=min(3, len(handles)), fontsize=9)
-    try:
-        fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center", **kw)
-    except ValueError:  # matplotlib < 3.7 has no "outside"; bbox_inches="tight" keeps it in the PNG
-        fig.legend(list(handles.values()), list(handles.keys()), loc="upper center",
-                   bbox_to_anchor=(0.5, 0.0), **kw)
+    _legend_below(fig, list(handles.values()), list(handles.keys()), ncol=min(3, len(handles)))
     return list(axes)
+
+
+def _legend_below(fig: Any, handles: list[Any], labels: list[str], *, ncol: int) -> None:
+    """One legend under all panels of ``fig``."""
+    try:
+        fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=9)
+    except ValueError:  # matplotlib < 3.7 has no "outside"; bbox_inches="tight" keeps it in the PNG
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, fontsize=9)
 
 
 def plot_accuracy(
@@ -700,3 +706,100 @@ def plot_detection(
     axes[0].axhline(0.5, color="0.5", linestyle=":", linewidth=1.0)
     fig.suptitle(title or "Finding the corrupted labels: σ (solid) against the small-loss criterion (dashed)")
     return _save(fig, path)
+
+
+# One method in one noise setting: test accuracies (one per seed) at the final epoch and at the
+# epoch chosen on the noisy validation split.
+MethodScores = Mapping[str, Sequence[float]]
+
+
+def method_comparison_figure(
+    table: Mapping[str, Mapping[str, MethodScores]],
+    *,
+    highlight: Sequence[str] = (),
+    reference: str | None = "baseline",
+    title: str | None = None,
+) -> Any:
+    """The figure of :func:`plot_method_comparison`, returned unsaved (for tests and notebooks).
+
+    One panel per noise setting; per method a bar for the final epoch and one for the
+    validation-chosen epoch, at the mean over seeds, with one standard deviation as a whisker
+    and every seed as a dot.
+    """
+    if not table:
+        raise ValueError("table is empty: no noise setting to plot")
+    methods: list[str] = []
+    for per_method in table.values():
+        methods += [m for m in per_method if m not in methods]
+    kinds = (("final", "final epoch", 1.0), ("val", "epoch chosen on noisy validation", 0.45))
+    height = 0.38
+    fig = _figure(3.3 * len(table) + 1.2, 0.42 * len(methods) + 1.6)
+    axes = fig.subplots(1, len(table), squeeze=False, sharey=True)[0]
+    y = np.arange(len(methods), dtype=np.float64)
+    for ax, (setting, per_method) in zip(axes, table.items()):
+        for j, (kind, label, alpha) in enumerate(kinds):
+            offset = (j - 0.5) * height
+            for i, m in enumerate(methods):
+                vals = np.asarray([v for v in (per_method.get(m, {}).get(kind) or ()) if v is not None and
+                                   not math.isnan(v)], dtype=np.float64)
+                if vals.size == 0:
+                    continue
+                color = "tab:red" if m in highlight else "0.45"
+                sd = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+                ax.barh(y[i] + offset, float(vals.mean()), height=height, color=color, alpha=alpha,
+                        xerr=sd if vals.size > 1 else None, error_kw=dict(elinewidth=1.0, capsize=2),
+                        label=label if i == 0 or m in highlight else None, gid=f"{m}|{kind}")
+                ax.plot(vals, np.full(vals.size, y[i] + offset), "o", color="black", markersize=2.2)
+        ref = per_method.get(reference or "", {}).get("final") if reference else None
+        if ref:
+            ax.axvline(float(np.mean(ref)), color="0.3", linestyle="--", linewidth=1.0)
+        ax.set_title(setting)
+        ax.set_xlabel("test accuracy (%)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, methods)
+    axes[0].invert_yaxis()
+    # Legend: bar shade = which epoch; the dashed line = the reference method's final accuracy.
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color="0.45", alpha=a, label=lab) for _, lab, a in kinds]
+    if highlight:
+        handles.append(Patch(color="tab:red", label=", ".join(highlight)))
+    if reference:
+        handles.append(Line2D([], [], color="0.3", linestyle="--", label=f"{reference}, final epoch"))
+    handles.append(Line2D([], [], marker="o", color="black", linestyle="", markersize=3, label="one seed"))
+    _legend_below(fig, handles, [h.get_label() for h in handles], ncol=len(handles))
+    fig.suptitle(title or "Test accuracy by method and noise (mean ± std over seeds)")
+    return fig
+
+
+def plot_method_comparison(
+    table: Mapping[str, Mapping[str, MethodScores]],
+    path: str | os.PathLike[str],
+    *,
+    highlight: Sequence[str] = (),
+    reference: str | None = "baseline",
+    title: str | None = None,
+) -> Path:
+    """Test accuracy of every method in every noise setting, as bars (the bench's results table).
+
+    Parameters
+    ----------
+    table : mapping of str to mapping of str to mapping of str to sequence of float
+        ``table[setting][method] = {"final": [acc per seed], "val": [acc per seed]}``; missing
+        or failed seeds are simply absent (``None`` and NaN are skipped).
+    path : path-like
+        Where to write the PNG.
+    highlight : sequence of str
+        Methods drawn in red (e.g. the data-parameter variants).
+    reference : str or None
+        Method whose mean final accuracy is marked by a dashed line in every panel.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    return _save(method_comparison_figure(table, highlight=highlight, reference=reference, title=title), path)
