@@ -176,6 +176,19 @@ def test_superloss_module_ema_tau():
     assert fresh.tau.item() == pytest.approx(2.4)
 
 
+def test_superloss_state_has_no_float64_and_float64_work_leaves_mps():
+    # MPS has no float64: the module's state must not be float64 (it moves with .to(device)),
+    # and the float64 closed form runs on the CPU for MPS tensors and on the device otherwise.
+    from dataparams.methods.superloss import _float64_device
+
+    assert all(t.dtype != torch.float64 for t in SuperLoss(lam=1.0).state_dict().values())
+    assert _float64_device(torch.device("mps")) == torch.device("cpu")
+    assert _float64_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    # float32 input: the result keeps the input's dtype and device.
+    out = superloss_sigma(torch.tensor([0.5, 3.0]), 1.0, 1.0)
+    assert out.dtype == torch.float32 and out.device.type == "cpu"
+
+
 def test_superloss_module_gradient_reaches_logits():
     logits = torch.randn(6, 4, requires_grad=True)
     targets = torch.tensor([0, 1, 2, 3, 0, 1])

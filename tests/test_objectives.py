@@ -77,6 +77,29 @@ def test_coteaching_objective_trains_both_networks_on_each_others_picks():
     assert model_a.weight.grad is not None and per.shape == (8,)
 
 
+def test_coteaching_second_network_runs_in_the_engines_precision():
+    # With --amp the engine runs the main model under autocast; the second network must run
+    # under the same autocast, or the two networks of co-teaching are no longer alike.
+    from dataparams.engine import Execution, train_one_epoch
+
+    torch.manual_seed(0)
+    cfg = apply_overrides(TrainConfig(), ["method=coteaching"])
+    model_a = torch.nn.Linear(3, 4)
+    obj = build_peer_objective(cfg, num_classes=4, num_train=8, device=torch.device("cpu"),
+                               model_factory=lambda: torch.nn.Linear(3, 4))
+    opt_a = torch.optim.SGD(model_a.parameters(), lr=0.1)
+    obj.attach(model_a, opt_a)
+    seen = {}
+    model_a.register_forward_hook(lambda m, i, o: seen.__setitem__("a", o.dtype))
+    obj.model_b.register_forward_hook(lambda m, i, o: seen.__setitem__("b", o.dtype))
+    batch = [(torch.randn(8, 3), torch.randint(0, 4, (8,)), torch.arange(8))]
+    cpu = torch.device("cpu")
+    train_one_epoch(model_a, obj, opt_a, batch, cpu, 0, execution=Execution.create(cpu, "bf16"))
+    assert seen == {"a": torch.bfloat16, "b": torch.bfloat16}
+    train_one_epoch(model_a, obj, opt_a, batch, cpu, 1, execution=Execution.create(cpu, "off"))
+    assert seen == {"a": torch.float32, "b": torch.float32}
+
+
 def test_aum_objective_matches_the_margin_by_hand():
     pytest.importorskip("aum")
     obj = AUMObjective(5)

@@ -22,7 +22,7 @@ CIFAR = ["cifar10", "cifar100"]
 NOISY_CIFAR = [f"cifar{k}-noisy{p}" for k in (10, 100) for p in (20, 40, 80)]
 IMAGENET_LIKE = ["imagenet", "webvision", "webvision-mini"]
 NOISY = [*NOISY_CIFAR, "fmnist-noisy20", "fmnist-noisy40", "fmnist-noisy80", "fmnist-pair40", "mnist-noisy40"]
-ALL_EXPERIMENTS = [*CIFAR, *NOISY_CIFAR, *IMAGENET_LIKE, "cifar100-random", "fmnist", *NOISY[6:]]
+ALL_EXPERIMENTS = [*CIFAR, *NOISY_CIFAR, *IMAGENET_LIKE, "cifar100-random", "fmnist", *NOISY[6:], "fmnist-random"]
 # Sec. 3.1 clamps temperatures to [1/20, 20] (the released code's range).
 CLAMP = [0.05, 20.0]
 
@@ -138,6 +138,16 @@ def test_random_labels(variant):
     assert (cfg.data.noise, cfg.data.noise_rate) == ("random", 1.0)
 
 
+@pytest.mark.parametrize("variant", ["baseline", "class", "instance", "joint"])
+def test_cpu_random_labels_is_the_noisy_preset_with_every_label_random(variant):
+    # The CPU stand-in for sec. 3.5 differs from fmnist-noisy40 in the labels only.
+    cfg, ref = config_to_dict(get_preset(f"fmnist-random/{variant}")), config_to_dict(get_preset(f"fmnist-noisy40/{variant}"))
+    assert (cfg["data"].pop("noise"), cfg["data"].pop("noise_rate")) == ("random", 1.0)
+    for d in (cfg, ref):
+        d["data"].pop("noise", None), d["data"].pop("noise_rate", None), d.pop("preset"), d.pop("notes")
+    assert cfg == ref
+
+
 @pytest.mark.parametrize("variant", ["baseline", "class", "instance", "joint", "oracle"])
 def test_cpu_preset(variant):
     cfg = get_preset(f"fmnist-noisy40/{variant}")
@@ -181,7 +191,7 @@ def test_variants_set_the_curriculum(experiment):
         assert d == base, v
 
 
-@pytest.mark.parametrize("experiment", [*CIFAR, "cifar100-random", "fmnist", *IMAGENET_LIKE])
+@pytest.mark.parametrize("experiment", [*CIFAR, "cifar100-random", "fmnist", "fmnist-random", *IMAGENET_LIKE])
 def test_no_oracle_without_label_noise(experiment):
     with pytest.raises(ConfigError, match="no oracle"):
         get_preset(f"{experiment}/oracle")

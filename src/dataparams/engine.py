@@ -167,6 +167,7 @@ def train_one_epoch(
         Updated once per batch with the running loss and accuracy.
     """
     execution = execution or Execution(device)
+    objective.autocast = execution.autocast
     model.train()
     optimizers = [optimizer, *objective.optimizers().values()]
     stats = EpochStats()

@@ -12,6 +12,8 @@ Notation: ``B`` samples in a batch, ``K`` classes, ``N`` training samples.
 from __future__ import annotations
 
 import abc
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,6 +36,10 @@ class Objective(abc.ABC):
     """
 
     name = "objective"
+    #: Context of the model's forward pass (the engine's mixed precision). The engine sets it
+    #: before each epoch, so an objective that runs a network of its own (co-teaching's second
+    #: network) runs it in the same precision as the main model.
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     @abc.abstractmethod
     def loss(self, logits: Tensor, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:

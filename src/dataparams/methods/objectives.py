@@ -117,7 +117,9 @@ class CoTeachingObjective(Objective):
 
     def loss(self, logits: Tensor, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
         self.model_b.train()
-        logits_b = self.model_b(inputs).float()
+        with self.autocast():
+            logits_b = self.model_b(inputs)
+        logits_b = logits_b.float()
         loss_a, loss_b, _, _ = coteaching_losses(logits, logits_b, targets, forget_rate=self.forget_rate)
         # The two networks share no parameters, so one backward of the sum gives each its own gradient.
         return loss_a + loss_b, F.cross_entropy(logits.detach(), targets, reduction="none")

@@ -123,18 +123,28 @@ def _lambert_w0_float64(x: Tensor, *, input_eps: float) -> Tensor:
     return torch.where(below | torch.isnan(x), torch.full_like(x, math.nan), out)
 
 
+def _float64_device(device: torch.device) -> torch.device:
+    """Where float64 work for tensors on ``device`` runs: the device itself, or the CPU for MPS.
+
+    MPS has no float64. The tensors here are per-sample (B,), so the round trip is cheap.
+    """
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 class _LambertW(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        w = _lambert_w0_float64(x.to(torch.float64), input_eps=torch.finfo(x.dtype).eps)
+        x64 = x.to(_float64_device(x.device), torch.float64)
+        w = _lambert_w0_float64(x64, input_eps=torch.finfo(x.dtype).eps)
         ctx.save_for_backward(w)
-        return w.to(x.dtype)
+        return w.to(x.device, x.dtype)
 
     @staticmethod
     def backward(ctx, grad_output: Tensor) -> Tensor:  # type: ignore[override]
         (w,) = ctx.saved_tensors
         # Implicit differentiation of w e^w = x: dW/dx = 1 / (e^w (1 + w)); infinite at -1/e.
-        return (grad_output.to(torch.float64) / (torch.exp(w) * (1.0 + w))).to(grad_output.dtype)
+        grad = grad_output.to(w.device, torch.float64) / (torch.exp(w) * (1.0 + w))
+        return grad.to(grad_output.device, grad_output.dtype)
 
 
 def lambert_w(x: Tensor) -> Tensor:
@@ -184,14 +194,17 @@ def superloss_sigma(loss: Tensor, tau: float | Tensor, lam: float) -> Tensor:
     if not lam > 0:
         raise ValueError(f"lam must be > 0, got {lam}")
     with torch.no_grad():
-        tau64 = torch.as_tensor(tau, dtype=torch.float64, device=loss.device)
-        beta = (loss.detach().to(torch.float64) - tau64) / lam
+        wide = _float64_device(loss.device)
+        # A Python float goes straight to float64 (as_tensor alone would round it to float32).
+        tau64 = torch.as_tensor(tau, dtype=tau.dtype if isinstance(tau, Tensor) else torch.float64)
+        tau64 = tau64.to(wide, torch.float64)
+        beta = (loss.detach().to(wide, torch.float64) - tau64) / lam
         # 0.5 * max(-2/e, beta) == max(-1/e, beta / 2); the clamp is in float64 so the argument
         # is exactly float64(-1/e) on the clamped samples, which lambert_w maps to -1.
         w = _lambert_w0_float64(
             torch.clamp(0.5 * beta, min=-1.0 / math.e), input_eps=torch.finfo(torch.float64).eps
         )
-        return torch.exp(-w).to(loss.dtype if loss.is_floating_point() else torch.get_default_dtype())
+        return torch.exp(-w).to(loss.device, loss.dtype if loss.is_floating_point() else torch.get_default_dtype())
 
 
 def superloss(loss: Tensor, *, tau: float | Tensor, lam: float) -> Tensor:
@@ -262,14 +275,16 @@ class SuperLoss(nn.Module):
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         self.lam = float(lam)
         self.momentum = float(momentum)
-        self.register_buffer("tau", torch.tensor(initial, dtype=torch.float64))
+        # float32, not float64: the buffer follows the module to every device, MPS included,
+        # which has no float64; a threshold needs no more precision.
+        self.register_buffer("tau", torch.tensor(initial, dtype=torch.float32))
 
     def forward(self, loss: Tensor) -> Tensor:
         """Per-sample SuperLoss of a per-sample task loss: (B,) -> (B,)."""
         tau = self.tau
         if self.ema:
             with torch.no_grad():
-                batch_mean = loss.detach().to(torch.float64).mean()
+                batch_mean = loss.detach().float().mean()
                 updated = self.momentum * tau + (1.0 - self.momentum) * batch_mean
                 tau = torch.where(torch.isnan(tau), batch_mean, updated if self.training else tau)
                 if self.training:
