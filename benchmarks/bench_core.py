@@ -27,6 +27,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from _table import emit
 from dataparams import DataParameters, SparseSGD, gather_rows, scaled_cross_entropy
 from dataparams.models import SmallCNN
 
@@ -63,13 +64,18 @@ def _update(param, opt, rows, coef, gather):
     opt.step()
 
 
-def time_update(n: int, kind: str, reps: int) -> dict:
-    g = torch.Generator().manual_seed(0)
+def _setup(n: int, kind: str):
+    """``(param, optimizer, gather)`` for ``kind`` "sparse" (ours, with the clamp a real step
+    does) or "dense" (the published algorithm)."""
     param = torch.nn.Parameter(torch.zeros(n))
     if kind == "sparse":
-        opt, gather = SparseSGD([param], lr=0.1, momentum=0.9, bounds=(-3.0, 3.0)), gather_rows
-    else:
-        opt, gather = PublishedDenseSGD(param, lr=0.1, momentum=0.9), (lambda w, i: w[i])
+        return param, SparseSGD([param], lr=0.1, momentum=0.9, bounds=(-3.0, 3.0)), gather_rows
+    return param, PublishedDenseSGD(param, lr=0.1, momentum=0.9), (lambda w, i: w[i])
+
+
+def time_update(n: int, kind: str, reps: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    param, opt, gather = _setup(n, kind)
     batches = [(torch.randint(0, n, (B,), generator=g), torch.randn(B, generator=g)) for _ in range(reps)]
     for rows, coef in batches[:5]:
         _update(param, opt, rows, coef, gather)
@@ -97,11 +103,7 @@ def _status_mb(field: str) -> float:
 def memory_child(n: int, kind: str) -> dict:
     """Run in a fresh process: peak RSS over 100 updates, beyond the settled state."""
     g = torch.Generator().manual_seed(0)
-    param = torch.nn.Parameter(torch.zeros(n))
-    if kind == "sparse":
-        opt, gather = SparseSGD([param], lr=0.1, momentum=0.9), gather_rows
-    else:
-        opt, gather = PublishedDenseSGD(param, lr=0.1, momentum=0.9), (lambda w, i: w[i])
+    param, opt, gather = _setup(n, kind)
     # Two warm-up updates allocate the momentum buffer and settle the allocator.
     for _ in range(2):
         _update(param, opt, torch.randint(0, n, (B,), generator=g), torch.randn(B, generator=g), gather)
@@ -215,11 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         "|---:|---:|---:|",
         f"| {r['baseline_ms']:.2f} | {r['data_params_ms']:.2f} | {r['ratio']:.3f} |",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from _table import emit
 from dataparams.data import Augment, InMemoryLoader, load_fashion_mnist
 from dataparams.data.registry import DATASETS
 from dataparams.models import SmallCNN
@@ -65,11 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         "|---:|---:|---:|",
         f"| {t_loader:.2f} | {t_model:.2f} | {100 * t_loader / t_model:.1f}% |",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

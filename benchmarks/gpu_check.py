@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from _table import emit
 from dataparams import SparseSGD, gather_rows
 
 
@@ -92,12 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"sigma AUROC {s['detection']['auroc']:.3f}, {wall:.1f}s | {'ok' if good else 'FAIL'} |")
         torch.use_deterministic_algorithms(False)
 
-    text = "\n".join([f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}", "",
-                      "| check | result | status |", "|---|---|---|", *rows])
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit([f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}", "",
+          "| check | result | status |", "|---|---|---|", *rows], args.out)
     return 0 if ok else 1
 
 

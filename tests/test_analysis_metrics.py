@@ -11,6 +11,7 @@ from dataparams.analysis import (
     average_precision,
     detection_report,
     estimate_num_mislabeled,
+    over_seeds,
     precision_recall_at_k,
     separated_fraction,
     top_fraction_purity,
@@ -328,3 +329,12 @@ def test_estimate_num_mislabeled_validation():
         estimate_num_mislabeled(np.ones(3), n_init=0)
     # Non-positive scores are fine off the log scale.
     assert estimate_num_mislabeled(np.array([-1.0, 0.0, 2.0]), log=False)["posterior"].shape == (3,)
+
+
+def test_over_seeds_by_hand_skips_missing_runs():
+    # 1, 2, 4: mean 7/3, sample variance ((4/3)^2 + (1/3)^2 + (5/3)^2) / 2 = 7/3.
+    agg = over_seeds([1, None, 2.0, float("nan"), np.float32(4.0)])
+    assert agg["n"] == 3 and agg["values"] == [1.0, 2.0, 4.0]
+    assert agg["mean"] == pytest.approx(7 / 3) and agg["std"] == pytest.approx(math.sqrt(7 / 3))
+    assert over_seeds([5.0]) == {"mean": 5.0, "std": 0.0, "n": 1, "values": [5.0]}
+    assert over_seeds([None, float("nan")]) == {"mean": None, "std": None, "n": 0, "values": []}

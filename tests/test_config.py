@@ -4,7 +4,14 @@ import json
 
 import pytest
 
-from dataparams.config import ConfigError, TrainConfig, apply_overrides, config_from_dict, config_to_dict
+from dataparams.config import (
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    shorthand_overrides,
+)
 
 
 def test_overrides_are_parsed_by_type():
@@ -56,3 +63,12 @@ def test_unknown_key_in_saved_config():
     data["optim"]["bogus"] = 1
     with pytest.raises(ConfigError, match="optim.bogus"):
         config_from_dict(data)
+
+
+def test_shorthand_options_become_overrides_and_zero_is_kept():
+    # seed 0 and 0 workers are values, not "unset"; an empty data dir is unset.
+    got = shorthand_overrides(data_dir="", epochs=3, seed=0, workers=0)
+    assert got == ["optim.epochs=3", "seed=0", "data.workers=0"]
+    cfg = apply_overrides(TrainConfig(), got)
+    assert (cfg.optim.epochs, cfg.seed, cfg.data.workers) == (3, 0, 0)
+    assert shorthand_overrides() == []

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import fakes
 from dataparams.data import idx as idx_module
 from dataparams.data.base import DatasetNotFoundError, Split
 from dataparams.data.cifar import (
@@ -313,14 +314,7 @@ def cifar10n_file(tmp_path):
     rng = np.random.default_rng(0)
     sets = {
         key: rng.integers(0, 10, size=20)
-        for key in (
-            "clean_label",
-            "aggre_label",
-            "random_label1",
-            "random_label2",
-            "random_label3",
-            "worse_label",
-        )
+        for key in fakes.CIFAR10N_KEYS
     }
     path = tmp_path / "CIFAR-10_human.pt"
     torch.save(sets, path)

@@ -54,7 +54,7 @@ def test_train_one_epoch_tracks_loss_by_index_and_clean_accuracy():
     last = torch.full((20,), -1.0)
     flipped = 1 - y
     stats = train_one_epoch(model, DataParameterObjective(DataParameters(2, 20)), opt, loader,
-                            torch.device("cpu"), 0, clean_targets=flipped, last_loss=last)
+                            torch.device("cpu"), clean_targets=flipped, last_loss=last)
     with torch.no_grad():
         expected = F.cross_entropy(model(x), y, reduction="none")
         acc = 100.0 * float((model(x).argmax(1) == y).float().mean())
@@ -88,7 +88,7 @@ def test_bf16_autocast_trains_on_cpu():
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     obj = DataParameterObjective(DataParameters(2, 20, instance_curriculum=True), lr_instance=1.0)
     ex = Execution.create(torch.device("cpu"), "bf16")
-    stats = train_one_epoch(model, obj, opt, loader, torch.device("cpu"), 0, execution=ex)
+    stats = train_one_epoch(model, obj, opt, loader, torch.device("cpu"), execution=ex)
     assert torch.isfinite(torch.tensor(stats["train_loss"]))
     assert obj.dp.instance_log_sigma.dtype == torch.float32
     assert not torch.equal(obj.dp.instance_log_sigma.detach(), torch.zeros(20))

@@ -94,9 +94,9 @@ def test_coteaching_second_network_runs_in_the_engines_precision():
     obj.model_b.register_forward_hook(lambda m, i, o: seen.__setitem__("b", o.dtype))
     batch = [(torch.randn(8, 3), torch.randint(0, 4, (8,)), torch.arange(8))]
     cpu = torch.device("cpu")
-    train_one_epoch(model_a, obj, opt_a, batch, cpu, 0, execution=Execution.create(cpu, "bf16"))
+    train_one_epoch(model_a, obj, opt_a, batch, cpu, execution=Execution.create(cpu, "bf16"))
     assert seen == {"a": torch.bfloat16, "b": torch.bfloat16}
-    train_one_epoch(model_a, obj, opt_a, batch, cpu, 1, execution=Execution.create(cpu, "off"))
+    train_one_epoch(model_a, obj, opt_a, batch, cpu, execution=Execution.create(cpu, "off"))
     assert seen == {"a": torch.float32, "b": torch.float32}
 
 

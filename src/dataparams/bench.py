@@ -29,7 +29,6 @@ import json
 import math
 import multiprocessing
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -39,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from dataparams.analysis.metrics import over_seeds
 from dataparams.config import ConfigError, TrainConfig, apply_overrides, config_to_dict
 from dataparams.presets import get_preset
 from dataparams.runs import RunDir, atomic_write_text
@@ -86,7 +86,12 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return f"{self.method}/{self.noise}{int(round(self.rate * 100))}/seed{self.seed}"
+        return f"{self.method}/{self.noise}{_percent(self.rate)}/seed{self.seed}"
+
+
+def _percent(rate: float) -> int:
+    """A noise rate as the whole percentage used in cell names and table headers (0.29 -> 29)."""
+    return int(round(rate * 100))
 
 
 @dataclass
@@ -168,13 +173,22 @@ def _pool(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """The training pool of ``cfg`` (after the validation split): source index, given and clean labels."""
     from dataparams.experiment import prepare_data
 
-    data = prepare_data(dataclasses.replace(cfg), "cpu")
+    data = prepare_data(cfg, "cpu")
     return data.source_index, data.given_targets, data.is_corrupted, data.num_classes
 
 
 def _result(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary.get(k) for k in ("final_test_acc", "val_selected_test_acc", "val_selected_epoch",
                                         "val_selected_val_acc", "best_test_acc")}
+
+
+def _train_on(cfg: TrainConfig, folder: Path, name: str, keep: np.ndarray, run_name: str,
+              device: str) -> dict[str, Any]:
+    """Train ``cfg`` on the training samples ``keep`` only (source indices), in
+    ``folder/<run_name>_<digest of keep>``; the summary gains ``run_dir``."""
+    keep_file, digest = _index_file(folder, name, keep)
+    run_dir = folder / f"{run_name}_{digest}"
+    return {**_train(apply_overrides(cfg, [f"data.keep_file={keep_file}"]), run_dir, device), "run_dir": str(run_dir)}
 
 
 def _cleanlab(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str, str], extra: list[str],
@@ -197,21 +211,17 @@ def _cleanlab(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dic
     pos = {s: i for i, s in enumerate(pool)}
     stages.mkdir(parents=True, exist_ok=True)
     for f in range(spec.folds):
-        keep_file, digest = _index_file(stages, f"keep_fold{f}", pool[fold != f])
-        run_dir = stages / f"fold{f}_{digest}"
-        summary = _train(apply_overrides(cfg, [f"data.keep_file={keep_file}"]), run_dir, device)
+        summary = _train_on(cfg, stages, f"keep_fold{f}", pool[fold != f], f"fold{f}", device)
         wall += summary["train_time_s"]
-        held = RunDir(run_dir).load_arrays("heldout_predictions.npz")
+        held = RunDir(summary["run_dir"]).load_arrays("heldout_predictions.npz")
         oof[[pos[s] for s in held["source_index"]]] = held["probs"]
     # n_jobs=1: cleanlab's parallel path relies on fork-inherited globals and fails in the
     # spawned worker processes the bench uses.
     issues = find_label_issues(labels=given, pred_probs=oof, n_jobs=1,
                                filter_by=special.get("filter_by", "prune_by_noise_rate"))
     quality = get_label_quality_scores(given, oof)
-    keep_file, digest = _index_file(out, "keep_final", pool[~issues])
-    summary = _train(apply_overrides(cfg, [f"data.keep_file={keep_file}"]), out / f"retrain_{digest}", device)
-    wall += summary["train_time_s"]
-    return {**_result(summary), "train_time_s": wall, "trainings": spec.folds + 1,
+    summary = _train_on(cfg, out, "keep_final", pool[~issues], "retrain", device)
+    return {**_result(summary), "train_time_s": wall + summary["train_time_s"], "trainings": spec.folds + 1,
             "n_flagged": int(issues.sum()), "detection": _detection(1.0 - quality, corrupted)}
 
 
@@ -247,11 +257,9 @@ def _aum(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str
     aum = np.nanmean(np.vstack(aums), axis=0)  # each sample is scored where it was not a threshold sample
     threshold = float(np.mean(thresholds))
     flagged = aum <= threshold
-    keep_file, digest = _index_file(out, "keep_final", pool[~flagged])
-    summary = _train(apply_overrides(cfg, [f"data.keep_file={keep_file}"]), out / f"retrain_{digest}", device)
-    wall += summary["train_time_s"]
-    return {**_result(summary), "train_time_s": wall, "trainings": 3, "n_flagged": int(flagged.sum()),
-            "detection": _detection(-aum, corrupted)}
+    summary = _train_on(cfg, out, "keep_final", pool[~flagged], "retrain", device)
+    return {**_result(summary), "train_time_s": wall + summary["train_time_s"], "trainings": 3,
+            "n_flagged": int(flagged.sum()), "detection": _detection(-aum, corrupted)}
 
 
 def _single(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str, str], extra: list[str],
@@ -458,11 +466,10 @@ def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
     columns = [(noise, rate) for noise, rate, _ in spec.grid]
 
     def ms(vals: list[float]) -> str:
-        vals = [v for v in vals if v is not None and not math.isnan(v)]
-        if not vals:
+        agg = over_seeds(vals)
+        if agg["n"] == 0:
             return "n/a"
-        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        return f"{statistics.fmean(vals):.2f} ± {sd:.2f} (n={len(vals)})" if len(vals) > 1 else f"{vals[0]:.2f}"
+        return f"{agg['mean']:.2f} ± {agg['std']:.2f} (n={agg['n']})" if agg["n"] > 1 else f"{agg['mean']:.2f}"
 
     def group(method: str, noise: str, rate: float) -> list[dict[str, Any]]:
         seeds = next(s for n, r, s in spec.grid if n == noise and r == rate)
@@ -476,7 +483,7 @@ def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
                                       for r in bad)
         return text
 
-    head = " | ".join(f"{n} {int(r * 100)}%" for n, r in columns)
+    head = " | ".join(f"{n} {_percent(r)}%" for n, r in columns)
     lines = [f"# Bench: {spec.base}, methods x noise, test accuracy (%)", ""]
     for title, key in (("Final epoch", "final_test_acc"), ("Epoch chosen on the noisy validation split",
                                                              "val_selected_test_acc")):
@@ -497,7 +504,7 @@ def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
               "probabilities; AUM, -AUM read at the noisy-validation peak. 'last' is the final epoch, 'val' the epoch "
               "chosen on the noisy validation split (cleanlab and AUM have one value).", ""]
     for n, r in columns:
-        lines += [f"### {n} {int(r * 100)}%", "", "| method | AUROC last | AUROC val | AP last | AP val | "
+        lines += [f"### {n} {_percent(r)}%", "", "| method | AUROC last | AUROC val | AP last | AP val | "
                   "precision at true count, val | trainings |", "|---|---:|---:|---:|---:|---:|---:|"]
         for m in spec.methods:
             rs = [x for x in group(m, n, r) if x["status"] == "ok" and x.get("detection")]
@@ -537,7 +544,7 @@ def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
 def _plot_results(spec: BenchSpec, root: Path, columns: list[tuple[str, float]], group: Any) -> Path | None:
     """``results.png``: the accuracy tables as bars; skipped (None) without matplotlib."""
     table = {
-        f"{noise} {int(rate * 100)}%": {
+        f"{noise} {_percent(rate)}%": {
             m: {"final": [r.get("final_test_acc") for r in group(m, noise, rate) if r["status"] == "ok"],
                 "val": [r.get("val_selected_test_acc") for r in group(m, noise, rate) if r["status"] == "ok"]}
             for m in spec.methods

@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import math
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -130,7 +129,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 # commands
 # ----------------------------------------------------------------------------------------------
 def _resolve_config(args: argparse.Namespace) -> Any:
-    from dataparams.config import apply_overrides, config_from_dict
+    from dataparams.config import apply_overrides, config_from_dict, shorthand_overrides
     from dataparams.presets import get_preset
 
     if args.config:
@@ -141,16 +140,8 @@ def _resolve_config(args: argparse.Namespace) -> Any:
         cfg = config_from_dict(data)
     else:
         cfg = get_preset(args.preset)
-    overrides = list(args.overrides)
-    if args.data_dir:
-        overrides.append(f"data.data_dir={args.data_dir}")
-    if args.epochs is not None:
-        overrides.append(f"optim.epochs={args.epochs}")
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    if getattr(args, "workers", None) is not None:
-        overrides.append(f"data.workers={args.workers}")
-    return apply_overrides(cfg, overrides)
+    return apply_overrides(cfg, [*args.overrides, *shorthand_overrides(
+        data_dir=args.data_dir, epochs=args.epochs, seed=args.seed, workers=getattr(args, "workers", None))])
 
 
 def _train_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -159,10 +150,10 @@ def _train_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return math.nan, math.nan
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    from dataparams.analysis.metrics import over_seeds
+
+    agg = over_seeds(values)
+    return (math.nan, math.nan) if agg["n"] == 0 else (agg["mean"], agg["std"])
 
 
 def _fmt(ms: tuple[float, float], digits: int = 2) -> str:

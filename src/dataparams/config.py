@@ -25,6 +25,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "diff_configs",
+    "shorthand_overrides",
 ]
 
 
@@ -243,6 +244,13 @@ def _from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Rebuild a :class:`TrainConfig` from :func:`config_to_dict` output (e.g. config.json)."""
     return _from_dict(TrainConfig, data)
+
+
+def shorthand_overrides(*, data_dir: str | None = None, epochs: int | None = None, seed: int | None = None,
+                        workers: int | None = None) -> list[str]:
+    """The ``--set`` overrides that the command line's shorthand options stand for."""
+    pairs = (("data.data_dir", data_dir), ("optim.epochs", epochs), ("seed", seed), ("data.workers", workers))
+    return [f"{field}={value}" for field, value in pairs if value is not None and value != ""]
 
 
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:

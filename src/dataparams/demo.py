@@ -9,13 +9,12 @@ table at the end compares final test accuracy and how well sigma singles out the
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from dataparams.config import apply_overrides
+from dataparams.config import apply_overrides, shorthand_overrides
 from dataparams.experiment import train
 from dataparams.presets import get_preset
 
@@ -44,12 +43,8 @@ def run_demo(
     out = Path(out)
     summaries = []
     t0 = time.perf_counter()
+    overrides = shorthand_overrides(data_dir=data_dir, epochs=epochs, seed=seed)
     for i, name in enumerate(DEMO_PRESETS):
-        overrides = [f"seed={seed}"]
-        if data_dir:
-            overrides.append(f"data.data_dir={data_dir}")
-        if epochs is not None:
-            overrides.append(f"optim.epochs={epochs}")
         cfg = apply_overrides(get_preset(name), overrides)
         variant = name.split("/")[1]
         run_dir = out / variant
@@ -58,7 +53,7 @@ def run_demo(
             print(f"[{i + 1}/{len(DEMO_PRESETS)}] {name}: {cfg.data.subset:,} Fashion-MNIST images, "
                   f"{int(cfg.data.noise_rate * 100)}% uniform label noise, {cfg.optim.epochs} epochs -> {run_dir}",
                   file=sys.stderr, flush=True)
-        summaries.append(train(dataclasses.replace(cfg), run_dir, resume=resume, overwrite=overwrite, device=device,
+        summaries.append(train(cfg, run_dir, resume=resume, overwrite=overwrite, device=device,
                                amp=amp, deterministic=deterministic, quiet=quiet, tensorboard=tensorboard,
                                label=f"{variant}: "))
     print(format_table(summaries, wall_s=time.perf_counter() - t0, out=out))

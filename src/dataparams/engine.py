@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -122,21 +122,35 @@ class Callback:
         pass
 
 
-@dataclass
 class EpochStats:
-    """Running sums over an epoch; ``clean_targets`` lets us score against the true labels."""
+    """Running sums over an epoch, kept on the device so that a step never waits for the host.
 
-    loss_sum: float = 0.0
-    correct: int = 0
-    correct_clean: int = 0
-    seen: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
+    ``sums`` holds the summed per-sample loss, the number of predictions equal to the given
+    labels and the number equal to the clean labels; reading them (:meth:`as_dict`, or
+    :meth:`running` for a progress bar) is the only synchronisation.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.seen = 0
+
+    def add(self, per_sample: Tensor, pred: Tensor, targets: Tensor, clean: Tensor | None) -> None:
+        hits_clean = (pred == clean).sum() if clean is not None else torch.zeros((), device=pred.device)
+        self.sums += torch.stack([per_sample.sum().double(), (pred == targets).sum().double(), hits_clean.double()])
+        self.seen += targets.shape[0]
+
+    def running(self) -> tuple[float, float]:
+        """Mean loss and accuracy (%) so far."""
+        loss_sum, correct = self.sums[:2].tolist()
+        n = max(self.seen, 1)
+        return loss_sum / n, 100.0 * correct / n
 
     def as_dict(self, has_clean: bool) -> dict[str, float]:
+        loss_sum, correct, correct_clean = self.sums.tolist()
         n = max(self.seen, 1)
-        out = {"train_loss": self.loss_sum / n, "train_acc": 100.0 * self.correct / n}
+        out = {"train_loss": loss_sum / n, "train_acc": 100.0 * correct / n}
         if has_clean:
-            out["train_acc_clean"] = 100.0 * self.correct_clean / n
+            out["train_acc_clean"] = 100.0 * correct_clean / n
         return out
 
 
@@ -146,7 +160,6 @@ def train_one_epoch(
     optimizer: Optimizer,
     loader: Iterable[tuple[Tensor, Tensor, Tensor]],
     device: torch.device,
-    epoch: int,
     *,
     execution: Execution | None = None,
     clean_targets: Tensor | None = None,
@@ -170,7 +183,7 @@ def train_one_epoch(
     objective.autocast = execution.autocast
     model.train()
     optimizers = [optimizer, *objective.optimizers().values()]
-    stats = EpochStats()
+    stats = EpochStats(device)
     for x, y, idx in loader:
         x = execution.input(x)
         y = y.to(device, non_blocking=True)
@@ -183,13 +196,7 @@ def train_one_epoch(
         execution.backward_and_step(loss, optimizers)
 
         with torch.no_grad():
-            pred = logits.argmax(1)
-            b = y.shape[0]
-            stats.seen += b
-            stats.loss_sum += float(per_sample.sum())
-            stats.correct += int((pred == y).sum())
-            if clean_targets is not None:
-                stats.correct_clean += int((pred == clean_targets[idx]).sum())
+            stats.add(per_sample, logits.argmax(1), y, clean_targets[idx] if clean_targets is not None else None)
             if last_loss is not None:
                 # index_put_ (not index_copy_) has a deterministic CUDA kernel; a sample seen twice
                 # in one batch keeps one of its (equal-epoch) losses either way.
@@ -198,9 +205,8 @@ def train_one_epoch(
             cb.on_batch_end(logits.detach(), y, idx, per_sample)
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(
-                loss=f"{stats.loss_sum / stats.seen:.3f}", acc=f"{100.0 * stats.correct / stats.seen:.1f}", refresh=False
-            )
+            mean_loss, acc = stats.running()
+            progress.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{acc:.1f}", refresh=False)
     return stats.as_dict(clean_targets is not None)
 
 
@@ -286,7 +292,6 @@ def fit(
                     optimizer,
                     train_loader,
                     device,
-                    epoch,
                     execution=execution,
                     clean_targets=clean_targets,
                     last_loss=last_loss,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,8 +143,7 @@ def prepare_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> Prepar
     """Load, subset, corrupt and split the data of ``cfg``; build the loaders."""
     device = torch.device(device)
     d = cfg.data
-    if d.noise not in NOISE_MODELS:
-        raise ConfigError(f"unknown data.noise {d.noise!r}; choose one of {', '.join(NOISE_MODELS)}")
+    _check_choice("data.noise", d.noise, NOISE_MODELS)
     if not 0.0 <= d.noise_rate <= 1.0:
         raise ConfigError(f"data.noise_rate must be in [0, 1], got {d.noise_rate}")
     if not 0.0 <= d.val_fraction < 1.0:
@@ -248,8 +247,7 @@ def build_objective(cfg: TrainConfig, num_classes: int, num_train: int, device: 
             dp, lr_class=c.lr_class, lr_instance=c.lr_instance, momentum=c.momentum,
             wd_class=c.wd_class, wd_instance=c.wd_instance,
         )
-    if cfg.method not in METHODS:
-        raise ConfigError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    _check_choice("method", cfg.method, METHODS)
     if cfg.curriculum.class_curriculum or cfg.curriculum.instance_curriculum:
         raise ConfigError(f"method {cfg.method!r} does not combine with data parameters; turn the curriculum off")
     from dataparams.methods.objectives import build_peer_objective
@@ -265,15 +263,23 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> tuple[torch.opt
     return opt, build_scheduler(cfg, opt)
 
 
+_SCHEDULES: dict[str, Any] = {
+    "multistep": lambda o, opt: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(o.milestones), gamma=o.gamma),
+    "cosine": lambda o, opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=o.epochs),
+    "constant": lambda o, opt: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[], gamma=1.0),
+}
+
+
+def _check_choice(field: str, value: Any, choices: Iterable[str]) -> None:
+    """``ConfigError`` naming the field and the valid values when ``value`` is not one of them."""
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(f"unknown {field} {value!r}; choose one of {', '.join(choices)}")
+
+
 def build_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> Any:
-    o = cfg.optim
-    if o.schedule == "multistep":
-        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(o.milestones), gamma=o.gamma)
-    if o.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=o.epochs)
-    if o.schedule == "constant":
-        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[], gamma=1.0)
-    raise ConfigError(f"unknown optim.schedule {o.schedule!r}; choose multistep, cosine or constant")
+    _check_choice("optim.schedule", cfg.optim.schedule, _SCHEDULES)
+    return _SCHEDULES[cfg.optim.schedule](cfg.optim, opt)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,7 +297,7 @@ class RunLogger(Callback):
 
     def __init__(self, run: RunDir, cfg: TrainConfig, data: PreparedData, objective: Objective,
                  state_fn: Any, last_loss: torch.Tensor, *, quiet: bool, tensorboard: bool) -> None:
-        self.run, self.cfg, self.data, self.objective = run, cfg, data, objective
+        self.run, self.cfg, self.objective = run, cfg, objective
         self.state_fn, self.last_loss, self.quiet = state_fn, last_loss, quiet
         self.corrupted = data.is_corrupted
         self.noisy = bool(self.corrupted.any())
@@ -303,7 +309,6 @@ class RunLogger(Callback):
                 self.writer = SummaryWriter(str(run.path / "tensorboard"))
             except ImportError:
                 self.writer = None
-        self.t_start = time.perf_counter()
         self.epoch_times: list[float] = []
 
     def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
@@ -317,7 +322,7 @@ class RunLogger(Callback):
                     stats["corrupted"] = sigma_stats(snap[name][self.corrupted])
                 record[name] = stats
         if self.noisy:
-            scores = self.objective.scores()
+            scores = self.objective.scores(snap)
             if scores is not None:
                 record["detection"] = detection_report(scores, self.corrupted)
             # The small-loss criterion, for every method: the latest per-sample training loss.
@@ -388,22 +393,18 @@ def _progress_factory(cfg: TrainConfig, quiet: bool, label: str = "") -> Any:
 # ----------------------------------------------------------------------------------------------
 def validate_config(cfg: TrainConfig) -> None:
     """Cheap checks of names and ranges, before any data is read."""
-    if cfg.model.arch not in ARCHITECTURES:
-        raise ConfigError(f"unknown model.arch {cfg.model.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    if cfg.method not in METHODS:
-        raise ConfigError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    _check_choice("model.arch", cfg.model.arch, ARCHITECTURES)
+    _check_choice("method", cfg.method, METHODS)
     if cfg.optim.epochs < 1:
         raise ConfigError(f"optim.epochs must be >= 1, got {cfg.optim.epochs}")
     if cfg.data.batch_size < 1:
         raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
-    if cfg.optim.schedule not in ("multistep", "cosine", "constant"):
-        raise ConfigError(f"unknown optim.schedule {cfg.optim.schedule!r}; choose multistep, cosine or constant")
+    _check_choice("optim.schedule", cfg.optim.schedule, _SCHEDULES)
     if cfg.curriculum.clamp is not None and len(cfg.curriculum.clamp) != 2:
         raise ConfigError(f"curriculum.clamp must be two temperatures or none, got {cfg.curriculum.clamp}")
     from dataparams.data.registry import DATASETS
 
-    if cfg.data.dataset not in DATASETS:
-        raise ConfigError(f"unknown data.dataset {cfg.data.dataset!r}; choose one of {', '.join(DATASETS)}")
+    _check_choice("data.dataset", cfg.data.dataset, DATASETS)
     if cfg.data.label_set is not None and cfg.data.dataset not in ("cifar10n", "cifar100n"):
         raise ConfigError("data.label_set applies to cifar10n / cifar100n only")
     c = cfg.curriculum

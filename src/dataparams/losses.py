@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["scale_logits", "scaled_cross_entropy", "scaled_loss"]
+__all__ = ["per_sample_cross_entropy", "scale_logits", "scaled_cross_entropy", "scaled_loss"]
 
 
 def scale_logits(logits: Tensor, sigma: Tensor) -> Tensor:
@@ -50,7 +50,12 @@ def scaled_cross_entropy(
 
     With sigma = 1 this is the standard cross-entropy, so a disabled curriculum is the baseline.
     """
-    return _reduce(F.cross_entropy(scale_logits(logits, sigma), targets, reduction="none"), reduction)
+    return scaled_loss(per_sample_cross_entropy, logits, targets, sigma, reduction=reduction)
+
+
+def per_sample_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy of each sample, (B, K), (B,) -> (B,): the paper's ``loss_fn``."""
+    return F.cross_entropy(logits, targets, reduction="none")
 
 
 def scaled_loss(

@@ -104,6 +104,22 @@ def uniform_noise(
     return _result(clean, np.where(redraw, new, clean))
 
 
+def _flip_draw(
+    labels: np.ndarray, p: float, num_classes: int, seed: int | np.random.Generator, name: str
+) -> tuple[np.ndarray, np.random.Generator, np.ndarray]:
+    """Checked labels, the generator, and which samples flip (each with probability ``p``).
+
+    Shared by the noise models that move a flipped label to *another* class, hence ``K >= 2``.
+    The generator is returned after the flip draw, for any further per-sample draw.
+    """
+    clean = _check_labels(labels, num_classes)
+    p = _check_p(p)
+    if p > 0 and num_classes < 2:
+        raise ValueError(f"{name} noise needs num_classes >= 2")
+    rng = np.random.default_rng(seed)
+    return clean, rng, rng.random(len(clean)) < p
+
+
 def symmetric_noise(
     labels: np.ndarray, p: float, num_classes: int, *, seed: int | np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -112,12 +128,7 @@ def symmetric_noise(
     The realised corrupted fraction is ``p``. Same parameters and returns as
     :func:`uniform_noise`; needs ``K >= 2`` when ``p > 0``.
     """
-    clean = _check_labels(labels, num_classes)
-    p = _check_p(p)
-    if p > 0 and num_classes < 2:
-        raise ValueError("symmetric noise needs num_classes >= 2")
-    rng = np.random.default_rng(seed)
-    flip = rng.random(len(clean)) < p
+    clean, rng, flip = _flip_draw(labels, p, num_classes, seed, "symmetric")
     # A nonzero offset modulo K is uniform over the K - 1 other classes.
     offset = rng.integers(1, max(num_classes, 2), size=len(clean))
     return _result(clean, np.where(flip, (clean + offset) % num_classes, clean))
@@ -131,12 +142,7 @@ def pair_noise(
     The realised corrupted fraction is ``p``. Same parameters and returns as
     :func:`uniform_noise`; needs ``K >= 2`` when ``p > 0``.
     """
-    clean = _check_labels(labels, num_classes)
-    p = _check_p(p)
-    if p > 0 and num_classes < 2:
-        raise ValueError("pair noise needs num_classes >= 2")
-    rng = np.random.default_rng(seed)
-    flip = rng.random(len(clean)) < p
+    clean, _, flip = _flip_draw(labels, p, num_classes, seed, "pair")
     return _result(clean, np.where(flip, (clean + 1) % num_classes, clean))
 
 

@@ -17,11 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from dataparams.losses import scale_logits
+from dataparams.losses import per_sample_cross_entropy, scaled_loss
 from dataparams.optim import SparseSGD
 from dataparams.parameters import DataParameters
 
@@ -59,8 +58,12 @@ class Objective(abc.ABC):
     def on_epoch_start(self, epoch: int) -> None:
         """Called with the 0-based epoch before its first batch."""
 
-    def scores(self) -> np.ndarray | None:
-        """Per-sample suspicion score (N,), larger = more likely mislabeled, or None."""
+    def scores(self, snapshot: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
+        """Per-sample suspicion score (N,), larger = more likely mislabeled, or None.
+
+        The score is read from :meth:`snapshot`'s arrays, so it is exactly what the run saves;
+        pass the snapshot already taken this epoch to avoid building it twice.
+        """
         return None
 
     def snapshot(self) -> dict[str, np.ndarray]:
@@ -104,7 +107,7 @@ class DataParameterObjective(Objective):
         self.dp = data_parameters
         self.wd_class = wd_class
         self.wd_instance = wd_instance
-        self.loss_fn = loss_fn or (lambda z, y: F.cross_entropy(z, y, reduction="none"))
+        self.loss_fn = loss_fn or per_sample_cross_entropy
         bounds = data_parameters.log_bounds
         self._optimizers: dict[str, Optimizer] = {}
         if data_parameters.class_curriculum:
@@ -120,7 +123,7 @@ class DataParameterObjective(Objective):
         sigma, penalty = self.dp.sigma_and_regularizer(
             targets, indices, wd_class=self.wd_class, wd_instance=self.wd_instance
         )
-        per_sample = self.loss_fn(scale_logits(logits, sigma), targets)
+        per_sample = scaled_loss(self.loss_fn, logits, targets, sigma, reduction="none")
         return per_sample.mean() + penalty, per_sample.detach()
 
     def optimizers(self) -> dict[str, Optimizer]:
@@ -129,11 +132,11 @@ class DataParameterObjective(Objective):
     def modules(self) -> dict[str, nn.Module]:
         return {"data_parameters": self.dp}
 
-    def scores(self) -> np.ndarray | None:
+    def scores(self, snapshot: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
         # The instance temperature is the paper's noise score (sec. 3.4, Figure 4).
         if not self.dp.instance_curriculum:
             return None
-        return self.dp.instance_sigma().float().cpu().numpy()
+        return (self.snapshot() if snapshot is None else snapshot)["instance_sigma"]
 
     def snapshot(self) -> dict[str, np.ndarray]:
         out = {}

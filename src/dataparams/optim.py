@@ -36,7 +36,7 @@ def _checked_coalesce(grad: Tensor, num_rows: int) -> Tensor:
     rows = grad.indices()[0]
     if rows.numel():
         # Coalesced indices are sorted, so the two ends bound the whole set.
-        lo, hi = int(rows[0]), int(rows[-1])
+        lo, hi = rows[[0, -1]].tolist()  # one device-to-host transfer for both ends
         if lo < 0 or hi >= num_rows:
             raise IndexError(f"gradient lists row {lo if lo < 0 else hi}, outside [0, {num_rows})")
     return grad

@@ -129,20 +129,32 @@ def log_sigma_penalty(log_sigma: Tensor, weight_decay: float) -> Tensor:
     return 0.5 * weight_decay * log_sigma.square().sum()
 
 
-def _as_index(name: str, t: Tensor, limit: int, what: str) -> Tensor:
-    """Check an index-like batch tensor; return it as int64. O(B), no side effects."""
+def _as_index(name: str, t: Tensor) -> Tensor:
+    """Check the type and shape of an index-like batch tensor; return it as int64. O(B)."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"{name} must be an integer tensor, got dtype {t.dtype}")
     if t.dim() != 1:
         raise ValueError(f"{name} must have shape (B,), got {tuple(t.shape)}")
-    if t.numel() > 0:
-        lo, hi = int(t.min()), int(t.max())
+    return t.long()
+
+
+def _check_ranges(*checks: tuple[str, Tensor, int, str]) -> None:
+    """Raise ``IndexError`` naming the first tensor with a value outside ``[0, limit)``.
+
+    ``checks`` are ``(name, tensor, limit, what)`` with the tensors on one device. All minima
+    and maxima are read in a single device-to-host transfer: one synchronisation per step on a
+    GPU instead of one per bound.
+    """
+    present = [c for c in checks if c[1].numel() > 0]
+    if not present:
+        return
+    bounds = torch.stack([b for _, t, _, _ in present for b in (t.min(), t.max())]).tolist()
+    for (name, _, limit, what), lo, hi in zip(present, bounds[0::2], bounds[1::2]):
         if lo < 0 or hi >= limit:
             bad = lo if lo < 0 else hi
             raise IndexError(f"{name} holds {bad}, outside [0, {limit}): there are {limit} {what}")
-    return t.long()
 
 
 class DataParameters(nn.Module):
@@ -236,15 +248,17 @@ class DataParameters(nn.Module):
         return "off"
 
     def _check_batch(self, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
-        targets = _as_index("targets", targets, self.num_classes, "classes")
-        indices = _as_index("indices", indices, self.num_instances, "training instances")
+        targets, indices = _as_index("targets", targets), _as_index("indices", indices)
+        device = self.class_log_sigma.device
+        targets, indices = targets.to(device, non_blocking=True), indices.to(device, non_blocking=True)
+        _check_ranges(("targets", targets, self.num_classes, "classes"),
+                      ("indices", indices, self.num_instances, "training instances"))
         if targets.shape[0] != indices.shape[0]:
             raise ValueError(
                 f"targets and indices must have the same batch size, got {targets.shape[0]} and "
                 f"{indices.shape[0]}"
             )
-        device = self.class_log_sigma.device
-        return targets.to(device, non_blocking=True), indices.to(device, non_blocking=True)
+        return targets, indices
 
     def forward(self, targets: Tensor, indices: Tensor) -> Tensor:
         """Temperature of each sample of the minibatch.

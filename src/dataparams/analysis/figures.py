@@ -29,6 +29,7 @@ report changes no global matplotlib state and needs no display.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import warnings
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from dataparams.analysis.metrics import top_fraction_purity
+from dataparams.analysis.metrics import over_seeds, top_fraction_purity
 
 __all__ = [
     "plot_accuracy",
@@ -450,11 +451,10 @@ def plot_clean_vs_corrupted(
         raise ValueError(f"is_corrupted must have shape (R, N) = {(sig.shape[0], sig.shape[2])}, got {bad.shape}")
     if not bad.any(axis=1).all() or bad.all(axis=1).any():
         raise ValueError("every run needs both clean and corrupted samples")
-    stats = {
-        kind: (np.stack([sig[r][:, m[r]].mean(axis=1) for r in range(sig.shape[0])]),
-               np.stack([sig[r][:, m[r]].std(axis=1) for r in range(sig.shape[0])]))
-        for kind, m in (("clean", ~bad), ("corrupted", bad))
-    }
+    stats = {}
+    for kind, m in (("clean", ~bad), ("corrupted", bad)):
+        members = [sig[r][:, m[r]] for r in range(sig.shape[0])]  # (E, n_r) per run
+        stats[kind] = (np.stack([x.mean(axis=1) for x in members]), np.stack([x.std(axis=1) for x in members]))
     purity = np.array([[top_fraction_purity(sig[r, e], bad[r], float(bad[r].mean())) for e in range(sig.shape[1])]
                        for r in range(sig.shape[0])])
     return plot_clean_vs_corrupted_stats(epochs, clean=stats["clean"], corrupted=stats["corrupted"],
@@ -737,22 +737,18 @@ def method_comparison_figure(
     axes = fig.subplots(1, len(table), squeeze=False, sharey=True)[0]
     y = np.arange(len(methods), dtype=np.float64)
     for ax, (setting, per_method) in zip(axes, table.items()):
-        for j, (kind, label, alpha) in enumerate(kinds):
-            offset = (j - 0.5) * height
-            for i, m in enumerate(methods):
-                vals = np.asarray([v for v in (per_method.get(m, {}).get(kind) or ()) if v is not None and
-                                   not math.isnan(v)], dtype=np.float64)
-                if vals.size == 0:
-                    continue
-                color = "tab:red" if m in highlight else "0.45"
-                sd = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
-                ax.barh(y[i] + offset, float(vals.mean()), height=height, color=color, alpha=alpha,
-                        xerr=sd if vals.size > 1 else None, error_kw=dict(elinewidth=1.0, capsize=2),
-                        label=label if i == 0 or m in highlight else None, gid=f"{m}|{kind}")
-                ax.plot(vals, np.full(vals.size, y[i] + offset), "o", color="black", markersize=2.2)
-        ref = per_method.get(reference or "", {}).get("final") if reference else None
-        if ref:
-            ax.axvline(float(np.mean(ref)), color="0.3", linestyle="--", linewidth=1.0)
+        for (i, m), (j, (kind, _, alpha)) in itertools.product(enumerate(methods), enumerate(kinds)):
+            agg = over_seeds(per_method.get(m, {}).get(kind) or ())
+            if agg["n"] == 0:
+                continue
+            at = y[i] + (j - 0.5) * height
+            ax.barh(at, agg["mean"], height=height, color="tab:red" if m in highlight else "0.45", alpha=alpha,
+                    xerr=agg["std"] if agg["n"] > 1 else None, error_kw=dict(elinewidth=1.0, capsize=2),
+                    gid=f"{m}|{kind}")
+            ax.plot(agg["values"], np.full(agg["n"], at), "o", color="black", markersize=2.2)
+        ref = over_seeds(per_method.get(reference, {}).get("final") or ()) if reference else None
+        if ref and ref["n"]:
+            ax.axvline(ref["mean"], color="0.3", linestyle="--", linewidth=1.0)
         ax.set_title(setting)
         ax.set_xlabel("test accuracy (%)")
         ax.grid(axis="x", alpha=0.3)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from dataparams.analysis.metrics import auroc, average_precision, estimate_num_mislabeled
-from dataparams.analysis.runs_io import LoadedRun, load_run
+from dataparams.analysis.runs_io import LoadedRun, load_run, load_run_dataset
 from dataparams.runs import RunDirError
 
 __all__ = ["SCORES", "IssueReport", "find_issues"]
@@ -62,10 +62,9 @@ class IssueReport:
     rank : ndarray of int
         1 for the most suspicious sample, ``N`` for the least; equal scores are ordered by the final
         model's probability of the given label (lowest first), then by index.
-    is_flagged : ndarray of bool
-        Flagged as mislabeled: the mixture's posterior probability of the high component > 0.5.
     mislabeled_prob : ndarray of float
-        That posterior.
+        The mixture's posterior probability of the high component; a sample is flagged
+        (:attr:`is_flagged`) when it exceeds 0.5, the same rule that gives the estimated count.
     given : ndarray of int
         The labels the run trained on.
     predicted, predicted_prob, given_prob : ndarray or None
@@ -93,7 +92,6 @@ class IssueReport:
     epoch: int
     score: np.ndarray
     rank: np.ndarray
-    is_flagged: np.ndarray
     mislabeled_prob: np.ndarray
     given: np.ndarray
     source_index: np.ndarray
@@ -114,6 +112,11 @@ class IssueReport:
         return int(self.score.shape[0])
 
     @property
+    def is_flagged(self) -> np.ndarray:
+        """Flagged as mislabeled (bool (N,)): posterior of the high component > 0.5."""
+        return self.mislabeled_prob > 0.5
+
+    @property
     def order(self) -> np.ndarray:
         """Sample indices from the most to the least suspicious, shape (N,)."""
         return np.argsort(self.rank, kind="stable")
@@ -121,7 +124,7 @@ class IssueReport:
     # -- cleanlab-compatible views ----------------------------------------------------------
     def label_issues_mask(self) -> np.ndarray:
         """Boolean mask (N,), True for flagged samples (cleanlab's ``find_label_issues`` default)."""
-        return self.is_flagged.copy()
+        return self.is_flagged
 
     def ranked_label_issues(self) -> np.ndarray:
         """Indices of the flagged samples, most suspicious first (``return_indices_ranked_by``)."""
@@ -302,14 +305,9 @@ def _descending_ranks(score: np.ndarray, tiebreak: np.ndarray | None = None) -> 
 
 
 def _dataset_info(run: LoadedRun, notes: list[str]) -> tuple[list[str] | None, list[str] | None]:
-    data = run.config.get("data", {})
-    try:
-        from dataparams.data.registry import load_splits
-
-        ds = load_splits(data.get("dataset"), data.get("data_dir"), label_set=data.get("label_set"))
-    except Exception as e:  # no data here is fine: the ranking does not need it
-        notes.append(f"dataset {data.get('dataset')!r} could not be loaded ({type(e).__name__}: {e}); "
-                     "no class names or file paths")
+    ds, why = load_run_dataset(run.config)
+    if ds is None:  # no data here is fine: the ranking does not need it
+        notes.append(f"dataset {why}; no class names or file paths")
         return None, None
     return list(ds.train.classes), (list(ds.train.paths) if ds.train.paths is not None else None)
 
@@ -363,12 +361,14 @@ def find_issues(
             f"(e.g. --preset {run.preset.split('/')[0]}/instance), or use --score loss"
         )
     if epoch is None:
-        epoch = run.last_snapshot_epoch(key)
-        if epoch is None:
+        last = run.last_snapshot(key)
+        if last is None:
             raise RunDirError(f"{run.path / 'snapshots'}: no readable snapshot holds {key}")
-    snap = run.snapshot(int(epoch))
-    if key not in snap:
-        raise RunDirError(f"{run.path / 'snapshots' / f'epoch_{int(epoch):04d}.npz'} holds no {key}")
+        epoch, snap = last
+    else:
+        snap = run.snapshot(int(epoch))
+        if key not in snap:
+            raise RunDirError(f"{run.path / 'snapshots' / f'epoch_{int(epoch):04d}.npz'} holds no {key}")
     n = int(run.labels["given"].shape[0])
     sigma = np.asarray(snap["instance_sigma"], dtype=np.float64) if "instance_sigma" in snap else None
     loss = np.asarray(snap["loss"], dtype=np.float64) if "loss" in snap else None
@@ -383,7 +383,6 @@ def find_issues(
     # orders of magnitude between memorised and unlearned samples.
     fit_on = values if score == "sigma" else np.maximum(values, _LOSS_FLOOR)
     est = estimate_num_mislabeled(fit_on, log=True)
-    flagged = est["posterior"] > 0.5
     if est.get("note"):
         notes.append(f"mislabeled-count estimate: {est['note']}")
 
@@ -411,7 +410,6 @@ def find_issues(
         # Ties (e.g. sigma at the clamp) are ordered by how unlikely the final model finds the
         # given label.
         rank=_descending_ranks(values, None if pred is None else -pred["given_prob"].astype(np.float64)),
-        is_flagged=flagged,
         mislabeled_prob=np.asarray(est["posterior"], dtype=np.float64),
         given=run.labels["given"].astype(np.int64),
         source_index=run.labels["source_index"].astype(np.int64),

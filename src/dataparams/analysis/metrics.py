@@ -21,6 +21,8 @@ Everything is plain numpy.
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -34,6 +36,7 @@ __all__ = [
     "separated_fraction",
     "detection_report",
     "estimate_num_mislabeled",
+    "over_seeds",
 ]
 
 # Variance floor of the mixture components, relative to the variance of all the data. It stops
@@ -365,7 +368,8 @@ def detection_report(
         "precision_at_k": precision,
         "recall_at_k": recall,
         "top_fraction": float(rate),
-        "top_fraction_purity": top_fraction_purity(s, pos, rate) if n > 0 else math.nan,
+        # The top n_pos / n of the samples are the top k = n_pos: the purity is precision@k.
+        "top_fraction_purity": 100.0 * precision if n > 0 else math.nan,
         "separated_fraction": separated_fraction(s, pos),
     }
     if labels is not None:
@@ -575,3 +579,22 @@ def estimate_num_mislabeled(
         "converged": bool(converged),
         "note": "; ".join(notes) if notes else None,
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Repeats
+# --------------------------------------------------------------------------------------------
+
+
+def over_seeds(values: Iterable[Any]) -> dict[str, Any]:
+    """Mean and sample standard deviation of one quantity over repeated runs.
+
+    ``None`` and NaN (a run that lacks the quantity, or failed) are left out. Returns
+    ``{"mean", "std", "n", "values"}``; ``std`` is 0 for one value, ``mean`` and ``std`` are
+    ``None`` for none. This is how every "mean ± std over seeds" of the package is computed.
+    """
+    vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0, "values": []}
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            "n": len(vals), "values": vals}

@@ -21,7 +21,6 @@ import html
 import json
 import math
 import os
-import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +31,15 @@ from typing import Any
 import numpy as np
 
 from dataparams.analysis import figures
-from dataparams.analysis.metrics import detection_report, estimate_num_mislabeled
-from dataparams.analysis.runs_io import LoadedRun, RunGroup, discover_runs, group_runs, load_runs
+from dataparams.analysis.metrics import detection_report, estimate_num_mislabeled, over_seeds
+from dataparams.analysis.runs_io import (
+    LoadedRun,
+    RunGroup,
+    discover_runs,
+    group_runs,
+    load_run_dataset,
+    load_runs,
+)
 from dataparams.runs import RunDirError
 
 __all__ = ["build_report"]
@@ -58,13 +64,7 @@ class _Datasets:
         data = config.get("data", {})
         key = (data.get("dataset"), data.get("data_dir"), data.get("label_set"))
         if key not in self._cache:
-            try:
-                from dataparams.data.registry import load_splits
-
-                ds = load_splits(key[0], key[1], label_set=key[2])
-                self._cache[key] = (ds, None)
-            except Exception as e:  # missing files, unknown name, bad format: all mean "no images"
-                self._cache[key] = (None, f"{key[0]} could not be loaded ({type(e).__name__}: {e})")
+            self._cache[key] = load_run_dataset(config)
         return self._cache[key]
 
 
@@ -90,8 +90,9 @@ def _sample_image(ds: Any, source_index: int) -> np.ndarray | None:
 # ----------------------------------------------------------------------------------------------
 # arrays out of runs
 # ----------------------------------------------------------------------------------------------
-def _metric_matrix(runs: Sequence[LoadedRun], *keys: str) -> tuple[np.ndarray, np.ndarray]:
-    """(epochs (E,), values (R, E)) over the union of the runs' epochs, NaN where missing."""
+def _metric_matrix(runs: Sequence[LoadedRun], *keys: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(epochs (E,), values (R, E)) over the union of the runs' epochs, NaN where missing;
+    None when no run logged the metric at all."""
     series = [r.metric_series(*keys) for r in runs]
     epochs = np.array(sorted({int(e) for ep, _ in series for e in ep}), dtype=np.int64)
     pos = {int(e): j for j, e in enumerate(epochs)}
@@ -99,11 +100,7 @@ def _metric_matrix(runs: Sequence[LoadedRun], *keys: str) -> tuple[np.ndarray, n
     for i, (ep, vals) in enumerate(series):
         for e, v in zip(ep, vals):
             out[i, pos[int(e)]] = v
-    return epochs, out
-
-
-def _has_metric(runs: Sequence[LoadedRun], *keys: str) -> bool:
-    return any(not np.all(np.isnan(r.metric_series(*keys)[1])) for r in runs)
+    return None if np.all(np.isnan(out)) else (epochs, out)
 
 
 def _snapshot_stack(runs: Sequence[LoadedRun], key: str) -> tuple[np.ndarray, np.ndarray, list[LoadedRun]]:
@@ -138,10 +135,11 @@ class _Column:
 
 
 def _last_estimate(run: LoadedRun) -> dict[str, Any] | None:
-    epoch = run.last_snapshot_epoch("instance_sigma")
-    if epoch is None:
+    last = run.last_snapshot("instance_sigma")
+    if last is None:
         return None
-    sigma = np.asarray(run.snapshot(epoch)["instance_sigma"], dtype=np.float64)
+    epoch, snap = last
+    sigma = np.asarray(snap["instance_sigma"], dtype=np.float64)
     if sigma.size == 0 or not np.all(np.isfinite(sigma)) or sigma.min() <= 0:
         return None
     est = estimate_num_mislabeled(sigma)
@@ -197,14 +195,6 @@ def _columns(groups_values: list[list[dict[str, Any]]]) -> list[_Column]:
         _Column("n_true", "true # mislabeled", 0),
     ]
     return [c for c in cols if any(v.get(c.key) is not None for vals in groups_values for v in vals)]
-
-
-def _aggregate(values: list[Any]) -> dict[str, Any]:
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return {"mean": None, "std": None, "n": 0, "values": []}
-    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-            "n": len(vals), "values": vals}
 
 
 def _fmt(agg: dict[str, Any], digits: int) -> str:
@@ -276,17 +266,11 @@ def _instance_columns(run: LoadedRun, idx: list[int]) -> tuple[np.ndarray, np.nd
     """epochs (E,), sigma of the chosen samples (E, M) and the median over all samples (E,),
     reading one snapshot at a time so that only M columns of the (E, N) history are kept."""
     epochs, chosen, median = [], [], []
-    for epoch in run.snapshot_epochs:
-        try:
-            snap = run.snapshot(epoch)
-        except RunDirError as e:
-            run.add_warning(f"{e}; epoch {epoch} left out")
-            continue
-        if "instance_sigma" in snap:
-            sig = np.asarray(snap["instance_sigma"], dtype=np.float64)
-            epochs.append(epoch)
-            chosen.append(sig[idx])
-            median.append(float(np.median(sig)))
+    for epoch, snap in run.iter_snapshots("instance_sigma"):
+        sig = np.asarray(snap["instance_sigma"], dtype=np.float64)
+        epochs.append(epoch)
+        chosen.append(sig[idx])
+        median.append(float(np.median(sig)))
     if not epochs:
         raise RunDirError(f"no readable snapshot with instance_sigma in {run.path / 'snapshots'}")
     return np.asarray(epochs), np.stack(chosen), np.asarray(median)
@@ -392,9 +376,9 @@ def _plan_clean_vs_corrupted(label: str, slug: str, runs: list[LoadedRun], plan:
     keys = [("instance_sigma", "clean", "mean"), ("instance_sigma", "clean", "std"),
             ("instance_sigma", "corrupted", "mean"), ("instance_sigma", "corrupted", "std"),
             ("detection", "top_fraction_purity")]
-    if all(_has_metric(runs, *k) for k in keys):
+    mats = [_metric_matrix(runs, *k) for k in keys]
+    if all(m is not None for m in mats):
         # metrics.jsonl already holds these per epoch, over all N samples: no snapshot needed.
-        mats = [_metric_matrix(runs, *k) for k in keys]
         epochs = mats[0][0]
         fraction = float(np.mean([r.is_corrupted.mean() for r in runs if r.is_corrupted is not None]))
         plan.figures.append(_Figure(
@@ -424,7 +408,8 @@ def _plan_overview(groups: list[RunGroup], colors: dict[str, str], datasets: _Da
     acc_curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for g in groups:
         keys = ["train_acc", "test_acc", "val_acc"] + (["train_acc_clean"] if any(r.is_noisy for r in g.runs) else [])
-        acc_curves[g.label] = {k: _metric_matrix(g.runs, k) for k in keys if _has_metric(g.runs, k)}
+        mats = {k: _metric_matrix(g.runs, k) for k in keys}
+        acc_curves[g.label] = {k: m for k, m in mats.items() if m is not None}
     acc_curves = {k: v for k, v in acc_curves.items() if v}
     if acc_curves:
         plan.figures.append(_Figure(
@@ -440,10 +425,10 @@ def _plan_overview(groups: list[RunGroup], colors: dict[str, str], datasets: _Da
     for g in (g for g in groups if not g.is_random_labels):
         series = {}
         for key in ("auroc", "average_precision"):
-            if _has_metric(g.runs, "detection", key):
-                series[key] = _metric_matrix(g.runs, "detection", key)
-            if _has_metric(g.runs, "detection_loss", key):
-                series[f"{key}_loss"] = _metric_matrix(g.runs, "detection_loss", key)
+            for block, name in (("detection", key), ("detection_loss", f"{key}_loss")):
+                m = _metric_matrix(g.runs, block, key)
+                if m is not None:
+                    series[name] = m
         if series:
             det_curves[g.label] = series
     if det_curves:
@@ -454,11 +439,12 @@ def _plan_overview(groups: list[RunGroup], colors: dict[str, str], datasets: _Da
             lambda p: figures.plot_detection(det_curves, p, colors=colors),
         ))
 
-    rnd = [g for g in groups if g.is_random_labels and _has_metric(g.runs, "train_acc")]
+    train_acc = {g.label: _metric_matrix(g.runs, "train_acc") for g in groups if g.is_random_labels}
+    rnd = [g for g in groups if train_acc.get(g.label) is not None]
     if rnd and any(g.has_curriculum for g in rnd) and any(not g.has_curriculum for g in rnd):
         ds, _ = datasets.get(rnd[0].config)
         k = _num_classes(rnd[0].runs[0], ds)
-        curves = {g.label: _metric_matrix(g.runs, "train_acc") for g in rnd}
+        curves = {g.label: train_acc[g.label] for g in rnd}
         plan.figures.append(_Figure(
             "Overview", "random_labels_train_acc.png",
             "All-random labels (sec. 3.5): train accuracy on the random labels. The baseline memorises them; "
@@ -502,11 +488,12 @@ def _detection_json(group: RunGroup, datasets: _Datasets) -> dict[str, Any]:
                 entry[block] = {k: [(r.get(block) or {}).get(k) for r in run.metrics] for k in keys}
         ds, _ = datasets.get(run.config)
         k = _num_classes(run, ds)
+        last = run.last_values("instance_sigma", "loss") if run.labels is not None else {}
         for key, name in (("instance_sigma", "last_epoch_report"), ("loss", "last_epoch_report_loss")):
-            epoch = run.last_snapshot_epoch(key)
-            if epoch is None or run.labels is None:
+            if key not in last:
                 continue
-            scores = np.asarray(run.snapshot(epoch)[key], dtype=np.float64)
+            epoch, values = last[key]
+            scores = np.asarray(values, dtype=np.float64)
             if not np.all(np.isfinite(scores)):
                 continue
             entry[name] = {"epoch": epoch, **detection_report(scores, run.is_corrupted,
@@ -698,7 +685,7 @@ def build_report(
         per_group_values.append(values)
     columns = _columns(per_group_values)
     for values in per_group_values:
-        results.append({c.key: _aggregate([v.get(c.key) for v in values]) for c in columns})
+        results.append({c.key: over_seeds([v.get(c.key) for v in values]) for c in columns})
 
     detection_files = []
     for g in groups:

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,17 +118,38 @@ class LoadedRun:
         """
         return RunDir(self.path).load_snapshot(epoch)
 
-    def last_snapshot_epoch(self, key: str | None = None) -> int | None:
-        """The last epoch whose snapshot can be read (and holds ``key``, when given)."""
-        for epoch in reversed(self.snapshot_epochs):
+    def iter_snapshots(self, key: str | None = None, *, reverse: bool = False
+                       ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """``(epoch, arrays)`` of every readable snapshot (holding ``key``, when given), one at a time.
+
+        An unreadable snapshot is skipped with a warning naming its file, so one damaged epoch
+        does not stop a report.
+        """
+        for epoch in (reversed(self.snapshot_epochs) if reverse else self.snapshot_epochs):
             try:
                 snap = self.snapshot(epoch)
             except RunDirError as e:
-                self.add_warning(str(e))
+                self.add_warning(f"{e}; epoch {epoch} left out")
                 continue
             if key is None or key in snap:
-                return epoch
-        return None
+                yield epoch, snap
+
+    def last_snapshot(self, key: str | None = None) -> tuple[int, dict[str, np.ndarray]] | None:
+        """``(epoch, arrays)`` of the last readable snapshot (holding ``key``, when given), or None."""
+        return next(self.iter_snapshots(key, reverse=True), None)
+
+    def last_values(self, *keys: str) -> dict[str, tuple[int, np.ndarray]]:
+        """``{key: (epoch, array)}`` from the last readable snapshot holding each key.
+
+        One pass backwards that stops once every key is found: usually a single file is read.
+        Keys no snapshot holds are absent from the result.
+        """
+        found: dict[str, tuple[int, np.ndarray]] = {}
+        for epoch, snap in self.iter_snapshots(reverse=True):
+            found.update({k: (epoch, snap[k]) for k in keys if k in snap and k not in found})
+            if len(found) == len(keys):
+                break
+        return found
 
     def history(self, key: str, *, columns: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Stack ``key`` over all readable snapshots.
@@ -150,16 +171,10 @@ class LoadedRun:
             ``len(columns)``. Empty (shape ``(0, 0)``) when no snapshot holds ``key``.
         """
         epochs, rows = [], []
-        for epoch in self.snapshot_epochs:
-            try:
-                snap = self.snapshot(epoch)
-            except RunDirError as e:
-                self.add_warning(f"{e}; epoch {epoch} left out")
-                continue
-            if key in snap:
-                values = snap[key] if columns is None else snap[key][columns]
-                epochs.append(epoch)
-                rows.append(np.asarray(values, dtype=np.float64))
+        for epoch, snap in self.iter_snapshots(key):
+            values = snap[key] if columns is None else snap[key][columns]
+            epochs.append(epoch)
+            rows.append(np.asarray(values, dtype=np.float64))
         if not rows:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 0))
         return np.asarray(epochs, dtype=np.int64), np.stack(rows)
@@ -190,6 +205,19 @@ class LoadedRun:
     def add_warning(self, message: str) -> None:
         if message not in self.warnings:
             self.warnings.append(message)
+
+
+def load_run_dataset(config: dict[str, Any]) -> tuple[Any, str | None]:
+    """The dataset a run was trained on, from its ``config.json``: ``(LoadedDataset, None)``, or
+    ``(None, why)`` when it cannot be loaded here. Analyses only need it for images, class
+    names and file paths, so a missing dataset is a note, never an error."""
+    data = config.get("data", {})
+    try:
+        from dataparams.data.registry import load_splits
+
+        return load_splits(data.get("dataset"), data.get("data_dir"), label_set=data.get("label_set")), None
+    except Exception as e:  # missing files, unknown name, bad format: all mean "no dataset"
+        return None, f"{data.get('dataset')} could not be loaded ({type(e).__name__}: {e})"
 
 
 def load_run(path: str | os.PathLike[str]) -> LoadedRun:

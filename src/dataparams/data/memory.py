@@ -119,10 +119,6 @@ class InMemoryLoader:
         """Select the order and augmentation of ``epoch`` (call before iterating)."""
         self.epoch = epoch
 
-    @property
-    def dataset_size(self) -> int:
-        return len(self.images)
-
     def __len__(self) -> int:
         n = len(self.images)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from dataparams.data.base import DatasetNotFoundError, Split
+from dataparams.data.folders import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["DATASETS", "DatasetInfo", "LoadedDataset", "load_splits"]
 
@@ -27,15 +28,18 @@ class DatasetInfo:
     image_size: int
 
 
-_IMAGENET = DatasetInfo((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 3, 224)
+_IMAGENET = DatasetInfo(IMAGENET_MEAN, IMAGENET_STD, 3, 224)
+_CIFAR10 = DatasetInfo((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 3, 32)
+_CIFAR100 = DatasetInfo((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 3, 32)
 
 DATASETS: dict[str, DatasetInfo] = {
     "fashion-mnist": DatasetInfo((0.2860,), (0.3530,), 1, 28),
     "mnist": DatasetInfo((0.1307,), (0.3081,), 1, 28),
-    "cifar10": DatasetInfo((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 3, 32),
-    "cifar100": DatasetInfo((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 3, 32),
-    "cifar10n": DatasetInfo((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 3, 32),
-    "cifar100n": DatasetInfo((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 3, 32),
+    "cifar10": _CIFAR10,
+    "cifar100": _CIFAR100,
+    # CIFAR-N relabels the CIFAR training images: same images, same statistics.
+    "cifar10n": _CIFAR10,
+    "cifar100n": _CIFAR100,
     "imagenet": _IMAGENET,
     "webvision": _IMAGENET,
     "webvision-mini": _IMAGENET,
@@ -90,7 +94,7 @@ def load_splits(name: str, data_dir: str | os.PathLike[str] | None = None, *, la
         from dataparams.data.cifar import load_cifar10, load_cifar100, load_cifar_n_labels
 
         root = _need_dir(name, d)
-        load = load_cifar10 if name.startswith("cifar10") and not name.startswith("cifar100") else load_cifar100
+        load = load_cifar10 if name in ("cifar10", "cifar10n") else load_cifar100
         train, test = load(root, train=True), load(root, train=False)
         shipped = None
         if name.endswith("n"):

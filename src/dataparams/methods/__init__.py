@@ -12,7 +12,12 @@ Losses take logits (B, K) and targets (B,) and return one loss per sample (B,), 
 function's docstring says otherwise; reducing is the caller's job.
 """
 
-from dataparams.methods.coteaching import coteaching_losses, forget_rate_schedule, small_loss_selection
+from dataparams.methods.coteaching import (
+    coteaching_exchange,
+    coteaching_losses,
+    forget_rate_schedule,
+    small_loss_selection,
+)
 from dataparams.methods.robust_losses import (
     generalized_cross_entropy,
     reverse_cross_entropy,
@@ -23,6 +28,7 @@ from dataparams.methods.superloss import SuperLoss, lambert_w, superloss, superl
 
 __all__ = [
     "SuperLoss",
+    "coteaching_exchange",
     "coteaching_losses",
     "forget_rate_schedule",
     "generalized_cross_entropy",

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["forget_rate_schedule", "small_loss_selection", "coteaching_losses"]
+__all__ = ["forget_rate_schedule", "small_loss_selection", "coteaching_exchange", "coteaching_losses"]
 
 
 def forget_rate_schedule(
@@ -116,8 +116,6 @@ def coteaching_losses(
     keep_b : LongTensor, shape (k,)
         Samples with the smallest loss under B.
     """
-    if not 0.0 <= forget_rate < 1.0:
-        raise ValueError(f"forget_rate must be in [0, 1), got {forget_rate}")
     if logits_a.shape != logits_b.shape:
         raise ValueError(
             f"the two networks' logits must have the same shape, got {tuple(logits_a.shape)} and "
@@ -125,6 +123,16 @@ def coteaching_losses(
         )
     ce_a = F.cross_entropy(logits_a, targets, reduction="none")
     ce_b = F.cross_entropy(logits_b, targets, reduction="none")
+    return coteaching_exchange(ce_a, ce_b, forget_rate=forget_rate)
+
+
+def coteaching_exchange(
+    ce_a: Tensor, ce_b: Tensor, *, forget_rate: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`coteaching_losses` from the two networks' per-sample losses (B,), for callers
+    that need those losses too (they are computed once)."""
+    if not 0.0 <= forget_rate < 1.0:
+        raise ValueError(f"forget_rate must be in [0, 1), got {forget_rate}")
     keep_fraction = 1.0 - forget_rate
     keep_a = small_loss_selection(ce_a, keep_fraction)
     keep_b = small_loss_selection(ce_b, keep_fraction)

@@ -27,9 +27,9 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from dataparams.config import ConfigError, TrainConfig
-from dataparams.methods.coteaching import coteaching_losses, forget_rate_schedule
+from dataparams.methods.coteaching import coteaching_exchange, forget_rate_schedule
 from dataparams.methods.robust_losses import generalized_cross_entropy, symmetric_cross_entropy
-from dataparams.methods.superloss import SuperLoss, superloss_sigma
+from dataparams.methods.superloss import SuperLoss
 from dataparams.objectives import Objective
 
 __all__ = ["AUMObjective", "CoTeachingObjective", "LossObjective", "SuperLossObjective", "build_peer_objective"]
@@ -62,18 +62,16 @@ class SuperLossObjective(Objective):
 
     def loss(self, logits: Tensor, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
         ce = F.cross_entropy(logits, targets, reduction="none")
-        out = self.module(ce)
+        out, conf = self.module.loss_and_sigma(ce)
         with torch.no_grad():
-            # The confidence for scoring, with the threshold the module just used.
-            conf = superloss_sigma(ce, self.module.tau.to(ce.dtype), self.module.lam)
             self.confidence.index_put_((indices,), conf.to(self.confidence.dtype))
         return out.mean(), ce.detach()
 
     def modules(self) -> dict[str, nn.Module]:
         return {"superloss": self.module}
 
-    def scores(self) -> np.ndarray:
-        return (-self.confidence.log()).float().cpu().numpy()
+    def scores(self, snapshot: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        return -np.log((self.snapshot() if snapshot is None else snapshot)["superloss_confidence"])
 
     def snapshot(self) -> dict[str, np.ndarray]:
         return {"superloss_confidence": self.confidence.float().cpu().numpy()}
@@ -120,9 +118,11 @@ class CoTeachingObjective(Objective):
         with self.autocast():
             logits_b = self.model_b(inputs)
         logits_b = logits_b.float()
-        loss_a, loss_b, _, _ = coteaching_losses(logits, logits_b, targets, forget_rate=self.forget_rate)
+        ce_a = F.cross_entropy(logits, targets, reduction="none")
+        ce_b = F.cross_entropy(logits_b, targets, reduction="none")
+        loss_a, loss_b, _, _ = coteaching_exchange(ce_a, ce_b, forget_rate=self.forget_rate)
         # The two networks share no parameters, so one backward of the sum gives each its own gradient.
-        return loss_a + loss_b, F.cross_entropy(logits.detach(), targets, reduction="none")
+        return loss_a + loss_b, ce_a.detach()
 
     def optimizers(self) -> dict[str, Optimizer]:
         return {"model_b": self.opt_b}
@@ -170,8 +170,8 @@ class AUMObjective(Objective):
             out[i] = self.calculator.sums[i] / c
         return out
 
-    def scores(self) -> np.ndarray:
-        return -self.aum()
+    def scores(self, snapshot: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        return -(self.snapshot() if snapshot is None else snapshot)["aum"].astype(np.float64)
 
     def snapshot(self) -> dict[str, np.ndarray]:
         return {"aum": self.aum().astype(np.float32)}

@@ -227,8 +227,13 @@ def superloss(loss: Tensor, *, tau: float | Tensor, lam: float) -> Tensor:
         ``sigma*``: a down-weighted task loss for hard samples, an up-weighted one for easy ones.
         Where the clamp is inactive it equals ``lam * W (W + 2)`` with ``W = -log sigma*``.
     """
+    return _superloss_and_sigma(loss, tau, lam)[0]
+
+
+def _superloss_and_sigma(loss: Tensor, tau: float | Tensor, lam: float) -> tuple[Tensor, Tensor]:
+    """The per-sample SuperLoss and the sigma* it used (for callers that also score samples)."""
     sigma = superloss_sigma(loss, tau, lam)
-    return (loss - tau) * sigma + lam * torch.log(sigma).square()
+    return (loss - tau) * sigma + lam * torch.log(sigma).square(), sigma
 
 
 class SuperLoss(nn.Module):
@@ -281,6 +286,10 @@ class SuperLoss(nn.Module):
 
     def forward(self, loss: Tensor) -> Tensor:
         """Per-sample SuperLoss of a per-sample task loss: (B,) -> (B,)."""
+        return self.loss_and_sigma(loss)[0]
+
+    def loss_and_sigma(self, loss: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` and the confidence sigma* (B,) it used, computed once."""
         tau = self.tau
         if self.ema:
             with torch.no_grad():
@@ -289,7 +298,7 @@ class SuperLoss(nn.Module):
                 tau = torch.where(torch.isnan(tau), batch_mean, updated if self.training else tau)
                 if self.training:
                     self.tau.copy_(tau)
-        return superloss(loss, tau=tau.to(loss.dtype), lam=self.lam)
+        return _superloss_and_sigma(loss, tau.to(loss.dtype), self.lam)
 
     def extra_repr(self) -> str:
         tau = "'ema'" if self.ema else f"{self.tau.item():g}"
