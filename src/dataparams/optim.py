@@ -36,7 +36,9 @@ def _checked_coalesce(grad: Tensor, num_rows: int) -> Tensor:
     rows = grad.indices()[0]
     if rows.numel():
         # Coalesced indices are sorted, so the two ends bound the whole set.
-        lo, hi = rows[[0, -1]].tolist()  # one device-to-host transfer for both ends
+        # A strided view of the two ends: one device-to-host transfer for both, no kernel launch.
+        ends = rows[:: max(rows.numel() - 1, 1)].tolist()
+        lo, hi = ends[0], ends[-1]
         if lo < 0 or hi >= num_rows:
             raise IndexError(f"gradient lists row {lo if lo < 0 else hi}, outside [0, {num_rows})")
     return grad
