@@ -25,6 +25,7 @@ import numpy as np
 __all__ = [
     "class_images",
     "cycled_labels",
+    "dump_python2_pickle",
     "write_cifar10",
     "write_cifar100",
     "write_cifar_n",
@@ -122,10 +123,34 @@ def _cifar_rows(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), 3072))
 
 
-def _dump(path: Path, obj: dict) -> None:
-    # The archives hold Python 2 pickles: bytes keys, protocol 2.
+class _Python2Pickler(pickle._Pickler):
+    """Pickles ``bytes`` as Python 2 wrote its ``str``: the (SHORT_)BINSTRING opcodes.
+
+    The published CIFAR archives are Python 2 pickles, so their keys, names and numpy buffers
+    come back as ``bytes`` with ``encoding="bytes"`` and as ``str`` with ``encoding="latin1"``
+    (what torchvision uses). Python 3's own pickler writes ``bytes`` differently at protocol 2.
+    """
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def _save_python2_str(self, obj: bytes) -> None:
+        n = len(obj)
+        if n < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", n) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = _save_python2_str
+
+
+def dump_python2_pickle(path: Path, obj: dict) -> None:
+    """Write ``obj`` as the CIFAR archives hold it: a Python 2 pickle, protocol 2, bytes keys."""
     with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
+        _Python2Pickler(f, protocol=2).dump(obj)
+
+
+_dump = dump_python2_pickle
 
 
 def _cifar_split(n: int, classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -96,7 +96,7 @@ def write_run(
             rec["instance_sigma"] = st
         if corrupted.any():
             d = detection_report(loss.astype(np.float64), corrupted)
-            rec["detection_loss"] = {k: d[k] for k in ("auroc", "average_precision", "precision_at_k")}
+            rec["detection_mean_loss"] = {k: d[k] for k in ("auroc", "average_precision", "precision_at_k")}
         np.savez(path / "snapshots" / f"epoch_{e:04d}.npz", **snap)
         lines.append(json.dumps(rec))
     (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
@@ -133,26 +133,18 @@ def test_report_on_one_instance_run(tmp_path):
             "fmnist-noisy40_instance_clean_vs_corrupted.png"} <= names
     for p in res["figures"]:
         assert p.exists() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert res["html"].exists() and res["markdown"].exists()
+    assert res["html"].exists() and set(res) >= {"html", "figures"} and "markdown" not in res
     assert _embedded_images(res["html"]) == len(res["figures"])
-    md = res["markdown"].read_text()
-    assert "| group |" in md and "fmnist-noisy40/instance" in md
-    for p in res["figures"]:
-        assert f"]({p.name})" in md
+    page = res["html"].read_text()
+    assert "<th>group</th>" in page and "fmnist-noisy40/instance" in page
+    # One report format: no Markdown copy, no per-group JSON repeating metrics.jsonl.
+    assert sorted(p.name for p in out.iterdir() if p.suffix != ".png") == ["report.html"]
 
     # The table: final test acc from summary.json, estimated vs true number of mislabeled.
     results = res["groups"][0]["results"]
     assert results["final_test_acc"]["mean"] == pytest.approx(50.0 + 4 * 5 + 1)
     assert results["n_true"]["mean"] == 24
     assert results["n_estimated"]["mean"] is not None
-
-    # detection.json: the per-epoch series from metrics.jsonl and a per-class last-epoch report.
-    det = json.loads((out / "detection_fmnist-noisy40_instance.json").read_text())
-    entry = det["runs"][0]
-    assert entry["epochs"] == [1, 2, 3, 4, 5]
-    assert len(entry["detection"]["auroc"]) == 5
-    assert entry["last_epoch_report"]["epoch"] == 5
-    assert set(entry["last_epoch_report"]["per_class"]) == {str(c) for c in range(K)}
 
     if HAVE_FMNIST:
         assert not any("images skipped" in n for n in res["notes"])
@@ -178,7 +170,7 @@ def test_report_groups_seeds_and_draws_class_parameters(tmp_path):
     assert res["groups"][0]["results"]["val_selected_test_acc"]["mean"] == pytest.approx(67.5)
     # Report epochs come from summary.json or, as here, from metrics.jsonl.
     assert res["groups"][0]["results"]["test_acc_epoch_3"]["values"] == [63.0, 64.0]
-    assert "test acc @ epoch 3 (%)" in res["markdown"].read_text()
+    assert "test acc @ epoch 3 (%)" in res["html"].read_text()
     names = {p.name for p in res["figures"]}
     assert "fmnist-noisy40_joint_class_sigma.png" in names
     assert "fmnist-noisy40_baseline_class_sigma.png" not in names
@@ -207,7 +199,7 @@ def test_random_label_figure_needs_baseline_and_curriculum(tmp_path):
     assert "random_labels_train_acc.png" in {p.name for p in res["figures"]}
     assert all("[random labels]" in g["label"] for g in res["groups"])
     # Detection makes no sense when every label is random.
-    assert res["detection_files"] == []
+    assert "detection.png" not in {p.name for p in res["figures"]}
     res = build_report([a], tmp_path / "out2", quiet=True)
     assert "random_labels_train_acc.png" not in {p.name for p in res["figures"]}
 

@@ -2,7 +2,6 @@
 
 import gzip
 import os
-import pickle
 import struct
 from pathlib import Path
 
@@ -162,7 +161,7 @@ def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
         load_fashion_mnist()
     msg = str(info.value)
     assert "apt-get install dataset-fashion-mnist" in msg
-    assert "--data-dir" in msg and "train-images-idx3-ubyte" in msg
+    assert "data.data_dir" in msg and "train-images-idx3-ubyte" in msg
     assert str(tmp_path / "system" / "fashion-mnist") in msg
     with pytest.raises(FileNotFoundError, match="t10k-labels"):
         load_mnist(tmp_path, train=False)
@@ -191,9 +190,7 @@ def _cifar_rows(n, seed):
     return np.random.default_rng(seed).integers(0, 256, size=(n, 3072), dtype=np.uint8)
 
 
-def _dump(path, obj):
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
+_dump = fakes.dump_python2_pickle
 
 
 CIFAR10_NAMES = [
@@ -266,10 +263,18 @@ def test_cifar10_missing_batch(cifar10_root):
     (root / "cifar-10-batches-py" / "data_batch_3").unlink()
     with pytest.raises(DatasetNotFoundError, match="data_batch_3.*cifar-10-python.tar.gz"):
         load_cifar10(root)
-    # The test split does not need it.
-    assert len(load_cifar10(root, train=False)) == 3
+    # torchvision verifies the whole archive, whichever split is read.
+    with pytest.raises(DatasetNotFoundError, match="data_batch_3"):
+        load_cifar10(root, train=False)
     with pytest.raises(DatasetNotFoundError, match="cifar-10-batches-py"):
         load_cifar10(root / "elsewhere")
+
+
+def test_cifar10_files_that_are_not_the_published_archive_are_refused(cifar10_root, real_cifar_checksums):
+    # torchvision verifies the published checksums; the fakes cannot match them.
+    root, _ = cifar10_root
+    with pytest.raises(ValueError, match="checksums"):
+        load_cifar10(root)
 
 
 def test_cifar10_corrupt_pickle(cifar10_root):

@@ -1,5 +1,6 @@
 """The engine: callback order, per-sample loss by index, accuracy against clean labels, devices."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -51,14 +52,14 @@ def test_train_one_epoch_tracks_loss_by_index_and_clean_accuracy():
     loader, x, y = _loader()
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # frozen: losses are those of the initial model
-    last = torch.full((20,), -1.0)
     flipped = 1 - y
-    stats = train_one_epoch(model, DataParameterObjective(DataParameters(2, 20)), opt, loader,
-                            torch.device("cpu"), clean_targets=flipped, last_loss=last)
+    obj = DataParameterObjective(DataParameters(2, 20))
+    obj.last_loss.fill_(-1.0)
+    stats = train_one_epoch(model, obj, opt, loader, torch.device("cpu"), clean_targets=flipped)
     with torch.no_grad():
         expected = F.cross_entropy(model(x), y, reduction="none")
         acc = 100.0 * float((model(x).argmax(1) == y).float().mean())
-    torch.testing.assert_close(last, expected)
+    torch.testing.assert_close(obj.last_loss, expected)
     assert stats["train_acc"] == pytest.approx(acc)
     assert stats["train_acc_clean"] == pytest.approx(100.0 - acc)
     assert stats["train_loss"] == pytest.approx(float(expected.mean()), rel=1e-6)
@@ -92,3 +93,60 @@ def test_bf16_autocast_trains_on_cpu():
     assert torch.isfinite(torch.tensor(stats["train_loss"]))
     assert obj.dp.instance_log_sigma.dtype == torch.float32
     assert not torch.equal(obj.dp.instance_log_sigma.detach(), torch.zeros(20))
+
+
+def test_mean_loss_is_the_mean_of_the_epochs_last_losses():
+    # fit() closes every epoch with objective.on_epoch_end: loss_sum / epochs_seen is the mean over
+    # epochs of each sample's loss, checked against the losses recomputed by hand epoch by epoch.
+    torch.manual_seed(0)
+    loader, x, y = _loader()
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    obj = DataParameterObjective(DataParameters(2, 20))
+    seen = []
+
+    class Keep(Callback):
+        def on_epoch_end(self, epoch, record):
+            seen.append(obj.last_loss.clone())
+
+    fit(model, obj, opt, loader, torch.device("cpu"), epochs=3, callbacks=[Keep()])
+    scores = obj.loss_scores()
+    np.testing.assert_allclose(scores["mean-loss"], torch.stack(seen).double().mean(0).numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(scores["last-loss"], seen[-1].numpy())
+    assert int(obj.epochs_seen) == 3
+
+
+def test_predict_without_indices_counts_positions_across_batches():
+    # A loader of (x, y) pairs: the indices are the positions in its order, not 0.. in every batch.
+    from dataparams.engine import predict
+
+    x, y = torch.randn(7, 3), torch.zeros(7, dtype=torch.long)
+    batches = [(x[:3], y[:3]), (x[3:6], y[3:6]), (x[6:], y[6:])]
+    _, _, idx = predict(torch.nn.Linear(3, 2), batches, torch.device("cpu"))
+    assert idx.tolist() == list(range(7))
+
+
+def test_progress_bar_does_not_read_the_device_every_batch(monkeypatch):
+    # EpochStats.running() waits for the device; the bar refreshes its numbers at most once per
+    # progress_interval_s, not once per batch.
+    from dataparams import engine
+
+    calls = []
+    original = engine.EpochStats.running
+    monkeypatch.setattr(engine.EpochStats, "running", lambda self: calls.append(1) or original(self))
+
+    class Bar:
+        def update(self, n):
+            pass
+
+        def set_postfix(self, **kw):
+            pass
+
+    loader, _, _ = _loader(n=80, b=4)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    obj = DataParameterObjective(DataParameters(2, 80))
+    train_one_epoch(model, obj, opt, loader, torch.device("cpu"), progress=Bar(), progress_interval_s=3600.0)
+    assert calls == []  # 20 batches, none read the running statistics
+    train_one_epoch(model, obj, opt, loader, torch.device("cpu"), progress=Bar(), progress_interval_s=0.0)
+    assert len(calls) == 20

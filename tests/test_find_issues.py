@@ -113,16 +113,16 @@ def test_loss_score_on_a_baseline_run_and_the_error_for_sigma(tmp_path):
     base = write_run(tmp_path / "base", preset="fmnist-noisy40/baseline", n=70)
     with pytest.raises(RunDirError, match="instance or joint"):
         find_issues(base, score="sigma", load_dataset=False)
-    rep = find_issues(base, score="loss", load_dataset=False)
+    rep = find_issues(base, score="last-loss", load_dataset=False)
     loss = _snapshot(base, 5)["loss"].astype(np.float64)
-    assert rep.sigma is None and rep.score_name == "loss"
+    assert rep.sigma is None and rep.score_name == "last-loss"
     assert np.array_equal(rep.order, np.argsort(-loss, kind="stable"))
     rows = _read_csv(rep.write_csv(tmp_path / "issues.csv"))
     assert all(r["sigma"] == "" for r in rows)
     assert rep.summary()["auroc"] > 0.5
 
     assert main(["find-issues", str(base)]) == 2  # sigma on a baseline: one line, exit 2
-    assert main(["find-issues", str(base), "--score", "loss", "--cleaned-labels", "drop"]) == 0
+    assert main(["find-issues", str(base), "--score", "last-loss", "--cleaned-labels", "drop"]) == 0
     assert (base / "issues" / "issues.csv").exists()
     assert (base / "issues" / "cleaned_labels_drop.csv").exists()
     assert (base / "issues" / "label_issues_mask.npy").exists()

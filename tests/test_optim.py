@@ -164,3 +164,91 @@ def test_closure_is_evaluated_with_grad_enabled():
     loss = opt.step(closure)
     assert loss.item() == 0.0
     torch.testing.assert_close(p.detach(), torch.tensor([0.0, 0.0, -1.0]))
+
+
+# ----------------------------------------------------------------------------- the clamp travels
+def _big_steps(dp, opt, steps=3):
+    # Gradients of +-1000 on every present row: without a clamp log sigma leaves [-3, 3] at once.
+    for s in range(steps):
+        opt.zero_grad()
+        idx = torch.arange(dp.num_instances)
+        y = idx * dp.num_classes // dp.num_instances  # consecutive samples share a class
+        sign = torch.where(y % 2 == 0, 1.0, -1.0) * (1 if s % 2 == 0 else -1)
+        (dp(y, idx) * sign * 1000.0).sum().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("build", ["param_groups", "forgetful"])
+def test_both_constructions_keep_sigma_inside_the_module_clamp(build):
+    dp = DataParameters(3, 6, class_curriculum=True, instance_curriculum=True, clamp=(0.2, 5.0))
+    if build == "param_groups":
+        opt = SparseSGD(dp.param_groups(lr_class=10.0, lr_instance=10.0), momentum=0.9)
+    else:
+        # The construction that forgets the bounds: they travel with the parameters.
+        opt = SparseSGD([dp.class_log_sigma, dp.instance_log_sigma], lr=10.0, momentum=0.9)
+    _big_steps(dp, opt)
+    for sigma in (dp.class_sigma(), dp.instance_sigma()):
+        assert (sigma >= 0.2 - 1e-6).all() and (sigma <= 5.0 + 1e-6).all()
+        assert torch.isclose(sigma, torch.tensor(0.2)).any() or torch.isclose(sigma, torch.tensor(5.0)).any()
+
+
+def test_clamp_survives_deepcopy_and_pickle():
+    import io
+
+    dp = DataParameters(2, 4, instance_curriculum=True, clamp=(0.5, 2.0))
+    for other in (copy.deepcopy(dp), torch.load(io.BytesIO(_saved(dp)), weights_only=False)):
+        opt = SparseSGD([other.instance_log_sigma], lr=100.0)
+        _big_steps(other, opt, steps=1)
+        sigma = other.instance_sigma()
+        assert (sigma >= 0.5 - 1e-6).all() and (sigma <= 2.0 + 1e-6).all()
+
+
+def _saved(module):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(module, buf)
+    return buf.getvalue()
+
+
+def test_explicit_group_bounds_win_over_the_parameter_s_own():
+    dp = DataParameters(2, 4, instance_curriculum=True)  # (1/20, 20)
+    opt = SparseSGD([dp.instance_log_sigma], lr=100.0, bounds=(-0.1, 0.1))
+    _big_steps(dp, opt, steps=1)
+    assert dp.instance_log_sigma.detach().abs().max() <= 0.1 + 1e-6
+
+
+def test_unclamped_module_is_not_clamped():
+    dp = DataParameters(2, 4, instance_curriculum=True, clamp=None)
+    opt = SparseSGD(dp.param_groups(lr_instance=100.0))
+    _big_steps(dp, opt, steps=1)
+    assert dp.instance_log_sigma.detach().abs().max() > 10
+
+
+def test_param_groups_hold_only_the_levels_that_are_on():
+    assert DataParameters(2, 4).param_groups() == []
+    groups = DataParameters(2, 4, instance_curriculum=True).param_groups(lr_instance=0.3, momentum=0.5)
+    assert [(g["name"], g["lr"], g["momentum"]) for g in groups] == [("instance", 0.3, 0.5)]
+
+
+def test_the_class_calls_the_functional_step():
+    # SparseSGD.step is sparse_sgd_step over each group: the same rows move the same way.
+    from dataparams.optim import sparse_sgd_step
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.nn.Parameter(torch.randn(10, generator=g))
+    b = torch.nn.Parameter(a.detach().clone())
+    buf = torch.zeros(10)
+    opt = SparseSGD([a], lr=0.3, momentum=0.9, weight_decay=0.1, bounds=(-1.0, 1.0))
+    for _ in range(4):
+        rows = torch.randint(0, 10, (6,), generator=g)
+        coef = torch.randn(6, generator=g)
+        opt.zero_grad()
+        (gather_rows(a, rows) * coef).sum().backward()
+        opt.step()
+        b.grad = None
+        (gather_rows(b, rows) * coef).sum().backward()
+        with torch.no_grad():
+            sparse_sgd_step([b], [b.grad], [buf], lr=0.3, momentum=0.9, weight_decay=0.1, bounds=(-1.0, 1.0))
+        assert torch.equal(a.detach(), b.detach())
+    assert torch.equal(opt.state[a]["momentum_buffer"], buf)

@@ -58,10 +58,10 @@ def test_experiment_alone_is_the_baseline():
     }
 
 
-@pytest.mark.parametrize("experiment", [*CIFAR, *NOISY_CIFAR])
+@pytest.mark.parametrize("experiment", CIFAR)
 @pytest.mark.parametrize("variant", ["baseline", "class", "instance", "joint"])
 def test_cifar_wide_resnet_recipe(experiment, variant):
-    # Sec. 3.2 / 3.4: WRN-28-10, dropout 0, batch 128, and the WideResNet schedule: 200 epochs of
+    # Sec. 3.2: WRN-28-10, dropout 0, batch 128, and the WideResNet schedule: 200 epochs of
     # SGD, Nesterov momentum 0.9, lr 0.1 x0.2 at epochs 60, 120, 160, weight decay 5e-4.
     cfg = get_preset(f"{experiment}/{variant}")
     assert cfg.data.dataset == experiment.split("-")[0]
@@ -71,6 +71,20 @@ def test_cifar_wide_resnet_recipe(experiment, variant):
     assert (o.epochs, o.lr, o.momentum, o.nesterov, o.weight_decay) == (200, 0.1, 0.9, True, 5e-4)
     assert (o.schedule, o.milestones, o.gamma) == ("multistep", [60, 120, 160], 0.2)
     assert cfg.method == "ce"
+
+
+@pytest.mark.parametrize("experiment", NOISY_CIFAR)
+@pytest.mark.parametrize("variant", ["baseline", "class", "instance", "joint", "oracle"])
+def test_noisy_cifar_follows_the_released_protocol(experiment, variant):
+    # Sec. 3.4 uses settings "identical to" Ren et al. (2018); the released main_cifar.py runs 120
+    # epochs, SGD lr 0.1, momentum 0.9 without Nesterov, weight decay 5e-4, lr x0.1 at epochs 80 and
+    # 100, and the paper reports epoch 84 -- four epochs after the first decay.
+    cfg = get_preset(f"{experiment}/{variant}")
+    assert (cfg.model.arch, cfg.model.dropout, cfg.data.batch_size) == ("wrn28_10", 0.0, 128)
+    o = cfg.optim
+    assert (o.epochs, o.lr, o.momentum, o.nesterov, o.weight_decay) == (120, 0.1, 0.9, False, 5e-4)
+    assert (o.schedule, o.milestones, o.gamma) == ("multistep", [80, 100], 0.1)
+    assert cfg.report_epochs == [84] and o.milestones[0] + 4 == 84
 
 
 @pytest.mark.parametrize("experiment", [*CIFAR, *NOISY_CIFAR])
@@ -316,7 +330,7 @@ def test_two_steps_in_the_real_format(tmp_path, preset, write, extra):
 
     state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert state["epoch"] == 1 and state["config"] == config_to_dict(cfg)
-    dp = state["modules"]["data_parameters"]
+    dp = {k.removeprefix("dp."): v for k, v in state["objective"].items() if k.startswith("dp.")}
     lo, hi = math.log(CLAMP[0]), math.log(CLAMP[1])
     instance = dp["instance_log_sigma"]
     assert instance.shape == (n,)
@@ -343,3 +357,27 @@ def test_two_steps_in_the_real_format(tmp_path, preset, write, extra):
         assert (cls[~present] == math.log(cur.init_class)).all()
     else:
         assert (cls == math.log(cur.init_class)).all()
+
+
+def test_noisy_cifar_schedule_and_print_config(capsys):
+    # The resolved schedule runs lr 0.1 for epochs 1-80, 0.01 for 81-100, 0.001 for 101-120, and
+    # --print-config shows exactly that config.
+    import json
+
+    from dataparams.build import SCHEDULES
+    from dataparams.cli import main
+
+    cfg = get_preset("cifar10-noisy40/instance")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
+    sched = SCHEDULES[cfg.optim.schedule](cfg.optim, opt)
+    lrs = []
+    for _ in range(cfg.optim.epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:80] == [0.1] * 80
+    assert lrs[80:100] == pytest.approx([0.01] * 20) and lrs[100:] == pytest.approx([0.001] * 20)
+    assert main(["train", "--preset", "cifar10-noisy40/instance", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == config_to_dict(cfg)
+    assert printed["optim"]["milestones"] == [80, 100] and printed["optim"]["nesterov"] is False

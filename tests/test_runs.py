@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dataparams.config import TrainConfig, apply_overrides, config_to_dict
-from dataparams.runs import RunDir, RunDirError
+from dataparams.runs import RunDir, RunDirError, RunExistsError
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def test_new_directory_gets_config(tmp_path, cfg):
 def test_same_run_needs_resume_or_overwrite(tmp_path, cfg):
     run = RunDir(tmp_path / "r")
     run.prepare(cfg)
-    with pytest.raises(RunDirError, match="--resume"):
+    with pytest.raises(RunExistsError, match="already holds this run"):
         run.prepare(cfg)
     assert run.prepare(cfg, resume=True) is False  # no checkpoint yet
     run.save_checkpoint({"epoch": 1, "config": cfg})

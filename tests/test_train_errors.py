@@ -151,7 +151,7 @@ def test_bad_value(capsys, idx_root, tmp_path, override, expected):
             [],
             ["cifar-10-batches-py", "data_batch_1", "batches.meta", "cifar-10-python.tar.gz"],
         ),
-        ("cifar100-noisy40/instance", [], ["cifar-100-python", "train, meta", "cifar-100-python.tar.gz"]),
+        ("cifar100-noisy40/instance", [], ["cifar-100-python", "train, test, meta", "cifar-100-python.tar.gz"]),
         (
             "fmnist-noisy40/instance",
             [],
@@ -188,7 +188,7 @@ def test_data_dir_that_does_not_exist(capsys, tmp_path):
     missing = tmp_path / "nowhere"
     out = tmp_path / "run"
     msg = _refused(capsys, _argv(missing, out, preset="cifar10/baseline"))
-    assert f"--data-dir {missing} does not exist" in msg
+    assert f"data.data_dir {missing} does not exist" in msg and "--data-dir" in msg
     assert not out.exists() and not missing.exists()
 
 

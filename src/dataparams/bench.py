@@ -40,43 +40,14 @@ import numpy as np
 
 from dataparams.analysis.metrics import over_seeds
 from dataparams.config import ConfigError, TrainConfig, apply_overrides, config_to_dict
+from dataparams.methods.registry import METHODS as REGISTRY
 from dataparams.presets import get_preset
 from dataparams.runs import RunDir, atomic_write_text
 
-__all__ = ["METHODS", "BenchSpec", "Cell", "run_cell", "run_grid", "summarize", "tune"]
+__all__ = ["METHODS", "BenchSpec", "Cell", "run_cell", "run_grid", "summarize", "tune", "tuning_grid"]
 
-# method -> (preset variant, extra overrides). Multi-stage methods are handled in run_cell.
-_SINGLE = {
-    "baseline": ("baseline", []),
-    "oracle": ("oracle", []),
-    "dp-class": ("class", []),
-    "dp-instance": ("instance", []),
-    "dp-joint": ("joint", []),
-    "superloss": ("baseline", ["method=superloss"]),
-    "gce": ("baseline", ["method=gce"]),
-    "sce": ("baseline", ["method=sce"]),
-    "coteaching": ("baseline", ["method=coteaching"]),
-}
-METHODS = (*_SINGLE, "cleanlab", "aum")
-
-# The tuning budget: three settings per method, the first being the paper's / package's default.
-TUNING_GRID: dict[str, list[list[str]]] = {
-    # Data parameters: the paper's values first, then a log-spaced step up; the small CNN's logits
-    # are smaller than WRN-28-10's, so its temperatures need a larger step to move as far.
-    "dp-class": [["curriculum.lr_class=0.1"], ["curriculum.lr_class=0.5"], ["curriculum.lr_class=2.5"]],
-    "dp-instance": [["curriculum.lr_instance=0.2"], ["curriculum.lr_instance=1.0"], ["curriculum.lr_instance=5.0"]],
-    "dp-joint": [["curriculum.lr_instance=0.2"], ["curriculum.lr_instance=1.0"], ["curriculum.lr_instance=5.0"]],
-    "superloss": [['method_options={"lam": 1.0}'], ['method_options={"lam": 0.25}'], ['method_options={"lam": 4.0}']],
-    "gce": [['method_options={"q": 0.7}'], ['method_options={"q": 0.4}'], ['method_options={"q": 0.9}']],
-    "sce": [['method_options={"alpha": 0.1, "beta": 1.0}'], ['method_options={"alpha": 1.0, "beta": 1.0}'],
-            ['method_options={"alpha": 0.5, "beta": 0.5}']],
-    # co-teaching's forget rate, as a multiple of the known noise rate (its paper uses 1x)
-    "coteaching": [["@forget=1.0"], ["@forget=0.5"], ["@forget=1.25"]],
-    "cleanlab": [["@filter_by=prune_by_noise_rate"], ["@filter_by=both"], ["@filter_by=confident_learning"]],
-    "aum": [["@percentile=99"], ["@percentile=90"], ["@percentile=50"]],
-}
-
-
+# Method names, variants, tuning settings, trainings and scores come from the one registry.
+METHODS = tuple(REGISTRY)
 @dataclass(frozen=True)
 class Cell:
     method: str
@@ -97,7 +68,7 @@ def _percent(rate: float) -> int:
 @dataclass
 class BenchSpec:
     """What to run. ``overrides`` apply to every cell (after the preset); ``chosen`` holds the
-    tuned setting of each method (a list of overrides, as in :data:`TUNING_GRID`)."""
+    tuned setting of each method (a list of overrides, as in :func:`tuning_grid`)."""
 
     base: str = "fmnist-noisy40"
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -117,6 +88,11 @@ class BenchSpec:
 # ----------------------------------------------------------------------------------------------
 # one cell
 # ----------------------------------------------------------------------------------------------
+def tuning_grid(method: str) -> list[list[str]]:
+    """The settings ``method`` is tuned over (the registry's), as lists of overrides."""
+    return [list(t) for t in REGISTRY[method].tuning]
+
+
 def _split_special(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
     """Separate pipeline options (``@name=value``) from config overrides."""
     plain, special = [], {}
@@ -170,11 +146,12 @@ def _detection(scores: np.ndarray, corrupted: np.ndarray) -> dict[str, float] | 
 
 
 def _pool(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """The training pool of ``cfg`` (after the validation split): source index, given and clean labels."""
-    from dataparams.experiment import prepare_data
+    """The training pool of ``cfg`` (after the validation split): source index, given labels,
+    corruption mask and number of classes."""
+    from dataparams.data.prepare import load_training_labels
 
-    data = prepare_data(cfg, "cpu")
-    return data.source_index, data.given_targets, data.is_corrupted, data.num_classes
+    labels = load_training_labels(cfg)
+    return labels.train_index, labels.given, labels.is_corrupted, labels.num_classes
 
 
 def _result(summary: dict[str, Any]) -> dict[str, Any]:
@@ -264,44 +241,40 @@ def _aum(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str
 
 def _single(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str, str], extra: list[str],
             device: str):
-    variant, fixed = _SINGLE[cell.method]
+    method = REGISTRY[cell.method]
     extra = list(extra)
     if cell.method == "coteaching":
         factor = float(special.get("forget", 1.0))
         extra.append(f'method_options={{"forget_rate": {min(0.95, factor * cell.rate)}}}')
-    cfg = _cell_config(spec, cell, variant, [*fixed, *extra])
+    cfg = _cell_config(spec, cell, method.variant, [*method.overrides, *extra])
     summary = _train(cfg, out, device)
-    trainings = {"coteaching": 2, "oracle": 1}.get(cell.method, 1)
-    return {**_result(summary), "train_time_s": summary["train_time_s"], "trainings": trainings,
+    return {**_result(summary), "train_time_s": summary["train_time_s"], "trainings": method.trainings,
             **_single_detection(cell.method, out, summary)}
 
 
-def _single_detection(method: str, out: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """Detection quality of a one-run method, at the last epoch and at the val-selected epoch.
+# Where each one-training score's detection numbers are logged in metrics.jsonl.
+_SCORE_BLOCK = {"sigma": "detection", "superloss": "detection", "mean-loss": "detection_mean_loss"}
 
-    Data parameters and SuperLoss score by their per-sample parameter (sigma, confidence), logged
-    every epoch; the baseline and co-teaching by the small-loss criterion, the mean per-sample
-    training loss over the epochs up to that point.
+
+def _single_detection(method: str, out: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Detection quality of a one-training method, at the last epoch and at the val-selected epoch.
+
+    Read from the epoch records: data parameters and SuperLoss score by their per-sample
+    parameter (sigma, confidence); the baseline and co-teaching by the small-loss criterion
+    (``mean-loss``, the mean per-sample training loss over the epochs so far).
     """
     run = RunDir(out)
-    corrupted = run.load_arrays("labels.npz")["is_corrupted"]
-    final_epoch = run.snapshot_epochs()[-1] if run.snapshot_epochs() else None
+    history = run.read_metrics()
+    final_epoch = history[-1]["epoch"] if history else None
     picked = summary.get("val_selected_epoch") or final_epoch
-    keys = ("auroc", "average_precision", "precision_at_k")
     res: dict[str, Any] = {"detection": None, "detection_valsel": None}
-    if method in ("dp-instance", "dp-joint", "superloss"):
-        by_epoch = {r["epoch"]: r.get("detection") for r in run.read_metrics()}
-        for name, e in (("detection", final_epoch), ("detection_valsel", picked)):
-            if by_epoch.get(e):
-                res[name] = {k: by_epoch[e][k] for k in keys}
-    elif method in ("baseline", "coteaching"):
-        from dataparams.methods.small_loss import small_loss_score
-
-        epochs = run.snapshot_epochs()
-        history = np.vstack([run.load_snapshot(e)["loss"].astype(np.float32) for e in epochs])
-        res["detection"] = _detection(small_loss_score(history).numpy(), corrupted)
-        upto = sum(1 for e in epochs if e <= picked)
-        res["detection_valsel"] = _detection(small_loss_score(history[:upto]).numpy(), corrupted)
+    block = _SCORE_BLOCK.get(REGISTRY[method].score or "")
+    if block is None:
+        return res
+    by_epoch = {r["epoch"]: r.get(block) for r in history}
+    for name, e in (("detection", final_epoch), ("detection_valsel", picked)):
+        if by_epoch.get(e):
+            res[name] = {k: by_epoch[e][k] for k in ("auroc", "average_precision", "precision_at_k")}
     return res
 
 
@@ -324,13 +297,13 @@ def run_cell(spec: BenchSpec, cell: Cell, root: Path, *, device: str = "cpu",
         if res.get("status") == "ok":
             return res
     out.mkdir(parents=True, exist_ok=True)
-    chosen = spec.chosen.get(cell.method, TUNING_GRID.get(cell.method, [[]])[0]) if setting is None else setting
+    chosen = spec.chosen.get(cell.method, (tuning_grid(cell.method) or [[]])[0]) if setting is None else setting
     extra, special = _split_special(list(chosen))
     t0 = time.perf_counter()
     try:
         if cell.method not in METHODS:
             raise ConfigError(f"unknown bench method {cell.method!r}; choose from {', '.join(METHODS)}")
-        fn = {"cleanlab": _cleanlab, "aum": _aum}.get(cell.method, _single)
+        fn = {"cleanlab": _cleanlab, "aum": _aum}.get(REGISTRY[cell.method].pipeline or "", _single)
         res = {"status": "ok", **fn(spec, cell, out, stages, special, extra, device)}
     except Exception as e:  # recorded, and the grid goes on
         res = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
@@ -399,12 +372,12 @@ def _threads(n_jobs: int) -> int:
 # ----------------------------------------------------------------------------------------------
 def tune(spec: BenchSpec, root: Path, *, noise: str = "uniform", rate: float = 0.4, seed: int = 100,
          device: str = "cpu", jobs: int = 1, quiet: bool = False) -> dict[str, list[str]]:
-    """Try each method's :data:`TUNING_GRID` settings on one noisy cell; keep the best by the
+    """Try each method's :func:`tuning_grid` settings on one noisy cell; keep the best by the
     noisy-validation accuracy at the validation-selected epoch. Writes ``root/tuning.{json,md}``."""
     root = Path(root).resolve()
     # One job per method (methods without hyper-parameters, baseline and oracle, have none).
-    jobs_list = [(spec, Cell(m, noise, rate, seed), str(root / "tuning"), device, _threads(jobs), TUNING_GRID[m])
-                 for m in spec.methods if m in TUNING_GRID]
+    jobs_list = [(spec, Cell(m, noise, rate, seed), str(root / "tuning"), device, _threads(jobs), tuning_grid(m))
+                 for m in spec.methods if tuning_grid(m)]
     results = [r for rs in _run_many(_tune_worker, jobs_list, jobs, "tuning", quiet)
                for r in (rs if isinstance(rs, list) else [rs])]
     chosen: dict[str, list[str]] = {}
@@ -459,7 +432,7 @@ def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
         f = root / "cells" / c.key / "result.json"
         cells[c.key] = json.loads(f.read_text()) if f.exists() else {"status": "missing", "cell": dataclasses.asdict(c)}
         res = cells[c.key]
-        if res["status"] == "ok" and c.method in _SINGLE and "detection_valsel" not in res:
+        if res["status"] == "ok" and REGISTRY[c.method].pipeline is None and "detection_valsel" not in res:
             # results written before the val-selected detection was recorded
             res.update(_single_detection(c.method, root / "cells" / c.key, json.loads(
                 (root / "cells" / c.key / "summary.json").read_text())))
@@ -528,7 +501,7 @@ def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
     for m in spec.methods:
         seen = [r["setting"] for n, rt in columns for r in group(m, n, rt) if r["status"] == "ok" and "setting" in r]
         distinct = [x for i, x in enumerate(seen) if x not in seen[:i]]
-        used[m] = distinct[0] if len(distinct) == 1 else distinct or spec.chosen.get(m, TUNING_GRID.get(m, [[]])[0])
+        used[m] = distinct[0] if len(distinct) == 1 else distinct or spec.chosen.get(m, (tuning_grid(m) or [[]])[0])
     lines += ["Settings (chosen on the noisy validation split; as run): " + json.dumps(used)]
     figure = _plot_results(spec, root, columns, group)
     if figure is not None:

@@ -33,6 +33,9 @@ def _add_execution_args(p: argparse.ArgumentParser) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    from dataparams.analysis.find_issues import SCORES
+    from dataparams.methods.registry import METHODS
+
     parser = argparse.ArgumentParser(
         prog="dataparams",
         description=(
@@ -46,6 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                        description="Train a named preset, optionally overriding any config field.")
     t.add_argument("--preset", default="fmnist-noisy40/instance",
                    help="EXPERIMENT/VARIANT, see `dataparams presets` (default: %(default)s)")
+    t.add_argument("--method", help="train a compared method (see `dataparams bench --help`) on the preset's "
+                   "experiment: e.g. --preset fmnist-noisy40 --method gce; default: the preset's own variant")
     t.add_argument("--config", help="start from a config.json (e.g. of an earlier run) instead of a preset")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field, e.g. --set optim.lr=0.1 --set curriculum.lr_instance=0.5 (repeatable)")
@@ -72,10 +77,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list the preset names", description="List every EXPERIMENT/VARIANT preset.")
 
-    r = sub.add_parser("report", help="figures and an HTML/Markdown report of finished runs",
+    r = sub.add_parser("report", help="figures and a self-contained HTML report of finished runs",
                        description="Read run directories (or folders of them, e.g. OUT of `train --seeds`), group "
-                       "the seeds of each setting, and write the learned-curriculum figures, report.html "
-                       "(self-contained), report.md and per-group detection JSON into --out.")
+                       "the seeds of each setting, and write the learned-curriculum figures (PNG) and "
+                       "report.html (self-contained, figures embedded) into --out.")
     r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or folders holding them")
     r.add_argument("--out", required=True, help="folder for the report")
     r.add_argument("--classes", nargs="+", metavar="CLASS",
@@ -93,26 +98,30 @@ def get_args_parser() -> argparse.ArgumentParser:
                        "ranked_label_issues.npy, and summary.json.")
     f.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `dataparams train`")
     f.add_argument("--out", help="output folder (default: RUN_DIR/issues)")
-    f.add_argument("--score", choices=["sigma", "loss"], default="sigma",
-                   help="sigma: instance temperature (instance or joint runs); loss: last training loss, "
-                   "any run (default: %(default)s)")
+    f.add_argument("--score", choices=list(SCORES), default="sigma",
+                   help="sigma: instance temperature (instance or joint runs); last-loss: each sample's training "
+                   "loss at its last visit; mean-loss: its mean over the epochs so far, the small-loss criterion "
+                   "(both for any run) (default: %(default)s)")
     f.add_argument("--epoch", type=int, help="use the snapshot of this epoch (default: the last)")
     f.add_argument("--cleaned-labels", choices=["relabel", "drop"],
                    help="also write cleaned_labels_<action>.csv: flagged samples relabelled with the model's "
                    "prediction, or dropped")
     b = sub.add_parser(
         "bench", help="data parameters vs peer methods: a resumable method x noise x seed grid",
-        description="Run every method (baseline, oracle, data parameters class/instance/joint, SuperLoss, GCE, "
-        "SCE, co-teaching, cleanlab, AUM) on the same model, data and budget over a grid of noise models, "
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run every method on the same model, data and budget over a grid of noise models, "
         "rates and seeds. Each cell is its own run directory under OUT/cells; finished cells are skipped, "
         "interrupted ones resume, crashing ones are recorded as failed. Writes OUT/results.md and "
         "results.json (final epoch and noisy-validation-selected epoch, wall time, detection quality) and "
-        "OUT/results.png (the accuracy tables as bars, when matplotlib is installed).")
+        "OUT/results.png (the accuracy tables as bars, when matplotlib is installed).\n\nmethods:\n"
+        + "\n".join(f"  {m.name:<12} {m.summary} ({m.trainings} training{'s' if m.trainings > 1 else ''})"
+                    for m in METHODS.values()))
     b.add_argument("--out", default="runs/bench", help="bench folder (default: %(default)s)")
     b.add_argument("--spec", help="a JSON file with BenchSpec fields (base, methods, grid, overrides, chosen, folds)")
     b.add_argument("--base", help="base experiment, default fmnist-noisy40 (its baseline preset sets model, data, "
                    "epochs and optimizer for every method)")
-    b.add_argument("--methods", nargs="+", help="subset of methods (default: all)")
+    b.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
+                   help="subset of the methods listed above (default: all)")
     b.add_argument("--set", dest="overrides", action="append", metavar="FIELD=VALUE",
                    help="config override for every cell (replaces the default data.val_fraction=0.1 list)")
     b.add_argument("--stage", choices=["tune", "grid", "all", "summary"], default="all",
@@ -129,15 +138,28 @@ def get_args_parser() -> argparse.ArgumentParser:
 # commands
 # ----------------------------------------------------------------------------------------------
 def _resolve_config(args: argparse.Namespace) -> Any:
-    from dataparams.config import apply_overrides, config_from_dict, shorthand_overrides
+    from dataparams.config import ConfigError, apply_overrides, config_from_dict, shorthand_overrides
     from dataparams.presets import get_preset
 
+    method = getattr(args, "method", None)
     if args.config:
+        if method:
+            raise ConfigError("--method applies to a preset, not to --config")
         try:
             data = json.loads(Path(args.config).read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise SystemExit(f"error: cannot read --config {args.config}: {e}") from None
+            raise ConfigError(f"cannot read {args.config}: {e}") from None
         cfg = config_from_dict(data)
+    elif method:
+        from dataparams.methods.registry import get_method
+
+        m = get_method(method)
+        if m.pipeline is not None:
+            raise ConfigError(f"{method} trains {m.trainings} times in stages; run it with `dataparams bench "
+                              f"--methods {method}`")
+        experiment = args.preset.partition("/")[0]
+        cfg = apply_overrides(get_preset(f"{experiment}/{m.variant}"), list(m.overrides))
+        cfg.preset = f"{experiment}/{method}"
     else:
         cfg = get_preset(args.preset)
     return apply_overrides(cfg, [*args.overrides, *shorthand_overrides(
@@ -165,6 +187,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dataparams.config import config_to_dict
     from dataparams.experiment import train
 
+    if args.resume and args.overwrite:
+        from dataparams.config import ConfigError
+
+        raise ConfigError("choose one of --resume and --overwrite")
     cfg = _resolve_config(args)
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
@@ -225,7 +251,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                           quiet=args.quiet)
     for item in result["skipped"]:
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
-    print(f"{len(result['figures'])} figure(s), report: {result['html']}  (markdown: {result['markdown']})")
+    print(f"{len(result['figures'])} figure(s), report: {result['html']}")
     return 0
 
 
@@ -274,6 +300,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(e: Exception) -> str:
+    """The library's message, with what to do about it in terms of this command line's flags."""
+    from dataparams.data.base import DatasetNotFoundError
+    from dataparams.runs import RunConflictError, RunExistsError
+
+    if isinstance(e, RunExistsError):
+        return f"{e}; pass --resume to continue it or --overwrite to start over"
+    if isinstance(e, RunConflictError):
+        return f"{e}; use another --out, or --overwrite to replace it"
+    if isinstance(e, DatasetNotFoundError):
+        return f"{e} (point --data-dir at the dataset's folder)"
+    return str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
@@ -290,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except (ConfigError, DatasetNotFoundError, RunDirError, ValueError, ImportError) as e:
         # Bad input (names, values, files, missing optional packages): one line, no traceback.
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_explain(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; continue with --resume", file=sys.stderr)

@@ -37,7 +37,9 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which data, which corruption, which split.
 
-    ``noise`` is one of :data:`dataparams.noise.NOISE_MODELS`; ``noise_rate`` its p. ``subset``
+    ``noise`` is one of :data:`dataparams.noise.NOISE_MODELS`; ``noise_rate`` its p;
+    ``noise_transition`` the file holding the (K, K) matrix P(noisy | clean) that
+    ``noise=transition`` needs (``.npy``, or text with one row per line). ``subset``
     keeps the first n training samples (the CPU presets' memorisation regime). ``val_fraction``
     carves a held-out split from the (noisy) training set with its own ``val_seed``; the test set
     is never corrupted. ``oracle`` trains on the clean samples only (the paper's "baseline on
@@ -56,6 +58,7 @@ class DataConfig:
     subset: int | None = None
     noise: str = "none"
     noise_rate: float = 0.0
+    noise_transition: str | None = None
     noise_seed: int | None = None
     label_set: str | None = None
     val_fraction: float = 0.0

@@ -2,12 +2,12 @@
 
 It knows nothing about the model, the data set or the method: a loader yields
 ``(inputs, targets, indices)``, an :class:`~dataparams.objectives.Objective` turns logits into the
-loss, and callbacks (logging, checkpoints, peers that watch the logits) hook into
-``on_batch_end`` and ``on_epoch_end``. Whether a curriculum is on is invisible here: a disabled
-one is sigma = 1 inside the objective.
+loss, and callbacks (logging, checkpoints) hook into ``on_batch_end`` and ``on_epoch_end``.
+Whether a curriculum is on is invisible here: a disabled one is sigma = 1 inside the objective.
 
-Per-step cost is O(B): the only per-sample state the engine keeps is the last training loss of
-every sample, updated by index.
+Per-step cost is O(B): the per-sample state (the objective's buffers, its ``last_loss``) is
+written by index, and the epoch statistics stay on the device; the host reads them at the end of
+the epoch, or about once a second for a progress bar.
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available on this machine")
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available on this machine")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("--device mps was asked for but Apple MPS is not available on this machine")
+        raise ValueError("device 'mps' was asked for but Apple MPS is not available on this machine")
     if name not in ("cpu", "mps") and not name.startswith("cuda"):
         raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     return torch.device(name)
@@ -77,7 +77,7 @@ class Execution:
             return cls(device, torch.bfloat16, channels_last=channels_last)
         if amp == "fp16":
             if device.type != "cuda":
-                raise ValueError("--amp fp16 needs CUDA; use --amp bf16 on the CPU")
+                raise ValueError("amp 'fp16' needs CUDA (a gradient scaler); use 'bf16' on the CPU")
             return cls(device, torch.float16, torch.amp.GradScaler("cuda"), channels_last=channels_last)
         raise ValueError(f"unknown amp mode {amp!r}; use off, fp16 or bf16")
 
@@ -163,9 +163,9 @@ def train_one_epoch(
     *,
     execution: Execution | None = None,
     clean_targets: Tensor | None = None,
-    last_loss: Tensor | None = None,
     callbacks: Sequence[Callback] = (),
     progress: Any = None,
+    progress_interval_s: float = 1.0,
 ) -> dict[str, float]:
     """Train for one epoch; return mean training loss (without regulariser) and accuracies.
 
@@ -174,16 +174,17 @@ def train_one_epoch(
     loader : iterable of ``(inputs, targets, indices)``
     clean_targets : LongTensor (N,), optional
         True labels, to report training accuracy against them as well as the given ones.
-    last_loss : Tensor (N,), optional
-        Filled, by index, with each sample's latest per-sample training loss.
     progress : tqdm-like, optional
-        Updated once per batch with the running loss and accuracy.
+        Advanced once per batch; its running loss and accuracy are refreshed at most every
+        ``progress_interval_s`` seconds, since reading them waits for the device.
     """
     execution = execution or Execution(device)
     objective.autocast = execution.autocast
     model.train()
+    objective.train()
     optimizers = [optimizer, *objective.optimizers().values()]
     stats = EpochStats(device)
+    shown_at = time.perf_counter()
     for x, y, idx in loader:
         x = execution.input(x)
         y = y.to(device, non_blocking=True)
@@ -192,21 +193,21 @@ def train_one_epoch(
             opt.zero_grad(set_to_none=True)
         with execution.autocast():
             logits = model(x)
-        loss, per_sample = objective.loss(logits.float(), x, y, idx)
+        loss, per_sample = objective(logits.float(), x, y, idx)
         execution.backward_and_step(loss, optimizers)
 
         with torch.no_grad():
             stats.add(per_sample, logits.argmax(1), y, clean_targets[idx] if clean_targets is not None else None)
-            if last_loss is not None:
-                # index_put_ (not index_copy_) has a deterministic CUDA kernel; a sample seen twice
-                # in one batch keeps one of its (equal-epoch) losses either way.
-                last_loss.index_put_((idx,), per_sample.to(last_loss.dtype))
+            objective.record(idx, per_sample)
         for cb in callbacks:
             cb.on_batch_end(logits.detach(), y, idx, per_sample)
         if progress is not None:
             progress.update(1)
-            mean_loss, acc = stats.running()
-            progress.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{acc:.1f}", refresh=False)
+            now = time.perf_counter()
+            if now - shown_at >= progress_interval_s:
+                shown_at = now
+                mean_loss, acc = stats.running()
+                progress.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{acc:.1f}", refresh=False)
     return stats.as_dict(clean_targets is not None)
 
 
@@ -218,16 +219,25 @@ def predict(
     *,
     execution: Execution | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Logits of the model in eval mode, unscaled (sec. 2.2): ``(logits (N, K), targets, indices)``."""
+    """Logits of the model in eval mode, unscaled (sec. 2.2): ``(logits (N, K), targets, indices)``.
+
+    ``indices`` are those the loader yields, or positions in its order when it yields
+    ``(inputs, targets)`` only.
+    """
     execution = execution or Execution(device)
     model.eval()
     outs, ys, idxs = [], [], []
+    seen = 0
     for batch in loader:
         x, y = execution.input(batch[0]), batch[1]
         with execution.autocast():
             outs.append(model(x).float().cpu())
         ys.append(y.cpu())
-        idxs.append(batch[2].cpu() if len(batch) > 2 else torch.arange(len(y)))
+        # Without indices, a sample's index is its position in the loader's order.
+        idxs.append(batch[2].cpu() if len(batch) > 2 else torch.arange(seen, seen + len(y)))
+        seen += len(y)
+    if not outs:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     return torch.cat(outs), torch.cat(ys), torch.cat(idxs)
 
 
@@ -261,7 +271,6 @@ def fit(
     eval_loaders: dict[str, Any] | None = None,
     execution: Execution | None = None,
     clean_targets: Tensor | None = None,
-    last_loss: Tensor | None = None,
     callbacks: Sequence[Callback] = (),
     progress_factory: Any = None,
 ) -> list[dict[str, Any]]:
@@ -294,11 +303,11 @@ def fit(
                     device,
                     execution=execution,
                     clean_targets=clean_targets,
-                    last_loss=last_loss,
                     callbacks=callbacks,
                     progress=bar,
                 )
             )
+            objective.on_epoch_end(epoch)
             record["train_time_s"] = time.perf_counter() - t0
             for name, loader in (eval_loaders or {}).items():
                 ev = evaluate(model, loader, device, execution=execution)

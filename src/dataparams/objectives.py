@@ -1,10 +1,18 @@
 """Training objectives: how a minibatch's logits become the loss the optimizers follow.
 
-The engine calls one :class:`Objective` per step and knows nothing else about the method. The
-paper's method is :class:`DataParameterObjective`: cross-entropy on ``logits / sigma`` plus the
-L2 penalty on log sigma (eq. 1, sec. 3.1). With both curricula off sigma is exactly 1 and it is
-the plain cross-entropy baseline, so baseline and data parameters run the same code path. Peer
-methods (:mod:`dataparams.methods`) implement the same interface.
+An objective is an ``nn.Module``: ``objective(logits, inputs, targets, indices)`` returns the
+scalar to backpropagate and the per-sample loss (B,). Whatever it learns or records per training
+sample lives in (N,) parameters or buffers written by index -- the data parameters' log sigma,
+SuperLoss's confidence, AUM's margin sums, and, for every objective, ``last_loss``, each sample's
+training loss at its latest visit -- so ``state_dict()`` checkpoints all of it and a step costs
+O(B). The engine calls nothing method-specific: it runs the forward, steps the model's optimizer
+(over the model and :meth:`Objective.model_param_groups`) and :meth:`Objective.optimizers`, and
+fires :meth:`Objective.on_epoch_start`.
+
+The paper's method is :class:`DataParameterObjective`: cross-entropy on ``logits / sigma`` plus
+the L2 penalty on log sigma (eq. 1, sec. 3.1). With both curricula off sigma is exactly 1 and it
+is the plain cross-entropy baseline, so baseline and data parameters run the same code path.
+Peer methods live in :mod:`dataparams.methods`, one module each, and subclass :class:`Objective`.
 
 Notation: ``B`` samples in a batch, ``K`` classes, ``N`` training samples.
 """
@@ -17,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -24,39 +33,98 @@ from dataparams.losses import per_sample_cross_entropy, scaled_loss
 from dataparams.optim import SparseSGD
 from dataparams.parameters import DataParameters
 
-__all__ = ["DataParameterObjective", "Objective"]
+__all__ = ["DataParameterObjective", "LossObjective", "Objective"]
 
 
-class Objective(abc.ABC):
-    """Interface of a training objective: ``loss`` is required, the rest have defaults.
+def _has_float64(device: torch.device | str | None) -> bool:
+    return torch.device(device or "cpu").type != "mps"
 
-    ``loss`` returns the scalar to backpropagate and the per-sample loss (B,) used for logging
-    and the small-loss criterion (detached, without any regulariser).
+
+class Objective(nn.Module, metaclass=abc.ABCMeta):
+    """A training objective with its per-sample state in (N,) buffers.
+
+    Parameters
+    ----------
+    num_train : int
+        ``N``, the number of training samples (the range of ``indices``).
+    device : torch.device or str, optional
+        Where the per-sample buffers live (the training device).
+
+    Attributes
+    ----------
+    last_loss : Tensor (N,), buffer
+        Each sample's per-sample training loss at its latest visit; written by :meth:`record`,
+        which the engine calls after every step. Its value is the ``last-loss`` score.
+    loss_sum : Tensor (N,), buffer
+        The sum over finished epochs of ``last_loss`` at each epoch's end (:meth:`on_epoch_end`);
+        divided by ``epochs_seen`` it is the ``mean-loss`` score, the small-loss criterion
+        (a sample whose loss stays high through training is likely mislabeled; Arpit et al.
+        2017, the selection rule of co-teaching).
+    autocast : callable returning a context manager
+        The precision of the model's forward pass. The engine sets it before each epoch so that
+        an objective running a network of its own (co-teaching's second network) runs it in the
+        same precision as the main model.
     """
 
     name = "objective"
-    #: Context of the model's forward pass (the engine's mixed precision). The engine sets it
-    #: before each epoch, so an objective that runs a network of its own (co-teaching's second
-    #: network) runs it in the same precision as the main model.
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+    def __init__(self, num_train: int, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.num_train = int(num_train)
+        self.register_buffer("last_loss", torch.zeros(self.num_train, device=device))
+        self.register_buffer("loss_sum", torch.zeros(self.num_train, dtype=torch.float64 if _has_float64(device)
+                                                     else torch.float32, device=device))
+        self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.long, device=device))
+        self.autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     @abc.abstractmethod
-    def loss(self, logits: Tensor, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
-        """(scalar training loss, detached per-sample loss (B,)) for one batch."""
+    def forward(self, logits: Tensor, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """(scalar training loss, detached per-sample loss (B,) without any regulariser)."""
 
-    def attach(self, model: nn.Module, optimizer: Optimizer) -> None:
-        """Called once with the model and its optimizer before training starts."""
+    @torch.no_grad()
+    def record(self, indices: Tensor, per_sample: Tensor) -> None:
+        """Write the batch's per-sample losses into :attr:`last_loss` by index, O(B).
+
+        ``index_put_`` (not ``index_copy_``) has a deterministic CUDA kernel; a sample seen twice
+        in one batch keeps one of its (same-step) losses either way.
+        """
+        self.last_loss.index_put_((indices,), per_sample.to(self.last_loss.dtype))
 
     def optimizers(self) -> dict[str, Optimizer]:
-        """Extra optimizers stepped after the model's (e.g. the data parameters')."""
+        """Optimizers of the objective's own parameters, stepped after the model's."""
         return {}
 
-    def modules(self) -> dict[str, nn.Module]:
-        """Extra modules with state to checkpoint (e.g. data parameters, a second network)."""
-        return {}
+    def model_param_groups(self) -> list[dict[str, Any]]:
+        """Parameters to train with the model's optimizer and schedule (a second network)."""
+        return []
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called with the 0-based epoch before its first batch."""
+
+    @torch.no_grad()
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called with the 0-based epoch after its last batch: accumulates the epoch's losses.
+
+        O(N) once per epoch, never per step.
+        """
+        self.loss_sum += self.last_loss.to(self.loss_sum.dtype)
+        self.epochs_seen += 1
+
+    def loss_scores(self) -> dict[str, np.ndarray]:
+        """The two loss-based suspicion scores (N,) of any method, larger = more suspicious.
+
+        ``last-loss``: the training loss at each sample's latest visit. ``mean-loss``: its mean
+        over the finished epochs (the small-loss criterion); absent before the first epoch ends.
+        """
+        out = {"last-loss": self.last_loss.float().cpu().numpy()}
+        epochs = int(self.epochs_seen)
+        if epochs:
+            out["mean-loss"] = (self.loss_sum.double().cpu().numpy() / epochs)
+        return out
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Per-sample arrays saved with each epoch's snapshot (e.g. all sigma values)."""
+        return {}
 
     def scores(self, snapshot: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
         """Per-sample suspicion score (N,), larger = more likely mislabeled, or None.
@@ -66,15 +134,19 @@ class Objective(abc.ABC):
         """
         return None
 
-    def snapshot(self) -> dict[str, np.ndarray]:
-        """Arrays saved with each epoch's snapshot (e.g. all sigma values)."""
-        return {}
 
-    def extra_state(self) -> dict[str, Any]:
-        return {}
+class LossObjective(Objective):
+    """Any per-sample loss of ``(logits, targets)``, averaged over the batch (GCE, SCE)."""
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
+    def __init__(self, name: str, per_sample: Callable[[Tensor, Tensor], Tensor], num_train: int,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__(num_train, device)
+        self.name = name
+        self.per_sample = per_sample
+
+    def forward(self, logits: Tensor, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+        per = self.per_sample(logits, targets)
+        return per.mean(), per.detach()
 
 
 class DataParameterObjective(Objective):
@@ -83,8 +155,10 @@ class DataParameterObjective(Objective):
     Parameters
     ----------
     data_parameters : DataParameters
+        Its parameters are trained by one :class:`~dataparams.optim.SparseSGD` with a group per
+        level that is on (:meth:`DataParameters.param_groups`), which also carries the clamp.
     lr_class, lr_instance, momentum : float
-        SparseSGD settings of the two levels (separate optimizers, as in the paper).
+        SparseSGD settings of the two levels (the paper's separate optimizers, as two groups).
     wd_class, wd_instance : float
         Weight of the L2 penalty on log sigma of the batch members (added to the loss).
     loss_fn : callable ``(scaled_logits (B, K), targets (B,)) -> (B,)``, optional
@@ -102,24 +176,19 @@ class DataParameterObjective(Objective):
         momentum: float = 0.9,
         wd_class: float = 0.0,
         wd_instance: float = 0.0,
-        loss_fn: Any = None,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
+        super().__init__(data_parameters.num_instances, data_parameters.class_log_sigma.device)
         self.dp = data_parameters
         self.wd_class = wd_class
         self.wd_instance = wd_instance
         self.loss_fn = loss_fn or per_sample_cross_entropy
-        bounds = data_parameters.log_bounds
-        self._optimizers: dict[str, Optimizer] = {}
-        if data_parameters.class_curriculum:
-            self._optimizers["class"] = SparseSGD(
-                [data_parameters.class_log_sigma], lr=lr_class, momentum=momentum, bounds=bounds
-            )
-        if data_parameters.instance_curriculum:
-            self._optimizers["instance"] = SparseSGD(
-                [data_parameters.instance_log_sigma], lr=lr_instance, momentum=momentum, bounds=bounds
-            )
+        groups = data_parameters.param_groups(lr_class=lr_class, lr_instance=lr_instance)
+        self._optimizers: dict[str, Optimizer] = (
+            {"data_parameters": SparseSGD(groups, momentum=momentum)} if groups else {}
+        )
 
-    def loss(self, logits: Tensor, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, logits: Tensor, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
         sigma, penalty = self.dp.sigma_and_regularizer(
             targets, indices, wd_class=self.wd_class, wd_instance=self.wd_instance
         )
@@ -128,9 +197,6 @@ class DataParameterObjective(Objective):
 
     def optimizers(self) -> dict[str, Optimizer]:
         return self._optimizers
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {"data_parameters": self.dp}
 
     def scores(self, snapshot: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
         # The instance temperature is the paper's noise score (sec. 3.4, Figure 4).

@@ -11,6 +11,15 @@ not. The released code instead clones the dense parameter and momentum every ste
 gradient that happens to be exactly zero as "absent"; that costs O(N) per step and misreads a
 present row whose gradient is zero. Here a step reads and writes only the present rows: O(B).
 
+The maths is the plain function :func:`sparse_sgd_step`; :class:`SparseSGD` is the
+``torch.optim.Optimizer`` around it (timm's functional-core pattern) and calls nothing else.
+
+Clamping: a parameter may carry its own clamp range as the attribute ``clamp_bounds`` (``(low,
+high)`` in parameter space, i.e. log sigma); :class:`~dataparams.parameters.DataParameters` sets
+it on its two parameters. The optimizer clamps the rows it updates into a group's ``bounds``
+when that is given, and otherwise into the parameter's own ``clamp_bounds``, so that
+``SparseSGD([dp.instance_log_sigma], lr=...)`` clamps as the module says without being told.
+
 Momentum convention: the first visit of a row sets its buffer to the gradient, as
 ``torch.optim.SGD`` does on its first step. The buffer is allocated as zeros once, so this is
 ``0 * momentum + g = g`` (there is no dampening option, which would break that identity).
@@ -20,64 +29,102 @@ This module imports only torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["SparseSGD", "sparse_sgd_step"]
+__all__ = ["BOUNDS_ATTR", "SparseSGD", "sparse_sgd_step"]
+
+#: Name of the attribute through which a parameter carries its clamp range (parameter space).
+BOUNDS_ATTR = "clamp_bounds"
+
+Bounds = tuple[float, float]
 
 
-def _checked_coalesce(grad: Tensor, num_rows: int) -> Tensor:
-    """Coalesce a sparse gradient and check that its rows lie in ``[0, num_rows)``."""
-    grad = grad.coalesce()
-    rows = grad.indices()[0]
-    if rows.numel():
-        # Coalesced indices are sorted, so the two ends bound the whole set.
-        # A strided view of the two ends: one device-to-host transfer for both, no kernel launch.
-        ends = rows[:: max(rows.numel() - 1, 1)].tolist()
-        lo, hi = ends[0], ends[-1]
-        if lo < 0 or hi >= num_rows:
-            raise IndexError(f"gradient lists row {lo if lo < 0 else hi}, outside [0, {num_rows})")
-    return grad
+def _coalesce_and_check(params: Sequence[Tensor], grads: Sequence[Tensor]) -> list[Tensor]:
+    """Coalesce sparse gradients and check that their rows lie in ``[0, rows of the parameter)``.
+
+    All gradients are checked together with a single device-to-host transfer: coalesced indices
+    are sorted, so the first and last row bound each set. Raises before anything is modified.
+    """
+    out, ends = [], []
+    for g in grads:
+        if not g.is_sparse:
+            raise TypeError(
+                "SparseSGD needs sparse gradients that list the rows present in the batch; "
+                "gather rows with dataparams.gather_rows or DataParameters, not p[index]"
+            )
+        g = g.coalesce()
+        out.append(g)
+        rows = g.indices()[0]
+        ends.append(rows[[0, -1]] if rows.numel() else None)
+    present = [e for e in ends if e is not None]
+    if present:
+        flat = torch.cat([e.to(present[0].device) for e in present]).tolist()
+        k = 0
+        for p, e in zip(params, ends):
+            if e is None:
+                continue
+            lo, hi = flat[k], flat[k + 1]
+            k += 2
+            if lo < 0 or hi >= p.shape[0]:
+                raise IndexError(f"gradient lists row {lo if lo < 0 else hi}, outside [0, {p.shape[0]})")
+    return out
 
 
 def sparse_sgd_step(
-    param: Tensor,
-    grad: Tensor,
-    momentum_buffer: Tensor | None,
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    momentum_buffers: Sequence[Tensor | None],
     *,
     lr: float,
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     nesterov: bool = False,
-    bounds: tuple[float, float] | None = None,
+    bounds: Bounds | Sequence[Bounds | None] | None = None,
+    validate: bool = True,
 ) -> None:
-    """Update, in place, the rows of ``param`` (and ``momentum_buffer``) listed in ``grad``.
+    """Update, in place, the rows of each parameter (and its momentum) listed in its gradient.
 
     Parameters
     ----------
-    param : Tensor, shape (R, ...)
-        The parameter, e.g. the (N,) instance log-sigmas.
-    grad : sparse COO Tensor, shape (R, ...)
-        Its gradient; may be uncoalesced (a row listed k times has its entries summed).
-    momentum_buffer : Tensor shaped like ``param``, or None
-        Required when ``momentum != 0``; rows not in ``grad`` are left untouched.
+    params : sequence of Tensor, each shape (R, ...)
+        The parameters, e.g. the (N,) instance log-sigmas.
+    grads : sequence of sparse COO Tensor, shaped like the matching parameter
+        The gradients; may be uncoalesced (a row listed k times has its entries summed).
+    momentum_buffers : sequence of Tensor or None
+        One per parameter, shaped like it; required when ``momentum != 0``. Rows not in the
+        gradient are left untouched.
     lr, momentum, weight_decay, nesterov
         As in ``torch.optim.SGD`` (weight decay acts on present rows only).
-    bounds : (float, float) or None
-        Clamp the updated rows into ``[low, high]`` (in parameter space, i.e. log sigma).
+    bounds : (low, high), or a sequence with one (low, high) or None per parameter, or None
+        Clamp the updated rows into ``[low, high]`` (parameter space, i.e. log sigma).
+    validate : bool, default True
+        Coalesce and range-check every gradient first (one host transfer for all of them).
+        :class:`SparseSGD` validates the gradients of all its groups itself, so that a bad one
+        leaves every group unchanged, and passes ``False``.
 
     Raises
     ------
     IndexError
-        If ``grad`` lists a row outside ``[0, R)``; nothing is modified then.
+        If a gradient lists a row outside its parameter; nothing is modified then.
+    TypeError
+        If a gradient is dense; nothing is modified then.
     """
-    grad = _checked_coalesce(grad, param.shape[0])
-    _update_rows(param, grad.indices()[0], grad.values(), momentum_buffer, lr=lr, momentum=momentum,
-                 weight_decay=weight_decay, nesterov=nesterov, bounds=bounds)
+    if not (len(params) == len(grads) == len(momentum_buffers)):
+        raise ValueError("params, grads and momentum_buffers must have the same length")
+    if bounds is None or (len(bounds) and isinstance(bounds[0], (int, float))):
+        per_param = [bounds] * len(params)  # one range for every parameter
+    else:
+        per_param = list(bounds)  # type: ignore[arg-type]
+    if validate:
+        grads = _coalesce_and_check(params, grads)
+    for p, g, buf, b in zip(params, grads, momentum_buffers, per_param):
+        _update_rows(p, g.indices()[0], g.values(), buf, lr=lr, momentum=momentum,
+                     weight_decay=weight_decay, nesterov=nesterov, bounds=b)  # type: ignore[arg-type]
 
 
 def _update_rows(
@@ -90,7 +137,7 @@ def _update_rows(
     momentum: float,
     weight_decay: float,
     nesterov: bool,
-    bounds: tuple[float, float] | None,
+    bounds: Bounds | None,
 ) -> None:
     """The SGD update of the (unique, in-range) ``rows``; everything else stays as it is."""
     if rows.numel() == 0:
@@ -113,6 +160,15 @@ def _update_rows(
     param.index_put_((rows,), p_rows)
 
 
+def _check_bounds(bounds: Any) -> Bounds | None:
+    if bounds is None:
+        return None
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if not lo <= hi:
+        raise ValueError(f"Invalid bounds: {(lo, hi)}, need low <= high")
+    return (lo, hi)
+
+
 class SparseSGD(Optimizer):
     """SGD with momentum for data parameters: rows absent from the batch are not touched.
 
@@ -121,7 +177,7 @@ class SparseSGD(Optimizer):
     params : iterable of Tensors or dicts
         Parameters whose gradients are sparse COO tensors (use
         :class:`~dataparams.DataParameters` or :func:`~dataparams.gather_rows`), or
-        parameter-group dicts.
+        parameter-group dicts such as ``DataParameters.param_groups(...)`` returns.
     lr : float
         Learning rate.
     momentum : float
@@ -132,13 +188,19 @@ class SparseSGD(Optimizer):
     nesterov : bool
         Nesterov momentum, as in ``torch.optim.SGD``.
     bounds : (float, float) or None
-        Clamp range in parameter space applied to the updated rows, e.g.
-        ``bounds=dp.log_bounds``.
+        Clamp range in parameter space applied to the updated rows. ``None`` (the default)
+        means: each parameter's own ``clamp_bounds`` attribute, if it has one (data parameters
+        carry their module's clamp), else no clamp.
 
     Notes
     -----
     A dense gradient is refused: from a dense tensor the optimizer could only tell presence by
     testing for zeros, which is the O(N) and wrong behaviour this class exists to avoid.
+
+    Examples
+    --------
+    >>> dp = DataParameters(10, 50_000, class_curriculum=True, instance_curriculum=True)
+    >>> opt = SparseSGD(dp.param_groups(lr_class=0.1, lr_instance=0.2), momentum=0.9)
     """
 
     def __init__(
@@ -149,7 +211,7 @@ class SparseSGD(Optimizer):
         *,
         weight_decay: float = 0.0,
         nesterov: bool = False,
-        bounds: tuple[float, float] | None = None,
+        bounds: Bounds | None = None,
     ) -> None:
         if not lr >= 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
@@ -159,14 +221,18 @@ class SparseSGD(Optimizer):
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         if nesterov and momentum <= 0:
             raise ValueError("Nesterov momentum requires a momentum > 0")
-        if bounds is not None:
-            bounds = (float(bounds[0]), float(bounds[1]))
-            if not bounds[0] <= bounds[1]:
-                raise ValueError(f"Invalid bounds: {bounds}, need low <= high")
-        defaults = dict(
-            lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, bounds=bounds
-        )
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                        bounds=_check_bounds(bounds))
         super().__init__(params, defaults)
+        for group in self.param_groups:
+            # Groups may set their own values (e.g. from DataParameters.param_groups): check them too.
+            if not group["lr"] >= 0.0:
+                raise ValueError(f"Invalid learning rate: {group['lr']}")
+            if not 0.0 <= group["momentum"] < 1.0:
+                raise ValueError(f"Invalid momentum value: {group['momentum']}")
+            if group["nesterov"] and group["momentum"] <= 0:
+                raise ValueError("Nesterov momentum requires a momentum > 0")
+            group["bounds"] = _check_bounds(group["bounds"])
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -175,6 +241,10 @@ class SparseSGD(Optimizer):
             group.setdefault("weight_decay", 0.0)
             group.setdefault("bounds", None)
 
+    @staticmethod
+    def _bounds_of(group: dict[str, Any], p: Tensor) -> Bounds | None:
+        return group["bounds"] if group["bounds"] is not None else getattr(p, BOUNDS_ATTR, None)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
         """Perform one update of the rows present in the current gradients."""
@@ -182,37 +252,31 @@ class SparseSGD(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Validate every gradient before touching anything, so a bad one leaves all rows as
-        # they were.
-        todo = []
+        groups = []
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if not p.grad.is_sparse:
-                    raise TypeError(
-                        "SparseSGD needs sparse gradients that list the rows present in the batch; "
-                        "gather rows with dataparams.gather_rows or DataParameters, not p[index]"
-                    )
-                todo.append((group, p, _checked_coalesce(p.grad, p.shape[0])))
-        for group, p, grad in todo:
-            state = self.state[p]
-            buf = None
-            if group["momentum"] != 0:
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    # Zeros make the first visit of each row set buf = grad (see module notes).
-                    buf = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            # ``grad`` is coalesced and range-checked above: update its rows directly.
-            _update_rows(
-                p,
-                grad.indices()[0],
-                grad.values(),
-                buf,
-                lr=group["lr"],
-                momentum=group["momentum"],
-                weight_decay=group["weight_decay"],
-                nesterov=group["nesterov"],
-                bounds=group["bounds"],
+            params = [p for p in group["params"] if p.grad is not None]
+            groups.append((group, params))
+        # Validate every gradient of every group before touching anything, so that a bad one
+        # leaves all rows as they were; one host transfer for all the range checks.
+        flat_params = [p for _, ps in groups for p in ps]
+        checked = iter(_coalesce_and_check(flat_params, [p.grad for p in flat_params]))
+        for group, params in groups:
+            if not params:
+                continue
+            grads = [next(checked) for _ in params]
+            bufs: list[Tensor | None] = []
+            for p in params:
+                buf = None
+                if group["momentum"] != 0:
+                    state = self.state[p]
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        # Zeros make the first visit of each row set buf = grad (see module notes).
+                        buf = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                bufs.append(buf)
+            sparse_sgd_step(
+                params, grads, bufs, lr=group["lr"], momentum=group["momentum"],
+                weight_decay=group["weight_decay"], nesterov=group["nesterov"],
+                bounds=[self._bounds_of(group, p) for p in params], validate=False,
             )
         return loss

@@ -180,8 +180,11 @@ class DataParameters(nn.Module):
 
     Notes
     -----
-    * The clamp is applied by the optimizer to the rows it updates (pass ``bounds=dp.log_bounds``
-      to :class:`~dataparams.optim.SparseSGD`), so rows that are not in a batch cost nothing.
+    * The clamp is applied by :class:`~dataparams.optim.SparseSGD` to the rows it updates, so rows
+      that are not in a batch cost nothing. The range travels with the parameters (their
+      ``clamp_bounds`` attribute, in log space), so any SparseSGD built over them clamps:
+      ``SparseSGD(dp.param_groups(lr_class=0.1, lr_instance=0.2), momentum=0.9)`` is the usual
+      construction, and ``SparseSGD([dp.instance_log_sigma], lr=0.2)`` clamps as well.
     * Data parameters exist only during training. At inference the model's logits are used
       unscaled (sec. 2.2): the argmax is the same; for calibrated probabilities fit a
       temperature on held-out data.
@@ -228,10 +231,53 @@ class DataParameters(nn.Module):
             torch.full((self.num_instances,), math.log(init_instance)),
             requires_grad=self.instance_curriculum,
         )
+        self._attach_bounds()
+
+    def _attach_bounds(self) -> None:
+        # The optimizer reads the clamp from the parameters themselves (optim.BOUNDS_ATTR), so
+        # that no construction of it can forget the range. A plain attribute does not survive
+        # Parameter.__deepcopy__, hence the re-attachment in __setstate__ too.
+        for p in (self.class_log_sigma, self.instance_log_sigma):
+            p.clamp_bounds = self.log_bounds  # type: ignore[attr-defined]
+
+    def __setstate__(self, state: dict) -> None:
+        # copy.deepcopy and pickle rebuild modules through __setstate__.
+        super().__setstate__(state)
+        self._attach_bounds()
+
+    def param_groups(
+        self,
+        *,
+        lr_class: float = 0.1,
+        lr_instance: float = 0.1,
+        momentum: float | None = None,
+    ) -> list[dict]:
+        """Parameter groups for one :class:`~dataparams.optim.SparseSGD`, one per level that is on.
+
+        Each group holds its level's learning rate and the clamp range in log space, the way
+        torch optimizers take per-group settings (the paper's "separate optimizers with their
+        respective learning rates", sec. 3.1, as two groups of one optimizer). ``momentum``, when
+        given, is set in both groups; otherwise the optimizer's default applies.
+
+        Returns
+        -------
+        list of dict
+            ``[{"name": "class", "params": [class_log_sigma], "lr": lr_class, "bounds": ...},
+            {"name": "instance", ...}]``, without the levels that are off (empty when both are).
+        """
+        groups = []
+        for name, on, param, lr in (("class", self.class_curriculum, self.class_log_sigma, lr_class),
+                                    ("instance", self.instance_curriculum, self.instance_log_sigma, lr_instance)):
+            if on:
+                group = {"name": name, "params": [param], "lr": float(lr), "bounds": self.log_bounds}
+                if momentum is not None:
+                    group["momentum"] = float(momentum)
+                groups.append(group)
+        return groups
 
     @property
     def log_bounds(self) -> tuple[float, float] | None:
-        """The clamp range in log space, for ``SparseSGD(..., bounds=dp.log_bounds)``."""
+        """The clamp range in log space (what the parameters carry as ``clamp_bounds``)."""
         if self.clamp is None:
             return None
         return (math.log(self.clamp[0]), math.log(self.clamp[1]))

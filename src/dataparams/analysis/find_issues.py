@@ -35,7 +35,13 @@ from dataparams.runs import RunDirError
 
 __all__ = ["SCORES", "IssueReport", "find_issues"]
 
-SCORES = ("sigma", "loss")
+#: Ranking scores. ``sigma``: instance temperature at one epoch; ``sigma-mean``: the geometric mean
+#: of the instance temperature over the epochs up to that one (log sigma integrated over
+#: training, robust to the late drift as the network memorises); ``last-loss``: each sample's
+#: training loss at its last visit; ``mean-loss``: its mean over the epochs (the small-loss
+#: criterion). The first two need an instance (or joint) curriculum, the loss scores any run.
+SCORES = ("sigma", "sigma-mean", "last-loss", "mean-loss")
+_SIGMA_SCORES = ("sigma", "sigma-mean")
 # Datasets read from image files: their samples have a path worth exporting.
 _FILE_DATASETS = ("imagenet", "webvision", "webvision-mini", "filelist")
 # A loss of exactly 0 (float16 underflow of a memorised sample) has no logarithm; this floor sits
@@ -54,7 +60,7 @@ class IssueReport:
     run_dir : Path
         The run directory read.
     score_name : str
-        ``"sigma"`` (instance temperature) or ``"loss"`` (last training loss).
+        One of :data:`SCORES`.
     epoch : int
         The snapshot epoch the scores come from.
     score : ndarray of float
@@ -312,6 +318,22 @@ def _dataset_info(run: LoadedRun, notes: list[str]) -> tuple[list[str] | None, l
     return list(ds.train.classes), (list(ds.train.paths) if ds.train.paths is not None else None)
 
 
+def _mean_over_epochs(run: LoadedRun, key: str, upto: int, *, log: bool) -> np.ndarray:
+    """Mean of snapshot array ``key`` over the epochs ``<= upto``; with ``log``, the geometric mean."""
+    total, count = None, 0
+    for e, snap in run.iter_snapshots(key):
+        if e > upto:
+            continue
+        v = np.asarray(snap[key], dtype=np.float64)
+        v = np.log(v) if log else v
+        total = v if total is None else total + v
+        count += 1
+    if total is None:
+        raise RunDirError(f"{run.path / 'snapshots'}: no readable snapshot up to epoch {upto} holds {key}")
+    mean = total / count
+    return np.exp(mean) if log else mean
+
+
 def find_issues(
     run_dir: str | os.PathLike[str],
     *,
@@ -325,12 +347,12 @@ def find_issues(
     ----------
     run_dir : path-like
         A run directory written by ``dataparams train``.
-    score : {"sigma", "loss"}, default "sigma"
-        ``sigma``: the learned instance temperature (needs a run with the instance or joint
-        curriculum). ``loss``: the sample's last training loss, the small-loss criterion, which
-        works for any run.
+    score : {"sigma", "sigma-mean", "last-loss", "mean-loss"}, default "sigma"
+        See :data:`SCORES`. The sigma scores need a run with the instance or joint curriculum;
+        the loss scores work for any run.
     epoch : int, optional
-        Use the snapshot of this (1-based) epoch; default the last one holding the score.
+        Use the snapshot of this (1-based) epoch (the mean scores: the epochs up to it); default
+        the last one holding the score.
     load_dataset : bool, default True
         Load the dataset for class names and, for image-file datasets, file paths. Without it
         (or when it cannot be loaded) those columns are empty.
@@ -353,12 +375,12 @@ def find_issues(
     notes = list(run.warnings)
     if run.labels is None:
         raise RunDirError(f"{run.path / 'labels.npz'} is missing or unreadable: the labels are needed to rank")
-    key = "instance_sigma" if score == "sigma" else "loss"
-    if score == "sigma" and not run.instance_curriculum:
+    key = "instance_sigma" if score in _SIGMA_SCORES else "loss"
+    if score in _SIGMA_SCORES and not run.instance_curriculum:
         raise RunDirError(
             f"{run.path} was trained without an instance curriculum (curriculum.instance_curriculum is false in "
-            "its config.json), so it has no instance sigma to rank by; train the instance or joint variant "
-            f"(e.g. --preset {run.preset.split('/')[0]}/instance), or use --score loss"
+            "its config.json), so it has no instance sigma to rank by; train the instance or joint variant, "
+            "or rank by a loss score (last-loss, mean-loss)"
         )
     if epoch is None:
         last = run.last_snapshot(key)
@@ -372,7 +394,10 @@ def find_issues(
     n = int(run.labels["given"].shape[0])
     sigma = np.asarray(snap["instance_sigma"], dtype=np.float64) if "instance_sigma" in snap else None
     loss = np.asarray(snap["loss"], dtype=np.float64) if "loss" in snap else None
-    values = sigma if score == "sigma" else loss
+    if score in ("sigma", "last-loss"):
+        values = sigma if score == "sigma" else loss
+    else:
+        values = _mean_over_epochs(run, key, int(epoch), log=score == "sigma-mean")
     assert values is not None
     if values.shape != (n,):
         raise RunDirError(f"{run.path / 'snapshots'}: {key} has shape {values.shape}, labels.npz has {n} samples")
@@ -381,7 +406,7 @@ def find_issues(
 
     # Fit the mixture on log scores: sigma is a temperature (multiplicative), and losses span
     # orders of magnitude between memorised and unlearned samples.
-    fit_on = values if score == "sigma" else np.maximum(values, _LOSS_FLOOR)
+    fit_on = values if score in _SIGMA_SCORES else np.maximum(values, _LOSS_FLOOR)
     est = estimate_num_mislabeled(fit_on, log=True)
     if est.get("note"):
         notes.append(f"mislabeled-count estimate: {est['note']}")

@@ -5,11 +5,9 @@ setting, and writes into ``out_dir``:
 
 * one PNG per figure of :mod:`dataparams.analysis.figures` that the runs support;
 * ``report.html``, self-contained (figures embedded as base64 data URIs), with a table of final
-  results (mean ± std over seeds), the figures, and the runs that were skipped and why;
-* ``report.md``, the same table with links to the PNGs;
-* ``detection_<group>.json`` for each group trained on corrupted labels: the noise-detection
-  metrics at every epoch of every seed (from metrics.jsonl) and the last epoch's full report,
-  per class, from :func:`~dataparams.analysis.metrics.detection_report`.
+  results (mean ± std over seeds), the figures, and the runs that were skipped and why.
+
+The per-epoch detection metrics stay where training wrote them, in each run's ``metrics.jsonl``.
 
 Notation as in :mod:`.runs_io`: ``N`` samples, ``K`` classes, ``E`` epochs, ``R`` seeds.
 """
@@ -18,8 +16,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -31,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from dataparams.analysis import figures
-from dataparams.analysis.metrics import detection_report, estimate_num_mislabeled, over_seeds
+from dataparams.analysis.metrics import estimate_num_mislabeled, over_seeds
 from dataparams.analysis.runs_io import (
     LoadedRun,
     RunGroup,
@@ -149,7 +145,7 @@ def _last_estimate(run: LoadedRun) -> dict[str, Any] | None:
 def _run_values(run: LoadedRun, estimate: dict[str, Any] | None) -> dict[str, float | None]:
     last = run.metrics[-1]
     det = last.get("detection") or (run.summary or {}).get("detection") or {}
-    det_loss = last.get("detection_loss") or (run.summary or {}).get("detection_loss") or {}
+    det_loss = last.get("detection_mean_loss") or (run.summary or {}).get("detection_mean_loss") or {}
     v: dict[str, float | None] = {
         "final_test_acc": run.final("final_test_acc"),
         "val_selected_test_acc": (run.summary or {}).get("val_selected_test_acc"),
@@ -425,7 +421,7 @@ def _plan_overview(groups: list[RunGroup], colors: dict[str, str], datasets: _Da
     for g in (g for g in groups if not g.is_random_labels):
         series = {}
         for key in ("auroc", "average_precision"):
-            for block, name in (("detection", key), ("detection_loss", f"{key}_loss")):
+            for block, name in (("detection", key), ("detection_mean_loss", f"{key}_loss")):
                 m = _metric_matrix(g.runs, block, key)
                 if m is not None:
                     series[name] = m
@@ -435,7 +431,8 @@ def _plan_overview(groups: list[RunGroup], colors: dict[str, str], datasets: _Da
         plan.figures.append(_Figure(
             "Overview", "detection.png",
             "How well each score separates corrupted from clean labels at every epoch: AUROC and average "
-            "precision of instance σ (solid) and of the last training loss, the small-loss criterion (dashed).",
+            "precision of instance σ (solid) and of the mean training loss over the epochs so far, the small-loss "
+            "criterion (dashed).",
             lambda p: figures.plot_detection(det_curves, p, colors=colors),
         ))
 
@@ -455,51 +452,6 @@ def _plan_overview(groups: list[RunGroup], colors: dict[str, str], datasets: _Da
     elif rnd:
         plan.notes.append("random-label runs found, but the random-label figure needs both a baseline and a "
                           "curriculum run with all-random labels")
-
-
-# ----------------------------------------------------------------------------------------------
-# detection.json
-# ----------------------------------------------------------------------------------------------
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return None if not math.isfinite(float(x)) else float(x)
-    return x
-
-
-def _detection_json(group: RunGroup, datasets: _Datasets) -> dict[str, Any]:
-    out: dict[str, Any] = {"group": group.label, "preset": group.runs[0].preset, "runs": []}
-    for run in group.runs:
-        if not run.knows_truth:
-            continue
-        epochs = [int(r.get("epoch", i + 1)) for i, r in enumerate(run.metrics)]
-        entry: dict[str, Any] = {"path": str(run.path), "seed": run.seed, "epochs": epochs}
-        for block in ("detection", "detection_loss"):
-            keys = sorted({k for r in run.metrics for k, v in (r.get(block) or {}).items()
-                           if isinstance(v, (int, float))})
-            if keys:
-                entry[block] = {k: [(r.get(block) or {}).get(k) for r in run.metrics] for k in keys}
-        ds, _ = datasets.get(run.config)
-        k = _num_classes(run, ds)
-        last = run.last_values("instance_sigma", "loss") if run.labels is not None else {}
-        for key, name in (("instance_sigma", "last_epoch_report"), ("loss", "last_epoch_report_loss")):
-            if key not in last:
-                continue
-            epoch, values = last[key]
-            scores = np.asarray(values, dtype=np.float64)
-            if not np.all(np.isfinite(scores)):
-                continue
-            entry[name] = {"epoch": epoch, **detection_report(scores, run.is_corrupted,
-                                                               labels=run.labels["given"], num_classes=k)}
-        out["runs"].append(entry)
-    return _jsonable(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -571,31 +523,6 @@ def _write_html(path: Path, *, title: str, header: list[str], rows: list[list[st
     path.write_text("\n".join(parts), encoding="utf-8")
 
 
-def _write_markdown(path: Path, *, title: str, header: list[str], rows: list[list[str]], groups: list[RunGroup],
-                    drawn: list[tuple[_Figure, Path]], skipped: list[tuple[Path, str]], notes: list[str],
-                    warnings: list[str]) -> None:
-    def cell(s: str) -> str:
-        return s.replace("|", "\\|")
-
-    lines = [f"# {title}", "", "Mean ± std over seeds at the last epoch.", "",
-             "| " + " | ".join(cell(h) for h in header) + " |",
-             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-    lines += ["", "## Runs", ""]
-    lines += [f"- **{g.label}**: " + ", ".join(f"`{r.path}` (seed {r.seed})" for r in g.runs) for g in groups]
-    if skipped:
-        lines += ["", "## Skipped runs", ""] + [f"- `{p}`: {reason}" for p, reason in skipped]
-    if notes or warnings:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in [*notes, *warnings]]
-    section = None
-    for fig, png in drawn:
-        if fig.section != section:
-            section = fig.section
-            lines += ["", f"## {section}"]
-        lines += ["", f"![{fig.name}]({png.name})", "", fig.caption]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 # ----------------------------------------------------------------------------------------------
 # the entry point
 # ----------------------------------------------------------------------------------------------
@@ -608,7 +535,7 @@ def build_report(
     seed: int = 0,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Write figures, ``report.html``, ``report.md`` and ``detection_<group>.json`` for some runs.
+    """Write the figures and ``report.html`` for some runs.
 
     Parameters
     ----------
@@ -632,8 +559,7 @@ def build_report(
     Returns
     -------
     dict
-        ``html``, ``markdown`` (paths), ``figures`` (list of paths), ``detection_files`` (list of
-        paths), ``groups`` (list of ``{"label", "runs", "seeds", "results"}``, ``results`` mapping
+        ``html`` (path), ``figures`` (list of paths), ``groups`` (list of ``{"label", "runs", "seeds", "results"}``, ``results`` mapping
         each table column to ``{"mean", "std", "n", "values"}``), ``skipped`` (list of
         ``{"path", "reason"}``), ``notes`` (list of str: figures not drawn and why, images skipped,
         and the warnings of each run, naming the file).
@@ -687,27 +613,17 @@ def build_report(
     for values in per_group_values:
         results.append({c.key: over_seeds([v.get(c.key) for v in values]) for c in columns})
 
-    detection_files = []
-    for g in groups:
-        if not g.is_random_labels and any(r.knows_truth and r.is_noisy for r in g.runs):
-            f = out / f"detection_{g.slug}.json"
-            f.write_text(json.dumps(_detection_json(g, datasets), indent=2) + "\n")
-            detection_files.append(f)
-
     warnings = [w for r in runs for w in r.warnings]
     header, rows = _table_rows(groups, results, columns)
     title = "Data parameters: learned curriculum and noisy-label detection"
     kw = dict(title=title, header=header, rows=rows, groups=groups, drawn=drawn, skipped=skipped,
               notes=plan.notes, warnings=warnings)
-    html_path, md_path = out / "report.html", out / "report.md"
+    html_path = out / "report.html"
     _write_html(html_path, **kw)
-    _write_markdown(md_path, **kw)
-    log(f"wrote {html_path} and {md_path}")
+    log(f"wrote {html_path}")
     return {
         "html": html_path,
-        "markdown": md_path,
         "figures": [p for _, p in drawn],
-        "detection_files": detection_files,
         "groups": [{"label": g.label, "runs": [str(r.path) for r in g.runs], "seeds": g.seeds, "results": res}
                    for g, res in zip(groups, results)],
         "skipped": [{"path": str(p), "reason": reason} for p, reason in skipped],

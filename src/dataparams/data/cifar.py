@@ -1,21 +1,23 @@
-"""CIFAR-10 / CIFAR-100 from the official "python version" pickles, and CIFAR-10N / -100N labels.
+"""CIFAR-10 / CIFAR-100 from the official "python version" archives, and CIFAR-10N / -100N labels.
 
-The paper's CIFAR experiments (sec. 3.2-3.5) use the standard 50,000 / 10,000 splits. Expected
-layout (what the extracted ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz`` archives
-contain, and what ``torchvision.datasets.CIFAR10(root)`` reads)::
+The paper's CIFAR experiments (sec. 3.2-3.5) use the standard 50,000 / 10,000 splits. The
+archives are read by torchvision's dataset classes (``torchvision.datasets.CIFAR10`` /
+``CIFAR100``, never with ``download=True``), which also verify the published files' checksums;
+this module finds the folder, turns their errors into messages that say what is missing, and
+returns a :class:`~dataparams.data.base.Split`. Expected layout (what the extracted
+``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz`` archives contain)::
 
-    cifar-10-batches-py/data_batch_1 ... data_batch_5, test_batch, batches.meta
-    cifar-100-python/train, test, meta
+    ROOT/cifar-10-batches-py/data_batch_1 ... data_batch_5, test_batch, batches.meta
+    ROOT/cifar-100-python/train, test, meta
 
-Each batch is a pickled dict with ``data``, uint8 (n, 3072): per image the 1024 red values,
-then green, then blue, each 32x32 row-major; and ``labels`` (CIFAR-10) or ``fine_labels``
-(CIFAR-100). The files are Python 2 pickles, so keys and names are bytes when read.
+Training images come in torchvision's order (data batches 1 to 5 concatenated), as uint8
+(N, 32, 32, 3) RGB; CIFAR-100 labels are the 100 fine labels.
 
 Unpickling runs code from the file: load only archives you trust.
 
 CIFAR-10N / CIFAR-100N (human re-annotations of the *training* split) are distributed as
 ``CIFAR-10_human.pt`` and ``CIFAR-100_human.pt``; their label order is the training order
-above (data batches 1 to 5 concatenated), so ``labels[i]`` belongs to ``load_cifar10(...)[i]``.
+above, so ``labels[i]`` belongs to ``load_cifar10(...)[i]``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -50,54 +51,46 @@ CIFAR_N_LABEL_SETS = {
 
 
 def _find_folder(root: str | os.PathLike, folder: str, required: list[str], how_to_get: str) -> Path:
-    """``root/folder`` or ``root`` itself, whichever holds every file in ``required``."""
+    """``root/folder``, or ``root`` itself when it is that folder, holding every file in ``required``."""
     root = Path(root)
-    for d in (root / folder, root):
+    candidates = [root / folder, *([root] if root.name == folder else [])]
+    for d in candidates:
         if all((d / name).is_file() for name in required):
             return d
     # Name the files missing from the likelier candidate so a partial extraction is obvious.
-    d = root / folder if (root / folder).is_dir() else root
+    d = next((c for c in candidates if c.is_dir()), candidates[0])
     missing = [name for name in required if not (d / name).is_file()]
     raise DatasetNotFoundError(
-        f"{folder}: {', '.join(missing)} not found in {d} (looked in {root / folder} and {root}). "
-        f"{how_to_get}"
+        f"{folder}: {', '.join(missing)} not found in {d} (looked in {', '.join(map(str, candidates))}). {how_to_get}"
     )
 
 
-def _unpickle(path: Path) -> dict[str, Any]:
+def _read(cls: type, folder: Path, *, train: bool, name: str) -> Split:
+    """Read the split with torchvision's class ``cls`` from ``folder`` (= ROOT/cls.base_folder)."""
     try:
-        with open(path, "rb") as f:
-            # encoding="bytes" reads the Python 2 pickles without guessing a text encoding.
-            obj = pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as e:
-        raise ValueError(f"{path}: not a readable CIFAR pickle, truncated or corrupt ({e})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
-    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+        ds = cls(str(folder.parent), train=train, download=False)
+    except RuntimeError as e:
+        # torchvision's "not found or corrupted": the files exist (checked), so a checksum failed.
+        raise ValueError(f"{folder}: the files do not match the published archive's checksums, truncated or "
+                         f"modified ({e})") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, KeyError) as e:
+        raise ValueError(f"{_unreadable_file(cls, folder, train)}: not a readable CIFAR pickle, truncated or "
+                         f"corrupt ({type(e).__name__}: {e})") from None
+    images = np.ascontiguousarray(ds.data, dtype=np.uint8)
+    return Split(np.asarray(ds.targets, dtype=np.int64), [str(c) for c in ds.classes], images=images,
+                 name=f"{name}/{'train' if train else 'test'}")
 
 
-def _names(meta: dict[str, Any], key: str, path: Path) -> list[str]:
-    if key not in meta:
-        raise ValueError(f"{path}: no {key!r} entry")
-    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in meta[key]]
-
-
-def _read_batches(files: list[Path], label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = [], []
-    for path in files:
-        batch = _unpickle(path)
-        if "data" not in batch or label_key not in batch:
-            raise ValueError(f"{path}: expected 'data' and {label_key!r} entries, got {sorted(batch)}")
-        data = np.asarray(batch["data"], dtype=np.uint8)
-        y = np.asarray(batch[label_key], dtype=np.int64)
-        if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(y):
-            raise ValueError(
-                f"{path}: expected data (n, 3072) with n labels, got {data.shape} and {len(y)} labels"
-            )
-        # Planes are stored channel-first (R, G, B); the split holds (N, H, W, C).
-        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.append(y)
-    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+def _unreadable_file(cls: type, folder: Path, train: bool) -> Path:
+    """The first file of the split that does not unpickle (torchvision's error does not name it)."""
+    names = [n for n, _ in (cls.train_list if train else cls.test_list)] + [cls.meta["filename"]]
+    for name in names:
+        try:
+            with open(folder / name, "rb") as f:
+                pickle.load(f, encoding="latin1")
+        except Exception:  # any failure to unpickle marks the culprit
+            return folder / name
+    return folder
 
 
 def load_cifar10(root: str | os.PathLike, *, train: bool = True) -> Split:
@@ -108,25 +101,32 @@ def load_cifar10(root: str | os.PathLike, *, train: bool = True) -> Split:
     root : path-like
         The folder containing ``cifar-10-batches-py/``, or that folder itself.
     train : bool
-        The training split (``data_batch_1`` to ``_5`` in order), else ``test_batch``.
+        The training split (``data_batch_1`` to ``_5`` in order), else ``test_batch``. Either
+        way every file of the archive must be present (torchvision verifies them all).
 
     Returns
     -------
     Split
         ``images`` uint8 (N, 32, 32, 3) RGB, ``targets`` int64 (N,), class names from
         ``batches.meta``.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        A file is missing (named in the message).
+    ValueError
+        A file does not match the published archive or cannot be unpickled.
     """
-    batches = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    from torchvision.datasets import CIFAR10
+
+    # torchvision checks every file of the archive, whichever split is read.
     folder = _find_folder(
         root,
-        "cifar-10-batches-py",
-        [*batches, "batches.meta"],
-        "Extract the CIFAR-10 python version archive (cifar-10-python.tar.gz) into root, or "
-        "pass a folder where torchvision.datasets.CIFAR10 has stored it.",
+        CIFAR10.base_folder,
+        [*(n for n, _ in CIFAR10.train_list + CIFAR10.test_list), CIFAR10.meta["filename"]],
+        "Extract the CIFAR-10 python version archive (cifar-10-python.tar.gz) into root.",
     )
-    classes = _names(_unpickle(folder / "batches.meta"), "label_names", folder / "batches.meta")
-    images, targets = _read_batches([folder / b for b in batches], "labels")
-    return Split(targets, classes, images=images, name=f"cifar10/{'train' if train else 'test'}")
+    return _read(CIFAR10, folder, train=train, name="cifar10")
 
 
 def load_cifar100(root: str | os.PathLike, *, train: bool = True) -> Split:
@@ -144,18 +144,21 @@ def load_cifar100(root: str | os.PathLike, *, train: bool = True) -> Split:
     Split
         ``images`` uint8 (N, 32, 32, 3) RGB, ``targets`` int64 (N,) fine labels, the 100 fine
         class names from ``meta``.
+
+    Raises
+    ------
+    DatasetNotFoundError, ValueError
+        As :func:`load_cifar10`.
     """
-    part = "train" if train else "test"
+    from torchvision.datasets import CIFAR100
+
     folder = _find_folder(
         root,
-        "cifar-100-python",
-        [part, "meta"],
-        "Extract the CIFAR-100 python version archive (cifar-100-python.tar.gz) into root, or "
-        "pass a folder where torchvision.datasets.CIFAR100 has stored it.",
+        CIFAR100.base_folder,
+        [*(n for n, _ in CIFAR100.train_list + CIFAR100.test_list), CIFAR100.meta["filename"]],
+        "Extract the CIFAR-100 python version archive (cifar-100-python.tar.gz) into root.",
     )
-    classes = _names(_unpickle(folder / "meta"), "fine_label_names", folder / "meta")
-    images, targets = _read_batches([folder / part], "fine_labels")
-    return Split(targets, classes, images=images, name=f"cifar100/{part}")
+    return _read(CIFAR100, folder, train=train, name="cifar100")
 
 
 def check_labels_match(labels: np.ndarray, split: Split) -> None:

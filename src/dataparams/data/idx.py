@@ -200,7 +200,7 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, *, train: bool = T
             "On Debian/Ubuntu, `apt-get install dataset-fashion-mnist` installs it in "
             f"{SYSTEM_DATA_DIR / 'fashion-mnist'}; otherwise put the four *-ubyte.gz files "
             "(train-images, train-labels, t10k-images, t10k-labels) in a folder and pass it as "
-            f"root (--data-dir on the command line), or set {DATA_DIR_ENV} to its parent."
+            f"root (data.data_dir), or set {DATA_DIR_ENV} to its parent."
         ),
     )
 
@@ -229,7 +229,7 @@ def load_mnist(root: str | os.PathLike | None = None, *, train: bool = True) -> 
         classes=MNIST_CLASSES,
         how_to_get=(
             "Put the four *-ubyte.gz files (train-images, train-labels, t10k-images, "
-            "t10k-labels) in a folder and pass it as root (--data-dir on the command line), "
+            "t10k-labels) in a folder and pass it as root (data.data_dir), "
             f"or set {DATA_DIR_ENV} to its parent."
         ),
     )

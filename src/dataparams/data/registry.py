@@ -59,12 +59,12 @@ class LoadedDataset:
 def _need_dir(name: str, data_dir: str | None) -> Path:
     if data_dir is None:
         raise DatasetNotFoundError(
-            f"{name} needs --data-dir (or data.data_dir=...): the folder that holds its files; it cannot "
+            f"{name} needs data.data_dir: the folder that holds its files; it cannot "
             "be downloaded by this tool"
         )
     path = Path(data_dir).expanduser()
     if not path.exists():
-        raise DatasetNotFoundError(f"{name}: --data-dir {path} does not exist")
+        raise DatasetNotFoundError(f"{name}: data.data_dir {path} does not exist")
     return path
 
 

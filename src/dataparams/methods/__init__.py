@@ -6,12 +6,17 @@ Each module follows one paper, cited in its docstring:
 * :mod:`~dataparams.methods.robust_losses` -- generalized cross-entropy (Zhang & Sabuncu,
   NeurIPS 2018) and symmetric cross-entropy (Wang et al., ICCV 2019);
 * :mod:`~dataparams.methods.coteaching` -- Co-teaching (Han et al., NeurIPS 2018);
+* :mod:`~dataparams.methods.aum` -- the area-under-the-margin statistic (Pleiss et al., NeurIPS 2020);
 * :mod:`~dataparams.methods.small_loss` -- the small-loss criterion as a suspicion score.
+
+The same methods as training objectives are in :mod:`~dataparams.methods.peers`, and every method
+by name in :mod:`~dataparams.methods.registry`.
 
 Losses take logits (B, K) and targets (B,) and return one loss per sample (B,), unless a
 function's docstring says otherwise; reducing is the caller's job.
 """
 
+from dataparams.methods.aum import accumulate_margins, aum_margin
 from dataparams.methods.coteaching import (
     coteaching_exchange,
     coteaching_losses,
@@ -28,6 +33,8 @@ from dataparams.methods.superloss import SuperLoss, lambert_w, superloss, superl
 
 __all__ = [
     "SuperLoss",
+    "accumulate_margins",
+    "aum_margin",
     "coteaching_exchange",
     "coteaching_losses",
     "forget_rate_schedule",

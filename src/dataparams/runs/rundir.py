@@ -10,7 +10,7 @@ Layout of ``RUN_DIR``::
     predictions.npz      final model's predictions on the training set (for find-issues)
     heldout_predictions.npz   predictions on training-pool samples held out by data.keep_file
     summary.json         final numbers (test accuracy at the end and at report epochs, ...)
-    tensorboard/         event files with sigma histograms, when tensorboard is installed
+    tensorboard/         event files with the per-epoch scalars, when tensorboard is installed
 
 A checkpoint is written at the end of every epoch, after the metrics line and the snapshot.
 On resume the metrics and snapshots of epochs after the checkpoint are discarded (a kill between
@@ -34,7 +34,14 @@ import torch
 
 from dataparams.config import EXECUTION_FIELDS, diff_configs
 
-__all__ = ["RunDir", "RunDirError", "atomic_write_bytes", "atomic_write_text"]
+__all__ = [
+    "RunConflictError",
+    "RunDir",
+    "RunDirError",
+    "RunExistsError",
+    "atomic_write_bytes",
+    "atomic_write_text",
+]
 
 _OURS = (
     "config.json",
@@ -52,6 +59,16 @@ _OURS = (
 
 class RunDirError(RuntimeError):
     """A run directory that cannot be used as asked (holds another run, corrupt files, ...)."""
+
+
+class RunExistsError(RunDirError):
+    """The directory already holds this very run: continue it (``resume``) or start over
+    (``overwrite``)."""
+
+
+class RunConflictError(RunDirError):
+    """The directory holds something else (another run, foreign files): use another directory,
+    or ``overwrite`` where that is allowed."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -108,19 +125,20 @@ class RunDir:
     def prepare(self, config: dict[str, Any], *, resume: bool = False, overwrite: bool = False) -> bool:
         """Make the directory ready for ``config``; return True when there is a run to resume.
 
-        Refuses (``RunDirError``) a directory that holds a different run unless ``overwrite``;
-        a directory holding this same run needs ``resume`` (continue) or ``overwrite`` (start
-        over). Nothing is written before the checks pass.
+        Refuses (:class:`RunConflictError`) a directory that holds a different run unless
+        ``overwrite``; a directory holding this same run needs ``resume`` (continue) or
+        ``overwrite`` (start over), else :class:`RunExistsError`. Nothing is written before the
+        checks pass.
         """
         if resume and overwrite:
-            raise RunDirError("choose one of --resume and --overwrite")
+            raise RunDirError("resume and overwrite exclude each other")
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"{self.path} exists and is not a directory")
         existing = self.path.exists() and any(self.path.iterdir())
         if existing and overwrite:
             foreign = [p.name for p in self.path.iterdir() if p.name not in _OURS and not p.name.startswith(".")]
             if foreign:
-                raise RunDirError(
+                raise RunConflictError(
                     f"{self.path} holds files that are not from a run ({', '.join(sorted(foreign)[:5])}); "
                     "refusing to overwrite it"
                 )
@@ -128,23 +146,18 @@ class RunDir:
             existing = False
         if existing:
             if not self.config_file.exists():
-                raise RunDirError(f"{self.path} is not empty and holds no run (no config.json); pick another --out")
+                raise RunConflictError(f"{self.path} is not empty and holds no run (no config.json)")
             try:
                 old = json.loads(self.config_file.read_text())
             except json.JSONDecodeError as e:
-                raise RunDirError(f"{self.config_file} is not valid JSON ({e}); use --overwrite to start over") from None
+                raise RunConflictError(f"{self.config_file} is not valid JSON ({e})") from None
             diff = _relevant_diff(old, config)
             if diff:
-                raise RunDirError(
-                    f"{self.path} holds a different run (fields differ: {', '.join(diff[:8])}); "
-                    "use another --out, or --overwrite to replace it"
-                )
+                raise RunConflictError(f"{self.path} holds a different run (fields differ: {', '.join(diff[:8])})")
             if not resume:
-                raise RunDirError(
-                    f"{self.path} already holds this run; pass --resume to continue it or --overwrite to start over"
-                )
+                raise RunExistsError(f"{self.path} already holds this run")
             return self.checkpoint_file.exists()
-        # (--resume on an empty or missing directory starts fresh: a kill before the first
+        # (resume on an empty or missing directory starts fresh: a kill before the first
         # checkpoint leaves nothing to continue.)
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_file, json.dumps(config, indent=2, sort_keys=True) + "\n")

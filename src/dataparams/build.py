@@ -1,0 +1,118 @@
+"""From a :class:`~dataparams.config.TrainConfig` to the objects of a run: checks, model, optimizer,
+schedule, seeds.
+
+:func:`validate_config` is the one place where a config's names and ranges are checked before any
+data is read; what can only be checked against the data (label files, class counts) is checked
+by :func:`dataparams.data.prepare.resolve_labels`, and the core classes check their own arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dataparams.config import ConfigError, TrainConfig
+from dataparams.data.registry import DATASETS
+from dataparams.methods.registry import OBJECTIVES
+from dataparams.models import ARCHITECTURES
+from dataparams.models import build_model as _build_model
+from dataparams.noise import NOISE_MODELS
+from dataparams.objectives import Objective
+
+__all__ = [
+    "SCHEDULES",
+    "build_model",
+    "build_optimizer",
+    "check_choice",
+    "get_rng_state",
+    "seed_everything",
+    "set_rng_state",
+    "validate_config",
+]
+
+SCHEDULES: dict[str, Any] = {
+    "multistep": lambda o, opt: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(o.milestones), gamma=o.gamma),
+    "cosine": lambda o, opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=o.epochs),
+    "constant": lambda o, opt: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[], gamma=1.0),
+}
+
+
+def check_choice(field: str, value: Any, choices: Iterable[str]) -> None:
+    """``ConfigError`` naming the field and the valid values when ``value`` is not one of them."""
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(f"unknown {field} {value!r}; choose one of {', '.join(choices)}")
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Names and ranges of ``cfg``, checked before any data is read; raises ``ConfigError``."""
+    check_choice("model.arch", cfg.model.arch, ARCHITECTURES)
+    check_choice("method", cfg.method, OBJECTIVES)
+    check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    check_choice("data.dataset", cfg.data.dataset, DATASETS)
+    check_choice("data.noise", cfg.data.noise, NOISE_MODELS)
+    if cfg.optim.epochs < 1:
+        raise ConfigError(f"optim.epochs must be >= 1, got {cfg.optim.epochs}")
+    if cfg.data.batch_size < 1:
+        raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
+    if not 0.0 <= cfg.data.noise_rate <= 1.0:
+        raise ConfigError(f"data.noise_rate must be in [0, 1], got {cfg.data.noise_rate}")
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
+    if (cfg.data.noise == "transition") != bool(cfg.data.noise_transition):
+        raise ConfigError("data.noise=transition and data.noise_transition (a file with the (K, K) matrix "
+                          "P(noisy | clean)) go together")
+    if cfg.data.label_set is not None and cfg.data.dataset not in ("cifar10n", "cifar100n"):
+        raise ConfigError("data.label_set applies to cifar10n / cifar100n only")
+    c = cfg.curriculum
+    for name in ("init_class", "init_instance"):
+        if not getattr(c, name) > 0:
+            raise ConfigError(f"curriculum.{name} is a temperature and must be > 0, got {getattr(c, name)}")
+    if c.clamp is not None and (len(c.clamp) != 2 or not 0 < c.clamp[0] <= c.clamp[1]):
+        raise ConfigError(f"curriculum.clamp must be [low, high] temperatures with 0 < low <= high, or none; "
+                          f"got {c.clamp}")
+    if cfg.method != "ce" and (c.class_curriculum or c.instance_curriculum):
+        raise ConfigError(f"method {cfg.method!r} does not combine with data parameters; turn the curriculum off")
+    if cfg.calibrate and cfg.data.val_fraction <= 0:
+        raise ConfigError("calibrate=true needs a held-out split: set data.val_fraction > 0")
+
+
+def build_model(cfg: TrainConfig, num_classes: int, *, in_channels: int, image_size: int) -> nn.Module:
+    """The network of ``cfg.model`` for the data's shape (randomly initialised)."""
+    return _build_model(cfg.model.arch, num_classes, in_channels=in_channels, image_size=image_size,
+                        dropout=cfg.model.dropout)
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, objective: Objective) -> tuple[torch.optim.Optimizer, Any]:
+    """SGD over the model (and the objective's model-like parameters) and its schedule."""
+    o = cfg.optim
+    params: list[Any] = [{"params": list(model.parameters())}, *objective.model_param_groups()]
+    opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+    return opt, SCHEDULES[o.schedule](o, opt)
+
+
+def seed_everything(seed: int, *, deterministic: bool = False) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def get_rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

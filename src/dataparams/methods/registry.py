@@ -1,0 +1,196 @@
+"""Every training method by name: the one table that the command line, training and the bench read.
+
+Two levels, in one place:
+
+* :data:`OBJECTIVES` -- what ``TrainConfig.method`` may name: how a minibatch becomes a loss
+  (``ce`` is cross-entropy with data parameters as ``TrainConfig.curriculum`` says, i.e. the
+  baseline when the curriculum is off), with each objective's ``method_options`` and defaults;
+* :data:`METHODS` -- the methods a user compares (``dataparams train --method``, ``dataparams
+  bench --methods``): an objective on a preset variant, with the number of trainings it costs,
+  the per-sample score it ranks suspects by, and the settings it is tuned over. Multi-stage
+  methods (``cleanlab``, ``aum``) name a ``pipeline`` that the bench runs.
+
+``method_options`` keys (with defaults) are those of :data:`OBJECTIVES`:
+
+* ``gce``: ``q`` (0.7, the GCE paper's value);
+* ``sce``: ``alpha`` (0.1), ``beta`` (1.0), ``A`` (-4) -- the SCE paper's CIFAR-10 values;
+* ``superloss``: ``lam`` (1.0), ``tau`` ("ema" or a number, default ``log K``);
+* ``coteaching``: ``forget_rate`` (0.2; the co-teaching paper sets it to the known noise rate),
+  ``num_gradual`` (10), ``exponent`` (1.0);
+* ``ce`` and ``aum``: none.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from dataparams.config import ConfigError, TrainConfig
+from dataparams.objectives import DataParameterObjective, LossObjective, Objective
+from dataparams.parameters import DataParameters
+
+__all__ = ["METHODS", "OBJECTIVES", "Method", "ObjectiveSpec", "build_objective", "get_method"]
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """A value of ``TrainConfig.method``: its summary and its ``method_options`` defaults."""
+
+    name: str
+    summary: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+OBJECTIVES: dict[str, ObjectiveSpec] = {
+    s.name: s
+    for s in (
+        ObjectiveSpec("ce", "cross-entropy, with data parameters when the curriculum is on (the paper's method)"),
+        ObjectiveSpec("gce", "generalized cross-entropy (Zhang & Sabuncu 2018)", {"q": 0.7}),
+        ObjectiveSpec("sce", "symmetric cross-entropy (Wang et al. 2019)", {"alpha": 0.1, "beta": 1.0, "A": -4.0}),
+        ObjectiveSpec("superloss", "SuperLoss (Castells et al. 2020)", {"lam": 1.0, "tau": None}),
+        ObjectiveSpec("coteaching", "co-teaching (Han et al. 2018), two networks",
+                      {"forget_rate": 0.2, "num_gradual": 10, "exponent": 1.0}),
+        ObjectiveSpec("aum", "cross-entropy recording the area under the margin (Pleiss et al. 2020)"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method to compare: an objective on a preset variant.
+
+    Attributes
+    ----------
+    name : str
+    summary : str
+    variant : str
+        The preset variant the method starts from (``baseline``, ``instance``, ...).
+    overrides : tuple of str
+        Config overrides on top of the variant (e.g. ``method=gce``).
+    trainings : int
+        Full trainings one run of the method costs.
+    score : str or None
+        The per-sample suspicion score its detection numbers use: ``sigma`` (instance
+        temperature), ``superloss`` (-log confidence), ``mean-loss`` (the small-loss criterion:
+        mean training loss over the epochs so far), ``cleanlab`` (1 - label quality of K-fold
+        out-of-sample probabilities), ``aum`` (-AUM).
+    tuning : tuple of tuple of str
+        The settings tried on the noisy validation split, the first being the paper's or the
+        package's default; ``@name=value`` entries are options of a bench pipeline.
+    pipeline : str or None
+        A multi-stage bench pipeline (``cleanlab``, ``aum``); None for one training.
+    """
+
+    name: str
+    summary: str
+    variant: str = "baseline"
+    overrides: tuple[str, ...] = ()
+    trainings: int = 1
+    score: str | None = None
+    tuning: tuple[tuple[str, ...], ...] = ()
+    pipeline: str | None = None
+
+
+def _opts(**kw: Any) -> str:
+    import json
+
+    return f"method_options={json.dumps(kw)}"
+
+
+# The tuning budget: three settings per method. Data parameters: the paper's values first, then a
+# log-spaced step up (the small CNN's logits are smaller than WRN-28-10's, so its temperatures
+# need a larger step to move as far).
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("baseline", "cross-entropy", score="mean-loss"),
+        Method("oracle", "cross-entropy on the clean samples only", variant="oracle"),
+        Method("dp-class", "data parameters, class curriculum (sec. 2.1)", variant="class",
+               tuning=(("curriculum.lr_class=0.1",), ("curriculum.lr_class=0.5",), ("curriculum.lr_class=2.5",))),
+        Method("dp-instance", "data parameters, instance curriculum (sec. 2.2)", variant="instance", score="sigma",
+               tuning=(("curriculum.lr_instance=0.2",), ("curriculum.lr_instance=1.0",),
+                       ("curriculum.lr_instance=5.0",))),
+        Method("dp-joint", "data parameters, joint curriculum (sec. 2.2)", variant="joint", score="sigma",
+               tuning=(("curriculum.lr_instance=0.2",), ("curriculum.lr_instance=1.0",),
+                       ("curriculum.lr_instance=5.0",))),
+        Method("superloss", OBJECTIVES["superloss"].summary, overrides=("method=superloss",), score="superloss",
+               tuning=((_opts(lam=1.0),), (_opts(lam=0.25),), (_opts(lam=4.0),))),
+        Method("gce", OBJECTIVES["gce"].summary, overrides=("method=gce",),
+               tuning=((_opts(q=0.7),), (_opts(q=0.4),), (_opts(q=0.9),))),
+        Method("sce", OBJECTIVES["sce"].summary, overrides=("method=sce",),
+               tuning=((_opts(alpha=0.1, beta=1.0),), (_opts(alpha=1.0, beta=1.0),), (_opts(alpha=0.5, beta=0.5),))),
+        # The forget rate as a multiple of the known noise rate (its paper uses 1x).
+        Method("coteaching", OBJECTIVES["coteaching"].summary, overrides=("method=coteaching",), trainings=2,
+               score="mean-loss", tuning=(("@forget=1.0",), ("@forget=0.5",), ("@forget=1.25",))),
+        Method("cleanlab", "confident learning (Northcutt et al. 2021): K-fold probabilities, filter, retrain",
+               trainings=6, score="cleanlab", pipeline="cleanlab",
+               tuning=(("@filter_by=prune_by_noise_rate",), ("@filter_by=both",), ("@filter_by=confident_learning",))),
+        Method("aum", "area under the margin (Pleiss et al. 2020): two threshold runs, filter, retrain",
+               trainings=3, score="aum", pipeline="aum",
+               tuning=(("@percentile=99",), ("@percentile=90",), ("@percentile=50",))),
+    )
+}
+
+
+def get_method(name: str) -> Method:
+    """The :class:`Method` called ``name``; ``ConfigError`` listing the valid names otherwise."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def _take(cfg: TrainConfig) -> dict[str, Any]:
+    spec = OBJECTIVES[cfg.method]
+    unknown = sorted(set(cfg.method_options) - set(spec.options))
+    if unknown:
+        valid = ", ".join(spec.options) or "none"
+        raise ConfigError(f"unknown method_options for {cfg.method}: {', '.join(unknown)}; valid: {valid}")
+    return {**spec.options, **cfg.method_options}
+
+
+def build_objective(cfg: TrainConfig, *, num_classes: int, num_train: int, device: torch.device | str,
+                    model_factory: Callable[[], nn.Module] | None = None) -> Objective:
+    """The training objective of ``cfg.method`` (see :data:`OBJECTIVES`), on ``device``.
+
+    ``model_factory`` builds a fresh network like the model; co-teaching needs it for its
+    second network.
+    """
+    if cfg.method not in OBJECTIVES:
+        raise ConfigError(f"unknown method {cfg.method!r}; choose one of {', '.join(OBJECTIVES)}")
+    o = _take(cfg)
+    c = cfg.curriculum
+    if cfg.method == "ce":
+        dp = DataParameters(
+            num_classes, num_train, class_curriculum=c.class_curriculum, instance_curriculum=c.instance_curriculum,
+            init_class=c.init_class, init_instance=c.init_instance,
+            clamp=None if c.clamp is None else (c.clamp[0], c.clamp[1]),
+        ).to(device)
+        return DataParameterObjective(dp, lr_class=c.lr_class, lr_instance=c.lr_instance, momentum=c.momentum,
+                                      wd_class=c.wd_class, wd_instance=c.wd_instance)
+    if c.class_curriculum or c.instance_curriculum:
+        raise ConfigError(f"method {cfg.method!r} does not combine with data parameters; turn the curriculum off")
+    from dataparams.methods import peers
+    from dataparams.methods.robust_losses import generalized_cross_entropy, symmetric_cross_entropy
+
+    if cfg.method == "gce":
+        q = float(o["q"])
+        return LossObjective("gce", lambda z, y: generalized_cross_entropy(z, y, q=q), num_train, device)
+    if cfg.method == "sce":
+        alpha, beta, a = float(o["alpha"]), float(o["beta"]), float(o["A"])
+        return LossObjective("sce", lambda z, y: symmetric_cross_entropy(z, y, alpha=alpha, beta=beta, A=a),
+                             num_train, device)
+    if cfg.method == "superloss":
+        tau = math.log(num_classes) if o["tau"] is None else o["tau"]
+        return peers.SuperLossObjective(num_train, device, lam=float(o["lam"]),
+                                        tau=tau if tau == "ema" else float(tau))
+    if cfg.method == "coteaching":
+        if model_factory is None:
+            raise ConfigError("co-teaching needs a model factory for its second network")
+        return peers.CoTeachingObjective(model_factory(), num_train, device, forget_rate=float(o["forget_rate"]),
+                                         num_gradual=int(o["num_gradual"]), exponent=float(o["exponent"]))
+    return peers.AUMObjective(num_train, device)

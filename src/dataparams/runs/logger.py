@@ -1,0 +1,138 @@
+"""The callback that writes a run directory while training: metrics, snapshots, checkpoints.
+
+At the end of every epoch it appends the epoch's record to ``metrics.jsonl`` (with the sigma
+statistics and, when the run knows which labels it corrupted, how well each per-sample score
+ranks them), saves the snapshot of the per-sample arrays, then the checkpoint -- in that order,
+which is what lets :meth:`RunDir.truncate_after` clean up after a kill between two writes -- and
+prints one line. TensorBoard gets the scalars.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from dataparams.analysis.metrics import detection_report
+from dataparams.engine import Callback
+from dataparams.objectives import Objective
+from dataparams.runs.rundir import RunDir
+
+__all__ = ["RunLogger", "progress_factory", "sigma_stats", "write_line"]
+
+#: The detection numbers kept for the loss-based scores (the full report is kept for the main one).
+_SHORT = ("auroc", "average_precision", "precision_at_k")
+
+
+def sigma_stats(values: np.ndarray) -> dict[str, float]:
+    """Mean, std, min and max of an array (NaN for an empty one)."""
+    if len(values) == 0:
+        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
+    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
+            "max": float(values.max())}
+
+
+def write_line(line: str) -> None:
+    """Print a line to stderr without breaking an active progress bar."""
+    tqdm.write(line, file=sys.stderr)
+
+
+def progress_factory(epochs: int, label: str = "") -> Callable[[int, int], Any]:
+    """``make(epoch, total_batches)`` -> a tqdm bar for one epoch (what the engine's ``fit`` takes)."""
+
+    def make(epoch: int, total: int) -> Any:
+        return tqdm(total=total, desc=f"{label}epoch {epoch + 1}/{epochs}", leave=False, file=sys.stderr,
+                    dynamic_ncols=True, unit="batch")
+
+    return make
+
+
+def _fmt_time(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class RunLogger(Callback):
+    """Writes metrics, snapshots, detection metrics, TensorBoard scalars and checkpoints.
+
+    Parameters
+    ----------
+    run : RunDir
+    objective : Objective
+        Its :meth:`~Objective.snapshot`, :meth:`~Objective.scores` and loss buffers are read.
+    is_corrupted : ndarray (N,) bool
+        Which training labels the run corrupted; detection metrics are logged when any is.
+    state_fn : callable ``epoch -> dict``
+        The checkpoint after ``epoch`` finished epochs (:func:`dataparams.runs.state.capture_state`).
+    epochs : int
+        The run's length, for the progress line.
+    quiet : bool
+        No per-epoch line.
+    tensorboard : bool
+        Also write the scalars as TensorBoard events (when ``tensorboard`` is installed).
+    """
+
+    def __init__(self, run: RunDir, objective: Objective, is_corrupted: np.ndarray, state_fn: Callable[[int], Any],
+                 *, epochs: int, quiet: bool, tensorboard: bool) -> None:
+        self.run, self.objective, self.state_fn = run, objective, state_fn
+        self.epochs, self.quiet = epochs, quiet
+        self.corrupted = np.asarray(is_corrupted, dtype=bool)
+        self.noisy = bool(self.corrupted.any())
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # an optional extra: the run goes on without event files
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self.writer = SummaryWriter(str(run.path / "tensorboard"))
+        self.epoch_times: list[float] = []
+
+    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
+        snap = self.objective.snapshot()
+        loss = self.objective.last_loss.float().cpu().numpy()
+        for name in ("class_sigma", "instance_sigma"):
+            if name in snap:
+                stats = sigma_stats(snap[name])
+                if name == "instance_sigma" and self.noisy:
+                    stats["clean"] = sigma_stats(snap[name][~self.corrupted])
+                    stats["corrupted"] = sigma_stats(snap[name][self.corrupted])
+                record[name] = stats
+        if self.noisy:
+            scores = self.objective.scores(snap)
+            if scores is not None:
+                record["detection"] = detection_report(scores, self.corrupted)
+            for key, values in self.objective.loss_scores().items():
+                rep = detection_report(values, self.corrupted)
+                record[f"detection_{key.replace('-', '_')}"] = {k: rep[k] for k in _SHORT}
+        self.run.append_metrics(record)
+        self.run.save_snapshot(record["epoch"], loss=loss.astype(np.float16), **snap)
+        self.run.save_checkpoint(self.state_fn(epoch + 1))
+        if self.writer is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self.writer.add_scalar(k, v, record["epoch"])
+            self.writer.flush()
+        self.epoch_times.append(record["time_s"])
+        if not self.quiet:
+            left = self.epochs - record["epoch"]
+            eta = left * float(np.mean(self.epoch_times[-5:]))
+            parts = [f"epoch {record['epoch']:>3}/{self.epochs}", f"loss {record['train_loss']:.3f}",
+                     f"train {record['train_acc']:.1f}%"]
+            if "train_acc_clean" in record and self.noisy:
+                parts.append(f"train(clean labels) {record['train_acc_clean']:.1f}%")
+            for k in ("val_acc", "test_acc"):
+                if k in record:
+                    parts.append(f"{k.split('_')[0]} {record[k]:.2f}%")
+            if "detection" in record:
+                parts.append(f"AUROC {record['detection']['auroc']:.3f}")
+            parts.append(f"{record['time_s']:.1f}s, ETA {_fmt_time(eta)}")
+            write_line("  ".join(parts))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
