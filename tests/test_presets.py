@@ -22,7 +22,8 @@ CIFAR = ["cifar10", "cifar100"]
 NOISY_CIFAR = [f"cifar{k}-noisy{p}" for k in (10, 100) for p in (20, 40, 80)]
 IMAGENET_LIKE = ["imagenet", "webvision", "webvision-mini"]
 NOISY = [*NOISY_CIFAR, "fmnist-noisy20", "fmnist-noisy40", "fmnist-noisy80", "fmnist-pair40", "mnist-noisy40"]
-ALL_EXPERIMENTS = [*CIFAR, *NOISY_CIFAR, *IMAGENET_LIKE, "cifar100-random", "fmnist", *NOISY[6:], "fmnist-random"]
+ALL_EXPERIMENTS = [*CIFAR, *NOISY_CIFAR, *IMAGENET_LIKE, "cifar100-random", "fmnist", *NOISY[6:], "fmnist-random",
+                   "user"]
 # Sec. 3.1 clamps temperatures to [1/20, 20] (the released code's range).
 CLAMP = [0.05, 20.0]
 
@@ -381,3 +382,22 @@ def test_noisy_cifar_schedule_and_print_config(capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed == config_to_dict(cfg)
     assert printed["optim"]["milestones"] == [80, 100] and printed["optim"]["nesterov"] is False
+
+
+def test_user_preset_completes_from_the_data(tmp_path):
+    # The user preset leaves the model, epochs and milestones to the data; the measured values go
+    # into the config with their reasons.
+    from dataparams.presets import USER_EPOCH_RANGE, USER_TARGET_STEPS, complete_user_config
+
+    cfg = get_preset("user/instance")
+    assert (cfg.data.dataset, cfg.data.noise, cfg.model.arch, cfg.optim.epochs) == ("user", "none", "auto", 0)
+    for n, batches in ((2000, 16), (10_000, 79), (500_000, 3907)):
+        ud = type("UD", (), {"kind": "images", "image_size": 28, "channels": 1, "choices": {},
+                             "__len__": lambda self, n=n: n})()
+        done = complete_user_config(cfg, ud)
+        expected = min(USER_EPOCH_RANGE[1], max(USER_EPOCH_RANGE[0], round(USER_TARGET_STEPS / batches)))
+        assert done.optim.epochs == expected
+        assert done.optim.milestones == [round(expected / 2), round(3 * expected / 4)]
+        assert done.model.arch == "small_cnn" and done.data.image_size == 28
+        assert {"model", "epochs", "milestones"} <= set(done.choices)
+    assert cfg.optim.epochs == 0  # the preset itself is not modified

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
@@ -239,6 +240,54 @@ def _aum(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str
             "n_flagged": int(flagged.sum()), "detection": _detection(-aum, corrupted)}
 
 
+def _curriculum_stage(spec: BenchSpec, cell: Cell, stages: Path, special: dict[str, str], device: str):
+    """The first training of dp-filter / dp-relabel: the instance curriculum as the preset sets it,
+    and its ranking (``@score``, default ``sigma-mean``) with the mixture's flags."""
+    from dataparams.analysis.find_issues import find_issues
+
+    cfg = _cell_config(spec, cell, "instance", [])
+    stages.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha1(json.dumps(config_to_dict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    run_dir = stages / f"curriculum_{digest}"
+    # Several methods may share this training (dp-filter and dp-relabel settings): one trains it,
+    # the others wait for it and reuse it.
+    with open(stages / f"curriculum_{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        summary = _train(cfg, run_dir, device)
+    report = find_issues(run_dir, score=special.get("score", "sigma-mean"), load_dataset=False)
+    return cfg, summary, report
+
+
+def _dp_filter(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str, str], extra: list[str],
+               device: str):
+    """One curriculum training, flag by the noise-rate-free mixture on its ranking, retrain on the
+    kept samples (``@retrain``: ``instance`` curriculum again, or the ``baseline``)."""
+    _, first, report = _curriculum_stage(spec, cell, stages, special, device)
+    keep = report.source_index[~report.is_flagged]
+    variant = special.get("retrain", "instance")
+    cfg = _cell_config(spec, cell, variant, extra)
+    summary = _train_on(cfg, out, "keep_final", keep, "retrain", device)
+    return {**_result(summary), "train_time_s": first["train_time_s"] + summary["train_time_s"], "trainings": 2,
+            "n_flagged": int(report.is_flagged.sum()),
+            "detection": _detection(report.score, report.is_corrupted)}
+
+
+def _dp_relabel(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str, str], extra: list[str],
+                device: str):
+    """One curriculum training, relabel the flagged samples with its final model's prediction, retrain
+    on every sample (``@retrain`` as for dp-filter)."""
+    _, first, report = _curriculum_stage(spec, cell, stages, special, device)
+    labels_file = out / "relabelled.csv"
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_cleaned_labels(labels_file, action="relabel")
+    cfg = apply_overrides(_cell_config(spec, cell, special.get("retrain", "instance"), extra),
+                          [f"data.labels_file={labels_file}"])
+    summary = _train(cfg, out / "retrain", device)
+    return {**_result(summary), "train_time_s": first["train_time_s"] + summary["train_time_s"], "trainings": 2,
+            "n_flagged": int(report.is_flagged.sum()),
+            "detection": _detection(report.score, report.is_corrupted)}
+
+
 def _single(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str, str], extra: list[str],
             device: str):
     method = REGISTRY[cell.method]
@@ -253,7 +302,8 @@ def _single(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[
 
 
 # Where each one-training score's detection numbers are logged in metrics.jsonl.
-_SCORE_BLOCK = {"sigma": "detection", "superloss": "detection", "mean-loss": "detection_mean_loss"}
+_SCORE_BLOCK = {"sigma": "detection", "superloss": "detection", "mean-loss": "detection_mean_loss",
+                "sigma-mean": "detection_sigma_mean"}
 
 
 def _single_detection(method: str, out: Path, summary: dict[str, Any]) -> dict[str, Any]:
@@ -271,10 +321,12 @@ def _single_detection(method: str, out: Path, summary: dict[str, Any]) -> dict[s
     block = _SCORE_BLOCK.get(REGISTRY[method].score or "")
     if block is None:
         return res
-    by_epoch = {r["epoch"]: r.get(block) for r in history}
-    for name, e in (("detection", final_epoch), ("detection_valsel", picked)):
-        if by_epoch.get(e):
-            res[name] = {k: by_epoch[e][k] for k in ("auroc", "average_precision", "precision_at_k")}
+    # The method's own score, and sigma integrated over training where the run has it.
+    for prefix, blk in (("detection", block), ("detection_sigma_mean", "detection_sigma_mean")):
+        by_epoch = {r["epoch"]: r.get(blk) for r in history}
+        for suffix, e in (("", final_epoch), ("_valsel", picked)):
+            if by_epoch.get(e):
+                res[prefix + suffix] = {k: by_epoch[e][k] for k in ("auroc", "average_precision", "precision_at_k")}
     return res
 
 
@@ -303,7 +355,8 @@ def run_cell(spec: BenchSpec, cell: Cell, root: Path, *, device: str = "cpu",
     try:
         if cell.method not in METHODS:
             raise ConfigError(f"unknown bench method {cell.method!r}; choose from {', '.join(METHODS)}")
-        fn = {"cleanlab": _cleanlab, "aum": _aum}.get(REGISTRY[cell.method].pipeline or "", _single)
+        fn = {"cleanlab": _cleanlab, "aum": _aum, "dp-filter": _dp_filter, "dp-relabel": _dp_relabel}.get(
+            REGISTRY[cell.method].pipeline or "", _single)
         res = {"status": "ok", **fn(spec, cell, out, stages, special, extra, device)}
     except Exception as e:  # recorded, and the grid goes on
         res = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}

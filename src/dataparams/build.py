@@ -9,7 +9,7 @@ by :func:`dataparams.data.prepare.resolve_labels`, and the core classes check th
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -17,18 +17,20 @@ import torch
 from torch import nn
 
 from dataparams.config import ConfigError, TrainConfig
-from dataparams.data.registry import DATASETS
+from dataparams.data.registry import DATASET_NAMES
 from dataparams.methods.registry import OBJECTIVES
-from dataparams.models import ARCHITECTURES
+from dataparams.models import ARCHITECTURES, is_known_arch, load_local_weights
 from dataparams.models import build_model as _build_model
 from dataparams.noise import NOISE_MODELS
 from dataparams.objectives import Objective
+from dataparams.parameters import JOINT_MODES
 
 __all__ = [
     "SCHEDULES",
     "build_model",
     "build_optimizer",
     "check_choice",
+    "load_model",
     "get_rng_state",
     "seed_everything",
     "set_rng_state",
@@ -51,13 +53,21 @@ def check_choice(field: str, value: Any, choices: Iterable[str]) -> None:
 
 def validate_config(cfg: TrainConfig) -> None:
     """Names and ranges of ``cfg``, checked before any data is read; raises ``ConfigError``."""
-    check_choice("model.arch", cfg.model.arch, ARCHITECTURES)
+    user = cfg.data.dataset == "user"
+    if not (is_known_arch(cfg.model.arch) or (user and cfg.model.arch == "auto")):
+        raise ConfigError(f"unknown model.arch {cfg.model.arch!r}; choose one of {', '.join(ARCHITECTURES)}, a "
+                          "torchvision classification architecture" + (", or auto" if user else ""))
     check_choice("method", cfg.method, OBJECTIVES)
     check_choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
-    check_choice("data.dataset", cfg.data.dataset, DATASETS)
+    check_choice("data.dataset", cfg.data.dataset, DATASET_NAMES)
     check_choice("data.noise", cfg.data.noise, NOISE_MODELS)
-    if cfg.optim.epochs < 1:
-        raise ConfigError(f"optim.epochs must be >= 1, got {cfg.optim.epochs}")
+    if cfg.optim.epochs < (0 if user else 1):
+        raise ConfigError(f"optim.epochs must be >= 1{' (or 0: chosen from the data)' if user else ''}, "
+                          f"got {cfg.optim.epochs}")
+    if cfg.model.weights is not None and not os.path.isfile(cfg.model.weights):
+        raise ConfigError(f"model.weights: {cfg.model.weights} is not a file")
+    if cfg.data.channels not in (None, 1, 3):
+        raise ConfigError(f"data.channels must be 1, 3 or none (measured), got {cfg.data.channels}")
     if cfg.data.batch_size < 1:
         raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
     if not 0.0 <= cfg.data.noise_rate <= 1.0:
@@ -73,6 +83,11 @@ def validate_config(cfg: TrainConfig) -> None:
     for name in ("init_class", "init_instance"):
         if not getattr(c, name) > 0:
             raise ConfigError(f"curriculum.{name} is a temperature and must be > 0, got {getattr(c, name)}")
+    check_choice("curriculum.joint", c.joint, JOINT_MODES)
+    check_choice("curriculum.instance_step", c.instance_step, ("gradient", "normalized"))
+    check_choice("curriculum.loss", c.loss, ("ce", "gce"))
+    if not 0 < c.loss_q <= 1:
+        raise ConfigError(f"curriculum.loss_q must be in (0, 1], got {c.loss_q}")
     if c.clamp is not None and (len(c.clamp) != 2 or not 0 < c.clamp[0] <= c.clamp[1]):
         raise ConfigError(f"curriculum.clamp must be [low, high] temperatures with 0 < low <= high, or none; "
                           f"got {c.clamp}")
@@ -82,10 +97,17 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError("calibrate=true needs a held-out split: set data.val_fraction > 0")
 
 
-def build_model(cfg: TrainConfig, num_classes: int, *, in_channels: int, image_size: int) -> nn.Module:
-    """The network of ``cfg.model`` for the data's shape (randomly initialised)."""
-    return _build_model(cfg.model.arch, num_classes, in_channels=in_channels, image_size=image_size,
-                        dropout=cfg.model.dropout)
+def build_model(cfg: TrainConfig, num_classes: int, *, in_channels: int, image_size: int,
+                in_features: int | None = None, log: Callable[[str], None] | None = None) -> nn.Module:
+    """The network of ``cfg.model`` for the data's shape: randomly initialised, or from the local
+    checkpoint ``cfg.model.weights`` where its tensors fit (``log`` gets what was loaded)."""
+    model = _build_model(cfg.model.arch, num_classes, in_channels=in_channels, image_size=image_size,
+                         dropout=cfg.model.dropout, in_features=in_features)
+    if cfg.model.weights is not None:
+        report = load_local_weights(model, cfg.model.weights)
+        if log is not None:
+            log(f"model.weights {cfg.model.weights}: {report.summary()}")
+    return model
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, objective: Objective) -> tuple[torch.optim.Optimizer, Any]:
@@ -94,6 +116,25 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, objective: Objective) ->
     params: list[Any] = [{"params": list(model.parameters())}, *objective.model_param_groups()]
     opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
     return opt, SCHEDULES[o.schedule](o, opt)
+
+
+def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The network a user-data run exported (``RUN_DIR/model.pt``), in eval mode, and its metadata.
+
+    Returns
+    -------
+    model : nn.Module
+        Apply it to inputs normalised with ``meta["mean"]``, ``meta["std"]`` (pixels in [0, 1],
+        resized to ``meta["image_size"]``); its logits index ``meta["classes"]``.
+    meta : dict
+        ``arch``, ``classes``, ``in_channels``, ``image_size``, ``in_features``, ``mean``, ``std``.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    meta = {k: v for k, v in state.items() if k != "state_dict"}
+    model = _build_model(meta["arch"], len(meta["classes"]), in_channels=meta["in_channels"] or 3,
+                         image_size=meta["image_size"] or 32, in_features=meta["in_features"])
+    model.load_state_dict(state["state_dict"])
+    return model.to(device).eval(), meta
 
 
 def seed_everything(seed: int, *, deterministic: bool = False) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a preset (with overrides) into a run directory",
                        description="Train a named preset, optionally overriding any config field.")
-    t.add_argument("--preset", default="fmnist-noisy40/instance",
-                   help="EXPERIMENT/VARIANT, see `dataparams presets` (default: %(default)s)")
+    t.add_argument("--preset", help="EXPERIMENT/VARIANT, see `dataparams presets` (default: fmnist-noisy40/instance, "
+                   "or user/instance with --data)")
+    t.add_argument("--data", metavar="PATH", help="train on your own data: a path,label CSV/TSV list, a folder of "
+                   "class folders, or an .npz with X (features) and y; the labels are used as given, the image "
+                   "side, channels, normalisation, model and epochs are chosen from the data and printed")
     t.add_argument("--method", help="train a compared method (see `dataparams bench --help`) on the preset's "
                    "experiment: e.g. --preset fmnist-noisy40 --method gce; default: the preset's own variant")
     t.add_argument("--config", help="start from a config.json (e.g. of an earlier run) instead of a preset")
@@ -91,17 +95,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed of the random choices (default: %(default)s)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
 
-    f = sub.add_parser("find-issues", help="rank the training samples of a run by how likely their label is wrong",
-                       description="Rank the samples of a finished run by their learned instance sigma (or their "
-                       "last training loss), flag the estimated number of mislabeled ones without being told "
-                       "the noise rate, and write issues.csv, cleanlab-compatible label_issues_mask.npy and "
-                       "ranked_label_issues.npy, and summary.json.")
-    f.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `dataparams train`")
-    f.add_argument("--out", help="output folder (default: RUN_DIR/issues)")
-    f.add_argument("--score", choices=list(SCORES), default="sigma",
-                   help="sigma: instance temperature (instance or joint runs); last-loss: each sample's training "
-                   "loss at its last visit; mean-loss: its mean over the epochs so far, the small-loss criterion "
-                   "(both for any run) (default: %(default)s)")
+    f = sub.add_parser("find-issues", help="rank samples by how likely their label is wrong: of a run, or of your data",
+                       description="With --data PATH: train the instance curriculum on your data (labels as given, "
+                       "no test set needed) and rank its samples. With RUN_DIR: rank the samples of a finished run. "
+                       "Either way: rank by the learned instance sigma (or a loss score), flag the estimated number "
+                       "of mislabeled ones without being told the noise rate, and write issues.csv, "
+                       "cleanlab-compatible label_issues_mask.npy and ranked_label_issues.npy, summary.json and "
+                       "(with --data) report.html with the most suspect samples.")
+    f.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="a run directory written by `dataparams train`")
+    f.add_argument("--data", metavar="PATH", help="your data: a path,label CSV/TSV list, a folder of class folders, "
+                   "or an .npz with X (features) and y")
+    f.add_argument("--out", help="output folder (default: RUN_DIR/issues, or <data name>-issues with --data)")
+    f.add_argument("--score", choices=list(SCORES),
+                   help="sigma: instance temperature at an epoch; sigma-mean: sigma integrated over training "
+                   "(geometric mean over the epochs); last-loss: each sample's training loss at its last visit; "
+                   "mean-loss: its mean over the epochs, the small-loss criterion (the loss scores work for any run) "
+                   "(default: sigma-mean with --data, sigma for RUN_DIR)")
+    f.add_argument("--holdout", type=float, default=0.0,
+                   help="with --data: fraction held out to choose the epoch and measure accuracy (not ranked; "
+                   "default: %(default)s)")
+    f.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="with --data: config overrides, e.g. --set model.arch=resnet18 --set optim.epochs=30")
+    f.add_argument("--model", help="with --data: a model architecture (same as --set model.arch=...)")
+    f.add_argument("--weights", metavar="FILE", help="with --data: a local pretrained checkpoint to start from")
+    f.add_argument("--seed", type=int, default=1, help="with --data: seed (default: %(default)s)")
+    f.add_argument("--device", default="auto", help="with --data: auto | cpu | cuda | cuda:N | mps")
+    f.add_argument("--overwrite", action="store_true", help="with --data: retrain even if OUT/run exists")
+    f.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     f.add_argument("--epoch", type=int, help="use the snapshot of this epoch (default: the last)")
     f.add_argument("--cleaned-labels", choices=["relabel", "drop"],
                    help="also write cleaned_labels_<action>.csv: flagged samples relabelled with the model's "
@@ -142,6 +162,14 @@ def _resolve_config(args: argparse.Namespace) -> Any:
     from dataparams.presets import get_preset
 
     method = getattr(args, "method", None)
+    data = getattr(args, "data", None)
+    preset = args.preset or ("user/instance" if data else "fmnist-noisy40/instance")
+    if data:
+        if preset.partition("/")[0] != "user":
+            raise ConfigError(f"--data trains on your own data with the user presets (user/instance, user/baseline, "
+                              f"...), not {preset}")
+        if args.data_dir:
+            raise ConfigError("give your data with --data PATH only (not also --data-dir)")
     if args.config:
         if method:
             raise ConfigError("--method applies to a preset, not to --config")
@@ -157,13 +185,13 @@ def _resolve_config(args: argparse.Namespace) -> Any:
         if m.pipeline is not None:
             raise ConfigError(f"{method} trains {m.trainings} times in stages; run it with `dataparams bench "
                               f"--methods {method}`")
-        experiment = args.preset.partition("/")[0]
+        experiment = preset.partition("/")[0]
         cfg = apply_overrides(get_preset(f"{experiment}/{m.variant}"), list(m.overrides))
         cfg.preset = f"{experiment}/{method}"
     else:
-        cfg = get_preset(args.preset)
+        cfg = get_preset(preset)
     return apply_overrides(cfg, [*args.overrides, *shorthand_overrides(
-        data_dir=args.data_dir, epochs=args.epochs, seed=args.seed, workers=getattr(args, "workers", None))])
+        data_dir=data or args.data_dir, epochs=args.epochs, seed=args.seed, workers=getattr(args, "workers", None))])
 
 
 def _train_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -195,7 +223,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
         return 0
-    out = Path(args.out or Path("runs") / cfg.preset.replace("/", "_"))
+    out = Path(args.out or (Path("runs") / Path(args.data).stem if getattr(args, "data", None) else
+                            Path("runs") / cfg.preset.replace("/", "_")))
     if not args.seeds:
         summary = train(cfg, out, resume=args.resume, overwrite=args.overwrite, **_train_kwargs(args))
         print(json.dumps(summary, indent=2, allow_nan=True))
@@ -257,10 +286,28 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_find_issues(args: argparse.Namespace) -> int:
     from dataparams.analysis.find_issues import find_issues
+    from dataparams.config import ConfigError
 
-    report = find_issues(args.run_dir, score=args.score, epoch=args.epoch)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "issues"
-    files = report.save(out, cleaned_labels=args.cleaned_labels)
+    if (args.run_dir is None) == (args.data is None):
+        raise ConfigError("give either a RUN_DIR or --data PATH")
+    if args.data is not None:
+        from dataparams.issues import DEFAULT_SCORE, find_label_issues
+
+        t0 = time.perf_counter()
+        overrides = [*args.overrides, *([f"model.arch={args.model}"] if args.model else []),
+                     *([f"model.weights={args.weights}"] if args.weights else [])]
+        out = Path(args.out) if args.out else Path(f"{Path(args.data).stem}-issues")
+        report, files = find_label_issues(args.data, out, score=args.score or DEFAULT_SCORE, holdout=args.holdout,
+                                          overrides=overrides, seed=args.seed, device=args.device,
+                                          overwrite=args.overwrite, quiet=args.quiet)
+        if args.cleaned_labels:
+            files["cleaned_labels"] = report.write_cleaned_labels(out / f"cleaned_labels_{args.cleaned_labels}.csv",
+                                                                  action=args.cleaned_labels)
+        print(f"{args.data}: {report.n:,} samples ranked in {time.perf_counter() - t0:.1f}s")
+    else:
+        report = find_issues(args.run_dir, score=args.score or "sigma", epoch=args.epoch)
+        out = Path(args.out) if args.out else Path(args.run_dir) / "issues"
+        files = report.save(out, cleaned_labels=args.cleaned_labels)
     summary = report.summary()
     print(f"{summary['run_dir']}: scored by {summary['score']} at epoch {summary['epoch']}")
     print(f"flagged {summary['n_flagged']} of {summary['n']} samples as mislabeled "

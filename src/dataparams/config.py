@@ -49,8 +49,15 @@ class DataConfig:
     ``labels_file`` (a CSV with ``source_index`` and ``label`` columns, as written by
     ``dataparams find-issues --cleaned-labels``) trains on the listed samples with those labels.
     ``threshold_file`` (``.npy`` of source indices) relabels those samples to an extra class K,
-    the "threshold samples" of AUM (Pleiss et al. 2020). ``augment`` turns on random crops (``crop_padding`` pixels) and, when ``flip``,
-    horizontal flips; image-file datasets use the ImageNet transforms instead.
+    the "threshold samples" of AUM (Pleiss et al. 2020). ``augment`` turns on random crops
+    (``crop_padding`` pixels) and, when ``flip``, horizontal flips; ImageNet-style datasets use
+    the ImageNet transforms instead.
+
+    ``dataset="user"`` is the user's own data at ``data_dir`` (a ``path,label`` list, a folder of
+    class folders, or an ``.npz`` of features; see :mod:`dataparams.data.user`), measured when it
+    is loaded: ``image_size`` (None: the median longer side, at most ``max_image_size``) and
+    ``channels`` (None: 1 when every image is grayscale, else 3); images are decoded once when they
+    fit ``memory_budget_mb`` (None: a share of the free memory), streamed otherwise.
     """
 
     dataset: str = "fashion-mnist"
@@ -67,6 +74,10 @@ class DataConfig:
     keep_file: str | None = None
     labels_file: str | None = None
     threshold_file: str | None = None
+    image_size: int | None = None
+    max_image_size: int = 64
+    channels: int | None = None
+    memory_budget_mb: int | None = None
     augment: bool = True
     crop_padding: int = 4
     flip: bool = True
@@ -77,10 +88,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """``arch`` is one of ``small_cnn``, ``wrn28_10``, ``resnet18``, ``vgg16``."""
+    """``arch`` is ``small_cnn``, ``wrn28_10``, ``resnet18``, ``vgg16``, ``mlp`` (features), any
+    torchvision classification architecture by name, or ``auto`` (chosen from the data's kind and
+    size; user data only). ``weights`` is a local checkpoint file to start from (tensors whose
+    shapes differ, e.g. a 1000-class head, are skipped); nothing is ever downloaded."""
 
     arch: str = "small_cnn"
     dropout: float = 0.0
+    weights: str | None = None
 
 
 @dataclass
@@ -103,7 +118,15 @@ class OptimConfig:
 
 @dataclass
 class CurriculumConfig:
-    """Data parameters (sec. 2 and 3.1). Both levels off is the plain cross-entropy baseline."""
+    """Data parameters (sec. 2 and 3.1). Both levels off is the plain cross-entropy baseline.
+
+    Extensions beyond the paper (defaults are the paper's): ``joint`` combines the two levels as
+    ``sum`` (sec. 2.2) or ``product``; ``instance_step`` is ``gradient`` (SGD on the instance
+    gradient, the paper) or ``normalized`` (each batch's instance gradients divided by their root
+    mean square, so that ``lr_instance`` is a step in log sigma per visit, whatever the batch size,
+    data set size or logit scale); ``loss`` is the per-sample loss applied to ``logits / sigma``:
+    ``ce`` (the paper) or ``gce`` (generalized cross-entropy with ``loss_q``).
+    """
 
     class_curriculum: bool = False
     instance_curriculum: bool = False
@@ -115,6 +138,10 @@ class CurriculumConfig:
     wd_instance: float = 0.0
     momentum: float = 0.9
     clamp: list[float] | None = field(default_factory=lambda: [1.0 / 20.0, 20.0])
+    joint: str = "sum"
+    instance_step: str = "gradient"
+    loss: str = "ce"
+    loss_q: float = 0.7
 
 
 @dataclass
@@ -125,7 +152,8 @@ class TrainConfig:
     the curriculum is on) or a peer from :mod:`dataparams.methods` (``gce``, ``sce``,
     ``superloss``, ``coteaching``); ``method_options`` holds that method's hyper-parameters.
     ``report_epochs`` are epochs (1-based) whose test accuracy is reported besides the last, e.g.
-    the paper's epoch 84 for noisy CIFAR.
+    the paper's epoch 84 for noisy CIFAR. ``choices`` records, for user data, every value that
+    was measured from the data or chosen for it, with its reason (``{name: {"value", "why"}}``).
     """
 
     preset: str = "custom"
@@ -139,11 +167,13 @@ class TrainConfig:
     report_epochs: list[int] = field(default_factory=list)
     calibrate: bool = False
     notes: str = ""
+    choices: dict[str, Any] = field(default_factory=dict)
 
 
 # Fields that change how a run is executed or shown but not its result; a checkpoint may be
 # resumed with other values of these.
-EXECUTION_FIELDS = ("data.workers", "data.data_dir", "notes", "data.eval_batch_size")
+EXECUTION_FIELDS = ("data.workers", "data.data_dir", "notes", "data.eval_batch_size", "data.memory_budget_mb",
+                    "choices")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -294,7 +324,7 @@ def diff_configs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
     for k in sorted(set(a) | set(b)):
         name = f"{prefix}{k}"
         va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict) and k != "method_options":
+        if isinstance(va, dict) and isinstance(vb, dict) and k not in ("method_options", "choices"):
             out += diff_configs(va, vb, name + ".")
         elif va != vb:
             out.append(name)

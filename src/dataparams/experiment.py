@@ -11,7 +11,9 @@ directory holding another run) fails before anything is written.
 
 from __future__ import annotations
 
+import io
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,14 +24,15 @@ from dataparams.calibration import expected_calibration_error, fit_temperature
 from dataparams.config import TrainConfig, config_to_dict
 from dataparams.data.loaders import RunLoaders, build_loaders
 from dataparams.data.prepare import TrainingLabels, resolve_labels
-from dataparams.data.registry import load_splits
+from dataparams.data.registry import LoadedDataset, load_dataset
 from dataparams.engine import Execution, fit, predict, resolve_device
 from dataparams.methods.registry import build_objective
+from dataparams.presets import complete_user_config
 from dataparams.runs import RunDir
 from dataparams.runs.logger import RunLogger, progress_factory, write_line
 from dataparams.runs.state import capture_state, restore_state
 
-__all__ = ["summarize_history", "train"]
+__all__ = ["export_model", "summarize_history", "train"]
 
 #: Detection numbers of the objective's own score kept in summary.json.
 _SUMMARY_DETECTION = ("auroc", "average_precision", "precision_at_k", "top_fraction_purity", "separated_fraction")
@@ -48,11 +51,13 @@ def train(
     tensorboard: bool = True,
     channels_last: bool = True,
     label: str = "",
+    dataset: LoadedDataset | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) training of ``cfg`` into run directory ``out``; return the summary.
 
     ``device``, ``amp``, ``deterministic``, ``channels_last`` choose how it runs (not part of the
-    config); ``quiet`` turns off progress output; ``label`` prefixes the progress bars.
+    config); ``quiet`` turns off progress output; ``label`` prefixes the progress bars; ``dataset``
+    is ``cfg.data``'s dataset when the caller has already loaded it.
     """
     validate_config(cfg)
     dev = resolve_device(device)
@@ -60,20 +65,36 @@ def train(
     seed_everything(cfg.seed, deterministic=deterministic)
 
     # Data: the dataset's splits, the labels this run trains on, the loaders.
-    dataset = load_splits(cfg.data.dataset, cfg.data.data_dir, label_set=cfg.data.label_set)
+    if dataset is None:
+        dataset = load_dataset(cfg.data, progress=not quiet)
+    if dataset.user is not None:
+        # The user's own data: what the config leaves open is measured from it, printed, and stored.
+        cfg = complete_user_config(cfg, dataset.user)
+        if not quiet:
+            write_line(f"{cfg.data.data_dir}: {len(dataset.user):,} samples, {dataset.user.num_classes} classes")
+            for name, c in cfg.choices.items():
+                write_line(f"  {name}: {c['value']}  ({c['why']})")
     labels = resolve_labels(cfg.data, dataset.train.targets, dataset.train.num_classes, seed=cfg.seed,
                             shipped=dataset.shipped_noisy_labels, name=cfg.data.dataset)
-    loaders = build_loaders(dataset.train, dataset.test, labels, cfg.data, dataset.info, dev, seed=cfg.seed)
-    if dataset.train.in_memory:
+    loaders = build_loaders(dataset, labels, cfg.data, dev, seed=cfg.seed)
+    in_features = None
+    if dataset.train.features is not None:
+        in_channels, image_size, in_features = 0, 0, dataset.train.features.shape[1]
+    elif dataset.train.in_memory:
         _, image_size, _, in_channels = dataset.train.images.shape  # type: ignore[union-attr]
     else:
         in_channels, image_size = dataset.info.in_channels, dataset.info.image_size
 
     # Model, objective, optimizers.
+    logged: list[str] = []
+
     def model_factory() -> torch.nn.Module:
-        return execution.model(build_model(cfg, labels.num_classes, in_channels=in_channels, image_size=image_size))
+        return execution.model(build_model(cfg, labels.num_classes, in_channels=in_channels, image_size=image_size,
+                                           in_features=in_features, log=logged.append))
 
     model = model_factory()
+    if logged and not quiet:
+        write_line(logged[0])
     objective = build_objective(cfg, num_classes=labels.num_classes, num_train=labels.num_train, device=dev,
                                 model_factory=model_factory)
     optimizer, scheduler = build_optimizer(cfg, model, objective)
@@ -107,7 +128,26 @@ def train(
                 progress_factory=None if quiet else progress_factory(cfg.optim.epochs, label))
     finally:
         logger.close()
-    return finish(run, cfg, labels, loaders, model, dev, execution)
+    summary = finish(run, cfg, labels, loaders, model, dev, execution)
+    if dataset.user is not None:
+        export_model(run.path / "model.pt", cfg, model, dataset, in_features=in_features)
+    return summary
+
+
+def export_model(path: str | os.PathLike[str], cfg: TrainConfig, model: torch.nn.Module, dataset: LoadedDataset, *,
+                 in_features: int | None = None) -> None:
+    """Save the trained network with what is needed to use it on new inputs: the architecture,
+    the class names, the input shape and the normalisation (``dataparams.build.load_model``).
+    Data parameters are not part of it: at inference the logits are used unscaled (sec. 2.2)."""
+    from dataparams.runs import atomic_write_bytes
+
+    info = dataset.info
+    state = {"arch": cfg.model.arch, "classes": list(dataset.train.classes), "in_channels": info.in_channels,
+             "image_size": info.image_size, "in_features": in_features, "mean": list(info.mean),
+             "std": list(info.std), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
 
 
 def finish(run: RunDir, cfg: TrainConfig, labels: TrainingLabels, loaders: RunLoaders, model: torch.nn.Module,

@@ -110,11 +110,12 @@ class Objective(nn.Module, metaclass=abc.ABCMeta):
         self.loss_sum += self.last_loss.to(self.loss_sum.dtype)
         self.epochs_seen += 1
 
-    def loss_scores(self) -> dict[str, np.ndarray]:
-        """The two loss-based suspicion scores (N,) of any method, larger = more suspicious.
+    def extra_scores(self) -> dict[str, np.ndarray]:
+        """Secondary suspicion scores (N,) by name, larger = more suspicious.
 
-        ``last-loss``: the training loss at each sample's latest visit. ``mean-loss``: its mean
-        over the finished epochs (the small-loss criterion); absent before the first epoch ends.
+        Every objective has ``last-loss``, the training loss at each sample's latest visit, and
+        ``mean-loss``, its mean over the finished epochs (the small-loss criterion; absent before
+        the first epoch ends). Subclasses add their own.
         """
         out = {"last-loss": self.last_loss.float().cpu().numpy()}
         epochs = int(self.epochs_seen)
@@ -163,6 +164,15 @@ class DataParameterObjective(Objective):
         Weight of the L2 penalty on log sigma of the batch members (added to the loss).
     loss_fn : callable ``(scaled_logits (B, K), targets (B,)) -> (B,)``, optional
         The per-sample loss on scaled logits; cross-entropy by default.
+    normalize_instance : bool, default False
+        Normalised instance steps (:func:`~dataparams.optim.sparse_sgd_step`'s ``normalize``):
+        ``lr_instance`` is then a step in log sigma per visit. An extension, not in the paper.
+
+    Notes
+    -----
+    With the instance level on, the objective also keeps ``log_sigma_sum`` (N,), the sum over
+    finished epochs of each sample's log sigma, whose mean is the ``sigma-mean`` score: sigma
+    integrated over training, which does not depend on guessing the epoch.
     """
 
     name = "data-parameters"
@@ -177,13 +187,20 @@ class DataParameterObjective(Objective):
         wd_class: float = 0.0,
         wd_instance: float = 0.0,
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        normalize_instance: bool = False,
     ) -> None:
-        super().__init__(data_parameters.num_instances, data_parameters.class_log_sigma.device)
+        device = data_parameters.class_log_sigma.device
+        super().__init__(data_parameters.num_instances, device)
         self.dp = data_parameters
         self.wd_class = wd_class
         self.wd_instance = wd_instance
         self.loss_fn = loss_fn or per_sample_cross_entropy
+        if data_parameters.instance_curriculum:
+            self.register_buffer("log_sigma_sum", torch.zeros(data_parameters.num_instances, device=device,
+                                                              dtype=self.loss_sum.dtype))
         groups = data_parameters.param_groups(lr_class=lr_class, lr_instance=lr_instance)
+        for g in groups:
+            g["normalize"] = bool(normalize_instance) and g["name"] == "instance"
         self._optimizers: dict[str, Optimizer] = (
             {"data_parameters": SparseSGD(groups, momentum=momentum)} if groups else {}
         )
@@ -197,6 +214,19 @@ class DataParameterObjective(Objective):
 
     def optimizers(self) -> dict[str, Optimizer]:
         return self._optimizers
+
+    @torch.no_grad()
+    def on_epoch_end(self, epoch: int) -> None:
+        super().on_epoch_end(epoch)
+        if self.dp.instance_curriculum:
+            self.log_sigma_sum += self.dp.instance_log_sigma.detach().to(self.log_sigma_sum.dtype)
+
+    def extra_scores(self) -> dict[str, np.ndarray]:
+        out = super().extra_scores()
+        epochs = int(self.epochs_seen)
+        if self.dp.instance_curriculum and epochs:
+            out["sigma-mean"] = np.exp(self.log_sigma_sum.double().cpu().numpy() / epochs)
+        return out
 
     def scores(self, snapshot: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
         # The instance temperature is the paper's noise score (sec. 3.4, Figure 4).

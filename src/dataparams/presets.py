@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Any
 
 from dataparams.config import (
     ConfigError,
@@ -22,7 +23,7 @@ from dataparams.config import (
     TrainConfig,
 )
 
-__all__ = ["PRESETS", "VARIANTS", "get_preset", "list_presets"]
+__all__ = ["PRESETS", "VARIANTS", "complete_user_config", "get_preset", "list_presets"]
 
 VARIANTS = ("baseline", "class", "instance", "joint", "oracle")
 
@@ -158,6 +159,65 @@ def _cpu(dataset: str, noise: str, rate: float, note: str = "") -> tuple[TrainCo
     return base, {"class": dict(CPU_CLASS), "instance": dict(CPU_INSTANCE), "joint": dict(CPU_JOINT)}
 
 
+# The user's own data (`dataparams train --data PATH`, `dataparams find-issues --data PATH`): what
+# is not given is measured from the data or follows from its size, by complete_user_config.
+# Optimisation as the CPU presets (SGD lr 0.05, momentum 0.9, wd 5e-4, batch 128, no augmentation
+# -- a flip or crop need not preserve a user's labels), with the learning rate divided by 10 at
+# half and three quarters of the epochs.
+USER_TARGET_STEPS = 1600
+USER_EPOCH_RANGE = (15, 100)
+
+
+def _user() -> tuple[TrainConfig, dict[str, dict]]:
+    base = TrainConfig(
+        data=DataConfig(dataset="user", noise="none", augment=False, val_fraction=0.0, batch_size=128),
+        model=ModelConfig(arch="auto"),
+        optim=OptimConfig(epochs=0, lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="multistep", milestones=[],
+                          gamma=0.1),
+        notes=(
+            "The user's own data, labels as given (no synthetic noise, no test set). Image side, channels, "
+            "normalisation, model, epochs and milestones are chosen from the data (see choices). SGD lr 0.05, "
+            "momentum 0.9, wd 5e-4, batch 128, no augmentation, lr x0.1 at 1/2 and 3/4 of the epochs; data "
+            "parameters as the CPU presets."
+        ),
+    )
+    return base, {"class": dict(CPU_CLASS), "instance": dict(CPU_INSTANCE), "joint": dict(CPU_JOINT)}
+
+
+def complete_user_config(cfg: TrainConfig, user: Any) -> TrainConfig:
+    """``cfg`` with its data-dependent values filled in from the measured user data, and why.
+
+    Fills ``data.image_size`` and ``data.channels`` (as measured), ``model.arch`` when ``auto``,
+    ``optim.epochs`` when 0 (about :data:`USER_TARGET_STEPS` optimizer steps, within
+    :data:`USER_EPOCH_RANGE` epochs) and empty multistep ``optim.milestones`` (1/2 and 3/4 of the
+    epochs). Every value and its reason goes into ``cfg.choices``.
+    """
+    from dataparams.models import default_arch
+
+    cfg = copy.deepcopy(cfg)
+    n = len(user)
+    choices = dict(user.choices)
+    if user.kind == "images":
+        cfg.data.image_size, cfg.data.channels = int(user.image_size), int(user.channels)
+    if cfg.model.arch == "auto":
+        cfg.model.arch, why = default_arch(user.kind, user.image_size, n)
+        choices["model"] = {"value": cfg.model.arch, "why": why}
+    if cfg.optim.epochs == 0:
+        steps = -(-n // cfg.data.batch_size)
+        lo, hi = USER_EPOCH_RANGE
+        cfg.optim.epochs = int(min(hi, max(lo, round(USER_TARGET_STEPS / steps))))
+        choices["epochs"] = {"value": cfg.optim.epochs, "why": (
+            f"about {USER_TARGET_STEPS} optimizer steps: {n:,} samples in batches of {cfg.data.batch_size} are "
+            f"{steps} steps an epoch (epochs kept within {lo}-{hi})")}
+    if cfg.optim.schedule == "multistep" and not cfg.optim.milestones:
+        e = cfg.optim.epochs
+        cfg.optim.milestones = sorted({max(1, round(e / 2)), max(1, round(3 * e / 4))})
+        choices["milestones"] = {"value": cfg.optim.milestones,
+                                 "why": f"lr x{cfg.optim.gamma:g} at 1/2 and 3/4 of the {e} epochs"}
+    cfg.choices = choices
+    return cfg
+
+
 _EXPERIMENTS: dict[str, Callable[[], tuple[TrainConfig, dict[str, dict]]]] = {
     "cifar10": lambda: _cifar("cifar10"),
     "cifar100": lambda: _cifar("cifar100"),
@@ -176,6 +236,7 @@ _EXPERIMENTS: dict[str, Callable[[], tuple[TrainConfig, dict[str, dict]]]] = {
         " CPU stand-in for sec. 3.5: every training label random; train accuracy is the quantity "
         "(how much of the random labelling is memorised), test accuracy stays at chance.",
     ),
+    "user": _user,
 }
 
 

@@ -43,7 +43,7 @@ __all__ = ["SCORES", "IssueReport", "find_issues"]
 SCORES = ("sigma", "sigma-mean", "last-loss", "mean-loss")
 _SIGMA_SCORES = ("sigma", "sigma-mean")
 # Datasets read from image files: their samples have a path worth exporting.
-_FILE_DATASETS = ("imagenet", "webvision", "webvision-mini", "filelist")
+_FILE_DATASETS = ("imagenet", "webvision", "webvision-mini", "filelist", "user")
 # A loss of exactly 0 (float16 underflow of a memorised sample) has no logarithm; this floor sits
 # far below any loss that matters.
 _LOSS_FLOOR = 1e-8
@@ -310,11 +310,14 @@ def _descending_ranks(score: np.ndarray, tiebreak: np.ndarray | None = None) -> 
     return rank
 
 
-def _dataset_info(run: LoadedRun, notes: list[str]) -> tuple[list[str] | None, list[str] | None]:
-    ds, why = load_run_dataset(run.config)
-    if ds is None:  # no data here is fine: the ranking does not need it
-        notes.append(f"dataset {why}; no class names or file paths")
-        return None, None
+def _dataset_info(run: LoadedRun, notes: list[str], ds: Any = None) -> tuple[list[str] | None, list[str] | None]:
+    if ds is None:
+        ds, why = load_run_dataset(run.config)
+        if ds is None:  # no data here is fine: the ranking does not need it
+            notes.append(f"dataset {why}; no class names or file paths")
+            return None, None
+    if ds.user is not None:  # the user's own data: the paths (or ids) as the user wrote them
+        return list(ds.train.classes), list(ds.user.ids)
     return list(ds.train.classes), (list(ds.train.paths) if ds.train.paths is not None else None)
 
 
@@ -340,6 +343,7 @@ def find_issues(
     score: str = "sigma",
     epoch: int | None = None,
     load_dataset: bool = True,
+    dataset: Any = None,
 ) -> IssueReport:
     """Rank the training samples of a run by how likely their label is wrong.
 
@@ -356,6 +360,8 @@ def find_issues(
     load_dataset : bool, default True
         Load the dataset for class names and, for image-file datasets, file paths. Without it
         (or when it cannot be loaded) those columns are empty.
+    dataset : LoadedDataset, optional
+        The run's dataset, already loaded (saves reading it again).
 
     Returns
     -------
@@ -419,7 +425,7 @@ def find_issues(
 
     class_names, paths = (None, None)
     if load_dataset:
-        class_names, all_paths = _dataset_info(run, notes)
+        class_names, all_paths = _dataset_info(run, notes, dataset)
         src = run.labels["source_index"]
         if all_paths is not None:
             paths = [all_paths[int(i)] for i in src]

@@ -213,9 +213,9 @@ def load_run_dataset(config: dict[str, Any]) -> tuple[Any, str | None]:
     names and file paths, so a missing dataset is a note, never an error."""
     data = config.get("data", {})
     try:
-        from dataparams.data.registry import load_splits
+        from dataparams.data.registry import load_dataset
 
-        return load_splits(data.get("dataset"), data.get("data_dir"), label_set=data.get("label_set")), None
+        return load_dataset(data), None
     except Exception as e:  # missing files, unknown name, bad format: all mean "no dataset"
         return None, f"{data.get('dataset')} could not be loaded ({type(e).__name__}: {e})"
 

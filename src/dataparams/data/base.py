@@ -1,9 +1,10 @@
 """What a dataset loader returns: one split, its inputs and its clean labels.
 
-Notation: ``N`` samples, ``K`` classes. Loaders for in-memory formats (IDX, CIFAR) fill
-``images``; loaders for image-file formats (ImageNet folders, WebVision lists, CSV) fill
-``paths``. Position ``i`` in a split is the sample's index for its whole life: data parameters,
-noise masks, snapshots and exported suspects all refer to it.
+Notation: ``N`` samples, ``K`` classes, ``D`` features. Loaders for in-memory formats (IDX,
+CIFAR) fill ``images``; loaders for image-file formats (ImageNet folders, WebVision lists, CSV)
+fill ``paths``; a user's feature vectors (:mod:`~dataparams.data.user`) fill ``features``.
+Position ``i`` in a split is the sample's index for its whole life: data parameters, noise
+masks, snapshots and exported suspects all refer to it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class Split:
         One image file per sample, for datasets read from disk batch by batch.
     name : str
         E.g. ``"fashion-mnist/train"``, for messages and run metadata.
+    features : ndarray (N, D) float32, optional
+        One feature vector per sample (e.g. embeddings from a pretrained model) in place of
+        images. Exactly one of ``images``, ``paths`` and ``features`` is given.
     """
 
     targets: np.ndarray
@@ -42,15 +46,24 @@ class Split:
     images: np.ndarray | None = None
     paths: list[str] | None = None
     name: str = ""
+    features: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.targets = np.asarray(self.targets, dtype=np.int64)
         if self.targets.ndim != 1:
             raise ValueError(f"{self.name}: targets must be 1-D, got shape {self.targets.shape}")
-        if (self.images is None) == (self.paths is None):
-            raise ValueError(f"{self.name}: give exactly one of images or paths")
+        given = [x is not None for x in (self.images, self.paths, self.features)]
+        if sum(given) != 1:
+            what = "images or paths" if self.features is None else "images, paths or features"
+            raise ValueError(f"{self.name}: give exactly one of {what}")
         n = len(self.targets)
-        if self.images is not None:
+        if self.features is not None:
+            if self.features.dtype != np.float32 or self.features.ndim != 2 or len(self.features) != n:
+                raise ValueError(
+                    f"{self.name}: features must be float32 (N, D) with N = {n}, got "
+                    f"{self.features.dtype} {self.features.shape}"
+                )
+        elif self.images is not None:
             if self.images.dtype != np.uint8 or self.images.ndim != 4 or len(self.images) != n:
                 raise ValueError(
                     f"{self.name}: images must be uint8 (N, H, W, C) with N = {n}, got "
@@ -81,4 +94,5 @@ class Split:
             images=None if self.images is None else self.images[index],
             paths=None if self.paths is None else [self.paths[i] for i in index],
             name=name or self.name,
+            features=None if self.features is None else self.features[index],
         )

@@ -1,4 +1,4 @@
-"""Loaders for a run: the in-memory loader for pixel arrays, a seeded DataLoader for image files.
+"""Loaders for a run: in-memory loaders for pixels and features, a seeded DataLoader for image files.
 
 Every loader yields ``(inputs, targets, indices)`` and has ``set_epoch(epoch)``, so that the order
 (and augmentation) of epoch ``e`` depends on ``(seed, e)`` only: a resumed run replays exactly the
@@ -16,9 +16,9 @@ import torch
 
 from dataparams.config import DataConfig
 from dataparams.data.base import Split
-from dataparams.data.memory import Augment, InMemoryLoader
+from dataparams.data.memory import Augment, FeatureLoader, InMemoryLoader
 from dataparams.data.prepare import TrainingLabels
-from dataparams.data.registry import DatasetInfo
+from dataparams.data.registry import DatasetInfo, LoadedDataset
 
 __all__ = ["FileLoader", "RunLoaders", "build_loaders", "make_loader"]
 
@@ -49,15 +49,29 @@ class FileLoader:
 
 
 def make_loader(split: Split, targets: np.ndarray, d: DataConfig, info: DatasetInfo, device: torch.device, *,
-                train: bool, batch_size: int, seed: int) -> Any:
-    """A loader over ``split`` with labels ``targets``; shuffled and augmented when ``train``."""
+                train: bool, batch_size: int, seed: int, user: Any = None) -> Any:
+    """A loader over ``split`` with labels ``targets``; shuffled and augmented when ``train``.
+
+    Features and decoded pixels live on the device; image files are decoded by DataLoader
+    workers -- with the measured resize and normalisation for user data (``user``, a
+    :class:`~dataparams.data.user.UserData`), with the ImageNet transforms otherwise.
+    """
+    if split.features is not None:
+        return FeatureLoader(split.features, targets, batch_size=batch_size, shuffle=train, mean=info.mean,
+                             std=info.std, device=device, seed=seed)
     if split.in_memory:
         augment = Augment(d.crop_padding, d.flip) if (train and d.augment) else None
         return InMemoryLoader(split.images, targets, batch_size=batch_size, shuffle=train, augment=augment,
                               mean=info.mean, std=info.std, device=device, seed=seed)
-    from dataparams.data.folders import ImageFileDataset, imagenet_transforms
+    if user is not None:
+        from dataparams.data.user import UserImageDataset
 
-    ds = ImageFileDataset(split, imagenet_transforms(train and d.augment), targets=targets)
+        ds: Any = UserImageDataset(split.paths, targets, image_size=user.image_size, channels=user.channels,
+                                   mean=info.mean, std=info.std)
+    else:
+        from dataparams.data.folders import ImageFileDataset, imagenet_transforms
+
+        ds = ImageFileDataset(split, imagenet_transforms(train and d.augment), targets=targets)
     return FileLoader(ds, batch_size=batch_size, shuffle=train, workers=d.workers, seed=seed, device=device)
 
 
@@ -65,7 +79,8 @@ def make_loader(split: Split, targets: np.ndarray, d: DataConfig, info: DatasetI
 class RunLoaders:
     """The loaders of one run. ``train`` shuffles and augments; ``train_eval`` is the same samples
     in order, for the final predictions; ``evaluate`` holds ``test`` and, with a validation split,
-    ``val`` (noisy labels); ``heldout`` predicts the pool samples that ``keep_file`` left out."""
+    ``val`` (noisy labels) -- user data has no test split --; ``heldout`` predicts the pool
+    samples that ``keep_file`` left out."""
 
     train: Any
     train_eval: Any
@@ -73,16 +88,19 @@ class RunLoaders:
     heldout: Any = None
 
 
-def build_loaders(train: Split, test: Split, labels: TrainingLabels, d: DataConfig, info: DatasetInfo,
-                  device: torch.device, *, seed: int) -> RunLoaders:
+def build_loaders(dataset: LoadedDataset, labels: TrainingLabels, d: DataConfig, device: torch.device, *,
+                  seed: int) -> RunLoaders:
     """The loaders of a run over the dataset's ``train`` and ``test`` splits."""
+    train, test, info = dataset.train, dataset.test, dataset.info
 
     def loader(index: np.ndarray, *, shuffle: bool, batch_size: int) -> Any:
         return make_loader(train.subset(index), labels.labels[index], d, info, device, train=shuffle,
-                           batch_size=batch_size, seed=seed)
+                           batch_size=batch_size, seed=seed, user=dataset.user)
 
-    evaluate = {"test": make_loader(test, test.targets, d, info, device, train=False,
-                                    batch_size=d.eval_batch_size, seed=seed)}
+    evaluate = {}
+    if test is not None:
+        evaluate["test"] = make_loader(test, test.targets, d, info, device, train=False,
+                                       batch_size=d.eval_batch_size, seed=seed)
     if len(labels.val_index):
         # The held-out split keeps its noisy labels: it is carved from the training data a user has.
         evaluate["val"] = loader(labels.val_index, shuffle=False, batch_size=d.eval_batch_size)

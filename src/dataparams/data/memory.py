@@ -1,10 +1,11 @@
-"""A loader for datasets that fit in memory: one uint8 tensor, augmentation on tensors.
+"""Loaders for datasets that fit in memory: one tensor on the device, augmentation on tensors.
 
 Following airbench: the whole split lives as one ``(N, C, H, W)`` uint8 tensor on the training
 device, a batch is gathered by index, and the standard augmentation (random crop with zero
 padding, horizontal flip) runs on the batch as tensor ops. Each batch carries the sample indices,
 which is what data parameters need. The order and the augmentation of epoch ``e`` depend only on
 ``(seed, e)``, so a resumed run replays exactly the batches an uninterrupted one would have seen.
+:class:`FeatureLoader` does the same for (N, D) feature vectors.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Augment", "InMemoryLoader", "random_crop", "random_flip"]
+__all__ = ["Augment", "FeatureLoader", "InMemoryLoader", "random_crop", "random_flip"]
 
 
 @dataclass(frozen=True)
@@ -141,3 +142,129 @@ class InMemoryLoader:
                     x = random_flip(x, g)
             x = (x - self.mean) / self.std
             yield x, self.targets.index_select(0, pos), self.index.index_select(0, pos)
+
+
+class FeatureLoader:
+    """Batches ``(x, y, index)`` from (N, D) feature vectors held on the device.
+
+    The order of epoch ``e`` is drawn from ``(seed, e)`` exactly as :class:`InMemoryLoader`
+    draws it, so a resumed run sees the same batches. Standardisation is applied once, when the
+    features are copied to the device, not per batch.
+
+    Parameters
+    ----------
+    features : float array or tensor (N, D)
+    targets : int array or tensor (N,)
+        The labels to train on (noisy labels for a corrupted run).
+    batch_size : int
+    shuffle : bool
+        A new permutation every epoch, drawn from ``(seed, epoch)``.
+    standardize : bool
+        Subtract ``mean`` and divide by ``std`` per feature. Embeddings and hand-made features
+        come in any scale; an MLP trained by SGD needs them near unit scale.
+    mean, std : array (D,), optional
+        The statistics to standardise with, e.g. the training loader's for a test loader
+        (:attr:`mean`, :attr:`std`). By default measured on ``features``; a constant feature
+        gets ``std = 1``.
+    device : torch.device or str
+    seed : int
+    drop_last : bool
+    index : int array (N,), optional
+        The index yielded with each sample (default ``arange(N)``).
+
+    Attributes
+    ----------
+    mean, std : ndarray (D,) float32 or None
+        The statistics used (None when ``standardize`` is False).
+    """
+
+    def __init__(
+        self,
+        features: np.ndarray | Tensor,
+        targets: np.ndarray | Tensor,
+        *,
+        batch_size: int,
+        shuffle: bool = False,
+        standardize: bool = True,
+        mean: np.ndarray | Sequence[float] | None = None,
+        std: np.ndarray | Sequence[float] | None = None,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        drop_last: bool = False,
+        index: np.ndarray | Tensor | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        x = torch.as_tensor(features)
+        if x.dim() != 2 or x.is_complex():
+            raise ValueError(f"features must be a real (N, D) array, got {x.dtype} {tuple(x.shape)}")
+        x = x.to(torch.float32)
+        if not bool(torch.isfinite(x).all()):
+            row = int(torch.nonzero(~torch.isfinite(x).all(1))[0, 0])
+            raise ValueError(f"features hold NaN or infinite values (first in row {row})")
+        n, d = x.shape
+        self.mean: np.ndarray | None = None
+        self.std: np.ndarray | None = None
+        if standardize:
+            if (mean is None) != (std is None):
+                raise ValueError("give both mean and std, or neither")
+            if mean is None:
+                if n == 0:
+                    raise ValueError("cannot measure mean/std on zero rows; pass mean and std")
+                x64 = x.double()  # float32 sums lose digits over many rows
+                m, s = x64.mean(0), x64.std(0, correction=0)
+                s = torch.where(s < 1e-12, torch.ones_like(s), s)
+                self.mean, self.std = m.float().numpy(), s.float().numpy()
+            else:
+                self.mean = np.asarray(mean, dtype=np.float32).reshape(-1)
+                self.std = np.asarray(std, dtype=np.float32).reshape(-1)
+                if self.mean.shape != (d,) or self.std.shape != (d,):
+                    raise ValueError(f"mean/std need {d} values, got {self.mean.size}/{self.std.size}")
+                if (self.std <= 0).any():
+                    raise ValueError("std must be positive")
+            x = (x - torch.from_numpy(self.mean)) / torch.from_numpy(self.std)
+        elif mean is not None or std is not None:
+            raise ValueError("mean/std are only used with standardize=True")
+        self.device = torch.device(device)
+        self.features = x.contiguous().to(self.device)
+        self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.long).to(self.device)
+        if self.targets.shape != (n,):
+            raise ValueError(f"{n} feature rows but targets of shape {tuple(self.targets.shape)}")
+        self.index = (
+            torch.arange(n) if index is None else torch.as_tensor(np.asarray(index), dtype=torch.long)
+        ).to(self.device)
+        if self.index.shape != (n,):
+            raise ValueError(f"{n} feature rows but index of shape {tuple(self.index.shape)}")
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    @property
+    def num_features(self) -> int:
+        return int(self.features.shape[1])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of ``epoch`` (call before iterating)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.features)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _generator(self) -> torch.Generator:
+        # The stream InMemoryLoader uses: one per (seed, epoch), independent of what ran before.
+        return torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(self.epoch))
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        n = len(self.features)
+        order = torch.randperm(n, generator=self._generator()) if self.shuffle else torch.arange(n)
+        order = order.to(self.device)
+        for b in range(len(self)):
+            pos = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield (
+                self.features.index_select(0, pos),
+                self.targets.index_select(0, pos),
+                self.index.index_select(0, pos),
+            )

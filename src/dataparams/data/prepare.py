@@ -203,8 +203,8 @@ def resolve_labels(d: DataConfig, clean: np.ndarray, num_classes: int, *, seed: 
 
 def load_training_labels(cfg: TrainConfig) -> TrainingLabels:
     """The :class:`TrainingLabels` of ``cfg``'s run, without building any loader."""
-    from dataparams.data.registry import load_splits
+    from dataparams.data.registry import load_dataset
 
-    dataset = load_splits(cfg.data.dataset, cfg.data.data_dir, label_set=cfg.data.label_set)
+    dataset = load_dataset(cfg.data)
     return resolve_labels(cfg.data, dataset.train.targets, dataset.train.num_classes, seed=cfg.seed,
                           shipped=dataset.shipped_noisy_labels, name=cfg.data.dataset)

@@ -2,6 +2,8 @@
 
 ``load_splits(name, data_dir)`` returns the train and test :class:`~dataparams.data.base.Split`
 of a dataset found on disk, plus the dataset's own noisy labels where it ships them (CIFAR-N).
+The name ``user`` is the user's own data (:mod:`dataparams.data.user`): one set, no test split,
+its normalisation and input shape measured when it is loaded.
 """
 
 from __future__ import annotations
@@ -9,13 +11,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dataparams.data.base import DatasetNotFoundError, Split
 from dataparams.data.folders import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["DATASETS", "DatasetInfo", "LoadedDataset", "load_splits"]
+__all__ = ["DATASETS", "DATASET_NAMES", "DatasetInfo", "LoadedDataset", "load_dataset", "load_splits"]
 
 
 @dataclass(frozen=True)
@@ -45,15 +48,21 @@ DATASETS: dict[str, DatasetInfo] = {
     "webvision-mini": _IMAGENET,
     "filelist": _IMAGENET,
 }
+#: Every valid ``data.dataset``: the named datasets, and the user's own data.
+DATASET_NAMES: tuple[str, ...] = (*DATASETS, "user")
 
 
 @dataclass
 class LoadedDataset:
+    """``train`` and ``test`` splits (``test`` is None for user data), their normalisation, the
+    labels shipped in place of the clean ones (CIFAR-N human labels), and, for ``user``, the
+    measured :class:`~dataparams.data.user.UserData`."""
+
     train: Split
-    test: Split
+    test: Split | None
     info: DatasetInfo
-    # Labels shipped with the dataset in place of the clean ones (CIFAR-N human labels).
     shipped_noisy_labels: np.ndarray | None = None
+    user: Any = None
 
 
 def _need_dir(name: str, data_dir: str | None) -> Path:
@@ -75,14 +84,20 @@ def _find_one(folder: Path, names: tuple[str, ...], what: str) -> Path:
     raise DatasetNotFoundError(f"{what}: expected one of {', '.join(names)} in {folder}")
 
 
-def load_splits(name: str, data_dir: str | os.PathLike[str] | None = None, *, label_set: str | None = None) -> LoadedDataset:
-    """Load the train and test splits of dataset ``name`` (see :data:`DATASETS`).
+def load_splits(name: str, data_dir: str | os.PathLike[str] | None = None, *, label_set: str | None = None,
+                **user_options: Any) -> LoadedDataset:
+    """Load the train and test splits of dataset ``name`` (see :data:`DATASET_NAMES`).
 
-    ``data_dir`` is the dataset's folder; Fashion-MNIST and MNIST also look in their default
-    places (``/usr/share/datasets/...``). ``label_set`` picks CIFAR-N's human label set.
+    ``data_dir`` is the dataset's folder (for ``user``: the list, folder or ``.npz``);
+    Fashion-MNIST and MNIST also look in their default places (``/usr/share/datasets/...``).
+    ``label_set`` picks CIFAR-N's human label set. ``user_options`` go to
+    :func:`~dataparams.data.user.load_user_data` (``image_size``, ``max_image_size``,
+    ``channels``, ``memory_budget_bytes``, ``progress``).
     """
+    if name == "user":
+        return _load_user(data_dir, **user_options)
     if name not in DATASETS:
-        raise ValueError(f"unknown data.dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise ValueError(f"unknown data.dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     info = DATASETS[name]
     d = None if data_dir is None else str(data_dir)
     if name in ("fashion-mnist", "mnist"):
@@ -124,3 +139,31 @@ def load_splits(name: str, data_dir: str | os.PathLike[str] | None = None, *, la
     if test.classes != train.classes:
         raise ValueError(f"{test_file} and {train_file} do not have the same classes")
     return LoadedDataset(train, test, info)
+
+
+def _load_user(data_dir: str | os.PathLike[str] | None, **options: Any) -> LoadedDataset:
+    from dataparams.data.user import load_user_data
+
+    if data_dir is None:
+        raise DatasetNotFoundError("user data needs data.data_dir: a path,label list, a folder of class folders "
+                                   "or an .npz of features")
+    ud = load_user_data(data_dir, **options)
+    if ud.kind == "images":
+        info = ud.info
+    else:
+        # Features: the loader standardises them; the "image" fields carry the feature count.
+        info = DatasetInfo(tuple(float(v) for v in ud.mean), tuple(float(v) for v in ud.std), 0, 0)
+    return LoadedDataset(ud.to_split(), None, info, user=ud)
+
+
+def load_dataset(d: Any, *, progress: bool = False) -> LoadedDataset:
+    """:func:`load_splits` for a :class:`~dataparams.config.DataConfig` (or its dict form, as in a
+    run's config.json): the dataset with the options its config sets."""
+    get = d.get if isinstance(d, dict) else (lambda k, default=None: getattr(d, k, default))
+    options: dict[str, Any] = {}
+    if get("dataset") == "user":
+        budget = get("memory_budget_mb")
+        options = dict(image_size=get("image_size"), max_image_size=get("max_image_size", 64),
+                       channels=get("channels"), progress=progress,
+                       memory_budget_bytes=None if budget is None else int(budget) << 20)
+    return load_splits(get("dataset"), get("data_dir"), label_set=get("label_set"), **options)

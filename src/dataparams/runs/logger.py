@@ -106,7 +106,7 @@ class RunLogger(Callback):
             scores = self.objective.scores(snap)
             if scores is not None:
                 record["detection"] = detection_report(scores, self.corrupted)
-            for key, values in self.objective.loss_scores().items():
+            for key, values in self.objective.extra_scores().items():
                 rep = detection_report(values, self.corrupted)
                 record[f"detection_{key.replace('-', '_')}"] = {k: rep[k] for k in _SHORT}
         self.run.append_metrics(record)

@@ -1,0 +1,92 @@
+"""From the user's raw data to ranked label issues, in one call (``dataparams find-issues --data``).
+
+:func:`find_label_issues` loads the data (checking every file first: bad input stops it before
+anything is written), trains the instance curriculum on the labels as given (the ``user`` preset,
+with the model, epochs and normalisation chosen from the data), ranks every sample by its learned
+temperature (by default sigma integrated over training, ``sigma-mean``, which does not depend on
+guessing the epoch), flags the estimated number of wrong labels without being told the noise
+rate, and writes what ``dataparams find-issues RUN_DIR`` writes -- ``issues.csv``,
+``label_issues_mask.npy``, ``ranked_label_issues.npy``, ``summary.json`` -- plus ``report.html``
+with the most suspect samples as thumbnails. The run directory (with the trained model,
+``run/model.pt``) is kept under the output folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dataparams.analysis.find_issues import IssueReport, find_issues
+from dataparams.analysis.issues_html import write_issues_html
+from dataparams.build import validate_config
+from dataparams.config import apply_overrides
+from dataparams.data.registry import load_dataset
+from dataparams.experiment import train
+from dataparams.presets import get_preset
+
+__all__ = ["DEFAULT_SCORE", "find_label_issues"]
+
+#: The ranking find-issues uses on user data (see benchmarks/results/user_data.md for why).
+DEFAULT_SCORE = "sigma-mean"
+
+
+def find_label_issues(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    variant: str = "instance",
+    score: str = DEFAULT_SCORE,
+    holdout: float = 0.0,
+    overrides: list[str] = (),
+    seed: int = 1,
+    device: str = "auto",
+    overwrite: bool = False,
+    quiet: bool = False,
+    top: int = 60,
+) -> tuple[IssueReport, dict[str, Path]]:
+    """Train on ``data`` and write its ranked label issues into ``out``.
+
+    Parameters
+    ----------
+    data : path-like
+        A ``path,label`` CSV/TSV list, a folder of class folders, or an ``.npz`` with ``X``, ``y``.
+    out : path-like
+        Output folder; the run directory is ``out/run``.
+    variant : str
+        The ``user`` preset's variant (``instance`` or ``joint``: the score needs instance sigma).
+    score : str
+        One of :data:`dataparams.analysis.find_issues.SCORES`.
+    holdout : float
+        Fraction of the samples held out (with their given labels) to pick the epoch and report
+        accuracy on; those samples are not ranked.
+    overrides : list of str
+        ``section.field=value`` config overrides (e.g. ``model.arch=resnet18``, ``optim.epochs=30``).
+    seed, device, overwrite, quiet
+        As for ``dataparams train``.
+    top : int
+        Suspects shown in ``report.html``.
+
+    Returns
+    -------
+    (IssueReport, dict)
+        The report, and the written files by name (``issues_csv``, ``label_issues_mask``,
+        ``ranked_label_issues``, ``summary``, ``report_html``, ``run_dir``).
+    """
+    cfg = apply_overrides(get_preset(f"user/{variant}"), [f"data.data_dir={os.fspath(data)}",
+                                                            f"data.val_fraction={holdout}", f"seed={seed}",
+                                                            *overrides])
+    validate_config(cfg)
+    dataset = load_dataset(cfg.data, progress=not quiet)  # every file checked before anything is written
+    out = Path(out)
+    run_dir = out / "run"
+    train(cfg, run_dir, overwrite=overwrite, resume=not overwrite and (run_dir / "config.json").exists(),
+          device=device, quiet=quiet, tensorboard=False, dataset=dataset)
+    report = find_issues(run_dir, score=score, dataset=dataset)
+    files = report.save(out)
+    user = dataset.user
+    # The thumbnail is the image the model saw (decoded at the common side).
+    thumbnail = user.thumbnail if user.kind == "images" else None
+    files["report_html"] = write_issues_html(report, out / "report.html", thumbnail=thumbnail, top=top,
+                                             title=f"Label issues in {data}")
+    files["run_dir"] = run_dir
+    return report, files
