@@ -1,0 +1,1164 @@
+"""Data parameters under ``torch.distributed``, with the results of a single process.
+
+Notation, fixed for this module: ``P`` processes (ranks), rank ``r``; a step trains on a *global*
+batch of ``B`` samples, the batch one process would use, of which rank ``r`` holds the contiguous
+share ``S_r`` of ``B_r`` samples (``sum_r B_r = B``, sizes as even as possible); ``N`` training
+instances, ``K`` classes. Indices are global sample indices in ``[0, N)``.
+
+Exactness (:func:`loss_weights`). One process minimises, per step,
+
+    L = (1/B) sum_{b in batch} l_b + sum_{b in batch} rho_b,
+
+the mean per-sample loss plus the regulariser ``rho_b = 0.5 wd (log sigma_b)^2``, which is a *sum*
+over batch occurrences (``DataParameters.sigma_and_regularizer``). Rank ``r`` minimises
+
+    L_r = (P/B) sum_{b in S_r} l_b + P sum_{b in S_r} rho_b,
+
+so that ``sum_r L_r = P L``. DDP averages model gradients, ``(1/P) sum_r grad L_r = grad L``, and
+the data-parameter gradients, summed over ranks and divided by ``P``, are ``grad L`` as well. The
+weights depend on the global ``B`` only, never on ``B_r``: the rule holds for uneven shares,
+a short last batch and even an empty share, where the usual per-rank mean (``1/B_r``) does not.
+
+Two layouts of the data parameters:
+
+* :class:`ReplicatedExchange`: every rank holds all of a :class:`~dataparams.DataParameters`
+  (``(K,)`` and ``(N,)``) and the optimizer's momentum. After ``backward`` the ranks swap only the
+  batch's ``(row, gradient)`` pairs (one all-gather of the packed pairs and their counts, padded
+  to what the largest share can produce) and every rank replaces its sparse gradients by the
+  combined ones, so the same :class:`~dataparams.SparseSGD` step runs everywhere and the
+  replicas stay identical.
+* :class:`ShardedDataParameters`, for ``N`` of 1e8-1e9: rank ``r`` owns the contiguous rows
+  :func:`shard_range` ``(N, P, r)`` of the instance log-sigmas and their momentum; class
+  parameters stay replicated. The global batch's indices are all-gathered, owners fill in their
+  rows and a ``B``-long all-reduce hands every rank its values; after ``backward`` the
+  per-sample gradients are all-gathered and each owner updates its own rows with
+  :func:`~dataparams.optim.sparse_sgd_step`.
+
+Every step communicates and computes O(B), never O(N). Collectives run on the default process
+group in the same order on every rank, outside autograd (before the forward pass and after
+``backward``), so they never interleave with DDP's own all-reduces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import Sampler
+
+from dataparams.optim import sparse_sgd_step
+from dataparams.parameters import DEFAULT_CLAMP, DataParameters
+
+__all__ = [
+    "DistributedContext",
+    "GlobalBatchSampler",
+    "LocalShareLoader",
+    "LossWeights",
+    "ReplicatedExchange",
+    "ShardedDataParameters",
+    "ShardedStepPlan",
+    "StepPlan",
+    "distributed_loss",
+    "init_distributed",
+    "local_share",
+    "loss_weights",
+    "save_replicated",
+    "shard_range",
+    "split_sizes",
+    "wrap_model",
+]
+
+#: ``format`` field of a sharded checkpoint's manifest and shard files.
+SHARDED_FORMAT = "dataparams-sharded/1"
+_MANIFEST = "manifest.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Process context
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands in the job: its rank, the world size and its device.
+
+    ``DistributedContext()`` is the single-process context: rank 0 of 1, no process group, and
+    every helper of this module then runs without a collective. Build the real one with
+    :func:`init_distributed`.
+
+    Attributes
+    ----------
+    rank, world_size, local_rank : int
+        Global rank ``r``, ``P``, and the rank on this node (selects the GPU).
+    device : torch.device
+        Where this rank computes; collectives of this module use tensors on it.
+    backend : str or None
+        ``"nccl"``, ``"gloo"``, ... or None when no process group exists.
+    owns_process_group : bool
+        Whether :meth:`close` destroys the process group (it does only for a group that
+        :func:`init_distributed` created).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    backend: str | None = None
+    owns_process_group: bool = field(default=False, repr=False, compare=False)
+
+    @property
+    def is_distributed(self) -> bool:
+        """More than one process: the helpers of this module communicate."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0, the one that logs and writes shared files."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op in a single process)."""
+        if self.backend is None or not dist.is_initialized():
+            return
+        if self.backend == "nccl":
+            # Without device_ids NCCL guesses the device from the rank, which is wrong on
+            # multi-node jobs whose ranks do not start at GPU 0.
+            dist.barrier(device_ids=[self.device.index or 0])
+        else:
+            dist.barrier()
+
+    def close(self) -> None:
+        """Destroy the process group if :func:`init_distributed` created it."""
+        if self.owns_process_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def __enter__(self) -> DistributedContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _env_int(name: str, default: int | None = None) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        if default is None:
+            raise ValueError(f"environment variable {name} is not set")
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+def _resolve_device(device: str | torch.device, local_rank: int) -> torch.device:
+    if str(device) == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available")
+        # A bare "cuda" means this rank's GPU, not GPU 0 for every rank of the node.
+        return dev if dev.index is not None else torch.device(f"cuda:{local_rank}")
+    if dev.type != "cpu":
+        raise ValueError(f"distributed training runs on 'cpu' or 'cuda', got {str(device)!r}")
+    return dev
+
+
+def init_distributed(
+    device: str | torch.device = "auto",
+    *,
+    backend: str | None = None,
+    timeout: timedelta = timedelta(minutes=30),
+) -> DistributedContext:
+    """Join the job that ``torchrun`` launched, or return the single-process context.
+
+    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (default: ``RANK``), ``MASTER_ADDR`` and
+    ``MASTER_PORT``. Without ``RANK``/``WORLD_SIZE`` in the environment the process was not
+    launched distributed and ``DistributedContext(device=...)`` is returned.
+
+    Parameters
+    ----------
+    device : "auto", "cpu", "cuda" or "cuda:i"
+        ``"auto"`` is ``cuda:LOCAL_RANK`` when CUDA exists, else the CPU; a bare ``"cuda"`` is
+        ``cuda:LOCAL_RANK``. A CUDA device is made the current one.
+    backend : str, optional
+        Default ``"nccl"`` on CUDA and ``"gloo"`` on the CPU.
+    timeout : timedelta
+        How long a collective may wait for the other ranks before failing.
+
+    Returns
+    -------
+    DistributedContext
+        Call :meth:`DistributedContext.close` (or use it as a context manager) at the end. A
+        process group that already exists is reused and left open by ``close``.
+    """
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistributedContext(device=_resolve_device(device, 0))
+    rank, world_size = _env_int("RANK"), _env_int("WORLD_SIZE")
+    local_rank = _env_int("LOCAL_RANK", rank)
+    if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
+        raise ValueError(f"inconsistent RANK={rank}, WORLD_SIZE={world_size}, LOCAL_RANK={local_rank}")
+    dev = _resolve_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if dist.is_initialized():
+        if dist.get_rank() != rank or dist.get_world_size() != world_size:
+            raise RuntimeError(
+                f"a process group exists as rank {dist.get_rank()} of {dist.get_world_size()}, but the "
+                f"environment says rank {rank} of {world_size}"
+            )
+        return DistributedContext(rank, world_size, local_rank, dev, str(dist.get_backend()))
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if missing:
+        raise ValueError(f"RANK and WORLD_SIZE are set but {', '.join(missing)} not; launch with torchrun")
+    backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
+    dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size, timeout=timeout)
+    return DistributedContext(rank, world_size, local_rank, dev, backend, owns_process_group=True)
+
+
+def wrap_model(model: nn.Module, ctx: DistributedContext, **ddp_options: Any) -> nn.Module:
+    """``DistributedDataParallel(model)`` on this rank's device, or ``model`` in one process.
+
+    Keep the data parameters *out* of the wrapped module: DDP would all-reduce them densely
+    (O(N)); they are combined by :class:`ReplicatedExchange` or :class:`ShardedDataParameters`.
+    """
+    if not ctx.is_distributed:
+        return model
+    if ctx.device.type == "cuda":
+        ddp_options.setdefault("device_ids", [ctx.device.index])
+    return nn.parallel.DistributedDataParallel(model, **ddp_options)
+
+
+# --------------------------------------------------------------------------------------------
+# Global batches and their shares
+
+
+def split_sizes(total: int, parts: int) -> list[int]:
+    """Sizes of ``parts`` contiguous pieces of ``total`` items, as even as possible.
+
+    The first ``total % parts`` pieces hold one more item, as ``numpy.array_split`` does.
+    """
+    if parts < 1 or total < 0:
+        raise ValueError(f"need total >= 0 and parts >= 1, got total={total}, parts={parts}")
+    q, rem = divmod(int(total), int(parts))
+    return [q + 1] * rem + [q] * (parts - rem)
+
+
+def shard_range(total: int, parts: int, index: int) -> tuple[int, int]:
+    """``[start, end)`` of piece ``index`` in :func:`split_sizes` ``(total, parts)``."""
+    if not 0 <= index < parts:
+        raise ValueError(f"index must lie in [0, {parts}), got {index}")
+    q, rem = divmod(int(total), int(parts))
+    start = index * q + min(index, rem)
+    return start, start + q + (1 if index < rem else 0)
+
+
+def local_share(batch: Tensor, rank: int, world_size: int) -> Tensor:
+    """This rank's contiguous share of a global batch, along the first axis.
+
+    Parameters
+    ----------
+    batch : Tensor (B, ...)
+        Anything batched: sample indices, labels, inputs.
+
+    Returns
+    -------
+    Tensor (B_r, ...)
+        A view; the shares of ranks ``0..P-1`` concatenated give ``batch`` back.
+    """
+    start, end = shard_range(batch.shape[0], world_size, rank)
+    return batch[start:end]
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Batch sampler yielding this rank's share of every global batch, as global sample indices.
+
+    The global order is the in-memory loaders' (:class:`~dataparams.data.memory.InMemoryLoader`):
+    ``torch.randperm(N)`` drawn from ``torch.Generator().manual_seed(seed * 1_000_003 + epoch)``,
+    cut into batches of ``batch_size``. Use it as
+    ``DataLoader(WithIndex(dataset), batch_sampler=GlobalBatchSampler(...))``; the loader then
+    yields ``(x, y, index)`` with the global indices that data parameters need.
+
+    Parameters
+    ----------
+    num_samples : int
+        ``N``.
+    batch_size : int
+        ``B``, the *global* batch size (what one process would use).
+    rank, world_size : int
+    shuffle, seed, drop_last
+        As in the in-memory loader; ``set_epoch`` selects the permutation.
+
+    Raises
+    ------
+    ValueError
+        When a global batch would leave some rank without a sample (``batch_size < P``, or a
+        last batch shorter than ``P`` without ``drop_last``): a DataLoader cannot collate an
+        empty batch, and DDP needs every rank in every step.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        if num_samples < 0 or batch_size < 1:
+            raise ValueError(f"need num_samples >= 0 and batch_size >= 1, got {num_samples}, {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
+        last = num_samples % batch_size
+        if batch_size < world_size or (not drop_last and 0 < last < world_size):
+            raise ValueError(
+                f"with {world_size} processes every global batch needs >= {world_size} samples; got "
+                f"batch_size={batch_size} and a last batch of {last or batch_size} (use drop_last=True)"
+            )
+        self.num_samples, self.batch_size = int(num_samples), int(batch_size)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.shuffle, self.seed, self.drop_last = shuffle, int(seed), drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of ``epoch`` (call before iterating)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def global_batches(self) -> Iterator[Tensor]:
+        """The global batches of the current epoch, LongTensor (B,) each, identical on every rank."""
+        n = self.num_samples
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        for b in range(len(self)):
+            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.global_batches():
+            yield local_share(batch, self.rank, self.world_size).tolist()
+
+
+class LocalShareLoader:
+    """Wrap a loader of global batches so that it yields this rank's share of each.
+
+    For the in-memory loaders (:class:`~dataparams.data.memory.InMemoryLoader`,
+    ``FeatureLoader``) or any iterable of ``(inputs, targets, indices, ...)`` batches. Every rank
+    iterates the same global batches (same seed and epoch) and keeps its contiguous share, so
+    the order *and* the augmentation equal the single-process run's. The price is that each rank
+    prepares the whole global batch: for data held in memory that is a gather and a few tensor
+    ops per batch, small next to the model; for data read from disk use
+    :class:`GlobalBatchSampler`, which loads only the share.
+
+    ``set_epoch`` and ``len`` are passed through.
+    """
+
+    def __init__(self, loader: Iterable[Sequence[Tensor]], *, rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
+        self.loader, self.rank, self.world_size = loader, int(rank), int(world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        for batch in self.loader:
+            yield tuple(local_share(t, self.rank, self.world_size) for t in batch)
+
+
+# --------------------------------------------------------------------------------------------
+# The loss weighting
+
+
+class LossWeights(NamedTuple):
+    """Factors that make ``P`` ranks reproduce one process (see the module notes).
+
+    Attributes
+    ----------
+    per_sample : float
+        ``P / B``, on the rank's *sum* of per-sample losses.
+    regularizer : float
+        ``P``, on the rank's regulariser (a sum over its batch occurrences).
+    data_gradient : float
+        ``1 / P``, on the data-parameter gradients summed over ranks.
+    """
+
+    per_sample: float
+    regularizer: float
+    data_gradient: float
+
+
+def loss_weights(global_batch_size: int, world_size: int) -> LossWeights:
+    """The per-rank loss weights for a global batch of ``B`` samples over ``P`` ranks.
+
+    With them, DDP's average of the model gradients and the data-parameter gradients summed
+    over ranks times ``data_gradient`` equal the single-process gradients of
+    ``mean(loss) + regularizer`` over the global batch, for any split of the batch. With
+    ``P = 1`` they are ``(1/B, 1, 1)``, the single-process loss itself.
+    """
+    if global_batch_size < 1 or world_size < 1:
+        raise ValueError(f"need global_batch_size >= 1 and world_size >= 1, got {global_batch_size}, {world_size}")
+    return LossWeights(world_size / global_batch_size, float(world_size), 1.0 / world_size)
+
+
+def distributed_loss(
+    per_sample_loss: Tensor, penalty: Tensor, *, global_batch_size: int, world_size: int
+) -> Tensor:
+    """This rank's share of the objective, to backpropagate through the DDP model.
+
+    Parameters
+    ----------
+    per_sample_loss : Tensor (B_r,)
+        The loss of each local sample (``reduction="none"``), e.g. from
+        :func:`~dataparams.scaled_loss`.
+    penalty : Tensor ()
+        The local regulariser (sum over the local batch occurrences).
+    global_batch_size, world_size : int
+        ``B`` (e.g. :attr:`StepPlan.global_batch_size`) and ``P``.
+
+    Returns
+    -------
+    Tensor ()
+        ``(P / B) * per_sample_loss.sum() + P * penalty``.
+    """
+    if per_sample_loss.dim() != 1:
+        raise ValueError(f"per_sample_loss must have shape (B_r,), got {tuple(per_sample_loss.shape)}")
+    if per_sample_loss.shape[0] > global_batch_size:
+        raise ValueError(f"{per_sample_loss.shape[0]} local samples exceed the global batch of {global_batch_size}")
+    w = loss_weights(global_batch_size, world_size)
+    return per_sample_loss.sum() * w.per_sample + penalty * w.regularizer
+
+
+# --------------------------------------------------------------------------------------------
+# Collectives on ragged per-rank data. Bytes are counted per rank as what a ring algorithm makes
+# each rank receive: (P - 1) chunks for an all-gather, 2 (P - 1) / P of the buffer for an
+# all-reduce. Padding is counted, since it travels.
+
+
+def _index_dtype(num_rows: int) -> torch.dtype:
+    # Half the bytes for every data set below 2**31 rows (1e9 samples included).
+    return torch.int32 if num_rows < 2**31 else torch.int64
+
+
+def _all_gather_padded(local: Tensor, max_rows: int, ctx: DistributedContext) -> tuple[Tensor, int]:
+    """All-gather ``local`` (n, ...) padded to ``max_rows`` rows: ``((P, max_rows, ...), bytes)``."""
+    buf = local.new_zeros((max_rows, *local.shape[1:]))
+    buf[: local.shape[0]] = local
+    out = [torch.empty_like(buf) for _ in range(ctx.world_size)]
+    dist.all_gather(out, buf)
+    return torch.stack(out), (ctx.world_size - 1) * buf.numel() * buf.element_size()
+
+
+def _all_gather_ragged(
+    meta: Sequence[int], payload: Tensor, capacity: int, ctx: DistributedContext
+) -> tuple[Tensor, list[Tensor], int]:
+    """All-gather a few integers and a byte string of any length from every rank.
+
+    Each rank sends ``meta``, its payload's length and the payload padded to ``capacity`` bytes
+    in one buffer. When every payload fits, that single collective is all; otherwise the
+    gathered lengths tell every rank alike to send the payloads again, padded to the longest.
+    Callers pass a bound they know, or the longest length seen so far, so that the second
+    round is rare: on a CPU or across nodes the number of collectives, not their O(B) bytes,
+    is what a step waits for.
+
+    Parameters
+    ----------
+    meta : sequence of int
+        The same number of integers on every rank (e.g. ``B_r``).
+    payload : uint8 Tensor (L,)
+    capacity : int
+        The same on every rank.
+
+    Returns
+    -------
+    meta : LongTensor (P, len(meta)), on the CPU
+    payloads : list of P uint8 Tensors
+        Every rank's payload, in rank order.
+    bytes : int
+        Received by this rank (ring accounting).
+    """
+    if not ctx.is_distributed:
+        return torch.tensor([list(meta)], dtype=torch.int64), [payload], 0
+    payload = payload.to(ctx.device)
+    head = torch.tensor([*meta, payload.numel()], dtype=torch.int64, device=ctx.device).view(torch.uint8)
+    buf = torch.zeros(head.numel() + capacity, dtype=torch.uint8, device=ctx.device)
+    buf[: head.numel()] = head
+    if payload.numel() <= capacity:
+        buf[head.numel() : head.numel() + payload.numel()] = payload
+    out = [torch.empty_like(buf) for _ in range(ctx.world_size)]
+    dist.all_gather(out, buf)
+    gathered, nbytes = torch.stack(out), (ctx.world_size - 1) * buf.numel()
+    heads = gathered[:, : head.numel()].clone().view(torch.int64).cpu()
+    lengths = heads[:, -1].tolist()
+    if max(lengths) <= capacity:
+        body = gathered[:, head.numel() :]
+    else:
+        body, more = _all_gather_padded(payload.unsqueeze(1), max(lengths), ctx)
+        body, nbytes = body[..., 0], nbytes + more
+    return heads[:, :-1], [body[r, :n] for r, n in enumerate(lengths)], nbytes
+
+
+#: The empty payload of a gather that carries only its ``meta`` integers.
+_NO_BYTES = torch.empty(0, dtype=torch.uint8)
+
+
+def _unpad(gathered: Tensor, counts: Sequence[int]) -> Tensor:
+    """Concatenate the first ``counts[r]`` rows of each rank's padded block, in rank order."""
+    return torch.cat([gathered[r, :c] for r, c in enumerate(counts)])
+
+
+# --------------------------------------------------------------------------------------------
+# Step plans
+
+
+@dataclass
+class StepPlan:
+    """What the ranks agreed on at the start of a step (returned by ``begin_step``).
+
+    Attributes
+    ----------
+    targets, indices : LongTensor (B_r,)
+        This rank's labels and global sample indices, on the data parameters' device.
+    counts : list of int
+        ``B_r`` of every rank.
+    rank : int
+    bytes_exchanged : int
+        Data-parameter bytes received by this rank in this step so far (ring accounting).
+    """
+
+    targets: Tensor
+    indices: Tensor
+    counts: list[int]
+    rank: int
+    bytes_exchanged: int = 0
+
+    @property
+    def global_batch_size(self) -> int:
+        """``B``, for :func:`distributed_loss`."""
+        return sum(self.counts)
+
+    @property
+    def world_size(self) -> int:
+        return len(self.counts)
+
+    @property
+    def offset(self) -> int:
+        """Position of this rank's first sample in the global batch."""
+        return sum(self.counts[: self.rank])
+
+
+def _check_batch(targets: Tensor, indices: Tensor, num_classes: int, num_instances: int,
+                 device: torch.device) -> tuple[Tensor, Tensor]:
+    for name, t in (("targets", targets), ("indices", indices)):
+        if not isinstance(t, Tensor) or t.dim() != 1 or t.is_floating_point() or t.dtype == torch.bool:
+            raise ValueError(f"{name} must be an integer tensor of shape (B_r,)")
+    if targets.shape != indices.shape:
+        raise ValueError(f"targets and indices differ in size: {targets.shape[0]} and {indices.shape[0]}")
+    targets, indices = targets.to(device, torch.long), indices.to(device, torch.long)
+    if targets.numel():
+        # One host transfer for all four bounds.
+        lo_t, hi_t, lo_i, hi_i = torch.stack([targets.min(), targets.max(), indices.min(), indices.max()]).tolist()
+        if lo_t < 0 or hi_t >= num_classes:
+            raise IndexError(f"targets hold {lo_t if lo_t < 0 else hi_t}, outside [0, {num_classes})")
+        if lo_i < 0 or hi_i >= num_instances:
+            raise IndexError(f"indices hold {lo_i if lo_i < 0 else hi_i}, outside [0, {num_instances})")
+    return targets, indices
+
+
+# --------------------------------------------------------------------------------------------
+# Replicated mode
+
+
+class ReplicatedExchange:
+    """Keep every rank's full :class:`~dataparams.DataParameters` identical to one process's.
+
+    A step::
+
+        plan = exchange.begin_step(y, idx)                        # all-gather of B_r
+        sigma, penalty = exchange.sigma_and_regularizer(plan, wd_class=..., wd_instance=...)
+        loss = distributed_loss(scaled_loss(loss_fn, ddp_model(x), y, sigma, reduction="none"),
+                                penalty, global_batch_size=plan.global_batch_size,
+                                world_size=ctx.world_size)
+        loss.backward()                                           # DDP averages the model's
+        exchange.all_reduce_gradients(plan)                       # the batch's rows only
+        optimizer.step(); dp_optimizer.step()                     # the same update everywhere
+
+    Parameters
+    ----------
+    data_parameters : DataParameters
+        The replica on this rank (all ``N`` rows), initialised identically on every rank.
+    ctx : DistributedContext
+
+    Attributes
+    ----------
+    bytes_total : int
+        Data-parameter bytes received by this rank over all steps.
+
+    Notes
+    -----
+    With a ``torch.amp.GradScaler``, call :meth:`all_reduce_gradients` after ``backward`` and
+    before ``scaler.step(dp_optimizer)``: every rank then holds the same scaled gradients, so the
+    scaler's check for infinities decides alike everywhere.
+    """
+
+    def __init__(self, data_parameters: DataParameters, ctx: DistributedContext) -> None:
+        self.dp = data_parameters
+        self.ctx = ctx
+        self.bytes_total = 0
+
+    def _params(self) -> list[Tensor]:
+        # requires_grad is fixed by the curriculum, the same on every rank, so every rank takes
+        # part in the same collectives even where a local batch left a gradient unset.
+        return [p for p in (self.dp.class_log_sigma, self.dp.instance_log_sigma) if p.requires_grad]
+
+    def begin_step(self, targets: Tensor, indices: Tensor) -> StepPlan:
+        """Agree on the global batch size ``B``: one all-gather of ``B_r``.
+
+        Parameters
+        ----------
+        targets, indices : LongTensor (B_r,)
+            This rank's labels and global sample indices.
+        """
+        device = self.dp.class_log_sigma.device
+        targets, indices = _check_batch(targets, indices, self.dp.class_log_sigma.shape[0],
+                                        self.dp.instance_log_sigma.shape[0], device)
+        meta, _, nbytes = _all_gather_ragged([targets.shape[0]], _NO_BYTES, 0, self.ctx)
+        self.bytes_total += nbytes
+        return StepPlan(targets, indices, meta[:, 0].tolist(), self.ctx.rank, nbytes)
+
+    def sigma_and_regularizer(
+        self, plan: StepPlan, *, wd_class: float = 0.0, wd_instance: float = 0.0
+    ) -> tuple[Tensor, Tensor]:
+        """``DataParameters.sigma_and_regularizer`` on this rank's share: sigma (B_r,), penalty ()."""
+        return self.dp.sigma_and_regularizer(plan.targets, plan.indices, wd_class=wd_class, wd_instance=wd_instance)
+
+    def all_reduce_gradients(self, plan: StepPlan) -> int:
+        """Replace each data-parameter gradient by the sum over ranks times ``1/P``.
+
+        Each rank coalesces its sparse gradients (a class present many times travels once) and
+        all-gathers its ``(row, value)`` pairs, packed into one byte buffer with their counts:
+        one collective, padded to the most a share of ``max(B_r)`` samples can produce
+        (a second one only if a gradient lists more rows than its share has samples, e.g.
+        accumulated over several forward passes). The new ``.grad`` is a sparse COO tensor
+        that lists every rank's rows in rank order; the optimizer sums a row's entries.
+
+        Parameters
+        ----------
+        plan : StepPlan
+            This step's :meth:`begin_step`, after ``backward``.
+
+        Returns
+        -------
+        int
+            Bytes received by this rank in this call (also added to ``plan.bytes_exchanged``).
+        """
+        params = self._params()
+        if not self.ctx.is_distributed or not params:
+            return 0
+        parts = []
+        for p in params:
+            g = p.grad
+            if g is None:
+                rows, values = torch.empty(0, dtype=torch.long, device=p.device), p.new_empty(0)
+            elif not g.is_sparse:
+                raise TypeError("data-parameter gradients must be sparse (gather rows with DataParameters)")
+            else:
+                g = g.coalesce()
+                rows, values = g.indices()[0], g.values()
+            parts.append((rows.to(self.ctx.device), values.to(self.ctx.device)))
+        index_dtype = _index_dtype(max(p.shape[0] for p in params))
+        isz = index_dtype.itemsize
+        bound = sum(min(max(plan.counts), p.shape[0]) * (isz + p.element_size()) for p in params)
+        meta, payloads, nbytes = _all_gather_ragged(
+            [r.shape[0] for r, _ in parts], _pack(parts, index_dtype), bound, self.ctx
+        )
+        pieces = [_unpack(payloads[r], meta[r].tolist(), index_dtype, [p.dtype for p in params])
+                  for r in range(self.ctx.world_size)]
+        scale = loss_weights(plan.global_batch_size, self.ctx.world_size).data_gradient
+        for j, p in enumerate(params):
+            rows = torch.cat([piece[j][0] for piece in pieces]).to(p.device, torch.long)
+            values = torch.cat([piece[j][1] for piece in pieces]).to(p.device) * scale
+            p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, p.shape, check_invariants=False)
+        self.bytes_total += nbytes
+        plan.bytes_exchanged += nbytes
+        return nbytes
+
+
+def _pack(parts: Sequence[tuple[Tensor, Tensor]], index_dtype: torch.dtype) -> Tensor:
+    """Rows and values of every part as one flat uint8 buffer: a single collective moves all."""
+    pieces = []
+    for rows, values in parts:
+        pieces.append(rows.to(index_dtype).contiguous().view(torch.uint8))
+        pieces.append(values.contiguous().view(torch.uint8))
+    return torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.uint8)
+
+
+def _unpack(buf: Tensor, counts: Sequence[int], index_dtype: torch.dtype,
+            value_dtypes: Sequence[torch.dtype]) -> list[tuple[Tensor, Tensor]]:
+    """Inverse of :func:`_pack` for one rank's buffer."""
+    out, at = [], 0
+    isz = index_dtype.itemsize
+    for n, dtype in zip(counts, value_dtypes):
+        vsz = dtype.itemsize
+        # clone: a byte slice at an odd offset cannot be reinterpreted in place.
+        rows = buf[at : at + n * isz].clone().view(index_dtype)
+        at += n * isz
+        values = buf[at : at + n * vsz].clone().view(dtype)
+        at += n * vsz
+        out.append((rows, values))
+    return out
+
+
+def save_replicated(state: dict[str, Any], path: str | os.PathLike[str], ctx: DistributedContext) -> None:
+    """Write a checkpoint once, from rank 0, atomically; every rank returns after it exists.
+
+    With replicated data parameters every rank holds the same state, so the single-process
+    checkpoint is the distributed one; every rank loads it with ``torch.load(path,
+    map_location=ctx.device)``, whatever the number of processes.
+    """
+    if ctx.is_main:
+        _atomic_save(state, Path(path))
+    ctx.barrier()
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` that readers see whole or not at all (see :func:`_atomic_write`)."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write through ``write(file)`` to a temporary file in the same directory, then
+    ``os.replace`` it onto ``path``: readers see the old file or the new one, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# Sharded mode
+
+
+@dataclass
+class ShardedStepPlan(StepPlan):
+    """A :class:`StepPlan` of :class:`ShardedDataParameters`, with what the step fetched.
+
+    Attributes
+    ----------
+    class_log_sigma, instance_log_sigma : Tensor (B_r,) or None
+        Leaf tensors holding ``log sigma`` of this rank's samples (None for a level that is off).
+        The forward pass uses them; ``backward`` fills their ``.grad``, which
+        :meth:`ShardedDataParameters.step` sends to the owners.
+    global_targets, global_indices : LongTensor (B,) or None
+        The whole global batch (targets when the class level is on, indices when the instance
+        level is on).
+    owned_positions : LongTensor or None
+        Positions in the global batch whose instance row this rank owns.
+    """
+
+    class_log_sigma: Tensor | None = None
+    instance_log_sigma: Tensor | None = None
+    global_targets: Tensor | None = None
+    global_indices: Tensor | None = None
+    owned_positions: Tensor | None = None
+
+
+class ShardedDataParameters(nn.Module):
+    """Data parameters whose ``N`` instance rows are split over the ranks (sec. 2, 3.1).
+
+    Rank ``r`` stores the rows ``[start, end) = shard_range(N, P, r)`` of the instance
+    log-sigmas and of their momentum: memory ``8 N / P`` bytes per rank instead of ``8 N``.
+    Class log-sigmas and their momentum (``K`` rows) are replicated. The maths are those of
+    :class:`~dataparams.DataParameters` with :class:`~dataparams.SparseSGD`: the same
+    initialisation and clamp, sigma ``exp(c)``, ``exp(i)`` or ``exp(c) + exp(i)``, the
+    regulariser summed over batch occurrences, momentum SGD on the present rows only.
+
+    A step (:meth:`begin_step`, forward, backward, :meth:`step`)::
+
+        plan = sdp.begin_step(y, idx)                     # indices to owners, values back: O(B)
+        sigma, penalty = sdp.sigma_and_regularizer(plan, wd_class=..., wd_instance=...)
+        loss = distributed_loss(scaled_loss(loss_fn, ddp_model(x), y, sigma, reduction="none"),
+                                penalty, global_batch_size=plan.global_batch_size,
+                                world_size=ctx.world_size)
+        loss.backward()
+        sdp.step(plan)                                    # gradients to owners; owners update
+        optimizer.step()
+
+    Parameters
+    ----------
+    num_classes, num_instances : int
+        ``K`` and ``N``.
+    ctx : DistributedContext
+    class_curriculum, instance_curriculum, init_class, init_instance, clamp
+        As in :class:`~dataparams.DataParameters`.
+    lr_class, lr_instance, momentum, nesterov, weight_decay
+        The update of each level, as in :class:`~dataparams.SparseSGD` (weight decay on present
+        rows; the paper's decay is the regulariser, so keep it 0). The learning rates are plain
+        attributes, for schedules.
+
+    Attributes
+    ----------
+    class_log_sigma, class_momentum : Tensor (K,)
+    instance_log_sigma, instance_momentum : Tensor (end - start,)
+        This rank's rows only; left out of ``state_dict`` (use :meth:`save` and :meth:`load`).
+    shard : (int, int)
+        ``(start, end)``.
+    bytes_total : int
+        Data-parameter bytes received by this rank over all steps.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_instances: int,
+        *,
+        ctx: DistributedContext,
+        class_curriculum: bool = False,
+        instance_curriculum: bool = False,
+        init_class: float = 1.0,
+        init_instance: float = 1.0,
+        clamp: tuple[float, float] | None = DEFAULT_CLAMP,
+        lr_class: float = 0.1,
+        lr_instance: float = 0.1,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        # A one-row DataParameters validates the options and applies its initialisation and
+        # clamp rules, so both layouts start from the same values by construction.
+        template = DataParameters(
+            num_classes, 1, class_curriculum=class_curriculum, instance_curriculum=instance_curriculum,
+            init_class=init_class, init_instance=init_instance, clamp=clamp,
+        )
+        if int(num_instances) < 0:
+            raise ValueError(f"num_instances must be >= 0, got {num_instances}")
+        if not (lr_class >= 0 and lr_instance >= 0 and 0 <= momentum < 1 and weight_decay >= 0):
+            raise ValueError("need lr_class, lr_instance, weight_decay >= 0 and 0 <= momentum < 1")
+        if nesterov and momentum <= 0:
+            raise ValueError("Nesterov momentum requires a momentum > 0")
+        self.ctx = ctx
+        self.num_classes, self.num_instances = int(num_classes), int(num_instances)
+        self.class_curriculum, self.instance_curriculum = bool(class_curriculum), bool(instance_curriculum)
+        self.log_bounds = template.log_bounds
+        self.lr_class, self.lr_instance = float(lr_class), float(lr_instance)
+        self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
+        self.shard = shard_range(self.num_instances, ctx.world_size, ctx.rank)
+        # Bytes of the largest share of (index, target) pairs seen: the padding of begin_step's
+        # gather (see _all_gather_ragged).
+        self._capacity = 0
+        self.bytes_total = 0
+        rows = self.shard[1] - self.shard[0]
+        device = ctx.device
+        self.register_buffer("class_log_sigma", template.class_log_sigma.detach().clone().to(device))
+        self.register_buffer("class_momentum", torch.zeros(self.num_classes, device=device))
+        init = float(template.instance_log_sigma.detach()[0])
+        # Not in state_dict: a checkpoint written by one rank would hold one shard only and load
+        # it on every rank. The instance rows go through save() / load().
+        self.register_buffer("instance_log_sigma", torch.full((rows,), init, device=device), persistent=False)
+        self.register_buffer("instance_momentum", torch.zeros(rows, device=device), persistent=False)
+
+    # -- the step -------------------------------------------------------------------------
+
+    def begin_step(self, targets: Tensor, indices: Tensor) -> ShardedStepPlan:
+        """Make the global batch known and fetch this rank's log-sigmas from their owners.
+
+        Two collectives, both O(B): an all-gather of ``B_r`` and the local (index, target)
+        pairs (padded to the largest share seen so far, so the first step, or a larger batch,
+        takes one more); an all-reduce of the ``B`` instance values, each filled in by its owner
+        (zeros elsewhere, so the sum is exact).
+
+        Parameters
+        ----------
+        targets, indices : LongTensor (B_r,)
+            This rank's labels and global sample indices.
+        """
+        device = self.class_log_sigma.device
+        targets, indices = _check_batch(targets, indices, self.num_classes, self.num_instances, device)
+        columns = []
+        if self.instance_curriculum:
+            columns.append(indices)
+        if self.class_curriculum:
+            columns.append(targets)
+        index_dtype = _index_dtype(max(self.num_instances, self.num_classes))
+        local = torch.stack(columns, 1) if columns else indices.new_empty((indices.shape[0], 0))
+        payload = local.to(self.ctx.device, index_dtype).contiguous().view(torch.uint8).reshape(-1)
+        meta, payloads, nbytes = _all_gather_ragged([targets.shape[0]], payload, self._capacity, self.ctx)
+        # The same lengths reach every rank, so the capacity stays equal everywhere.
+        self._capacity = max(self._capacity, *(p.numel() for p in payloads))
+        plan = ShardedStepPlan(targets, indices, meta[:, 0].tolist(), self.ctx.rank)
+        if columns:
+            # clone: a byte slice at an odd offset cannot be reinterpreted in place.
+            everything = torch.cat([p.clone().view(index_dtype) for p in payloads]).view(-1, len(columns))
+            everything = everything.to(device, torch.long)
+            if self.instance_curriculum:
+                plan.global_indices = everything[:, 0]
+            if self.class_curriculum:
+                plan.global_targets = everything[:, -1]
+        if self.class_curriculum:
+            plan.class_log_sigma = self.class_log_sigma.index_select(0, targets).requires_grad_(True)
+        if self.instance_curriculum:
+            g = plan.global_indices
+            start, end = self.shard
+            owned = ((g >= start) & (g < end)).nonzero().squeeze(1)
+            plan.owned_positions = owned
+            values = self.instance_log_sigma.new_zeros(g.shape[0])
+            values[owned] = self.instance_log_sigma.index_select(0, g[owned] - start)
+            if self.ctx.is_distributed:
+                values = values.to(self.ctx.device)
+                dist.all_reduce(values)
+                nbytes += 2 * (self.ctx.world_size - 1) * values.numel() * values.element_size() // self.ctx.world_size
+                values = values.to(device)
+            mine = values[plan.offset : plan.offset + targets.shape[0]]
+            plan.instance_log_sigma = mine.clone().requires_grad_(True)
+        plan.bytes_exchanged = nbytes
+        self.bytes_total += nbytes
+        return plan
+
+    def sigma_and_regularizer(
+        self, plan: ShardedStepPlan, *, wd_class: float = 0.0, wd_instance: float = 0.0
+    ) -> tuple[Tensor, Tensor]:
+        """Temperatures of this rank's samples and their L2 penalty (eq. 1, sec. 2.2, 3.1).
+
+        Returns
+        -------
+        sigma : Tensor (B_r,)
+            ``exp(c)``, ``exp(i)``, ``exp(c) + exp(i)`` (the joint curriculum adds
+            temperatures), or ones with both levels off.
+        penalty : Tensor ()
+            ``0.5 wd_class sum c^2 + 0.5 wd_instance sum i^2`` over this rank's occurrences.
+        """
+        c, i = plan.class_log_sigma, plan.instance_log_sigma
+        device = self.class_log_sigma.device
+        if c is None and i is None:
+            sigma = torch.ones(plan.targets.shape[0], device=device)
+        elif i is None:
+            sigma = c.exp()  # type: ignore[union-attr]
+        elif c is None:
+            sigma = i.exp()
+        else:
+            sigma = c.exp() + i.exp()
+        penalty = torch.zeros((), device=device)
+        if c is not None and wd_class:
+            penalty = penalty + 0.5 * wd_class * c.square().sum()
+        if i is not None and wd_instance:
+            penalty = penalty + 0.5 * wd_instance * i.square().sum()
+        return sigma, penalty
+
+    def forward(self, plan: ShardedStepPlan) -> Tensor:
+        """sigma (B_r,) of this rank's samples; see :meth:`sigma_and_regularizer`."""
+        return self.sigma_and_regularizer(plan)[0]
+
+    @torch.no_grad()
+    def step(self, plan: ShardedStepPlan, *, grad_scale: float | None = None) -> int:
+        """Send the step's gradients to the owners and update: O(B).
+
+        One all-gather of this rank's per-sample gradients (both levels in one buffer). Every
+        rank then updates the class rows of the global batch (identical on all ranks), and each
+        owner updates its instance rows; the gradients are summed over ranks and scaled by
+        ``1/P`` (:func:`loss_weights`). A row present several times gets the sum of its entries,
+        a present row with a zero gradient still counts as present.
+
+        Parameters
+        ----------
+        plan : ShardedStepPlan
+            From this step's :meth:`begin_step`, after ``backward``.
+        grad_scale : float, optional
+            The loss scale of a ``torch.amp.GradScaler`` (``scaler.get_scale()``): gradients are
+            divided by it, and the step is skipped, on every rank alike, when one is not finite.
+
+        Returns
+        -------
+        int
+            Bytes received by this rank during the whole step (also in ``plan.bytes_exchanged``).
+        """
+        leaves = [t for t in (plan.instance_log_sigma, plan.class_log_sigma) if t is not None]
+        if not leaves:
+            return plan.bytes_exchanged
+        # A level whose sigma was not used in the loss still counts its rows as present,
+        # as a gathered row with a zero gradient does in SparseSGD.
+        local = torch.stack([t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves], 1)
+        if self.ctx.is_distributed:
+            gathered, b = _all_gather_padded(local.to(self.ctx.device), max(plan.counts), self.ctx)
+            plan.bytes_exchanged += b
+            self.bytes_total += b
+            grads = _unpad(gathered, plan.counts).to(local.device)
+        else:
+            grads = local
+        grads = grads * loss_weights(plan.global_batch_size, self.ctx.world_size).data_gradient
+        if grad_scale is not None:
+            grads = grads / grad_scale
+            if not bool(torch.isfinite(grads).all()):
+                return plan.bytes_exchanged
+        options = dict(momentum=self.momentum, weight_decay=self.weight_decay, nesterov=self.nesterov,
+                       bounds=self.log_bounds)
+        if plan.class_log_sigma is not None:
+            g = torch.sparse_coo_tensor(plan.global_targets.unsqueeze(0), grads[:, -1],  # type: ignore[union-attr]
+                                        (self.num_classes,), check_invariants=False)
+            sparse_sgd_step([self.class_log_sigma], [g], [self.class_momentum], lr=self.lr_class, **options)
+        if plan.instance_log_sigma is not None:
+            own = plan.owned_positions
+            rows = plan.global_indices.index_select(0, own) - self.shard[0]  # type: ignore[union-attr]
+            g = torch.sparse_coo_tensor(rows.unsqueeze(0), grads[:, 0].index_select(0, own),  # type: ignore[arg-type]
+                                        self.instance_log_sigma.shape, check_invariants=False)
+            sparse_sgd_step([self.instance_log_sigma], [g], [self.instance_momentum], lr=self.lr_instance,
+                            **options)
+        return plan.bytes_exchanged
+
+    # -- whole-table access and checkpoints (epoch-level, O(N / P) per rank) ---------------
+
+    @torch.no_grad()
+    def gather_instance_log_sigma(self, dst: int = 0) -> Tensor | None:
+        """All ``N`` instance log-sigmas on rank ``dst`` (None elsewhere), e.g. for snapshots.
+
+        O(N) memory on ``dst``: for the end of an epoch, never inside a step.
+        """
+        if not self.ctx.is_distributed:
+            return self.instance_log_sigma.clone()
+        sizes = split_sizes(self.num_instances, self.ctx.world_size)
+        buf = self.instance_log_sigma.new_zeros(max(sizes)).to(self.ctx.device)
+        buf[: self.instance_log_sigma.shape[0]] = self.instance_log_sigma
+        if self.ctx.rank == dst:
+            out = [torch.empty_like(buf) for _ in sizes]
+            dist.gather(buf, out, dst=dst)
+            return torch.cat([o[:s] for o, s in zip(out, sizes)]).to(self.instance_log_sigma.device)
+        dist.gather(buf, None, dst=dst)
+        return None
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write a checkpoint of the data parameters that any number of processes can load.
+
+        Every rank writes its shard (``start``, ``end``, values, momentum) to its own file, rank 0
+        the class parameters; after a barrier rank 0 writes ``manifest.json``, which names the
+        files, and removes the files of older saves. Each file is written atomically and carries
+        a token fresh to this save, so until the manifest is replaced the previous checkpoint is
+        intact: a crash at any point leaves one complete checkpoint. ``directory`` must be
+        shared by all ranks. Collective: call it on every rank.
+
+        Returns
+        -------
+        Path
+            The manifest.
+        """
+        directory = Path(directory)
+        if self.ctx.is_main:
+            directory.mkdir(parents=True, exist_ok=True)
+        token = self._agree_on_token()
+        self.ctx.barrier()
+        p, r = self.ctx.world_size, self.ctx.rank
+        shard_file = f"shard-{r:05d}-of-{p:05d}-{token}.pt"
+        start, end = self.shard
+        _atomic_save(
+            {"format": SHARDED_FORMAT, "start": start, "end": end, "num_instances": self.num_instances,
+             "instance_log_sigma": self.instance_log_sigma.cpu(), "instance_momentum": self.instance_momentum.cpu()},
+            directory / shard_file,
+        )
+        class_file = f"classes-{token}.pt"
+        if self.ctx.is_main:
+            _atomic_save(
+                {"format": SHARDED_FORMAT, "num_classes": self.num_classes,
+                 "class_log_sigma": self.class_log_sigma.cpu(), "class_momentum": self.class_momentum.cpu()},
+                directory / class_file,
+            )
+        self.ctx.barrier()
+        manifest = directory / _MANIFEST
+        if self.ctx.is_main:
+            shards = [
+                {"file": f"shard-{q:05d}-of-{p:05d}-{token}.pt", "start": s, "end": e}
+                for q, (s, e) in enumerate(shard_range(self.num_instances, p, q) for q in range(p))
+            ]
+            text = json.dumps({"format": SHARDED_FORMAT, "num_classes": self.num_classes,
+                               "num_instances": self.num_instances, "world_size": p, "token": token,
+                               "classes": class_file, "shards": shards}, indent=1)
+            _atomic_write(manifest, lambda f: f.write(text.encode()))
+            keep = {class_file, _MANIFEST, *(s["file"] for s in shards)}
+            for f in directory.iterdir():
+                if f.name not in keep and f.suffix == ".pt" and f.name.startswith(("shard-", "classes-")):
+                    f.unlink()
+        self.ctx.barrier()
+        return manifest
+
+    def _agree_on_token(self) -> str:
+        # Rank 0 draws the token and broadcasts it as a tensor (no pickling): every rank must name
+        # its file after the same save.
+        t = torch.tensor([secrets.randbits(62)], dtype=torch.int64, device=self.ctx.device)
+        if self.ctx.is_distributed:
+            dist.broadcast(t, src=0)
+        return f"{int(t.item()):016x}"
+
+    @torch.no_grad()
+    def load(self, directory: str | os.PathLike[str]) -> None:
+        """Load a checkpoint written by :meth:`save` with any number of processes.
+
+        This rank reads the manifest, the class file, and from each old shard that overlaps its
+        own ``[start, end)`` only the overlapping slice (shards are memory-mapped, so the rest of
+        a shard is never read). No collective.
+
+        Raises
+        ------
+        ValueError
+            If the checkpoint is for another ``N`` or ``K``, or its shards do not tile ``[0, N)``.
+        """
+        directory = Path(directory)
+        manifest = json.loads((directory / _MANIFEST).read_text())
+        if manifest.get("format") != SHARDED_FORMAT:
+            raise ValueError(f"{directory / _MANIFEST} is not a {SHARDED_FORMAT} manifest")
+        if manifest["num_instances"] != self.num_instances or manifest["num_classes"] != self.num_classes:
+            raise ValueError(
+                f"checkpoint holds N={manifest['num_instances']}, K={manifest['num_classes']}; this model has "
+                f"N={self.num_instances}, K={self.num_classes}"
+            )
+        shards = manifest["shards"]
+        if [s["start"] for s in shards] != [0, *(s["end"] for s in shards[:-1])] or shards[-1]["end"] != self.num_instances:
+            raise ValueError(f"the shards of {directory} do not tile [0, {self.num_instances})")
+        classes = torch.load(directory / manifest["classes"], map_location="cpu", weights_only=True)
+        self.class_log_sigma.copy_(classes["class_log_sigma"])
+        self.class_momentum.copy_(classes["class_momentum"])
+        start, end = self.shard
+        for s in shards:
+            lo, hi = max(start, s["start"]), min(end, s["end"])
+            if lo >= hi:
+                continue
+            data = torch.load(directory / s["file"], map_location="cpu", weights_only=True, mmap=True)
+            if (data["start"], data["end"]) != (s["start"], s["end"]):
+                raise ValueError(f"{s['file']} holds rows [{data['start']}, {data['end']}), the manifest says "
+                                 f"[{s['start']}, {s['end']})")
+            src = slice(lo - s["start"], hi - s["start"])
+            self.instance_log_sigma[lo - start : hi - start] = data["instance_log_sigma"][src]
+            self.instance_momentum[lo - start : hi - start] = data["instance_momentum"][src]
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, num_instances={self.num_instances}, shard={self.shard}, "
+            f"class_curriculum={self.class_curriculum}, instance_curriculum={self.instance_curriculum}, "
+            f"log_bounds={self.log_bounds}"
+        )
