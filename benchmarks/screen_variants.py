@@ -18,7 +18,6 @@ import json
 from pathlib import Path
 
 from _table import emit
-
 from dataparams.bench import BenchSpec, Cell, _run_many, _threads, _worker
 
 DECAY = ["optim.schedule=multistep", "optim.milestones=[20,30]", "optim.gamma=0.1"]
@@ -49,7 +48,7 @@ def main() -> None:
     root = Path(args.out).resolve()
     jobs = []
     for noise, rate in CELLS:
-        for i, (name, method, setting, schedule) in enumerate(ROWS):
+        for i, (_name, method, setting, schedule) in enumerate(ROWS):
             spec = BenchSpec(methods=[method], overrides=["data.val_fraction=0.1", *schedule])
             folder = root / f"{noise}{int(rate * 100)}" / f"{i:02d}_{method}"
             jobs.append((spec, Cell(method, noise, rate, 100), str(folder), "cpu", _threads(args.jobs), setting,

@@ -5,7 +5,6 @@ import csv
 import json
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -55,7 +54,7 @@ def test_find_issues_on_a_folder_writes_the_ranking_and_the_report(tmp_path, cap
     assert config["data"]["noise"] == "none" and config["choices"]["model"]["value"] == "small_cnn"
     # No test set was needed; the labels were used as given.
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n"] == 60 and summary["score"] == "sigma-mean"
+    assert summary["n"] == 60 and summary["score"] == "mean-loss"
     with open(out / "issues.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert len(table) == 60 and [int(r["rank"]) for r in table] == list(range(1, 61))

@@ -18,6 +18,7 @@ from torch import nn
 
 from dataparams.config import ConfigError, TrainConfig
 from dataparams.data.registry import DATASET_NAMES
+from dataparams.distributed import MODES as DISTRIBUTED_MODES
 from dataparams.methods.registry import OBJECTIVES
 from dataparams.models import ARCHITECTURES, is_known_arch, load_local_weights
 from dataparams.models import build_model as _build_model
@@ -95,6 +96,10 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"method {cfg.method!r} does not combine with data parameters; turn the curriculum off")
     if cfg.calibrate and cfg.data.val_fraction <= 0:
         raise ConfigError("calibrate=true needs a held-out split: set data.val_fraction > 0")
+    check_choice("distributed.mode", cfg.distributed.mode, DISTRIBUTED_MODES)
+    if cfg.distributed.mode == "sharded" and (cfg.method != "ce" or not c.instance_curriculum):
+        raise ConfigError("distributed.mode=sharded shards the instance data parameters, so it needs method=ce with "
+                          "curriculum.instance_curriculum=true; use distributed.mode=replicated for this run")
 
 
 def build_model(cfg: TrainConfig, num_classes: int, *, in_channels: int, image_size: int,

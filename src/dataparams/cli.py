@@ -110,7 +110,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="sigma: instance temperature at an epoch; sigma-mean: sigma integrated over training "
                    "(geometric mean over the epochs); last-loss: each sample's training loss at its last visit; "
                    "mean-loss: its mean over the epochs, the small-loss criterion (the loss scores work for any run) "
-                   "(default: sigma-mean with --data, sigma for RUN_DIR)")
+                   "(default: mean-loss with --data -- the loss under the learned temperatures, averaged over training, "
+                   "which ranked best on our tuning data -- and sigma for RUN_DIR)")
     f.add_argument("--holdout", type=float, default=0.0,
                    help="with --data: fraction held out to choose the epoch and measure accuracy (not ranked; "
                    "default: %(default)s)")
@@ -126,6 +127,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     f.add_argument("--cleaned-labels", choices=["relabel", "drop"],
                    help="also write cleaned_labels_<action>.csv: flagged samples relabelled with the model's "
                    "prediction, or dropped")
+    k = sub.add_parser("kitti-eval", help="KITTI 2D detection AP (the official devkit's rules) of label files",
+                       description="Evaluate detections in KITTI label format (the score as the last column) against "
+                       "KITTI ground-truth label files with the official devkit's semantics: Car at IoU 0.7, Pedestrian "
+                       "and Cyclist at 0.5; easy/moderate/hard by box height, occlusion and truncation; DontCare "
+                       "regions and neighbouring classes ignored; 40-recall-point and 11-point AP, in percent.")
+    k.add_argument("gt_dir", metavar="GT_LABEL_DIR", help="ground-truth label files (e.g. training/label_2)")
+    k.add_argument("det_dir", metavar="DET_LABEL_DIR", help="detection label files; a missing file = no detections")
+    k.add_argument("--split", metavar="FILE", help="ImageSets file: evaluate these image ids only")
+    k.add_argument("--json", metavar="FILE", help='also write {"Car": {"easy": {"ap40": ..., "ap11": ...}, ...}, ...}')
     b = sub.add_parser(
         "bench", help="data parameters vs peer methods: a resumable method x noise x seed grid",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -219,6 +229,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         from dataparams.config import ConfigError
 
         raise ConfigError("choose one of --resume and --overwrite")
+    from dataparams.detection.presets import list_detection_presets
+
+    if args.preset in list_detection_presets():
+        return _train_detection(args)
     cfg = _resolve_config(args)
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
@@ -227,13 +241,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                             Path("runs") / cfg.preset.replace("/", "_")))
     if not args.seeds:
         summary = train(cfg, out, resume=args.resume, overwrite=args.overwrite, **_train_kwargs(args))
-        print(json.dumps(summary, indent=2, allow_nan=True))
+        if summary is not None:  # None on the ranks other than 0 of a torchrun job
+            print(json.dumps(summary, indent=2, allow_nan=True))
         return 0
     summaries = []
     for seed in args.seeds:
         run_cfg = dataclasses.replace(cfg, seed=seed)
         summaries.append(train(run_cfg, out / f"seed{seed}", resume=args.resume, overwrite=args.overwrite,
                                label=f"seed {seed}: ", **_train_kwargs(args)))
+    if None in summaries:  # a rank other than 0 of a torchrun job: rank 0 writes the summary
+        return 0
     keys = ["final_test_acc", "val_selected_test_acc", *[f"test_acc_epoch_{e}" for e in cfg.report_epochs]]
     # Quantities no seed produced (no validation split, no report epoch reached) are left out
     # rather than shown as n/a rows.
@@ -251,16 +268,55 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_detection(args: argparse.Namespace) -> int:
+    """``dataparams train --preset kitti[-synth]/VARIANT``: the detection trainer (sec. 3.3)."""
+    from dataparams.config import ConfigError, apply_overrides, config_to_dict
+    from dataparams.detection.presets import (
+        SYNTHETIC_DATA,
+        ensure_synthetic_data,
+        get_detection_preset,
+        train_detection,
+    )
+
+    if args.method or args.config or args.data or args.seeds:
+        raise ConfigError("--method, --config, --data and --seeds apply to classification presets; train the detection "
+                          "presets one seed at a time (--seed)")
+    cfg = get_detection_preset(args.preset)
+    shorthand = [f"data.root={args.data_dir}" if args.data_dir else "", f"optim.epochs={args.epochs}" if args.epochs else "",
+                 f"seed={args.seed}" if args.seed is not None else "", f"data.workers={args.workers}" if args.workers else ""]
+    cfg = apply_overrides(cfg, [*args.overrides, *(s for s in shorthand if s)])
+    if args.preset.startswith("kitti-synth") and not cfg.data.root:
+        # The synthetic set is written on first use (seconds), from the Fashion-MNIST package.
+        cfg.data.root = str(Path("runs") / "data" / "kitti-synth")
+    if args.print_config:
+        print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
+        return 0
+    if args.preset.startswith("kitti-synth"):
+        ensure_synthetic_data(cfg.data.root, SYNTHETIC_DATA)
+    out = Path(args.out or Path("runs") / args.preset.replace("/", "_"))
+    summary = train_detection(cfg, out, resume=args.resume, overwrite=args.overwrite, device=args.device,
+                              quiet=args.quiet, amp=args.amp)
+    print(json.dumps(summary, indent=2, allow_nan=True))
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
+    from dataparams.detection.presets import get_detection_preset, list_detection_presets
     from dataparams.presets import get_preset, list_presets
 
     for name in list_presets():
         cfg = get_preset(name)
         if name.endswith("/baseline"):
-            print(f"{name.split('/')[0]:<20} {cfg.data.dataset}, {cfg.model.arch}, {cfg.optim.epochs} epochs, "
+            epochs = "epochs from the data" if cfg.optim.epochs == 0 else f"{cfg.optim.epochs} epochs"
+            print(f"{name.split('/')[0]:<20} {cfg.data.dataset}, {cfg.model.arch}, {epochs}, "
                   f"noise {cfg.data.noise} {cfg.data.noise_rate:g}")
     print("\nvariants: baseline, class, instance, joint (and oracle for noisy experiments), e.g. "
           "--preset cifar100-noisy40/instance")
+    print("\ndetection (sec. 3.3), one data parameter per box annotation:")
+    for name in list_detection_presets():
+        cfg = get_detection_preset(name)
+        print(f"{name:<22} {cfg.model.arch}, {cfg.optim.epochs} epochs, box curriculum "
+              f"{'on' if cfg.curriculum.instance_curriculum else 'off'}")
     return 0
 
 
@@ -274,13 +330,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from dataparams.analysis.report import build_report
+    from dataparams.analysis.runs_io import discover_runs
+    from dataparams.detection.figures import detection_report, is_detection_run
 
-    classes = None if args.classes is None else [int(c) if c.lstrip("-").isdigit() else c for c in args.classes]
-    result = build_report(args.run_dirs, Path(args.out), classes=classes, samples=args.samples, seed=args.seed,
-                          quiet=args.quiet)
-    for item in result["skipped"]:
-        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
-    print(f"{len(result['figures'])} figure(s), report: {result['html']}")
+    # Detection runs (sec. 3.3) get their own report: Figure 3, sigma per difficulty, KITTI AP.
+    paths = discover_runs(args.run_dirs)
+    detection = [p for p in paths if is_detection_run(p)]
+    classification = [p for p in paths if not is_detection_run(p)]
+    out = Path(args.out)
+    if detection:
+        det_out = out / "detection" if classification else out
+        result = detection_report(detection, det_out)
+        print(f"{len(result['figures'])} detection figure(s), report: {result['html']}")
+    if classification or not detection:
+        classes = None if args.classes is None else [int(c) if c.lstrip("-").isdigit() else c for c in args.classes]
+        result = build_report(classification or args.run_dirs, out, classes=classes, samples=args.samples,
+                              seed=args.seed, quiet=args.quiet)
+        for item in result["skipped"]:
+            print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+        print(f"{len(result['figures'])} figure(s), report: {result['html']}")
     return 0
 
 
@@ -323,6 +391,14 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     for name, path in files.items():
         print(f"{name}: {path}")
+    return 0
+
+
+def cmd_kitti_eval(args: argparse.Namespace) -> int:
+    from dataparams.detection.kitti_eval import kitti_eval_command
+
+    _, table = kitti_eval_command(args.gt_dir, args.det_dir, split=args.split, json_out=args.json)
+    print(table)
     return 0
 
 
@@ -372,10 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     from dataparams.runs import RunDirError
 
     commands = {"train": cmd_train, "presets": cmd_presets, "demo": cmd_demo, "report": cmd_report,
-                "find-issues": cmd_find_issues, "bench": cmd_bench}
+                "find-issues": cmd_find_issues, "bench": cmd_bench, "kitti-eval": cmd_kitti_eval}
     try:
         return commands[args.command](args)
-    except (ConfigError, DatasetNotFoundError, RunDirError, ValueError, ImportError) as e:
+    except (ConfigError, DatasetNotFoundError, RunDirError, ValueError, ImportError, FileNotFoundError) as e:
         # Bad input (names, values, files, missing optional packages): one line, no traceback.
         print(f"error: {_explain(e)}", file=sys.stderr)
         return 2

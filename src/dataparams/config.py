@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "CurriculumConfig",
     "DataConfig",
+    "DistributedConfig",
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
@@ -145,6 +146,21 @@ class CurriculumConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """How the data parameters are laid out when ``torchrun`` starts several processes.
+
+    ``mode``: ``replicated`` (every process holds all data parameters and per-sample buffers;
+    the batch's gradients are exchanged each step) or ``sharded`` (each process holds the
+    instance parameters, their momentum and the per-sample buffers of its share of the samples,
+    for 1e8-1e9 samples; needs the instance curriculum). Both give the single-process result;
+    a run resumes in the mode that wrote its checkpoint. Without torchrun ``replicated`` is the
+    plain single-process run.
+    """
+
+    mode: str = "replicated"
+
+
+@dataclass
 class TrainConfig:
     """Everything that determines a run's result (plus how it is logged).
 
@@ -168,12 +184,14 @@ class TrainConfig:
     calibrate: bool = False
     notes: str = ""
     choices: dict[str, Any] = field(default_factory=dict)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 # Fields that change how a run is executed or shown but not its result; a checkpoint may be
-# resumed with other values of these.
+# resumed with other values of these (``distributed.mode`` only in the mode that wrote it,
+# which the checkpoint itself enforces).
 EXECUTION_FIELDS = ("data.workers", "data.data_dir", "notes", "data.eval_batch_size", "data.memory_budget_mb",
-                    "choices")
+                    "choices", "distributed.mode")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -274,9 +292,10 @@ def _from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     return cls(**kwargs)
 
 
-def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Rebuild a :class:`TrainConfig` from :func:`config_to_dict` output (e.g. config.json)."""
-    return _from_dict(TrainConfig, data)
+def config_from_dict(data: dict[str, Any], cls: type = TrainConfig) -> Any:
+    """Rebuild a config (a :class:`TrainConfig`, or another dataclass config ``cls``) from
+    :func:`config_to_dict` output (e.g. config.json)."""
+    return _from_dict(cls, data)
 
 
 def shorthand_overrides(*, data_dir: str | None = None, epochs: int | None = None, seed: int | None = None,
@@ -286,19 +305,21 @@ def shorthand_overrides(*, data_dir: str | None = None, epochs: int | None = Non
     return [f"{field}={value}" for field, value in pairs if value is not None and value != ""]
 
 
-def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
-    """Return a copy of ``cfg`` with ``section.field=value`` overrides applied.
+def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
+    """Return a copy of ``cfg`` (a :class:`TrainConfig` or another dataclass config, e.g. the
+    detection config) with ``section.field=value`` overrides applied.
 
     Values are parsed by the field's type (``true``/``false``, numbers, comma lists or JSON,
     ``none``). Unknown fields raise :class:`ConfigError` naming the valid ones.
     """
+    root = type(cfg)
     data = config_to_dict(cfg)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.field=value, e.g. optim.lr=0.1")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
-        cls: Any = TrainConfig
+        cls: Any = root
         node = data
         for depth, part in enumerate(parts):
             names = [f.name for f in dataclasses.fields(cls)]
@@ -315,17 +336,22 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
                 if not dataclasses.is_dataclass(tp):
                     raise ConfigError(f"{'.'.join(parts[: depth + 1])} is not a section")
                 cls, node = tp, node[part]
-    return config_from_dict(data)
+    return config_from_dict(data, root)
 
 
 def diff_configs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted names of fields that differ between two config dicts."""
+    """Dotted names of fields that differ between two config dicts.
+
+    A section missing on one side (a config written before the section existed) is compared
+    field by field as if empty.
+    """
     out = []
     for k in sorted(set(a) | set(b)):
         name = f"{prefix}{k}"
         va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict) and k not in ("method_options", "choices"):
-            out += diff_configs(va, vb, name + ".")
+        sections = (isinstance(va, dict) or va is None) and (isinstance(vb, dict) or vb is None)
+        if sections and (va is not None or vb is not None) and k not in ("method_options", "choices"):
+            out += diff_configs(va or {}, vb or {}, name + ".")
         elif va != vb:
             out.append(name)
     return out

@@ -36,7 +36,28 @@ Two layouts of the data parameters:
 
 Every step communicates and computes O(B), never O(N). Collectives run on the default process
 group in the same order on every rank, outside autograd (before the forward pass and after
-``backward``), so they never interleave with DDP's own all-reduces.
+``backward``), so they never interleave with DDP's own all-reduces. (The one exception,
+:class:`GlobalBatchNorm`, all-reduces inside autograd over a group of its own.)
+
+Training (``torchrun ... -m dataparams train``, :mod:`dataparams.experiment`) puts these pieces
+into the engine's loop unchanged: the objective is :class:`ReplicatedObjective` or
+:class:`ShardedObjective`, whose optimizer (:class:`ExchangeOptimizer`,
+:class:`ShardedOptimizer`) exchanges in its ``step``. One training step on every rank::
+
+    x, y, idx = next(share_loader)        # LocalShareLoader / FileShareLoader: the share S_r
+    logits = ddp_model(x)                 # DDP (BatchNorm over the global batch)
+    loss, per_sample = objective(logits, x, y, idx)
+        # begin_step: all-gather B_r (replicated) / indices and values (sharded)
+        # sigma, penalty; loss = distributed_loss(per_sample, penalty, B, P)
+    loss.backward()                       # DDP all-reduces (averages) the model's gradients
+    optimizer.step()                      # the model's SGD, identical on every rank
+    dp_optimizer.step()                   # exchange the batch's data-parameter gradients,
+                                          # then the SparseSGD update (owners only when sharded)
+    objective.record(idx, per_sample)     # last_loss of the share (sharded: the owners' rows)
+
+At the end of an epoch the engine all-reduces its statistics, the replicated objective
+all-reduces ``last_loss`` (each sample from the rank that visited it), and rank 0 evaluates and
+writes the run directory.
 """
 
 from __future__ import annotations
@@ -51,36 +72,53 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.optim import Optimizer
 from torch.utils.data import Sampler
 
+from dataparams.losses import per_sample_cross_entropy, scaled_loss
+from dataparams.objectives import DataParameterObjective, Objective
 from dataparams.optim import sparse_sgd_step
-from dataparams.parameters import DEFAULT_CLAMP, DataParameters
+from dataparams.parameters import DEFAULT_CLAMP, DataParameters, combine_sigma
 
 __all__ = [
+    "MODES",
     "DistributedContext",
+    "ExchangeOptimizer",
+    "FileShareLoader",
+    "GlobalBatchNorm",
     "GlobalBatchSampler",
     "LocalShareLoader",
     "LossWeights",
     "ReplicatedExchange",
+    "ReplicatedObjective",
     "ShardedDataParameters",
+    "ShardedObjective",
+    "ShardedOptimizer",
     "ShardedStepPlan",
     "StepPlan",
     "distributed_loss",
     "init_distributed",
+    "launched_world_size",
     "local_share",
     "loss_weights",
+    "remove_stale_shards",
     "save_replicated",
     "shard_range",
     "split_sizes",
+    "sync_batch_norm",
+    "unwrap_model",
     "wrap_model",
 ]
 
 #: ``format`` field of a sharded checkpoint's manifest and shard files.
 SHARDED_FORMAT = "dataparams-sharded/1"
 _MANIFEST = "manifest.json"
+#: Keys of a shard file that are not ``extra`` arrays.
+_SHARD_KEYS = frozenset({"format", "start", "end", "num_instances", "instance_log_sigma", "instance_momentum"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,6 +174,15 @@ class DistributedContext:
         else:
             dist.barrier()
 
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """``obj`` of rank ``src`` on every rank (pickled; for small objects such as a decision
+        or an exception that all ranks must act on alike). Returns ``obj`` in one process."""
+        if self.backend is None or not dist.is_initialized():
+            return obj
+        box = [obj if self.rank == src else None]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
     def close(self) -> None:
         """Destroy the process group if :func:`init_distributed` created it."""
         if self.owns_process_group and dist.is_initialized():
@@ -172,6 +219,11 @@ def _resolve_device(device: str | torch.device, local_rank: int) -> torch.device
     if dev.type != "cpu":
         raise ValueError(f"distributed training runs on 'cpu' or 'cuda', got {str(device)!r}")
     return dev
+
+
+def launched_world_size() -> int:
+    """``WORLD_SIZE`` as torchrun (or another launcher) set it; 1 for a process started alone."""
+    return _env_int("WORLD_SIZE", 1)
 
 
 def init_distributed(
@@ -239,6 +291,108 @@ def wrap_model(model: nn.Module, ctx: DistributedContext, **ddp_options: Any) ->
     return nn.parallel.DistributedDataParallel(model, **ddp_options)
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel`` (``model`` itself otherwise).
+
+    Evaluate, predict and checkpoint through it: its ``state_dict`` has the single-process keys,
+    and its forward runs no collective, so one rank can run it alone.
+    """
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch normalisation with the statistics of the *global* batch, on any device and backend.
+
+    In training, every rank sums its share's per-channel ``sum x``, ``sum x^2`` and count (in
+    float64, so that ``E[x^2] - E[x]^2`` keeps its digits) with one differentiable all-reduce;
+    mean and biased variance normalise, the unbiased variance enters the running statistics, as
+    ``BatchNorm`` does for one process. The backward pass all-reduces the gradients of those
+    sums, so the model's gradients are those of the global batch. In eval mode it is a plain
+    ``BatchNorm`` on the running statistics. ``torch.nn.SyncBatchNorm`` does the same on CUDA
+    only; :func:`sync_batch_norm` uses it there and this class elsewhere (CPU with gloo).
+
+    Parameters
+    ----------
+    num_features, eps, momentum, affine, track_running_stats
+        As in ``torch.nn.BatchNorm2d``.
+    process_group : ProcessGroup, optional
+        The group whose ranks share the batch (default: all ranks).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, process_group: Any = None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        if not self.training or not dist.is_initialized():
+            return super().forward(input)
+        from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
+
+        c = input.shape[1]
+        dims = [0, *range(2, input.dim())]
+        count = torch.full((1,), input.numel() // max(c, 1), dtype=torch.float64, device=input.device)
+        sums = [input.sum(dims, dtype=torch.float64), input.square().sum(dims, dtype=torch.float64)]
+        local = torch.cat([*sums, count])
+        total = differentiable_all_reduce(local, group=self.process_group or dist.group.WORLD)
+        n = total[-1]
+        mean = total[:c] / n
+        var = (total[c : 2 * c] / n - mean.square()).clamp_min(0.0)
+        shape = (1, c) + (1,) * (input.dim() - 2)
+        invstd = (var + self.eps).rsqrt()
+        out = (input - mean.to(input.dtype).view(shape)) * invstd.to(input.dtype).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+                factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None  # type: ignore[arg-type]
+                          else self.momentum)
+                unbiased = var * (n / (n - 1).clamp_min(1.0))
+                for buf, value in ((self.running_mean, mean), (self.running_var, unbiased)):
+                    buf.mul_(1 - factor).add_(value.to(buf.dtype), alpha=factor)  # type: ignore[union-attr]
+        return out
+
+
+def sync_batch_norm(model: nn.Module, ctx: DistributedContext) -> nn.Module:
+    """Make every ``BatchNorm`` layer of ``model`` normalise with the global batch's statistics.
+
+    Each rank sees a share of the global batch; normalising with the share's statistics would
+    change the forward pass, so the ranks would not compute what one process computes.
+    ``torch.nn.SyncBatchNorm`` on CUDA, :class:`GlobalBatchNorm` elsewhere (it runs over its own
+    gloo group, so its collectives never interleave with DDP's). Parameters and buffers are
+    moved over as they are (the same tensors), so an optimizer built before stays valid and the
+    ``state_dict`` keys do not change. Returns ``model`` itself in one process. Collective:
+    call it on every rank.
+    """
+    if not ctx.is_distributed or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    if ctx.device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    group = dist.new_group(backend="gloo")
+
+    def convert(module: nn.Module) -> nn.Module:
+        out = module
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+            out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                  module.track_running_stats, process_group=group)
+            if module.affine:
+                out.weight, out.bias = module.weight, module.bias
+            out.running_mean, out.running_var = module.running_mean, module.running_var
+            out.num_batches_tracked = module.num_batches_tracked
+            out.train(module.training)
+        for name, child in module.named_children():
+            out.add_module(name, convert(child))
+        return out
+
+    return convert(model)
+
+
 # --------------------------------------------------------------------------------------------
 # Global batches and their shares
 
@@ -298,6 +452,10 @@ class GlobalBatchSampler(Sampler[list[int]]):
     rank, world_size : int
     shuffle, seed, drop_last
         As in the in-memory loader; ``set_epoch`` selects the permutation.
+    like_dataloader : bool, default False
+        Draw the permutation as ``torch.utils.data.DataLoader(shuffle=True, generator=g)`` does
+        from the same generator: one int64 (the workers' base seed) before ``randperm``. That is
+        the order of :class:`~dataparams.data.loaders.FileLoader`, which shuffles that way.
 
     Raises
     ------
@@ -317,6 +475,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
+        like_dataloader: bool = False,
     ) -> None:
         if num_samples < 0 or batch_size < 1:
             raise ValueError(f"need num_samples >= 0 and batch_size >= 1, got {num_samples}, {batch_size}")
@@ -331,6 +490,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         self.num_samples, self.batch_size = int(num_samples), int(batch_size)
         self.rank, self.world_size = int(rank), int(world_size)
         self.shuffle, self.seed, self.drop_last = shuffle, int(seed), drop_last
+        self.like_dataloader = bool(like_dataloader)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -346,6 +506,10 @@ class GlobalBatchSampler(Sampler[list[int]]):
         n = self.num_samples
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            if self.like_dataloader:
+                # DataLoader's iterator draws its base seed from the generator before the
+                # RandomSampler draws the permutation.
+                torch.empty((), dtype=torch.int64).random_(generator=g)
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
@@ -386,6 +550,54 @@ class LocalShareLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         for batch in self.loader:
             yield tuple(local_share(t, self.rank, self.world_size) for t in batch)
+
+
+class FileShareLoader:
+    """This rank's share of every global batch of a map-style dataset, loading only that share.
+
+    The counterpart of :class:`LocalShareLoader` for data read from disk (image files): a
+    ``DataLoader`` over ``dataset`` whose batch sampler is :class:`GlobalBatchSampler` with
+    ``like_dataloader=True``, so that the global batches are those of
+    :class:`~dataparams.data.loaders.FileLoader` with the same ``seed``, ``batch_size`` and
+    epoch. Yields what the dataset's items collate to (``(x, y, index)`` for the package's
+    file datasets, whose index is the global one).
+
+    Random augmentation inside the dataset draws from each worker's (or the main process's)
+    torch generator, which no split of the work over ranks can reproduce: with augmentation the
+    batches are the single process's, the random crops and flips are not.
+
+    Parameters
+    ----------
+    dataset : map-style Dataset
+    batch_size : int
+        The global batch size ``B``.
+    seed : int
+        The seed of the single-process loader.
+    rank, world_size : int
+    workers : int
+        DataLoader worker processes of this rank.
+    pin_memory : bool
+    """
+
+    def __init__(self, dataset: Any, *, batch_size: int, seed: int, rank: int, world_size: int, workers: int = 0,
+                 pin_memory: bool = False) -> None:
+        self.dataset, self.workers, self.pin_memory = dataset, int(workers), bool(pin_memory)
+        self.sampler = GlobalBatchSampler(len(dataset), batch_size, rank=rank, world_size=world_size, shuffle=True,
+                                          seed=seed, like_dataloader=True)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[Any]:
+        s = self.sampler
+        # The workers' base seed comes from this generator; one stream per (seed, epoch, rank)
+        # keeps the global torch generator untouched, as the single-process loader does.
+        g = torch.Generator().manual_seed((s.seed * 1_000_003 + s.epoch) * 65_537 + s.rank)
+        return iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=s, num_workers=self.workers,
+                                                pin_memory=self.pin_memory, generator=g))
 
 
 # --------------------------------------------------------------------------------------------
@@ -743,6 +955,21 @@ def save_replicated(state: dict[str, Any], path: str | os.PathLike[str], ctx: Di
     ctx.barrier()
 
 
+def remove_stale_shards(directory: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+    """Delete the shard and class files in ``directory`` that ``manifest`` does not name.
+
+    Call it after the save that ``manifest`` describes has been committed, from one rank, while
+    no save is being written: what it removes belongs to older saves, or to a save that crashed
+    before its commit (including the temporary files of an interrupted write).
+    """
+    keep = {manifest["classes"], *(s["file"] for s in manifest["shards"])}
+    for f in Path(directory).iterdir():
+        stale_file = f.suffix == ".pt" and f.name.startswith(("shard-", "classes-")) and f.name not in keep
+        stale_tmp = f.suffix == ".tmp" and f.name.startswith((".shard-", ".classes-"))
+        if stale_file or stale_tmp:
+            f.unlink(missing_ok=True)
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` that readers see whole or not at all (see :func:`_atomic_write`)."""
     _atomic_write(path, lambda f: torch.save(obj, f))
@@ -783,6 +1010,11 @@ class ShardedStepPlan(StepPlan):
         level is on).
     owned_positions : LongTensor or None
         Positions in the global batch whose instance row this rank owns.
+    per_sample_loss : Tensor (B_r,) or None
+        This rank's per-sample losses, set by a caller that wants them sent to the owners with
+        the gradients (:meth:`ShardedDataParameters.gather_gradients`'s ``extra``).
+    global_loss : Tensor (B,) or None
+        Every rank's ``per_sample_loss``, in global-batch order, once gathered.
     """
 
     class_log_sigma: Tensor | None = None
@@ -790,6 +1022,8 @@ class ShardedStepPlan(StepPlan):
     global_targets: Tensor | None = None
     global_indices: Tensor | None = None
     owned_positions: Tensor | None = None
+    per_sample_loss: Tensor | None = None
+    global_loss: Tensor | None = None
 
 
 class ShardedDataParameters(nn.Module):
@@ -818,12 +1052,16 @@ class ShardedDataParameters(nn.Module):
     num_classes, num_instances : int
         ``K`` and ``N``.
     ctx : DistributedContext
-    class_curriculum, instance_curriculum, init_class, init_instance, clamp
+    class_curriculum, instance_curriculum, init_class, init_instance, joint, clamp
         As in :class:`~dataparams.DataParameters`.
     lr_class, lr_instance, momentum, nesterov, weight_decay
         The update of each level, as in :class:`~dataparams.SparseSGD` (weight decay on present
         rows; the paper's decay is the regulariser, so keep it 0). The learning rates are plain
         attributes, for schedules.
+    normalize_instance : bool, default False
+        Normalised instance steps, as a SparseSGD group with ``normalize=True``: the global
+        batch's instance gradient is divided by its root mean square (computed from the gathered
+        gradients, so every owner divides by the same number).
 
     Attributes
     ----------
@@ -846,19 +1084,21 @@ class ShardedDataParameters(nn.Module):
         instance_curriculum: bool = False,
         init_class: float = 1.0,
         init_instance: float = 1.0,
+        joint: str = "sum",
         clamp: tuple[float, float] | None = DEFAULT_CLAMP,
         lr_class: float = 0.1,
         lr_instance: float = 0.1,
         momentum: float = 0.9,
         nesterov: bool = False,
         weight_decay: float = 0.0,
+        normalize_instance: bool = False,
     ) -> None:
         super().__init__()
         # A one-row DataParameters validates the options and applies its initialisation and
         # clamp rules, so both layouts start from the same values by construction.
         template = DataParameters(
             num_classes, 1, class_curriculum=class_curriculum, instance_curriculum=instance_curriculum,
-            init_class=init_class, init_instance=init_instance, clamp=clamp,
+            init_class=init_class, init_instance=init_instance, joint=joint, clamp=clamp,
         )
         if int(num_instances) < 0:
             raise ValueError(f"num_instances must be >= 0, got {num_instances}")
@@ -870,6 +1110,8 @@ class ShardedDataParameters(nn.Module):
         self.num_classes, self.num_instances = int(num_classes), int(num_instances)
         self.class_curriculum, self.instance_curriculum = bool(class_curriculum), bool(instance_curriculum)
         self.log_bounds = template.log_bounds
+        self.joint = joint
+        self.normalize_instance = bool(normalize_instance)
         self.lr_class, self.lr_instance = float(lr_class), float(lr_instance)
         self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
         self.shard = shard_range(self.num_instances, ctx.world_size, ctx.rank)
@@ -953,20 +1195,13 @@ class ShardedDataParameters(nn.Module):
         -------
         sigma : Tensor (B_r,)
             ``exp(c)``, ``exp(i)``, ``exp(c) + exp(i)`` (the joint curriculum adds
-            temperatures), or ones with both levels off.
+            temperatures; ``exp(c + i)`` with ``joint="product"``), or ones with both levels off.
         penalty : Tensor ()
             ``0.5 wd_class sum c^2 + 0.5 wd_instance sum i^2`` over this rank's occurrences.
         """
         c, i = plan.class_log_sigma, plan.instance_log_sigma
         device = self.class_log_sigma.device
-        if c is None and i is None:
-            sigma = torch.ones(plan.targets.shape[0], device=device)
-        elif i is None:
-            sigma = c.exp()  # type: ignore[union-attr]
-        elif c is None:
-            sigma = i.exp()
-        else:
-            sigma = c.exp() + i.exp()
+        sigma = combine_sigma(c, i, batch_size=plan.targets.shape[0], device=device, joint=self.joint)
         penalty = torch.zeros((), device=device)
         if c is not None and wd_class:
             penalty = penalty + 0.5 * wd_class * c.square().sum()
@@ -982,11 +1217,11 @@ class ShardedDataParameters(nn.Module):
     def step(self, plan: ShardedStepPlan, *, grad_scale: float | None = None) -> int:
         """Send the step's gradients to the owners and update: O(B).
 
-        One all-gather of this rank's per-sample gradients (both levels in one buffer). Every
-        rank then updates the class rows of the global batch (identical on all ranks), and each
-        owner updates its instance rows; the gradients are summed over ranks and scaled by
-        ``1/P`` (:func:`loss_weights`). A row present several times gets the sum of its entries,
-        a present row with a zero gradient still counts as present.
+        :meth:`gather_gradients` then :meth:`apply_gradients`. Every rank updates the class rows
+        of the global batch (identically on all ranks), each owner its instance rows; the
+        gradients are summed over ranks and scaled by ``1/P`` (:func:`loss_weights`). A row
+        present several times gets the sum of its entries, a present row with a zero gradient
+        still counts as present.
 
         Parameters
         ----------
@@ -1001,24 +1236,66 @@ class ShardedDataParameters(nn.Module):
         int
             Bytes received by this rank during the whole step (also in ``plan.bytes_exchanged``).
         """
-        leaves = [t for t in (plan.instance_log_sigma, plan.class_log_sigma) if t is not None]
-        if not leaves:
+        grads = self.gather_gradients(plan)
+        if grads is None:
             return plan.bytes_exchanged
-        # A level whose sigma was not used in the loss still counts its rows as present,
-        # as a gathered row with a zero gradient does in SparseSGD.
-        local = torch.stack([t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves], 1)
-        if self.ctx.is_distributed:
-            gathered, b = _all_gather_padded(local.to(self.ctx.device), max(plan.counts), self.ctx)
-            plan.bytes_exchanged += b
-            self.bytes_total += b
-            grads = _unpad(gathered, plan.counts).to(local.device)
-        else:
-            grads = local
-        grads = grads * loss_weights(plan.global_batch_size, self.ctx.world_size).data_gradient
         if grad_scale is not None:
             grads = grads / grad_scale
             if not bool(torch.isfinite(grads).all()):
                 return plan.bytes_exchanged
+        self.apply_gradients(plan, grads)
+        return plan.bytes_exchanged
+
+    def _leaves(self, plan: ShardedStepPlan) -> list[Tensor]:
+        # Column 0 is the instance level when it is on, the last column the class level.
+        return [t for t in (plan.instance_log_sigma, plan.class_log_sigma) if t is not None]
+
+    @torch.no_grad()
+    def gather_gradients(self, plan: ShardedStepPlan, extra: Tensor | None = None) -> Tensor | None:
+        """Every rank's per-sample data-parameter gradients of this step, times ``1/P``: O(B).
+
+        One all-gather of this rank's ``(B_r, L)`` gradients (``L`` levels on), with ``extra``
+        as one more column when given (a per-sample value the owners need, such as the loss;
+        it lands in ``plan.global_loss`` unscaled).
+
+        Returns
+        -------
+        Tensor (B, L) or None
+            Rows in global-batch order; columns as in :meth:`apply_gradients`. None when both
+            levels are off.
+        """
+        leaves = self._leaves(plan)
+        if not leaves:
+            return None
+        # A level whose sigma was not used in the loss still counts its rows as present,
+        # as a gathered row with a zero gradient does in SparseSGD.
+        columns = [t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves]
+        if extra is not None:
+            columns.append(extra.detach().to(columns[0].dtype))
+        local = torch.stack(columns, 1)
+        if self.ctx.is_distributed:
+            gathered, b = _all_gather_padded(local.to(self.ctx.device), max(plan.counts), self.ctx)
+            plan.bytes_exchanged += b
+            self.bytes_total += b
+            everything = _unpad(gathered, plan.counts).to(local.device)
+        else:
+            everything = local
+        if extra is not None:
+            plan.global_loss = everything[:, -1].to(extra.dtype)
+            everything = everything[:, :-1]
+        return everything * loss_weights(plan.global_batch_size, self.ctx.world_size).data_gradient
+
+    @torch.no_grad()
+    def apply_gradients(self, plan: ShardedStepPlan, grads: Tensor) -> None:
+        """The SparseSGD update of the global batch's class rows and this rank's instance rows.
+
+        Parameters
+        ----------
+        plan : ShardedStepPlan
+        grads : Tensor (B, L)
+            From :meth:`gather_gradients` (unscaled, when a gradient scaler is used): column 0
+            the instance level when it is on, the last column the class level when it is on.
+        """
         options = dict(momentum=self.momentum, weight_decay=self.weight_decay, nesterov=self.nesterov,
                        bounds=self.log_bounds)
         if plan.class_log_sigma is not None:
@@ -1026,15 +1303,43 @@ class ShardedDataParameters(nn.Module):
                                         (self.num_classes,), check_invariants=False)
             sparse_sgd_step([self.class_log_sigma], [g], [self.class_momentum], lr=self.lr_class, **options)
         if plan.instance_log_sigma is not None:
+            values = grads[:, 0]
+            if self.normalize_instance and values.numel():
+                # SparseSGD divides the batch's coalesced gradient by its RMS; every rank holds
+                # the whole batch, so every owner divides by the same number.
+                whole = torch.sparse_coo_tensor(plan.global_indices.unsqueeze(0), values,  # type: ignore[union-attr]
+                                                (self.num_instances,), check_invariants=False).coalesce().values()
+                values = values / whole.square().mean().sqrt().clamp_min(1e-12)
             own = plan.owned_positions
             rows = plan.global_indices.index_select(0, own) - self.shard[0]  # type: ignore[union-attr]
-            g = torch.sparse_coo_tensor(rows.unsqueeze(0), grads[:, 0].index_select(0, own),  # type: ignore[arg-type]
+            g = torch.sparse_coo_tensor(rows.unsqueeze(0), values.index_select(0, own),  # type: ignore[arg-type]
                                         self.instance_log_sigma.shape, check_invariants=False)
             sparse_sgd_step([self.instance_log_sigma], [g], [self.instance_momentum], lr=self.lr_instance,
                             **options)
-        return plan.bytes_exchanged
 
     # -- whole-table access and checkpoints (epoch-level, O(N / P) per rank) ---------------
+
+    @torch.no_grad()
+    def gather_shard(self, rows: Tensor, dst: int = 0) -> Tensor | None:
+        """Concatenate every rank's ``rows`` (shard-shaped, ``(end - start, ...)``) on rank ``dst``.
+
+        For any per-sample array kept like the instance log-sigmas (a per-sample loss, say).
+        O(N) memory on ``dst``, None elsewhere: for the end of an epoch, never inside a step.
+        Collective.
+        """
+        if rows.shape[0] != self.shard[1] - self.shard[0]:
+            raise ValueError(f"expected {self.shard[1] - self.shard[0]} rows (this rank's shard), got {rows.shape[0]}")
+        if not self.ctx.is_distributed:
+            return rows.clone()
+        sizes = split_sizes(self.num_instances, self.ctx.world_size)
+        buf = rows.new_zeros((max(sizes), *rows.shape[1:])).to(self.ctx.device)
+        buf[: rows.shape[0]] = rows
+        if self.ctx.rank == dst:
+            out = [torch.empty_like(buf) for _ in sizes]
+            dist.gather(buf, out, dst=dst)
+            return torch.cat([o[:s] for o, s in zip(out, sizes)]).to(rows.device)
+        dist.gather(buf, None, dst=dst)
+        return None
 
     @torch.no_grad()
     def gather_instance_log_sigma(self, dst: int = 0) -> Tensor | None:
@@ -1042,27 +1347,15 @@ class ShardedDataParameters(nn.Module):
 
         O(N) memory on ``dst``: for the end of an epoch, never inside a step.
         """
-        if not self.ctx.is_distributed:
-            return self.instance_log_sigma.clone()
-        sizes = split_sizes(self.num_instances, self.ctx.world_size)
-        buf = self.instance_log_sigma.new_zeros(max(sizes)).to(self.ctx.device)
-        buf[: self.instance_log_sigma.shape[0]] = self.instance_log_sigma
-        if self.ctx.rank == dst:
-            out = [torch.empty_like(buf) for _ in sizes]
-            dist.gather(buf, out, dst=dst)
-            return torch.cat([o[:s] for o, s in zip(out, sizes)]).to(self.instance_log_sigma.device)
-        dist.gather(buf, None, dst=dst)
-        return None
+        return self.gather_shard(self.instance_log_sigma, dst)
 
-    def save(self, directory: str | os.PathLike[str]) -> Path:
+    def save(self, directory: str | os.PathLike[str], extra: dict[str, Tensor] | None = None) -> Path:
         """Write a checkpoint of the data parameters that any number of processes can load.
 
-        Every rank writes its shard (``start``, ``end``, values, momentum) to its own file, rank 0
-        the class parameters; after a barrier rank 0 writes ``manifest.json``, which names the
-        files, and removes the files of older saves. Each file is written atomically and carries
-        a token fresh to this save, so until the manifest is replaced the previous checkpoint is
-        intact: a crash at any point leaves one complete checkpoint. ``directory`` must be
-        shared by all ranks. Collective: call it on every rank.
+        :meth:`write_shards`, then rank 0 writes ``manifest.json``, which names the files, and
+        removes the files of older saves. Until the manifest is replaced the previous checkpoint
+        is intact: a crash at any point leaves one complete checkpoint. Collective: call it on
+        every rank.
 
         Returns
         -------
@@ -1070,17 +1363,52 @@ class ShardedDataParameters(nn.Module):
             The manifest.
         """
         directory = Path(directory)
+        manifest = self.write_shards(directory, extra)
+        path = directory / _MANIFEST
+        if manifest is not None:
+            text = json.dumps(manifest, indent=1)
+            _atomic_write(path, lambda f: f.write(text.encode()))
+            remove_stale_shards(directory, manifest)
+        self.ctx.barrier()
+        return path
+
+    def write_shards(self, directory: str | os.PathLike[str], extra: dict[str, Tensor] | None = None
+                     ) -> dict[str, Any] | None:
+        """Write this save's files; return its manifest on rank 0 (None elsewhere) without committing it.
+
+        Every rank writes its shard (``start``, ``end``, values, momentum and each ``extra``
+        array) to its own file, rank 0 the class parameters. Each file is written atomically
+        and named with a token fresh to this save, so no file of an earlier save is touched:
+        the caller commits the save by writing the manifest where a reader looks for it (a
+        ``manifest.json``, or inside a training checkpoint), and then removes the older files
+        with :func:`remove_stale_shards`. ``directory`` must be shared by all ranks.
+        Collective: call it on every rank.
+
+        Parameters
+        ----------
+        directory : path
+        extra : dict of str to Tensor, optional
+            Per-sample arrays of this rank's rows (``(end - start, ...)``) to keep with the
+            shard, e.g. an objective's per-sample losses; :meth:`read_shards` returns them
+            re-split for the reading rank.
+        """
+        directory = Path(directory)
+        extra = dict(extra or {})
+        rows = self.shard[1] - self.shard[0]
+        for name, t in extra.items():
+            if name in _SHARD_KEYS or t.shape[0] != rows:
+                raise ValueError(f"extra array {name!r}: need a new name and {rows} rows, got {tuple(t.shape)}")
         if self.ctx.is_main:
             directory.mkdir(parents=True, exist_ok=True)
+        # Rank 0 made the directory before it sends the token, so the others find it.
         token = self._agree_on_token()
-        self.ctx.barrier()
         p, r = self.ctx.world_size, self.ctx.rank
-        shard_file = f"shard-{r:05d}-of-{p:05d}-{token}.pt"
         start, end = self.shard
         _atomic_save(
             {"format": SHARDED_FORMAT, "start": start, "end": end, "num_instances": self.num_instances,
-             "instance_log_sigma": self.instance_log_sigma.cpu(), "instance_momentum": self.instance_momentum.cpu()},
-            directory / shard_file,
+             "instance_log_sigma": self.instance_log_sigma.cpu(), "instance_momentum": self.instance_momentum.cpu(),
+             **{name: t.detach().cpu() for name, t in extra.items()}},
+            directory / f"shard-{r:05d}-of-{p:05d}-{token}.pt",
         )
         class_file = f"classes-{token}.pt"
         if self.ctx.is_main:
@@ -1090,22 +1418,12 @@ class ShardedDataParameters(nn.Module):
                 directory / class_file,
             )
         self.ctx.barrier()
-        manifest = directory / _MANIFEST
-        if self.ctx.is_main:
-            shards = [
-                {"file": f"shard-{q:05d}-of-{p:05d}-{token}.pt", "start": s, "end": e}
-                for q, (s, e) in enumerate(shard_range(self.num_instances, p, q) for q in range(p))
-            ]
-            text = json.dumps({"format": SHARDED_FORMAT, "num_classes": self.num_classes,
-                               "num_instances": self.num_instances, "world_size": p, "token": token,
-                               "classes": class_file, "shards": shards}, indent=1)
-            _atomic_write(manifest, lambda f: f.write(text.encode()))
-            keep = {class_file, _MANIFEST, *(s["file"] for s in shards)}
-            for f in directory.iterdir():
-                if f.name not in keep and f.suffix == ".pt" and f.name.startswith(("shard-", "classes-")):
-                    f.unlink()
-        self.ctx.barrier()
-        return manifest
+        if not self.ctx.is_main:
+            return None
+        shards = [{"file": f"shard-{q:05d}-of-{p:05d}-{token}.pt", "start": s, "end": e}
+                  for q, (s, e) in enumerate(shard_range(self.num_instances, p, q) for q in range(p))]
+        return {"format": SHARDED_FORMAT, "num_classes": self.num_classes, "num_instances": self.num_instances,
+                "world_size": p, "token": token, "classes": class_file, "shards": shards, "extra": sorted(extra)}
 
     def _agree_on_token(self) -> str:
         # Rank 0 draws the token and broadcasts it as a tensor (no pickling): every rank must name
@@ -1116,12 +1434,26 @@ class ShardedDataParameters(nn.Module):
         return f"{int(t.item()):016x}"
 
     @torch.no_grad()
-    def load(self, directory: str | os.PathLike[str]) -> None:
+    def load(self, directory: str | os.PathLike[str]) -> dict[str, Tensor]:
         """Load a checkpoint written by :meth:`save` with any number of processes.
 
-        This rank reads the manifest, the class file, and from each old shard that overlaps its
-        own ``[start, end)`` only the overlapping slice (shards are memory-mapped, so the rest of
+        Reads ``manifest.json``; see :meth:`read_shards`. No collective.
+        """
+        directory = Path(directory)
+        return self.read_shards(directory, json.loads((directory / _MANIFEST).read_text()))
+
+    @torch.no_grad()
+    def read_shards(self, directory: str | os.PathLike[str], manifest: dict[str, Any]) -> dict[str, Tensor]:
+        """Load the save that ``manifest`` (from :meth:`write_shards`) describes, by any number of processes.
+
+        This rank reads the class file, and from each old shard that overlaps its own
+        ``[start, end)`` only the overlapping slice (shards are memory-mapped, so the rest of
         a shard is never read). No collective.
+
+        Returns
+        -------
+        dict of str to Tensor
+            This rank's rows of every ``extra`` array of the save, on the CPU.
 
         Raises
         ------
@@ -1129,9 +1461,8 @@ class ShardedDataParameters(nn.Module):
             If the checkpoint is for another ``N`` or ``K``, or its shards do not tile ``[0, N)``.
         """
         directory = Path(directory)
-        manifest = json.loads((directory / _MANIFEST).read_text())
         if manifest.get("format") != SHARDED_FORMAT:
-            raise ValueError(f"{directory / _MANIFEST} is not a {SHARDED_FORMAT} manifest")
+            raise ValueError(f"{directory} holds no {SHARDED_FORMAT} checkpoint")
         if manifest["num_instances"] != self.num_instances or manifest["num_classes"] != self.num_classes:
             raise ValueError(
                 f"checkpoint holds N={manifest['num_instances']}, K={manifest['num_classes']}; this model has "
@@ -1144,6 +1475,7 @@ class ShardedDataParameters(nn.Module):
         self.class_log_sigma.copy_(classes["class_log_sigma"])
         self.class_momentum.copy_(classes["class_momentum"])
         start, end = self.shard
+        extra: dict[str, Tensor] = {}
         for s in shards:
             lo, hi = max(start, s["start"]), min(end, s["end"])
             if lo >= hi:
@@ -1155,6 +1487,12 @@ class ShardedDataParameters(nn.Module):
             src = slice(lo - s["start"], hi - s["start"])
             self.instance_log_sigma[lo - start : hi - start] = data["instance_log_sigma"][src]
             self.instance_momentum[lo - start : hi - start] = data["instance_momentum"][src]
+            for name in manifest.get("extra", []):
+                t = data[name]
+                if name not in extra:
+                    extra[name] = t.new_zeros((end - start, *t.shape[1:]))
+                extra[name][lo - start : hi - start] = t[src]
+        return extra
 
     def extra_repr(self) -> str:
         return (
@@ -1162,3 +1500,374 @@ class ShardedDataParameters(nn.Module):
             f"class_curriculum={self.class_curriculum}, instance_curriculum={self.instance_curriculum}, "
             f"log_bounds={self.log_bounds}"
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Training objectives for a torchrun job (what dataparams.experiment builds)
+
+#: Values of ``TrainConfig.distributed.mode``.
+MODES = ("replicated", "sharded")
+
+
+class ExchangeOptimizer:
+    """The data parameters' optimizer, stepping on the gradients of the global batch.
+
+    What :meth:`ReplicatedObjective.optimizers` returns: :meth:`step` first runs
+    :meth:`ReplicatedExchange.all_reduce_gradients` on the objective's current step (after
+    ``backward``, before the update), then steps the wrapped
+    :class:`~dataparams.optim.SparseSGD`, so every rank applies the same update. ``zero_grad``,
+    ``param_groups``, ``state_dict`` and ``load_state_dict`` are the wrapped optimizer's: a
+    checkpoint holds exactly what one process's holds.
+
+    With a ``torch.amp.GradScaler`` call :meth:`synchronize` before ``scaler.step(optimizer)``
+    (:meth:`dataparams.engine.Execution.backward_and_step` does): the scaler then unscales, and
+    checks for infinities, the combined gradients, which are the same on every rank, so every
+    rank skips or takes the step alike.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The single-process optimizer of the data parameters.
+    objective : ReplicatedObjective
+        Whose ``exchange`` and ``current_plan`` the step uses.
+    """
+
+    def __init__(self, optimizer: Optimizer, objective: ReplicatedObjective) -> None:
+        self.optimizer, self.objective = optimizer, objective
+        self._synchronized: StepPlan | None = None
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    @property
+    def state(self) -> Any:
+        return self.optimizer.state
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return self.optimizer.defaults
+
+    def synchronize(self) -> None:
+        """Combine every rank's gradients of the current step (once per step)."""
+        plan = self.objective.current_plan
+        if plan is None:
+            raise RuntimeError("no step to synchronise: run the objective's forward and backward first")
+        if self._synchronized is not plan:
+            self.objective.exchange.all_reduce_gradients(plan)
+            self._synchronized = plan
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        self.synchronize()
+        return self.optimizer.step(closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state_dict)
+
+
+class ReplicatedObjective(DataParameterObjective):
+    """:class:`~dataparams.objectives.DataParameterObjective` for one rank of a torchrun job.
+
+    Every rank holds all data parameters and all per-sample buffers. Per step: ``forward``
+    agrees on the global batch size (:meth:`ReplicatedExchange.begin_step`) and returns this
+    rank's share of the objective weighted by :func:`distributed_loss`; the optimizer
+    (:class:`ExchangeOptimizer`) combines the batch's data-parameter gradients before updating,
+    so the replicas stay identical to one process's data parameters. ``record`` writes this
+    rank's samples into ``last_loss`` and marks them in ``visited``; at the end of the epoch one
+    all-reduce of the ``(N,)`` buffers gives every rank every sample's loss of its latest
+    visit, after which ``loss_sum`` and ``log_sigma_sum`` accumulate as in one process. The
+    ``state_dict`` has the single-process keys, so checkpoints move between any numbers of
+    processes.
+
+    Parameters
+    ----------
+    data_parameters : DataParameters
+        Initialised identically on every rank.
+    ctx : DistributedContext
+    **options
+        As in :class:`~dataparams.objectives.DataParameterObjective`.
+    """
+
+    def __init__(self, data_parameters: DataParameters, *, ctx: DistributedContext, **options: Any) -> None:
+        super().__init__(data_parameters, **options)
+        self.ctx = ctx
+        self.exchange = ReplicatedExchange(data_parameters, ctx)
+        #: The plan of the step in flight, set by ``forward``; the optimizer reads it.
+        self.current_plan: StepPlan | None = None
+        self._exchanging = {name: ExchangeOptimizer(opt, self) for name, opt in super().optimizers().items()}
+        # Which samples this rank visited in the current epoch; rebuilt every epoch, so not
+        # part of a checkpoint (written after the epoch's combination).
+        self.register_buffer("visited", torch.zeros(self.num_train, dtype=torch.bool, device=self.last_loss.device),
+                             persistent=False)
+
+    def forward(self, logits: Tensor, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+        plan = self.exchange.begin_step(targets, indices)
+        self.current_plan = plan
+        sigma, penalty = self.dp.sigma_and_regularizer(plan.targets, plan.indices, wd_class=self.wd_class,
+                                                       wd_instance=self.wd_instance)
+        per_sample = scaled_loss(self.loss_fn, logits, targets, sigma, reduction="none")
+        loss = distributed_loss(per_sample, penalty, global_batch_size=plan.global_batch_size,
+                                world_size=self.ctx.world_size)
+        return loss, per_sample.detach()
+
+    def optimizers(self) -> dict[str, Optimizer]:
+        return self._exchanging  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def record(self, indices: Tensor, per_sample: Tensor) -> None:
+        super().record(indices, per_sample)
+        self.visited.index_fill_(0, indices, True)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.visited.zero_()
+        super().on_epoch_start(epoch)
+
+    @torch.no_grad()
+    def on_epoch_end(self, epoch: int) -> None:
+        self._combine_last_loss()
+        super().on_epoch_end(epoch)
+
+    @torch.no_grad()
+    def _combine_last_loss(self) -> None:
+        # Each sample's loss comes from the rank that visited it; a sample visited by several
+        # ranks in one epoch (a data set that repeats an index) gets the mean of those losses.
+        if not self.ctx.is_distributed:
+            return
+        both = torch.stack([torch.where(self.visited, self.last_loss, 0.0), self.visited.to(self.last_loss.dtype)])
+        both = both.to(self.ctx.device)
+        dist.all_reduce(both)
+        both = both.to(self.last_loss.device)
+        self.last_loss.copy_(torch.where(both[1] > 0, both[0] / both[1].clamp_min(1.0), self.last_loss))
+
+
+class ShardedOptimizer:
+    """The update of :class:`ShardedDataParameters` as an optimizer for the engine.
+
+    :meth:`step` gathers the step's per-sample gradients, with the per-sample losses as one more
+    column (:meth:`ShardedDataParameters.gather_gradients`), and each owner updates its rows
+    (:meth:`ShardedDataParameters.apply_gradients`). For a ``torch.amp.GradScaler``,
+    :meth:`synchronize` puts the gathered gradients in ``param_groups`` as the gradient of one
+    tensor, so that ``scaler.step(optimizer)`` unscales them, skips the step on every rank alike
+    when one is not finite, and ``scaler.update()`` hears of it, as with one process's
+    SparseSGD. The optimizer state (momentum) lives in the :class:`ShardedDataParameters`,
+    whose shard files hold it: :meth:`state_dict` is empty.
+
+    Parameters
+    ----------
+    objective : ShardedObjective
+    """
+
+    def __init__(self, objective: ShardedObjective) -> None:
+        self.objective = objective
+        self._gradients: Tensor | None = None
+        self._synchronized: ShardedStepPlan | None = None
+        self.state: dict[Any, Any] = {}
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [{"params": [] if self._gradients is None else [self._gradients]}]
+
+    def synchronize(self) -> None:
+        """Gather the current step's gradients and losses from every rank (once per step)."""
+        plan = self.objective.current_plan
+        if plan is None:
+            raise RuntimeError("no step to synchronise: run the objective's forward and backward first")
+        if self._synchronized is plan:
+            return
+        grads = self.objective.dp.gather_gradients(plan, extra=plan.per_sample_loss)
+        if grads is None:
+            raise RuntimeError("sharded data parameters need the instance level on")
+        # The gathered gradients as the .grad of a leaf of their shape: the form in which a
+        # GradScaler finds, unscales and checks gradients.
+        self._gradients = torch.zeros_like(grads).requires_grad_(True)
+        self._gradients.grad = grads
+        self._synchronized = plan
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.synchronize()
+        plan, grads = self.objective.current_plan, self._gradients.grad  # type: ignore[union-attr]
+        self.objective.dp.apply_gradients(plan, grads)  # type: ignore[arg-type]
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        # The step's leaves are fresh tensors of each forward pass; only the gathered copy is ours.
+        self._gradients = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict:
+            raise ValueError("a sharded data-parameter optimizer keeps its state in the shard files, not in a "
+                             f"state_dict; got keys {sorted(state_dict)}")
+
+
+class ShardedObjective(Objective):
+    """The data-parameter objective with instance parameters sharded over the ranks (for N of 1e8-1e9).
+
+    The maths of :class:`~dataparams.objectives.DataParameterObjective` (cross-entropy, or
+    ``loss_fn``, on ``logits / sigma`` plus the L2 penalty on log sigma; sec. 2, 3.1) over a
+    :class:`ShardedDataParameters`. Rank ``r`` keeps, for its rows :func:`shard_range`
+    ``(N, P, r)`` only: the instance log-sigmas and their momentum, and the per-sample buffers
+    ``last_loss``, ``loss_sum`` and ``log_sigma_sum``. That is ``28 N / P`` bytes per rank
+    (float64 sums), where the replicated layout keeps ``36 N`` on every rank. Class parameters
+    (``K`` rows) are replicated. The losses of a step travel to the owners with its gradients
+    (no extra collective).
+
+    What needs all ``N`` values gathers them on rank 0 at the end of an epoch (O(N) there,
+    transiently): :meth:`snapshot` (sigma of every sample), :meth:`extra_scores` (the loss and
+    sigma-mean scores) and hence the per-epoch snapshot and detection metrics. Checkpoints are
+    per-shard files (:meth:`save_shards`) that any number of processes reads back
+    (:meth:`load_shards`); ``state_dict`` holds the replicated part only.
+
+    Parameters
+    ----------
+    num_classes, num_train : int
+        ``K`` and ``N``.
+    ctx : DistributedContext
+    class_curriculum, init_class, init_instance, joint, clamp
+        As in :class:`~dataparams.DataParameters`; the instance level is always on.
+    lr_class, lr_instance, momentum, wd_class, wd_instance, loss_fn, normalize_instance
+        As in :class:`~dataparams.objectives.DataParameterObjective`.
+    """
+
+    name = "data-parameters"
+
+    #: The per-sample buffers, each holding this rank's rows.
+    SHARDED_BUFFERS = ("last_loss", "loss_sum", "log_sigma_sum")
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_train: int,
+        *,
+        ctx: DistributedContext,
+        class_curriculum: bool = False,
+        init_class: float = 1.0,
+        init_instance: float = 1.0,
+        joint: str = "sum",
+        clamp: tuple[float, float] | None = DEFAULT_CLAMP,
+        lr_class: float = 0.1,
+        lr_instance: float = 0.1,
+        momentum: float = 0.9,
+        wd_class: float = 0.0,
+        wd_instance: float = 0.0,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        normalize_instance: bool = False,
+    ) -> None:
+        start, end = shard_range(int(num_train), ctx.world_size, ctx.rank)
+        # The base class allocates last_loss and loss_sum with one row per sample it is given:
+        # this rank's rows.
+        super().__init__(end - start, ctx.device)
+        self.num_train = int(num_train)
+        self.ctx = ctx
+        self.register_buffer("log_sigma_sum", torch.zeros(end - start, dtype=self.loss_sum.dtype, device=ctx.device))
+        for name in self.SHARDED_BUFFERS:
+            # One rank's rows must not reach a state_dict that rank 0 alone saves; they travel in
+            # the shard files.
+            self.register_buffer(name, getattr(self, name), persistent=False)
+        self.dp = ShardedDataParameters(
+            num_classes, num_train, ctx=ctx, class_curriculum=class_curriculum, instance_curriculum=True,
+            init_class=init_class, init_instance=init_instance, joint=joint, clamp=clamp, lr_class=lr_class,
+            lr_instance=lr_instance, momentum=momentum, normalize_instance=normalize_instance,
+        )
+        self.wd_class, self.wd_instance = wd_class, wd_instance
+        self.loss_fn = loss_fn or per_sample_cross_entropy
+        #: The plan of the step in flight, set by ``forward``; the optimizer and ``record`` read it.
+        self.current_plan: ShardedStepPlan | None = None
+        self._optimizer = ShardedOptimizer(self)
+
+    def forward(self, logits: Tensor, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+        plan = self.dp.begin_step(targets, indices)
+        self.current_plan = plan
+        sigma, penalty = self.dp.sigma_and_regularizer(plan, wd_class=self.wd_class, wd_instance=self.wd_instance)
+        per_sample = scaled_loss(self.loss_fn, logits, targets, sigma, reduction="none")
+        plan.per_sample_loss = per_sample.detach()
+        loss = distributed_loss(per_sample, penalty, global_batch_size=plan.global_batch_size,
+                                world_size=self.ctx.world_size)
+        return loss, per_sample.detach()
+
+    def optimizers(self) -> dict[str, Optimizer]:
+        return {"data_parameters": self._optimizer}  # type: ignore[dict-item]
+
+    @torch.no_grad()
+    def record(self, indices: Tensor, per_sample: Tensor) -> None:
+        """The owners write the global batch's losses into their rows of ``last_loss``, O(B).
+
+        The losses were gathered with the step's gradients; ``indices`` and ``per_sample`` (this
+        rank's share) are already part of them.
+        """
+        plan = self.current_plan
+        if plan is None:
+            raise RuntimeError("record() follows a step of this objective")
+        self._optimizer.synchronize()
+        own = plan.owned_positions
+        rows = plan.global_indices.index_select(0, own) - self.dp.shard[0]  # type: ignore[union-attr]
+        losses = plan.global_loss.index_select(0, own)  # type: ignore[union-attr,arg-type]
+        self.last_loss.index_put_((rows,), losses.to(self.last_loss.dtype))
+
+    @torch.no_grad()
+    def on_epoch_end(self, epoch: int) -> None:
+        super().on_epoch_end(epoch)
+        self.log_sigma_sum += self.dp.instance_log_sigma.to(self.log_sigma_sum.dtype)
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Class sigma, and on rank 0 every sample's sigma (gathered: collective, O(N) on rank 0)."""
+        out = {}
+        if self.dp.class_curriculum:
+            out["class_sigma"] = self.dp.class_log_sigma.detach().exp().float().cpu().numpy()
+        gathered = self.dp.gather_instance_log_sigma()
+        if gathered is not None:
+            out["instance_sigma"] = gathered.exp().float().cpu().numpy()
+        return out
+
+    def scores(self, snapshot: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
+        # The instance temperature is the paper's noise score (sec. 3.4, Figure 4).
+        snap = self.snapshot() if snapshot is None else snapshot
+        return snap.get("instance_sigma")
+
+    def extra_scores(self) -> dict[str, np.ndarray]:
+        """The scores of :meth:`DataParameterObjective.extra_scores` on rank 0 (empty elsewhere).
+
+        One gather of the three per-sample buffers (collective, O(N) on rank 0).
+        """
+        local = torch.stack([getattr(self, name).double() for name in self.SHARDED_BUFFERS], 1)
+        gathered = self.dp.gather_shard(local)
+        if gathered is None:
+            return {}
+        last_loss, loss_sum, log_sigma_sum = (gathered[:, k] for k in range(3))
+        out = {"last-loss": last_loss.float().cpu().numpy()}
+        epochs = int(self.epochs_seen)
+        if epochs:
+            out["mean-loss"] = loss_sum.cpu().numpy() / epochs
+            out["sigma-mean"] = np.exp(log_sigma_sum.cpu().numpy() / epochs)
+        return out
+
+    def save_shards(self, directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+        """Write this rank's rows (parameters, momentum, per-sample buffers) to ``directory``.
+
+        :meth:`ShardedDataParameters.write_shards`: collective; returns the manifest on rank 0
+        (None elsewhere), which the caller commits inside its checkpoint.
+        """
+        return self.dp.write_shards(directory, {name: getattr(self, name) for name in self.SHARDED_BUFFERS})
+
+    @torch.no_grad()
+    def load_shards(self, directory: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+        """Load this rank's rows of a save by any number of processes (no collective)."""
+        arrays = self.dp.read_shards(directory, manifest)
+        for name in self.SHARDED_BUFFERS:
+            buf = getattr(self, name)
+            if name in arrays:
+                buf.copy_(arrays[name])
+            elif buf.numel():
+                raise ValueError(f"the sharded checkpoint in {directory} holds no {name!r}")

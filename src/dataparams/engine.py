@@ -8,6 +8,13 @@ Whether a curriculum is on is invisible here: a disabled one is sigma = 1 inside
 Per-step cost is O(B): the per-sample state (the objective's buffers, its ``last_loss``) is
 written by index, and the epoch statistics stay on the device; the host reads them at the end of
 the epoch, or about once a second for a progress bar.
+
+Under ``torchrun`` (a :class:`~dataparams.distributed.DistributedContext` with more than one
+process) the loop is the same on every rank: the model is a ``DistributedDataParallel``, the
+loader yields this rank's share of each global batch, and the objective weights and combines
+(:mod:`dataparams.distributed`). The engine adds two things: the epoch statistics are summed
+over the ranks, and evaluation runs on rank 0 alone, through the unwrapped model, so that its
+numbers are those of one process.
 """
 
 from __future__ import annotations
@@ -19,10 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from dataparams.distributed import DistributedContext, unwrap_model
 from dataparams.objectives import Objective
 
 __all__ = [
@@ -98,6 +107,13 @@ class Execution:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def backward_and_step(self, loss: Tensor, optimizers: Sequence[Optimizer]) -> None:
+        """Backpropagate ``loss`` and step every optimizer (through the gradient scaler, if any).
+
+        An optimizer with a ``synchronize()`` method (the distributed data-parameter optimizers)
+        combines the ranks' gradients there; with a scaler it is called before
+        ``scaler.step``, so that the scaler checks the combined gradients, which every rank
+        holds alike, and all ranks skip or take the step together.
+        """
         if self.scaler is None:
             loss.backward()
             for opt in optimizers:
@@ -105,6 +121,9 @@ class Execution:
             return
         self.scaler.scale(loss).backward()
         for opt in optimizers:
+            synchronize = getattr(opt, "synchronize", None)
+            if synchronize is not None:
+                synchronize()
             self.scaler.step(opt)
         self.scaler.update()
 
@@ -145,6 +164,16 @@ class EpochStats:
         n = max(self.seen, 1)
         return loss_sum / n, 100.0 * correct / n
 
+    def all_reduce(self, ctx: DistributedContext) -> None:
+        """Sum the sums and counts over the ranks (one collective), e.g. at the end of an epoch."""
+        if not ctx.is_distributed:
+            return
+        packed = torch.cat([self.sums, self.sums.new_tensor([float(self.seen)])]).to(ctx.device)
+        dist.all_reduce(packed)
+        packed = packed.to(self.sums.device)
+        self.sums.copy_(packed[:3])
+        self.seen = int(packed[3].item())
+
     def as_dict(self, has_clean: bool) -> dict[str, float]:
         loss_sum, correct, correct_clean = self.sums.tolist()
         n = max(self.seen, 1)
@@ -166,6 +195,7 @@ def train_one_epoch(
     callbacks: Sequence[Callback] = (),
     progress: Any = None,
     progress_interval_s: float = 1.0,
+    ctx: DistributedContext | None = None,
 ) -> dict[str, float]:
     """Train for one epoch; return mean training loss (without regulariser) and accuracies.
 
@@ -176,7 +206,10 @@ def train_one_epoch(
         True labels, to report training accuracy against them as well as the given ones.
     progress : tqdm-like, optional
         Advanced once per batch; its running loss and accuracy are refreshed at most every
-        ``progress_interval_s`` seconds, since reading them waits for the device.
+        ``progress_interval_s`` seconds, since reading them waits for the device. Under
+        torchrun they are this rank's share's.
+    ctx : DistributedContext, optional
+        Under torchrun: the returned numbers are over every rank's samples.
     """
     execution = execution or Execution(device)
     objective.autocast = execution.autocast
@@ -208,6 +241,8 @@ def train_one_epoch(
                 shown_at = now
                 mean_loss, acc = stats.running()
                 progress.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{acc:.1f}", refresh=False)
+    if ctx is not None:
+        stats.all_reduce(ctx)
     return stats.as_dict(clean_targets is not None)
 
 
@@ -273,6 +308,7 @@ def fit(
     clean_targets: Tensor | None = None,
     callbacks: Sequence[Callback] = (),
     progress_factory: Any = None,
+    ctx: DistributedContext | None = None,
 ) -> list[dict[str, Any]]:
     """Train from ``start_epoch`` to ``epochs`` (0-based, exclusive), evaluating every epoch.
 
@@ -281,8 +317,14 @@ def fit(
     makes a resumed run equal an uninterrupted one. ``scheduler`` is stepped once per epoch.
     ``progress_factory(epoch, total_batches)`` returns a tqdm-like bar or None.
 
+    Under torchrun (``ctx`` with several processes) every rank runs this loop; the training
+    statistics are summed over the ranks, and ``eval_loaders`` are evaluated on rank 0 only
+    (the other ranks' records have no evaluation numbers), with the model outside its
+    ``DistributedDataParallel`` wrapper.
+
     Returns the list of per-epoch records (also passed to ``on_epoch_end``).
     """
+    evaluates = ctx is None or ctx.is_main
     history = []
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
@@ -305,12 +347,13 @@ def fit(
                     clean_targets=clean_targets,
                     callbacks=callbacks,
                     progress=bar,
+                    ctx=ctx,
                 )
             )
             objective.on_epoch_end(epoch)
             record["train_time_s"] = time.perf_counter() - t0
-            for name, loader in (eval_loaders or {}).items():
-                ev = evaluate(model, loader, device, execution=execution)
+            for name, loader in (eval_loaders or {}).items() if evaluates else ():
+                ev = evaluate(unwrap_model(model), loader, device, execution=execution)
                 record[f"{name}_loss"], record[f"{name}_acc"] = ev["loss"], ev["acc"]
             if bar is not None:
                 shown = {k: f"{record[k]:.2f}" for k in ("train_acc", "test_acc") if k in record}

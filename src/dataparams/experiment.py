@@ -7,6 +7,17 @@ the data and resolve its labels (:mod:`dataparams.data.prepare`), build the load
 directory (:mod:`dataparams.runs`), train with :func:`dataparams.engine.fit`, and write the final
 predictions and summary. Everything that can fail on bad input (unknown names, missing data, a run
 directory holding another run) fails before anything is written.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs :func:`train` with the same arguments
+and sees exactly the global batches of one process (``data.batch_size`` samples, the same order
+and in-memory augmentation), of which it trains its contiguous share with global sample indices
+(:mod:`dataparams.distributed`). The model is wrapped in ``DistributedDataParallel`` with its
+BatchNorm layers normalising over the global batch; the objective is the data-parameter
+objective in its distributed form, ``distributed.mode=replicated`` (every process holds all data
+parameters) or ``sharded`` (each holds its share of the instance rows). Rank 0 alone prepares the
+run directory (its outcome, or its error, is broadcast), evaluates, logs, writes snapshots, the
+checkpoint and the summary; in sharded mode every process also writes its shard files, which the
+checkpoint commits. A checkpoint resumes with any number of processes.
 """
 
 from __future__ import annotations
@@ -21,18 +32,30 @@ import torch
 
 from dataparams.build import build_model, build_optimizer, seed_everything, validate_config
 from dataparams.calibration import expected_calibration_error, fit_temperature
-from dataparams.config import TrainConfig, config_to_dict
-from dataparams.data.loaders import RunLoaders, build_loaders
+from dataparams.config import ConfigError, TrainConfig, config_to_dict
+from dataparams.data.loaders import FileLoader, RunLoaders, build_loaders
 from dataparams.data.prepare import TrainingLabels, resolve_labels
 from dataparams.data.registry import LoadedDataset, load_dataset
+from dataparams.distributed import (
+    DistributedContext,
+    FileShareLoader,
+    LocalShareLoader,
+    ReplicatedObjective,
+    ShardedObjective,
+    init_distributed,
+    launched_world_size,
+    sync_batch_norm,
+    wrap_model,
+)
 from dataparams.engine import Execution, fit, predict, resolve_device
 from dataparams.methods.registry import build_objective
+from dataparams.objectives import Objective
 from dataparams.presets import complete_user_config
 from dataparams.runs import RunDir
 from dataparams.runs.logger import RunLogger, progress_factory, write_line
 from dataparams.runs.state import capture_state, restore_state
 
-__all__ = ["export_model", "summarize_history", "train"]
+__all__ = ["check_distributable", "export_model", "summarize_history", "train"]
 
 #: Detection numbers of the objective's own score kept in summary.json.
 _SUMMARY_DETECTION = ("auroc", "average_precision", "precision_at_k", "top_fraction_purity", "separated_fraction")
@@ -52,15 +75,68 @@ def train(
     channels_last: bool = True,
     label: str = "",
     dataset: LoadedDataset | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Run (or resume) training of ``cfg`` into run directory ``out``; return the summary.
 
     ``device``, ``amp``, ``deterministic``, ``channels_last`` choose how it runs (not part of the
     config); ``quiet`` turns off progress output; ``label`` prefixes the progress bars; ``dataset``
     is ``cfg.data``'s dataset when the caller has already loaded it.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls this with the same arguments and
+    trains its share of every global batch (see the module notes); ``device="auto"`` is
+    ``cuda:LOCAL_RANK`` (or the CPU). Rank 0 writes the run directory and returns the summary,
+    the other ranks return None.
     """
     validate_config(cfg)
-    dev = resolve_device(device)
+    if launched_world_size() > 1:
+        check_distributable(cfg)
+        ctx = init_distributed(device)
+    else:
+        ctx = DistributedContext(device=resolve_device(device))
+    try:
+        summary = _train(cfg, out, ctx, resume=resume, overwrite=overwrite, amp=amp, deterministic=deterministic,
+                         quiet=quiet or not ctx.is_main, tensorboard=tensorboard and ctx.is_main,
+                         channels_last=channels_last, label=label, dataset=dataset)
+        # The other ranks wait for rank 0's final predictions and summary, so that the job ends
+        # (and its process group is torn down) together.
+        ctx.barrier()
+        return summary
+    finally:
+        ctx.close()
+
+
+#: Why each peer method is refused under torchrun (see :func:`check_distributable`).
+_NOT_DISTRIBUTED = {
+    "coteaching": "it keeps the small-loss fraction of each batch by ranking the batch's losses, which each "
+                  "process would do on its own share, and its second network is not synchronised by DDP",
+    "superloss": "its per-sample confidence and its tau='ema' threshold (a running mean over batches) are "
+                 "not combined across processes",
+    "aum": "its per-sample margin sums are not combined across processes",
+    "gce": "its loss is averaged over each process's share instead of being weighted over the global batch",
+    "sce": "its loss is averaged over each process's share instead of being weighted over the global batch",
+}
+
+
+def check_distributable(cfg: TrainConfig) -> None:
+    """``ConfigError`` unless ``cfg`` trains under torchrun with the single-process result.
+
+    The distributed path weights each process's share of the global batch, exchanges the data
+    parameters' gradients and combines the per-sample buffers for the data-parameter objective
+    (``method=ce``, any curriculum, ``curriculum.loss`` ce or gce). The peer methods' objectives do
+    none of that, so they are refused rather than run inexactly.
+    """
+    if cfg.method == "ce":
+        return
+    reason = _NOT_DISTRIBUTED.get(cfg.method, "its objective is not written for several processes")
+    raise ConfigError(f"method={cfg.method} cannot run under torchrun with the result of one process: {reason}. "
+                      "Run it without torchrun, or use method=ce (data parameters; curriculum.loss=gce gives "
+                      "GCE on the scaled logits)")
+
+
+def _train(cfg: TrainConfig, out: str | os.PathLike[str], ctx: DistributedContext, *, resume: bool, overwrite: bool,
+           amp: str, deterministic: bool, quiet: bool, tensorboard: bool, channels_last: bool, label: str,
+           dataset: LoadedDataset | None) -> dict[str, Any] | None:
+    dev = ctx.device
     execution = Execution.create(dev, amp, channels_last=channels_last)
     seed_everything(cfg.seed, deterministic=deterministic)
 
@@ -77,6 +153,7 @@ def train(
     labels = resolve_labels(cfg.data, dataset.train.targets, dataset.train.num_classes, seed=cfg.seed,
                             shipped=dataset.shipped_noisy_labels, name=cfg.data.dataset)
     loaders = build_loaders(dataset, labels, cfg.data, dev, seed=cfg.seed)
+    train_loader = _share(loaders.train, ctx)
     in_features = None
     if dataset.train.features is not None:
         in_channels, image_size, in_features = 0, 0, dataset.train.features.shape[1]
@@ -92,46 +169,118 @@ def train(
         return execution.model(build_model(cfg, labels.num_classes, in_channels=in_channels, image_size=image_size,
                                            in_features=in_features, log=logged.append))
 
-    model = model_factory()
+    model = sync_batch_norm(model_factory(), ctx)
     if logged and not quiet:
         write_line(logged[0])
-    objective = build_objective(cfg, num_classes=labels.num_classes, num_train=labels.num_train, device=dev,
-                                model_factory=model_factory)
+    objective = _build_objective(cfg, labels, ctx, model_factory)
     optimizer, scheduler = build_optimizer(cfg, model, objective)
+    if ctx.is_distributed and not quiet:
+        for note in _inexact(cfg, model, loaders.train):
+            write_line(f"note: {note}")
 
     # The run directory: a fresh one, or the state of the last finished epoch.
     config = config_to_dict(cfg)
     run = RunDir(out)
     start_epoch = 0
-    if run.prepare(config, resume=resume, overwrite=overwrite):
+    if _prepare_run(run, config, labels, ctx, resume=resume, overwrite=overwrite):
         start_epoch = restore_state(run.load_checkpoint(config), model, optimizer, scheduler, objective,
-                                    execution.scaler)
-        run.truncate_after(start_epoch)
+                                    execution.scaler, shard_dir=run.shard_dir)
+        if ctx.is_main:
+            run.truncate_after(start_epoch)
         if not quiet:
             write_line(f"resuming {run.path} from epoch {start_epoch}")
-    else:
-        # A kill before the first checkpoint can leave a metrics line behind: start clean.
-        run.truncate_after(0)
-        run.save_arrays("labels.npz", given=labels.given, clean=labels.clean[labels.train_index],
-                        is_corrupted=labels.is_corrupted, source_index=labels.train_index)
 
     def state_fn(epoch: int) -> dict[str, Any]:
-        return capture_state(epoch, config, model, optimizer, scheduler, objective, execution.scaler)
+        return capture_state(epoch, config, model, optimizer, scheduler, objective, execution.scaler,
+                             shard_dir=run.shard_dir)
 
     logger = RunLogger(run, objective, labels.is_corrupted, state_fn, epochs=cfg.optim.epochs, quiet=quiet,
-                       tensorboard=tensorboard)
+                       tensorboard=tensorboard, is_main=ctx.is_main)
     try:
         if start_epoch < cfg.optim.epochs:
-            fit(model, objective, optimizer, loaders.train, dev, epochs=cfg.optim.epochs, start_epoch=start_epoch,
-                scheduler=scheduler, eval_loaders=loaders.evaluate, execution=execution,
+            # Wrapped after restoring: DDP broadcasts rank 0's parameters when it is built.
+            fit(wrap_model(model, ctx), objective, optimizer, train_loader, dev, epochs=cfg.optim.epochs,
+                start_epoch=start_epoch, scheduler=scheduler, eval_loaders=loaders.evaluate, execution=execution,
                 clean_targets=torch.as_tensor(labels.clean[labels.train_index], device=dev), callbacks=[logger],
-                progress_factory=None if quiet else progress_factory(cfg.optim.epochs, label))
+                progress_factory=None if quiet else progress_factory(cfg.optim.epochs, label),
+                ctx=ctx if ctx.is_distributed else None)
     finally:
         logger.close()
+    if not ctx.is_main:
+        return None
     summary = finish(run, cfg, labels, loaders, model, dev, execution)
     if dataset.user is not None:
         export_model(run.path / "model.pt", cfg, model, dataset, in_features=in_features)
     return summary
+
+
+def _share(loader: Any, ctx: DistributedContext) -> Any:
+    """The training loader of this rank: its share of each of the single-process loader's batches."""
+    if not ctx.is_distributed:
+        return loader
+    if isinstance(loader, FileLoader):
+        return FileShareLoader(loader.dataset, batch_size=loader.batch_size, seed=loader.seed, rank=ctx.rank,
+                               world_size=ctx.world_size, workers=loader.workers, pin_memory=loader.pin)
+    return LocalShareLoader(loader, rank=ctx.rank, world_size=ctx.world_size)
+
+
+def _build_objective(cfg: TrainConfig, labels: TrainingLabels, ctx: DistributedContext,
+                     model_factory: Any) -> Objective:
+    """The objective of ``cfg.method``; under torchrun or with sharded data parameters, its
+    distributed form (:mod:`dataparams.distributed`) with the registry's settings."""
+    c, k, n = cfg.curriculum, labels.num_classes, labels.num_train
+    if cfg.distributed.mode == "sharded":
+        # Built without samples: only the settings it derives from cfg (the per-sample loss) are
+        # needed, and the (N,) state is exactly what must not exist on every process.
+        template = build_objective(cfg, num_classes=k, num_train=0, device="cpu")
+        return ShardedObjective(k, n, ctx=ctx, class_curriculum=c.class_curriculum, init_class=c.init_class,
+                                init_instance=c.init_instance, joint=c.joint,
+                                clamp=None if c.clamp is None else (c.clamp[0], c.clamp[1]),
+                                **_update_options(cfg, template))
+    objective = build_objective(cfg, num_classes=k, num_train=n, device=ctx.device, model_factory=model_factory)
+    if not ctx.is_distributed:
+        return objective
+    return ReplicatedObjective(objective.dp, ctx=ctx, **_update_options(cfg, objective))  # type: ignore[arg-type]
+
+
+def _update_options(cfg: TrainConfig, objective: Any) -> dict[str, Any]:
+    # The arguments methods.registry gives DataParameterObjective for cfg, with its loss function.
+    c = cfg.curriculum
+    return dict(lr_class=c.lr_class, lr_instance=c.lr_instance, momentum=c.momentum, wd_class=c.wd_class,
+                wd_instance=c.wd_instance, loss_fn=objective.loss_fn,
+                normalize_instance=c.instance_step == "normalized")
+
+
+def _prepare_run(run: RunDir, config: dict[str, Any], labels: TrainingLabels, ctx: DistributedContext, *,
+                 resume: bool, overwrite: bool) -> bool:
+    """Rank 0 prepares the run directory; every rank learns whether to resume (or rank 0's error)."""
+    outcome: Any = None
+    if ctx.is_main:
+        try:
+            outcome = run.prepare(config, resume=resume, overwrite=overwrite)
+            if not outcome:
+                # A kill before the first checkpoint can leave a metrics line behind: start clean.
+                run.truncate_after(0)
+                run.save_arrays("labels.npz", given=labels.given, clean=labels.clean[labels.train_index],
+                                is_corrupted=labels.is_corrupted, source_index=labels.train_index)
+        except Exception as e:
+            outcome = e
+    outcome = ctx.broadcast_object(outcome)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return bool(outcome)
+
+
+def _inexact(cfg: TrainConfig, model: torch.nn.Module, loader: Any) -> list[str]:
+    """What makes this torchrun job differ from one process by more than rounding."""
+    notes = []
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()) or cfg.model.dropout > 0:
+        notes.append("dropout masks are drawn by each process for its share: the run equals the single-process "
+                     "one in distribution, not sample for sample")
+    if isinstance(loader, FileLoader) and cfg.data.augment:
+        notes.append("random augmentation of image files is drawn by each process's loader: the batches are the "
+                     "single-process run's, their random crops and flips are not")
+    return notes
 
 
 def export_model(path: str | os.PathLike[str], cfg: TrainConfig, model: torch.nn.Module, dataset: LoadedDataset, *,

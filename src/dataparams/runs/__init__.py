@@ -3,6 +3,7 @@ during training (:mod:`~dataparams.runs.logger`), and the training state a check
 resumed run restores (:mod:`~dataparams.runs.state`)."""
 
 from dataparams.runs.rundir import (
+    SHARDS_KEY,
     RunConflictError,
     RunDir,
     RunDirError,
@@ -12,6 +13,7 @@ from dataparams.runs.rundir import (
 )
 
 __all__ = [
+    "SHARDS_KEY",
     "RunConflictError",
     "RunDir",
     "RunDirError",

@@ -5,6 +5,10 @@ statistics and, when the run knows which labels it corrupted, how well each per-
 ranks them), saves the snapshot of the per-sample arrays, then the checkpoint -- in that order,
 which is what lets :meth:`RunDir.truncate_after` clean up after a kill between two writes -- and
 prints one line. TensorBoard gets the scalars.
+
+Under torchrun it runs on every rank: what is collective (the snapshot and scores of a sharded
+objective, gathered on rank 0; its shard files, written by every rank) runs everywhere, and rank
+0 alone writes the files of the run directory and prints.
 """
 
 from __future__ import annotations
@@ -74,16 +78,20 @@ class RunLogger(Callback):
         No per-epoch line.
     tensorboard : bool
         Also write the scalars as TensorBoard events (when ``tensorboard`` is installed).
+    is_main : bool, default True
+        False on the ranks other than 0 of a torchrun job: they take part in the collectives of
+        the objective and of ``state_fn`` and write nothing.
     """
 
     def __init__(self, run: RunDir, objective: Objective, is_corrupted: np.ndarray, state_fn: Callable[[int], Any],
-                 *, epochs: int, quiet: bool, tensorboard: bool) -> None:
+                 *, epochs: int, quiet: bool, tensorboard: bool, is_main: bool = True) -> None:
         self.run, self.objective, self.state_fn = run, objective, state_fn
-        self.epochs, self.quiet = epochs, quiet
+        self.epochs, self.is_main = epochs, is_main
+        self.quiet = quiet or not is_main
         self.corrupted = np.asarray(is_corrupted, dtype=bool)
         self.noisy = bool(self.corrupted.any())
         self.writer = None
-        if tensorboard:
+        if tensorboard and is_main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # an optional extra: the run goes on without event files
@@ -93,8 +101,15 @@ class RunLogger(Callback):
         self.epoch_times: list[float] = []
 
     def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
+        # The objective's per-sample arrays and the checkpoint state first: for a sharded
+        # objective they are collectives that every rank joins. The shard files a sharded state
+        # writes are committed only by save_checkpoint below, after the metrics and the snapshot.
         snap = self.objective.snapshot()
-        loss = self.objective.last_loss.float().cpu().numpy()
+        extra = self.objective.extra_scores()
+        state = self.state_fn(epoch + 1)
+        if not self.is_main:
+            return
+        loss = extra["last-loss"]
         for name in ("class_sigma", "instance_sigma"):
             if name in snap:
                 stats = sigma_stats(snap[name])
@@ -106,12 +121,12 @@ class RunLogger(Callback):
             scores = self.objective.scores(snap)
             if scores is not None:
                 record["detection"] = detection_report(scores, self.corrupted)
-            for key, values in self.objective.extra_scores().items():
+            for key, values in extra.items():
                 rep = detection_report(values, self.corrupted)
                 record[f"detection_{key.replace('-', '_')}"] = {k: rep[k] for k in _SHORT}
         self.run.append_metrics(record)
         self.run.save_snapshot(record["epoch"], loss=loss.astype(np.float16), **snap)
-        self.run.save_checkpoint(self.state_fn(epoch + 1))
+        self.run.save_checkpoint(state)
         if self.writer is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "epoch":

@@ -7,6 +7,9 @@ Layout of ``RUN_DIR``::
     labels.npz           given (noisy) labels, clean labels, is_corrupted mask, source index
     snapshots/epoch_NNNN.npz   per-epoch sigma values (class, instance) and per-sample loss
     checkpoint.pt        latest state, written atomically (tmp file + rename)
+    data_parameters/     distributed.mode=sharded only: per-process shard files of the instance
+                         parameters, their momentum and the per-sample buffers; checkpoint.pt
+                         names the files of its save
     predictions.npz      final model's predictions on the training set (for find-issues)
     heldout_predictions.npz   predictions on training-pool samples held out by data.keep_file
     summary.json         final numbers (test accuracy at the end and at report epochs, ...)
@@ -16,6 +19,13 @@ A checkpoint is written at the end of every epoch, after the metrics line and th
 On resume the metrics and snapshots of epochs after the checkpoint are discarded (a kill between
 the two writes leaves one such epoch) and training continues from the checkpoint; with the same
 seed the result equals an uninterrupted run bit for bit on the CPU.
+
+Under torchrun rank 0 writes everything but the shard files. In sharded mode every process
+writes its shard files (named with a token fresh to the save) *before* rank 0 replaces
+``checkpoint.pt``, which names them: the replacement commits the save, and only then are the
+files of older saves deleted, so a kill of any process at any point leaves one complete
+checkpoint. The run directory must be visible to every process (a shared file system on
+several machines).
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import torch
 from dataparams.config import EXECUTION_FIELDS, diff_configs
 
 __all__ = [
+    "SHARDS_KEY",
     "RunConflictError",
     "RunDir",
     "RunDirError",
@@ -42,6 +53,9 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
 ]
+
+#: Key of a checkpoint that holds the manifest of its shard files (distributed.mode=sharded).
+SHARDS_KEY = "data_parameter_shards"
 
 _OURS = (
     "config.json",
@@ -54,6 +68,7 @@ _OURS = (
     "tensorboard",
     "calibration.json",
     "heldout_predictions.npz",
+    "data_parameters",
 )
 
 
@@ -113,6 +128,11 @@ class RunDir:
     @property
     def checkpoint_file(self) -> Path:
         return self.path / "checkpoint.pt"
+
+    @property
+    def shard_dir(self) -> Path:
+        """Where a sharded run's processes write their shard files."""
+        return self.path / "data_parameters"
 
     @property
     def snapshot_dir(self) -> Path:
@@ -238,9 +258,15 @@ class RunDir:
 
     # -- checkpoints ---------------------------------------------------------------------
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Replace ``checkpoint.pt`` atomically; for a sharded state (``SHARDS_KEY``, the manifest
+        of shard files already written) then delete the shard files no checkpoint names."""
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(self.checkpoint_file, buf.getvalue())
+        if state.get(SHARDS_KEY) is not None:
+            from dataparams.distributed import remove_stale_shards
+
+            remove_stale_shards(self.shard_dir, state[SHARDS_KEY])
 
     def load_checkpoint(self, config: dict[str, Any] | None = None) -> dict[str, Any]:
         """Load the checkpoint; with ``config``, refuse one written by another configuration."""

@@ -1,0 +1,166 @@
+"""Object detection with data parameters: the KITTI experiment of sec. 3.3.
+
+* :mod:`~dataparams.detection.kitti` -- KITTI label files, difficulty levels, split files, the
+  :class:`KittiDetection` dataset with a global per-box index, box-aware augmentations;
+* :mod:`~dataparams.detection.kitti_eval` -- the official devkit's 2D AP (easy / moderate /
+  hard, AP|R40 and 11-point);
+* :mod:`~dataparams.detection.synthetic` -- a small KITTI-format data set of Fashion-MNIST
+  scenes with controlled occlusion, truncation, DontCare and label corruption;
+* :mod:`~dataparams.detection.models` -- torchvision SSD detectors (SSD300-VGG16, a tiny SSD for
+  the CPU) and the training forward without torchvision's fixed loss;
+* :mod:`~dataparams.detection.box_parameters` -- the SSD loss with one data parameter per box
+  (positives at their box's sigma, negatives at the batch's mean box sigma);
+* :mod:`~dataparams.detection.config`, :mod:`~dataparams.detection.train`,
+  :mod:`~dataparams.detection.presets` -- the run configuration, the trainer writing a run
+  directory, and the named presets;
+* :mod:`~dataparams.detection.curriculum`, :mod:`~dataparams.detection.figures` -- what the box
+  temperatures learned (per level, rank correlations, flipped-box AUROC), Figure 3 and the report.
+
+The figures need matplotlib; :mod:`~dataparams.detection.figures` is imported on use, not here.
+"""
+
+from dataparams.detection.box_parameters import (
+    SSDBoxLoss,
+    SSDBoxParameterLoss,
+    anchor_temperatures,
+    ssd_box_parameter_loss,
+)
+from dataparams.detection.config import (
+    BoxCurriculumConfig,
+    DetectionConfig,
+    DetectionDataConfig,
+    DetectionModelConfig,
+    DetectionOptimConfig,
+    apply_detection_overrides,
+    detection_config_from_dict,
+    detection_config_to_dict,
+    validate_detection_config,
+)
+from dataparams.detection.curriculum import BoxTable, curriculum_statistics, rank_correlation
+from dataparams.detection.kitti import (
+    DEFAULT_CLASSES,
+    DIFFICULTIES,
+    Compose,
+    KittiDetection,
+    KittiFormatError,
+    KittiObject,
+    RandomHorizontalFlip,
+    RandomScale,
+    box_difficulty,
+    collate_detection,
+    format_label_line,
+    hflip,
+    parse_label_line,
+    read_label_file,
+    read_split_file,
+    resize,
+    scale,
+    write_label_file,
+    write_split_file,
+)
+from dataparams.detection.kitti_eval import (
+    ClassResult,
+    evaluate,
+    evaluate_detailed,
+    evaluate_dirs,
+    format_table,
+    kitti_eval_command,
+    load_label_dirs,
+)
+from dataparams.detection.models import (
+    DETECTOR_ARCHS,
+    AspectBoxGenerator,
+    TinySSDBackbone,
+    build_detector,
+    ssd_training_outputs,
+)
+from dataparams.detection.presets import (
+    DETECTION_PRESETS,
+    ensure_synthetic_data,
+    get_detection_preset,
+    list_detection_presets,
+)
+from dataparams.detection.synthetic import (
+    SYNTHETIC_CLASS_SOURCES,
+    KittiSetStatistics,
+    SyntheticKittiConfig,
+    SyntheticKittiSet,
+    describe_kitti_set,
+    flipped_box_mask,
+    read_truth,
+    write_synthetic_kitti,
+)
+from dataparams.detection.train import train_detection
+
+__all__ = [
+    "DEFAULT_CLASSES",
+    "DETECTION_PRESETS",
+    "DETECTOR_ARCHS",
+    "DIFFICULTIES",
+    "SYNTHETIC_CLASS_SOURCES",
+    "AspectBoxGenerator",
+    "BoxCurriculumConfig",
+    "BoxTable",
+    "ClassResult",
+    "Compose",
+    "DetectionConfig",
+    "DetectionDataConfig",
+    "DetectionModelConfig",
+    "DetectionOptimConfig",
+    "KittiDetection",
+    "KittiFormatError",
+    "KittiObject",
+    "KittiSetStatistics",
+    "RandomHorizontalFlip",
+    "RandomScale",
+    "SSDBoxLoss",
+    "SSDBoxParameterLoss",
+    "SyntheticKittiConfig",
+    "SyntheticKittiSet",
+    "TinySSDBackbone",
+    "anchor_temperatures",
+    "apply_detection_overrides",
+    "box_difficulty",
+    "build_detector",
+    "collate_detection",
+    "curriculum_statistics",
+    "describe_kitti_set",
+    "detection_config_from_dict",
+    "detection_config_to_dict",
+    "detection_report",
+    "ensure_synthetic_data",
+    "evaluate",
+    "evaluate_detailed",
+    "evaluate_dirs",
+    "flipped_box_mask",
+    "format_label_line",
+    "format_table",
+    "get_detection_preset",
+    "hflip",
+    "kitti_eval_command",
+    "list_detection_presets",
+    "load_label_dirs",
+    "parse_label_line",
+    "rank_correlation",
+    "read_label_file",
+    "read_split_file",
+    "read_truth",
+    "resize",
+    "scale",
+    "ssd_box_parameter_loss",
+    "ssd_training_outputs",
+    "train_detection",
+    "validate_detection_config",
+    "write_label_file",
+    "write_split_file",
+    "write_synthetic_kitti",
+]
+
+
+def __getattr__(name: str):
+    # The report draws with matplotlib, an optional extra: import it only when asked for.
+    if name == "detection_report":
+        from dataparams.detection.figures import detection_report
+
+        return detection_report
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

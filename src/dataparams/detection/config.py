@@ -1,0 +1,186 @@
+"""The configuration of a detection run (sec. 3.3), and ``section.field=value`` overrides.
+
+A :class:`DetectionConfig` is everything that determines a run's result; it is written to the
+run directory's ``config.json`` and into every checkpoint, and a run resumes only under the same
+config (the fields in :data:`dataparams.config.EXECUTION_FIELDS` -- ``data.workers``,
+``data.eval_batch_size``, ``notes`` -- may differ). The sections mirror the classification
+config (:mod:`dataparams.config`) so that the command line can treat both alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from dataparams.config import ConfigError, apply_overrides, config_from_dict
+from dataparams.detection.kitti import DEFAULT_CLASSES
+from dataparams.detection.kitti_eval import MIN_OVERLAP
+from dataparams.detection.models import DETECTOR_ARCHS
+
+__all__ = [
+    "DETECTION_SCHEDULES",
+    "BoxCurriculumConfig",
+    "DetectionConfig",
+    "DetectionDataConfig",
+    "DetectionModelConfig",
+    "DetectionOptimConfig",
+    "apply_detection_overrides",
+    "detection_config_from_dict",
+    "detection_config_to_dict",
+    "validate_detection_config",
+]
+
+#: Learning-rate schedules of :class:`DetectionOptimConfig`.
+DETECTION_SCHEDULES: tuple[str, ...] = ("cosine", "multistep", "constant")
+
+
+@dataclass
+class DetectionDataConfig:
+    """A KITTI-layout data set (:class:`~dataparams.detection.kitti.KittiDetection`).
+
+    ``root`` holds ``training/image_2``, ``training/label_2`` and ``ImageSets/{split}.txt``.
+    ``classes`` are the detected classes (labels 1..K). ``hflip`` is the probability of a
+    horizontal flip of a training image (the only augmentation: it keeps every box, so every
+    annotation of an image is in its batch). ``batch_size`` images per step.
+    """
+
+    root: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
+    hflip: float = 0.5
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    workers: int = 0
+
+
+@dataclass
+class DetectionModelConfig:
+    """The detector (:func:`~dataparams.detection.models.build_detector`).
+
+    ``arch`` is ``ssd300_vgg16`` or ``tiny_ssd``; ``image_size`` is ``[H, W]`` of the network
+    input (every image is resized to it); ``width`` sizes ``tiny_ssd``. The rest is torchvision's
+    post-processing.
+    """
+
+    arch: str = "tiny_ssd"
+    image_size: list[int] = field(default_factory=lambda: [128, 256])
+    width: int = 64
+    score_thresh: float = 0.01
+    nms_thresh: float = 0.45
+    detections_per_img: int = 100
+
+
+@dataclass
+class DetectionOptimConfig:
+    """SGD of the detector and its schedule, stepped per iteration.
+
+    ``warmup_epochs`` ramps the learning rate linearly from ``lr / 100``; then ``schedule``:
+    ``cosine`` to zero at the end, ``multistep`` (times ``gamma`` at each epoch of
+    ``milestones``) or ``constant``. ``clip_grad_norm`` caps the gradient norm of the model (not
+    of the data parameters); ``none`` turns it off.
+    """
+
+    epochs: int = 24
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: float = 1.0
+    clip_grad_norm: float | None = None
+
+
+@dataclass
+class BoxCurriculumConfig:
+    """One data parameter per box annotation (sec. 3.3); off is the baseline (sigma = 1).
+
+    ``lr_instance``, ``momentum`` and ``wd_instance`` are the paper's 0.1, 0, 0. ``clamp`` bounds
+    sigma (temperatures; ``none`` for no bound). ``negative_sigma_grad`` lets the gradient flow
+    through the negatives' mean sigma (see :mod:`dataparams.detection.box_parameters`).
+    """
+
+    instance_curriculum: bool = False
+    init_instance: float = 1.0
+    lr_instance: float = 0.1
+    momentum: float = 0.0
+    wd_instance: float = 0.0
+    clamp: list[float] | None = field(default_factory=lambda: [1.0 / 20.0, 20.0])
+    negative_sigma_grad: bool = False
+
+
+@dataclass
+class DetectionConfig:
+    """Everything that determines a detection run's result.
+
+    ``eval_every``: evaluate on the validation split (KITTI AP) every that many epochs and after
+    the last one.
+    """
+
+    preset: str = "custom"
+    seed: int = 1
+    data: DetectionDataConfig = field(default_factory=DetectionDataConfig)
+    model: DetectionModelConfig = field(default_factory=DetectionModelConfig)
+    optim: DetectionOptimConfig = field(default_factory=DetectionOptimConfig)
+    curriculum: BoxCurriculumConfig = field(default_factory=BoxCurriculumConfig)
+    eval_every: int = 2
+    notes: str = ""
+
+
+def detection_config_to_dict(cfg: DetectionConfig) -> dict[str, Any]:
+    """The JSON-ready dict of ``cfg`` (what ``config.json`` holds)."""
+    return dataclasses.asdict(cfg)
+
+
+def detection_config_from_dict(data: dict[str, Any]) -> DetectionConfig:
+    """Rebuild a :class:`DetectionConfig` from :func:`detection_config_to_dict` output."""
+    return config_from_dict(data, DetectionConfig)
+
+
+def apply_detection_overrides(cfg: DetectionConfig, overrides: list[str]) -> DetectionConfig:
+    """A copy of ``cfg`` with ``section.field=value`` overrides applied (the parser of
+    :func:`dataparams.config.apply_overrides`, which works on any dataclass config)."""
+    return apply_overrides(cfg, overrides)
+
+
+def validate_detection_config(cfg: DetectionConfig) -> None:
+    """Names and ranges of ``cfg``, checked before any data is read; raises ``ConfigError``."""
+    if cfg.model.arch not in DETECTOR_ARCHS:
+        raise ConfigError(f"unknown model.arch {cfg.model.arch!r}; choose one of {', '.join(DETECTOR_ARCHS)}")
+    if cfg.optim.schedule not in DETECTION_SCHEDULES:
+        raise ConfigError(f"unknown optim.schedule {cfg.optim.schedule!r}; choose one of "
+                          f"{', '.join(DETECTION_SCHEDULES)}")
+    if not cfg.data.root:
+        raise ConfigError("data.root is required: the folder holding training/image_2, training/label_2 and "
+                          "ImageSets/")
+    if not cfg.data.classes or len(set(cfg.data.classes)) != len(cfg.data.classes):
+        raise ConfigError(f"data.classes must be distinct and non-empty, got {cfg.data.classes}")
+    no_threshold = [c for c in cfg.data.classes if c.lower() not in {k.lower() for k in MIN_OVERLAP}]
+    if no_threshold:
+        raise ConfigError(f"data.classes {no_threshold} have no KITTI IoU threshold; evaluated classes are "
+                          f"{', '.join(MIN_OVERLAP)}")
+    if len(cfg.model.image_size) != 2 or min(cfg.model.image_size) < 32:
+        raise ConfigError(f"model.image_size must be [H, W], each >= 32, got {cfg.model.image_size}")
+    for name, value, low in (("optim.epochs", cfg.optim.epochs, 1), ("data.batch_size", cfg.data.batch_size, 1),
+                             ("data.eval_batch_size", cfg.data.eval_batch_size, 1), ("eval_every", cfg.eval_every, 1),
+                             ("data.workers", cfg.data.workers, 0), ("model.width", cfg.model.width, 4)):
+        if value < low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}")
+    if not 0.0 <= cfg.data.hflip <= 1.0:
+        raise ConfigError(f"data.hflip is a probability, got {cfg.data.hflip}")
+    o = cfg.optim
+    if not (o.lr > 0 and 0 <= o.momentum < 1 and o.weight_decay >= 0 and o.warmup_epochs >= 0 and o.gamma > 0):
+        raise ConfigError("optim needs lr > 0, 0 <= momentum < 1, weight_decay >= 0, warmup_epochs >= 0, gamma > 0")
+    if o.clip_grad_norm is not None and not o.clip_grad_norm > 0:
+        raise ConfigError(f"optim.clip_grad_norm must be > 0 or none, got {o.clip_grad_norm}")
+    c = cfg.curriculum
+    if not (c.init_instance > 0 and math.isfinite(c.init_instance)):
+        raise ConfigError(f"curriculum.init_instance is a temperature and must be > 0, got {c.init_instance}")
+    if not (c.lr_instance >= 0 and 0 <= c.momentum < 1 and c.wd_instance >= 0):
+        raise ConfigError("curriculum needs lr_instance >= 0, 0 <= momentum < 1, wd_instance >= 0")
+    if c.clamp is not None and (len(c.clamp) != 2 or not 0 < c.clamp[0] <= c.clamp[1]):
+        raise ConfigError(f"curriculum.clamp must be [low, high] temperatures with 0 < low <= high, or none; "
+                          f"got {c.clamp}")

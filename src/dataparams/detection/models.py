@@ -1,0 +1,275 @@
+"""SSD detectors for the detection experiment (sec. 3.3), built from torchvision's SSD machinery.
+
+The paper trains an SSD (Liu et al. 2016) on KITTI. Everything that makes an SSD an SSD is taken
+from torchvision and not written again: the :class:`~torchvision.models.detection.SSD` class
+(input transform, head, box coder, ``SSDMatcher``, post-processing with ``batched_nms``), the
+default boxes of :class:`~torchvision.models.detection.anchor_utils.DefaultBoxGenerator`, and
+the VGG16 feature extractor of :func:`~torchvision.models.detection.ssd300_vgg16`. This module
+adds three things:
+
+* :class:`AspectBoxGenerator` -- ``DefaultBoxGenerator`` for non-square inputs. torchvision's
+  default boxes are fractions of the image *per axis*, so on a 1248 x 384 KITTI image an
+  "aspect 1" box would be 3.3 times as wide as tall. Here scales are fractions of the image
+  height and aspect ratios hold in pixels; on a square input it equals its parent.
+* :class:`TinySSDBackbone` -- a seven-layer conv net with batch norm giving four feature maps
+  (strides 8 to 64), sized so that an epoch of the 800-image synthetic set runs in seconds on
+  two CPU cores.
+* :func:`ssd_training_outputs` -- the training half of ``SSD.forward`` (transform, backbone,
+  head, default boxes, matching) returning the pieces instead of torchvision's fixed loss, so
+  that :mod:`~dataparams.detection.box_parameters` can scale each anchor's logits by the sigma
+  of the box it is matched to.
+
+Notation: ``B`` images in a batch, ``A`` default boxes (anchors) per image, ``C = K + 1``
+classes with background 0, ``M_b`` ground-truth boxes in image ``b``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection.ssd import SSD, SSDHead, ssd300_vgg16
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import boxes as box_ops
+
+__all__ = [
+    "DETECTOR_ARCHS",
+    "AspectBoxGenerator",
+    "TinySSDBackbone",
+    "build_detector",
+    "ssd_training_outputs",
+]
+
+#: Architectures :func:`build_detector` knows.
+DETECTOR_ARCHS: tuple[str, ...] = ("ssd300_vgg16", "tiny_ssd")
+
+# torchvision's SSD300 default boxes (ssd300_vgg16), reused for other input sizes.
+_SSD300_ASPECTS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
+_SSD300_SCALES = [0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05]
+# The tiny backbone's four levels: box heights of 12-96 px on a 128 px tall image are 0.1-0.75 of
+# it; each level covers its scale and the geometric mean with the next one.
+_TINY_ASPECTS = [[2, 3], [2, 3], [2, 3], [2, 3]]
+_TINY_SCALES = [0.12, 0.24, 0.42, 0.64, 0.9]
+
+
+class AspectBoxGenerator(DefaultBoxGenerator):
+    """torchvision's ``DefaultBoxGenerator`` with scales relative to the image *height*.
+
+    Parameters
+    ----------
+    aspect_ratios, scales, steps, clip
+        As in ``DefaultBoxGenerator``.
+    image_size : (int, int)
+        ``(H, W)`` of the network input. Default box widths are multiplied by ``H / W`` in the
+        normalised coordinates, so that a box of scale ``s`` and aspect ``a`` is ``s * H *
+        sqrt(a)`` pixels wide and ``s * H / sqrt(a)`` tall; for ``H == W`` nothing changes.
+
+    Notes
+    -----
+    Only the width-height pairs are changed; tiling, clipping and the conversion to pixel
+    coordinates are the parent's.
+    """
+
+    def __init__(
+        self,
+        aspect_ratios: list[list[int]],
+        *,
+        image_size: tuple[int, int],
+        scales: list[float] | None = None,
+        steps: list[int] | None = None,
+        clip: bool = True,
+    ) -> None:
+        super().__init__(aspect_ratios, scales=scales, steps=steps, clip=clip)
+        height, width = int(image_size[0]), int(image_size[1])
+        if height < 1 or width < 1:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        self.image_size = (height, width)
+        factor = torch.tensor([height / width, 1.0])
+        self._wh_pairs = [pairs * factor for pairs in self._wh_pairs]
+
+
+def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class TinySSDBackbone(nn.Module):
+    """A small conv net giving four feature maps at strides 8, 16, 32 and 64.
+
+    Parameters
+    ----------
+    width : int
+        Channels of the stride-8 map; the deeper maps have ``2 * width``.
+
+    Notes
+    -----
+    Batch norm lets a network this small train from scratch with SGD at a high learning rate
+    (no pretrained weights are used anywhere). The output is an ``OrderedDict`` of
+    ``(B, c, H / s, W / s)`` maps, as torchvision's SSD expects, and ``out_channels`` lists ``c``.
+    """
+
+    def __init__(self, width: int = 64) -> None:
+        super().__init__()
+        if width < 4:
+            raise ValueError(f"width must be >= 4, got {width}")
+        w = int(width)
+        self.stem = nn.Sequential(
+            _conv_bn(3, w // 2 - w // 8, 2),  # stride 2
+            _conv_bn(w // 2 - w // 8, w // 2, 2),  # stride 4
+            _conv_bn(w // 2, w // 2, 1),
+            _conv_bn(w // 2, w, 2),  # stride 8
+            _conv_bn(w, w, 1),
+        )
+        self.level1 = nn.Sequential(_conv_bn(w, 2 * w, 2), _conv_bn(2 * w, 2 * w, 1))  # stride 16
+        self.level2 = _conv_bn(2 * w, 2 * w, 2)  # stride 32
+        self.level3 = _conv_bn(2 * w, 2 * w, 2)  # stride 64
+        self.out_channels = [w, 2 * w, 2 * w, 2 * w]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        f0 = self.stem(x)
+        f1 = self.level1(f0)
+        f2 = self.level2(f1)
+        f3 = self.level3(f2)
+        return OrderedDict([("0", f0), ("1", f1), ("2", f2), ("3", f3)])
+
+
+def build_detector(
+    arch: str,
+    num_classes: int,
+    *,
+    image_size: Sequence[int] = (300, 300),
+    width: int = 64,
+    score_thresh: float = 0.01,
+    nms_thresh: float = 0.45,
+    detections_per_img: int = 100,
+    topk_candidates: int = 200,
+) -> SSD:
+    """A randomly initialised torchvision ``SSD`` for ``num_classes`` object classes.
+
+    Parameters
+    ----------
+    arch : {"ssd300_vgg16", "tiny_ssd"}
+        ``ssd300_vgg16``: torchvision's ``ssd300_vgg16(weights=None, weights_backbone=None)``,
+        all layers trainable; for an ``image_size`` other than 300 x 300 its input transform and
+        default boxes are rebuilt for that size (same scales and aspect ratios, relative to the
+        image height, tiled over the feature maps). ``tiny_ssd``: :class:`TinySSDBackbone`
+        with torchvision's ``SSDHead`` and four levels of six default boxes.
+    num_classes : int
+        ``K``, object classes without background; the model has ``K + 1`` outputs.
+    image_size : (int, int)
+        ``(H, W)`` the images are resized to (torchvision's ``fixed_size`` is ``(W, H)``).
+    width : int
+        Width of ``tiny_ssd`` (ignored otherwise).
+    score_thresh, nms_thresh, detections_per_img, topk_candidates
+        torchvision's post-processing settings.
+
+    Returns
+    -------
+    torchvision.models.detection.SSD
+        Nothing is downloaded.
+    """
+    if arch not in DETECTOR_ARCHS:
+        raise ValueError(f"unknown detector {arch!r}; choose one of {', '.join(DETECTOR_ARCHS)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    height, width_px = (int(v) for v in image_size)
+    if height < 32 or width_px < 32:
+        raise ValueError(f"image_size must be at least 32 x 32, got {tuple(image_size)}")
+    post: dict[str, Any] = dict(score_thresh=score_thresh, nms_thresh=nms_thresh,
+                                detections_per_img=detections_per_img, topk_candidates=topk_candidates)
+    if arch == "ssd300_vgg16":
+        # Without pretrained weights torchvision trains every layer (trainable_backbone_layers=5).
+        model = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=num_classes + 1, **post)
+        if (height, width_px) != (300, 300):
+            transform = model.transform
+            model.transform = GeneralizedRCNNTransform(
+                min(height, width_px), max(height, width_px), transform.image_mean, transform.image_std,
+                size_divisible=1, fixed_size=(width_px, height),
+            )
+            # SSD300's steps (8 ... 300) place default boxes for a 300 px input; without steps
+            # the boxes are tiled evenly over whatever feature maps the input gives.
+            model.anchor_generator = AspectBoxGenerator(_SSD300_ASPECTS, scales=_SSD300_SCALES,
+                                                        image_size=(height, width_px))
+        return model
+    backbone = TinySSDBackbone(width)
+    anchors = AspectBoxGenerator(_TINY_ASPECTS, scales=_TINY_SCALES, image_size=(height, width_px))
+    head = SSDHead(backbone.out_channels, anchors.num_anchors_per_location(), num_classes + 1)
+    return SSD(backbone, anchors, (width_px, height), num_classes + 1, head=head, **post)
+
+
+def ssd_training_outputs(
+    model: SSD,
+    images: Sequence[Tensor],
+    targets: Sequence[dict[str, Any]],
+    *,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> tuple[dict[str, Tensor], list[Tensor], list[Tensor], list[dict[str, Any]]]:
+    """The training forward of a torchvision ``SSD`` up to, and without, its loss.
+
+    The same steps as ``SSD.forward`` in training mode, with the model's own modules: resize and
+    normalise (``model.transform``, which moves the target boxes and passes every other target
+    entry, ``box_index`` included, through unchanged), backbone, head, default boxes
+    (``model.anchor_generator``) and matching (``box_iou`` + ``model.proposal_matcher``).
+
+    Parameters
+    ----------
+    model : SSD
+    images : sequence of B Tensors (3, H_b, W_b) in [0, 1]
+    targets : sequence of B dicts with ``boxes`` (M_b, 4) xyxy and ``labels`` (M_b,) in 1..K
+    autocast : callable returning a context manager
+        Mixed precision for the backbone and head only (e.g. ``Execution.autocast``). The head's
+        outputs are returned in float32 and the default boxes are always built in float32: in
+        bfloat16 a coordinate near 1,000 px is off by up to 4 px.
+
+    Returns
+    -------
+    head_outputs : dict
+        ``cls_logits`` (B, A, C) and ``bbox_regression`` (B, A, 4).
+    anchors : list of B Tensors (A, 4)
+        Default boxes in the resized image's pixels.
+    matched_idxs : list of B LongTensors (A,)
+        Per anchor, the index of its ground-truth box in the image, or -1 (background).
+    targets : list of B dicts
+        The targets with ``boxes`` in the resized image's pixels.
+
+    Raises
+    ------
+    ValueError
+        A target box with non-positive width or height (torchvision asserts the same).
+    """
+    image_list, resized = model.transform(list(images), [dict(t) for t in targets])
+    assert resized is not None
+    for i, target in enumerate(resized):
+        boxes = target["boxes"]
+        if boxes.dim() != 2 or boxes.shape[-1] != 4:
+            raise ValueError(f"target {i}: boxes must have shape (M, 4), got {tuple(boxes.shape)}")
+        if boxes.numel() and bool((boxes[:, 2:] <= boxes[:, :2]).any()):
+            raise ValueError(f"target {i} ({target.get('image_id', '?')}) holds a box of zero width or height")
+    with autocast():
+        features = model.backbone(image_list.tensors)
+        if isinstance(features, Tensor):
+            features = OrderedDict([("0", features)])
+        feature_list = list(features.values())
+        head_outputs = model.head(feature_list)
+    head_outputs = {k: v.float() for k, v in head_outputs.items()}
+    anchors = model.anchor_generator(image_list, [f if f.dtype == torch.float32 else f.float() for f in feature_list])
+    matched_idxs = []
+    for anchors_per_image, target in zip(anchors, resized):
+        if target["boxes"].numel() == 0:
+            matched_idxs.append(torch.full((anchors_per_image.shape[0],), -1, dtype=torch.int64,
+                                           device=anchors_per_image.device))
+            continue
+        quality = box_ops.box_iou(target["boxes"], anchors_per_image)
+        matched_idxs.append(model.proposal_matcher(quality))
+    return head_outputs, anchors, matched_idxs, resized

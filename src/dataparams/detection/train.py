@@ -1,0 +1,500 @@
+"""Training an SSD with one data parameter per box annotation (sec. 3.3), into a run directory.
+
+:func:`train_detection` reads top to bottom like torchvision's reference ``main()``: config ->
+data -> detector, data parameters, optimizers -> epochs -> run directory. The baseline is the
+same code with the instance level off, where :class:`~dataparams.parameters.DataParameters`
+returns sigma = 1 and the loss is torchvision's SSD loss.
+
+Run directory (:class:`~dataparams.runs.RunDir`)::
+
+    config.json             the resolved DetectionConfig
+    labels.npz              per box (in data-parameter order): given and true class, flipped
+                            mask, difficulty, occlusion, truncation, height, box, image, line
+    metrics.jsonl           per epoch: losses, lr, sigma statistics by difficulty / occlusion /
+                            class, Spearman correlations, flipped-box AUROC, and at evaluation
+                            epochs KITTI AP|R40 and 11-point AP per class and difficulty
+    snapshots/epoch_NNNN.npz          box_sigma (N,), box_loss (N,) after each epoch
+    snapshots/detections_epoch_NNNN/  KITTI label files of the latest evaluation (score last)
+    checkpoint.pt           model, SGD, schedule, data parameters, SparseSGD, box losses, RNG
+    summary.json            the final numbers
+
+Reproducibility: the order of the images and each image's flip are functions of (seed, epoch,
+image) only, and a checkpoint after every epoch holds all state, so that a resumed run ends
+bit for bit where an uninterrupted one does on the CPU (``tests/test_detection_train.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from dataparams.build import get_rng_state, set_rng_state
+from dataparams.detection.box_parameters import SSDBoxParameterLoss
+from dataparams.detection.config import (
+    DetectionConfig,
+    detection_config_to_dict,
+    validate_detection_config,
+)
+from dataparams.detection.curriculum import BoxTable, curriculum_statistics
+from dataparams.detection.kitti import (
+    DIFFICULTIES,
+    KittiDetection,
+    KittiObject,
+    RandomHorizontalFlip,
+    collate_detection,
+    read_label_file,
+    write_label_file,
+)
+from dataparams.detection.kitti_eval import evaluate
+from dataparams.detection.models import build_detector, ssd_training_outputs
+from dataparams.engine import Execution, resolve_device
+from dataparams.optim import SparseSGD
+from dataparams.parameters import DataParameters
+from dataparams.runs import RunDir, RunDirError
+
+__all__ = [
+    "AugmentedDetection",
+    "epoch_batches",
+    "predict_detections",
+    "train_detection",
+    "write_detections",
+]
+
+_DETECTIONS_PREFIX = "detections_epoch_"
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from integers (splitmix-style), so that nearby inputs give unrelated streams."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class AugmentedDetection(Dataset):
+    """The training images with a horizontal flip drawn per (seed, epoch, image).
+
+    Parameters
+    ----------
+    base : KittiDetection
+        Without transforms of its own.
+    hflip : float
+        Flip probability.
+    seed : int
+
+    Notes
+    -----
+    Each item seeds its own generator, so the augmentation does not depend on the order of the
+    images, on the number of loader workers, or on what ran before: the key to resuming a run
+    exactly. ``box_index`` passes through the flip unchanged.
+    """
+
+    def __init__(self, base: KittiDetection, *, hflip: float, seed: int) -> None:
+        self.base, self.hflip, self.seed = base, float(hflip), int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+        image, target = self.base[index]
+        if self.hflip > 0:
+            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, index, 1))
+            image, target = RandomHorizontalFlip(self.hflip, generator=g)(image, target)
+        return image, target
+
+
+def epoch_batches(num_images: int, batch_size: int, *, seed: int, epoch: int) -> list[list[int]]:
+    """The image indices of each batch of an epoch: a permutation seeded by (seed, epoch).
+
+    The last batch may be smaller; no image is dropped, so every box is seen once per epoch.
+    """
+    g = torch.Generator().manual_seed(_mix(seed, epoch, 0))
+    order = torch.randperm(num_images, generator=g).tolist()
+    return [order[i : i + batch_size] for i in range(0, num_images, batch_size)]
+
+
+def _to_device(target: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in target.items()}
+
+
+@torch.no_grad()
+def predict_detections(
+    model: nn.Module,
+    dataset: KittiDetection,
+    *,
+    batch_size: int,
+    device: torch.device,
+    execution: Execution | None = None,
+    workers: int = 0,
+) -> dict[str, list[KittiObject]]:
+    """The model's detections on every image of ``dataset``, as KITTI objects with scores.
+
+    Runs in float32 whatever ``execution`` says: torchvision's SSD builds and decodes its default
+    boxes in the features' dtype, which in bfloat16 would move boxes by pixels.
+
+    Returns
+    -------
+    dict image id -> list of KittiObject
+        Boxes in the original image's pixels (torchvision's SSD post-processing: softmax, score
+        threshold, top-k, ``batched_nms``), class names from ``dataset.classes``.
+    """
+    execution = execution or Execution(device)
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate_detection)
+    out: dict[str, list[KittiObject]] = {}
+    for images, targets in loader:
+        results = model([execution.input(x) for x in images])
+        for target, res in zip(targets, results):
+            boxes = res["boxes"].float().cpu().tolist()
+            scores = res["scores"].float().cpu().tolist()
+            labels = res["labels"].cpu().tolist()
+            out[target["image_id"]] = [
+                KittiObject.from_box(dataset.classes[lab - 1], box, score=score)
+                for box, score, lab in zip(boxes, scores, labels)
+            ]
+    return out
+
+
+def write_detections(folder: str | os.PathLike[str], detections: dict[str, list[KittiObject]]) -> Path:
+    """Write one KITTI label file per image (score as the 16th column; empty file for none).
+
+    The folder is written under a temporary name and renamed, so it is complete or absent.
+    """
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for image_id, objects in detections.items():
+        write_label_file(tmp / f"{image_id}.txt", objects)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def _lr_factor(step: int, *, steps_per_epoch: int, cfg: DetectionConfig) -> float:
+    """Multiplier of the base learning rate at iteration ``step`` (0-based)."""
+    o = cfg.optim
+    warmup = int(round(o.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return 0.01 + 0.99 * step / warmup
+    if o.schedule == "cosine":
+        total = max(1, o.epochs * steps_per_epoch - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total) / total))
+    if o.schedule == "multistep":
+        epoch = step // steps_per_epoch
+        return o.gamma ** sum(1 for m in o.milestones if epoch >= m)
+    return 1.0
+
+
+def _flat_ap(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+    """Mean over classes of AP|R40 and AP11 per difficulty, e.g. ``map40_moderate``."""
+    out = {}
+    for diff in DIFFICULTIES:
+        for kind in ("ap40", "ap11"):
+            values = [results[c][diff][kind] for c in results]
+            out[f"m{kind}_{diff}"] = float(np.mean(values)) if values else math.nan
+    return out
+
+
+def _prune_detection_dirs(snapshot_dir: Path, keep: str | None = None, after: int | None = None) -> None:
+    """Remove detection folders except ``keep`` (or, with ``after``, those of later epochs)."""
+    if not snapshot_dir.exists():
+        return
+    for d in snapshot_dir.glob(f"{_DETECTIONS_PREFIX}*"):
+        try:
+            epoch = int(d.name[len(_DETECTIONS_PREFIX):])
+        except ValueError:
+            continue
+        if (after is not None and epoch > after) or (after is None and d.name != keep):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _fmt_ap(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    return "  ".join(
+        f"{c} {results[c]['easy']['ap40']:.1f}/{results[c]['moderate']['ap40']:.1f}/{results[c]['hard']['ap40']:.1f}"
+        for c in results
+    )
+
+
+def train_detection(
+    cfg: DetectionConfig,
+    out: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str = "auto",
+    quiet: bool = False,
+    amp: str = "off",
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Train a detector with (or, curriculum off, without) per-box data parameters.
+
+    Parameters
+    ----------
+    cfg : DetectionConfig
+    out : path-like
+        The run directory.
+    resume : bool
+        Continue the run in ``out`` from its last checkpoint.
+    overwrite : bool
+        Start over in a directory that holds a run.
+    device : str
+        ``auto``, ``cpu``, ``cuda[:N]`` or ``mps``.
+    quiet : bool
+        No progress bar and no per-epoch line.
+    amp : {"off", "bf16", "fp16"}
+        Mixed precision of the detector's backbone and head in training
+        (:class:`~dataparams.engine.Execution`); default boxes, the loss, sigma and the
+        evaluation stay in float32.
+    threads : int, optional
+        ``torch.set_num_threads`` for this run (CPU).
+
+    Returns
+    -------
+    dict
+        The content of ``summary.json``: final KITTI AP per class and difficulty, the mean over
+        classes, and the final curriculum statistics.
+
+    Raises
+    ------
+    ConfigError
+        A bad field of ``cfg``.
+    RunDirError
+        ``out`` holds another run, or this one without ``resume`` / ``overwrite``.
+    FileNotFoundError
+        Missing data.
+    """
+    validate_detection_config(cfg)
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    config = detection_config_to_dict(cfg)
+    run = RunDir(out)
+    dev = resolve_device(device)
+    execution = Execution.create(dev, amp)
+
+    # -- data --------------------------------------------------------------------------------
+    root = Path(cfg.data.root)
+    train_set = KittiDetection(root, cfg.data.train_split, classes=cfg.data.classes)
+    val_set = KittiDetection(root, cfg.data.val_split, classes=cfg.data.classes)
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise ValueError(f"{root}: the {cfg.data.train_split!r} and {cfg.data.val_split!r} splits must not be empty")
+    table = BoxTable.from_dataset(train_set)
+    val_gt = {i: read_label_file(val_set.label_dir / f"{i}.txt") for i in val_set.image_ids}
+    has_checkpoint = run.prepare(config, resume=resume, overwrite=overwrite)
+    if not has_checkpoint:
+        run.save_arrays("labels.npz", **table.as_arrays())
+    augmented = AugmentedDetection(train_set, hflip=cfg.data.hflip, seed=cfg.seed)
+
+    # -- model, data parameters, optimizers --------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    model = build_detector(cfg.model.arch, len(cfg.data.classes), image_size=cfg.model.image_size,
+                           width=cfg.model.width, score_thresh=cfg.model.score_thresh,
+                           nms_thresh=cfg.model.nms_thresh, detections_per_img=cfg.model.detections_per_img)
+    model = execution.model(model)
+    c = cfg.curriculum
+    data_parameters = DataParameters(
+        len(cfg.data.classes), train_set.num_boxes, instance_curriculum=c.instance_curriculum,
+        init_instance=c.init_instance, clamp=tuple(c.clamp) if c.clamp is not None else None,
+    ).to(dev)
+    criterion = SSDBoxParameterLoss(data_parameters, box_coder=model.box_coder,
+                                    neg_to_pos_ratio=model.neg_to_pos_ratio,
+                                    negative_sigma_grad=c.negative_sigma_grad, wd_instance=c.wd_instance)
+    o = cfg.optim
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=o.lr,
+                                momentum=o.momentum, weight_decay=o.weight_decay)
+    groups = data_parameters.param_groups(lr_instance=c.lr_instance, momentum=c.momentum)
+    # The baseline has no group (sigma = 1 is not learned), hence no second optimizer.
+    dp_optimizer = SparseSGD(groups, momentum=c.momentum) if groups else None
+    steps_per_epoch = math.ceil(len(train_set) / cfg.data.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, steps_per_epoch=steps_per_epoch, cfg=cfg)
+    )
+    box_loss = torch.full((train_set.num_boxes,), float("nan"))
+
+    start_epoch = 0
+    if has_checkpoint:
+        state = run.load_checkpoint(config)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        data_parameters.load_state_dict(state["data_parameters"])
+        if dp_optimizer is not None:
+            dp_optimizer.load_state_dict(state["dp_optimizer"])
+        if execution.scaler is not None and "scaler" in state:
+            execution.scaler.load_state_dict(state["scaler"])
+        box_loss.copy_(state["box_loss"])
+        set_rng_state(state["rng"])
+        start_epoch = int(state["epoch"])
+    # Epochs after the checkpoint (a kill between writing metrics and the checkpoint) go.
+    run.truncate_after(start_epoch)
+    _prune_detection_dirs(run.snapshot_dir, after=start_epoch)
+
+    def checkpoint(epoch: int) -> dict[str, Any]:
+        state = {
+            "epoch": epoch,
+            "config": config,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "data_parameters": data_parameters.state_dict(),
+            "dp_optimizer": dp_optimizer.state_dict() if dp_optimizer is not None else None,
+            "box_loss": box_loss.clone(),
+            "rng": get_rng_state(),
+        }
+        if execution.scaler is not None:
+            state["scaler"] = execution.scaler.state_dict()
+        return state
+
+    optimizers: list[torch.optim.Optimizer] = [optimizer] + ([dp_optimizer] if dp_optimizer is not None else [])
+    bar_factory = None
+    if not quiet:
+        from dataparams.runs.logger import progress_factory
+
+        bar_factory = progress_factory(o.epochs, f"{cfg.preset} seed {cfg.seed} ")
+    t_run = time.perf_counter()
+    record: dict[str, Any] = {}
+    last_eval: dict[str, Any] | None = None
+    for epoch in range(start_epoch, o.epochs):
+        t0 = time.perf_counter()
+        augmented.set_epoch(epoch)
+        batches = epoch_batches(len(train_set), cfg.data.batch_size, seed=cfg.seed, epoch=epoch)
+        loader = DataLoader(augmented, batch_sampler=batches, num_workers=cfg.data.workers,
+                            collate_fn=collate_detection)
+        model.train()
+        sums = torch.zeros(4, dtype=torch.float64)  # classification, regression, negative sigma, batches
+        bar = bar_factory(epoch, len(batches)) if bar_factory is not None else None
+        lr = optimizer.param_groups[0]["lr"]
+        try:
+            for images, targets in loader:
+                images = [execution.input(x) for x in images]
+                targets = [_to_device(t, dev) for t in targets]
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
+                head_outputs, anchors, matched, resized = ssd_training_outputs(
+                    model, images, targets, autocast=execution.autocast)
+                loss, parts = criterion(head_outputs, anchors, matched, resized)
+                _backward_and_step(loss, model, optimizer, dp_optimizer, execution, o.clip_grad_norm)
+                scheduler.step()
+                with torch.no_grad():
+                    index = torch.cat([t["box_index"] for t in targets]).cpu()
+                    box_loss[index] = parts.box_loss.cpu()
+                    sums += torch.stack([parts.classification.detach().double().cpu(),
+                                         parts.bbox_regression.detach().double().cpu(),
+                                         parts.negative_sigma.detach().double().cpu(),
+                                         torch.ones((), dtype=torch.float64)])
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{(sums[0] + sums[1]).item() / sums[3].item():.3f}", refresh=False)
+        finally:
+            if bar is not None:
+                bar.close()
+        n = max(1.0, sums[3].item())
+        sigma = data_parameters.instance_sigma().cpu().numpy()
+        record = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": (sums[0].item() + sums[1].item()) / n,
+            "loss_classification": sums[0].item() / n,
+            "loss_box": sums[1].item() / n,
+            "negative_sigma": sums[2].item() / n,
+            "train_time_s": time.perf_counter() - t0,
+        }
+        record.update(curriculum_statistics(sigma, table, box_loss=box_loss.numpy()))
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == o.epochs:
+            t_eval = time.perf_counter()
+            detections = predict_detections(model, val_set, batch_size=cfg.data.eval_batch_size, device=dev,
+                                            execution=execution, workers=cfg.data.workers)
+            folder = write_detections(run.snapshot_dir / f"{_DETECTIONS_PREFIX}{epoch + 1:04d}", detections)
+            _prune_detection_dirs(run.snapshot_dir, keep=folder.name)
+            results = evaluate(val_gt, detections, classes=cfg.data.classes)
+            record["kitti"] = results
+            record.update(_flat_ap(results))
+            record["eval_time_s"] = time.perf_counter() - t_eval
+            last_eval = record
+        record["time_s"] = time.perf_counter() - t0
+        run.append_metrics(record)
+        run.save_snapshot(epoch + 1, box_sigma=sigma.astype(np.float32), box_loss=box_loss.numpy().astype(np.float32))
+        run.save_checkpoint(checkpoint(epoch + 1))
+        if not quiet:
+            from dataparams.runs.logger import write_line
+
+            parts_text = [f"epoch {epoch + 1:>3}/{o.epochs}", f"loss {record['train_loss']:.3f}",
+                          f"sigma {record.get('box_sigma', {}).get('mean', 1.0):.3f}"]
+            if record.get("spearman_difficulty") is not None:
+                parts_text.append(f"rho(sigma, difficulty) {record['spearman_difficulty']:+.3f}")
+            if "flipped" in record and record["flipped"].get("auroc_sigma") is not None:
+                parts_text.append(f"AUROC(flipped) {record['flipped']['auroc_sigma']:.3f}")
+            if "kitti" in record:
+                parts_text.append(f"AP40 e/m/h {_fmt_ap(record['kitti'])}")
+            parts_text.append(f"{record['time_s']:.1f}s")
+            write_line("  ".join(parts_text))
+
+    if last_eval is None:
+        # A resumed run whose last epoch was already done: take the numbers from the log.
+        evals = [r for r in run.read_metrics() if "kitti" in r]
+        if not evals:
+            raise RunDirError(f"{run.path} has no evaluation to summarise")
+        last_eval = evals[-1]
+        record = run.read_metrics()[-1]
+    summary = {
+        "preset": cfg.preset,
+        "seed": cfg.seed,
+        "epochs": o.epochs,
+        "curriculum": "instance" if c.instance_curriculum else "off",
+        "num_train_images": len(train_set),
+        "num_val_images": len(val_set),
+        "num_boxes": train_set.num_boxes,
+        "num_flipped": int(table.is_flipped.sum()),
+        "eval_epoch": last_eval["epoch"],
+        "kitti": last_eval["kitti"],
+        **{k: v for k, v in last_eval.items() if k.startswith("map")},
+        "final": {k: record.get(k) for k in ("box_sigma", "sigma_by_difficulty", "sigma_by_occlusion",
+                                             "spearman_occlusion", "spearman_difficulty", "flipped")
+                  if k in record},
+        "train_time_s": time.perf_counter() - t_run,
+    }
+    run.write_json("summary.json", summary)
+    return json.loads(json.dumps(summary))
+
+
+def _backward_and_step(loss: Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
+                       dp_optimizer: torch.optim.Optimizer | None, execution: Execution,
+                       clip_grad_norm: float | None) -> None:
+    """Backward, optional clipping of the model's gradient, then both optimizer steps."""
+    optimizers: Sequence[torch.optim.Optimizer] = [optimizer] + ([dp_optimizer] if dp_optimizer is not None else [])
+    scaler = execution.scaler
+    if scaler is None:
+        loss.backward()
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+        for opt in optimizers:
+            opt.step()
+        return
+    scaler.scale(loss).backward()
+    if clip_grad_norm is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    for opt in optimizers:
+        scaler.step(opt)
+    scaler.update()
+

@@ -1,0 +1,214 @@
+"""The detection trainer: a complete run directory, exact resume, the baseline, presets, report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dataparams.config import ConfigError
+from dataparams.data.base import DatasetNotFoundError
+from dataparams.detection.config import (
+    DetectionConfig,
+    apply_detection_overrides,
+    detection_config_from_dict,
+    detection_config_to_dict,
+    validate_detection_config,
+)
+from dataparams.detection.kitti import DEFAULT_CLASSES, DIFFICULTIES, read_label_file
+from dataparams.detection.presets import get_detection_preset, list_detection_presets
+from dataparams.detection.train import train_detection
+from dataparams.runs import RunDir, RunExistsError
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    try:
+        from dataparams.detection.synthetic import SyntheticKittiConfig, write_synthetic_kitti
+
+        root = tmp_path_factory.mktemp("synth")
+        # 24 images: 18 train / 6 val, with 20% of the train boxes flipped so that the
+        # corruption metrics are exercised too.
+        write_synthetic_kitti(root, SyntheticKittiConfig(num_images=24, val_fraction=0.25, seed=5, flip_fraction=0.2))
+    except DatasetNotFoundError:  # pragma: no cover - depends on the machine
+        pytest.skip("Fashion-MNIST is not installed (see README: ./run test installs it)")
+    return root
+
+
+def _config(root, *, instance: bool = True, epochs: int = 2) -> DetectionConfig:
+    cfg = get_detection_preset("kitti-synth/instance" if instance else "kitti-synth/baseline", root=root)
+    cfg.seed = 4
+    cfg.model.width = 16
+    cfg.data.batch_size = 6
+    cfg.data.eval_batch_size = 6
+    cfg.optim.epochs = epochs
+    cfg.eval_every = 1
+    return cfg
+
+
+class _Killed(Exception):
+    pass
+
+
+def _without_times(records):
+    return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in records]
+
+
+def test_two_epochs_write_a_run_directory_and_resume_is_exact(data_root, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    cfg = _config(data_root)
+    full = tmp_path / "full"
+    summary = train_detection(cfg, full, quiet=True)
+
+    run = RunDir(full)
+    assert json.loads(run.config_file.read_text()) == detection_config_to_dict(cfg)
+    records = run.read_metrics()
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert set(r["kitti"]) == set(DEFAULT_CLASSES)
+        for c in DEFAULT_CLASSES:
+            for d in DIFFICULTIES:
+                assert set(r["kitti"][c][d]) == {"ap40", "ap11"}
+        for key in ("train_loss", "loss_classification", "loss_box", "negative_sigma", "box_sigma",
+                    "sigma_by_difficulty", "sigma_by_occlusion", "spearman_occlusion", "spearman_difficulty",
+                    "map40_moderate", "map11_hard"):
+            assert key in r
+        assert r["flipped"]["num_flipped"] > 0 and 0.0 <= r["flipped"]["auroc_sigma"] <= 1.0
+    table = run.load_arrays("labels.npz")
+    n = table["labels"].shape[0]
+    assert run.snapshot_epochs() == [1, 2]
+    snap = run.load_snapshot(2)
+    assert snap["box_sigma"].shape == (n,) and snap["box_loss"].shape == (n,)
+    assert not np.all(snap["box_sigma"] == 1.0)  # the curriculum moved
+    # KITTI detection files of the last evaluation: one per val image, score as the 16th column.
+    folders = sorted(run.snapshot_dir.glob("detections_epoch_*"))
+    assert [f.name for f in folders] == ["detections_epoch_0002"]
+    val_ids = (data_root / "ImageSets" / "val.txt").read_text().split()
+    assert sorted(p.stem for p in folders[0].glob("*.txt")) == sorted(val_ids)
+    objects = [o for i in val_ids for o in read_label_file(folders[0] / f"{i}.txt", require_score=True)]
+    assert objects and all(o.type in DEFAULT_CLASSES for o in objects)
+    state = run.load_checkpoint()
+    assert {"model", "optimizer", "scheduler", "data_parameters", "dp_optimizer", "box_loss", "rng", "epoch",
+            "config"} <= set(state)
+    assert summary == run.read_json("summary.json") and summary["eval_epoch"] == 2
+    with pytest.raises(RunExistsError):
+        train_detection(cfg, full, quiet=True)
+
+    # Killed right after the first checkpoint, then resumed: bit for bit the uninterrupted run.
+    killed = tmp_path / "killed"
+    original = RunDir.save_checkpoint
+
+    def save_then_die(self, state):
+        original(self, state)
+        raise _Killed
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        train_detection(cfg, killed, quiet=True)
+    monkeypatch.undo()
+    assert [r["epoch"] for r in RunDir(killed).read_metrics()] == [1]
+    train_detection(cfg, killed, resume=True, quiet=True)
+
+    a, b = run.load_checkpoint(), RunDir(killed).load_checkpoint()
+    for key in ("model", "data_parameters"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), name
+    assert torch.equal(a["box_loss"].nan_to_num(-1), b["box_loss"].nan_to_num(-1))
+    for opt in ("optimizer", "dp_optimizer"):
+        for k, s in a[opt]["state"].items():
+            for name, t in s.items():
+                assert torch.equal(t, b[opt]["state"][k][name]), (opt, name)
+    assert a["scheduler"] == b["scheduler"]
+    assert _without_times(run.read_metrics()) == _without_times(RunDir(killed).read_metrics())
+    for epoch in (1, 2):
+        sa, sb = run.load_snapshot(epoch), RunDir(killed).load_snapshot(epoch)
+        assert np.array_equal(sa["box_sigma"], sb["box_sigma"])
+    for f in folders[0].glob("*.txt"):
+        assert f.read_text() == (killed / "snapshots" / "detections_epoch_0002" / f.name).read_text()
+
+
+def test_baseline_runs_the_same_code_with_sigma_one(data_root, tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "baseline"
+    summary = train_detection(_config(data_root, instance=False, epochs=1), out, quiet=True)
+    run = RunDir(out)
+    assert np.all(run.load_snapshot(1)["box_sigma"] == 1.0)
+    record = run.read_metrics()[0]
+    assert record["negative_sigma"] == 1.0
+    assert record["spearman_difficulty"] is None  # sigma is constant
+    assert record["flipped"]["auroc_sigma"] == 0.5 and record["flipped"]["auroc_loss"] is not None
+    assert run.load_checkpoint()["dp_optimizer"] is None
+    assert summary["curriculum"] == "off"
+
+
+def test_report_writes_figures_and_summary(data_root, tmp_path):
+    pytest.importorskip("matplotlib")
+    from dataparams.detection.figures import detection_report, is_detection_run
+
+    torch.set_num_threads(1)
+    runs = []
+    for instance in (False, True):
+        out = tmp_path / ("instance" if instance else "baseline")
+        train_detection(_config(data_root, instance=instance, epochs=1), out, quiet=True)
+        runs.append(out)
+    report = detection_report(runs, tmp_path / "report")
+    assert {"kitti_synth_instance_sigma_levels", "kitti_synth_instance_boxes", "rank_correlation",
+            "flipped_auroc", "ap_over_epochs"} <= set(report["figures"])
+    for path in report["figures"].values():
+        assert (tmp_path / "report" / path.split("/")[-1]).stat().st_size > 0
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "kitti-synth/baseline" in page and "kitti-synth/instance" in page and "AUROC" in page
+    assert "<table>" in page and page.count("data:image/png;base64,") == len(report["figures"])
+    assert sorted(p.name for p in (tmp_path / "report").iterdir() if p.suffix != ".png") == ["report.html"]
+    assert [g["label"] for g in report["groups"]] == ["kitti-synth/baseline", "kitti-synth/instance"]
+    assert all(is_detection_run(r) for r in runs) and not is_detection_run(tmp_path / "report")
+
+
+def test_presets_and_overrides(tmp_path):
+    assert list_detection_presets() == ["kitti/baseline", "kitti/instance", "kitti-synth/baseline",
+                                        "kitti-synth/instance"]
+    for name in list_detection_presets():
+        cfg = get_detection_preset(name, root=tmp_path)
+        validate_detection_config(cfg)
+        assert cfg.notes and cfg.preset == name
+        assert cfg.curriculum.instance_curriculum == name.endswith("instance")
+        assert detection_config_from_dict(detection_config_to_dict(cfg)) == cfg
+    kitti = get_detection_preset("kitti/instance")
+    assert kitti.model.arch == "ssd300_vgg16"
+    assert (kitti.curriculum.lr_instance, kitti.curriculum.momentum, kitti.curriculum.wd_instance) == (0.1, 0.0, 0.0)
+    cfg = apply_detection_overrides(kitti, ["optim.lr=0.01", "model.image_size=300,300",
+                                            "curriculum.clamp=none", "data.root=/data/kitti"])
+    assert (cfg.optim.lr, cfg.model.image_size, cfg.curriculum.clamp, cfg.data.root) == (
+        0.01, [300, 300], None, "/data/kitti")
+    with pytest.raises(ConfigError, match="valid"):
+        apply_detection_overrides(kitti, ["optim.learning_rate=0.1"])
+    with pytest.raises(ConfigError, match="unknown detection preset"):
+        get_detection_preset("kitti/joint")
+    with pytest.raises(ConfigError, match="data.root"):
+        validate_detection_config(get_detection_preset("kitti/baseline"))
+
+
+def test_command_line_trains_reports_and_evaluates_a_detection_preset(data_root, tmp_path, capsys):
+    # `dataparams train --preset kitti-synth/instance`, then `dataparams report` (Figure 3) and
+    # `dataparams kitti-eval` on the detections the run wrote.
+    from dataparams.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "kitti-synth/instance", "--data-dir", str(data_root), "--epochs", "1",
+            "--set", "model.width=16", "--set", "data.batch_size=6", "--set", "eval_every=1", "--out", str(out),
+            "--device", "cpu", "--quiet"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary["kitti"]) == set(DEFAULT_CLASSES)
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert "report.html" in capsys.readouterr().out
+    assert (tmp_path / "report" / "report.html").exists()
+    dets = sorted((out / "snapshots").glob("detections_epoch_*"))[-1]
+    assert main(["kitti-eval", str(data_root / "training" / "label_2"), str(dets), "--split",
+                 str(data_root / "ImageSets" / "val.txt")]) == 0
+    assert "Car" in capsys.readouterr().out
+    assert main(["train", "--preset", "kitti-synth/instance", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["data"]["root"].endswith("kitti-synth")

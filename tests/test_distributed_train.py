@@ -1,0 +1,343 @@
+"""``dataparams train`` under torchrun (CPU, gloo) against the same command in one process.
+
+The reference is the plain single-process command, whose path this package's tests pin
+elsewhere (``tests/test_resume.py``). Two processes, in both layouts of the data parameters,
+must end with the reference's sigma snapshots and test accuracy, and so must runs killed with
+``kill -9`` of one process and resumed with another number of processes. The data are tiny
+Fashion-MNIST IDX files; 301 training samples in batches of 64 make the last global batch 45
+samples, split 23 / 22. Every process runs with one thread.
+
+The one-process checks at the end (loader order, BatchNorm over the global batch, gradient
+scaling, refusals) need no launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from dataparams.build import validate_config
+from dataparams.config import EXECUTION_FIELDS, ConfigError, apply_overrides, config_to_dict, diff_configs
+from dataparams.distributed import (
+    DistributedContext,
+    FileShareLoader,
+    GlobalBatchNorm,
+    ShardedObjective,
+    init_distributed,
+    local_share,
+    sync_batch_norm,
+    wrap_model,
+)
+from dataparams.engine import Execution
+from dataparams.experiment import check_distributable
+from dataparams.objectives import DataParameterObjective
+from dataparams.parameters import DataParameters
+from dataparams.presets import get_preset
+from dataparams.runs import RunDir
+from fakes import write_idx
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or os.name != "posix",
+                                reason="needs torch.distributed and SIGKILL")
+
+N_TRAIN, BATCH = 301, 64
+STEPS_PER_EPOCH = -(-N_TRAIN // BATCH)
+KILL_AT = STEPS_PER_EPOCH + 2  # the second step of epoch 2, after epoch 1's checkpoint
+ATOL = 1e-5  # float32 sums in another order; the measured differences are ~1e-7
+TIMEOUT = 300
+
+# A stand-in for `python -m dataparams` that SIGKILLs the process of rank R before its training
+# step S when DP_TEST_KILL="R:S" (one process's "kill -9" at a known point of the run).
+LAUNCHER = textwrap.dedent('''
+    import os, signal, sys
+    from dataparams import engine
+    from dataparams.cli import main
+
+    if os.environ.get("DP_TEST_KILL"):
+        rank, step = (int(v) for v in os.environ["DP_TEST_KILL"].split(":"))
+        if int(os.environ.get("RANK", "0")) == rank:
+            original, steps = engine.Execution.backward_and_step, [0]
+
+            def backward_and_step(self, loss, optimizers):
+                steps[0] += 1
+                if steps[0] == step:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return original(self, loss, optimizers)
+
+            engine.Execution.backward_and_step = backward_and_step
+    sys.exit(main(sys.argv[1:]))
+''')
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    # optim.lr=0.01 keeps the test accuracy of these easy images below 100% (60% and 84%), so
+    # that its equality says something.
+    return ["train", "--preset", "fmnist-noisy40/instance", "--epochs", "2", "--device", "cpu",
+            "--data-dir", str(data), "--set", f"data.subset={N_TRAIN}", "--set", f"data.batch_size={BATCH}",
+            "--set", "optim.lr=0.01", "--out", str(out), "--quiet", "--no-tensorboard", *extra]
+
+
+def _run(args: list[str], *, processes: int, launcher: Path | None = None, kill: str | None = None,
+         check: bool = True) -> subprocess.CompletedProcess:
+    """``dataparams ARGS`` in one process, or under torchrun with ``processes`` processes."""
+    entry = [str(launcher)] if launcher is not None else ["-m", "dataparams"]
+    if processes > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               *entry, *args]
+    else:
+        cmd = [sys.executable, *entry, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    if kill is not None:
+        env["DP_TEST_KILL"] = kill
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def _killed_then_resumed(data: Path, out: Path, launcher: Path, extra: tuple[str, ...], *, first: int,
+                         then: int) -> Path:
+    """Train with ``first`` processes, kill -9 one of them in epoch 2, resume with ``then``."""
+    args = _train_args(data, out, *extra)
+    # Kill the last rank: under torchrun the others wait for it in a collective and torchrun
+    # ends them; in one process the process itself is killed.
+    killed = _run(args, processes=first, launcher=launcher, kill=f"{first - 1}:{KILL_AT}", check=False)
+    assert killed.returncode != 0, "the run finished before it could be killed"
+    assert len(RunDir(out).read_metrics()) == 1 and (out / "checkpoint.pt").exists()
+    _run([*args, "--resume"], processes=then, launcher=launcher)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("distributed_train")
+    data = write_idx(tmp / "fmnist", n_train=400, n_test=100, seed=3)
+    launcher = tmp / "launch.py"
+    launcher.write_text(LAUNCHER)
+    sharded = ("--set", "distributed.mode=sharded")
+
+    def plain(name: str, processes: int, *extra: str) -> Path:
+        _run(_train_args(data, tmp / name, *extra), processes=processes)
+        return tmp / name
+
+    jobs = {
+        "reference": lambda: plain("reference", 1),
+        "replicated": lambda: plain("replicated", 2),
+        "sharded": lambda: plain("sharded", 2, *sharded),
+        "replicated_2_to_1": lambda: _killed_then_resumed(data, tmp / "r21", launcher, (), first=2, then=1),
+        "replicated_1_to_2": lambda: _killed_then_resumed(data, tmp / "r12", launcher, (), first=1, then=2),
+        "sharded_2_to_1": lambda: _killed_then_resumed(data, tmp / "s21", launcher, sharded, first=2, then=1),
+        "sharded_1_to_2": lambda: _killed_then_resumed(data, tmp / "s12", launcher, sharded, first=1, then=2),
+    }
+    # Two at a time: each job is mostly process start-up, and every process has one thread.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(job) for name, job in jobs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def _assert_same_run(run: Path, reference: Path) -> None:
+    """Sigma snapshots, per-sample losses and test accuracy of every epoch, the final model."""
+    got, ref = RunDir(run), RunDir(reference)
+    assert got.snapshot_epochs() == ref.snapshot_epochs() == [1, 2]
+    for epoch in (1, 2):
+        a, b = got.load_snapshot(epoch), ref.load_snapshot(epoch)
+        assert sorted(a) == sorted(b) == ["instance_sigma", "loss"]
+        np.testing.assert_allclose(a["instance_sigma"], b["instance_sigma"], rtol=0, atol=ATOL)
+        np.testing.assert_allclose(a["loss"].astype(np.float32), b["loss"].astype(np.float32), rtol=1e-2, atol=1e-3)
+    ma, mb = got.read_metrics(), ref.read_metrics()
+    assert [m["test_acc"] for m in ma] == [m["test_acc"] for m in mb]
+    for a, b in zip(ma, mb):
+        for key in ("train_loss", "train_acc", "train_acc_clean", "test_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+        assert a["detection"]["auroc"] == pytest.approx(b["detection"]["auroc"], abs=1e-3)
+    summary, ref_summary = got.read_json("summary.json"), ref.read_json("summary.json")
+    assert summary["final_test_acc"] == ref_summary["final_test_acc"]
+    state, ref_state = got.load_checkpoint(), ref.load_checkpoint()
+    assert state["epoch"] == ref_state["epoch"] == 2
+    for key, value in ref_state["model"].items():
+        torch.testing.assert_close(state["model"][key], value, atol=ATOL, rtol=0, msg=key)
+
+
+def test_two_processes_equal_one_process(runs):
+    _assert_same_run(runs["replicated"], runs["reference"])
+    # Replicated checkpoints are single-process checkpoints: every per-sample buffer is there.
+    state, ref = RunDir(runs["replicated"]).load_checkpoint(), RunDir(runs["reference"]).load_checkpoint()
+    assert set(state["objective"]) == set(ref["objective"])
+    for key in ("dp.instance_log_sigma", "last_loss", "loss_sum", "log_sigma_sum"):
+        torch.testing.assert_close(state["objective"][key], ref["objective"][key], atol=ATOL, rtol=1e-5, msg=key)
+
+
+def test_two_processes_with_sharded_data_parameters_equal_one_process(runs):
+    _assert_same_run(runs["sharded"], runs["reference"])
+    shards = sorted(p.name for p in RunDir(runs["sharded"]).shard_dir.iterdir())
+    assert len(shards) == 3 and sum(n.startswith("shard-") for n in shards) == 2  # one save, two shards
+    manifest = RunDir(runs["sharded"]).load_checkpoint()["data_parameter_shards"]
+    assert manifest["world_size"] == 2 and {s["file"] for s in manifest["shards"]} <= set(shards)
+
+
+@pytest.mark.parametrize("name", ["replicated_2_to_1", "replicated_1_to_2", "sharded_2_to_1", "sharded_1_to_2"])
+def test_kill_minus_9_then_resume_with_another_number_of_processes(runs, name):
+    _assert_same_run(runs[name], runs["reference"])
+
+
+def test_a_checkpoint_resumes_only_in_its_own_layout(runs, tmp_path):
+    # distributed.mode is an execution field (it does not change the result), but a sharded
+    # checkpoint holds its instance rows in shard files: resuming it replicated is refused.
+    copy = tmp_path / "copy"
+    shutil.copytree(runs["sharded_1_to_2"], copy)
+    data = json.loads((copy / "config.json").read_text())["data"]["data_dir"]
+    proc = _run(_train_args(Path(data), copy, "--resume"), processes=1, check=False)
+    assert proc.returncode == 2 and "distributed.mode=sharded" in proc.stderr
+
+
+# ---- one process ------------------------------------------------------------------------------
+
+
+class _Items(torch.utils.data.Dataset):
+    def __len__(self):
+        return 37
+
+    def __getitem__(self, i):
+        return torch.tensor([float(i)]), i % 3, i
+
+
+def test_file_share_loader_yields_the_shares_of_the_file_loaders_batches():
+    from dataparams.data.loaders import FileLoader
+
+    single = FileLoader(_Items(), batch_size=8, shuffle=True, workers=0, seed=4, device=torch.device("cpu"))
+    shares = [FileShareLoader(_Items(), batch_size=8, seed=4, rank=r, world_size=3) for r in range(3)]
+    for epoch in (0, 2):
+        for loader in (single, *shares):
+            loader.set_epoch(epoch)
+        batches = list(single)
+        assert len(batches) == len(shares[0]) == 5
+        for (_, _, index), *parts in zip(batches, *shares):
+            assert [p[2].tolist() for p in parts] == [local_share(index, r, 3).tolist() for r in range(3)]
+
+
+def _bn_worker(rank: int, world_size: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    with init_distributed("cpu", timeout=timedelta(seconds=60)) as ctx:
+        model = sync_batch_norm(_bn_model(), ctx)
+        assert sum(isinstance(m, GlobalBatchNorm) for m in model.modules()) == 2
+        torch.save(_bn_train(wrap_model(model, ctx), model, lambda t: local_share(t, rank, world_size),
+                             world_size), Path(out) / f"bn{rank}.pt")
+
+
+def _bn_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 6),
+                         nn.BatchNorm1d(6, momentum=None), nn.Linear(6, 3))
+
+
+def _bn_train(net: nn.Module, model: nn.Module, share, world_size: int) -> dict:
+    g = torch.Generator().manual_seed(1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for size in (11, 8, 5):  # uneven shares of 6/5, 4/4, 3/2
+        x, y = torch.randn(size, 2, 6, 6, generator=g) * 3 + 1, torch.randint(0, 3, (size,), generator=g)
+        per_sample = nn.functional.cross_entropy(net(share(x)), share(y), reduction="none")
+        # The weighting of dataparams.distributed.distributed_loss: (P / B) * sum over the share.
+        (per_sample.sum() * world_size / size).backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    x = torch.randn(4, 2, 6, 6, generator=g)
+    return {"state": {k: v.clone() for k, v in model.state_dict().items()}, "eval": model(x).detach()}
+
+
+def test_global_batch_norm_gives_the_single_process_training():
+    model = _bn_model()
+    reference = _bn_train(model, model, lambda t: t, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_bn_worker, args=(2, _free_port(), tmp), nprocs=2, join=True)
+        ranks = [torch.load(Path(tmp) / f"bn{r}.pt", weights_only=False) for r in range(2)]
+    for got in ranks:
+        for key, value in reference["state"].items():
+            torch.testing.assert_close(got["state"][key].double(), value.double(), atol=1e-5, rtol=1e-5, msg=key)
+        torch.testing.assert_close(got["eval"], reference["eval"], atol=1e-5, rtol=1e-5)
+
+
+def test_sharded_objective_matches_the_objective_step_by_step():
+    # The same steps through DataParameterObjective + SparseSGD and through ShardedObjective
+    # (P = 1, under a gradient scaler) as the engine drives them; the product joint and the
+    # normalised steps included, which the sharded layout implements on its own.
+    options = dict(lr_class=0.3, lr_instance=2.0, momentum=0.9, wd_class=0.01, wd_instance=0.02,
+                   normalize_instance=True)
+    dp = DataParameters(4, 30, class_curriculum=True, instance_curriculum=True, joint="product", clamp=(0.5, 2.0))
+    plain = DataParameterObjective(dp, **options)
+    sharded = ShardedObjective(4, 30, ctx=DistributedContext(), class_curriculum=True, joint="product",
+                               clamp=(0.5, 2.0), **options)
+    scaled = Execution(torch.device("cpu"), scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
+    g = torch.Generator().manual_seed(0)
+    for epoch in range(2):
+        for objective in (plain, sharded):
+            objective.on_epoch_start(epoch)
+        for _ in range(4):
+            index = torch.randperm(30, generator=g)[:7]
+            y, logits = index % 4, torch.randn(7, 4, generator=g)
+            for objective, execution in ((plain, Execution(torch.device("cpu"))), (sharded, scaled)):
+                for opt in objective.optimizers().values():
+                    opt.zero_grad()
+                z = logits.clone().requires_grad_(True)
+                loss, per_sample = objective(z, z, y, index)
+                execution.backward_and_step(loss, list(objective.optimizers().values()))
+                objective.record(index, per_sample)
+        for objective in (plain, sharded):
+            objective.on_epoch_end(epoch)
+    torch.testing.assert_close(sharded.dp.instance_log_sigma, plain.dp.instance_log_sigma.detach())
+    torch.testing.assert_close(sharded.dp.class_log_sigma, plain.dp.class_log_sigma.detach())
+    np.testing.assert_allclose(sharded.snapshot()["instance_sigma"], plain.snapshot()["instance_sigma"], rtol=1e-6)
+    for key, values in plain.extra_scores().items():
+        np.testing.assert_allclose(sharded.extra_scores()[key], values, rtol=1e-6, err_msg=key)
+    # A step whose gradients are not finite is skipped by the scaler, on the sharded update too.
+    before, scale = sharded.dp.instance_log_sigma.clone(), scaled.scaler.get_scale()
+    index = torch.arange(5)
+    z = torch.randn(5, 4, generator=g).requires_grad_(True)
+    loss, _ = sharded(z, z, index % 4, index)
+    for opt in sharded.optimizers().values():
+        opt.zero_grad()
+    scaled.backward_and_step(loss * float("inf"), list(sharded.optimizers().values()))
+    assert torch.equal(sharded.dp.instance_log_sigma, before) and scaled.scaler.get_scale() < scale
+
+
+def test_peer_methods_and_bad_modes_are_refused():
+    cfg = apply_overrides(get_preset("fmnist-noisy40/baseline"), ["method=coteaching"])
+    with pytest.raises(ConfigError, match="small-loss"):
+        check_distributable(cfg)
+    check_distributable(get_preset("fmnist-noisy40/instance"))
+    with pytest.raises(ConfigError, match="distributed.mode"):
+        validate_config(apply_overrides(get_preset("fmnist-noisy40/instance"), ["distributed.mode=ring"]))
+    with pytest.raises(ConfigError, match="instance_curriculum"):
+        validate_config(apply_overrides(get_preset("fmnist-noisy40/class"), ["distributed.mode=sharded"]))
+
+
+def test_configs_without_the_distributed_section_still_resume():
+    # A run directory written before distributed.mode existed holds the same run.
+    new = config_to_dict(get_preset("fmnist-noisy40/instance"))
+    old = {k: v for k, v in new.items() if k != "distributed"}
+    assert diff_configs(old, new) == ["distributed.mode"]
+    assert "distributed.mode" in EXECUTION_FIELDS
