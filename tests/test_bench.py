@@ -123,3 +123,26 @@ def test_tuning_picks_the_best_noisy_validation_setting(tmp_path):
     assert chosen["gce"] == best["setting"] and chosen["gce"] in tuning_grid("gce")
     # the tuning cell never reads the test set to choose: the choice is the argmax of validation accuracy
     assert json.loads((out / "tuning.json").read_text())["chosen"] == chosen
+
+
+def test_one_cell_from_the_command_line_and_the_dp_filter_pipeline(tmp_path, capsys):
+    # `dataparams bench --spec spec.json --out OUT --cell METHOD/NOISE_RATE/seedS` runs one cell: here
+    # dp-filter, whose two trainings (curriculum, then retraining on the kept samples) leave their
+    # run directories in the cell.
+    from dataparams.bench import parse_cell
+    from dataparams.cli import main
+
+    data = fakes.write_idx(tmp_path / "data", 64, 32)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"methods": ["dp-filter"], "grid": [["uniform", 0.4, [1]]],
+                                "overrides": [f"data.data_dir={data}", "data.subset=64", "data.val_fraction=0.25",
+                                 "optim.epochs=2", "data.batch_size=16", "data.eval_batch_size=64"]}))
+    out = tmp_path / "bench"
+    assert main(["bench", "--spec", str(spec), "--out", str(out), "--cell", "dp-filter/uniform40/seed1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["status"] == "ok" and result["trainings"] == 2 and result["cell"]["method"] == "dp-filter"
+    cell = out / "cells" / "dp-filter" / "uniform40" / "seed1"
+    kept = np.load(next(cell.glob("keep_final_*.npy")))
+    assert 0 < len(kept) <= 48 and len(kept) == 48 - result["n_flagged"]
+    assert parse_cell("aum/pair40/seed3") == Cell("aum", "pair", 0.4, 3)
+    assert main(["bench", "--out", str(out), "--cell", "nope/uniform40/seed1"]) == 2

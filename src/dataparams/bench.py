@@ -45,7 +45,7 @@ from dataparams.methods.registry import METHODS as REGISTRY
 from dataparams.presets import get_preset
 from dataparams.runs import RunDir, atomic_write_text
 
-__all__ = ["METHODS", "BenchSpec", "Cell", "run_cell", "run_grid", "summarize", "tune", "tuning_grid"]
+__all__ = ["METHODS", "BenchSpec", "Cell", "parse_cell", "run_cell", "run_grid", "summarize", "tune", "tuning_grid"]
 
 # Method names, variants, tuning settings, trainings and scores come from the one registry.
 METHODS = tuple(REGISTRY)
@@ -59,6 +59,17 @@ class Cell:
     @property
     def key(self) -> str:
         return f"{self.method}/{self.noise}{_percent(self.rate)}/seed{self.seed}"
+
+
+def parse_cell(key: str) -> Cell:
+    """The :class:`Cell` of a key such as ``dp-filter/pair40/seed2`` (what :attr:`Cell.key` writes)."""
+    import re
+
+    m = re.fullmatch(r"([\w-]+)/([a-z]+)(\d+)/seed(\d+)", key.strip())
+    if m is None or m.group(1) not in REGISTRY:
+        raise ConfigError(f"cell {key!r} must look like METHOD/NOISE_RATE/seedS, e.g. dp-filter/pair40/seed2, with "
+                          f"METHOD one of {', '.join(REGISTRY)}")
+    return Cell(m.group(1), m.group(2), int(m.group(3)) / 100, int(m.group(4)))
 
 
 def _percent(rate: float) -> int:
@@ -321,8 +332,10 @@ def _single_detection(method: str, out: Path, summary: dict[str, Any]) -> dict[s
     block = _SCORE_BLOCK.get(REGISTRY[method].score or "")
     if block is None:
         return res
-    # The method's own score, and sigma integrated over training where the run has it.
-    for prefix, blk in (("detection", block), ("detection_sigma_mean", "detection_sigma_mean")):
+    # The method's own score, and, where the run has them, sigma integrated over training and the
+    # loss under the learned temperatures averaged over training (other rankings of the same run).
+    for prefix, blk in (("detection", block), ("detection_sigma_mean", "detection_sigma_mean"),
+                        ("detection_mean_loss", "detection_mean_loss")):
         by_epoch = {r["epoch"]: r.get(blk) for r in history}
         for suffix, e in (("", final_epoch), ("_valsel", picked)):
             if by_epoch.get(e):
@@ -510,7 +523,11 @@ def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
         return text
 
     head = " | ".join(f"{n} {_percent(r)}%" for n, r in columns)
-    lines = [f"# Bench: {spec.base}, methods x noise, test accuracy (%)", ""]
+    lines = [f"# Bench: {spec.base}, methods x noise, test accuracy (%)", "",
+             "Reproduce any single cell: `dataparams bench --spec spec.json --out OUT --cell METHOD/NOISE_RATE/seedS` "
+             "(e.g. `--cell dp-filter/pair40/seed2`; spec.json beside this file holds the grid, the overrides and the "
+             "settings chosen by tuning); the whole grid: `dataparams bench --spec spec.json --out OUT --stage grid "
+             "--jobs 2`. Cells are `mean ± std (n=seeds)`.", ""]
     for title, key in (("Final epoch", "final_test_acc"), ("Epoch chosen on the noisy validation split",
                                                              "val_selected_test_acc")):
         lines += [f"## {title}", "", f"| method | {head} |", "|---|" + "---:|" * len(columns)]
@@ -527,25 +544,31 @@ def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
     lines += ["", "## Noise detection: how well each method's per-sample score ranks the corrupted labels", "",
               "Scores: data parameters, instance sigma; SuperLoss, -log confidence; baseline and co-teaching, the "
               "small-loss criterion (mean training loss so far); cleanlab, 1 - label quality from K-fold out-of-sample "
-              "probabilities; AUM, -AUM read at the noisy-validation peak. 'last' is the final epoch, 'val' the epoch "
-              "chosen on the noisy validation split (cleanlab and AUM have one value).", ""]
+              "probabilities; AUM, -AUM read at the noisy-validation peak; dp-filter, the mixture's input of its "
+              "first training. Rows 'ranked by ...' rank the same runs by another score: sigma-mean (sigma "
+              "integrated over training, the geometric mean over epochs) and mean-loss (each sample's loss under "
+              "its learned temperature, averaged over the epochs). 'last' is the final epoch, 'val' the epoch "
+              "chosen on the noisy validation split (cleanlab, AUM and dp-filter have one value).", ""]
     for n, r in columns:
         lines += [f"### {n} {_percent(r)}%", "", "| method | AUROC last | AUROC val | AP last | AP val | "
                   "precision at true count, val | trainings |", "|---|---:|---:|---:|---:|---:|---:|"]
-        for m in spec.methods:
-            rs = [x for x in group(m, n, r) if x["status"] == "ok" and x.get("detection")]
+        rows = [(m, m, "detection") for m in spec.methods]
+        rows += [(f"{m}, ranked by {name}", m, block) for m in spec.methods if REGISTRY[m].score == "sigma"
+                 for name, block in (("sigma-mean", "detection_sigma_mean"), ("mean-loss", "detection_mean_loss"))]
+        for label, m, block in rows:
+            rs = [x for x in group(m, n, r) if x["status"] == "ok" and x.get(block)]
             if not rs:
                 continue
 
-            def det(x: dict[str, Any], which: str, k: str) -> float:
-                d = x.get(which) or x["detection"]
+            def det(x: dict[str, Any], which: str, k: str, block: str = block) -> float:
+                d = x.get(block + which) or x[block]
                 return d[k]
 
-            lines.append(f"| {m} | " + " | ".join(
-                ms([det(x, w, k) for x in rs]) for w, k in (("detection", "auroc"), ("detection_valsel", "auroc"),
-                                                           ("detection", "average_precision"),
-                                                           ("detection_valsel", "average_precision"),
-                                                           ("detection_valsel", "precision_at_k")))
+            lines.append(f"| {label} | " + " | ".join(
+                ms([det(x, w, k) for x in rs]) for w, k in (("", "auroc"), ("_valsel", "auroc"),
+                                                           ("", "average_precision"),
+                                                           ("_valsel", "average_precision"),
+                                                           ("_valsel", "precision_at_k")))
                          + f" | {rs[0].get('trainings')} |")
         lines.append("")
     # The settings each cell actually ran with (recorded in its result), not what the spec in

@@ -158,6 +158,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="tune: choose each method's setting on the noisy validation split; grid: run the cells "
                    "(with the tuned settings when OUT/tuning.json exists); all: both; summary: only rewrite "
                    "the tables (default: %(default)s)")
+    b.add_argument("--cell", metavar="METHOD/NOISE_RATE/seedS",
+                   help="run one cell only, e.g. dp-filter/pair40/seed2, with the spec's settings (its 'chosen', or "
+                   "OUT/tuning.json); prints its result")
     b.add_argument("--jobs", type=int, default=1, help="cells run in parallel, each with cores/jobs threads")
     b.add_argument("--device", default="cpu", help="device of every cell (default: cpu)")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -403,12 +406,19 @@ def cmd_kitti_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from dataparams.bench import load_spec, run_grid, summarize, tune
+    from dataparams.bench import _load_tuning, load_spec, run_grid, summarize, tune
 
     spec = load_spec(Path(args.spec) if args.spec else None, base=args.base, methods=args.methods,
                      overrides=args.overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.cell:
+        from dataparams.bench import parse_cell, run_cell
+
+        _load_tuning(spec, out)
+        result = run_cell(spec, parse_cell(args.cell), out, device=args.device)
+        print(json.dumps({k: v for k, v in result.items() if k != "traceback"}, indent=2, allow_nan=True))
+        return 0 if result["status"] == "ok" else 1
     (out / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2) + "\n")
     if args.stage in ("tune", "all"):
         tune(spec, out, device=args.device, jobs=args.jobs, quiet=args.quiet)
