@@ -283,14 +283,12 @@ def test_global_batch_norm_gives_the_single_process_training():
 
 def test_sharded_objective_matches_the_objective_step_by_step():
     # The same steps through DataParameterObjective + SparseSGD and through ShardedObjective
-    # (P = 1, under a gradient scaler) as the engine drives them; the product joint and the
-    # normalised steps included, which the sharded layout implements on its own.
-    options = dict(lr_class=0.3, lr_instance=2.0, momentum=0.9, wd_class=0.01, wd_instance=0.02,
-                   normalize_instance=True)
-    dp = DataParameters(4, 30, class_curriculum=True, instance_curriculum=True, joint="product", clamp=(0.5, 2.0))
+    # (P = 1, under a gradient scaler) as the engine drives them, the joint curriculum and both
+    # regularisers included.
+    options = dict(lr_class=0.3, lr_instance=2.0, momentum=0.9, wd_class=0.01, wd_instance=0.02)
+    dp = DataParameters(4, 30, class_curriculum=True, instance_curriculum=True, clamp=(0.5, 2.0))
     plain = DataParameterObjective(dp, **options)
-    sharded = ShardedObjective(4, 30, ctx=DistributedContext(), class_curriculum=True, joint="product",
-                               clamp=(0.5, 2.0), **options)
+    sharded = ShardedObjective(4, 30, ctx=DistributedContext(), class_curriculum=True, clamp=(0.5, 2.0), **options)
     scaled = Execution(torch.device("cpu"), scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
     g = torch.Generator().manual_seed(0)
     for epoch in range(2):

@@ -155,11 +155,14 @@ def test_random_labels(variant):
 
 @pytest.mark.parametrize("variant", ["baseline", "class", "instance", "joint"])
 def test_cpu_random_labels_is_the_noisy_preset_with_every_label_random(variant):
-    # The CPU stand-in for sec. 3.5 differs from fmnist-noisy40 in the labels only.
+    # The CPU stand-in for sec. 3.5 differs from fmnist-noisy40 in the labels and, as sec. 3.5's
+    # setting (Zhang et al. 2017), in its constant learning rate.
     cfg, ref = config_to_dict(get_preset(f"fmnist-random/{variant}")), config_to_dict(get_preset(f"fmnist-noisy40/{variant}"))
     assert (cfg["data"].pop("noise"), cfg["data"].pop("noise_rate")) == ("random", 1.0)
+    assert (cfg["optim"].pop("schedule"), cfg["optim"].pop("milestones")) == ("constant", [])
     for d in (cfg, ref):
         d["data"].pop("noise", None), d["data"].pop("noise_rate", None), d.pop("preset"), d.pop("notes")
+        d["optim"].pop("schedule", None), d["optim"].pop("milestones", None)
     assert cfg == ref
 
 
@@ -171,6 +174,7 @@ def test_cpu_preset(variant):
     assert cfg.model.arch == "small_cnn"
     o = cfg.optim
     assert (o.epochs, o.lr, o.momentum, o.weight_decay) == (40, 0.05, 0.9, 5e-4)
+    assert (o.schedule, o.milestones, o.gamma) == ("multistep", [20, 30], 0.1)
     # the memorisation regime: no augmentation (with it the baseline does not memorise in 40 epochs)
     assert cfg.data.augment is False
     # data-parameter learning rates chosen on the noisy validation split, recorded in the preset

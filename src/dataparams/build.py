@@ -24,7 +24,6 @@ from dataparams.models import ARCHITECTURES, is_known_arch, load_local_weights
 from dataparams.models import build_model as _build_model
 from dataparams.noise import NOISE_MODELS
 from dataparams.objectives import Objective
-from dataparams.parameters import JOINT_MODES
 
 __all__ = [
     "SCHEDULES",
@@ -84,8 +83,6 @@ def validate_config(cfg: TrainConfig) -> None:
     for name in ("init_class", "init_instance"):
         if not getattr(c, name) > 0:
             raise ConfigError(f"curriculum.{name} is a temperature and must be > 0, got {getattr(c, name)}")
-    check_choice("curriculum.joint", c.joint, JOINT_MODES)
-    check_choice("curriculum.instance_step", c.instance_step, ("gradient", "normalized"))
     check_choice("curriculum.loss", c.loss, ("ce", "gce"))
     if not 0 < c.loss_q <= 1:
         raise ConfigError(f"curriculum.loss_q must be in (0, 1], got {c.loss_q}")

@@ -121,12 +121,9 @@ class OptimConfig:
 class CurriculumConfig:
     """Data parameters (sec. 2 and 3.1). Both levels off is the plain cross-entropy baseline.
 
-    Extensions beyond the paper (defaults are the paper's): ``joint`` combines the two levels as
-    ``sum`` (sec. 2.2) or ``product``; ``instance_step`` is ``gradient`` (SGD on the instance
-    gradient, the paper) or ``normalized`` (each batch's instance gradients divided by their root
-    mean square, so that ``lr_instance`` is a step in log sigma per visit, whatever the batch size,
-    data set size or logit scale); ``loss`` is the per-sample loss applied to ``logits / sigma``:
-    ``ce`` (the paper) or ``gce`` (generalized cross-entropy with ``loss_q``).
+    An extension beyond the paper (the default is the paper's): ``loss`` is the per-sample loss
+    applied to ``logits / sigma``, ``ce`` (the paper) or ``gce`` (generalized cross-entropy with
+    ``loss_q``; the ``dp-gce`` method).
     """
 
     class_curriculum: bool = False
@@ -139,8 +136,6 @@ class CurriculumConfig:
     wd_instance: float = 0.0
     momentum: float = 0.9
     clamp: list[float] | None = field(default_factory=lambda: [1.0 / 20.0, 20.0])
-    joint: str = "sum"
-    instance_step: str = "gradient"
     loss: str = "ce"
     loss_q: float = 0.7
 

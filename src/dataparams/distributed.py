@@ -1052,16 +1052,12 @@ class ShardedDataParameters(nn.Module):
     num_classes, num_instances : int
         ``K`` and ``N``.
     ctx : DistributedContext
-    class_curriculum, instance_curriculum, init_class, init_instance, joint, clamp
+    class_curriculum, instance_curriculum, init_class, init_instance, clamp
         As in :class:`~dataparams.DataParameters`.
     lr_class, lr_instance, momentum, nesterov, weight_decay
         The update of each level, as in :class:`~dataparams.SparseSGD` (weight decay on present
         rows; the paper's decay is the regulariser, so keep it 0). The learning rates are plain
         attributes, for schedules.
-    normalize_instance : bool, default False
-        Normalised instance steps, as a SparseSGD group with ``normalize=True``: the global
-        batch's instance gradient is divided by its root mean square (computed from the gathered
-        gradients, so every owner divides by the same number).
 
     Attributes
     ----------
@@ -1084,21 +1080,19 @@ class ShardedDataParameters(nn.Module):
         instance_curriculum: bool = False,
         init_class: float = 1.0,
         init_instance: float = 1.0,
-        joint: str = "sum",
         clamp: tuple[float, float] | None = DEFAULT_CLAMP,
         lr_class: float = 0.1,
         lr_instance: float = 0.1,
         momentum: float = 0.9,
         nesterov: bool = False,
         weight_decay: float = 0.0,
-        normalize_instance: bool = False,
     ) -> None:
         super().__init__()
         # A one-row DataParameters validates the options and applies its initialisation and
         # clamp rules, so both layouts start from the same values by construction.
         template = DataParameters(
             num_classes, 1, class_curriculum=class_curriculum, instance_curriculum=instance_curriculum,
-            init_class=init_class, init_instance=init_instance, joint=joint, clamp=clamp,
+            init_class=init_class, init_instance=init_instance, clamp=clamp,
         )
         if int(num_instances) < 0:
             raise ValueError(f"num_instances must be >= 0, got {num_instances}")
@@ -1110,8 +1104,6 @@ class ShardedDataParameters(nn.Module):
         self.num_classes, self.num_instances = int(num_classes), int(num_instances)
         self.class_curriculum, self.instance_curriculum = bool(class_curriculum), bool(instance_curriculum)
         self.log_bounds = template.log_bounds
-        self.joint = joint
-        self.normalize_instance = bool(normalize_instance)
         self.lr_class, self.lr_instance = float(lr_class), float(lr_instance)
         self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
         self.shard = shard_range(self.num_instances, ctx.world_size, ctx.rank)
@@ -1195,13 +1187,13 @@ class ShardedDataParameters(nn.Module):
         -------
         sigma : Tensor (B_r,)
             ``exp(c)``, ``exp(i)``, ``exp(c) + exp(i)`` (the joint curriculum adds
-            temperatures; ``exp(c + i)`` with ``joint="product"``), or ones with both levels off.
+            temperatures), or ones with both levels off.
         penalty : Tensor ()
             ``0.5 wd_class sum c^2 + 0.5 wd_instance sum i^2`` over this rank's occurrences.
         """
         c, i = plan.class_log_sigma, plan.instance_log_sigma
         device = self.class_log_sigma.device
-        sigma = combine_sigma(c, i, batch_size=plan.targets.shape[0], device=device, joint=self.joint)
+        sigma = combine_sigma(c, i, batch_size=plan.targets.shape[0], device=device)
         penalty = torch.zeros((), device=device)
         if c is not None and wd_class:
             penalty = penalty + 0.5 * wd_class * c.square().sum()
@@ -1304,12 +1296,6 @@ class ShardedDataParameters(nn.Module):
             sparse_sgd_step([self.class_log_sigma], [g], [self.class_momentum], lr=self.lr_class, **options)
         if plan.instance_log_sigma is not None:
             values = grads[:, 0]
-            if self.normalize_instance and values.numel():
-                # SparseSGD divides the batch's coalesced gradient by its RMS; every rank holds
-                # the whole batch, so every owner divides by the same number.
-                whole = torch.sparse_coo_tensor(plan.global_indices.unsqueeze(0), values,  # type: ignore[union-attr]
-                                                (self.num_instances,), check_invariants=False).coalesce().values()
-                values = values / whole.square().mean().sqrt().clamp_min(1e-12)
             own = plan.owned_positions
             rows = plan.global_indices.index_select(0, own) - self.shard[0]  # type: ignore[union-attr]
             g = torch.sparse_coo_tensor(rows.unsqueeze(0), values.index_select(0, own),  # type: ignore[arg-type]
@@ -1735,9 +1721,9 @@ class ShardedObjective(Objective):
     num_classes, num_train : int
         ``K`` and ``N``.
     ctx : DistributedContext
-    class_curriculum, init_class, init_instance, joint, clamp
+    class_curriculum, init_class, init_instance, clamp
         As in :class:`~dataparams.DataParameters`; the instance level is always on.
-    lr_class, lr_instance, momentum, wd_class, wd_instance, loss_fn, normalize_instance
+    lr_class, lr_instance, momentum, wd_class, wd_instance, loss_fn
         As in :class:`~dataparams.objectives.DataParameterObjective`.
     """
 
@@ -1755,7 +1741,6 @@ class ShardedObjective(Objective):
         class_curriculum: bool = False,
         init_class: float = 1.0,
         init_instance: float = 1.0,
-        joint: str = "sum",
         clamp: tuple[float, float] | None = DEFAULT_CLAMP,
         lr_class: float = 0.1,
         lr_instance: float = 0.1,
@@ -1763,7 +1748,6 @@ class ShardedObjective(Objective):
         wd_class: float = 0.0,
         wd_instance: float = 0.0,
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-        normalize_instance: bool = False,
     ) -> None:
         start, end = shard_range(int(num_train), ctx.world_size, ctx.rank)
         # The base class allocates last_loss and loss_sum with one row per sample it is given:
@@ -1778,8 +1762,8 @@ class ShardedObjective(Objective):
             self.register_buffer(name, getattr(self, name), persistent=False)
         self.dp = ShardedDataParameters(
             num_classes, num_train, ctx=ctx, class_curriculum=class_curriculum, instance_curriculum=True,
-            init_class=init_class, init_instance=init_instance, joint=joint, clamp=clamp, lr_class=lr_class,
-            lr_instance=lr_instance, momentum=momentum, normalize_instance=normalize_instance,
+            init_class=init_class, init_instance=init_instance, clamp=clamp, lr_class=lr_class,
+            lr_instance=lr_instance, momentum=momentum,
         )
         self.wd_class, self.wd_instance = wd_class, wd_instance
         self.loss_fn = loss_fn or per_sample_cross_entropy

@@ -234,7 +234,7 @@ def _build_objective(cfg: TrainConfig, labels: TrainingLabels, ctx: DistributedC
         # needed, and the (N,) state is exactly what must not exist on every process.
         template = build_objective(cfg, num_classes=k, num_train=0, device="cpu")
         return ShardedObjective(k, n, ctx=ctx, class_curriculum=c.class_curriculum, init_class=c.init_class,
-                                init_instance=c.init_instance, joint=c.joint,
+                                init_instance=c.init_instance,
                                 clamp=None if c.clamp is None else (c.clamp[0], c.clamp[1]),
                                 **_update_options(cfg, template))
     objective = build_objective(cfg, num_classes=k, num_train=n, device=ctx.device, model_factory=model_factory)
@@ -247,8 +247,7 @@ def _update_options(cfg: TrainConfig, objective: Any) -> dict[str, Any]:
     # The arguments methods.registry gives DataParameterObjective for cfg, with its loss function.
     c = cfg.curriculum
     return dict(lr_class=c.lr_class, lr_instance=c.lr_instance, momentum=c.momentum, wd_class=c.wd_class,
-                wd_instance=c.wd_instance, loss_fn=objective.loss_fn,
-                normalize_instance=c.instance_step == "normalized")
+                wd_instance=c.wd_instance, loss_fn=objective.loss_fn)
 
 
 def _prepare_run(run: RunDir, config: dict[str, Any], labels: TrainingLabels, ctx: DistributedContext, *,

@@ -164,9 +164,6 @@ class DataParameterObjective(Objective):
         Weight of the L2 penalty on log sigma of the batch members (added to the loss).
     loss_fn : callable ``(scaled_logits (B, K), targets (B,)) -> (B,)``, optional
         The per-sample loss on scaled logits; cross-entropy by default.
-    normalize_instance : bool, default False
-        Normalised instance steps (:func:`~dataparams.optim.sparse_sgd_step`'s ``normalize``):
-        ``lr_instance`` is then a step in log sigma per visit. An extension, not in the paper.
 
     Notes
     -----
@@ -187,7 +184,6 @@ class DataParameterObjective(Objective):
         wd_class: float = 0.0,
         wd_instance: float = 0.0,
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-        normalize_instance: bool = False,
     ) -> None:
         device = data_parameters.class_log_sigma.device
         super().__init__(data_parameters.num_instances, device)
@@ -199,8 +195,6 @@ class DataParameterObjective(Objective):
             self.register_buffer("log_sigma_sum", torch.zeros(data_parameters.num_instances, device=device,
                                                               dtype=self.loss_sum.dtype))
         groups = data_parameters.param_groups(lr_class=lr_class, lr_instance=lr_instance)
-        for g in groups:
-            g["normalize"] = bool(normalize_instance) and g["name"] == "instance"
         self._optimizers: dict[str, Optimizer] = (
             {"data_parameters": SparseSGD(groups, momentum=momentum)} if groups else {}
         )

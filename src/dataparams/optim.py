@@ -85,7 +85,6 @@ def sparse_sgd_step(
     weight_decay: float = 0.0,
     nesterov: bool = False,
     bounds: Bounds | Sequence[Bounds | None] | None = None,
-    normalize: bool = False,
     validate: bool = True,
 ) -> None:
     """Update, in place, the rows of each parameter (and its momentum) listed in its gradient.
@@ -103,11 +102,6 @@ def sparse_sgd_step(
         As in ``torch.optim.SGD`` (weight decay acts on present rows only).
     bounds : (low, high), or a sequence with one (low, high) or None per parameter, or None
         Clamp the updated rows into ``[low, high]`` (parameter space, i.e. log sigma).
-    normalize : bool, default False
-        Divide each parameter's gradient rows by their root mean square before the update, so
-        that ``lr`` is the typical step in parameter units whatever the scale of the gradient
-        (the batch size, which a mean loss divides by, or the logits' scale). An extension, not
-        in the paper.
     validate : bool, default True
         Coalesce and range-check every gradient first (one host transfer for all of them).
         :class:`SparseSGD` validates the gradients of all its groups itself, so that a bad one
@@ -129,11 +123,7 @@ def sparse_sgd_step(
     if validate:
         grads = _coalesce_and_check(params, grads)
     for p, g, buf, b in zip(params, grads, momentum_buffers, per_param):
-        values = g.values()
-        if normalize and values.numel():
-            # The batch's own scale, computed on the device: O(rows), no host transfer.
-            values = values / values.square().mean().sqrt().clamp_min(1e-12)
-        _update_rows(p, g.indices()[0], values, buf, lr=lr, momentum=momentum,
+        _update_rows(p, g.indices()[0], g.values(), buf, lr=lr, momentum=momentum,
                      weight_decay=weight_decay, nesterov=nesterov, bounds=b)  # type: ignore[arg-type]
 
 
@@ -202,8 +192,6 @@ class SparseSGD(Optimizer):
         means: each parameter's own ``clamp_bounds`` attribute, if it has one (data parameters
         carry their module's clamp), else no clamp.
 
-    A parameter group may also set ``normalize=True`` (see :func:`sparse_sgd_step`).
-
     Notes
     -----
     A dense gradient is refused: from a dense tensor the optimizer could only tell presence by
@@ -234,7 +222,7 @@ class SparseSGD(Optimizer):
         if nesterov and momentum <= 0:
             raise ValueError("Nesterov momentum requires a momentum > 0")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
-                        bounds=_check_bounds(bounds), normalize=False)
+                        bounds=_check_bounds(bounds))
         super().__init__(params, defaults)
         for group in self.param_groups:
             # Groups may set their own values (e.g. from DataParameters.param_groups): check them too.
@@ -252,7 +240,6 @@ class SparseSGD(Optimizer):
             group.setdefault("nesterov", False)
             group.setdefault("weight_decay", 0.0)
             group.setdefault("bounds", None)
-            group.setdefault("normalize", False)
 
     @staticmethod
     def _bounds_of(group: dict[str, Any], p: Tensor) -> Bounds | None:
@@ -290,7 +277,6 @@ class SparseSGD(Optimizer):
             sparse_sgd_step(
                 params, grads, bufs, lr=group["lr"], momentum=group["momentum"],
                 weight_decay=group["weight_decay"], nesterov=group["nesterov"],
-                bounds=[self._bounds_of(group, p) for p in params], normalize=group["normalize"],
-                validate=False,
+                bounds=[self._bounds_of(group, p) for p in params], validate=False,
             )
         return loss

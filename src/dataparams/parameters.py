@@ -12,9 +12,7 @@ The logits ``z`` of sample ``i`` are divided by a temperature ``sigma_i`` before
 
 * ``sigma_class[y_i]`` for the class curriculum (sec. 2.1),
 * ``sigma_inst[i]`` for the instance curriculum (sec. 2.2),
-* ``sigma_class[y_i] + sigma_inst[i]`` for the joint curriculum (sec. 2.2), or, with
-  ``joint="product"`` (an extension, not in the paper), ``sigma_class[y_i] * sigma_inst[i]``,
-  which starts both levels at 1 and lets the instance level scale its class's temperature,
+* ``sigma_class[y_i] + sigma_inst[i]`` for the joint curriculum (sec. 2.2),
 * exactly ``1`` when both are off, so a training loop never branches on the mode.
 
 Sigma is stored as ``log sigma`` and optimised without constraints (sec. 3.1).  Gathering the
@@ -33,7 +31,6 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "JOINT_MODES",
     "DataParameters",
     "gather_rows",
     "combine_sigma",
@@ -88,16 +85,12 @@ def gather_rows(weight: Tensor, index: Tensor) -> Tensor:
     return _GatherRows.apply(weight, index)
 
 
-JOINT_MODES = ("sum", "product")
-
-
 def combine_sigma(
     class_log_sigma: Tensor | None,
     instance_log_sigma: Tensor | None,
     *,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
-    joint: str = "sum",
 ) -> Tensor:
     """Effective temperature of each sample of a minibatch (eq. 1 and sec. 2.2).
 
@@ -109,15 +102,12 @@ def combine_sigma(
         ``log sigma_inst[i]`` of each sample, or ``None`` when the instance curriculum is off.
     batch_size, device
         Needed only when both are ``None``, to build the all-ones result.
-    joint : {"sum", "product"}
-        How the two levels combine when both are on: the paper adds temperatures (sec. 2.2);
-        ``"product"`` multiplies them (adds log-temperatures).
 
     Returns
     -------
     Tensor, shape (B,)
-        ``exp(c)``, ``exp(i)``, ``exp(c) + exp(i)`` (or ``exp(c + i)``), or ones when both
-        curricula are off.
+        ``exp(c)``, ``exp(i)``, ``exp(c) + exp(i)`` (the joint curriculum adds temperatures, not
+        log-temperatures), or ones when both curricula are off.
     """
     if class_log_sigma is None and instance_log_sigma is None:
         if batch_size is None:
@@ -127,8 +117,6 @@ def combine_sigma(
         return class_log_sigma.exp()  # type: ignore[union-attr]
     if class_log_sigma is None:
         return instance_log_sigma.exp()
-    if joint == "product":
-        return (class_log_sigma + instance_log_sigma).exp()
     return class_log_sigma.exp() + instance_log_sigma.exp()
 
 
@@ -184,10 +172,6 @@ class DataParameters(nn.Module):
     init_class, init_instance : float
         Initial sigma (temperatures, not logs). The paper uses 1 for both, and for the joint
         curriculum ``init_class=1, init_instance=0.001``.
-    joint : {"sum", "product"}, default "sum"
-        With both levels on: ``sigma_class + sigma_inst`` (the paper, sec. 2.2) or
-        ``sigma_class * sigma_inst`` (an extension: instance temperatures start at 1 and scale
-        their class's; the clamp then bounds each level, not their product).
     clamp : (float, float) or None
         Bounds on sigma (temperatures), ``(1/20, 20)`` by default as in the released code.
         ``None`` disables clamping. The initial values are projected into this range here, at
@@ -217,13 +201,9 @@ class DataParameters(nn.Module):
         instance_curriculum: bool = False,
         init_class: float = 1.0,
         init_instance: float = 1.0,
-        joint: str = "sum",
         clamp: tuple[float, float] | None = DEFAULT_CLAMP,
     ) -> None:
         super().__init__()
-        if joint not in JOINT_MODES:
-            raise ValueError(f"joint must be one of {', '.join(JOINT_MODES)}, got {joint!r}")
-        self.joint = joint
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if int(num_instances) < 0:
@@ -383,7 +363,7 @@ class DataParameters(nn.Module):
         device = self.class_log_sigma.device
         c = gather_rows(self.class_log_sigma, targets) if self.class_curriculum else None
         i = gather_rows(self.instance_log_sigma, indices) if self.instance_curriculum else None
-        sigma = combine_sigma(c, i, batch_size=targets.shape[0], device=device, joint=self.joint)
+        sigma = combine_sigma(c, i, batch_size=targets.shape[0], device=device)
         penalty = torch.zeros((), device=device)
         if c is not None and wd_class:
             penalty = penalty + log_sigma_penalty(c, wd_class)
@@ -404,5 +384,5 @@ class DataParameters(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, num_instances={self.num_instances}, "
-            f"mode={self.mode!r}, clamp={self.clamp}" + (f", joint={self.joint!r}" if self.mode == "joint" else "")
+            f"mode={self.mode!r}, clamp={self.clamp}"
         )

@@ -124,7 +124,12 @@ def _random_labels() -> tuple[TrainConfig, dict[str, dict]]:
 
 # The CPU stand-in (issue 4): the first 10,000 Fashion-MNIST training images, a two-conv CNN,
 # SGD lr 0.05 momentum 0.9 wd 5e-4, 40 epochs, batch 128. With 40% uniform noise the baseline
-# peaks early and then memorises the noise, like WRN-28-10 on noisy CIFAR.
+# peaks early and then memorises the noise, like WRN-28-10 on noisy CIFAR. The learning rate is
+# divided by 10 at epochs 20 and 30, as every paper preset decays it (issue 13): on the tuning cells
+# (seed 100, benchmarks/results/fmnist_methods/variants.md) this raises the baseline's final test
+# accuracy by 2-3 points and leaves the instance curriculum's at 40% uniform noise unchanged, but
+# costs it 14 points at the final epoch on pair noise (it memorises the flipped pairs once the rate
+# drops); the same schedule applies to every method of the bench.
 # The data-parameter learning rates were chosen on a held-out noisy validation split (10% of the
 # 10,000 images, 40% uniform noise, seed 100; never the test set) by `dataparams bench --stage tune`,
 # table in benchmarks/results/fmnist_methods/tuning.md: instance lr from {0.2, 1, 5} -> 5 (the small
@@ -145,10 +150,12 @@ def _cpu(dataset: str, noise: str, rate: float, note: str = "") -> tuple[TrainCo
             crop_padding=2, flip=dataset == "fashion-mnist",
         ),
         model=ModelConfig(arch="small_cnn"),
-        optim=OptimConfig(epochs=40, lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="constant"),
+        optim=OptimConfig(epochs=40, lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="multistep",
+                          milestones=[20, 30], gamma=0.1),
         notes=(
             "CPU stand-in for noisy CIFAR: first 10,000 training images, small CNN, no augmentation, 40 epochs, "
-            "SGD lr 0.05 momentum 0.9 wd 5e-4, batch 128. Data-parameter learning rates chosen on a held-out "
+            "SGD lr 0.05 momentum 0.9 wd 5e-4, x0.1 at epochs 20 and 30 (as the paper's presets decay; "
+            "benchmarks/results/fmnist_methods/variants.md), batch 128. Data-parameter learning rates chosen on a held-out "
             "noisy validation split (instance 5, class 0.1, joint instance 0.2; "
             "benchmarks/results/fmnist_methods/tuning.md). The joint variant keeps the paper's ImageNet "
             "initialisation (instance 0.001, trained from the 0.05 clamp); here its instance temperatures barely "
@@ -221,6 +228,17 @@ def complete_user_config(cfg: TrainConfig, user: Any) -> TrainConfig:
     return cfg
 
 
+def _cpu_random() -> tuple[TrainConfig, dict[str, dict]]:
+    # Sec. 3.5 follows Zhang et al. (2017) with a constant learning rate (our cifar100-random
+    # preset too): the stand-in keeps it, as its committed results (benchmarks/results/fmnist_random).
+    base, levels = _cpu("fashion-mnist", "random", 1.0,
+                        " CPU stand-in for sec. 3.5: every training label random; train accuracy is the quantity "
+                        "(how much of the random labelling is memorised), test accuracy stays at chance. Constant "
+                        "learning rate, as sec. 3.5's setting (Zhang et al. 2017).")
+    base.optim.schedule, base.optim.milestones = "constant", []
+    return base, levels
+
+
 _EXPERIMENTS: dict[str, Callable[[], tuple[TrainConfig, dict[str, dict]]]] = {
     "cifar10": lambda: _cifar("cifar10"),
     "cifar100": lambda: _cifar("cifar100"),
@@ -234,11 +252,7 @@ _EXPERIMENTS: dict[str, Callable[[], tuple[TrainConfig, dict[str, dict]]]] = {
     **{f"fmnist-noisy{int(p * 100)}": (lambda p=p: _cpu("fashion-mnist", "uniform", p)) for p in (0.2, 0.4, 0.8)},
     "fmnist-pair40": lambda: _cpu("fashion-mnist", "pair", 0.4),
     "mnist-noisy40": lambda: _cpu("mnist", "uniform", 0.4),
-    "fmnist-random": lambda: _cpu(
-        "fashion-mnist", "random", 1.0,
-        " CPU stand-in for sec. 3.5: every training label random; train accuracy is the quantity "
-        "(how much of the random labelling is memorised), test accuracy stays at chance.",
-    ),
+    "fmnist-random": _cpu_random,
     "user": _user,
 }
 
