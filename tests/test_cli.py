@@ -39,6 +39,7 @@ def test_demo_prints_the_table_and_writes_both_runs(data, tmp_path, capsys):
                  "--quiet", "--no-tensorboard"]) == 0
     printed = capsys.readouterr().out
     assert "| baseline |" in printed and "| instance |" in printed and "sigma AUROC" in printed
+    assert "sigma-mean AUROC" in printed and "mean-loss AUROC" in printed
     for v in ("baseline", "instance"):
         assert (out / v / "summary.json").exists()
     # a second demo resumes the finished runs instead of refusing or retraining

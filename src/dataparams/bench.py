@@ -102,7 +102,7 @@ class BenchSpec:
     # (noise model, rate, seeds)
     grid: list[tuple[str, float, list[int]]] = field(
         default_factory=lambda: [(noise, rate, [1, 2, 3]) for noise, rate in
-                                 (("uniform", 0.2), ("uniform", 0.4), ("uniform", 0.8), ("pair", 0.4))]
+                                 (("uniform", 0.4), ("pair", 0.4), ("uniform", 0.2), ("uniform", 0.8))]
     )
     overrides: list[str] = field(default_factory=lambda: ["data.val_fraction=0.1"])
     chosen: dict[str, list[str]] = field(default_factory=dict)

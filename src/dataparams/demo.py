@@ -65,17 +65,15 @@ def format_table(summaries: list[dict[str, Any]], *, wall_s: float, out: Path) -
         return "n/a" if v is None else f"{v:.2f}%"
 
     rows = [
-        "| run | final test acc | best-epoch test acc* | sigma AUROC | last-loss AUROC | train time |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| run | final test acc | best-epoch test acc* | sigma AUROC | sigma-mean AUROC | mean-loss AUROC | train time |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summaries:
         variant = s["preset"].split("/")[1]
-        det = s.get("detection", {}).get("auroc")
-        small = s.get("detection_last_loss", {}).get("auroc")
+        aurocs = [s.get(k, {}).get("auroc") for k in ("detection", "detection_sigma_mean", "detection_mean_loss")]
         rows.append(
             f"| {variant} | {pct(s['final_test_acc'])} | {pct(s.get('best_test_acc'))} | "
-            f"{'n/a' if det is None else f'{det:.3f}'} | {'n/a' if small is None else f'{small:.3f}'} | "
-            f"{s['train_time_s']:.0f}s |"
+            + " | ".join("n/a" if a is None else f"{a:.3f}" for a in aurocs) + f" | {s['train_time_s']:.0f}s |"
         )
     base, inst = summaries[0]["final_test_acc"], summaries[-1]["final_test_acc"]
     lines = [
@@ -87,8 +85,9 @@ def format_table(summaries: list[dict[str, Any]], *, wall_s: float, out: Path) -
         "* the best epoch is picked on the test set and shown only to make the baseline's memorisation visible;",
         "  it is not a usable number (choose epochs on a held-out split: --set data.val_fraction=0.1).",
         f"Instance curriculum - baseline, final test accuracy: {inst - base:+.2f} points.",
-        "sigma AUROC: how well the instance temperature ranks the corrupted labels above the clean ones;",
-        "last-loss AUROC: the same for each sample's training loss at its last visit.",
+        "AUROC: how well a per-sample score ranks the corrupted labels above the clean ones -- sigma, the instance",
+        "temperature at the last epoch; sigma-mean, sigma integrated over training; mean-loss, each sample's",
+        "training loss (under its temperature) averaged over training, the ranking find-issues --data uses.",
         f"Run directories: {out}/baseline, {out}/instance  (see `dataparams report {out}/*`, "
         f"`dataparams find-issues {out}/instance`).  Wall time {wall_s:.0f}s.",
     ]

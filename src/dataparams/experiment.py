@@ -355,7 +355,7 @@ def summarize_history(history: list[dict[str, Any]], report_epochs: list[int] = 
         summary["val_selected_val_acc"] = best["val_acc"]
     if "detection" in last:
         summary["detection"] = {k: last["detection"][k] for k in _SUMMARY_DETECTION}
-    for key in ("detection_last_loss", "detection_mean_loss"):
+    for key in ("detection_last_loss", "detection_mean_loss", "detection_sigma_mean"):
         if key in last:
             summary[key] = last[key]
     return summary

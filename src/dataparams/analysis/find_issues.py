@@ -207,7 +207,7 @@ class IssueReport:
         return ""
 
     def columns(self) -> list[str]:
-        cols = ["rank", "index", "source_index", "path", "given_label", "given_name", "predicted_label",
+        cols = ["rank", "score", "index", "source_index", "path", "given_label", "given_name", "predicted_label",
                 "predicted_name", "predicted_prob", "given_prob", "sigma", "loss", "mislabeled_prob", "is_flagged"]
         if self.is_corrupted is not None:
             cols += ["true_label", "true_name", "is_corrupted"]
@@ -224,6 +224,7 @@ class IssueReport:
             i = int(i)
             row: dict[str, Any] = {
                 "rank": int(self.rank[i]),
+                "score": float(self.score[i]),
                 "index": i,
                 "source_index": int(self.source_index[i]),
                 "path": self.paths[i],

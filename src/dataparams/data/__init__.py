@@ -5,7 +5,12 @@
 * :mod:`~dataparams.data.cifar` -- CIFAR-10/100 python pickles, CIFAR-10N/100N label files;
 * :mod:`~dataparams.data.folders` -- ImageNet class folders, WebVision lists, CSV/TSV file lists;
 * :mod:`~dataparams.data.indexed` -- :class:`WithIndex`, any map-style dataset + its index;
-* :mod:`~dataparams.data.memory` -- :class:`InMemoryLoader`, tensors and augmentation on device;
+* :mod:`~dataparams.data.user` -- the user's own data (lists, class folders, feature arrays), checked
+  and measured;
+* :mod:`~dataparams.data.memory` -- :class:`InMemoryLoader` (tensors and augmentation on device),
+  :class:`FeatureLoader`;
+* :mod:`~dataparams.data.prepare` -- the labels of a run (subset, noise, splits, label files);
+* :mod:`~dataparams.data.loaders` -- the loaders of a run;
 * :mod:`~dataparams.data.splits` -- seeded held-out splits;
 * :mod:`~dataparams.data.registry` -- datasets by name.
 """
@@ -22,17 +27,21 @@ from dataparams.data.folders import (
 )
 from dataparams.data.idx import load_fashion_mnist, load_idx_file, load_mnist
 from dataparams.data.indexed import WithIndex
-from dataparams.data.memory import Augment, InMemoryLoader
+from dataparams.data.memory import Augment, FeatureLoader, InMemoryLoader
 from dataparams.data.registry import DATASETS, load_splits
 from dataparams.data.splits import holdout_split
+from dataparams.data.user import UserData, UserDataError, load_user_data
 
 __all__ = [
     "DATASETS",
     "Augment",
     "DatasetNotFoundError",
+    "FeatureLoader",
     "ImageFileDataset",
     "InMemoryLoader",
     "Split",
+    "UserData",
+    "UserDataError",
     "WithIndex",
     "holdout_split",
     "imagenet_transforms",
@@ -46,5 +55,6 @@ __all__ = [
     "load_imagenet",
     "load_mnist",
     "load_splits",
+    "load_user_data",
     "load_webvision",
 ]
