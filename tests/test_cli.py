@@ -91,3 +91,11 @@ def test_find_issues_cleaned_labels_retrain(data, tmp_path, capsys):
     assert sorted(labels["source_index"].tolist()) == sorted(int(r["source_index"]) for r in rows)
     given = dict(zip(labels["source_index"].tolist(), labels["given"].tolist()))
     assert all(given[int(r["source_index"])] == int(r["label"]) for r in rows)
+
+
+def test_detection_presets_refuse_torchrun(tmp_path, capsys, monkeypatch):
+    # torchrun sets WORLD_SIZE; the detection trainer has no data-parallel path.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "det"
+    assert main(["train", "--preset", "kitti-synth/instance", "--out", str(out), "--device", "cpu", "--quiet"]) == 2
+    assert "torchrun" in capsys.readouterr().err and not out.exists()

@@ -284,6 +284,12 @@ def _train_detection(args: argparse.Namespace) -> int:
     if args.method or args.config or args.data or args.seeds:
         raise ConfigError("--method, --config, --data and --seeds apply to classification presets; train the detection "
                           "presets one seed at a time (--seed)")
+    from dataparams.distributed import launched_world_size
+
+    if launched_world_size() > 1:
+        # The detection trainer has no data-parallel path: every process would train the whole
+        # set and write the same run directory.
+        raise ConfigError("the detection presets train in one process; torchrun runs the classification presets only")
     cfg = get_detection_preset(args.preset)
     shorthand = [f"data.root={args.data_dir}" if args.data_dir else "", f"optim.epochs={args.epochs}" if args.epochs else "",
                  f"seed={args.seed}" if args.seed is not None else "", f"data.workers={args.workers}" if args.workers else ""]
