@@ -99,3 +99,10 @@ def test_detection_presets_refuse_torchrun(tmp_path, capsys, monkeypatch):
     out = tmp_path / "det"
     assert main(["train", "--preset", "kitti-synth/instance", "--out", str(out), "--device", "cpu", "--quiet"]) == 2
     assert "torchrun" in capsys.readouterr().err and not out.exists()
+
+
+def test_find_issues_refuses_torchrun(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "issues"
+    assert main(["find-issues", "--data", str(tmp_path / "labels.csv"), "--out", str(out), "--quiet"]) == 2
+    assert "torchrun" in capsys.readouterr().err and not out.exists()

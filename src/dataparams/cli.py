@@ -367,6 +367,12 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
 
     if (args.run_dir is None) == (args.data is None):
         raise ConfigError("give either a RUN_DIR or --data PATH")
+    from dataparams.distributed import launched_world_size
+
+    if launched_world_size() > 1:
+        # Each process would rank and write the same files; train with torchrun, rank the run alone.
+        raise ConfigError("find-issues runs in one process; under torchrun use `dataparams train --data PATH`, "
+                          "then `dataparams find-issues RUN_DIR` without torchrun")
     if args.data is not None:
         from dataparams.issues import DEFAULT_SCORE, find_label_issues
 
