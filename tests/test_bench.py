@@ -47,6 +47,20 @@ def test_micro_grid_completes_and_resumes(tmp_path):
     assert again["cells"] == cells
 
 
+def test_a_partial_grid_reports_n_per_cell_and_the_cells_not_run(tmp_path):
+    data = fakes.write_idx(tmp_path / "data", 64, 32)
+    out = tmp_path / "bench"
+    run_cell(_spec(data, ["baseline"]), Cell("baseline", "uniform", 0.4, 1), out)
+    # The same folder summarised under a larger grid: seed 2 and pair noise were never run.
+    wider = _spec(data, ["baseline"])
+    wider.grid = [("uniform", 0.4, [1, 2]), ("pair", 0.4, [1, 2])]
+    summarize(wider, out)
+    row = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| baseline |"))
+    uniform, pair = [c.strip() for c in row.strip("| ").split(" | ")[1:3]]
+    assert uniform.endswith("(n=1)") and "missing" not in uniform
+    assert pair == "not run"
+
+
 def test_interrupted_cell_resumes_from_its_checkpoint(tmp_path):
     data = fakes.write_idx(tmp_path / "data", 64, 32)
     out = tmp_path / "bench"

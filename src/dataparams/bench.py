@@ -508,14 +508,17 @@ def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
         agg = over_seeds(vals)
         if agg["n"] == 0:
             return "n/a"
-        return f"{agg['mean']:.2f} ± {agg['std']:.2f} (n={agg['n']})" if agg["n"] > 1 else f"{agg['mean']:.2f}"
+        return f"{agg['mean']:.2f} ± {agg['std']:.2f} (n={agg['n']})" if agg["n"] > 1 else f"{agg['mean']:.2f} (n=1)"
 
     def group(method: str, noise: str, rate: float) -> list[dict[str, Any]]:
         seeds = next(s for n, r, s in spec.grid if n == noise and r == rate)
         return [cells[Cell(method, noise, rate, s).key] for s in seeds]
 
     def cell_text(rs: list[dict[str, Any]], key: str) -> str:
-        bad = [r for r in rs if r["status"] != "ok"]
+        # Seeds not run yet only lower n; a cell no seed has reached says so; failures are named.
+        if all(r["status"] == "missing" for r in rs):
+            return "not run"
+        bad = [r for r in rs if r["status"] not in ("ok", "missing")]
         text = ms([r.get(key) for r in rs if r["status"] == "ok"])
         if bad:
             text += " / " + ", ".join(f"{r['status']}" + (f": {r.get('error', '')[:60]}" if r.get("error") else "")
