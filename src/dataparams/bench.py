@@ -504,11 +504,13 @@ def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
                 (root / "cells" / c.key / "summary.json").read_text())))
     columns = [(noise, rate) for noise, rate, _ in spec.grid]
 
-    def ms(vals: list[float]) -> str:
+    def ms(vals: list[float], digits: int = 2) -> str:
         agg = over_seeds(vals)
         if agg["n"] == 0:
             return "n/a"
-        return f"{agg['mean']:.2f} ± {agg['std']:.2f} (n={agg['n']})" if agg["n"] > 1 else f"{agg['mean']:.2f} (n=1)"
+        if agg["n"] == 1:
+            return f"{agg['mean']:.{digits}f} (n=1)"
+        return f"{agg['mean']:.{digits}f} ± {agg['std']:.{digits}f} (n={agg['n']})"
 
     def group(method: str, noise: str, rate: float) -> list[dict[str, Any]]:
         seeds = next(s for n, r, s in spec.grid if n == noise and r == rate)
@@ -568,7 +570,7 @@ def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
                 return d[k]
 
             lines.append(f"| {label} | " + " | ".join(
-                ms([det(x, w, k) for x in rs]) for w, k in (("", "auroc"), ("_valsel", "auroc"),
+                ms([det(x, w, k) for x in rs], 4) for w, k in (("", "auroc"), ("_valsel", "auroc"),
                                                            ("", "average_precision"),
                                                            ("_valsel", "average_precision"),
                                                            ("_valsel", "precision_at_k")))

@@ -737,10 +737,12 @@ def method_comparison_figure(
     axes = fig.subplots(1, len(table), squeeze=False, sharey=True)[0]
     y = np.arange(len(methods), dtype=np.float64)
     for ax, (setting, per_method) in zip(axes, table.items()):
+        drawn = 0
         for (i, m), (j, (kind, _, alpha)) in itertools.product(enumerate(methods), enumerate(kinds)):
             agg = over_seeds(per_method.get(m, {}).get(kind) or ())
             if agg["n"] == 0:
                 continue
+            drawn += 1
             at = y[i] + (j - 0.5) * height
             ax.barh(at, agg["mean"], height=height, color="tab:red" if m in highlight else "0.45", alpha=alpha,
                     xerr=agg["std"] if agg["n"] > 1 else None, error_kw=dict(elinewidth=1.0, capsize=2),
@@ -749,6 +751,9 @@ def method_comparison_figure(
         ref = over_seeds(per_method.get(reference, {}).get("final") or ()) if reference else None
         if ref and ref["n"]:
             ax.axvline(ref["mean"], color="0.3", linestyle="--", linewidth=1.0)
+        if not drawn:  # a setting of a partial grid that no seed has reached yet
+            ax.set_xlim(0, 100)
+            ax.text(0.5, 0.5, "not run", transform=ax.transAxes, ha="center", va="center", color="0.4")
         ax.set_title(setting)
         ax.set_xlabel("test accuracy (%)")
         ax.grid(axis="x", alpha=0.3)
