@@ -19,7 +19,6 @@ amplification (a few steps, tight tolerances).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from _table import emit
+from dataparams.runs import RunDir
 
 PRESET = "fmnist-noisy40/instance"
 
@@ -41,9 +41,9 @@ def _run(cmd: list[str], threads: int, out: Path) -> None:
 
 
 def _load(run: Path, epochs: int) -> tuple[list[np.ndarray], float]:
-    sigmas = [np.load(run / "snapshots" / f"epoch_{e:04d}.npz")["instance_sigma"] for e in range(1, epochs + 1)]
-    last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()][-1]
-    return sigmas, float(last["test_acc"])
+    rundir = RunDir(run)
+    sigmas = [rundir.load_snapshot(e)["instance_sigma"] for e in range(1, epochs + 1)]
+    return sigmas, float(rundir.read_metrics()[-1]["test_acc"])
 
 
 def main(argv: list[str] | None = None) -> None:

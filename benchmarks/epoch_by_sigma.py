@@ -21,30 +21,25 @@ comes near the noisy-validation choice.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
-from sklearn.mixture import GaussianMixture
 
 from _table import emit
-
-
-def _snapshots(run: Path, epochs: int) -> tuple[np.ndarray, np.ndarray]:
-    files = [np.load(run / "snapshots" / f"epoch_{e:04d}.npz") for e in range(1, epochs + 1)]
-    return (np.stack([f["instance_sigma"] for f in files]).astype(np.float64),
-            np.stack([f["loss"] for f in files]).astype(np.float64))
+from dataparams.analysis.metrics import estimate_num_mislabeled
+from dataparams.runs import RunDir
 
 
 def choices(run: Path) -> dict[str, tuple[int, float]]:
     """(epoch, test accuracy) of every choice for one run."""
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rundir = RunDir(run)
+    metrics = rundir.read_metrics()
     test = np.array([m["test_acc"] for m in metrics])
-    sigma, loss = _snapshots(run, len(metrics))
-    log_sigma = np.log(sigma)
-    integrated = log_sigma.mean(0)[:, None]
-    mixture = GaussianMixture(2, random_state=0).fit(integrated)
-    suspect = mixture.predict(integrated) == int(np.argmax(mixture.means_.ravel()))
+    snaps = [rundir.load_snapshot(m["epoch"]) for m in metrics]
+    log_sigma = np.log(np.stack([s["instance_sigma"] for s in snaps]).astype(np.float64))
+    loss = np.stack([s["loss"] for s in snaps]).astype(np.float64)
+    # The package's noise-rate-free mixture (what find-issues flags with), on integrated log sigma.
+    suspect = estimate_num_mislabeled(log_sigma.mean(0), log=False)["posterior"] > 0.5
     gap = loss[:, suspect].mean(1) - loss[:, ~suspect].mean(1)
     ratio = loss[:, suspect].mean(1) / np.maximum(loss[:, ~suspect].mean(1), 1e-6)
     sigma_gap = log_sigma[:, suspect].mean(1) - log_sigma[:, ~suspect].mean(1)

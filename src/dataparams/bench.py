@@ -45,7 +45,8 @@ from dataparams.methods.registry import METHODS as REGISTRY
 from dataparams.presets import get_preset
 from dataparams.runs import RunDir, atomic_write_text
 
-__all__ = ["METHODS", "BenchSpec", "Cell", "parse_cell", "run_cell", "run_grid", "summarize", "tune", "tuning_grid"]
+__all__ = ["METHODS", "BenchSpec", "Cell", "load_tuning", "parse_cell", "run_cell", "run_grid", "summarize", "tune",
+           "tuning_grid"]
 
 # Method names, variants, tuning settings, trainings and scores come from the one registry.
 METHODS = tuple(REGISTRY)
@@ -476,13 +477,13 @@ def run_grid(spec: BenchSpec, root: Path, *, device: str = "cpu", jobs: int = 1,
     """Run every cell of ``spec`` (skipping finished ones) and write the results tables."""
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    _load_tuning(spec, root)
+    load_tuning(spec, root)
     jobs_list = [(spec, c, str(root), device, _threads(jobs), None, None) for c in spec.cells()]
     _run_many(_worker, jobs_list, jobs, "bench", quiet)
     return summarize(spec, root)
 
 
-def _load_tuning(spec: BenchSpec, root: Path) -> None:
+def load_tuning(spec: BenchSpec, root: Path) -> None:
     """Settings chosen by an earlier ``tune`` stage in ``root``; the spec's own choices win."""
     tuning = root / "tuning.json"
     if tuning.exists():
@@ -492,7 +493,7 @@ def _load_tuning(spec: BenchSpec, root: Path) -> None:
 def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
     """Collect every cell's result.json into ``results.json``, ``results.md`` and ``results.png``."""
     root = Path(root).resolve()
-    _load_tuning(spec, root)
+    load_tuning(spec, root)
     cells: dict[str, dict[str, Any]] = {}
     for c in spec.cells():
         f = root / "cells" / c.key / "result.json"

@@ -271,6 +271,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _single_process(why: str) -> None:
+    """Refuse a command that has no data-parallel path when torchrun started several processes."""
+    from dataparams.config import ConfigError
+    from dataparams.distributed import launched_world_size
+
+    if launched_world_size() > 1:
+        raise ConfigError(why)
+
+
 def _train_detection(args: argparse.Namespace) -> int:
     """``dataparams train --preset kitti[-synth]/VARIANT``: the detection trainer (sec. 3.3)."""
     from dataparams.config import ConfigError, apply_overrides, config_to_dict
@@ -284,12 +293,9 @@ def _train_detection(args: argparse.Namespace) -> int:
     if args.method or args.config or args.data or args.seeds:
         raise ConfigError("--method, --config, --data and --seeds apply to classification presets; train the detection "
                           "presets one seed at a time (--seed)")
-    from dataparams.distributed import launched_world_size
-
-    if launched_world_size() > 1:
-        # The detection trainer has no data-parallel path: every process would train the whole
-        # set and write the same run directory.
-        raise ConfigError("the detection presets train in one process; torchrun runs the classification presets only")
+    # The detection trainer has no data-parallel path: every process would train the whole set
+    # and write the same run directory.
+    _single_process("the detection presets train in one process; torchrun runs the classification presets only")
     cfg = get_detection_preset(args.preset)
     shorthand = [f"data.root={args.data_dir}" if args.data_dir else "", f"optim.epochs={args.epochs}" if args.epochs else "",
                  f"seed={args.seed}" if args.seed is not None else "", f"data.workers={args.workers}" if args.workers else ""]
@@ -367,12 +373,9 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
 
     if (args.run_dir is None) == (args.data is None):
         raise ConfigError("give either a RUN_DIR or --data PATH")
-    from dataparams.distributed import launched_world_size
-
-    if launched_world_size() > 1:
-        # Each process would rank and write the same files; train with torchrun, rank the run alone.
-        raise ConfigError("find-issues runs in one process; under torchrun use `dataparams train --data PATH`, "
-                          "then `dataparams find-issues RUN_DIR` without torchrun")
+    # Each process would rank and write the same files; train with torchrun, rank the run alone.
+    _single_process("find-issues runs in one process; under torchrun use `dataparams train --data PATH`, then "
+                    "`dataparams find-issues RUN_DIR` without torchrun")
     if args.data is not None:
         from dataparams.issues import DEFAULT_SCORE, find_label_issues
 
@@ -418,7 +421,7 @@ def cmd_kitti_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from dataparams.bench import _load_tuning, load_spec, run_grid, summarize, tune
+    from dataparams.bench import load_spec, load_tuning, run_grid, summarize, tune
 
     spec = load_spec(Path(args.spec) if args.spec else None, base=args.base, methods=args.methods,
                      overrides=args.overrides)
@@ -427,7 +430,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.cell:
         from dataparams.bench import parse_cell, run_cell
 
-        _load_tuning(spec, out)
+        load_tuning(spec, out)
         result = run_cell(spec, parse_cell(args.cell), out, device=args.device)
         print(json.dumps({k: v for k, v in result.items() if k != "traceback"}, indent=2, allow_nan=True))
         return 0 if result["status"] == "ok" else 1
