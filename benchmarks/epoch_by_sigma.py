@@ -20,12 +20,11 @@ comes near the noisy-validation choice.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
-from _table import emit
+from _table import emit, parse_runs
 from dataparams.analysis.metrics import estimate_num_mislabeled
 from dataparams.runs import RunDir
 
@@ -57,10 +56,7 @@ def choices(run: Path) -> dict[str, tuple[int, float]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="run directories of data-parameter runs with sigma snapshots")
-    parser.add_argument("--out", help="also write the table (Markdown) to this file")
-    args = parser.parse_args(argv)
+    args = parse_runs(__doc__, argv, "run directories of data-parameter runs with sigma snapshots")
     rows = {run: choices(Path(run)) for run in args.runs}
     names = list(dict.fromkeys(k for r in rows.values() for k in r))
     lines = ["Test accuracy (%) at the epoch each rule chooses (epoch in brackets)", "",

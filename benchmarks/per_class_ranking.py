@@ -20,12 +20,11 @@ variant is kept when it beats ``global`` on both noise kinds.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
-from _table import emit
+from _table import emit, parse_runs
 from dataparams.analysis.find_issues import find_issues
 from dataparams.analysis.metrics import auroc
 from dataparams.runs import RunDirError
@@ -74,10 +73,7 @@ def rows_for(run: Path) -> list[list[str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="finished run directories that injected their noise")
-    parser.add_argument("--out", help="also write the table (Markdown) to this file")
-    args = parser.parse_args(argv)
+    args = parse_runs(__doc__, argv, "finished run directories that injected their noise")
     lines = ["AUROC of the wrong labels, one run per row (n=1 each)", "",
              "| run | score | global | class z | class rank |", "|---|---|---:|---:|---:|"]
     for run in args.runs:
