@@ -1,8 +1,12 @@
-"""What every benchmark script ends with: print its Markdown table, and keep it when asked."""
+"""What the benchmark scripts share: the run directories they read, the rankings of those runs,
+and the Markdown table they end with (printed, and kept when asked)."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 
 def emit(lines: list[str], out: str | None) -> None:
@@ -20,3 +24,19 @@ def parse_runs(doc: str | None, argv: list[str] | None, runs_help: str) -> argpa
     parser.add_argument("runs", nargs="+", help=runs_help)
     parser.add_argument("--out", help="also write the table (Markdown) to this file")
     return parser.parse_args(argv)
+
+
+def noisy_reports(run: Path, scores: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
+    """``(score, find_issues report)`` for each of ``scores`` the run has, for a run that knows
+    which of its labels are wrong (the bench's injected noise)."""
+    from dataparams.analysis.find_issues import find_issues
+    from dataparams.runs import RunDirError
+
+    for score in scores:
+        try:
+            rep = find_issues(run, score=score, load_dataset=False)
+        except RunDirError:
+            continue  # a run without an instance curriculum has no sigma scores
+        if rep.is_corrupted is None:
+            raise SystemExit(f"{run}: the run does not know which labels are wrong")
+        yield score, rep

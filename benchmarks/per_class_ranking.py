@@ -24,10 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _table import emit, parse_runs
-from dataparams.analysis.find_issues import find_issues
+from _table import emit, noisy_reports, parse_runs
 from dataparams.analysis.metrics import auroc
-from dataparams.runs import RunDirError
 
 SCORES = ("sigma", "sigma-mean", "mean-loss")
 
@@ -58,13 +56,7 @@ def class_rank(score: np.ndarray, given: np.ndarray) -> np.ndarray:
 
 def rows_for(run: Path) -> list[list[str]]:
     rows = []
-    for score in SCORES:
-        try:
-            rep = find_issues(run, score=score, load_dataset=False)
-        except RunDirError:
-            continue  # a run without an instance curriculum has no sigma scores
-        if rep.is_corrupted is None:
-            raise SystemExit(f"{run}: the run does not know which labels are wrong")
+    for score, rep in noisy_reports(run, SCORES):
         log_s = np.log(np.maximum(rep.score, 1e-8))
         values = [auroc(rep.score, rep.is_corrupted), auroc(class_z(log_s, rep.given), rep.is_corrupted),
                   auroc(class_rank(rep.score, rep.given), rep.is_corrupted)]
