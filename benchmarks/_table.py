@@ -26,7 +26,12 @@ def parse_runs(doc: str | None, argv: list[str] | None, runs_help: str) -> argpa
     return parser.parse_args(argv)
 
 
-def noisy_reports(run: Path, scores: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
+#: The scores the screens compare: find-issues' ``SCORES`` without ``last-loss``, the one no
+#: bench method reports.
+SCORES = ("sigma", "sigma-mean", "mean-loss")
+
+
+def noisy_reports(run: Path, scores: tuple[str, ...] = SCORES) -> Iterator[tuple[str, Any]]:
     """``(score, find_issues report)`` for each of ``scores`` the run has, for a run that knows
     which of its labels are wrong (the bench's injected noise)."""
     from dataparams.analysis.find_issues import find_issues

@@ -5,7 +5,7 @@
 dp-filter trains once, flags the samples the noise-rate-free mixture (``estimate_num_mislabeled``,
 what find-issues uses) calls mislabeled, and retrains on the rest; the retraining can only be as
 clean as the kept set. For each finished run and each score of ``find_issues`` it has (sigma,
-sigma-mean, mean-loss) this prints how many samples the mixture flags, their precision and recall
+sigma-mean, mean-loss) this prints, from the report's ``summary()``, how many samples the mixture flags, their precision and recall
 against the injected noise, the share of wrong labels left in the kept set (what the retraining
 has to survive; the run's own noise rate for comparison) and the score's AUROC. No training: it
 reads the runs' snapshots, so it costs seconds.
@@ -18,21 +18,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from _table import emit, noisy_reports, parse_runs
-from dataparams.analysis.metrics import auroc
-
-SCORES = ("sigma", "sigma-mean", "mean-loss")
 
 
 def rows_for(run: Path) -> list[list[str]]:
     rows = []
-    for score, rep in noisy_reports(run, SCORES):
-        wrong, flagged = rep.is_corrupted, rep.is_flagged
-        hit = int((flagged & wrong).sum())
-        kept = ~flagged
-        rows.append([str(run), score, str(rep.n), str(int(flagged.sum())),
-                     f"{hit / max(int(flagged.sum()), 1):.3f}", f"{hit / max(int(wrong.sum()), 1):.3f}",
-                     f"{wrong.mean():.3f}", f"{(wrong & kept).sum() / max(int(kept.sum()), 1):.3f}",
-                     f"{auroc(rep.score, wrong):.4f}"])
+    for score, rep in noisy_reports(run):
+        st = rep.summary()  # n, n_flagged, precision, recall and auroc of the mixture's flags
+        wrong, kept = rep.is_corrupted, ~rep.is_flagged
+        rows.append([str(run), score, str(st["n"]), str(st["n_flagged"]), f"{st['precision']:.3f}",
+                     f"{st['recall']:.3f}", f"{wrong.mean():.3f}",
+                     f"{(wrong & kept).sum() / max(int(kept.sum()), 1):.3f}", f"{st['auroc']:.4f}"])
     return rows
 
 

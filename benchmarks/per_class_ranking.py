@@ -27,8 +27,6 @@ import numpy as np
 from _table import emit, noisy_reports, parse_runs
 from dataparams.analysis.metrics import auroc
 
-SCORES = ("sigma", "sigma-mean", "mean-loss")
-
 
 def class_z(log_score: np.ndarray, given: np.ndarray) -> np.ndarray:
     """``log_score`` standardised within each given class by its median and MAD."""
@@ -56,7 +54,7 @@ def class_rank(score: np.ndarray, given: np.ndarray) -> np.ndarray:
 
 def rows_for(run: Path) -> list[list[str]]:
     rows = []
-    for score, rep in noisy_reports(run, SCORES):
+    for score, rep in noisy_reports(run):
         log_s = np.log(np.maximum(rep.score, 1e-8))
         values = [auroc(rep.score, rep.is_corrupted), auroc(class_z(log_s, rep.given), rep.is_corrupted),
                   auroc(class_rank(rep.score, rep.given), rep.is_corrupted)]
