@@ -9,6 +9,14 @@
    and ``--deterministic`` -- on Fashion-MNIST with 40% noise: finite loss, sigma moved.
 4. The detector with per-box data parameters (``kitti-synth/instance``, 2 epochs on a small
    synthetic set) in float32 and under ``--amp fp16``: finite loss, box sigma moved, AP computed.
+5. The real command under ``torchrun --nproc-per-node 2`` with NCCL (replicated and sharded)
+   against the same command in one CUDA process run twice (the second run's distance is the
+   floor that non-deterministic CUDA sums set): test accuracy within 1 point, median |d sigma|
+   at the last epoch below 0.01 (the CPU comparison, ``compare_torchrun.py``, measures 1e-3).
+   Needs two GPUs: NCCL refuses two ranks on one GPU ("Duplicate GPU detected", seen with NCCL
+   2.28.9 on a one-GPU H200), so a one-GPU machine reports the check as not run.
+6. Every bench method (``dataparams bench --device cuda``), one cell at 40% uniform noise,
+   2 epochs: each cell finishes with status ok (cleanlab needs its package installed).
 
 Prints a Markdown table; exits non-zero if a check fails.
 """
@@ -16,11 +24,15 @@ Prints a Markdown table; exits non-zero if a check fails.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from _table import emit
@@ -40,6 +52,79 @@ def _steps(device: torch.device, deterministic: bool) -> torch.Tensor:
         opt.step()
     torch.use_deterministic_algorithms(False)
     return p.detach().cpu()
+
+
+def _torchrun_rows(data_dir: str | None, epochs: int) -> tuple[list[str], bool]:
+    """Section 5: one CUDA process (twice) against two NCCL processes, replicated and sharded."""
+    from dataparams.runs import RunDir
+
+    preset = "fmnist-noisy40/instance"
+    if torch.cuda.device_count() < 2:
+        return [f"| torchrun 2 ranks NCCL | not run: {torch.cuda.device_count()} GPU (NCCL refuses two ranks on one "
+                "GPU) | n/a |"], True
+    tail = ["-m", "dataparams", "train", "--preset", preset, "--epochs", str(epochs), "--device", "auto",
+            "--quiet", "--no-tensorboard"] + (["--data-dir", data_dir] if data_dir else [])
+    one = [sys.executable] + tail
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] + tail
+    runs = {"1 process": one, "1 process, again": one, "torchrun 2 ranks NCCL, replicated": two,
+            "torchrun 2 ranks NCCL, sharded": two + ["--set", "distributed.mode=sharded"]}
+    rows, ok, ref = [], True, None
+    with tempfile.TemporaryDirectory() as work:
+        for i, (name, cmd) in enumerate(runs.items()):
+            out = Path(work) / f"run{i}"
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True, timeout=300,
+                                  env={**os.environ, "OMP_NUM_THREADS": "2"})
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                ok = False
+                err = " / ".join(proc.stderr.strip().splitlines()[-3:]).replace("|", "/")[:300]
+                rows.append(f"| {name}, {epochs} epochs | exit {proc.returncode}: {err} | FAIL |")
+                continue
+            rundir = RunDir(out)
+            sigma = rundir.load_snapshot(epochs)["instance_sigma"]
+            acc = float(rundir.read_metrics()[-1]["test_acc"])
+            if ref is None:
+                ref = (sigma, acc)
+                rows.append(f"| {name}, {epochs} epochs (reference) | test {acc:.2f}%, {wall:.1f}s | info |")
+                continue
+            d = np.abs(sigma - ref[0])
+            good = bool(np.isfinite(sigma).all()) and abs(acc - ref[1]) <= 1.0 and float(np.median(d)) < 0.01
+            ok &= good
+            rows.append(f"| {name}, {epochs} epochs, vs reference | test {acc:.2f}%, median abs d sigma "
+                        f"{np.median(d):.2e}, max {d.max():.2e}, {wall:.1f}s | {'ok' if good else 'FAIL'} |")
+    return rows, ok
+
+
+def _bench_rows(data_dir: str | None, epochs: int) -> tuple[list[str], bool]:
+    """Section 6: one cell of every bench method on CUDA."""
+    import json
+
+    from dataparams.bench import METHODS
+
+    spec = {"base": "fmnist-noisy40", "methods": list(METHODS), "grid": [["uniform", 0.4, [1]]],
+            "overrides": ["data.val_fraction=0.1", f"optim.epochs={epochs}"] +
+            ([f"data.data_dir={data_dir}"] if data_dir else [])}
+    rows, ok = [], True
+    with tempfile.TemporaryDirectory() as work:
+        Path(work, "spec.json").write_text(json.dumps(spec))
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "dataparams", "bench", "--spec", f"{work}/spec.json", "--out",
+                               f"{work}/bench", "--stage", "grid", "--device", "cuda", "--quiet"],
+                              capture_output=True, text=True, timeout=600)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            err = " / ".join(proc.stderr.strip().splitlines()[-3:]).replace("|", "/")[:300]
+            return [f"| bench, every method, CUDA | exit {proc.returncode}: {err} | FAIL |"], False
+        cells = json.loads(Path(work, "bench", "results.json").read_text())["cells"]
+        for key, res in cells.items():
+            good = res["status"] == "ok" and res.get("final_test_acc") is not None
+            ok &= good
+            what = (f"test {res['final_test_acc']:.2f}%, {res.get('trainings', '?')} training(s)" if good
+                    else f"{res['status']}: {str(res.get('error', ''))[:200]}".replace("|", "/"))
+            rows.append(f"| bench cell {key}, {epochs} epochs, CUDA | {what} | {'ok' if good else 'FAIL'} |")
+    rows.append(f"| bench, {len(cells)} cells | {wall:.1f}s | info |")
+    return rows, ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     from dataparams.detection.synthetic import SyntheticKittiConfig, write_synthetic_kitti
 
     with tempfile.TemporaryDirectory() as root:
-        write_synthetic_kitti(root, SyntheticKittiConfig(num_images=96, val_fraction=0.25, seed=0))
+        write_synthetic_kitti(root, SyntheticKittiConfig(num_images=96, val_fraction=0.25, seed=0),
+                             fashion_mnist_root=args.data_dir)
         for label, amp in (("float32", "off"), ("amp fp16", "fp16")):
             cfg = get_detection_preset("kitti-synth/instance", root=root)
             cfg.optim.epochs, cfg.eval_every = 2, 1
@@ -113,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(f"| train kitti-synth/instance, 2 epochs, {label} | mAP|R40 moderate "
                         f"{s.get('map40_moderate', float('nan')):.2f}, box sigma moved: {moved} | "
                         f"{'ok' if good else 'FAIL'} |")
+
+    for section in (_torchrun_rows, _bench_rows):
+        more, good = section(args.data_dir, 2)
+        rows += more
+        ok &= good
 
     emit([f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}", "",
           "| check | result | status |", "|---|---|---|", *rows], args.out)

@@ -3,7 +3,9 @@
 A real ``lightning`` Trainer on the CPU trains a small MLP on 64 random vectors (4 classes,
 batches of 16, no shuffling). Each run is compared with a loop that uses only
 ``torch.optim.SGD`` for the model and :class:`~dataparams.SparseSGD` for the data parameters,
-so the callback is checked against the package's primitives, not against itself.
+so the callback is checked against the package's primitives, not against itself. The
+trajectory and mixed-precision checks also run on a CUDA GPU when there is one (Lightning's
+``"16-mixed"`` is then the real fp16 path with its gradient scaler).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(N, D, generator=g), torch.randint(0, K, (N,), generator=g)
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
 def _loader() -> DataLoader:
     return DataLoader(WithIndex(TensorDataset(*_data())), batch_size=BATCH, shuffle=False)
 
@@ -85,39 +90,41 @@ class Trajectory(L.Callback):
         self.epochs.append((self.dp.class_log_sigma.detach().clone(), self.dp.instance_log_sigma.detach().clone()))
 
 
-def _trainer(**overrides) -> L.Trainer:
-    kwargs = dict(max_epochs=EPOCHS, accelerator="cpu", devices=1, enable_progress_bar=False, logger=False,
+def _trainer(device: str = "cpu", **overrides) -> L.Trainer:
+    kwargs = dict(max_epochs=EPOCHS, accelerator="gpu" if device == "cuda" else "cpu", devices=1, enable_progress_bar=False, logger=False,
                   enable_checkpointing=False, enable_model_summary=False, deterministic=True,
                   num_sanity_val_steps=0)
     kwargs.update(overrides)
     return L.Trainer(**kwargs)
 
 
-def _fit(dp_config=DP_CONFIG, opt_config=OPT_CONFIG, *, ckpt_path=None, extra_callbacks=(), **trainer_kwargs):
+def _fit(dp_config=DP_CONFIG, opt_config=OPT_CONFIG, *, ckpt_path=None, extra_callbacks=(), device="cpu",
+         **trainer_kwargs):
     model = LitNet()
     callback = DataParametersCallback(DataParameters(K, N, **dp_config), **opt_config)
     trajectory = Trajectory(callback)
-    trainer = _trainer(callbacks=[callback, trajectory, *extra_callbacks], **trainer_kwargs)
+    trainer = _trainer(device, callbacks=[callback, trajectory, *extra_callbacks], **trainer_kwargs)
     trainer.fit(model, _loader(), ckpt_path=ckpt_path)
     return model, callback, trajectory.epochs, trainer
 
 
-def _plain_loop(*, accumulate: int = 1, amp_scaler: torch.amp.GradScaler | None = None):
+def _plain_loop(*, accumulate: int = 1, amp_scaler: torch.amp.GradScaler | None = None, device: str = "cpu"):
     """The reference: model SGD + data-parameter SparseSGD, stepped together every ``accumulate`` batches.
 
     Lightning divides each batch's loss by ``accumulate_grad_batches``, so the loop does too.
     With ``amp_scaler`` the forward runs under fp16 autocast and both optimizers skip a step
     unless every gradient of that step, the model's and the data parameters', is finite.
     """
-    net = _net()
-    dp = DataParameters(K, N, **DP_CONFIG)
+    net = _net().to(device)
+    dp = DataParameters(K, N, **DP_CONFIG).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
     dp_opt = SparseSGD(dp.param_groups(lr_class=OPT_CONFIG["lr_class"], lr_instance=OPT_CONFIG["lr_instance"]),
                        momentum=OPT_CONFIG["momentum"])
     epochs, skips = [], {"both": 0, "model only": 0}
     for _ in range(EPOCHS):
-        for b, (x, y, index) in enumerate(_loader()):
-            with torch.autocast("cpu", dtype=torch.float16, enabled=amp_scaler is not None):
+        for b, batch in enumerate(_loader()):
+            x, y, index = (t.to(device) for t in batch)
+            with torch.autocast(device, dtype=torch.float16, enabled=amp_scaler is not None):
                 sigma, penalty = dp.sigma_and_regularizer(
                     y, index, wd_class=OPT_CONFIG["wd_class"], wd_instance=OPT_CONFIG["wd_instance"])
                 loss = (scaled_cross_entropy(net(x), y, sigma) + penalty) / accumulate
@@ -154,7 +161,8 @@ def _assert_same_run(lit_model, lit_epochs, net, plain_epochs, atol=1e-6):
         torch.testing.assert_close(c_lit, c_ref, rtol=0, atol=atol)
         torch.testing.assert_close(i_lit, i_ref, rtol=0, atol=atol)
     for p_lit, p_ref in zip(lit_model.net.parameters(), net.parameters()):
-        torch.testing.assert_close(p_lit.detach(), p_ref.detach(), rtol=0, atol=atol)
+        # Lightning moves the model back to the CPU when fit ends.
+        torch.testing.assert_close(p_lit.detach().to(p_ref.device), p_ref.detach(), rtol=0, atol=atol)
 
 
 def _assert_sigma_moved(epochs):
@@ -164,9 +172,11 @@ def _assert_sigma_moved(epochs):
     assert (instance_log_sigma - torch.log(torch.tensor(0.5))).abs().max() > 1e-2
 
 
-def test_trajectory_equals_plain_loop():
-    model, callback, epochs, trainer = _fit()
-    net, ref_epochs, _ = _plain_loop()
+@pytest.mark.parametrize("device", DEVICES)
+def test_trajectory_equals_plain_loop(device):
+    model, callback, epochs, trainer = _fit(device=device)
+    assert callback.data_parameters.instance_log_sigma.device.type == device
+    net, ref_epochs, _ = _plain_loop(device=device)
     _assert_sigma_moved(ref_epochs)
     _assert_same_run(model, epochs, net, ref_epochs)
     # The model's optimizer holds the model's parameters and nothing else.
@@ -230,19 +240,20 @@ def test_curriculum_off_is_plain_cross_entropy():
         torch.testing.assert_close(p_lit.detach(), p_ref.detach(), rtol=0, atol=1e-6)
 
 
-def test_mixed_precision_unscales_and_skips_with_the_model():
-    # fp16 autocast with a gradient scaler, on the CPU (Lightning's "16-mixed" flag means CUDA).
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixed_precision_unscales_and_skips_with_the_model(device):
+    # fp16 autocast with a gradient scaler (Lightning's "16-mixed"; on the CPU through its plugin).
     # The initial scale overflows the fp16 logit gradients for the first steps: the model's step
     # is skipped while the data parameters' float32 gradients are still finite, and theirs must
     # be skipped too. Growth is off so that a lower final scale counts the skips.
     def scaler():
-        return torch.amp.GradScaler("cpu", init_scale=2.0**22, growth_interval=10**6)
+        return torch.amp.GradScaler(device, init_scale=2.0**22, growth_interval=10**6)
 
     lit_scaler = scaler()
-    plugin = MixedPrecision("16-mixed", "cpu", scaler=lit_scaler)
-    model, _, epochs, _ = _fit(plugins=[plugin])
+    plugin = MixedPrecision("16-mixed", device, scaler=lit_scaler)
+    model, _, epochs, _ = _fit(plugins=[plugin], device=device)
     ref_scaler = scaler()
-    net, ref_epochs, skips = _plain_loop(amp_scaler=ref_scaler)
+    net, ref_epochs, skips = _plain_loop(amp_scaler=ref_scaler, device=device)
     assert skips["model only"] >= 1, "the test must exercise a step the model skips on its own"
     assert lit_scaler.get_scale() == ref_scaler.get_scale() < 2.0**22
     _assert_sigma_moved(ref_epochs)
