@@ -4,7 +4,7 @@ and the Markdown table they end with (printed, and kept when asked)."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,15 @@ def emit(lines: list[str], out: str | None) -> None:
             f.write(text + "\n")
 
 
-def parse_runs(doc: str | None, argv: list[str] | None, runs_help: str) -> argparse.Namespace:
-    """The command line every run-reading script takes: run directories, and ``--out FILE``."""
+def parse_runs(doc: str | None, argv: list[str] | None, runs_help: str,
+               more: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The command line every run-reading script takes: run directories, and ``--out FILE``
+    (``more`` adds a script's own options)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help=runs_help)
     parser.add_argument("--out", help="also write the table (Markdown) to this file")
+    if more is not None:
+        more(parser)
     return parser.parse_args(argv)
 
 

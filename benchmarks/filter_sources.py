@@ -1,6 +1,6 @@
 """Which first training and which score should feed dp-filter's flags? (issue 13, a screen)
 
-    python benchmarks/filter_sources.py RUN_DIR [RUN_DIR ...] [--out FILE]
+    python benchmarks/filter_sources.py RUN_DIR [RUN_DIR ...] [--bounds F [F ...]] [--out FILE]
 
 dp-filter trains once, flags the samples the noise-rate-free mixture (``estimate_num_mislabeled``,
 what find-issues uses) calls mislabeled, and retrains on the rest; the retraining can only be as
@@ -10,12 +10,19 @@ against the injected noise, the share of wrong labels left in the kept set (what
 has to survive; the run's own noise rate for comparison) and the score's AUROC. No training: it
 reads the runs' snapshots, so it costs seconds.
 
+With ``--bounds``, a second table for the runs trained on the GCE loss (dp-gce): the same numbers
+for dp-gce-filter's rule, flag when the mean training loss is at least F times the GCE bound 1/q,
+next to the mixture on the same score.
+
 Choose on the tuning cells only (seed 100); other runs can only explain a result.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import numpy as np
 
 from _table import emit, noisy_reports, parse_runs
 
@@ -31,13 +38,41 @@ def rows_for(run: Path) -> list[list[str]]:
     return rows
 
 
+def _flag_row(run: Path, rule: str, flagged: np.ndarray, wrong: np.ndarray) -> str:
+    kept = ~flagged
+    return (f"| {run} | {rule} | {len(wrong)} | {int(flagged.sum())} | {wrong[flagged].mean() if flagged.any() else 0:.3f} | "
+            f"{(wrong & flagged).sum() / max(int(wrong.sum()), 1):.3f} | {wrong.mean():.3f} | "
+            f"{(wrong & kept).sum() / max(int(kept.sum()), 1):.3f} | {int(kept.sum())} |")
+
+
+def bound_rows(run: Path, bounds: list[float]) -> list[str]:
+    """dp-gce-filter's rule (mean loss >= F / q) and the mixture, on the mean-loss score of a GCE run."""
+    curriculum = json.loads((run / "config.json").read_text())["curriculum"]
+    if curriculum.get("loss") != "gce":
+        return []
+    rep = dict(noisy_reports(run, scores=("mean-loss",)))["mean-loss"]
+    wrong, score = rep.is_corrupted, np.asarray(rep.score, dtype=np.float64)
+    rows = [_flag_row(run, "mixture on log mean loss", rep.is_flagged, wrong)]
+    for f in bounds:
+        rows.append(_flag_row(run, f"mean loss >= {f:g} / q", score >= f / float(curriculum["loss_q"]), wrong))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = parse_runs(__doc__, argv, "finished run directories that injected their noise")
+    args = parse_runs(__doc__, argv, "finished run directories that injected their noise", lambda p: p.add_argument(
+        "--bounds", nargs="+", type=float, metavar="F",
+        help="also the table of dp-gce-filter's rule at these fractions of the GCE bound"))
     lines = ["Mixture flags by run and score, one run per row (n=1 each)", "",
              "| run | score | n | flagged | precision | recall | wrong, all | wrong, kept | AUROC |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for run in args.runs:
         lines += ["| " + " | ".join(r) + " |" for r in rows_for(Path(run))]
+    if args.bounds:
+        lines += ["", "Flags on the mean training loss of GCE runs, one run per row (n=1 each)", "",
+                  "| run | rule | n | flagged | precision | recall | wrong, all | wrong, kept | kept |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for run in args.runs:
+            lines += bound_rows(Path(run), args.bounds)
     emit(lines, args.out)
 
 

@@ -1,6 +1,7 @@
 """The bench grid: a micro-grid completes, resumes without retraining, records a crash and goes on."""
 
 import json
+import shutil
 
 import numpy as np
 
@@ -160,3 +161,69 @@ def test_one_cell_from_the_command_line_and_the_dp_filter_pipeline(tmp_path, cap
     assert 0 < len(kept) <= 48 and len(kept) == 48 - result["n_flagged"]
     assert parse_cell("aum/pair40/seed3") == Cell("aum", "pair", 0.4, 3)
     assert main(["bench", "--out", str(out), "--cell", "nope/uniform40/seed1"]) == 2
+
+
+def test_dp_gce_filter_flags_by_the_gce_loss_bound(tmp_path):
+    # dp-gce-filter: the first stage is dp-gce's training (GCE loss under the instance curriculum),
+    # the flags are the samples whose mean training loss, recomputed here from the snapshots, is at
+    # least 0.2 of the GCE bound 1/q; the retraining sees exactly the others.
+    from dataparams.methods.registry import METHODS
+    from dataparams.runs import RunDir
+
+    data = fakes.write_idx(tmp_path / "data", 64, 32)
+    spec = _spec(data, ["dp-gce-filter"])
+    # Long enough for the first training to fit some samples (its mean loss falls below the bound).
+    spec.overrides += ["optim.epochs=12", "optim.lr=0.2"]
+    res = run_cell(spec, Cell("dp-gce-filter", "uniform", 0.4, 1), tmp_path / "bench")
+    assert res["status"] == "ok", res.get("error")
+    assert res["setting"] == list(METHODS["dp-gce-filter"].tuning[0]) and res["trainings"] == 2
+    cell = tmp_path / "bench" / "cells" / "dp-gce-filter" / "uniform40" / "seed1"
+    (first,) = [p for p in cell.glob("curriculum_*") if p.is_dir()]
+    run = RunDir(first)
+    cfg = json.loads((first / "config.json").read_text())
+    assert cfg["curriculum"]["loss"] == "gce" and cfg["curriculum"]["instance_curriculum"]
+    mean_loss = np.mean([run.load_snapshot(e)["loss"].astype(np.float64) for e in run.snapshot_epochs()], axis=0)
+    flagged = mean_loss >= 0.2 / cfg["curriculum"]["loss_q"]
+    source = run.load_arrays("labels.npz")["source_index"]
+    kept = np.load(next(cell.glob("keep_final_*.npy")))
+    assert 0 < flagged.sum() < len(flagged) and res["n_flagged"] == int(flagged.sum())
+    np.testing.assert_array_equal(np.sort(kept), np.sort(source[~flagged]))
+    retrain = json.loads(next(p for p in cell.glob("retrain_*") if p.is_dir()).joinpath("config.json").read_text())
+    assert retrain["curriculum"]["loss"] == "ce" and retrain["data"]["keep_file"].endswith(".npy")
+
+
+def test_dp_filter_refuses_a_bound_without_a_gce_first_stage(tmp_path):
+    data = fakes.write_idx(tmp_path / "data", 64, 32)
+    spec = _spec(data, ["dp-filter"], chosen={"dp-filter": ["@score=mean-loss", "@flag=0.2"]})
+    res = run_cell(spec, Cell("dp-filter", "uniform", 0.4, 1), tmp_path / "bench")
+    assert res["status"] == "failed" and "needs a first training on the GCE loss" in res["error"]
+    spec = _spec(data, ["dp-filter"], chosen={"dp-filter": ["@first=gce"]})
+    res = run_cell(spec, Cell("dp-filter", "uniform", 0.4, 1), tmp_path / "bench2")
+    assert res["status"] == "failed" and "@first must be" in res["error"]
+
+
+def test_a_filter_reuses_its_first_methods_cell_of_the_same_grid(tmp_path):
+    # In a grid that also runs dp-gce, dp-gce-filter's first training is that cell's run (same
+    # config), not a second copy of it; a cell of another config is not taken.
+    data = fakes.write_idx(tmp_path / "data", 64, 32)
+    spec = _spec(data, ["dp-gce", "dp-gce-filter"], chosen={"dp-gce-filter": ["@first=dp-gce", "@score=mean-loss",
+                                                                              "@retrain=baseline"]})
+    out = tmp_path / "bench"
+    cells = run_grid(spec, out, quiet=True)["cells"]
+    res = cells["dp-gce-filter/uniform40/seed1"]
+    assert res["status"] == "ok", res.get("error")
+    gce_cell = out / "cells" / "dp-gce" / "uniform40" / "seed1"
+    assert res["first_run"] == str(gce_cell)
+    assert not list((out / "cells" / "dp-gce-filter" / "uniform40" / "seed1").glob("curriculum_*"))
+    assert res["train_time_s"] > cells["dp-gce/uniform40/seed1"]["train_time_s"]  # its time counts the reused run
+
+    # dp-gce trained with another q is a different run: the filter trains its own first stage.
+    other = _spec(data, ["dp-gce-filter"], chosen={"dp-gce": ["curriculum.loss_q=0.4"],
+                                                   "dp-gce-filter": ["@first=dp-gce", "@retrain=baseline"]})
+    res = run_cell(other, Cell("dp-gce-filter", "uniform", 0.4, 1), tmp_path / "bench2")
+    assert res["status"] == "ok" and "curriculum_" in res["first_run"]
+    shared = tmp_path / "bench2" / "cells" / "dp-gce" / "uniform40" / "seed1"
+    shutil.copytree(gce_cell, shared)  # a q = 0.7 run where the spec now asks for q = 0.4
+    (tmp_path / "bench2" / "cells" / "dp-gce-filter" / "uniform40" / "seed1" / "result.json").unlink()
+    res = run_cell(other, Cell("dp-gce-filter", "uniform", 0.4, 1), tmp_path / "bench2")
+    assert res["status"] == "ok" and res["first_run"] != str(shared)

@@ -12,12 +12,17 @@ Multi-stage methods:
 * ``cleanlab`` (Northcutt, Jiang & Chuang, JAIR 2021, through the ``cleanlab`` package):
   out-of-sample predicted probabilities by K-fold cross-validation (K trainings), then
   ``cleanlab.filter.find_label_issues``, then a retraining on the kept samples.
-* ``aum`` (Pleiss et al., NeurIPS 2020, through the ``aum`` package): two trainings, each with a
+* ``aum`` (Pleiss et al., NeurIPS 2020; margins by :mod:`dataparams.methods.aum`, which
+  ``tests/test_objectives.py`` checks against the ``aum`` package): two trainings, each with a
   different set of N/(K+1) threshold samples relabelled to a fake class; AUM is read at the
   epoch where that training's noisy-validation accuracy peaked (the paper reads it before the
   first learning-rate drop, i.e. before memorisation); a sample is flagged when its AUM is below
   a percentile (99th in the paper, tuned here) of the threshold samples'; then a retraining on
   the kept samples.
+* ``dp-filter`` and ``dp-gce-filter`` (beyond the paper): one training of a data-parameter
+  method (``@first``: ``dp-instance`` or ``dp-gce``), its samples flagged from one ranking
+  (``@score``) by the noise-rate-free mixture or, after ``dp-gce``, by a fixed fraction of the
+  GCE loss bound (``@flag``), then a retraining on the kept samples (``@retrain``).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from dataparams.analysis.metrics import over_seeds
 from dataparams.config import ConfigError, TrainConfig, apply_overrides, config_to_dict
 from dataparams.methods.registry import METHODS as REGISTRY
 from dataparams.presets import get_preset
-from dataparams.runs import RunDir, atomic_write_text
+from dataparams.runs import RunDir, RunDirError, atomic_write_text
 
 __all__ = ["METHODS", "BenchSpec", "Cell", "load_tuning", "parse_cell", "run_cell", "run_grid", "summarize", "tune",
            "tuning_grid"]
@@ -268,35 +273,87 @@ def _aum(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str
             "n_flagged": int(flagged.sum()), "detection": _detection(-aum, corrupted)}
 
 
-def _curriculum_stage(spec: BenchSpec, cell: Cell, stages: Path, special: dict[str, str], device: str):
-    """The first training of dp-filter: the instance curriculum as the preset sets it, and its
-    ranking (``@score``, default ``sigma-mean``) with the mixture's flags."""
+def _finished_sibling(out: Path, cell: Cell, method: str, cfg: TrainConfig) -> Path | None:
+    """``method``'s cell of the same setting and seed in the same bench, when it is a finished
+    run of exactly ``cfg`` (a grid cell's folder is ``OUT/cells/<method>/<setting>/seed<S>``)."""
+    if out.parts[-3:] != tuple(cell.key.split("/")):
+        return None  # a tuning or screening folder: no sibling cells
+    sibling = out.parents[2] / Cell(method, cell.noise, cell.rate, cell.seed).key
+    if not (sibling / "summary.json").exists():
+        return None
+    try:
+        RunDir(sibling).prepare(config_to_dict(cfg), resume=True)  # checks only: the run exists
+    except RunDirError:
+        return None
+    return sibling
+
+
+def _curriculum_stage(spec: BenchSpec, cell: Cell, stages: Path, special: dict[str, str], device: str,
+                      out: Path | None = None):
+    """The first training of dp-filter: the training of the one-training method ``@first``
+    (default ``dp-instance``; with its setting as the spec chose it), and its ranking (``@score``,
+    default ``sigma-mean``) with the find-issues report's flags. In a grid that has already run
+    ``@first``'s own cell of this setting and seed with the same config, that run is used as it
+    is instead of training it again."""
     from dataparams.analysis.find_issues import find_issues
 
-    cfg = _cell_config(spec, cell, "instance", [])
-    stages.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha1(json.dumps(config_to_dict(cfg), sort_keys=True).encode()).hexdigest()[:10]
-    run_dir = stages / f"curriculum_{digest}"
-    # Several settings (or, in a screen, several methods) may share this training: one trains it,
-    # the others wait for it and reuse it.
-    with open(stages / f"curriculum_{digest}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        summary = _train(cfg, run_dir, device)
+    first = special.get("first", "dp-instance")
+    if first not in REGISTRY or REGISTRY[first].pipeline is not None or REGISTRY[first].variant not in (
+            "instance", "joint"):
+        raise ConfigError(f"@first must be a one-training method with instance data parameters, got {first!r}")
+    setting, _ = _split_special(list(spec.chosen.get(first, [])))  # none chosen: the preset's values
+    cfg = _cell_config(spec, cell, REGISTRY[first].variant, [*REGISTRY[first].overrides, *setting])
+    sibling = None if out is None else _finished_sibling(out, cell, first, cfg)
+    if sibling is not None:
+        run_dir, summary = sibling, json.loads((sibling / "summary.json").read_text())
+    else:
+        stages.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha1(json.dumps(config_to_dict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+        run_dir = stages / f"curriculum_{digest}"
+        # Several settings (or, in a screen, several methods) may share this training: one trains
+        # it, the others wait for it and reuse it.
+        with open(stages / f"curriculum_{digest}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            summary = _train(cfg, run_dir, device)
     report = find_issues(run_dir, score=special.get("score", "sigma-mean"), load_dataset=False)
     return cfg, summary, report
 
 
+def _flags(cfg: TrainConfig, report: Any, rule: str) -> np.ndarray:
+    """Which samples dp-filter drops: ``mixture`` (the report's noise-rate-free two-Gaussian
+    estimate on the log score), or a number f: a loss score at least f times the largest value
+    the first training's bounded GCE loss can take (1/q).
+
+    Why the second rule: under the GCE loss the clean samples' mean losses spread over orders of
+    magnitude (memorised ones near 0, hard ones in between), and the mixture on their log splits
+    the clean samples instead of separating the corrupted ones, which sit near the bound.
+    """
+    if rule == "mixture":
+        return np.asarray(report.is_flagged, dtype=bool)
+    try:
+        fraction = float(rule)
+    except ValueError:
+        raise ConfigError(f"@flag must be 'mixture' or a fraction of the GCE loss bound, got {rule!r}") from None
+    if cfg.curriculum.loss != "gce" or report.score_name not in ("mean-loss", "last-loss") or not 0 < fraction < 1:
+        raise ConfigError("@flag=FRACTION needs a first training on the GCE loss (@first=dp-gce), a loss score "
+                          f"(@score=mean-loss or last-loss) and 0 < FRACTION < 1; got loss {cfg.curriculum.loss}, "
+                          f"score {report.score_name}, {rule}")
+    return np.asarray(report.score, dtype=np.float64) >= fraction / float(cfg.curriculum.loss_q)
+
+
 def _dp_filter(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str, str], extra: list[str],
                device: str):
-    """One curriculum training, flag by the noise-rate-free mixture on its ranking, retrain on the
-    kept samples (``@retrain``: ``instance`` curriculum again, or the ``baseline``)."""
-    _, first, report = _curriculum_stage(spec, cell, stages, special, device)
-    keep = report.source_index[~report.is_flagged]
+    """One curriculum training, flag its samples (``@flag``), retrain on the kept samples
+    (``@retrain``: ``instance`` curriculum again, or the ``baseline``; ``extra`` overrides apply
+    to this retraining only)."""
+    first_cfg, first, report = _curriculum_stage(spec, cell, stages, special, device, out)
+    flagged = _flags(first_cfg, report, special.get("flag", "mixture"))
+    keep = report.source_index[~flagged]
     variant = special.get("retrain", "instance")
     cfg = _cell_config(spec, cell, variant, extra)
     summary = _train_on(cfg, out, "keep_final", keep, "retrain", device)
     return {**_result(summary), "train_time_s": first["train_time_s"] + summary["train_time_s"], "trainings": 2,
-            "n_flagged": int(report.is_flagged.sum()),
+            "n_flagged": int(flagged.sum()), "first_run": str(report.run_dir),
             "detection": _detection(report.score, report.is_corrupted)}
 
 
@@ -550,11 +607,11 @@ def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
     lines += ["", "## Noise detection: how well each method's per-sample score ranks the corrupted labels", "",
               "Scores: data parameters, instance sigma; SuperLoss, -log confidence; baseline and co-teaching, the "
               "small-loss criterion (mean training loss so far); cleanlab, 1 - label quality from K-fold out-of-sample "
-              "probabilities; AUM, -AUM read at the noisy-validation peak; dp-filter, the mixture's input of its "
-              "first training. Rows 'ranked by ...' rank the same runs by another score: sigma-mean (sigma "
+              "probabilities; AUM, -AUM read at the noisy-validation peak; dp-filter and dp-gce-filter, the score "
+              "their first training flags by. Rows 'ranked by ...' rank the same runs by another score: sigma-mean (sigma "
               "integrated over training, the geometric mean over epochs) and mean-loss (each sample's loss under "
               "its learned temperature, averaged over the epochs). 'last' is the final epoch, 'val' the epoch "
-              "chosen on the noisy validation split (cleanlab, AUM and dp-filter have one value).", ""]
+              "chosen on the noisy validation split (cleanlab, AUM and the filters have one value).", ""]
     for n, r in columns:
         lines += [f"### {n} {_percent(r)}%", "", "| method | AUROC last | AUROC val | AP last | AP val | "
                   "precision at true count, val | trainings |", "|---|---:|---:|---:|---:|---:|---:|"]

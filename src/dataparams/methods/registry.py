@@ -102,6 +102,10 @@ def _opts(**kw: Any) -> str:
     return f"method_options={json.dumps(kw)}"
 
 
+# dp-gce-filter's first stage and flagging rule, fixed on the seed-100 cells of all four noise
+# settings before its retraining was tuned (benchmarks/results/fmnist_methods/variants.md).
+_GCE_FILTER = ("@first=dp-gce", "@score=mean-loss", "@flag=0.2")
+
 # The tuning budget: three settings per method. Data parameters: the paper's values first, then a
 # log-spaced step up (the small CNN's logits are smaller than WRN-28-10's, so its temperatures
 # need a larger step to move as far).
@@ -136,6 +140,13 @@ METHODS: dict[str, Method] = {
         Method("dp-gce", "data parameters, instance curriculum on generalized cross-entropy (scaled_loss)",
                variant="instance", overrides=("curriculum.loss=gce",), score="sigma",
                tuning=(("curriculum.loss_q=0.7",), ("curriculum.loss_q=0.4",), ("curriculum.loss_q=0.9",))),
+        # dp-filter fed by dp-gce: flagged by a fixed fraction of the bounded loss, since the mixture
+        # on the log of GCE losses splits the clean samples (variants.md, "Flagging after dp-gce").
+        Method("dp-gce-filter", "data parameters: one dp-gce training, flag samples whose mean training loss "
+               "stays above 0.2 of the GCE loss bound, retrain on the kept samples", trainings=2,
+               score="mean-loss", pipeline="dp-filter",
+               tuning=tuple((*_GCE_FILTER, *r) for r in (("@retrain=instance",), ("@retrain=baseline",),
+                                                        ("@retrain=instance", "curriculum.loss=gce")))),
         Method("cleanlab", "confident learning (Northcutt et al. 2021): K-fold probabilities, filter, retrain",
                trainings=6, score="cleanlab", pipeline="cleanlab",
                tuning=(("@filter_by=prune_by_noise_rate",), ("@filter_by=both",), ("@filter_by=confident_learning",))),
