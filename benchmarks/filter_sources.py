@@ -50,7 +50,10 @@ def bound_rows(run: Path, bounds: list[float]) -> list[str]:
     curriculum = json.loads((run / "config.json").read_text())["curriculum"]
     if curriculum.get("loss") != "gce":
         return []
-    rep = dict(noisy_reports(run, scores=("mean-loss",)))["mean-loss"]
+    reports = dict(noisy_reports(run, scores=("mean-loss",)))
+    if "mean-loss" not in reports:
+        raise SystemExit(f"{run}: no per-sample loss snapshots to rank by mean loss")
+    rep = reports["mean-loss"]
     wrong, score = rep.is_corrupted, np.asarray(rep.score, dtype=np.float64)
     rows = [_flag_row(run, "mixture on log mean loss", rep.is_flagged, wrong)]
     for f in bounds:

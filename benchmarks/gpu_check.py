@@ -6,13 +6,16 @@
    repeated rows, clamping), also under ``torch.use_deterministic_algorithms(True)``.
 2. Data-parameter update time on CUDA at N = 1e7 (median, synchronised).
 3. One short training run per mode -- float32, ``--amp fp16`` (gradient scaler), ``--amp bf16``
-   and ``--deterministic`` -- on Fashion-MNIST with 40% noise: finite loss, sigma moved.
+   and ``--deterministic`` -- on Fashion-MNIST with 40% noise: test accuracy above 50% and the
+   sigma ranking's AUROC above 0.8 (the temperatures have learned).
 4. The detector with per-box data parameters (``kitti-synth/instance``, 2 epochs on a small
-   synthetic set) in float32 and under ``--amp fp16``: finite loss, box sigma moved, AP computed.
+   synthetic set) in float32 and under ``--amp fp16``: box sigma moved and the AP is computed
+   (after 2 epochs it is near 0; only that the evaluation runs is checked).
 5. The real command under ``torchrun --nproc-per-node 2`` with NCCL (replicated and sharded)
-   against the same command in one CUDA process run twice (the second run's distance is the
-   floor that non-deterministic CUDA sums set): test accuracy within 1 point, median |d sigma|
-   at the last epoch below 0.01 (the CPU comparison, ``compare_torchrun.py``, measures 1e-3).
+   against the same command in one CUDA process: test accuracy within 1 point, median |d sigma|
+   at the last epoch below 0.01 (the CPU comparison, ``compare_torchrun.py``, measures 1e-3). A
+   second one-process run is shown next to them for the distance that non-deterministic CUDA
+   sums alone make.
    Needs two GPUs: NCCL refuses two ranks on one GPU ("Duplicate GPU detected", seen with NCCL
    2.28.9 on a one-GPU H200), so a one-GPU machine reports the check as not run.
 6. Every bench method (``dataparams bench --device cuda``), one cell at 40% uniform noise,
@@ -54,6 +57,19 @@ def _steps(device: torch.device, deterministic: bool) -> torch.Tensor:
     return p.detach().cpu()
 
 
+def _run(cmd: list[str], timeout: int, **kw: object) -> tuple[str | None, float]:
+    """Run ``cmd``; (None, wall) when it succeeded, else (why it failed, for a table cell, wall)."""
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired:
+        return f"still running after {timeout}s", time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    if proc.returncode == 0:
+        return None, wall
+    return f"exit {proc.returncode}: " + " / ".join(proc.stderr.strip().splitlines()[-3:]).replace("|", "/")[:300], wall
+
+
 def _torchrun_rows(data_dir: str | None, epochs: int) -> tuple[list[str], bool]:
     """Section 5: one CUDA process (twice) against two NCCL processes, replicated and sharded."""
     from dataparams.runs import RunDir
@@ -72,14 +88,12 @@ def _torchrun_rows(data_dir: str | None, epochs: int) -> tuple[list[str], bool]:
     with tempfile.TemporaryDirectory() as work:
         for i, (name, cmd) in enumerate(runs.items()):
             out = Path(work) / f"run{i}"
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True, timeout=300,
-                                  env={**os.environ, "OMP_NUM_THREADS": "2"})
-            wall = time.perf_counter() - t0
-            if proc.returncode != 0:
+            err, wall = _run(cmd + ["--out", str(out)], 300, env={**os.environ, "OMP_NUM_THREADS": "2"})
+            if err is not None:
+                rows.append(f"| {name}, {epochs} epochs | {err} | FAIL |")
+                if ref is None:  # nothing to compare the others with
+                    return rows, False
                 ok = False
-                err = " / ".join(proc.stderr.strip().splitlines()[-3:]).replace("|", "/")[:300]
-                rows.append(f"| {name}, {epochs} epochs | exit {proc.returncode}: {err} | FAIL |")
                 continue
             rundir = RunDir(out)
             sigma = rundir.load_snapshot(epochs)["instance_sigma"]
@@ -108,14 +122,10 @@ def _bench_rows(data_dir: str | None, epochs: int) -> tuple[list[str], bool]:
     rows, ok = [], True
     with tempfile.TemporaryDirectory() as work:
         Path(work, "spec.json").write_text(json.dumps(spec))
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "dataparams", "bench", "--spec", f"{work}/spec.json", "--out",
-                               f"{work}/bench", "--stage", "grid", "--device", "cuda", "--quiet"],
-                              capture_output=True, text=True, timeout=600)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            err = " / ".join(proc.stderr.strip().splitlines()[-3:]).replace("|", "/")[:300]
-            return [f"| bench, every method, CUDA | exit {proc.returncode}: {err} | FAIL |"], False
+        err, wall = _run([sys.executable, "-m", "dataparams", "bench", "--spec", f"{work}/spec.json", "--out",
+                          f"{work}/bench", "--stage", "grid", "--device", "cuda", "--quiet"], 600)
+        if err is not None:
+            return [f"| bench, every method, CUDA | {err} | FAIL |"], False
         cells = json.loads(Path(work, "bench", "results.json").read_text())["cells"]
         for key, res in cells.items():
             good = res["status"] == "ok" and res.get("final_test_acc") is not None

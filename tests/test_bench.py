@@ -4,6 +4,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 import fakes
 from dataparams.bench import BenchSpec, Cell, run_cell, run_grid, summarize
@@ -192,21 +193,56 @@ def test_dp_gce_filter_flags_by_the_gce_loss_bound(tmp_path):
     assert retrain["curriculum"]["loss"] == "ce" and retrain["data"]["keep_file"].endswith(".npy")
 
 
-def test_dp_filter_refuses_a_bound_without_a_gce_first_stage(tmp_path):
+def test_dp_filter_refuses_bad_options_before_training(tmp_path):
     data = fakes.write_idx(tmp_path / "data", 64, 32)
-    spec = _spec(data, ["dp-filter"], chosen={"dp-filter": ["@score=mean-loss", "@flag=0.2"]})
-    res = run_cell(spec, Cell("dp-filter", "uniform", 0.4, 1), tmp_path / "bench")
-    assert res["status"] == "failed" and "needs a first training on the GCE loss" in res["error"]
-    spec = _spec(data, ["dp-filter"], chosen={"dp-filter": ["@first=gce"]})
-    res = run_cell(spec, Cell("dp-filter", "uniform", 0.4, 1), tmp_path / "bench2")
-    assert res["status"] == "failed" and "@first must be" in res["error"]
+    bad = {
+        "needs a first training on the GCE loss": ["@score=mean-loss", "@flag=0.2"],  # dp-instance first
+        "a loss score": ["@first=dp-gce", "@score=sigma", "@flag=0.2"],
+        "0 < FRACTION < 1": ["@first=dp-gce", "@score=mean-loss", "@flag=1.5"],
+        "must be 'mixture' or a fraction": ["@first=dp-gce", "@score=mean-loss", "@flag=half"],
+        "@first must be": ["@first=gce"],
+    }
+    for i, (message, setting) in enumerate(bad.items()):
+        out = tmp_path / f"bench{i}"
+        res = run_cell(_spec(data, ["dp-filter"], chosen={"dp-filter": setting}), Cell("dp-filter", "uniform", 0.4, 1),
+                       out)
+        assert res["status"] == "failed" and message in res["error"], (setting, res.get("error"))
+        cell = out / "cells" / "dp-filter" / "uniform40" / "seed1"
+        assert sorted(p.name for p in cell.iterdir()) == ["result.json"]  # refused before any training
+
+
+def test_flags_by_the_bound_and_by_the_mixture():
+    from types import SimpleNamespace
+
+    from dataparams.bench import _flags
+    from dataparams.config import TrainConfig
+
+    cfg = TrainConfig()
+    cfg.curriculum.loss, cfg.curriculum.loss_q = "gce", 0.5  # bound 1/q = 2
+    report = SimpleNamespace(score=np.array([0.1, 0.39, 0.4, 1.9]), is_flagged=np.array([0, 0, 1, 1], dtype=bool))
+    np.testing.assert_array_equal(_flags(cfg, report, 0.2), [False, False, True, True])  # loss >= 0.2 * 2
+    np.testing.assert_array_equal(_flags(cfg, report, 0.96), [False, False, False, False])
+    np.testing.assert_array_equal(_flags(cfg, report, None), report.is_flagged)
+
+
+def test_a_tuning_folder_has_no_sibling_cells(tmp_path):
+    from dataparams.bench import _finished_sibling
+    from dataparams.config import TrainConfig
+
+    cell = Cell("dp-gce-filter", "uniform", 0.4, 100)
+    # A run of dp-gce where a sibling would be if the filter's folder were a grid cell:
+    sibling = tmp_path / "dp-gce" / "uniform40" / "seed100"
+    sibling.mkdir(parents=True)
+    (sibling / "summary.json").write_text("{}")
+    assert _finished_sibling(tmp_path / "tuning" / "dp-gce-filter_0", cell, "dp-gce", TrainConfig()) is None
 
 
 def test_a_filter_reuses_its_first_methods_cell_of_the_same_grid(tmp_path):
     # In a grid that also runs dp-gce, dp-gce-filter's first training is that cell's run (same
-    # config), not a second copy of it; a cell of another config is not taken.
+    # config), not a second copy of it, even when the filter is listed first (filters run last);
+    # a cell of another config is not taken.
     data = fakes.write_idx(tmp_path / "data", 64, 32)
-    spec = _spec(data, ["dp-gce", "dp-gce-filter"], chosen={"dp-gce-filter": ["@first=dp-gce", "@score=mean-loss",
+    spec = _spec(data, ["dp-gce-filter", "dp-gce"], chosen={"dp-gce-filter": ["@first=dp-gce", "@score=mean-loss",
                                                                               "@retrain=baseline"]})
     out = tmp_path / "bench"
     cells = run_grid(spec, out, quiet=True)["cells"]
@@ -215,7 +251,9 @@ def test_a_filter_reuses_its_first_methods_cell_of_the_same_grid(tmp_path):
     gce_cell = out / "cells" / "dp-gce" / "uniform40" / "seed1"
     assert res["first_run"] == str(gce_cell)
     assert not list((out / "cells" / "dp-gce-filter" / "uniform40" / "seed1").glob("curriculum_*"))
-    assert res["train_time_s"] > cells["dp-gce/uniform40/seed1"]["train_time_s"]  # its time counts the reused run
+    retrain = next(p for p in (out / "cells" / "dp-gce-filter" / "uniform40" / "seed1").glob("retrain_*") if p.is_dir())
+    retrain_time = json.loads((retrain / "summary.json").read_text())["train_time_s"]
+    assert res["train_time_s"] == pytest.approx(cells["dp-gce/uniform40/seed1"]["train_time_s"] + retrain_time)
 
     # dp-gce trained with another q is a different run: the filter trains its own first stage.
     other = _spec(data, ["dp-gce-filter"], chosen={"dp-gce": ["curriculum.loss_q=0.4"],

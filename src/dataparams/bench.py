@@ -288,21 +288,48 @@ def _finished_sibling(out: Path, cell: Cell, method: str, cfg: TrainConfig) -> P
     return sibling
 
 
-def _curriculum_stage(spec: BenchSpec, cell: Cell, stages: Path, special: dict[str, str], device: str,
-                      out: Path | None = None):
-    """The first training of dp-filter: the training of the one-training method ``@first``
-    (default ``dp-instance``; with its setting as the spec chose it), and its ranking (``@score``,
-    default ``sigma-mean``) with the find-issues report's flags. In a grid that has already run
-    ``@first``'s own cell of this setting and seed with the same config, that run is used as it
-    is instead of training it again."""
-    from dataparams.analysis.find_issues import find_issues
-
+def _first_method(special: dict[str, str]) -> str:
+    """dp-filter's ``@first`` (default ``dp-instance``), checked."""
     first = special.get("first", "dp-instance")
     if first not in REGISTRY or REGISTRY[first].pipeline is not None or REGISTRY[first].variant not in (
             "instance", "joint"):
         raise ConfigError(f"@first must be a one-training method with instance data parameters, got {first!r}")
-    setting, _ = _split_special(list(spec.chosen.get(first, [])))  # none chosen: the preset's values
+    return first
+
+
+def _flag_fraction(cfg: TrainConfig, score: str, rule: str) -> float | None:
+    """``@flag`` checked against the first training's config and ``@score`` before anything
+    trains: None for ``mixture``, else the fraction of the GCE loss bound."""
+    if rule == "mixture":
+        return None
+    try:
+        fraction = float(rule)
+    except ValueError:
+        raise ConfigError(f"@flag must be 'mixture' or a fraction of the GCE loss bound, got {rule!r}") from None
+    if cfg.curriculum.loss != "gce" or score not in ("mean-loss", "last-loss") or not 0 < fraction < 1:
+        raise ConfigError("@flag=FRACTION needs a first training on the GCE loss (@first=dp-gce), a loss score "
+                          f"(@score=mean-loss or last-loss) and 0 < FRACTION < 1; got loss {cfg.curriculum.loss}, "
+                          f"score {score}, {rule}")
+    return fraction
+
+
+def _curriculum_stage(spec: BenchSpec, cell: Cell, stages: Path, special: dict[str, str], device: str,
+                      out: Path | None = None):
+    """The first training of dp-filter: the training of the one-training method ``@first``
+    (default ``dp-instance``), with its setting as the spec chose it or, when the spec chose
+    none, the preset's values (not the first tuning setting that an untuned cell of ``@first``
+    runs: dp-filter's first stage was tuned on the preset's instance curriculum). Returns the
+    config, the training's summary, its ranking (``@score``, default ``sigma-mean``) and the
+    flags (``@flag``, see :func:`_flags`). In a grid whose cell of ``@first`` for this setting
+    and seed is a finished run of the same config, that run is used as it is instead of
+    training it again."""
+    from dataparams.analysis.find_issues import find_issues
+
+    first = _first_method(special)
+    setting, _ = _split_special(list(spec.chosen.get(first, [])))
     cfg = _cell_config(spec, cell, REGISTRY[first].variant, [*REGISTRY[first].overrides, *setting])
+    score = special.get("score", "sigma-mean")
+    fraction = _flag_fraction(cfg, score, special.get("flag", "mixture"))
     sibling = None if out is None else _finished_sibling(out, cell, first, cfg)
     if sibling is not None:
         run_dir, summary = sibling, json.loads((sibling / "summary.json").read_text())
@@ -315,29 +342,21 @@ def _curriculum_stage(spec: BenchSpec, cell: Cell, stages: Path, special: dict[s
         with open(stages / f"curriculum_{digest}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             summary = _train(cfg, run_dir, device)
-    report = find_issues(run_dir, score=special.get("score", "sigma-mean"), load_dataset=False)
-    return cfg, summary, report
+    report = find_issues(run_dir, score=score, load_dataset=False)
+    return cfg, summary, report, _flags(cfg, report, fraction)
 
 
-def _flags(cfg: TrainConfig, report: Any, rule: str) -> np.ndarray:
-    """Which samples dp-filter drops: ``mixture`` (the report's noise-rate-free two-Gaussian
-    estimate on the log score), or a number f: a loss score at least f times the largest value
-    the first training's bounded GCE loss can take (1/q).
+def _flags(cfg: TrainConfig, report: Any, fraction: float | None) -> np.ndarray:
+    """Which samples dp-filter drops: with ``fraction`` None, those of the report's
+    noise-rate-free two-Gaussian mixture on the log score; else those whose loss score is at
+    least ``fraction`` times the largest value the first training's GCE loss can take (1/q).
 
     Why the second rule: under the GCE loss the clean samples' mean losses spread over orders of
     magnitude (memorised ones near 0, hard ones in between), and the mixture on their log splits
     the clean samples instead of separating the corrupted ones, which sit near the bound.
     """
-    if rule == "mixture":
+    if fraction is None:
         return np.asarray(report.is_flagged, dtype=bool)
-    try:
-        fraction = float(rule)
-    except ValueError:
-        raise ConfigError(f"@flag must be 'mixture' or a fraction of the GCE loss bound, got {rule!r}") from None
-    if cfg.curriculum.loss != "gce" or report.score_name not in ("mean-loss", "last-loss") or not 0 < fraction < 1:
-        raise ConfigError("@flag=FRACTION needs a first training on the GCE loss (@first=dp-gce), a loss score "
-                          f"(@score=mean-loss or last-loss) and 0 < FRACTION < 1; got loss {cfg.curriculum.loss}, "
-                          f"score {report.score_name}, {rule}")
     return np.asarray(report.score, dtype=np.float64) >= fraction / float(cfg.curriculum.loss_q)
 
 
@@ -346,8 +365,10 @@ def _dp_filter(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: di
     """One curriculum training, flag its samples (``@flag``), retrain on the kept samples
     (``@retrain``: ``instance`` curriculum again, or the ``baseline``; ``extra`` overrides apply
     to this retraining only)."""
-    first_cfg, first, report = _curriculum_stage(spec, cell, stages, special, device, out)
-    flagged = _flags(first_cfg, report, special.get("flag", "mixture"))
+    _, first, report, flagged = _curriculum_stage(spec, cell, stages, special, device, out)
+    if flagged.all():
+        raise ConfigError(f"every one of the {flagged.size} samples of {report.run_dir} was flagged: nothing to "
+                          "retrain on (a first training too short to fit any sample, or a @flag fraction too low)")
     keep = report.source_index[~flagged]
     variant = special.get("retrain", "instance")
     cfg = _cell_config(spec, cell, variant, extra)
@@ -535,9 +556,23 @@ def run_grid(spec: BenchSpec, root: Path, *, device: str = "cpu", jobs: int = 1,
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     load_tuning(spec, root)
-    jobs_list = [(spec, c, str(root), device, _threads(jobs), None, None) for c in spec.cells()]
-    _run_many(_worker, jobs_list, jobs, "bench", quiet)
+    # Filters run after every other cell, so that the cell of their first method (same setting
+    # and seed) has finished and is used in place rather than trained a second time.
+    cells = spec.cells()
+    later = [c for c in cells if _reuses_a_cell(spec, c.method)]
+    for batch in ([c for c in cells if c not in later], later):
+        if batch:
+            _run_many(_worker, [(spec, c, str(root), device, _threads(jobs), None, None) for c in batch], jobs,
+                      "bench", quiet)
     return summarize(spec, root)
+
+
+def _reuses_a_cell(spec: BenchSpec, method: str) -> bool:
+    """Whether ``method`` is a dp-filter pipeline whose ``@first`` method is in the grid too."""
+    if REGISTRY[method].pipeline != "dp-filter":
+        return False
+    _, special = _split_special(list(spec.chosen.get(method, (tuning_grid(method) or [[]])[0])))
+    return special.get("first", "dp-instance") in spec.methods
 
 
 def load_tuning(spec: BenchSpec, root: Path) -> None:

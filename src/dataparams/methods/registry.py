@@ -8,7 +8,7 @@ Two levels, in one place:
 * :data:`METHODS` -- the methods a user compares (``dataparams train --method``, ``dataparams
   bench --methods``): an objective on a preset variant, with the number of trainings it costs,
   the per-sample score it ranks suspects by, and the settings it is tuned over. Multi-stage
-  methods (``cleanlab``, ``aum``) name a ``pipeline`` that the bench runs.
+  methods (``cleanlab``, ``aum``, ``dp-filter`` and ``dp-gce-filter``) name a ``pipeline`` that the bench runs.
 
 ``method_options`` keys (with defaults) are those of :data:`OBJECTIVES`:
 
@@ -83,7 +83,7 @@ class Method:
         The settings tried on the noisy validation split, the first being the paper's or the
         package's default; ``@name=value`` entries are options of a bench pipeline.
     pipeline : str or None
-        A multi-stage bench pipeline (``cleanlab``, ``aum``); None for one training.
+        A multi-stage bench pipeline (``cleanlab``, ``aum``, ``dp-filter``); None for one training.
     """
 
     name: str
