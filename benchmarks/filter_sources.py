@@ -25,24 +25,30 @@ from pathlib import Path
 import numpy as np
 
 from _table import emit, noisy_reports, parse_runs
+from dataparams.methods.robust_losses import gce_loss_bound
+
+
+def _wrong_kept(flagged: np.ndarray, wrong: np.ndarray) -> float:
+    """Share of wrong labels among the samples not flagged: what a retraining has to survive."""
+    kept = ~flagged
+    return float((wrong & kept).sum() / max(int(kept.sum()), 1))
 
 
 def rows_for(run: Path) -> list[list[str]]:
     rows = []
     for score, rep in noisy_reports(run):
         st = rep.summary()  # n, n_flagged, precision, recall and auroc of the mixture's flags
-        wrong, kept = rep.is_corrupted, ~rep.is_flagged
         rows.append([str(run), score, str(st["n"]), str(st["n_flagged"]), f"{st['precision']:.3f}",
-                     f"{st['recall']:.3f}", f"{wrong.mean():.3f}",
-                     f"{(wrong & kept).sum() / max(int(kept.sum()), 1):.3f}", f"{st['auroc']:.4f}"])
+                     f"{st['recall']:.3f}", f"{rep.is_corrupted.mean():.3f}",
+                     f"{_wrong_kept(rep.is_flagged, rep.is_corrupted):.3f}", f"{st['auroc']:.4f}"])
     return rows
 
 
 def _flag_row(run: Path, rule: str, flagged: np.ndarray, wrong: np.ndarray) -> str:
-    kept = ~flagged
-    return (f"| {run} | {rule} | {len(wrong)} | {int(flagged.sum())} | {wrong[flagged].mean() if flagged.any() else 0:.3f} | "
-            f"{(wrong & flagged).sum() / max(int(wrong.sum()), 1):.3f} | {wrong.mean():.3f} | "
-            f"{(wrong & kept).sum() / max(int(kept.sum()), 1):.3f} | {int(kept.sum())} |")
+    precision = wrong[flagged].mean() if flagged.any() else 0.0
+    recall = (wrong & flagged).sum() / max(int(wrong.sum()), 1)
+    return (f"| {run} | {rule} | {len(wrong)} | {int(flagged.sum())} | {precision:.3f} | {recall:.3f} | "
+            f"{wrong.mean():.3f} | {_wrong_kept(flagged, wrong):.3f} | {int((~flagged).sum())} |")
 
 
 def bound_rows(run: Path, bounds: list[float]) -> list[str]:
@@ -56,8 +62,9 @@ def bound_rows(run: Path, bounds: list[float]) -> list[str]:
     rep = reports["mean-loss"]
     wrong, score = rep.is_corrupted, np.asarray(rep.score, dtype=np.float64)
     rows = [_flag_row(run, "mixture on log mean loss", rep.is_flagged, wrong)]
-    for f in bounds:
-        rows.append(_flag_row(run, f"mean loss >= {f:g} / q", score >= f / float(curriculum["loss_q"]), wrong))
+    bound = gce_loss_bound(float(curriculum["loss_q"]))
+    for f in bounds:  # dp-gce-filter's rule (bench._flags) at each fraction
+        rows.append(_flag_row(run, f"mean loss >= {f:g} / q", score >= f * bound, wrong))
     return rows
 
 

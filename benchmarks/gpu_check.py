@@ -72,7 +72,7 @@ def _run(cmd: list[str], timeout: int, **kw: object) -> tuple[str | None, float]
 
 def _torchrun_rows(data_dir: str | None, epochs: int) -> tuple[list[str], bool]:
     """Section 5: one CUDA process (twice) against two NCCL processes, replicated and sharded."""
-    from dataparams.runs import RunDir
+    from compare_torchrun import _load  # the same reading of a run as the CPU comparison
 
     preset = "fmnist-noisy40/instance"
     if torch.cuda.device_count() < 2:
@@ -95,9 +95,8 @@ def _torchrun_rows(data_dir: str | None, epochs: int) -> tuple[list[str], bool]:
                     return rows, False
                 ok = False
                 continue
-            rundir = RunDir(out)
-            sigma = rundir.load_snapshot(epochs)["instance_sigma"]
-            acc = float(rundir.read_metrics()[-1]["test_acc"])
+            sigmas, acc = _load(out, epochs)
+            sigma = sigmas[-1]
             if ref is None:
                 ref = (sigma, acc)
                 rows.append(f"| {name}, {epochs} epochs (reference) | test {acc:.2f}%, {wall:.1f}s | info |")

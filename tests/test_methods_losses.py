@@ -346,3 +346,17 @@ def test_small_loss_score_is_mean_over_epochs():
     )
     with pytest.raises(ValueError, match=r"\(E, N\)"):
         small_loss_score(torch.ones(4))
+
+
+def test_gce_loss_bound_is_the_supremum_of_gce():
+    from dataparams.methods.robust_losses import gce_loss_bound, generalized_cross_entropy
+
+    for q in (0.4, 0.7, 1.0):
+        # p_y -> 0 as the target logit falls: the loss rises to 1/q and never passes it.
+        logits = torch.tensor([[-t, 0.0, 0.0] for t in (0.0, 5.0, 20.0, 60.0)])
+        loss = generalized_cross_entropy(logits, torch.zeros(4, dtype=torch.long), q=q)
+        # (non-decreasing: in float32 the last two saturate at the bound for q = 1)
+        assert loss[1] > loss[0] and torch.all(loss[1:] >= loss[:-1]) and torch.all(loss <= gce_loss_bound(q))
+        assert loss[-1].item() == pytest.approx(1.0 / q, rel=1e-6)
+    with pytest.raises(ValueError, match="q must be in"):
+        gce_loss_bound(0.0)

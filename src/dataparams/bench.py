@@ -127,6 +127,12 @@ def tuning_grid(method: str) -> list[list[str]]:
     return [list(t) for t in REGISTRY[method].tuning]
 
 
+def _setting(spec: BenchSpec, method: str) -> list[str]:
+    """The setting a grid cell of ``method`` runs with: the spec's (or tuning's) choice, else
+    the first of its tuning grid (the paper's or the package's default)."""
+    return list(spec.chosen.get(method, (tuning_grid(method) or [[]])[0]))
+
+
 def _split_special(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
     """Separate pipeline options (``@name=value``) from config overrides."""
     plain, special = [], {}
@@ -288,9 +294,12 @@ def _finished_sibling(out: Path, cell: Cell, method: str, cfg: TrainConfig) -> P
     return sibling
 
 
+_DEFAULT_FIRST = "dp-instance"
+
+
 def _first_method(special: dict[str, str]) -> str:
     """dp-filter's ``@first`` (default ``dp-instance``), checked."""
-    first = special.get("first", "dp-instance")
+    first = special.get("first", _DEFAULT_FIRST)
     if first not in REGISTRY or REGISTRY[first].pipeline is not None or REGISTRY[first].variant not in (
             "instance", "joint"):
         raise ConfigError(f"@first must be a one-training method with instance data parameters, got {first!r}")
@@ -355,9 +364,11 @@ def _flags(cfg: TrainConfig, report: Any, fraction: float | None) -> np.ndarray:
     magnitude (memorised ones near 0, hard ones in between), and the mixture on their log splits
     the clean samples instead of separating the corrupted ones, which sit near the bound.
     """
+    from dataparams.methods.robust_losses import gce_loss_bound
+
     if fraction is None:
         return np.asarray(report.is_flagged, dtype=bool)
-    return np.asarray(report.score, dtype=np.float64) >= fraction / float(cfg.curriculum.loss_q)
+    return np.asarray(report.score, dtype=np.float64) >= fraction * gce_loss_bound(float(cfg.curriculum.loss_q))
 
 
 def _dp_filter(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str, str], extra: list[str],
@@ -441,7 +452,7 @@ def run_cell(spec: BenchSpec, cell: Cell, root: Path, *, device: str = "cpu",
         if res.get("status") == "ok":
             return res
     out.mkdir(parents=True, exist_ok=True)
-    chosen = spec.chosen.get(cell.method, (tuning_grid(cell.method) or [[]])[0]) if setting is None else setting
+    chosen = _setting(spec, cell.method) if setting is None else setting
     extra, special = _split_special(list(chosen))
     t0 = time.perf_counter()
     try:
@@ -558,9 +569,8 @@ def run_grid(spec: BenchSpec, root: Path, *, device: str = "cpu", jobs: int = 1,
     load_tuning(spec, root)
     # Filters run after every other cell, so that the cell of their first method (same setting
     # and seed) has finished and is used in place rather than trained a second time.
-    cells = spec.cells()
-    later = [c for c in cells if _reuses_a_cell(spec, c.method)]
-    for batch in ([c for c in cells if c not in later], later):
+    late = {m for m in spec.methods if _reuses_a_cell(spec, m)}
+    for batch in ([c for c in spec.cells() if c.method not in late], [c for c in spec.cells() if c.method in late]):
         if batch:
             _run_many(_worker, [(spec, c, str(root), device, _threads(jobs), None, None) for c in batch], jobs,
                       "bench", quiet)
@@ -571,8 +581,8 @@ def _reuses_a_cell(spec: BenchSpec, method: str) -> bool:
     """Whether ``method`` is a dp-filter pipeline whose ``@first`` method is in the grid too."""
     if REGISTRY[method].pipeline != "dp-filter":
         return False
-    _, special = _split_special(list(spec.chosen.get(method, (tuning_grid(method) or [[]])[0])))
-    return special.get("first", "dp-instance") in spec.methods
+    _, special = _split_special(_setting(spec, method))
+    return special.get("first", _DEFAULT_FIRST) in spec.methods
 
 
 def load_tuning(spec: BenchSpec, root: Path) -> None:
@@ -675,7 +685,7 @@ def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
     for m in spec.methods:
         seen = [r["setting"] for n, rt in columns for r in group(m, n, rt) if r["status"] == "ok" and "setting" in r]
         distinct = [x for i, x in enumerate(seen) if x not in seen[:i]]
-        used[m] = distinct[0] if len(distinct) == 1 else distinct or spec.chosen.get(m, (tuning_grid(m) or [[]])[0])
+        used[m] = distinct[0] if len(distinct) == 1 else distinct or _setting(spec, m)
     lines += ["Settings (chosen on the noisy validation split; as run): " + json.dumps(used)]
     figure = _plot_results(spec, root, columns, group)
     if figure is not None:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["generalized_cross_entropy", "reverse_cross_entropy", "symmetric_cross_entropy"]
+__all__ = ["gce_loss_bound", "generalized_cross_entropy", "reverse_cross_entropy", "symmetric_cross_entropy"]
 
 
 def _target_log_prob(logits: Tensor, targets: Tensor) -> Tensor:
@@ -53,6 +53,14 @@ def generalized_cross_entropy(logits: Tensor, targets: Tensor, *, q: float = 0.7
     # p_y^q = exp(q log p_y); -expm1 keeps 1 - p_y^q accurate when q log p_y is tiny, which is
     # what makes the small-q limit equal the cross-entropy to round-off.
     return -torch.expm1(q * _target_log_prob(logits, targets)) / q
+
+
+def gce_loss_bound(q: float) -> float:
+    """The supremum ``1 / q`` of :func:`generalized_cross_entropy` (reached as ``p_y -> 0``): wrong
+    labels the network does not fit sit near it, whatever their number."""
+    if not 0.0 < q <= 1.0:
+        raise ValueError(f"q must be in (0, 1], got {q}")
+    return 1.0 / q
 
 
 def reverse_cross_entropy(logits: Tensor, targets: Tensor, *, A: float = -4.0) -> Tensor:
