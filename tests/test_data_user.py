@@ -223,6 +223,197 @@ def test_classes_txt_beside_the_list_names_or_indexes(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# messy labels, as spreadsheets write them
+
+
+def _list(tmp_path, name, rels, labels):
+    (tmp_path / name).write_text("path,label\n" + "".join(f"{r},{lab}\n" for r, lab in zip(rels, labels)))
+    return tmp_path / name
+
+
+def test_whole_numbers_written_as_decimals_are_class_indices(tmp_path):
+    rels = _write_images(tmp_path, 4, np.random.default_rng(20))
+    data = _load(_list(tmp_path, "a.csv", rels, ["1.0", "0", "2.00", "+1"]))
+    assert data.classes == ["0", "1", "2"] and data.targets.tolist() == [1, 0, 2, 1]
+    assert "whole numbers written as decimals ('1.0') read as integers" in data.choices["classes"]["why"]
+    msg = _error(_list(tmp_path, "b.csv", rels, ["1", "0.5", "2", "1.5"]),
+                 r"b.csv line 3: label '0.5' is not a whole number")
+    assert "(2 rows like it)" in msg and "classes.txt" in msg
+    # with a class list naming them, numbers are names
+    (tmp_path / "classes.txt").write_text("0.5\n1.5\n1\n2\n")
+    assert _load(tmp_path / "b.csv").targets.tolist() == [2, 0, 3, 1]
+
+
+def test_missing_labels_name_every_row_and_write_nothing(tmp_path):
+    rels = _write_images(tmp_path, 6, np.random.default_rng(21))
+    msg = _error(_list(tmp_path, "a.csv", rels, ["cat", "nan", "dog", "NA", "N/A", ""]),
+                 r"a.csv line 3: label 'nan' is a missing value, not a class; 3 more rows without a label")
+    assert "without a label: line 5, line 6, line 7." in msg
+    assert "'N/A', 'NA', 'nan' are read as a missing value" in msg
+    _error(_list(tmp_path, "b.csv", rels[:3], ["cat", "", "dog"]),
+           r"b.csv line 3: empty label\. Label every row")
+    # a class list that names a marker makes it a class
+    (tmp_path / "classes.txt").write_text("cat\ndog\nNA\n")
+    data = _load(_list(tmp_path, "c.csv", rels[:3], ["cat", "NA", "dog"]))
+    assert data.classes == ["cat", "dog", "NA"] and data.targets.tolist() == [0, 2, 1]
+    # npz: NaN among float labels, and string markers
+    x = np.zeros((4, 2))
+    np.savez(tmp_path / "f.npz", X=x, y=np.array([0, np.nan, 1, np.nan]))
+    msg = _error(tmp_path / "f.npz", r"f.npz: row 1 \(y\[1\]\): label nan is missing; 2 rows without a label")
+    assert "row 3" in msg
+    np.savez(tmp_path / "s.npz", X=x, y=np.array(["a", "b", "None", "a"]))
+    _error(tmp_path / "s.npz", r"s.npz: row 2 \(y\[2\]\): label 'None' is a missing value")
+
+
+def test_errors_on_missing_labels_leave_no_files(tmp_path):
+    rels = _write_images(tmp_path, 2, np.random.default_rng(22))
+    _list(tmp_path, "a.csv", rels, ["cat", "nan"])
+    before = sorted(os.walk(tmp_path))
+    _error(tmp_path / "a.csv", "missing value")
+    assert sorted(os.walk(tmp_path)) == before
+
+
+def test_spaces_are_stripped_and_case_variants_are_an_error_unless_listed(tmp_path):
+    rels = _write_images(tmp_path, 4, np.random.default_rng(23))
+    (tmp_path / "a.csv").write_text("path,label\n" + "".join(
+        f"{r},{lab}\n" for r, lab in zip(rels, ["shirt ", " shirt", "coat", "\tcoat"])))
+    data = _load(tmp_path / "a.csv")
+    assert data.classes == ["coat", "shirt"] and data.targets.tolist() == [1, 1, 0, 0]
+    msg = _error(_list(tmp_path, "b.csv", rels, ["Shirt", "coat", "shirt", "Shirt"]),
+                 r"b.csv line 4: labels 'Shirt' \(2 rows, first line 2\) and 'shirt' \(1 row\) differ only "
+                 r"in case")
+    assert "list both in classes.txt" in msg
+    # spelled as one number among names
+    _error(_list(tmp_path, "c.csv", rels, ["7", "coat", "7.0", "coat"]),
+           r"labels '7' .* and '7.0' .* are the same number")
+    # a class list that names both spellings makes them two classes; naming one is a clear miss
+    (tmp_path / "classes.txt").write_text("shirt\nShirt\ncoat\n")
+    assert _load(tmp_path / "b.csv").targets.tolist() == [1, 2, 0, 1]
+    (tmp_path / "classes.txt").write_text("shirt\ncoat\n")
+    _error(tmp_path / "b.csv", r"b.csv line 2: label 'Shirt' is not a class \(did you mean 'shirt'\?")
+
+
+def test_case_variant_or_spaced_class_folders(tmp_path):
+    root = _tree(tmp_path / "d", classes=("shirt", "Shirt", "coat"), per_class=2)
+    msg = _error(root, r"class folders 'Shirt' \(2 images\) and 'shirt' \(2 images\) differ only in case")
+    assert "classes.txt" in msg
+    (root / "classes.txt").write_text("coat\nshirt\nShirt\n")
+    assert _load(root).classes == ["coat", "shirt", "Shirt"]
+    spaced = _tree(tmp_path / "e", classes=("shirt", "shirt ", "coat"), per_class=2)
+    data = _load(spaced)
+    assert data.classes == ["coat", "shirt"] and np.bincount(data.targets).tolist() == [2, 4]
+    assert "stripped of surrounding spaces" in data.choices["classes"]["why"]
+
+
+def test_a_file_listed_twice(tmp_path):
+    rels = _write_images(tmp_path, 4, np.random.default_rng(24))
+    rows = list(zip(rels, ["cat", "dog", "cat", "dog"])) + [(f"./{rels[0]}", "cat"), (rels[1], "dog")]
+    data = _load(_list(tmp_path, "a.csv", *zip(*rows)))
+    assert data.ids == rels and data.targets.tolist() == [0, 1, 0, 1]
+    dup = data.choices["duplicates"]
+    assert dup["value"] == 2 and "img/000.png: line 2 and line 6" in dup["why"]
+    assert "left out" in dup["why"]
+    rows[5] = (rels[1], "cat")
+    msg = _error(_list(tmp_path, "b.csv", *zip(*rows)),
+                 r"b.csv line 7: img/001.png is listed twice with different labels")
+    assert "'dog' at line 3 and 'cat' here" in msg
+
+
+# ---------------------------------------------------------------------------------------------
+# EXIF orientation and truncated files
+
+
+def _with_orientation(path, pixels, orientation, **save):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, exif=exif, **save)
+    return path
+
+
+def test_exif_orientation_is_applied_in_every_decode_path(tmp_path):
+    from dataparams.data.user import decode_image
+
+    rng = np.random.default_rng(25)
+    stored = _rgb(rng, 8, 12)  # 8 rows x 12 columns as stored; tag 6: turn 90 degrees clockwise to view
+    upright = np.rot90(stored, k=-1)  # 12 x 8, independent of Pillow's transpose
+    _with_orientation(tmp_path / "d" / "a" / "0.png", stored, 6)
+    _save(tmp_path / "d" / "b" / "0.png", _rgb(rng, 12, 8))
+    side = 12
+    memory = _load(tmp_path / "d", image_size=side)
+    stream = _load(tmp_path / "d", image_size=side, memory_budget_bytes=0)
+    native = np.asarray(Image.fromarray(upright).resize((side, side), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(memory.images[0], native)
+    x, _, _ = stream.dataset[0]
+    pixels = ((x * torch.tensor(stream.std).view(-1, 1, 1) + torch.tensor(stream.mean).view(-1, 1, 1)) * 255)
+    np.testing.assert_array_equal(pixels.round().byte().permute(1, 2, 0).numpy(), native)
+    np.testing.assert_array_equal(stream.thumbnail(0), native)
+    np.testing.assert_array_equal(memory.thumbnail(0, size=12), upright)  # the file at its own size, upright
+    # a JPEG as a camera writes it: the decoded array is Pillow's own decode, turned
+    jpg = _with_orientation(tmp_path / "j.jpg", stored, 6, quality=95)
+    with Image.open(jpg) as im:
+        turned = np.asarray(im.convert("RGB").transpose(Image.Transpose.ROTATE_270))
+    assert turned.shape == (12, 8, 3)
+    np.testing.assert_array_equal(decode_image(str(jpg), 12, 3), np.asarray(
+        Image.fromarray(turned).resize((12, 12), Image.Resampling.BILINEAR)))
+
+
+def test_a_truncated_jpeg_stops_streaming_before_training(tmp_path, monkeypatch):
+    import dataparams.data.user as user_module
+
+    # The statistics sample is one image (the seeded draw picks the last), not the bad one: the
+    # check must not depend on it.
+    monkeypatch.setattr(user_module, "_STATS_SAMPLE", 1)
+    rng = np.random.default_rng(26)
+    (tmp_path / "img").mkdir()
+    rels = []
+    for i in range(4):
+        Image.fromarray(_rgb(rng, 32)).save(tmp_path / "img" / f"{i}.jpg", quality=90)
+        rels.append(f"img/{i}.jpg")
+    whole = (tmp_path / rels[1]).read_bytes()
+    (tmp_path / rels[1]).write_bytes(whole[: len(whole) // 2])
+    with Image.open(tmp_path / rels[1]) as im:
+        im.verify()  # what opening and verifying sees: nothing wrong
+    _list(tmp_path, "a.csv", rels, [0, 1, 0, 1])
+    for budget in (None, 0):
+        _error(tmp_path / "a.csv", r"a.csv line 3: image .*img/1.jpg is corrupt or unreadable .*truncated",
+               memory_budget_bytes=budget)
+
+
+# ---------------------------------------------------------------------------------------------
+# fingerprint
+
+
+def test_fingerprint_follows_labels_files_and_class_list_not_the_clock(tmp_path):
+    rels = _write_images(tmp_path, 4, np.random.default_rng(27))
+    _list(tmp_path, "a.csv", rels, ["cat", "dog", "cat", "dog"])
+    first = _load(tmp_path / "a.csv").fingerprint
+    assert set(first) == {"list file", "image files", "classes"}
+    assert first["image files"].startswith("4 files, sha256 ")
+    assert _load(tmp_path / "a.csv").fingerprint == first  # loading again: the same
+    _list(tmp_path, "a.csv", rels, ["cat", "dog", "dog", "dog"])  # one label edited in place
+    edited = _load(tmp_path / "a.csv").fingerprint
+    assert edited["list file"] != first["list file"] and edited["image files"] == first["image files"]
+    st = os.stat(tmp_path / rels[1])
+    os.utime(tmp_path / rels[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # an image replaced
+    touched = _load(tmp_path / "a.csv").fingerprint
+    assert touched["image files"] != edited["image files"] and touched["list file"] == edited["list file"]
+    (tmp_path / "classes.txt").write_text("dog\ncat\n")  # same labels, other meaning
+    assert _load(tmp_path / "a.csv").fingerprint["classes"] != touched["classes"]
+    # class folders: relative paths with sizes and times; npz: the bytes
+    root = _tree(tmp_path / "d", per_class=2)
+    before = _load(root).fingerprint
+    assert set(before) == {"image files", "classes"}
+    (root / "cat" / "00.png").rename(root / "dog" / "09.png")  # a file moved to another class
+    assert _load(root).fingerprint["image files"] != before["image files"]
+    np.savez(tmp_path / "f.npz", X=np.zeros((4, 2)), y=np.array([0, 1, 0, 1]))
+    npz = _load(tmp_path / "f.npz").fingerprint
+    np.savez(tmp_path / "f.npz", X=np.zeros((4, 2)), y=np.array([0, 1, 1, 1]))
+    assert set(npz) == {"npz file", "classes"}
+    assert _load(tmp_path / "f.npz").fingerprint["npz file"] != npz["npz file"]
+
+
+# ---------------------------------------------------------------------------------------------
 # features
 
 
@@ -293,9 +484,12 @@ def test_thumbnail_at_a_given_size_keeps_the_aspect(tmp_path):
 
 def test_choices_are_complete_and_json(tmp_path):
     data = _load(_tree(tmp_path / "d"))
-    assert set(data.choices) == {"kind", "classes", "image_size", "resize", "channels", "storage", "mean", "std"}
+    assert set(data.choices) == {"kind", "classes", "image_size", "resize", "channels", "storage", "mean",
+                                 "std", "data"}
     for name, choice in data.choices.items():
-        assert set(choice) == {"value", "why"} and choice["why"], name
+        extra = {"fingerprint"} if name == "data" else set()
+        assert set(choice) == {"value", "why"} | extra and choice["why"], name
+    assert set(data.fingerprint) == {"image files", "classes"}  # a folder has no list file
     json.dumps(data.choices)
     lines = data.describe()
     assert len(lines) == len(data.choices) and lines[2].startswith("image_size  12  (median longer side")
@@ -407,7 +601,8 @@ def test_bad_feature_archives(tmp_path):
         "empty.npz": (dict(X=np.zeros((0, 3)), y=np.zeros(0, int)), r"empty.npz: zero samples"),
         "one.npz": (dict(X=x, y=np.zeros(4, int)), r"one.npz: 1 class \(0\); need at least two"),
         "neg.npz": (dict(X=x, y=np.array([0, 1, -2, 1])), r"neg.npz: row 2 \(y\[2\]\): label -2 is negative"),
-        "floaty.npz": (dict(X=x, y=np.array([0.5, 1, 0, 1])), r"floaty.npz: y must hold integer or string labels"),
+        "floaty.npz": (dict(X=x, y=np.array([0.5, 1, 0, 1])),
+                       r"floaty.npz: row 0 \(y\[0\]\): label 0.5 is not a whole"),
     }
     for name, (arrays, match) in cases.items():
         np.savez(tmp_path / name, **arrays)

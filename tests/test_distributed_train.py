@@ -309,8 +309,8 @@ def test_sharded_objective_matches_the_objective_step_by_step():
     torch.testing.assert_close(sharded.dp.instance_log_sigma, plain.dp.instance_log_sigma.detach())
     torch.testing.assert_close(sharded.dp.class_log_sigma, plain.dp.class_log_sigma.detach())
     np.testing.assert_allclose(sharded.snapshot()["instance_sigma"], plain.snapshot()["instance_sigma"], rtol=1e-6)
-    for key, values in plain.extra_scores().items():
-        np.testing.assert_allclose(sharded.extra_scores()[key], values, rtol=1e-6, err_msg=key)
+    for key, values in plain.scores().items():
+        np.testing.assert_allclose(sharded.scores()[key], values, rtol=1e-6, err_msg=key)
     # A step whose gradients are not finite is skipped by the scaler, on the sharded update too.
     before, scale = sharded.dp.instance_log_sigma.clone(), scaled.scaler.get_scale()
     index = torch.arange(5)

@@ -110,7 +110,7 @@ def test_mean_loss_is_the_mean_of_the_epochs_last_losses():
             seen.append(obj.last_loss.clone())
 
     fit(model, obj, opt, loader, torch.device("cpu"), epochs=3, callbacks=[Keep()])
-    scores = obj.extra_scores()
+    scores = obj.scores()
     np.testing.assert_allclose(scores["mean-loss"], torch.stack(seen).double().mean(0).numpy(), rtol=1e-6)
     np.testing.assert_array_equal(scores["last-loss"], seen[-1].numpy())
     assert int(obj.epochs_seen) == 3

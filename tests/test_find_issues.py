@@ -1,12 +1,15 @@
-"""find-issues on run directories written by hand: ranking, flags, cleanlab-style outputs."""
+"""find-issues on run directories written by hand: ranking, flags, cleanlab-style outputs; and on the
+user's own data edited between two runs (never the old run's ranking)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dataparams.analysis.find_issues import find_issues
 from dataparams.analysis.metrics import estimate_num_mislabeled
@@ -162,3 +165,134 @@ def test_ties_at_the_clamp_are_ordered_by_the_given_label_probability(inst):
     tied_order = rep.order[:6]
     assert set(tied_order.tolist()) == set(top.tolist())
     assert np.all(np.diff(pred["given_prob"][tied_order]) >= 0)  # least likely given label first
+
+
+# ---------------------------------------------------------------------------------------------
+# find-issues --data and train --data on data edited between two runs: never the old run
+
+
+def _user_list(root, labels, size=8, seed=0):
+    """A CSV of grey PNGs whose brightness encodes the label (0 dark, 1 bright)."""
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    for i, y in enumerate(labels):
+        base = 40 if y == 0 else 200
+        Image.fromarray(np.clip(base + rng.integers(-30, 30, (size, size)), 0, 255).astype(np.uint8)).save(
+            root / "img" / f"{i:02d}.png")
+    _write_labels(root, labels)
+    return root / "labels.csv"
+
+
+def _write_labels(root, labels):
+    rows = "".join(f"img/{i:02d}.png,{y}\n" for i, y in enumerate(labels))
+    (root / "labels.csv").write_text("path,label\n" + rows)
+
+
+def _given(run):
+    with np.load(run / "labels.npz") as z:
+        return z["given"].tolist()
+
+
+_TINY = ["--set", "optim.epochs=2", "--device", "cpu"]
+
+
+def test_find_issues_trains_again_after_a_label_is_edited(tmp_path, capsys):
+    labels = [0, 1] * 10
+    data = _user_list(tmp_path / "d", labels)
+    out = tmp_path / "issues"
+    assert main(["find-issues", "--data", str(data), "--out", str(out), *_TINY]) == 0
+    run = out / "run"
+    trained = (run / "checkpoint.pt").stat()
+    assert _given(run) == labels
+    capsys.readouterr()
+
+    # The same command on the same data reuses the run: no new training, the checkpoint as it was.
+    assert main(["find-issues", "--data", str(data), "--out", str(out), *_TINY]) == 0
+    assert "training again" not in capsys.readouterr().err
+    reused = (run / "checkpoint.pt").stat()
+    assert (reused.st_ino, reused.st_mtime_ns) == (trained.st_ino, trained.st_mtime_ns)
+
+    # One label edited in place: a new training on the new labels, and the reason printed.
+    labels[3] = 0
+    _write_labels(tmp_path / "d", labels)
+    assert main(["find-issues", "--data", str(data), "--out", str(out), *_TINY]) == 0
+    err = capsys.readouterr().err
+    assert f"{run} was trained on other data or settings (list file changed (sha256 " in err
+    assert "training again" in err
+    assert _given(run) == labels  # the run trained on the edited labels, from scratch
+    retrained = (run / "checkpoint.pt").stat()
+    assert (retrained.st_ino, retrained.st_mtime_ns) != (trained.st_ino, trained.st_mtime_ns)
+    assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2]
+    rows = {r["path"]: r for r in _read_csv(out / "issues.csv")}
+    assert rows["img/03.png"]["given_label"] == "0"
+    config = json.loads((run / "config.json").read_text())
+    assert config["choices"]["data"]["fingerprint"]["list file"] in err
+
+    # An image replaced (same name, new content and time): trained again too.
+    img = tmp_path / "d" / "img" / "05.png"
+    Image.fromarray(np.full((8, 8), 250, np.uint8)).save(img)
+    os.utime(img, ns=(img.stat().st_atime_ns, img.stat().st_mtime_ns + 10**9))
+    assert main(["find-issues", "--data", str(data), "--out", str(out), *_TINY, "--quiet"]) == 0
+    assert json.loads((run / "config.json").read_text())["choices"]["data"]["fingerprint"]["image files"] != \
+        config["choices"]["data"]["fingerprint"]["image files"]
+
+
+def test_train_refuses_to_resume_or_reuse_a_run_on_other_data(tmp_path, capsys):
+    labels = [0, 1] * 8
+    data = _user_list(tmp_path / "d", labels)
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--out", str(run), "--epochs", "2", "--device", "cpu", "--quiet",
+            "--no-tensorboard"]
+    assert main(argv) == 0
+    config = (run / "config.json").read_text()
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0  # same data: resumes (already finished)
+    capsys.readouterr()
+
+    labels[0] = 1
+    _write_labels(tmp_path / "d", labels)
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} cannot be resumed: its data changed since the run began: list file changed (sha256 " in err
+    assert "--overwrite" in err
+    assert main(argv) == 2
+    assert f"{run} holds a run on other data: list file changed" in capsys.readouterr().err
+    assert (run / "config.json").read_text() == config and _given(run) != labels  # untouched
+
+    assert main([*argv, "--overwrite"]) == 0
+    assert _given(run) == labels
+
+
+def test_a_run_without_a_fingerprint_is_not_resumed_on_user_data(tmp_path):
+    from dataparams.runs import RunConflictError, RunDir
+
+    old = {"seed": 1, "choices": {"kind": {"value": "images", "why": "x"}}}
+    data = {"value": "ab", "why": "y", "fingerprint": {"list file": "sha256 1"}}
+    new = {"seed": 1, "choices": {"kind": {"value": "images", "why": "x"}, "data": data}}
+    rd = RunDir(tmp_path / "r")
+    rd.prepare(old)
+    assert rd.differences(old) == []
+    assert rd.differences(new) == ["the run holds no fingerprint of its data (made before fingerprints were "
+                                   "kept), so its data cannot be shown to be the same"]
+    with pytest.raises(RunConflictError, match="cannot be resumed: its data changed"):
+        rd.prepare(new, resume=True)
+    # runs on named datasets carry no fingerprint on either side: nothing changes for them
+    assert RunDir(tmp_path / "r").differences({"seed": 1}) == []
+
+
+def test_a_truncated_jpeg_stops_find_issues_before_a_run_directory_exists(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    (tmp_path / "img").mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.jpg")
+    whole = (tmp_path / "img" / "2.jpg").read_bytes()
+    (tmp_path / "img" / "2.jpg").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "labels.csv").write_text("path,label\n" + "".join(f"img/{i}.jpg,{i % 2}\n" for i in range(6)))
+    out = tmp_path / "issues"
+    # A zero memory budget: the images are streamed, as a set too large for memory would be.
+    rc = main(["find-issues", "--data", str(tmp_path / "labels.csv"), "--out", str(out), "--set",
+               "data.memory_budget_mb=0", "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "labels.csv line 4: image" in err and "2.jpg is corrupt or unreadable" in err
+    assert "truncated" in err
+    assert not out.exists()

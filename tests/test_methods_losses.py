@@ -16,7 +16,6 @@ from dataparams.methods import (
     generalized_cross_entropy,
     lambert_w,
     reverse_cross_entropy,
-    small_loss_score,
     small_loss_selection,
     superloss,
     superloss_sigma,
@@ -330,22 +329,6 @@ def test_coteaching_no_forgetting_is_plain_cross_entropy():
     assert len(keep_a) == len(keep_b) == 8
     torch.testing.assert_close(loss_a, F.cross_entropy(logits_a, targets))
     torch.testing.assert_close(loss_b, F.cross_entropy(logits_b, targets))
-
-
-# ----------------------------------------------------------------------------- small-loss score
-
-
-def test_small_loss_score_is_mean_over_epochs():
-    history = np.array([[0.1, 2.0, 0.5], [0.3, 1.0, np.nan], [0.2, 3.0, 0.7]])
-    score = small_loss_score(history)
-    assert isinstance(score, torch.Tensor) and score.shape == (3,)
-    torch.testing.assert_close(score, torch.tensor([0.2, 2.0, 0.6], dtype=torch.float64))
-    assert int(score.argmax()) == 1  # the sample with the largest loss is the most suspicious
-    torch.testing.assert_close(
-        small_loss_score(torch.tensor([[1, 2], [3, 6]])), torch.tensor([2.0, 4.0], dtype=torch.float64)
-    )
-    with pytest.raises(ValueError, match=r"\(E, N\)"):
-        small_loss_score(torch.ones(4))
 
 
 def test_gce_loss_bound_is_the_supremum_of_gce():

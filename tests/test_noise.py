@@ -7,6 +7,7 @@ from dataparams.noise import (
     NOISE_MODELS,
     apply_noise,
     cifar10_asymmetric_matrix,
+    instance_dependent_noise,
     pair_noise,
     permutation_noise,
     random_labels,
@@ -42,12 +43,20 @@ def _expected_rate(kind, labels):
         "asymmetric": P * np.isin(labels, [2, 3, 4, 5, 9]).mean(),
         "transition": float(np.mean(1 - np.diag(_random_transition(K))[labels])),
         "random": (K - 1) / K,
+        # Flip probabilities are scaled to average exactly P, and a flip always changes the class.
+        "instance": P,
     }[kind]
+
+
+def _reference(n, k=K, seed=7):
+    """Stand-in reference probabilities: one Dirichlet row per sample (a fixed seed, independent of the labels)."""
+    return np.random.default_rng(seed).dirichlet(np.full(k, 0.5), size=n)
 
 
 def _noisy(kind, labels, seed=0):
     transition = _random_transition(K) if kind == "transition" else None
-    return apply_noise(kind, labels, P, K, seed=seed, transition=transition)
+    ref = _reference(len(labels)) if kind == "instance" else None
+    return apply_noise(kind, labels, P, K, seed=seed, transition=transition, reference_probs=ref)
 
 
 @pytest.mark.parametrize("kind", NOISE_MODELS)
@@ -231,3 +240,53 @@ def test_apply_noise_dispatches_to_the_named_model(clean):
     noisy, corrupted = apply_noise("none", clean, P, K, seed=9)
     np.testing.assert_array_equal(noisy, clean)
     assert not corrupted.any()
+
+
+def test_instance_dependent_noise_by_hand():
+    # Confusions m = largest other-class probability; without clipping q = p * m / mean(m), and
+    # sample i flips (to its most confused class) exactly when the seed's i-th uniform is below q_i.
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.5, 0.4], [0.3, 0.3, 0.4], [0.9, 0.05, 0.05]])
+    labels = np.array([0, 1, 2, 0])
+    m = np.array([0.2, 0.4, 0.3, 0.05])
+    target = np.array([1, 2, 0, 1])  # ties (sample 2: classes 0 and 1 at 0.3) go to the first class
+    p = 0.2
+    q = p * m / m.mean()
+    assert q.max() < 1  # no clipping in this example
+    u = np.random.default_rng(11).random(4)
+    noisy, corrupted = instance_dependent_noise(labels, p, probs, seed=11)
+    np.testing.assert_array_equal(noisy, np.where(u < q, target, labels))
+    np.testing.assert_array_equal(corrupted, u < q)
+
+
+def test_instance_dependent_noise_follows_confusion_and_clips():
+    rng = np.random.default_rng(0)
+    n = 20000
+    labels = rng.integers(0, K, size=n)
+    probs = _reference(n)
+    noisy, corrupted = instance_dependent_noise(labels, 0.3, probs, seed=1)
+    other = probs.copy()
+    other[np.arange(n), labels] = -1
+    m = other.max(1)
+    # A flipped sample takes its most confused class, and the more confused, the likelier the flip.
+    np.testing.assert_array_equal(noisy[corrupted], other.argmax(1)[corrupted])
+    lo, hi = m < np.quantile(m, 0.25), m > np.quantile(m, 0.75)
+    assert corrupted[hi].mean() > 2 * corrupted[lo].mean()
+    assert abs(corrupted.mean() - 0.3) < 4 * np.sqrt(0.21 / n)
+    # A rate beyond what the confusions allow flips every sample with any confusion.
+    probs2 = np.eye(K)[labels] * 0.5 + 0.5 * np.eye(K)[(labels + 1) % K] * (np.arange(n) % 2)[:, None]
+    noisy2, corrupted2 = instance_dependent_noise(labels, 0.9, probs2, seed=1)
+    np.testing.assert_array_equal(corrupted2, np.arange(n) % 2 == 1)
+    np.testing.assert_array_equal(noisy2[corrupted2], ((labels + 1) % K)[corrupted2])
+
+
+def test_instance_dependent_noise_errors(clean):
+    with pytest.raises(ValueError, match="rows"):
+        instance_dependent_noise(clean, P, _reference(10), seed=0)
+    with pytest.raises(ValueError, match="nonnegative"):
+        instance_dependent_noise(clean[:2], P, np.array([[0.5, -0.5] + [0] * 8, [1] + [0] * 9]), seed=0)
+    with pytest.raises(ValueError, match="reference"):
+        apply_noise("instance", clean, P, K, seed=0)
+    with pytest.raises(ValueError, match="reference"):
+        apply_noise("uniform", clean, P, K, seed=0, reference_probs=_reference(N))
+    with pytest.raises(ValueError, match="num_classes"):
+        apply_noise("instance", clean, P, K, seed=0, reference_probs=_reference(N, k=4))

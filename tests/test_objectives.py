@@ -42,7 +42,7 @@ def test_baseline_objective_has_no_extra_optimizer_and_no_score():
     obj = DataParameterObjective(DataParameters(4, 6))
     loss, _ = obj(z, None, y, idx)
     assert loss.item() == pytest.approx(F.cross_entropy(z, y).item(), rel=1e-6)
-    assert obj.optimizers() == {} and obj.scores() is None
+    assert obj.optimizers() == {} and obj.method_score() is None
 
 
 def test_every_objective_keeps_its_state_in_the_state_dict():
@@ -72,7 +72,7 @@ def test_superloss_objective_records_confidence_by_index():
     expected = superloss_sigma(ce, math.log(4), 1.0)
     torch.testing.assert_close(obj.confidence[3:9], expected)
     assert torch.equal(obj.confidence[:3], torch.ones(3))
-    np.testing.assert_allclose(obj.scores()[3:9], -np.log(expected.numpy()), rtol=1e-6)
+    np.testing.assert_allclose(obj.method_score()[3:9], -np.log(expected.numpy()), rtol=1e-6)
     assert "confidence" in obj.state_dict() and "superloss.tau" in obj.state_dict()
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from dataparams.build import validate_config
 from dataparams.config import ConfigError, DataConfig, TrainConfig, apply_overrides
-from dataparams.data.prepare import resolve_labels
+from dataparams.data.prepare import noise_reference, reference_probabilities, resolve_labels
 
 
 def test_transition_noise_needs_its_matrix_and_then_works(tmp_path):
@@ -51,3 +51,45 @@ def test_subset_split_oracle_and_threshold_samples(tmp_path):
     # AUM's threshold samples get the extra class K and are not counted as corrupted.
     assert labels.num_classes == 5 and (labels.labels[[0, 1]] == 4).all()
     assert not labels.is_corrupted.any()
+
+
+def test_reference_probabilities_are_out_of_sample():
+    # Two well separated blobs: the cross-fitted linear model gives each sample its blob's class. A
+    # sample's own label never reaches the model that predicts it, so changing it changes nothing
+    # in its row, while a label of the *other* fold does change the model that predicts it.
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 100)
+    x = rng.normal(size=(200, 5)) + 3.0 * y[:, None]
+    ref = reference_probabilities(x, y, 2, seed=0)
+    assert ref.shape == (200, 2) and np.allclose(ref.sum(1), 1)
+    assert (ref.argmax(1) == y).mean() > 0.95
+    y2 = y.copy()
+    y2[0] = 1
+    ref2 = reference_probabilities(x, y2, 2, seed=0)
+    np.testing.assert_allclose(ref2[0], ref[0])
+    fold = np.random.default_rng(0).permutation(200) % 2
+    other_fold = np.flatnonzero(fold != fold[0])
+    assert not np.allclose(ref2[other_fold], ref[other_fold])
+
+
+def test_instance_noise_needs_a_reference(tmp_path):
+    clean = np.array([0, 1, 2, 0, 1, 2])
+    d = DataConfig(noise="instance", noise_rate=0.5)
+    with pytest.raises(ConfigError, match="reference"):
+        resolve_labels(d, clean, 3, seed=1)
+    with pytest.raises(ConfigError, match="noise_reference"):
+        noise_reference(d, None, clean, 3)  # image files, nothing in memory to fit on
+    np.save(tmp_path / "bad.npy", np.ones((5, 3)))
+    with pytest.raises(ConfigError, match="6 samples and 3 classes"):
+        noise_reference(DataConfig(noise="instance", noise_rate=0.5, noise_reference=str(tmp_path / "bad.npy")),
+                        None, clean, 3)
+    with pytest.raises(ConfigError, match="instance only"):
+        noise_reference(DataConfig(noise="uniform", noise_reference=str(tmp_path / "bad.npy")), None, clean, 3)
+    # A reference file gives exactly the noise of instance_dependent_noise with the run's seed.
+    ref = np.array([[0.1, 0.8, 0.1]] * 3 + [[0.1, 0.1, 0.8]] * 3)
+    np.save(tmp_path / "ref.npy", ref)
+    d = DataConfig(noise="instance", noise_rate=0.5, noise_reference=str(tmp_path / "ref.npy"))
+    got = resolve_labels(d, clean, 3, seed=4, reference=noise_reference(d, None, clean, 3))
+    from dataparams.noise import instance_dependent_noise
+
+    np.testing.assert_array_equal(got.given, instance_dependent_noise(clean, 0.5, ref, seed=4)[0])

@@ -21,7 +21,8 @@ from dataparams.presets import VARIANTS, get_preset, list_presets
 CIFAR = ["cifar10", "cifar100"]
 NOISY_CIFAR = [f"cifar{k}-noisy{p}" for k in (10, 100) for p in (20, 40, 80)]
 IMAGENET_LIKE = ["imagenet", "webvision", "webvision-mini"]
-NOISY = [*NOISY_CIFAR, "fmnist-noisy20", "fmnist-noisy40", "fmnist-noisy80", "fmnist-pair40", "mnist-noisy40"]
+NOISY = [*NOISY_CIFAR, "fmnist-noisy20", "fmnist-noisy40", "fmnist-noisy80", "fmnist-pair40", "fmnist-instance40",
+         "mnist-noisy40"]
 ALL_EXPERIMENTS = [*CIFAR, *NOISY_CIFAR, *IMAGENET_LIKE, "cifar100-random", "fmnist", *NOISY[6:], "fmnist-random",
                    "user"]
 # Sec. 3.1 clamps temperatures to [1/20, 20] (the released code's range).

@@ -351,7 +351,7 @@ def _curriculum_stage(spec: BenchSpec, cell: Cell, stages: Path, special: dict[s
         with open(stages / f"curriculum_{digest}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             summary = _train(cfg, run_dir, device)
-    report = find_issues(run_dir, score=score, load_dataset=False)
+    report = find_issues(run_dir, score=score, load_dataset=False, rule="mixture")
     return cfg, summary, report, _flags(cfg, report, fraction)
 
 
@@ -364,11 +364,11 @@ def _flags(cfg: TrainConfig, report: Any, fraction: float | None) -> np.ndarray:
     magnitude (memorised ones near 0, hard ones in between), and the mixture on their log splits
     the clean samples instead of separating the corrupted ones, which sit near the bound.
     """
-    from dataparams.methods.robust_losses import gce_loss_bound
+    from dataparams.scores import flag_by_rule
 
     if fraction is None:
         return np.asarray(report.is_flagged, dtype=bool)
-    return np.asarray(report.score, dtype=np.float64) >= fraction * gce_loss_bound(float(cfg.curriculum.loss_q))
+    return flag_by_rule(report.score, rule="bound", loss="gce", q=float(cfg.curriculum.loss_q), fraction=fraction)["mask"]
 
 
 def _dp_filter(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str, str], extra: list[str],

@@ -52,7 +52,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "or user/instance with --data)")
     t.add_argument("--data", metavar="PATH", help="train on your own data: a path,label CSV/TSV list, a folder of "
                    "class folders, or an .npz with X (features) and y; the labels are used as given, the image "
-                   "side, channels, normalisation, model and epochs are chosen from the data and printed")
+                   "side, channels, normalisation, model and epochs are chosen from the data and printed, "
+                   "with a fingerprint of the data (the list's bytes, every image's size and modification "
+                   "time) that --resume checks")
     t.add_argument("--method", help="train a compared method (see `dataparams bench --help`) on the preset's "
                    "experiment: e.g. --preset fmnist-noisy40 --method gce; default: the preset's own variant")
     t.add_argument("--config", help="start from a config.json (e.g. of an earlier run) instead of a preset")
@@ -63,7 +65,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="same as --set seed=N")
     t.add_argument("--seeds", type=int, nargs="+", help="run one repeat per seed into OUT/seedN and summarise mean ± std")
     t.add_argument("--out", help="run directory (default: runs/<preset>)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint; refused, naming what changed, "
+                   "when the config or (with --data) the data changed since the run began, e.g. a label "
+                   "edited in the list")
     t.add_argument("--overwrite", action="store_true", help="delete the run in --out and start over")
     t.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     _add_execution_args(t)
@@ -101,7 +106,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                        "Either way: rank by the learned instance sigma (or a loss score), flag the estimated number "
                        "of mislabeled ones without being told the noise rate, and write issues.csv, "
                        "cleanlab-compatible label_issues_mask.npy and ranked_label_issues.npy, summary.json and "
-                       "(with --data) report.html with the most suspect samples.")
+                       "(with --data) report.html with the most suspect samples. With --data, OUT/run is "
+                       "reused (or continued) only when it was trained on the same data and settings: after "
+                       "an edited label, an added or removed file or other settings it is trained again, and "
+                       "the reason printed.")
     f.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="a run directory written by `dataparams train`")
     f.add_argument("--data", metavar="PATH", help="your data: a path,label CSV/TSV list, a folder of class folders, "
                    "or an .npz with X (features) and y")
@@ -121,7 +129,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     f.add_argument("--weights", metavar="FILE", help="with --data: a local pretrained checkpoint to start from")
     f.add_argument("--seed", type=int, default=1, help="with --data: seed (default: %(default)s)")
     f.add_argument("--device", default="auto", help="with --data: auto | cpu | cuda | cuda:N | mps")
-    f.add_argument("--overwrite", action="store_true", help="with --data: retrain even if OUT/run exists")
+    f.add_argument("--overwrite", action="store_true",
+                   help="with --data: retrain even if OUT/run holds a run on the same data and settings "
+                   "(one on other data or settings is retrained anyway)")
     f.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     f.add_argument("--epoch", type=int, help="use the snapshot of this epoch (default: the last)")
     f.add_argument("--cleaned-labels", choices=["relabel", "drop"],

@@ -40,7 +40,11 @@ class DataConfig:
 
     ``noise`` is one of :data:`dataparams.noise.NOISE_MODELS`; ``noise_rate`` its p;
     ``noise_transition`` the file holding the (K, K) matrix P(noisy | clean) that
-    ``noise=transition`` needs (``.npy``, or text with one row per line). ``subset``
+    ``noise=transition`` needs (``.npy``, or text with one row per line). ``noise=instance``
+    (instance-dependent, :func:`dataparams.noise.instance_dependent_noise`) flips a sample to the
+    class a reference model confuses it with: ``noise_reference`` is a ``.npy`` of that model's
+    (N, K) probabilities over the training split (after ``subset``), or None to fit the package's
+    reference (:func:`dataparams.data.prepare.reference_probabilities`). ``subset``
     keeps the first n training samples (the CPU presets' memorisation regime). ``val_fraction``
     carves a held-out split from the (noisy) training set with its own ``val_seed``; the test set
     is never corrupted. ``oracle`` trains on the clean samples only (the paper's "baseline on
@@ -67,6 +71,7 @@ class DataConfig:
     noise: str = "none"
     noise_rate: float = 0.0
     noise_transition: str | None = None
+    noise_reference: str | None = None
     noise_seed: int | None = None
     label_set: str | None = None
     val_fraction: float = 0.0

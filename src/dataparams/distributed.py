@@ -83,6 +83,7 @@ from dataparams.losses import per_sample_cross_entropy, scaled_loss
 from dataparams.objectives import DataParameterObjective, Objective
 from dataparams.optim import sparse_sgd_step
 from dataparams.parameters import DEFAULT_CLAMP, DataParameters, combine_sigma
+from dataparams.scores import scores_from_sums
 
 __all__ = [
     "MODES",
@@ -1711,7 +1712,7 @@ class ShardedObjective(Objective):
     (no extra collective).
 
     What needs all ``N`` values gathers them on rank 0 at the end of an epoch (O(N) there,
-    transiently): :meth:`snapshot` (sigma of every sample), :meth:`extra_scores` (the loss and
+    transiently): :meth:`snapshot` (sigma of every sample), :meth:`scores` (the loss and
     sigma-mean scores) and hence the per-epoch snapshot and detection metrics. Checkpoints are
     per-shard files (:meth:`save_shards`) that any number of processes reads back
     (:meth:`load_shards`); ``state_dict`` holds the replicated part only.
@@ -1750,12 +1751,11 @@ class ShardedObjective(Objective):
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
         start, end = shard_range(int(num_train), ctx.world_size, ctx.rank)
-        # The base class allocates last_loss and loss_sum with one row per sample it is given:
-        # this rank's rows.
-        super().__init__(end - start, ctx.device)
+        # The base class (a ScoreTracker) allocates last_loss, loss_sum and log_sigma_sum with one
+        # row per sample it is given: this rank's rows.
+        super().__init__(end - start, ctx.device, sigma="epoch")
         self.num_train = int(num_train)
         self.ctx = ctx
-        self.register_buffer("log_sigma_sum", torch.zeros(end - start, dtype=self.loss_sum.dtype, device=ctx.device))
         for name in self.SHARDED_BUFFERS:
             # One rank's rows must not reach a state_dict that rank 0 alone saves; they travel in
             # the shard files.
@@ -1800,10 +1800,8 @@ class ShardedObjective(Objective):
         losses = plan.global_loss.index_select(0, own)  # type: ignore[union-attr,arg-type]
         self.last_loss.index_put_((rows,), losses.to(self.last_loss.dtype))
 
-    @torch.no_grad()
     def on_epoch_end(self, epoch: int) -> None:
-        super().on_epoch_end(epoch)
-        self.log_sigma_sum += self.dp.instance_log_sigma.to(self.log_sigma_sum.dtype)
+        self.end_epoch(self.dp.instance_log_sigma)
 
     def snapshot(self) -> dict[str, np.ndarray]:
         """Class sigma, and on rank 0 every sample's sigma (gathered: collective, O(N) on rank 0)."""
@@ -1815,27 +1813,23 @@ class ShardedObjective(Objective):
             out["instance_sigma"] = gathered.exp().float().cpu().numpy()
         return out
 
-    def scores(self, snapshot: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
+    def method_score(self, snapshot: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
         # The instance temperature is the paper's noise score (sec. 3.4, Figure 4).
         snap = self.snapshot() if snapshot is None else snapshot
         return snap.get("instance_sigma")
 
-    def extra_scores(self) -> dict[str, np.ndarray]:
-        """The scores of :meth:`DataParameterObjective.extra_scores` on rank 0 (empty elsewhere).
-
-        One gather of the three per-sample buffers (collective, O(N) on rank 0).
+    def scores(self) -> dict[str, np.ndarray]:
+        """The tracker's scores (:meth:`~dataparams.scores.ScoreTracker.scores`) of every sample on
+        rank 0 (empty elsewhere): one gather of the three per-sample buffers (collective, O(N) on
+        rank 0), then :func:`~dataparams.scores.scores_from_sums` as in one process.
         """
         local = torch.stack([getattr(self, name).double() for name in self.SHARDED_BUFFERS], 1)
         gathered = self.dp.gather_shard(local)
         if gathered is None:
             return {}
-        last_loss, loss_sum, log_sigma_sum = (gathered[:, k] for k in range(3))
-        out = {"last-loss": last_loss.float().cpu().numpy()}
-        epochs = int(self.epochs_seen)
-        if epochs:
-            out["mean-loss"] = loss_sum.cpu().numpy() / epochs
-            out["sigma-mean"] = np.exp(log_sigma_sum.cpu().numpy() / epochs)
-        return out
+        last_loss, loss_sum, log_sigma_sum = (gathered[:, k].cpu().numpy() for k in range(3))
+        return scores_from_sums(last_loss=last_loss.astype(np.float32), loss_sum=loss_sum,
+                                epochs=int(self.epochs_seen), log_sigma_sum=log_sigma_sum)
 
     def save_shards(self, directory: str | os.PathLike[str]) -> dict[str, Any] | None:
         """Write this rank's rows (parameters, momentum, per-sample buffers) to ``directory``.

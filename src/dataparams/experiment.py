@@ -34,7 +34,7 @@ from dataparams.build import build_model, build_optimizer, seed_everything, vali
 from dataparams.calibration import expected_calibration_error, fit_temperature
 from dataparams.config import ConfigError, TrainConfig, config_to_dict
 from dataparams.data.loaders import FileLoader, RunLoaders, build_loaders
-from dataparams.data.prepare import TrainingLabels, resolve_labels
+from dataparams.data.prepare import TrainingLabels, resolve_labels, split_noise_reference
 from dataparams.data.registry import LoadedDataset, load_dataset
 from dataparams.distributed import (
     DistributedContext,
@@ -151,7 +151,8 @@ def _train(cfg: TrainConfig, out: str | os.PathLike[str], ctx: DistributedContex
             for name, c in cfg.choices.items():
                 write_line(f"  {name}: {c['value']}  ({c['why']})")
     labels = resolve_labels(cfg.data, dataset.train.targets, dataset.train.num_classes, seed=cfg.seed,
-                            shipped=dataset.shipped_noisy_labels, name=cfg.data.dataset)
+                            shipped=dataset.shipped_noisy_labels, name=cfg.data.dataset,
+                            reference=split_noise_reference(cfg.data, dataset.train))
     loaders = build_loaders(dataset, labels, cfg.data, dev, seed=cfg.seed)
     train_loader = _share(loaders.train, ctx)
     in_features = None

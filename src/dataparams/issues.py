@@ -9,6 +9,11 @@ number of wrong labels without being told the noise rate, and writes what ``data
 ``label_issues_mask.npy``, ``ranked_label_issues.npy``, ``summary.json`` -- plus ``report.html``
 with the most suspect samples as thumbnails. The run directory (with the trained model,
 ``run/model.pt``) is kept under the output folder.
+
+Called again on the same data with the same settings, it reuses that run (continuing it if it
+was interrupted); after an edited label, an added, removed or replaced file, another class list
+or other settings it trains again from scratch, replacing ``OUT/run``, and says why. The data is compared
+by its fingerprint (:attr:`dataparams.data.user.UserData.fingerprint`), which the run stores.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from pathlib import Path
 from dataparams.analysis.find_issues import IssueReport, find_issues
 from dataparams.analysis.issues_html import write_issues_html
 from dataparams.build import validate_config
-from dataparams.config import apply_overrides
+from dataparams.config import apply_overrides, config_to_dict
 from dataparams.data.registry import load_dataset
 from dataparams.experiment import train
-from dataparams.presets import get_preset
+from dataparams.presets import complete_user_config, get_preset
+from dataparams.runs import RunDir
+from dataparams.runs.logger import write_line
 
 __all__ = ["DEFAULT_SCORE", "find_label_issues"]
 
@@ -56,7 +63,10 @@ def find_label_issues(
     data : path-like
         A ``path,label`` CSV/TSV list, a folder of class folders, or an ``.npz`` with ``X``, ``y``.
     out : path-like
-        Output folder; the run directory is ``out/run``.
+        Output folder; the run directory is ``out/run``. A run already there is reused (and
+        continued if it was interrupted) only when it was trained on the same data and settings;
+        otherwise it is replaced by a new training. The user asks for a ranking of the data as
+        it is now: the old run's ranking would describe labels that no longer exist.
     variant : str
         The ``user`` preset's variant (``instance`` or ``joint``: the score needs instance sigma).
     score : str
@@ -66,8 +76,10 @@ def find_label_issues(
         accuracy on; those samples are not ranked.
     overrides : list of str
         ``section.field=value`` config overrides (e.g. ``model.arch=resnet18``, ``optim.epochs=30``).
-    seed, device, overwrite, quiet
+    seed, device, quiet
         As for ``dataparams train``.
+    overwrite : bool
+        Train again even when ``out/run`` holds a run on the same data and settings.
     top : int
         Suspects shown in ``report.html``.
 
@@ -84,8 +96,17 @@ def find_label_issues(
     dataset = load_dataset(cfg.data, progress=not quiet)  # every file checked before anything is written
     out = Path(out)
     run_dir = out / "run"
-    train(cfg, run_dir, overwrite=overwrite, resume=not overwrite and (run_dir / "config.json").exists(),
-          device=device, quiet=quiet, tensorboard=False, dataset=dataset)
+    resume = False
+    if not overwrite and (run_dir / "config.json").exists():
+        # The config train() will store, fingerprint of the data included: the only way to see
+        # that a label was edited in place, which leaves every config field as it was.
+        changed = RunDir(run_dir).differences(config_to_dict(complete_user_config(cfg, dataset.user)))
+        overwrite, resume = bool(changed), not changed
+        if changed and not quiet:
+            write_line(f"{run_dir} was trained on other data or settings ({'; '.join(changed)}); "
+                       "training again")
+    train(cfg, run_dir, overwrite=overwrite, resume=resume, device=device, quiet=quiet, tensorboard=False,
+          dataset=dataset)
     report = find_issues(run_dir, score=score, dataset=dataset)
     files = report.save(out)
     user = dataset.user

@@ -21,6 +21,7 @@ __all__ = [
     "NOISE_MODELS",
     "apply_noise",
     "cifar10_asymmetric_matrix",
+    "instance_dependent_noise",
     "pair_noise",
     "permutation_noise",
     "random_labels",
@@ -38,6 +39,7 @@ NOISE_MODELS: tuple[str, ...] = (
     "asymmetric",
     "transition",
     "random",
+    "instance",
 )
 
 
@@ -250,6 +252,81 @@ def cifar10_asymmetric_matrix(p: float) -> np.ndarray:
     return t
 
 
+def instance_dependent_noise(
+    labels: np.ndarray, p: float, reference_probs: np.ndarray, *, seed: int | np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Instance-dependent noise: the more a sample looks like another class, the likelier it takes that label.
+
+    The construction follows Chen, Ye, Chen, Zhao & Heng, "Beyond Class-Conditional Assumption: A
+    Primary Attempt to Combat Instance-Dependent Label Noise" (AAAI 2021): a reference model
+    trained on the clean labels gives each sample a probability for every class; a sample's
+    *confusion* is the largest probability it gives a class other than its own,
+    ``m_i = max_{k != y_i} P_ref(k | x_i)``, and a flipped sample takes that most-confused class.
+    Chen et al. flip exactly the ``p * N`` most confused samples; here each sample flips with
+    probability ``q_i = min(1, c * m_i)``, the scale ``c`` set so that ``mean(q_i) = p``, and the
+    draw follows ``seed``, so that a different seed gives a different noisy set with the same
+    structure (an easy image can still, rarely, be mislabeled; a very confusable one almost
+    always is). The realised corrupted fraction is ``p`` in expectation. When ``p`` exceeds what
+    the confusions allow (``q_i = 1`` for every sample with ``m_i > 0``), every such sample flips.
+
+    Parameters
+    ----------
+    labels : ndarray (N,) int
+        Clean labels in ``[0, K)``.
+    p : float in [0, 1]
+        Expected fraction of flipped labels.
+    reference_probs : ndarray (N, K) float
+        A reference model's class probabilities for each sample, out of sample (cross-fitted)
+        so that they reflect how the image looks rather than a memorised label. Rows need not
+        sum to exactly 1 (logits of a softmax are fine after ``softmax``); values must be finite
+        and nonnegative.
+    seed : int, SeedSequence or Generator
+
+    Returns
+    -------
+    noisy_labels : ndarray (N,) int64
+    is_corrupted : ndarray (N,) bool
+    """
+    probs = np.asarray(reference_probs, dtype=np.float64)
+    if probs.ndim != 2:
+        raise ValueError(f"reference_probs must be (N, K), got shape {probs.shape}")
+    n, k = probs.shape
+    clean = _check_labels(labels, k)
+    p = _check_p(p)
+    rng = np.random.default_rng(seed)
+    if len(clean) != n:
+        raise ValueError(f"reference_probs has {n} rows for {len(clean)} labels")
+    if not np.all(np.isfinite(probs)) or (probs < 0).any():
+        raise ValueError("reference_probs must be finite and nonnegative")
+    if p > 0 and k < 2:
+        raise ValueError("instance-dependent noise needs num_classes >= 2")
+    other = probs.copy()
+    other[np.arange(n), clean] = -np.inf
+    target = other.argmax(axis=1) if k > 1 else clean.copy()
+    confusion = np.maximum(other[np.arange(n), target], 0.0) if k > 1 else np.zeros(n)
+    q = _scale_to_mean(confusion, p)
+    # One uniform per sample, drawn for every sample, so sample i's outcome depends on its own q_i only.
+    flip = rng.random(n) < q
+    return _result(clean, np.where(flip, target, clean))
+
+
+def _scale_to_mean(m: np.ndarray, p: float) -> np.ndarray:
+    """``min(1, c * m)`` with ``c >= 0`` chosen so that its mean is ``p`` (or as close as ``m`` allows)."""
+    if p <= 0 or not len(m) or not (m > 0).any():
+        return np.zeros_like(m)
+    if p >= float((m > 0).mean()):
+        return (m > 0).astype(np.float64)
+    # mean(min(1, c m)) is continuous and nondecreasing in c: bisect on it.
+    lo, hi = 0.0, 1.0 / float(m[m > 0].min())
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if np.minimum(1.0, mid * m).mean() < p:
+            lo = mid
+        else:
+            hi = mid
+    return np.minimum(1.0, hi * m)
+
+
 def random_labels(
     labels: np.ndarray, num_classes: int, *, seed: int | np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -270,6 +347,7 @@ def apply_noise(
     *,
     seed: int | np.random.Generator,
     transition: np.ndarray | None = None,
+    reference_probs: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Corrupt ``labels`` with the noise model named ``kind``.
 
@@ -279,16 +357,20 @@ def apply_noise(
         One of :data:`NOISE_MODELS`: ``"none"`` (a copy, nothing corrupted), ``"uniform"``,
         ``"symmetric"``, ``"permutation"``, ``"pair"``, ``"asymmetric"`` (the CIFAR-10 map of
         :func:`cifar10_asymmetric_matrix`; needs ``K = 10``), ``"transition"`` (needs
-        ``transition``) or ``"random"``.
+        ``transition``), ``"random"`` or ``"instance"`` (instance-dependent, needs
+        ``reference_probs``; :func:`instance_dependent_noise`).
     labels : ndarray (N,) int
         Clean labels in ``[0, K)``.
     p : float in [0, 1]
-        Noise probability; ignored by ``"none"``, ``"transition"`` and ``"random"``.
+        Noise probability (for ``"instance"``, the expected flipped fraction); ignored by
+        ``"none"``, ``"transition"`` and ``"random"``.
     num_classes : int
         ``K``.
     seed : int, SeedSequence or Generator
     transition : ndarray (K, K), optional
         Only for ``kind="transition"``.
+    reference_probs : ndarray (N, K), optional
+        Only for ``kind="instance"``: a reference model's out-of-sample class probabilities.
 
     Returns
     -------
@@ -300,6 +382,8 @@ def apply_noise(
     p = _check_p(p)
     if (transition is not None) != (kind == "transition"):
         raise ValueError("give a transition matrix exactly when kind='transition'")
+    if (reference_probs is not None) != (kind == "instance"):
+        raise ValueError("give reference probabilities exactly when kind='instance'")
     if kind == "none":
         clean = _check_labels(labels, num_classes)
         return clean.copy(), np.zeros(len(clean), dtype=bool)
@@ -321,4 +405,9 @@ def apply_noise(
         if t.shape[0] != num_classes:
             raise ValueError(f"transition is {t.shape} but num_classes is {num_classes}")
         return transition_noise(labels, t, seed=seed)
+    if kind == "instance":
+        ref = np.asarray(reference_probs)
+        if ref.ndim != 2 or ref.shape[1] != num_classes:
+            raise ValueError(f"reference_probs is {ref.shape} but num_classes is {num_classes}")
+        return instance_dependent_noise(labels, p, ref, seed=seed)
     return random_labels(labels, num_classes, seed=seed)

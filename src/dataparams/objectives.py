@@ -3,9 +3,9 @@
 An objective is an ``nn.Module``: ``objective(logits, inputs, targets, indices)`` returns the
 scalar to backpropagate and the per-sample loss (B,). Whatever it learns or records per training
 sample lives in (N,) parameters or buffers written by index -- the data parameters' log sigma,
-SuperLoss's confidence, AUM's margin sums, and, for every objective, ``last_loss``, each sample's
-training loss at its latest visit -- so ``state_dict()`` checkpoints all of it and a step costs
-O(B). The engine calls nothing method-specific: it runs the forward, steps the model's optimizer
+SuperLoss's confidence, AUM's margin sums, and, for every objective, the training-loss scores of
+:class:`~dataparams.scores.ScoreTracker` (an objective *is* one: ``record`` is its ``update``) --
+so ``state_dict()`` checkpoints all of it and a step costs O(B). The engine calls nothing method-specific: it runs the forward, steps the model's optimizer
 (over the model and :meth:`Objective.model_param_groups`) and :meth:`Objective.optimizers`, and
 fires :meth:`Objective.on_epoch_start`.
 
@@ -26,21 +26,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import Optimizer
 
 from dataparams.losses import per_sample_cross_entropy, scaled_loss
 from dataparams.optim import SparseSGD
 from dataparams.parameters import DataParameters
+from dataparams.scores import ScoreTracker
 
 __all__ = ["DataParameterObjective", "LossObjective", "Objective"]
 
 
-def _has_float64(device: torch.device | str | None) -> bool:
-    return torch.device(device or "cpu").type != "mps"
-
-
-class Objective(nn.Module, metaclass=abc.ABCMeta):
+class Objective(ScoreTracker, metaclass=abc.ABCMeta):
     """A training objective with its per-sample state in (N,) buffers.
 
     Parameters
@@ -49,17 +46,18 @@ class Objective(nn.Module, metaclass=abc.ABCMeta):
         ``N``, the number of training samples (the range of ``indices``).
     device : torch.device or str, optional
         Where the per-sample buffers live (the training device).
+    sigma : {None, "epoch"}
+        Passed to :class:`~dataparams.scores.ScoreTracker`: ``"epoch"`` when the objective owns
+        instance temperatures and integrates them at each epoch's end.
 
     Attributes
     ----------
-    last_loss : Tensor (N,), buffer
-        Each sample's per-sample training loss at its latest visit; written by :meth:`record`,
-        which the engine calls after every step. Its value is the ``last-loss`` score.
-    loss_sum : Tensor (N,), buffer
-        The sum over finished epochs of ``last_loss`` at each epoch's end (:meth:`on_epoch_end`);
-        divided by ``epochs_seen`` it is the ``mean-loss`` score, the small-loss criterion
-        (a sample whose loss stays high through training is likely mislabeled; Arpit et al.
-        2017, the selection rule of co-teaching).
+    last_loss, loss_sum, epochs_seen : buffers
+        Those of :class:`~dataparams.scores.ScoreTracker`: :meth:`record` (which the engine calls
+        after every step) writes ``last_loss``, :meth:`on_epoch_end` adds it to ``loss_sum``;
+        they give the ``last-loss`` and ``mean-loss`` scores (the small-loss criterion: a sample
+        whose loss stays high through training is likely mislabeled; Arpit et al. 2017, the
+        selection rule of co-teaching).
     autocast : callable returning a context manager
         The precision of the model's forward pass. The engine sets it before each epoch so that
         an objective running a network of its own (co-teaching's second network) runs it in the
@@ -68,27 +66,19 @@ class Objective(nn.Module, metaclass=abc.ABCMeta):
 
     name = "objective"
 
-    def __init__(self, num_train: int, device: torch.device | str | None = None) -> None:
-        super().__init__()
+    def __init__(self, num_train: int, device: torch.device | str | None = None, *,
+                 sigma: str | None = None) -> None:
+        super().__init__(num_train, device, sigma=sigma)
         self.num_train = int(num_train)
-        self.register_buffer("last_loss", torch.zeros(self.num_train, device=device))
-        self.register_buffer("loss_sum", torch.zeros(self.num_train, dtype=torch.float64 if _has_float64(device)
-                                                     else torch.float32, device=device))
-        self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.long, device=device))
         self.autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     @abc.abstractmethod
     def forward(self, logits: Tensor, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
         """(scalar training loss, detached per-sample loss (B,) without any regulariser)."""
 
-    @torch.no_grad()
     def record(self, indices: Tensor, per_sample: Tensor) -> None:
-        """Write the batch's per-sample losses into :attr:`last_loss` by index, O(B).
-
-        ``index_put_`` (not ``index_copy_``) has a deterministic CUDA kernel; a sample seen twice
-        in one batch keeps one of its (same-step) losses either way.
-        """
-        self.last_loss.index_put_((indices,), per_sample.to(self.last_loss.dtype))
+        """Write the batch's per-sample losses into :attr:`last_loss` by index, O(B)."""
+        self.update(indices, per_sample)
 
     def optimizers(self) -> dict[str, Optimizer]:
         """Optimizers of the objective's own parameters, stepped after the model's."""
@@ -101,37 +91,21 @@ class Objective(nn.Module, metaclass=abc.ABCMeta):
     def on_epoch_start(self, epoch: int) -> None:
         """Called with the 0-based epoch before its first batch."""
 
-    @torch.no_grad()
     def on_epoch_end(self, epoch: int) -> None:
-        """Called with the 0-based epoch after its last batch: accumulates the epoch's losses.
-
-        O(N) once per epoch, never per step.
-        """
-        self.loss_sum += self.last_loss.to(self.loss_sum.dtype)
-        self.epochs_seen += 1
-
-    def extra_scores(self) -> dict[str, np.ndarray]:
-        """Secondary suspicion scores (N,) by name, larger = more suspicious.
-
-        Every objective has ``last-loss``, the training loss at each sample's latest visit, and
-        ``mean-loss``, its mean over the finished epochs (the small-loss criterion; absent before
-        the first epoch ends). Subclasses add their own.
-        """
-        out = {"last-loss": self.last_loss.float().cpu().numpy()}
-        epochs = int(self.epochs_seen)
-        if epochs:
-            out["mean-loss"] = (self.loss_sum.double().cpu().numpy() / epochs)
-        return out
+        """Called with the 0-based epoch after its last batch: accumulates the epoch's scores
+        (:meth:`~dataparams.scores.ScoreTracker.end_epoch`), O(N) once per epoch, never per step."""
+        self.end_epoch()
 
     def snapshot(self) -> dict[str, np.ndarray]:
         """Per-sample arrays saved with each epoch's snapshot (e.g. all sigma values)."""
         return {}
 
-    def scores(self, snapshot: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
+    def method_score(self, snapshot: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
         """Per-sample suspicion score (N,), larger = more likely mislabeled, or None.
 
         The score is read from :meth:`snapshot`'s arrays, so it is exactly what the run saves;
-        pass the snapshot already taken this epoch to avoid building it twice.
+        pass the snapshot already taken this epoch to avoid building it twice. (The training-loss
+        scores by name are the tracker's :meth:`~dataparams.scores.ScoreTracker.scores`.)
         """
         return None
 
@@ -186,14 +160,12 @@ class DataParameterObjective(Objective):
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
         device = data_parameters.class_log_sigma.device
-        super().__init__(data_parameters.num_instances, device)
+        super().__init__(data_parameters.num_instances, device,
+                         sigma="epoch" if data_parameters.instance_curriculum else None)
         self.dp = data_parameters
         self.wd_class = wd_class
         self.wd_instance = wd_instance
         self.loss_fn = loss_fn or per_sample_cross_entropy
-        if data_parameters.instance_curriculum:
-            self.register_buffer("log_sigma_sum", torch.zeros(data_parameters.num_instances, device=device,
-                                                              dtype=self.loss_sum.dtype))
         groups = data_parameters.param_groups(lr_class=lr_class, lr_instance=lr_instance)
         self._optimizers: dict[str, Optimizer] = (
             {"data_parameters": SparseSGD(groups, momentum=momentum)} if groups else {}
@@ -209,20 +181,11 @@ class DataParameterObjective(Objective):
     def optimizers(self) -> dict[str, Optimizer]:
         return self._optimizers
 
-    @torch.no_grad()
     def on_epoch_end(self, epoch: int) -> None:
-        super().on_epoch_end(epoch)
-        if self.dp.instance_curriculum:
-            self.log_sigma_sum += self.dp.instance_log_sigma.detach().to(self.log_sigma_sum.dtype)
+        # The parameters at the epoch's end, exact after its last step.
+        self.end_epoch(self.dp.instance_log_sigma if self.dp.instance_curriculum else None)
 
-    def extra_scores(self) -> dict[str, np.ndarray]:
-        out = super().extra_scores()
-        epochs = int(self.epochs_seen)
-        if self.dp.instance_curriculum and epochs:
-            out["sigma-mean"] = np.exp(self.log_sigma_sum.double().cpu().numpy() / epochs)
-        return out
-
-    def scores(self, snapshot: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
+    def method_score(self, snapshot: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
         # The instance temperature is the paper's noise score (sec. 3.4, Figure 4).
         if not self.dp.instance_curriculum:
             return None

@@ -251,6 +251,7 @@ _EXPERIMENTS: dict[str, Callable[[], tuple[TrainConfig, dict[str, dict]]]] = {
     "fmnist": lambda: _cpu("fashion-mnist", "none", 0.0),
     **{f"fmnist-noisy{int(p * 100)}": (lambda p=p: _cpu("fashion-mnist", "uniform", p)) for p in (0.2, 0.4, 0.8)},
     "fmnist-pair40": lambda: _cpu("fashion-mnist", "pair", 0.4),
+    "fmnist-instance40": lambda: _cpu("fashion-mnist", "instance", 0.4),
     "mnist-noisy40": lambda: _cpu("mnist", "uniform", 0.4),
     "fmnist-random": _cpu_random,
     "user": _user,

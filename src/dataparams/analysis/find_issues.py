@@ -2,10 +2,11 @@
 
 A sample whose label disagrees with what the rest of the data teaches gets a large instance
 temperature sigma: raising sigma flattens its softmax and so the gradient its wrong label pushes
-(Saxena, Tuzel & DeCoste, NeurIPS 2019, sec. 3.4 and Figure 4). Sorting by sigma therefore ranks
-the samples by how likely their label is wrong, and a two-component mixture on log sigma
-(:func:`~dataparams.analysis.metrics.estimate_num_mislabeled`) says how many to flag without
-being told the noise rate.
+(Saxena, Tuzel & DeCoste, NeurIPS 2019, sec. 3.4 and Figure 4). Sorting by sigma, or by the loss
+under it, therefore ranks the samples by how likely their label is wrong; how many to flag is
+decided without being told the noise rate by the rule that suits the run's loss
+(:func:`dataparams.scores.flag_by_rule`: a two-component mixture on the log score, or for a
+bounded loss such as GCE a fraction of its bound).
 
 :func:`find_issues` reads a run directory and returns an :class:`IssueReport`, whose writers give
 a CSV of every sample, cleanlab-compatible arrays (``label_issues_mask.npy`` like the default
@@ -29,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from dataparams.analysis.metrics import auroc, average_precision, estimate_num_mislabeled
+from dataparams.analysis.metrics import auroc, average_precision
 from dataparams.analysis.runs_io import LoadedRun, load_run, load_run_dataset
 from dataparams.runs import RunDirError
+from dataparams.scores import SCORE_NAMES, flag_by_rule
 
 __all__ = ["SCORES", "IssueReport", "find_issues"]
 
@@ -40,13 +42,10 @@ __all__ = ["SCORES", "IssueReport", "find_issues"]
 #: training, robust to the late drift as the network memorises); ``last-loss``: each sample's
 #: training loss at its last visit; ``mean-loss``: its mean over the epochs (the small-loss
 #: criterion). The first two need an instance (or joint) curriculum, the loss scores any run.
-SCORES = ("sigma", "sigma-mean", "last-loss", "mean-loss")
+SCORES = SCORE_NAMES
 _SIGMA_SCORES = ("sigma", "sigma-mean")
 # Datasets read from image files: their samples have a path worth exporting.
 _FILE_DATASETS = ("imagenet", "webvision", "webvision-mini", "filelist", "user")
-# A loss of exactly 0 (float16 underflow of a memorised sample) has no logarithm; this floor sits
-# far below any loss that matters.
-_LOSS_FLOOR = 1e-8
 
 
 @dataclass
@@ -69,8 +68,9 @@ class IssueReport:
         1 for the most suspicious sample, ``N`` for the least; equal scores are ordered by the final
         model's probability of the given label (lowest first), then by index.
     mislabeled_prob : ndarray of float
-        The mixture's posterior probability of the high component; a sample is flagged
-        (:attr:`is_flagged`) when it exceeds 0.5, the same rule that gives the estimated count.
+        The mixture's posterior probability of the high component (under the bound rule, 0 or
+        1); a sample is flagged (:attr:`is_flagged`) when it exceeds 0.5, the same rule that
+        gives the estimated count.
     given : ndarray of int
         The labels the run trained on.
     predicted, predicted_prob, given_prob : ndarray or None
@@ -87,7 +87,8 @@ class IssueReport:
     true_label, is_corrupted : ndarray or None
         The truth, when the run knows it (it injected the noise); else ``None``.
     estimate : dict
-        :func:`~dataparams.analysis.metrics.estimate_num_mislabeled` without the posterior.
+        How the flags were decided (:func:`~dataparams.scores.flag_by_rule`): ``rule``,
+        ``threshold`` and, for the mixture, its fit without the posterior.
     notes : list of str
         Caveats (predictions from the final model while the scores are from an earlier epoch, no
         class names, an unreliable mixture, ...).
@@ -119,7 +120,7 @@ class IssueReport:
 
     @property
     def is_flagged(self) -> np.ndarray:
-        """Flagged as mislabeled (bool (N,)): posterior of the high component > 0.5."""
+        """Flagged as mislabeled (bool (N,)): posterior of the high component > 0.5 (or the bound rule)."""
         return self.mislabeled_prob > 0.5
 
     @property
@@ -184,6 +185,7 @@ class IssueReport:
             "epoch": self.epoch,
             "n": self.n,
             "n_flagged": n_flagged,
+            "rule": self.estimate.get("rule"),
             "fraction_flagged": n_flagged / self.n if self.n else None,
             "threshold": _finite_or_none(self.estimate.get("threshold")),
             "separation": _finite_or_none(self.estimate.get("separation")),
@@ -322,6 +324,16 @@ def _dataset_info(run: LoadedRun, notes: list[str], ds: Any = None) -> tuple[lis
     return list(ds.train.classes), (list(ds.train.paths) if ds.train.paths is not None else None)
 
 
+def run_loss(config: dict[str, Any]) -> tuple[str, float | None]:
+    """The per-sample loss a run's scores come from, ``("ce", None)`` or ``("gce", q)``, from its config."""
+    curriculum = config.get("curriculum", {})
+    if config.get("method", "ce") == "gce":
+        return "gce", float(config.get("method_options", {}).get("q", 0.7))
+    if curriculum.get("loss", "ce") == "gce":
+        return "gce", float(curriculum.get("loss_q", 0.7))
+    return "ce", None
+
+
 def _mean_over_epochs(run: LoadedRun, key: str, upto: int, *, log: bool) -> np.ndarray:
     """Mean of snapshot array ``key`` over the epochs ``<= upto``; with ``log``, the geometric mean."""
     total, count = None, 0
@@ -345,6 +357,7 @@ def find_issues(
     epoch: int | None = None,
     load_dataset: bool = True,
     dataset: Any = None,
+    rule: str = "auto",
 ) -> IssueReport:
     """Rank the training samples of a run by how likely their label is wrong.
 
@@ -363,6 +376,9 @@ def find_issues(
         (or when it cannot be loaded) those columns are empty.
     dataset : LoadedDataset, optional
         The run's dataset, already loaded (saves reading it again).
+    rule : {"auto", "mixture", "bound"}, default "auto"
+        How many to flag (:func:`dataparams.scores.flag_by_rule`): ``auto`` is the bound rule for
+        a loss score of a run trained on a bounded loss (GCE), the mixture otherwise.
 
     Returns
     -------
@@ -411,10 +427,13 @@ def find_issues(
     if not np.all(np.isfinite(values)):
         raise RunDirError(f"{run.path / 'snapshots'}: {key} of epoch {epoch} holds non-finite values")
 
-    # Fit the mixture on log scores: sigma is a temperature (multiplicative), and losses span
-    # orders of magnitude between memorised and unlearned samples.
-    fit_on = values if score in _SIGMA_SCORES else np.maximum(values, _LOSS_FLOOR)
-    est = estimate_num_mislabeled(fit_on, log=True)
+    # The flag rule follows the loss the scores come from: a bounded loss (GCE) flags by a fraction
+    # of its bound, anything else by the two-Gaussian mixture on the log score (dataparams.scores).
+    loss_kind, q = run_loss(run.config)
+    if rule == "auto" and score in _SIGMA_SCORES:
+        rule = "mixture"  # a temperature is not a loss: no bound applies
+    flags = flag_by_rule(values, rule=rule, loss=loss_kind, q=q)
+    est = {**flags["estimate"], "rule": flags["rule"], "threshold": flags["threshold"]}
     if est.get("note"):
         notes.append(f"mislabeled-count estimate: {est['note']}")
 
@@ -442,7 +461,7 @@ def find_issues(
         # Ties (e.g. sigma at the clamp) are ordered by how unlikely the final model finds the
         # given label.
         rank=_descending_ranks(values, None if pred is None else -pred["given_prob"].astype(np.float64)),
-        mislabeled_prob=np.asarray(est["posterior"], dtype=np.float64),
+        mislabeled_prob=flags["posterior"],
         given=run.labels["given"].astype(np.int64),
         source_index=run.labels["source_index"].astype(np.int64),
         paths=paths if paths is not None else [""] * n,
@@ -454,6 +473,6 @@ def find_issues(
         class_names=class_names,
         true_label=run.labels["clean"].astype(np.int64) if corrupted is not None else None,
         is_corrupted=corrupted,
-        estimate={k: v for k, v in est.items() if k != "posterior"},
+        estimate=est,
         notes=notes,
     )

@@ -13,22 +13,41 @@ channels (1 or 3).
 Nothing about the data is assumed: the image side, the channels and the normalisation are
 measured on the files, and every such choice is returned with a one-line reason
 (:attr:`UserData.choices`) so that a run can print and store why it trained the way it did.
-Every file is opened and decoded before anything else happens, so a missing or corrupt image,
-an unknown label or a NaN feature stops the command with one :class:`UserDataError` that names
-the file and the row, before a run directory exists.
+Every file is opened and decoded before anything else happens, so a missing, corrupt or
+truncated image, an unknown or missing label or a NaN feature stops the command with one
+:class:`UserDataError` that names the file and the row, before a run directory exists.
 
-Images are decoded once, in a thread pool (Pillow releases the GIL while decoding), into one
-uint8 (N, S, S, C) array when that fits the memory budget; otherwise
+Labels are read as a spreadsheet user means them: surrounding whitespace is stripped; labels
+that are all whole numbers, however written (``1``, ``1.0``), are class indices; an empty cell
+or a missing-value marker (``nan``, ``NA``, ``N/A``, ``null``, ...) is an error naming the rows,
+as are fractional numbers and two spellings of one class that differ only in case (``Shirt``,
+``shirt``) -- unless the class list (``classes.txt``) names them. A list that names one file
+twice keeps the first row when the labels agree (noted in the choices) and is an error when they
+do not.
+
+Images are seen upright: a photo stored sideways with an EXIF orientation tag is transposed
+(``PIL.ImageOps.exif_transpose``) wherever it is decoded. They are decoded once, in a thread pool
+(Pillow releases the GIL while decoding), into one uint8 (N, S, S, C) array when that fits the
+memory budget; otherwise every file is still decoded once up front (opening and verifying a
+file does not decode JPEG data, so a truncated JPEG would otherwise fail mid-training), and
 :class:`UserImageDataset` decodes them batch by batch in DataLoader workers with exactly the
-same resize and channel conversion.
+same orientation, resize and channel conversion.
+
+The data's fingerprint (the ``data`` choice, :attr:`UserData.fingerprint`) identifies what was
+loaded, at the cost of one ``stat`` per image and one hash of the list or ``.npz`` file: a run
+stores it in its config, and :class:`~dataparams.runs.RunDir` neither resumes nor reuses a run
+whose data has changed since.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import math
 import os
+import re
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -39,7 +58,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -66,6 +85,11 @@ _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I
 _STATS_SAMPLE = 2000
 _STATS_SEED = 0
 _GIB = 1 << 30
+# How spreadsheets, pandas and R write an empty cell (compared case-insensitively): such a label
+# is missing, not a class, unless the class list names it.
+_MISSING = frozenset({"", "nan", "-nan", "na", "n/a", "#n/a", "<na>", "null", "none"})
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_PLAIN_INT = re.compile(r"[+-]?\d+")
 
 
 class UserDataError(ValueError):
@@ -105,7 +129,8 @@ class UserData:
     mean, std : ndarray float32, (C,) for images (pixels scaled to [0, 1]) or (D,) for features
         Measured on the data; ``std`` is 1 where the data is constant.
     choices : dict
-        ``{name: {"value": ..., "why": "..."}}`` for every choice made, JSON-serialisable.
+        ``{name: {"value": ..., "why": "..."}}`` for every choice made, JSON-serialisable. The
+        ``data`` entry also holds the ``fingerprint`` (see :attr:`fingerprint`).
     """
 
     kind: str
@@ -129,6 +154,19 @@ class UserData:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def fingerprint(self) -> dict[str, str]:
+        """What identifies the data, part by part: ``{"list file": "sha256 ...", "image files":
+        "N files, sha256 ...", "classes": "K classes, sha256 ..."}`` for a list (a class folder has
+        no list file, an ``.npz`` has an ``"npz file"`` part and no image files).
+
+        The list and ``.npz`` parts hash the file's bytes; the image part hashes every image's
+        path (as written, or relative to the class-folder root), size and modification time, in
+        sample order, so an edited label, an added, removed or replaced file, or a new class list
+        changes it. A run stores it (in ``choices``) and is not resumed on other data.
+        """
+        return dict(self.choices.get("data", {}).get("fingerprint", {}))
 
     @property
     def in_memory(self) -> bool:
@@ -183,6 +221,7 @@ class UserData:
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         with Image.open(self.paths[i]) as im:  # type: ignore[index]
+            ImageOps.exif_transpose(im, in_place=True)
             im = _convert(im, self.channels)  # type: ignore[arg-type]
             w, h = im.size
             scale = size / max(w, h)
@@ -261,12 +300,14 @@ def _convert(im: Image.Image, channels: int) -> Image.Image:
 def decode_image(path: str, image_size: int, channels: int) -> np.ndarray:
     """Read one image file at the common side: uint8 (S, S, C).
 
-    The image is converted to L or RGB (alpha dropped, palette expanded, 16-bit grey scaled to
-    8 bits) and resized to S x S with bilinear filtering, antialiased when shrinking. The aspect
-    ratio is not kept: stretching keeps every part of the object, where a crop could cut off the
-    part that decides the label. JPEGs at least twice S are decoded at a reduced DCT scale first
-    (still at least S on each side), several times faster than a full decode followed by the
-    same resize, which it matches up to resampling differences.
+    An EXIF orientation tag is applied first (a camera stores a portrait photo as landscape
+    pixels plus the tag), so the image is seen upright. The image is converted to L or RGB
+    (alpha dropped, palette expanded, 16-bit grey scaled to 8 bits) and resized to S x S with
+    bilinear filtering, antialiased when shrinking. The aspect ratio is not kept: stretching
+    keeps every part of the object, where a crop could cut off the part that decides the label.
+    JPEGs at least twice S are decoded at a reduced DCT scale first (still at least S on each
+    side), several times faster than a full decode followed by the same resize, which it
+    matches up to resampling differences.
 
     Parameters
     ----------
@@ -282,6 +323,7 @@ def decode_image(path: str, image_size: int, channels: int) -> np.ndarray:
     with Image.open(path) as im:
         if im.format == "JPEG" and min(im.size) >= 2 * image_size:
             im.draft(im.mode, (image_size, image_size))
+        ImageOps.exif_transpose(im, in_place=True)
         im = _convert(im, channels)
         if im.size != (image_size, image_size):
             im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
@@ -332,16 +374,24 @@ def _raise_first(failures: list[tuple[int, BaseException]], paths: list[str], wh
     raise UserDataError(f"{where(i)}: image {paths[i]} {_describe_failure(exc)}{more}") from exc
 
 
-def _scan(paths: list[str], where: Callable[[int], str], progress: bool) -> tuple[np.ndarray, list[str]]:
-    """Open and verify every file: (N, 2) (width, height) and the N modes."""
+def _scan(
+    paths: list[str], where: Callable[[int], str], progress: bool
+) -> tuple[np.ndarray, list[str], list[tuple[int, int]]]:
+    """Open and verify every file: (N, 2) (width, height) as stored, the N modes, and the N
+    ``(st_size, st_mtime_ns)`` of the files (for the fingerprint).
 
-    def one(i: int) -> tuple[tuple[int, int], str] | BaseException:
+    The sizes ignore EXIF orientation: what they decide (the longer side, whether an image is
+    square) does not depend on a quarter turn, and reading the tag can cost a decode (PNG)."""
+
+    def one(i: int) -> tuple[tuple[int, int], str, tuple[int, int]] | BaseException:
         try:
+            st = os.stat(paths[i])
             with Image.open(paths[i]) as im:
                 size, mode = im.size, im.mode
-                # Checks the file's structure (PNG checksums, truncation) without decoding it.
+                # Checks the file's structure (PNG checksums, truncation) without decoding it; a
+                # JPEG's data is not checked, which is why every image is decoded before training.
                 im.verify()
-            return size, mode
+            return size, mode, (st.st_size, st.st_mtime_ns)
         except Exception as e:  # any failure is reported with its file; nothing is swallowed
             return e
 
@@ -349,18 +399,32 @@ def _scan(paths: list[str], where: Callable[[int], str], progress: bool) -> tupl
     failures = [(i, r) for i, r in enumerate(results) if isinstance(r, BaseException)]
     _raise_first(failures, paths, where)
     sizes = np.array([r[0] for r in results], dtype=np.int64).reshape(-1, 2)
-    return sizes, [r[1] for r in results]
+    return sizes, [r[1] for r in results], [r[2] for r in results]
 
 
 def _decode_all(
-    paths: list[str], index: np.ndarray, side: int, channels: int, where: Callable[[int], str], progress: bool
+    paths: list[str],
+    index: np.ndarray,
+    side: int,
+    channels: int,
+    where: Callable[[int], str],
+    progress: bool,
+    *,
+    keep: np.ndarray | None = None,
 ) -> np.ndarray:
-    """uint8 (len(index), S, S, C): the images at ``index``, decoded in parallel."""
-    out = np.empty((len(index), side, side, channels), dtype=np.uint8)
+    """Decode the images at ``index`` in parallel, raising for the first that fails; return
+    uint8 (len(keep), S, S, C), those at positions ``keep`` of ``index`` (by default all)."""
+    slot = np.arange(len(index))
+    if keep is not None:
+        slot = np.full(len(index), -1)
+        slot[keep] = np.arange(len(keep))
+    out = np.empty((len(index) if keep is None else len(keep), side, side, channels), dtype=np.uint8)
 
     def one(j: int) -> BaseException | None:
         try:
-            out[j] = decode_image(paths[index[j]], side, channels)
+            arr = decode_image(paths[index[j]], side, channels)
+            if slot[j] >= 0:
+                out[slot[j]] = arr
         except Exception as e:  # reported below with its file and row
             return e
         return None
@@ -436,6 +500,33 @@ def default_memory_budget() -> tuple[int, str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# fingerprint
+# ---------------------------------------------------------------------------------------------
+def _digest(data: bytes) -> str:
+    return f"sha256 {hashlib.sha256(data).hexdigest()[:16]}"
+
+
+def _file_digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return f"sha256 {hashlib.file_digest(f, 'sha256').hexdigest()[:16]}"
+
+
+def _classes_digest(classes: list[str]) -> str:
+    # The resolved list, in order: it decides what every label means (classes.txt, argument).
+    return f"{len(classes)} classes, {_digest(json.dumps(classes).encode())}"
+
+
+def _fingerprint_choice(parts: dict[str, str], what: str) -> dict[str, Any]:
+    """The ``data`` choice: a short value for printing, and the parts to name what changed."""
+    value = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return {
+        "value": value,
+        "why": f"fingerprint of the data: {what}; a run is resumed or reused only on the same fingerprint",
+        "fingerprint": parts,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # labels
 # ---------------------------------------------------------------------------------------------
 def _read_classes_file(path: Path) -> list[str]:
@@ -458,40 +549,143 @@ def _check_class_list(classes: Sequence[str], what: str) -> list[str]:
     return classes
 
 
-def _is_int(s: str) -> bool:
-    try:
-        int(s)
-    except ValueError:
-        return False
-    return True
+def _number(label: str) -> int | float | None:
+    """The number a label spells (``3``, ``+3``, ``3.0``, ``2.5e1``), or None for a name."""
+    if not _NUMBER.fullmatch(label):
+        return None
+    return int(label) if _PLAIN_INT.fullmatch(label) else float(label)
+
+
+def _spelling_key(label: str) -> Any:
+    # Labels with one key are one class spelled two ways: "Shirt"/"shirt", "1"/"1.0".
+    v = _number(label)
+    return label.casefold() if v is None else float(v)
+
+
+def _rows(n: int) -> str:
+    return f"{n:,} row" if n == 1 else f"{n:,} rows"
+
+
+def _first_rows(rows: Sequence[int], row: Callable[[int], str], limit: int = 4) -> str:
+    shown = ", ".join(row(i) for i in rows[:limit])
+    return shown + (f" and {len(rows) - limit:,} more" if len(rows) > limit else "")
+
+
+def _check_missing(
+    raw: Sequence[str], known: set[str], where: Callable[[int], str], row: Callable[[int], str]
+) -> None:
+    """One error naming every row whose label is empty or a missing-value marker (``row``: the
+    row without the file name, for the second and later mentions)."""
+    missing = [i for i, label in enumerate(raw) if label.casefold() in _MISSING and label not in known]
+    if not missing:
+        return
+    i = missing[0]
+    first = "empty label" if not raw[i] else f"label {raw[i]!r} is a missing value, not a class"
+    more = ""
+    if len(missing) > 1:
+        others = missing[1:]
+        more = f"; {len(others):,} more {'row' if len(others) == 1 else 'rows'} without a label: "
+        more += _first_rows(others, row)
+    markers = sorted({raw[j] for j in missing if raw[j]})
+    hint = ""
+    if markers:
+        verb = "is" if len(markers) == 1 else "are"
+        hint = (
+            f" ({', '.join(repr(m) for m in markers[:4])} {verb} read as a missing value; a class list "
+            "(classes.txt) that names one makes it a class)"
+        )
+    raise UserDataError(
+        f"{where(i)}: {first}{more}. Label every row, or delete the rows to leave those samples out{hint}"
+    )
+
+
+def _two_spellings(labels: Sequence[str]) -> tuple[int, int] | None:
+    """``(j, i)``, the first rows of two distinct labels that name one class (differing only in
+    case, or spelling one number), or None."""
+    first: dict[Any, int] = {}
+    for i, label in enumerate(labels):
+        j = first.setdefault(_spelling_key(label), i)
+        if labels[j] != label:
+            return j, i
+    return None
+
+
+def _how_they_differ(a: str) -> str:
+    return "are the same number" if _number(a) is not None else "differ only in case"
+
+
+_ONE_SPELLING = "write one spelling, or list both in classes.txt if they are different classes"
+
+
+def _check_spellings(labels: Sequence[str], where: Callable[[int], str], row: Callable[[int], str]) -> None:
+    pair = _two_spellings(labels)
+    if pair is None:
+        return
+    j, i = pair
+    a, b = labels[j], labels[i]
+    counts = Counter(labels)
+    raise UserDataError(
+        f"{where(i)}: labels {a!r} ({_rows(counts[a])}, first {row(j)}) and {b!r} ({_rows(counts[b])}) "
+        f"{_how_they_differ(a)}; {_ONE_SPELLING}"
+    )
 
 
 def _encode_labels(
-    raw: Sequence[str], classes: list[str] | None, where: Callable[[int], str], class_source: str
+    raw: Sequence[str],
+    classes: list[str] | None,
+    where: Callable[[int], str],
+    class_source: str,
+    *,
+    row: Callable[[int], str] | None = None,
 ) -> tuple[np.ndarray, list[str], str]:
-    """String labels -> (targets (N,) int64, classes, why).
+    """String labels, whitespace already stripped -> (targets (N,) int64, classes, why).
+
+    ``where(i)`` names row ``i`` with its file; ``row(i)`` without (default ``where``), for the
+    rows an error names after the first.
 
     With a class list, a label is a class name or, failing that for any label, an integer
     index into the list (names win so that classes named "3" and "7" are not read as indices).
-    Without one, labels that are all integers index classes "0".."max"; names are sorted.
+    Without one, labels that are all whole numbers index classes "0".."max" (``1.0`` is 1: a
+    spreadsheet that stored the column as decimals means the integer); names are sorted.
+
+    Raises :class:`UserDataError` for an empty label or a missing-value marker (``nan``, ``NA``,
+    ``N/A``, ...; all such rows are named) unless the class list names it, for numeric labels
+    that are not whole, and, without a class list, for two labels that differ only in case or
+    spell one number (``Shirt``/``shirt``, ``1``/``1.0``): a class list that names both makes
+    them two classes.
     """
-    for i, label in enumerate(raw):
-        if not label:
-            raise UserDataError(f"{where(i)}: empty label")
+    row = row or where
     known = set(classes) if classes is not None else set()
+    _check_missing(raw, known, where, row)
     if classes is not None and all(label in known for label in raw):
         lookup = {c: k for k, c in enumerate(classes)}
         targets = np.array([lookup[label] for label in raw], dtype=np.int64)
         return targets, classes, f"class names from {class_source}"
-    if all(_is_int(label) for label in raw):
-        values = np.array([int(label) for label in raw], dtype=np.int64)
-        return _encode_ints(values, classes, where, class_source)
+    numbers = [_number(label) for label in raw]
+    if all(v is not None for v in numbers):
+        fractional = [i for i, v in enumerate(numbers) if not (isinstance(v, int) or float(v).is_integer())]
+        if fractional:
+            i = fractional[0]
+            raise UserDataError(
+                f"{where(i)}: label {raw[i]!r} is not a whole number ({_rows(len(fractional))} like it); "
+                "numeric labels are class indices 0, 1, ... For classes named by numbers, list them in "
+                "classes.txt"
+            )
+        values = np.array([int(v) for v in numbers], dtype=np.int64)  # type: ignore[arg-type]
+        targets, classes, why = _encode_ints(values, classes, where, class_source)
+        decimal = next((label for label in raw if not _PLAIN_INT.fullmatch(label)), None)
+        if decimal is not None:
+            why += f"; whole numbers written as decimals ({decimal!r}) read as integers"
+        return targets, classes, why
     if classes is not None:
         i = next(i for i, label in enumerate(raw) if label not in known)
         shown = ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else "")
+        near = [c for c in classes if _spelling_key(c) == _spelling_key(raw[i])]
+        hint = f" (did you mean {near[0]!r}? class names are matched exactly)" if near else ""
         raise UserDataError(
-            f"{where(i)}: label {raw[i]!r} is not a class; {class_source} lists {len(classes)}: {shown}"
+            f"{where(i)}: label {raw[i]!r} is not a class{hint}; {class_source} lists {len(classes)}: {shown}"
         )
+    _check_spellings(raw, where, row)
     names = sorted(set(raw))
     lookup = {c: k for k, c in enumerate(names)}
     return np.array([lookup[label] for label in raw], dtype=np.int64), names, "class names in the labels, sorted"
@@ -550,12 +744,23 @@ def _sniff_delimiter(path: Path, text: str) -> str:
         return ","
 
 
-def _read_list(
-    path: Path, classes: list[str] | None
-) -> tuple[list[str], list[str], np.ndarray, list[str], Callable[[int], str], dict[str, Any]]:
-    """A ``path,label`` list -> (ids, paths, targets, classes, where, choices)."""
+# (ids, paths, targets, classes, where, choices, digests of the files that hold the labels)
+_Listing = tuple[
+    list[str], list[str], np.ndarray, list[str], Callable[[int], str], dict[str, Any], dict[str, str]
+]
+
+
+def _read_list(path: Path, classes: list[str] | None) -> _Listing:
+    """A ``path,label`` list -> (ids, paths, targets, classes, where, choices, digests).
+
+    Fields are stripped of surrounding whitespace. A path listed twice (compared after joining
+    it to the list's folder and normalising, so ``./a.png`` is ``a.png``) keeps its first row
+    when the labels agree, noted in the ``duplicates`` choice, and is an error naming the path
+    and both labels when they do not.
+    """
     try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: lists saved by spreadsheets start with a BOM
+        data = path.read_bytes()
+        text = data.decode("utf-8-sig")  # -sig: lists saved by spreadsheets start with a BOM
     except (OSError, UnicodeDecodeError) as e:
         raise UserDataError(f"{path}: cannot read the list ({e})") from None
     delimiter = _sniff_delimiter(path, text)
@@ -584,8 +789,6 @@ def _read_list(
         label = fields[col_label] if col_label < len(fields) else ""
         if not p:
             raise UserDataError(f"{path} line {reader.line_num}: empty path")
-        if not label:
-            raise UserDataError(f"{path} line {reader.line_num}: empty label")
         ids.append(p)
         raw.append(label)
         lines.append(reader.line_num)
@@ -596,34 +799,83 @@ def _read_list(
     if not ids:
         raise UserDataError(f"{path}: zero samples (a header and no rows)")
 
+    def line(i: int) -> str:
+        return f"line {lines[i]}"
+
     def where(i: int) -> str:
-        return f"{path} line {lines[i]}"
+        return f"{path} {line(i)}"
 
     class_source = "the classes argument"
     if classes is None and (path.parent / "classes.txt").is_file():
         classes = _read_classes_file(path.parent / "classes.txt")
         class_source = str(path.parent / "classes.txt")
-    targets, classes, why = _encode_labels(raw, classes, where, class_source)
-    _check_classes_used(targets, classes, str(path))
+    targets, classes, why = _encode_labels(raw, classes, where, class_source, row=line)
     base = path.parent
+    rows = len(ids)
+    keep, repeats = _drop_repeated_paths(base, ids, raw, targets, where, line)
+    if repeats is not None:
+        ids, raw, lines = [ids[i] for i in keep], [raw[i] for i in keep], [lines[i] for i in keep]
+        targets = targets[keep]
+    _check_classes_used(targets, classes, str(path))
     paths = [str(base / p) for p in ids]  # an absolute p replaces base
     choices = {
         "kind": {
             "value": "images",
             "why": (
-                f"list {path.name}: {len(ids):,} rows, separator {delimiter!r}, "
+                f"list {path.name}: {rows:,} rows, separator {delimiter!r}, "
                 f"paths relative to {base.resolve()}"
             ),
         },
         "classes": _class_choice(classes, targets, why),
     }
-    return ids, paths, targets, classes, where, choices
+    if repeats is not None:
+        choices["duplicates"] = {"value": rows - len(ids), "why": repeats}
+    return ids, paths, targets, classes, where, choices, {"list file": _digest(data)}
 
 
-def _read_folder(
-    root: Path, classes: list[str] | None
-) -> tuple[list[str], list[str], np.ndarray, list[str], Callable[[int], str], dict[str, Any]]:
-    """Class folders -> (ids, paths, targets, classes, where, choices), torchvision's order."""
+def _drop_repeated_paths(
+    base: Path,
+    ids: list[str],
+    raw: list[str],
+    targets: np.ndarray,
+    where: Callable[[int], str],
+    line: Callable[[int], str],
+) -> tuple[np.ndarray, str | None]:
+    """Rows to keep (the first of each file) and, when some repeat, one line saying so."""
+    first: dict[str, int] = {}
+    repeated: list[tuple[int, int]] = []
+    for i, p in enumerate(ids):
+        j = first.setdefault(os.path.normpath(os.path.abspath(base / p)), i)
+        if j != i:
+            repeated.append((i, j))
+    conflicts = [(i, j) for i, j in repeated if targets[i] != targets[j]]
+    if conflicts:
+        i, j = conflicts[0]
+        more = ""
+        if len(conflicts) > 1:
+            more = f" ({len(conflicts) - 1:,} more files listed with conflicting labels)"
+        raise UserDataError(
+            f"{where(i)}: {ids[i]} is listed twice with different labels, {raw[j]!r} at {line(j)} and "
+            f"{raw[i]!r} here{more}; keep the row with the right label"
+        )
+    if not repeated:
+        return np.arange(len(ids)), None
+    drop = {i for i, _ in repeated}
+    i, j = repeated[0]
+    note = (
+        f"{_rows(len(drop))} listed a file again with the same label and were left out, each file trained "
+        f"on once (e.g. {ids[j]}: {line(j)} and {line(i)})"
+    )
+    return np.array([i for i in range(len(ids)) if i not in drop], dtype=np.int64), note
+
+
+def _read_folder(root: Path, classes: list[str] | None) -> _Listing:
+    """Class folders -> (ids, paths, targets, classes, where, choices, digests), torchvision's order.
+
+    A class is its folder's name stripped of surrounding whitespace (folders ``shirt`` and
+    ``shirt `` are one class, as the labels of a list are); without a class list, two folders
+    whose names differ only in case are an error naming both.
+    """
     lists = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in (".csv", ".tsv"))
     hint = f" It holds {lists[0]}: to use that list, pass the file itself." if lists else ""
     try:
@@ -644,18 +896,33 @@ def _read_folder(
     if classes is None and (root / "classes.txt").is_file():
         classes = _read_classes_file(root / "classes.txt")
         class_source = str(root / "classes.txt")
+    names = [c.strip() for c in found]
     if classes is None:
-        classes, targets, why = list(found), split.targets, "class folders, sorted"
+        pair = _two_spellings(names)
+        if pair is not None:
+            j, i = pair
+            raise UserDataError(
+                f"{root}: class folders {found[j]!r} ({counts[j]:,} images) and {found[i]!r} "
+                f"({counts[i]:,} images) {_how_they_differ(names[j])}; merge them, or list both in "
+                "classes.txt if they are different classes"
+            )
+        classes, why = sorted(set(names)), "class folders, sorted"
+        if len(classes) < len(found):
+            why += ", names stripped of surrounding spaces (folders that differ only in them are one class)"
     else:
         listed = set(classes)
-        unknown = [c for c in found if c not in listed]
+        unknown = [k for k, c in enumerate(names) if c not in listed]
         if unknown:
+            k = unknown[0]
+            near = [c for c in classes if _spelling_key(c) == _spelling_key(names[k])]
+            hint_near = f" (did you mean {near[0]!r}? class names are matched exactly)" if near else ""
             raise UserDataError(
-                f"{root / unknown[0]}: class folder {unknown[0]!r} is not in {class_source} "
+                f"{root / found[k]}: class folder {found[k]!r} is not in {class_source}{hint_near} "
                 f"({len(classes)} classes)"
             )
-        remap = np.array([classes.index(c) for c in found], dtype=np.int64)
-        targets, why = remap[split.targets], f"class folders, in the order of {class_source}"
+        why = f"class folders, in the order of {class_source}"
+    remap = np.array([classes.index(c) for c in names], dtype=np.int64)
+    targets = remap[split.targets]
     try:
         _check_classes_used(targets, classes, str(root))
     except UserDataError as e:
@@ -673,7 +940,7 @@ def _read_folder(
         },
         "classes": _class_choice(classes, targets, why),
     }
-    return ids, paths, targets, classes, where, choices
+    return ids, paths, targets, classes, where, choices, {}
 
 
 def _npz_array(data: Any, key: str, path: Path) -> np.ndarray:
@@ -689,6 +956,7 @@ def _npz_array(data: Any, key: str, path: Path) -> np.ndarray:
 
 def _load_features(path: Path, classes: list[str] | None) -> UserData:
     try:
+        digest = _file_digest(path)
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise UserDataError(f"{path}: cannot read the .npz file ({e})") from None
@@ -746,10 +1014,24 @@ def _load_features(path: Path, classes: list[str] | None) -> UserData:
     if classes is None and file_classes is not None:
         classes = _check_class_list([_to_str(c) for c in file_classes.ravel()], f"{path} 'classes'")
         class_source = f"{path.name} 'classes'"
-    if y.dtype.kind in "biu" or (y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all()):
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        rows = np.flatnonzero(~np.isfinite(y)).tolist()
+        raise UserDataError(
+            f"{where(rows[0])}: label {y[rows[0]]} is missing; {_rows(len(rows))} without a label "
+            f"({_first_rows(rows, lambda i: f'row {i}')}). Label every row, or delete the rows to leave "
+            "those samples out"
+        )
+    if y.dtype.kind == "f" and not (y == np.round(y)).all():
+        i = int(np.flatnonzero(y != np.round(y))[0])
+        raise UserDataError(
+            f"{where(i)}: label {y[i]:g} is not a whole number; y must hold integer class indices or "
+            "string labels"
+        )
+    if y.dtype.kind in "biuf":
         targets, classes, why = _encode_ints(y.astype(np.int64), classes, where, class_source)
     elif y.dtype.kind in "US":
-        targets, classes, why = _encode_labels([_to_str(v).strip() for v in y], classes, where, class_source)
+        targets, classes, why = _encode_labels([_to_str(v).strip() for v in y], classes, where, class_source,
+                                               row=lambda i: f"row {i}")
     else:
         raise UserDataError(f"{path}: y must hold integer or string labels, got dtype {y.dtype}")
     _check_classes_used(targets, classes, str(path))
@@ -775,6 +1057,9 @@ def _load_features(path: Path, classes: list[str] | None) -> UserData:
             "value": True,
             "why": f"per-feature mean/std measured on the {n:,} rows{ratio}{const_note}",
         },
+        "data": _fingerprint_choice(
+            {"npz file": digest, "classes": _classes_digest(classes)}, f"sha256 of {path.name}'s bytes"
+        ),
     }
     return UserData(
         kind="features", targets=targets, classes=classes, ids=ids, source=str(path), features=features,
@@ -801,6 +1086,7 @@ def _load_images(
     classes: list[str],
     where: Callable[[int], str],
     choices: dict[str, Any],
+    digests: dict[str, str],
     *,
     image_size: int | None,
     max_image_size: int,
@@ -809,7 +1095,7 @@ def _load_images(
     progress: bool,
 ) -> UserData:
     n = len(paths)
-    sizes, modes = _scan(paths, where, progress)
+    sizes, modes, stats = _scan(paths, where, progress)
     for i, mode in enumerate(modes):
         if mode == "F":
             raise UserDataError(
@@ -873,7 +1159,9 @@ def _load_images(
     else:
         m = min(n, _STATS_SAMPLE)
         sample = np.sort(np.random.default_rng(_STATS_SEED).choice(n, size=m, replace=False))
-        mean, std = _pixel_stats(_decode_all(paths, sample, side, c, where, progress))
+        # Every file is decoded once, the sample kept: a truncated JPEG passes the scan's verify
+        # and would otherwise stop training at the first epoch that draws it.
+        mean, std = _pixel_stats(_decode_all(paths, np.arange(n), side, c, where, progress, keep=sample))
         stats_on = f"a seeded sample of {m:,} of the {n:,} images"
         dataset = UserImageDataset(paths, targets, image_size=side, channels=c, mean=mean, std=std)
     choices["mean"] = {
@@ -881,6 +1169,16 @@ def _load_images(
         "why": f"per channel, pixels in [0, 1], on {stats_on}",
     }
     choices["std"] = {"value": [round(float(v), 4) for v in std], "why": f"per channel, on {stats_on}"}
+    files = hashlib.sha256()
+    for name, (st_size, st_mtime) in zip(ids, stats):
+        files.update(f"{name}\t{st_size}\t{st_mtime}\n".encode())
+    parts = {
+        **digests,
+        "image files": f"{n:,} files, sha256 {files.hexdigest()[:16]}",
+        "classes": _classes_digest(classes),
+    }
+    what = f"sha256 of {source.name}'s bytes and of" if "list file" in digests else "sha256 of"
+    choices["data"] = _fingerprint_choice(parts, f"{what} every image's path, size and modification time")
     return UserData(
         kind="images", targets=targets, classes=classes, ids=ids, source=str(source), paths=paths,
         images=images, dataset=dataset, image_size=side, channels=c, mean=mean, std=std, choices=choices,
@@ -908,9 +1206,12 @@ def load_user_data(
         A CSV/TSV list (``.csv``, ``.tsv``, or ``.txt`` with the separator sniffed) whose header
         has ``path`` and ``label``; a folder of class subfolders; or an ``.npz`` with ``X``
         (N, D) and ``y`` (N,), optionally ``classes`` and ``ids``. List paths are relative to the
-        list's folder (absolute ones are kept). Labels are integers (class indices, classes
-        "0".."max") or class names (sorted). A ``classes.txt`` (one name per line) beside the
-        list or inside the folder fixes the class list and its order.
+        list's folder (absolute ones are kept). Labels are whole numbers (class indices, classes
+        "0".."max"; ``1.0`` is read as 1) or class names (sorted), stripped of surrounding
+        whitespace. A ``classes.txt`` (one name per line) beside the list or inside the folder
+        fixes the class list and its order; it alone can make names that differ only in case, or
+        a missing-value marker such as ``NA``, classes. A file listed twice with the same label is
+        used once (the ``duplicates`` choice says so). Images are seen upright (EXIF orientation).
     image_size : int, optional
         The common side ``S``; by default the median longer side of the images, rounded to a
         multiple of 4 and capped at ``max_image_size``.
@@ -934,11 +1235,14 @@ def load_user_data(
     ------
     UserDataError
         For anything that would make training meaningless or fail later: a missing path or an
-        unknown kind, a list without ``path``/``label`` columns, an empty path or label, a
-        missing or undecodable image, a label outside the class list or negative, an empty
-        class folder, ``X``/``y`` of different lengths, non-2-D or non-numeric ``X``, NaN or
-        infinite features, fewer than two classes, zero samples. The message names the file
-        and the row. Nothing is written.
+        unknown kind, a list without ``path``/``label`` columns, an empty path, an empty or
+        missing label (``nan``, ``NA``, ``N/A``, ...: every such row is named), a fractional
+        numeric label, two spellings of one class (``Shirt``/``shirt``, ``1``/``1.0`` among
+        names; class folders too), one file listed with two labels, a missing, undecodable or
+        truncated image, a label outside the class list or negative, an empty class folder,
+        ``X``/``y`` of different lengths, non-2-D or non-numeric ``X``, NaN or infinite features,
+        fewer than two classes, zero samples. The message names the file and the row. Nothing is
+        written.
     """
     src = Path(path).expanduser()
     if not src.exists():
@@ -957,16 +1261,16 @@ def load_user_data(
     if src.is_file() and suffix == ".npz":
         return _load_features(src, given)
     if src.is_dir():
-        ids, paths, targets, names, where, choices = _read_folder(src, given)
+        ids, paths, targets, names, where, choices, digests = _read_folder(src, given)
     elif src.is_file() and suffix in LIST_SUFFIXES:
-        ids, paths, targets, names, where, choices = _read_list(src, given)
+        ids, paths, targets, names, where, choices, digests = _read_list(src, given)
     else:
         raise UserDataError(
             f"{src}: unknown kind of data; expected a folder with one subfolder per class, a "
             f"{'/'.join(LIST_SUFFIXES)} list with 'path' and 'label' columns, or an .npz with X and y"
         )
     return _load_images(
-        src, ids, paths, targets, names, where, choices,
+        src, ids, paths, targets, names, where, choices, digests,
         image_size=image_size, max_image_size=max_image_size, channels=channels,
         memory_budget_bytes=memory_budget_bytes, progress=progress,
     )

@@ -175,7 +175,7 @@ class DataParametersCallback(pl.Callback):
         -------
         Tensor ()
             The scalar to return from ``training_step``. Each sample's loss is also recorded in
-            ``objective.last_loss`` (the last-loss score of :meth:`Objective.extra_scores`).
+            ``objective.last_loss`` (the last-loss score of :meth:`~dataparams.scores.ScoreTracker.scores`).
 
         Raises
         ------

@@ -6,8 +6,10 @@ Each module follows one paper, cited in its docstring:
 * :mod:`~dataparams.methods.robust_losses` -- generalized cross-entropy (Zhang & Sabuncu,
   NeurIPS 2018) and symmetric cross-entropy (Wang et al., ICCV 2019);
 * :mod:`~dataparams.methods.coteaching` -- Co-teaching (Han et al., NeurIPS 2018);
-* :mod:`~dataparams.methods.aum` -- the area-under-the-margin statistic (Pleiss et al., NeurIPS 2020);
-* :mod:`~dataparams.methods.small_loss` -- the small-loss criterion as a suspicion score.
+* :mod:`~dataparams.methods.aum` -- the area-under-the-margin statistic (Pleiss et al., NeurIPS 2020).
+
+The small-loss criterion as a suspicion score is the ``mean-loss`` score of
+:class:`dataparams.scores.ScoreTracker`, which every objective keeps.
 
 The same methods as training objectives are in :mod:`~dataparams.methods.peers`, and every method
 by name in :mod:`~dataparams.methods.registry`.
@@ -28,7 +30,6 @@ from dataparams.methods.robust_losses import (
     reverse_cross_entropy,
     symmetric_cross_entropy,
 )
-from dataparams.methods.small_loss import small_loss_score
 from dataparams.methods.superloss import SuperLoss, lambert_w, superloss, superloss_sigma
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "generalized_cross_entropy",
     "lambert_w",
     "reverse_cross_entropy",
-    "small_loss_score",
     "small_loss_selection",
     "superloss",
     "superloss_sigma",

@@ -48,7 +48,7 @@ class SuperLossObjective(Objective):
             self.confidence.index_put_((indices,), conf.to(self.confidence.dtype))
         return out.mean(), ce.detach()
 
-    def scores(self, snapshot: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    def method_score(self, snapshot: dict[str, np.ndarray] | None = None) -> np.ndarray:
         return -np.log((self.snapshot() if snapshot is None else snapshot)["superloss_confidence"])
 
     def snapshot(self) -> dict[str, np.ndarray]:
@@ -120,7 +120,7 @@ class AUMObjective(Objective):
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(count > 0, self.margin_sum.cpu().double().numpy() / count, np.nan)
 
-    def scores(self, snapshot: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    def method_score(self, snapshot: dict[str, np.ndarray] | None = None) -> np.ndarray:
         return -(self.snapshot() if snapshot is None else snapshot)["aum"].astype(np.float64)
 
     def snapshot(self) -> dict[str, np.ndarray]:

@@ -105,7 +105,7 @@ class RunLogger(Callback):
         # objective they are collectives that every rank joins. The shard files a sharded state
         # writes are committed only by save_checkpoint below, after the metrics and the snapshot.
         snap = self.objective.snapshot()
-        extra = self.objective.extra_scores()
+        extra = self.objective.scores()
         state = self.state_fn(epoch + 1)
         if not self.is_main:
             return
@@ -118,7 +118,7 @@ class RunLogger(Callback):
                     stats["corrupted"] = sigma_stats(snap[name][self.corrupted])
                 record[name] = stats
         if self.noisy:
-            scores = self.objective.scores(snap)
+            scores = self.objective.method_score(snap)
             if scores is not None:
                 record["detection"] = detection_report(scores, self.corrupted)
             for key, values in extra.items():

@@ -13,12 +13,19 @@ Layout of ``RUN_DIR``::
     predictions.npz      final model's predictions on the training set (for find-issues)
     heldout_predictions.npz   predictions on training-pool samples held out by data.keep_file
     summary.json         final numbers (test accuracy at the end and at report epochs, ...)
+    model.pt             user data only: the trained network with its classes and normalisation
     tensorboard/         event files with the per-epoch scalars, when tensorboard is installed
 
 A checkpoint is written at the end of every epoch, after the metrics line and the snapshot.
 On resume the metrics and snapshots of epochs after the checkpoint are discarded (a kill between
 the two writes leaves one such epoch) and training continues from the checkpoint; with the same
 seed the result equals an uninterrupted run bit for bit on the CPU.
+
+A run is the run of a config only on the same data. For the user's own data the config's
+``choices`` hold a fingerprint of the files (:attr:`dataparams.data.user.UserData.fingerprint`:
+the list's bytes, every image's path, size and modification time, the class list); a directory
+whose run was made on other data is neither resumed nor reused (:class:`RunConflictError` naming
+what changed), because the config fields alone do not change when a label is edited in place.
 
 Under torchrun rank 0 writes everything but the shard files. In sharded mode every process
 writes its shard files (named with a token fresh to the save) *before* rank 0 replaces
@@ -52,6 +59,7 @@ __all__ = [
     "RunExistsError",
     "atomic_write_bytes",
     "atomic_write_text",
+    "data_changes",
 ]
 
 #: Key of a checkpoint that holds the manifest of its shard files (distributed.mode=sharded).
@@ -69,6 +77,7 @@ _OURS = (
     "calibration.json",
     "heldout_predictions.npz",
     "data_parameters",
+    "model.pt",
 )
 
 
@@ -110,6 +119,34 @@ def _relevant_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return [d for d in diff_configs(a, b) if d not in EXECUTION_FIELDS]
 
 
+def _fingerprints(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    choices = config.get("choices") or {}
+    return {name: c["fingerprint"] for name, c in choices.items()
+            if isinstance(c, dict) and isinstance(c.get("fingerprint"), dict)}
+
+
+def data_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What changed in the data between the run of config ``old`` and config ``new``, part by
+    part of the fingerprints their ``choices`` hold (empty when they agree or neither has one).
+
+    ``choices`` as a whole is an execution field (a measured memory budget may differ between
+    two invocations on the same data); the fingerprint in it is what identifies the data.
+    """
+    a, b = _fingerprints(old), _fingerprints(new)
+    out = []
+    for name in [*b, *(k for k in a if k not in b)]:
+        pa, pb = a.get(name), b.get(name)
+        if pa is None:
+            out.append(f"the run holds no fingerprint of its {name} (made before fingerprints were kept), "
+                       "so its data cannot be shown to be the same")
+        elif pb is None:
+            out.append(f"the {name} given now has no fingerprint to compare with the run's")
+        else:
+            out += [f"{part} changed ({pa.get(part, 'absent')} -> {pb.get(part, 'absent')})"
+                    for part in [*pb, *(k for k in pa if k not in pb)] if pa.get(part) != pb.get(part)]
+    return out
+
+
 class RunDir:
     """Reads and writes one run directory (see the module docstring for the layout)."""
 
@@ -142,13 +179,33 @@ class RunDir:
         return self.snapshot_dir / f"epoch_{epoch:04d}.npz"
 
     # -- life cycle ----------------------------------------------------------------------
+    def _read_config(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.config_file.read_text())
+        except json.JSONDecodeError as e:
+            raise RunConflictError(f"{self.config_file} is not valid JSON ({e})") from None
+
+    def differences(self, config: dict[str, Any]) -> list[str]:
+        """Why the run in this directory is not the run of ``config``, one reason a line: the
+        config fields that differ, then what changed in the data (:func:`data_changes`). Empty
+        when they agree or when the directory holds no run (no ``config.json``)."""
+        if not self.config_file.exists():
+            return []
+        old = self._read_config()
+        diff = _relevant_diff(old, config)
+        more = ", ..." if len(diff) > 8 else ""
+        fields = [f"settings differ ({', '.join(diff[:8])}{more})"] if diff else []
+        return fields + data_changes(old, config)
+
     def prepare(self, config: dict[str, Any], *, resume: bool = False, overwrite: bool = False) -> bool:
         """Make the directory ready for ``config``; return True when there is a run to resume.
 
         Refuses (:class:`RunConflictError`) a directory that holds a different run unless
-        ``overwrite``; a directory holding this same run needs ``resume`` (continue) or
-        ``overwrite`` (start over), else :class:`RunExistsError`. Nothing is written before the
-        checks pass.
+        ``overwrite``: other config fields, or the same config on other data (the fingerprints
+        in ``choices`` differ, see :func:`data_changes`), with or without ``resume`` -- the
+        message names what changed. A directory holding this same run needs ``resume``
+        (continue) or ``overwrite`` (start over), else :class:`RunExistsError`. Nothing is
+        written before the checks pass.
         """
         if resume and overwrite:
             raise RunDirError("resume and overwrite exclude each other")
@@ -167,13 +224,15 @@ class RunDir:
         if existing:
             if not self.config_file.exists():
                 raise RunConflictError(f"{self.path} is not empty and holds no run (no config.json)")
-            try:
-                old = json.loads(self.config_file.read_text())
-            except json.JSONDecodeError as e:
-                raise RunConflictError(f"{self.config_file} is not valid JSON ({e})") from None
+            old = self._read_config()
             diff = _relevant_diff(old, config)
             if diff:
                 raise RunConflictError(f"{self.path} holds a different run (fields differ: {', '.join(diff[:8])})")
+            changed = data_changes(old, config)
+            if changed:
+                what = ("cannot be resumed: its data changed since the run began" if resume
+                        else "holds a run on other data")
+                raise RunConflictError(f"{self.path} {what}: {'; '.join(changed)}")
             if not resume:
                 raise RunExistsError(f"{self.path} already holds this run")
             return self.checkpoint_file.exists()
@@ -283,6 +342,9 @@ class RunDir:
                     f"{self.checkpoint_file} was written by another configuration (fields differ: "
                     f"{', '.join(diff[:8])})"
                 )
+            changed = data_changes(state.get("config", {}), config)
+            if changed:
+                raise RunDirError(f"{self.checkpoint_file} was written on other data: {'; '.join(changed)}")
         return state
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:

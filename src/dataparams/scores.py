@@ -1,0 +1,333 @@
+"""Per-sample label scores: accumulated by index while any trainer runs, then ranked and flagged.
+
+Two halves, in the manner of ``cleanlab.rank`` and ``cleanlab.filter``:
+
+* :class:`ScoreTracker`, an ``nn.Module`` whose (N,) buffers are written by sample index:
+  ``update(index, loss, sigma)`` after each step (O(B)), ``end_epoch()`` once per epoch (O(N),
+  never per step), ``scores()`` for the arrays, and ``state_dict()`` for checkpoints. Every
+  trainer feeds one: the training objectives of :mod:`dataparams.objectives` *are* trackers (so
+  their checkpoints keep the same keys), the Lightning callback goes through its objective, and a
+  hand-written loop makes its own. The sharded objective of :mod:`dataparams.distributed` keeps
+  its rows on their owners and turns the gathered sums into scores with :func:`scores_from_sums`.
+* Array functions that need no run directory and no tracker: :func:`label_quality_scores`
+  (``[0, 1]``, high = clean) and :func:`find_label_issues` (a mask or ranked indices, by a flag
+  rule chosen for the loss the scores come from).
+
+Score vocabulary (larger = more suspicious), the one used by ``find-issues``, the bench and
+``summary.json``:
+
+``last-loss``
+    The per-sample training loss at the sample's latest visit.
+``mean-loss``
+    Its mean over the finished epochs: with data parameters, the loss of ``logits / sigma``, so a
+    sample whose temperature rose keeps a high loss (the small-loss criterion of Arpit et al.
+    2017 and co-teaching, under the learned temperature).
+``sigma``
+    The instance temperature (sec. 3.4, Figure 4 of the paper) at one epoch: the data
+    parameters' own value, saved in each epoch's snapshot.
+``sigma-mean``
+    ``exp`` of the mean over the finished epochs of log sigma: the temperature integrated over
+    training, which does not depend on guessing the epoch.
+
+Notation: ``N`` samples, ``B`` samples in a batch, ``K`` classes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "FLAG_RULES",
+    "SCORE_NAMES",
+    "SIGMA_SOURCES",
+    "ScoreTracker",
+    "find_label_issues",
+    "flag_by_rule",
+    "label_quality_scores",
+    "loss_bound",
+    "scores_from_sums",
+]
+
+SCORE_NAMES = ("sigma", "sigma-mean", "last-loss", "mean-loss")
+#: How :func:`find_label_issues` decides how many to flag. ``mixture``: a two-Gaussian mixture on
+#: the log of the scores (no noise rate needed; for unbounded scores: cross-entropy losses,
+#: sigma). ``bound``: a loss at least ``fraction`` of the loss's upper bound (for bounded losses:
+#: generalized cross-entropy, whose corrupted samples sit near its maximum ``1/q`` while the log
+#: mixture splits the clean ones; benchmarks/results/fmnist_methods/variants.md). ``auto``: the
+#: bound rule for a bounded loss, the mixture otherwise.
+FLAG_RULES = ("auto", "mixture", "bound")
+# A loss of exactly 0 (float16 underflow of a memorised sample) has no logarithm; this floor sits
+# far below any loss that matters.
+_LOSS_FLOOR = 1e-8
+# dp-gce-filter's flag rule: fixed on the seed-100 development cells of four noise settings.
+DEFAULT_BOUND_FRACTION = 0.2
+
+
+def _float64_ok(device: torch.device | str | None) -> bool:
+    return torch.device(device or "cpu").type != "mps"
+
+
+SIGMA_SOURCES = (None, "visit", "epoch")
+
+
+class ScoreTracker(nn.Module):
+    """Per-sample training scores in (N,) buffers, written by index.
+
+    Parameters
+    ----------
+    num_samples : int
+        ``N``, the range of the indices given to :meth:`update`.
+    device : torch.device or str, optional
+        Where the buffers live (the training device, so that updates need no transfer).
+    sigma : {None, "visit", "epoch"}, default None
+        Whether and how to integrate the temperature (the ``sigma-mean`` score). ``"visit"``:
+        :meth:`update` takes each batch's sigma and an epoch integrates each sample's value at
+        its latest visit (a hand-written loop). ``"epoch"``: :meth:`end_epoch` takes every
+        sample's log sigma at the end of the epoch (an objective that owns the parameters).
+
+    Attributes
+    ----------
+    last_loss : Tensor (N,)
+        Each sample's loss at its latest :meth:`update`.
+    loss_sum : Tensor (N,) float64
+        Sum over finished epochs of ``last_loss`` at each epoch's end.
+    epochs_seen : Tensor ()
+        Finished epochs.
+    log_sigma_sum : Tensor (N,) float64
+        With ``sigma``: the sum over finished epochs of log sigma.
+    last_log_sigma : Tensor (N,)
+        With ``sigma="visit"``: log sigma at the latest update.
+
+    Examples
+    --------
+    In a hand-written loop with data parameters ``dp`` (sigma (B,) as the loss used it)::
+
+        tracker = ScoreTracker(len(train_set), sigma="visit")
+        for epoch in range(epochs):
+            for x, y, index in loader:
+                sigma = dp(y, index)
+                per_sample = scaled_cross_entropy(model(x), y, sigma, reduction="none")
+                ...
+                tracker.update(index, per_sample, sigma)
+            tracker.end_epoch()
+        flags = find_label_issues(labels, tracker.scores()["mean-loss"])
+    """
+
+    def __init__(self, num_samples: int, device: torch.device | str | None = None, *,
+                 sigma: str | None = None) -> None:
+        super().__init__()
+        if sigma not in SIGMA_SOURCES:
+            raise ValueError(f"sigma must be None, 'visit' or 'epoch', got {sigma!r}")
+        self.num_samples = int(num_samples)
+        if self.num_samples < 0:
+            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        wide = torch.float64 if _float64_ok(device) else torch.float32
+        self.register_buffer("last_loss", torch.zeros(self.num_samples, device=device))
+        self.register_buffer("loss_sum", torch.zeros(self.num_samples, dtype=wide, device=device))
+        self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.long, device=device))
+        self.sigma_source = sigma
+        if sigma is not None:
+            self.register_buffer("log_sigma_sum", torch.zeros(self.num_samples, dtype=wide, device=device))
+        if sigma == "visit":
+            self.register_buffer("last_log_sigma", torch.zeros(self.num_samples, device=device))
+
+    @torch.no_grad()
+    def update(self, index: Tensor, loss: Tensor, sigma: Tensor | None = None) -> None:
+        """Record a batch: per-sample ``loss`` (B,) and, with ``sigma="visit"``, ``sigma`` (B,), O(B).
+
+        ``index_put_`` (not ``index_copy_``) has a deterministic CUDA kernel; a sample seen twice
+        in one batch keeps one of its (same-step) values either way.
+        """
+        self.last_loss.index_put_((index,), loss.detach().to(self.last_loss.dtype))
+        if (sigma is not None) != (self.sigma_source == "visit"):
+            raise ValueError("give sigma to update() exactly when the tracker was made with sigma='visit'")
+        if sigma is not None:
+            self.last_log_sigma.index_put_((index,), sigma.detach().log().to(self.last_log_sigma.dtype))
+
+    @torch.no_grad()
+    def end_epoch(self, log_sigma: Tensor | None = None) -> None:
+        """Close an epoch: add the latest losses (and log sigma) to the sums, O(N) once per epoch.
+
+        Parameters
+        ----------
+        log_sigma : Tensor (N,), optional
+            With ``sigma="epoch"`` (and only then): every sample's log temperature now.
+        """
+        if (log_sigma is not None) != (self.sigma_source == "epoch"):
+            raise ValueError("give log_sigma to end_epoch() exactly when the tracker was made with sigma='epoch'")
+        self.loss_sum += self.last_loss.to(self.loss_sum.dtype)
+        if self.sigma_source is not None:
+            src = self.last_log_sigma if log_sigma is None else log_sigma.detach()
+            self.log_sigma_sum += src.to(self.log_sigma_sum.dtype)
+        self.epochs_seen += 1
+
+    def scores(self) -> dict[str, np.ndarray]:
+        """The scores by name, each (N,) float64, larger = more suspicious.
+
+        ``last-loss`` always; ``mean-loss`` once an epoch has ended, and then ``sigma-mean`` when
+        sigma is tracked. (``sigma`` at one epoch is the data parameters' own value:
+        ``DataParameters.instance_sigma()``.)
+        """
+        to_np = lambda t: t.double().cpu().numpy()  # noqa: E731
+        return scores_from_sums(
+            last_loss=to_np(self.last_loss), loss_sum=to_np(self.loss_sum), epochs=int(self.epochs_seen),
+            log_sigma_sum=None if self.sigma_source is None else to_np(self.log_sigma_sum),
+        )
+
+
+def scores_from_sums(*, last_loss: np.ndarray, loss_sum: np.ndarray, epochs: int,
+                     log_sigma_sum: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The ``last-loss``, ``mean-loss`` and ``sigma-mean`` arrays from a tracker's (gathered) buffers.
+
+    Scores that need a finished epoch (the means) or sigma are left out when they are not known.
+    """
+    out = {"last-loss": np.asarray(last_loss, dtype=np.float64)}
+    if epochs:
+        out["mean-loss"] = np.asarray(loss_sum, dtype=np.float64) / epochs
+        if log_sigma_sum is not None:
+            out["sigma-mean"] = np.exp(np.asarray(log_sigma_sum, dtype=np.float64) / epochs)
+    return out
+
+
+def loss_bound(loss: str, q: float | None = None) -> float:
+    """The largest value a per-sample loss can take: ``1/q`` for generalized cross-entropy
+    (Zhang & Sabuncu 2018), infinite for cross-entropy."""
+    if loss == "ce":
+        return math.inf
+    if loss == "gce":
+        from dataparams.methods.robust_losses import gce_loss_bound
+
+        if q is None:
+            raise ValueError("generalized cross-entropy needs its q")
+        return gce_loss_bound(float(q))
+    raise ValueError(f"loss must be 'ce' or 'gce', got {loss!r}")
+
+
+def _check_scores(scores: Any, n: int | None = None) -> np.ndarray:
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1:
+        raise ValueError(f"scores must be 1-D (N,), got shape {s.shape}")
+    if n is not None and len(s) != n:
+        raise ValueError(f"scores has {len(s)} entries for {n} labels")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores must be finite")
+    return s
+
+
+def label_quality_scores(scores: Any, *, loss: str = "ce", q: float | None = None) -> np.ndarray:
+    """Label quality in ``[0, 1]`` (high = clean) from a loss score (N,), as cleanlab's ``label_score``.
+
+    The quality is the probability of the given label that the loss implies: ``exp(-L)`` for
+    cross-entropy and ``(1 - q L) ** (1/q)`` for generalized cross-entropy (whose loss is
+    ``(1 - p ** q) / q``). For ``mean-loss`` under cross-entropy it is the geometric mean over
+    training of the probability the model gave the label, under the sample's temperature.
+
+    Parameters
+    ----------
+    scores : array_like (N,)
+        Per-sample losses (``last-loss`` or ``mean-loss``), nonnegative.
+    loss : {"ce", "gce"}
+    q : float, optional
+        GCE's exponent.
+
+    Returns
+    -------
+    ndarray (N,) float64 in [0, 1]
+    """
+    s = np.maximum(_check_scores(scores), 0.0)
+    if loss == "ce":
+        return np.exp(-s)
+    bound = loss_bound(loss, q)
+    return np.clip(1.0 - s / bound, 0.0, 1.0) ** (1.0 / float(q))  # type: ignore[arg-type]
+
+
+def find_label_issues(
+    labels: Any,
+    scores: Any,
+    *,
+    rule: str = "auto",
+    loss: str = "ce",
+    q: float | None = None,
+    fraction: float = DEFAULT_BOUND_FRACTION,
+    return_indices_ranked_by_score: bool = False,
+) -> np.ndarray | tuple[np.ndarray, dict[str, Any]]:
+    """Which labels are likely wrong, from per-sample suspicion scores (larger = more suspicious).
+
+    Parameters
+    ----------
+    labels : array_like (N,) int
+        The given labels (checked for shape; the rules here do not depend on them).
+    scores : array_like (N,)
+        A score of :data:`SCORE_NAMES` (or any positive suspicion score).
+    rule : {"auto", "mixture", "bound"}
+        See :data:`FLAG_RULES`. ``bound`` needs a bounded ``loss`` and loss scores.
+    loss : {"ce", "gce"}
+        The loss the scores were computed with (it decides ``auto`` and the bound).
+    q : float, optional
+        GCE's exponent, with ``loss="gce"``.
+    fraction : float in (0, 1)
+        For ``bound``: flag a loss at least this fraction of the bound.
+    return_indices_ranked_by_score : bool, default False
+        Return the flagged indices, most suspicious first, instead of the mask.
+
+    Returns
+    -------
+    ndarray
+        Boolean mask (N,), or int64 indices of the flagged samples ranked by score.
+
+    Raises
+    ------
+    ValueError
+        Shapes that differ, non-finite scores, an unknown rule, ``bound`` on an unbounded loss.
+    """
+    y = np.asarray(labels)
+    if y.ndim != 1:
+        raise ValueError(f"labels must be 1-D (N,), got shape {y.shape}")
+    s = _check_scores(scores, len(y))
+    mask = flag_by_rule(s, rule=rule, loss=loss, q=q, fraction=fraction)["mask"]
+    if not return_indices_ranked_by_score:
+        return mask
+    flagged = np.flatnonzero(mask)
+    return flagged[np.argsort(-s[flagged], kind="stable")].astype(np.int64)
+
+
+def flag_by_rule(scores: np.ndarray, *, rule: str = "auto", loss: str = "ce", q: float | None = None,
+                 fraction: float = DEFAULT_BOUND_FRACTION) -> dict[str, Any]:
+    """The flags of :func:`find_label_issues` with how they were reached.
+
+    Returns
+    -------
+    dict
+        ``mask`` (bool (N,)), ``rule`` (the rule applied), ``threshold`` (smallest flagged score,
+        nan if none), ``posterior`` (the mixture's probability of the high component, (N,); for
+        ``bound``, the mask as 0/1), and for the mixture its ``estimate``
+        (:func:`~dataparams.analysis.metrics.estimate_num_mislabeled` without the posterior).
+    """
+    from dataparams.analysis.metrics import estimate_num_mislabeled
+
+    if rule not in FLAG_RULES:
+        raise ValueError(f"rule must be one of {', '.join(FLAG_RULES)}, got {rule!r}")
+    s = _check_scores(scores)
+    bound = loss_bound(loss, q)
+    if rule == "auto":
+        rule = "bound" if math.isfinite(bound) else "mixture"
+    if rule == "bound":
+        if not math.isfinite(bound):
+            raise ValueError(f"rule='bound' needs a bounded loss (gce), got loss={loss!r}")
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
+        mask = s >= fraction * bound
+        return {"mask": mask, "rule": rule, "threshold": fraction * bound, "posterior": mask.astype(np.float64),
+                "estimate": {"n_estimated": int(mask.sum()), "fraction": float(mask.mean()) if len(s) else 0.0}}
+    # Fit on log scores: sigma is a temperature (multiplicative) and losses span orders of
+    # magnitude between memorised and unlearned samples.
+    est = estimate_num_mislabeled(np.maximum(s, _LOSS_FLOOR), log=True)
+    posterior = np.asarray(est["posterior"], dtype=np.float64)
+    mask = posterior > 0.5
+    return {"mask": mask, "rule": rule, "threshold": est.get("threshold", math.nan), "posterior": posterior,
+            "estimate": {k: v for k, v in est.items() if k != "posterior"}}

@@ -1,0 +1,412 @@
+"""A user's data as arrays, a torch Dataset, a DataFrame, a parquet file or a Hugging Face dataset.
+
+Every table is built by the test the way a user would build it (numpy, torch, pandas, pyarrow
+through pandas, ``datasets.Dataset.from_dict`` / ``save_to_disk`` / ``to_parquet``), all in memory
+or under ``tmp_path``: nothing is downloaded. Images are checked against the pixels that were
+given and against :func:`load_user_data` on a CSV list of the same image files, the loader of
+record for images on disk.
+"""
+
+import os
+import sys
+
+# Before datasets is first imported: it reads these once, and these tests never go online.
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from dataparams.data.tables import is_table_path, load_table_data  # noqa: E402
+from dataparams.data.user import UserDataError, load_user_data  # noqa: E402
+
+pd = pytest.importorskip("pandas")
+
+
+def _load(data, **kw):
+    return load_table_data(data, progress=False, **kw)
+
+
+def _error(data, match, **kw):
+    with pytest.raises(UserDataError, match=match) as info:
+        _load(data, **kw)
+    return str(info.value)
+
+
+def _datasets():
+    pytest.importorskip("pyarrow")
+    return pytest.importorskip("datasets")
+
+
+def _files(tmp_path, seed=0):
+    """Eight PNGs of mixed sizes (grey, RGB, one RGBA) and one large JPEG, with a CSV list of them:
+    (csv, names, labels)."""
+    rng = np.random.default_rng(seed)
+    root = tmp_path / "img"
+    root.mkdir(parents=True)
+    names, labels = [], []
+    for i in range(8):
+        shape = (12, 12) if i % 3 == 0 else (10 + i, 14, 3) if i % 3 == 1 else (12, 16, 4)
+        name = f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / name)
+        names.append(name)
+        labels.append(["cat", "dog", "emu"][i % 3])
+    # At least twice the side: decode_image's reduced-scale JPEG decode applies.
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / "big.jpg", quality=90)
+    names.append("big.jpg")
+    labels.append("dog")
+    csv = root / "list.csv"
+    pd.DataFrame({"path": names, "label": labels}).to_csv(csv, index=False)
+    return csv, names, labels
+
+
+def _same_images(got, ref):
+    np.testing.assert_array_equal(got.images, ref.images)
+    np.testing.assert_array_equal(got.targets, ref.targets)
+    assert got.classes == ref.classes
+    assert (got.image_size, got.channels) == (ref.image_size, ref.channels)
+    np.testing.assert_array_equal(got.mean, ref.mean)
+    np.testing.assert_array_equal(got.std, ref.std)
+    for k in ("image_size", "resize", "channels", "mean", "std"):
+        assert got.choices[k]["value"] == ref.choices[k]["value"], k
+
+
+# ---------------------------------------------------------------------------------------------
+# arrays
+
+
+def test_feature_arrays_as_tuple_or_with_labels():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(7, 3))
+    y = np.array([2, 0, 1, 2, 0, 1, 1])
+    ud = _load((x, y))
+    assert ud.kind == "features" and ud.ids == [f"row {i}" for i in range(7)]
+    np.testing.assert_array_equal(ud.features, x.astype(np.float32))
+    np.testing.assert_array_equal(ud.targets, y)
+    assert ud.classes == ["0", "1", "2"]
+    np.testing.assert_allclose(ud.mean, x.mean(0), rtol=1e-5)
+    split = ud.to_split()
+    assert split.features is ud.features and split.name == "arrays"
+
+    named = _load(torch.from_numpy(x), labels=["b", "a", "c", "b", "a", "c", "c"])
+    assert named.classes == ["a", "b", "c"]  # names, sorted
+    np.testing.assert_array_equal(named.targets, [1, 0, 2, 1, 0, 2, 2])
+    ordered = _load((x, ["b", "a", "c", "b", "a", "c", "c"]), classes=["c", "b", "a"])
+    np.testing.assert_array_equal(ordered.targets, [1, 2, 0, 1, 2, 0, 0])
+    assert ud.fingerprint == _load((x, y)).fingerprint != _load((x, y[::-1])).fingerprint
+
+
+def test_image_arrays_equal_the_same_images_as_files(tmp_path):
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 256, (6, 12, 12), dtype=np.uint8)
+    y = [0, 1, 0, 1, 1, 0]
+    ud = _load((grey, y))
+    assert ud.kind == "images" and ud.paths is None and ud.channels == 1
+    np.testing.assert_array_equal(ud.images, grey[..., None])
+    assert ud.to_split().images is ud.images
+    assert ud.thumbnail(2).shape == (12, 12, 1)
+
+    # Not square and not a multiple of 4: resized by the rule and the filter files get.
+    rgb = rng.integers(0, 256, (5, 10, 14, 3), dtype=np.uint8)
+    y = ["b", "a", "b", "a", "a"]
+    for i, a in enumerate(rgb):
+        Image.fromarray(a).save(tmp_path / f"{i}.png")
+    pd.DataFrame({"path": [f"{i}.png" for i in range(5)], "label": y}).to_csv(tmp_path / "l.csv", index=False)
+    ref = load_user_data(tmp_path / "l.csv", progress=False)
+    _same_images(_load((rgb, y)), ref)
+    # The same pixels as floats in [0, 1] (ToTensor's scaling) and as a torch (N, C, H, W) tensor.
+    floats = _load((rgb.astype(np.float32) / 255, y))
+    _same_images(floats, ref)
+    assert "pixels" in floats.choices
+    _same_images(_load((torch.from_numpy(rgb).permute(0, 3, 1, 2), y)), ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch datasets
+
+
+class _PILDataset(torch.utils.data.Dataset):
+    """What torchvision's MNIST yields without a transform: (PIL image, int), with ``classes``."""
+
+    classes = ["zero", "one", "two"]
+
+    def __init__(self, pixels, labels):
+        self.pixels, self.labels = pixels, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return Image.fromarray(self.pixels[i]), self.labels[i]
+
+
+class _TensorDataset(torch.utils.data.Dataset):
+    def __init__(self, xs, ys):
+        self.xs, self.ys = xs, ys
+
+    def __len__(self):
+        return len(self.ys)
+
+    def __getitem__(self, i):
+        return self.xs[i], self.ys[i]
+
+
+def test_torch_dataset_of_pil_images_tensors_or_features():
+    from torchvision.transforms.functional import to_tensor
+
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 256, (6, 8, 8), dtype=np.uint8)
+    labels = [0, 1, 2, 0, 1, 2]
+    ud = _load(_PILDataset(pixels, labels))
+    np.testing.assert_array_equal(ud.images, pixels[..., None])
+    assert ud.classes == ["zero", "one", "two"]  # the dataset's own class names
+    np.testing.assert_array_equal(ud.targets, labels)
+    assert ud.source == "_PILDataset"
+
+    rgb = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    tensors = _TensorDataset([to_tensor(a) for a in rgb], [torch.tensor(k % 2) for k in range(4)])
+    ud = _load(tensors, classes=["no", "yes"])
+    np.testing.assert_array_equal(ud.images, rgb)
+    assert ud.classes == ["no", "yes"]
+
+    x = rng.normal(size=(5, 4)).astype(np.float32)
+    ud = _load(_TensorDataset(list(torch.from_numpy(x)), ["b", "a", "b", "a", "a"]))
+    assert ud.kind == "features" and ud.classes == ["a", "b"]
+    np.testing.assert_array_equal(ud.features, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# DataFrames
+
+
+def test_dataframe_feature_columns_chosen_and_recorded():
+    df = pd.DataFrame({
+        "id": ["u7", "u3", "u9", "u1"],
+        "height": [1.5, 2.0, 0.5, 1.0],
+        "width": [3, 4, 5, 6],
+        "label": ["tall", "short", "short", "tall"],
+        "note": ["a", "b", "c", "d"],
+    })
+    ud = _load(df, id_column="id")
+    assert ud.kind == "features" and ud.ids == ["u7", "u3", "u9", "u1"]
+    assert ud.choices["feature_columns"]["value"] == ["height", "width"]
+    assert "numeric" in ud.choices["feature_columns"]["why"]
+    np.testing.assert_array_equal(ud.features, df[["height", "width"]].to_numpy(np.float32))
+    assert ud.classes == ["short", "tall"]
+    np.testing.assert_array_equal(ud.targets, [1, 0, 0, 1])
+
+    # A categorical names its classes in its own order, as a ClassLabel does.
+    cat = df.assign(label=pd.Categorical(df["label"], categories=["tall", "short"]))
+    ud = _load(cat)
+    assert ud.classes == ["tall", "short"]
+    np.testing.assert_array_equal(ud.targets, [0, 1, 1, 0])
+    assert "categories of column 'label'" in ud.choices["classes"]["why"]
+
+    given = _load(df, feature_columns=["width"], label_column="label")
+    assert given.features.shape == (4, 1) and given.choices["feature_columns"]["why"] == "given"
+    assert given.ids == ["row 0", "row 1", "row 2", "row 3"]
+
+
+def test_dataframe_embedding_column():
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(5, 6)).astype(np.float32)
+    df = pd.DataFrame({"embedding": list(emb), "label": [1, 0, 1, 0, 0], "score": [0.1] * 5})
+    # A vector column beside a numeric one is ambiguous until named.
+    _error(df, r"'score'.*'embedding'.*feature_columns")
+    ud = _load(df, feature_columns="embedding")
+    np.testing.assert_array_equal(ud.features, emb)
+    ud = _load(df.drop(columns="score"))
+    np.testing.assert_array_equal(ud.features, emb)
+    assert ud.choices["feature_columns"] == {"value": ["embedding"], "why": "the only column holding a vector per row"}
+    both = _load(df, feature_columns=["score", "embedding"])  # side by side, in the order named
+    np.testing.assert_array_equal(both.features, np.c_[np.full(5, 0.1, np.float32), emb])
+
+
+def test_dataframe_of_image_paths_equals_the_csv_list(tmp_path):
+    csv, names, labels = _files(tmp_path)
+    ref = load_user_data(csv, progress=False)
+    df = pd.DataFrame({"file": [str(csv.parent / n) for n in names], "label": labels, "w": range(len(names))})
+    ud = _load(df)
+    _same_images(ud, ref)
+    assert ud.paths == ref.paths
+    assert ud.choices["image_column"]["value"] == "file" and "'w'" in ud.choices["image_column"]["why"]
+    assert set(ud.fingerprint) == {"labels", "image files", "classes"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face datasets, parquet, save_to_disk
+
+
+def _hf_images(tmp_path):
+    """A datasets.Dataset of the PNG/JPEG bytes (Image feature) with a ClassLabel and an id column,
+    and the load_user_data reference on the same files."""
+    datasets = _datasets()
+    csv, names, labels = _files(tmp_path)
+    classes = ["cat", "dog", "emu"]
+    features = datasets.Features({
+        "picture": datasets.Image(),
+        "label": datasets.ClassLabel(names=classes),
+        "key": datasets.Value("string"),
+    })
+    ds = datasets.Dataset.from_dict(
+        {
+            "picture": [{"bytes": (csv.parent / n).read_bytes(), "path": None} for n in names],
+            "label": [classes.index(c) for c in labels],
+            "key": [f"k{i}" for i in range(len(names))],
+        },
+        features=features,
+    )
+    return ds, load_user_data(csv, progress=False)
+
+
+def test_hf_dataset_of_encoded_images_equals_the_csv_list(tmp_path):
+    ds, ref = _hf_images(tmp_path)
+    ud = _load(ds, id_column="key")
+    _same_images(ud, ref)
+    assert ud.paths is None and ud.ids == [f"k{i}" for i in range(len(ds))]
+    assert ud.choices["image_column"]["value"] == "picture"
+    assert "Image feature" in ud.choices["image_column"]["why"]
+    assert "ClassLabel" in ud.choices["classes"]["why"]
+    # PIL images in a DataFrame column: the same pixels as the files give. The PNGs only: the
+    # files' large JPEG is decoded at a reduced DCT scale, which an already decoded image skips.
+    png = [i for i, p in enumerate(ref.paths) if p.endswith(".png")]
+    df = pd.DataFrame({"im": [Image.open(ref.paths[i]) for i in png], "label": [ds["label"][i] for i in png]})
+    pil = _load(df, classes=ref.classes, image_size=ref.image_size, channels=ref.channels)
+    np.testing.assert_array_equal(pil.images, ref.images[png])
+
+
+def test_parquet_files(tmp_path):
+    ds, ref = _hf_images(tmp_path)
+    ds.to_parquet(tmp_path / "hf.parquet")
+    assert is_table_path(tmp_path / "hf.parquet")
+    ud = _load(tmp_path / "hf.parquet", id_column="key")
+    _same_images(ud, ref)  # ClassLabel names come back from the schema datasets wrote
+    assert ud.source == str(tmp_path / "hf.parquet")
+
+    rng = np.random.default_rng(4)
+    df = pd.DataFrame({"a": rng.normal(size=6), "b": rng.normal(size=6), "y": list("xyxyyx")})
+    df.to_parquet(tmp_path / "plain.parquet")
+    ud = _load(str(tmp_path / "plain.parquet"), label_column="y")
+    np.testing.assert_array_equal(ud.features, df[["a", "b"]].to_numpy(np.float32))
+    assert ud.classes == ["x", "y"]
+
+    # Paths in a parquet file start at its folder, as a CSV list's do.
+    _, names, labels = _files(tmp_path / "rel")
+    pd.DataFrame({"path": [f"img/{n}" for n in names], "label": labels}).to_parquet(tmp_path / "rel" / "t.parquet")
+    rel = load_user_data(tmp_path / "rel" / "img" / "list.csv", progress=False)
+    _same_images(_load(tmp_path / "rel" / "t.parquet"), rel)
+
+
+def test_save_to_disk_folders(tmp_path):
+    datasets = _datasets()
+    ds, ref = _hf_images(tmp_path)
+    ds.save_to_disk(str(tmp_path / "one"))
+    assert is_table_path(tmp_path / "one") and not is_table_path(tmp_path / "img")
+    _same_images(_load(tmp_path / "one"), ref)
+
+    train, test = ds.select(range(6)), ds.select(range(6, 9))
+    datasets.DatasetDict({"test": test, "train": train}).save_to_disk(str(tmp_path / "dict"))
+    ud = _load(tmp_path / "dict")
+    assert len(ud) == 6 and ud.choices["split"]["value"] == "train"
+    assert "'train' taken" in ud.choices["split"]["why"] and "test" in ud.choices["split"]["why"]
+    np.testing.assert_array_equal(ud.images, ref.images[:6])
+    ud = _load(tmp_path / "dict", split="test")
+    np.testing.assert_array_equal(ud.images, ref.images[6:])
+    assert ud.choices["split"] == {"value": "test", "why": "given"}
+
+    datasets.DatasetDict({"a": train, "b": test}).save_to_disk(str(tmp_path / "nodefault"))
+    _error(tmp_path / "nodefault", r"splits a, b and none named 'train'; pass split=")
+    _error(tmp_path / "dict", r"no split 'val'; the DatasetDict holds test, train", split="val")
+
+
+# ---------------------------------------------------------------------------------------------
+# one error per bad input, naming the column and the row
+
+
+def _png_bytes(pixels):
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_bad_tables_name_the_column_and_the_row(tmp_path):
+    f = [1.0, 2.0, 3.0, 4.0]
+    y = [0, 1, 0, 1]
+    good = _png_bytes(np.zeros((4, 4), np.uint8))
+    cases = [
+        (pd.DataFrame({"f": f, "y": y}), {}, r"^DataFrame: no column 'label'; the columns are 'f', 'y'$"),
+        (pd.DataFrame({"f": f, "label": y}), {"id_column": "name"}, r"no column 'name'; the columns are 'f', 'label'"),
+        (pd.DataFrame({"f": f, "label": [0, None, 1, 0]}), {}, r"column 'label', row 1: no label \(nan\)"),
+        (pd.DataFrame({"f": f, "label": ["a", "b", None, "a"]}), {}, r"column 'label', row 2: no label"),
+        (pd.DataFrame({"f": [1.0, 2.0, np.nan, 4.0], "label": y}), {}, r"column 'f', row 2: holds NaN"),
+        (pd.DataFrame({"e": [[1, 2], [3, 4], [5], [7, 8]], "label": y}), {}, r"column 'e', row 2: holds 1 values where row 0 holds 2"),
+        (pd.DataFrame({"e": [[1, 2], None, [5, 6], [7, 8]], "label": y}), {}, r"column 'e', row 1: no value \(None\)"),
+        (pd.DataFrame({"e": [[1, 2], [3, 4], [5, np.inf], [7, 8]], "label": y}), {}, r"column 'e', row 2, element 1: holds an infinite"),
+        (pd.DataFrame({"img": [good, good, b"not a png", good], "label": y}), {},
+         r"column 'img', row 2: image \(9 bytes\) is not an image Pillow can read"),
+        (pd.DataFrame({"img": [good, good, good, good[:30]], "label": y}), {}, r"column 'img', row 3: image \(30 bytes\)"),
+        (pd.DataFrame({"path": ["a.png", "missing.png"], "label": [0, 1]}), {}, r"column 'path', row 0: image a.png not found"),
+        (pd.DataFrame({"f": f, "label": [1, 1, 1, 1]}), {}, r"column 'label': all 4 samples have the label '1'"),
+        (pd.DataFrame({"f": f, "label": ["a"] * 4}), {}, r"column 'label': 1 class \(a\); need at least two"),
+        (pd.DataFrame({"f": f, "label": y, "k": ["a", "b", "a", "c"]}), {"id_column": "k"}, r"column 'k', row 2: id 'a' is also row 0's"),
+        (pd.DataFrame({"f": f, "label": [0, 1, "x", 0]}, dtype=object), {}, r"column 'label', row 2: label 'x' where an earlier row"),
+        (pd.DataFrame({"f": f, "label": pd.Categorical(["a", None, "b", "a"])}), {}, r"column 'label', row 1: no label \(-1 in a categorical"),
+        (pd.DataFrame({"f": f, "label": y}), {"feature_columns": ["f", "label"]}, r"column 'label' is named twice"),
+    ]
+    for data, kw, match in cases:
+        _error(data, match, **kw)
+
+
+def test_bad_arrays_and_datasets():
+    x = np.arange(12.0).reshape(6, 2)
+    _error((x, [0, 1, 0, 1, 0]), r"^arrays: X has 6 rows but y has 5 labels$")
+    _error((x, [0] * 6), r"^arrays: y: 1 class \(0\); need at least two$")
+    _error((x, [0] * 6), r"^arrays: y: all 6 samples have the label 'a'", classes=["a", "b"])
+    _error((x, [0, 1, 0, 1, 0, 2]), r"^arrays: y\[5\]: label 2 is not a class", classes=["a", "b"])
+    bad = x.copy()
+    bad[4, 1] = np.nan
+    _error((bad, [0, 1] * 3), r"arrays: X\[4, 1\] \(row 4, column 1\): holds NaN")
+    _error((np.full((3, 4, 4), 2.0), [0, 1, 0]), r"arrays: X\[0\]: float pixels range 2\.\.2; .* \[0, 1\]")
+    _error(np.zeros((3, 2)), r"without labels")
+    pairs = _TensorDataset([torch.zeros(3), torch.zeros(3), torch.zeros(4)], [0, 1, 0])
+    _error(pairs, r"^_TensorDataset: sample 2: x holds 4 features where sample 0 holds 3$")
+    _error(_TensorDataset([torch.zeros(3)] * 2, [0, torch.tensor([0.0, 1.0])]),
+           r"sample 1, y: label .* is a Tensor of shape \(2,\)")
+    with pytest.raises(TypeError, match="expected"):
+        _load({"x": 1})
+
+
+def test_paths_that_are_not_tables(tmp_path):
+    _error(tmp_path / "nope.parquet", r"no such file or folder")
+    (tmp_path / "list.csv").write_text("path,label\n")
+    _error(tmp_path / "list.csv", r"read by load_user_data")
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    pytest.importorskip("pyarrow")
+    _error(tmp_path / "broken.parquet", r"broken.parquet: cannot read the parquet file")
+
+
+def test_missing_optional_packages_name_the_extra(tmp_path, monkeypatch):
+    (tmp_path / "t.parquet").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(ImportError, match=r"needs the package 'pyarrow': pip install 'dataparams\[tables\]'"):
+        _load(tmp_path / "t.parquet")
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "state.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(ImportError, match=r"'datasets': pip install 'dataparams\[tables\]'"):
+        _load(tmp_path / "saved")
+
+
+def test_bad_hf_datasets():
+    datasets = _datasets()
+    features = datasets.Features({"f": datasets.Value("float32"), "label": datasets.ClassLabel(names=["a", "b"])})
+    ds = datasets.Dataset.from_dict({"f": [1.0, 2.0, 3.0], "label": [0, -1, 1]}, features=features)
+    _error(ds, r"^Dataset: column 'label', row 1: no label \(-1 in a ClassLabel column\)$")
+    _error(ds, r"^Dataset: no column 'target'; the columns are 'f', 'label'$", label_column="target")
+    _error(ds, r"split='train' was given but this is one Dataset", split="train")
+    _error(ds, r"labels= is for an X array", labels=[0, 1, 0])
