@@ -72,3 +72,19 @@ def test_shorthand_options_become_overrides_and_zero_is_kept():
     cfg = apply_overrides(TrainConfig(), got)
     assert (cfg.optim.epochs, cfg.seed, cfg.data.workers) == (3, 0, 0)
     assert shorthand_overrides() == []
+
+
+def test_table_fields_parse_and_a_config_without_them_is_the_same_run():
+    from dataparams.config import diff_configs
+
+    cfg = apply_overrides(TrainConfig(), ["data.feature_columns=f0,f1", "data.label_column=species",
+                                          'data.image_column=none'])
+    assert cfg.data.feature_columns == ["f0", "f1"] and cfg.data.label_column == "species"
+    assert cfg.data.image_column is None and cfg.data.split is None
+    # A config.json written before these fields existed reads as their defaults: an old run is
+    # neither retrained nor refused for them.
+    new = config_to_dict(TrainConfig())
+    old = json.loads(json.dumps(new))
+    for name in ("label_column", "image_column", "feature_columns", "id_column", "split"):
+        del old["data"][name]
+    assert diff_configs(old, new) == [] and config_from_dict(old) == TrainConfig()

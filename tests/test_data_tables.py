@@ -356,6 +356,9 @@ def test_bad_tables_name_the_column_and_the_row(tmp_path):
         (pd.DataFrame({"f": f, "label": [0, 1, "x", 0]}, dtype=object), {}, r"column 'label', row 2: label 'x' where an earlier row"),
         (pd.DataFrame({"f": f, "label": pd.Categorical(["a", None, "b", "a"])}), {}, r"column 'label', row 1: no label \(-1 in a categorical"),
         (pd.DataFrame({"f": f, "label": y}), {"feature_columns": ["f", "label"]}, r"column 'label' is named twice"),
+        # measured by user.py's rule for files, refusals included
+        (pd.DataFrame({"img": [Image.new("L", (4, 4))] * 3 + [Image.new("F", (4, 4))], "label": y}), {},
+         r"column 'img', row 3: image \(pixels\) has 32-bit float pixels with no fixed range; save it with 8"),
     ]
     for data, kw, match in cases:
         _error(data, match, **kw)

@@ -12,8 +12,11 @@ import pytest
 from PIL import Image
 
 from dataparams.analysis.find_issues import find_issues
+from dataparams.analysis.issues_html import write_issues_html
 from dataparams.analysis.metrics import estimate_num_mislabeled
 from dataparams.cli import main
+from dataparams.data.base import Split
+from dataparams.data.registry import DatasetInfo, LoadedDataset
 from dataparams.runs import RunDirError
 from test_analysis_report import write_run  # the same hand-written run directories
 
@@ -57,8 +60,10 @@ def test_ranking_is_the_sigma_order(inst, tmp_path):
     for r in rows[:5]:
         i = int(r["index"])
         assert int(r["source_index"]) == labels["source_index"][i] == 7 * i + 3
-        assert int(r["given_label"]) == labels["given"][i]
-        assert int(r["true_label"]) == labels["clean"][i]
+        assert int(r["given_label_index"]) == labels["given"][i]
+        assert int(r["true_label_index"]) == labels["clean"][i]
+        # No class names (the dataset is not loaded): a class is named by its index.
+        assert r["given_label"] == str(labels["given"][i]) and r["given_name"] == ""
         assert (r["is_corrupted"] == "True") == bool(labels["is_corrupted"][i])
         assert r["path"] == ""
 
@@ -168,6 +173,85 @@ def test_ties_at_the_clamp_are_ordered_by_the_given_label_probability(inst):
 
 
 # ---------------------------------------------------------------------------------------------
+# Datalab's columns and the per-class table
+
+
+def _named(n, classes):
+    """A stand-in for the run's dataset that names its classes (no files, no paths)."""
+    return LoadedDataset(Split(np.zeros(n, np.int64), list(classes), features=np.zeros((n, 1), np.float32)),
+                         None, DatasetInfo((0.0,), (1.0,), 0, 0))
+
+
+def test_issues_csv_has_datalab_columns(inst, tmp_path):
+    names = [f"c{k}" for k in range(10)]
+    rep = find_issues(inst, dataset=_named(80, names))
+    rows = _read_csv(rep.write_csv(tmp_path / "issues.csv"))
+    with np.load(inst / "predictions.npz") as z:
+        predicted = z["predicted"]
+    given = _truth(inst)["given"]
+    # mean-loss computed here from the snapshots, independently of the report
+    mean_loss = np.mean([_snapshot(inst, e)["loss"].astype(np.float64) for e in range(1, 6)], axis=0)
+    assert {"is_label_issue", "label_score", "given_label", "predicted_label", "given_label_index",
+            "predicted_label_index", "true_label", "true_label_index"} <= set(rows[0])
+    for r in rows:
+        i = int(r["index"])
+        assert r["is_label_issue"] == r["is_flagged"] == str(bool(rep.is_flagged[i]))
+        assert r["given_label"] == r["given_name"] == names[given[i]]
+        assert int(r["given_label_index"]) == given[i]
+        assert r["predicted_label"] == names[predicted[i]] and int(r["predicted_label_index"]) == predicted[i]
+        # cross-entropy: the label's probability implied by the mean loss
+        assert float(r["mean_loss"]) == pytest.approx(mean_loss[i], rel=1e-5)
+        assert float(r["label_score"]) == pytest.approx(np.exp(-mean_loss[i]), rel=1e-5)
+        assert 0.0 <= float(r["label_score"]) <= 1.0
+
+
+def test_per_class_table_is_the_hand_count(tmp_path):
+    run = write_run(tmp_path / "tiny", n=20)
+    #           ant ant ant ant bee bee bee bee cat cat cat cat  then 8 clean samples
+    given = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 0, 1, 2, 0, 1, 2, 0, 1]
+    predicted = [1, 1, 2, 0, 0, 2, 1, 0, 0, 1, 2, 2, 0, 1, 2, 0, 1, 2, 0, 1]
+    flagged = [0, 1, 2, 4, 5, 6, 8, 9]  # 6 is flagged but predicted as given; 7 is confused but not flagged
+    labels = _truth(run)
+    np.savez(run / "labels.npz", **{**labels, "given": np.array(given)})
+    with np.load(run / "predictions.npz") as z:
+        pred = {k: z[k] for k in z.files}
+    np.savez(run / "predictions.npz", **{**pred, "predicted": np.array(predicted)})
+    snap = _snapshot(run, 5)
+    sigma = np.linspace(0.9, 1.1, 20)
+    sigma[flagged] = np.linspace(15.0, 20.0, len(flagged))
+    np.savez_compressed(run / "snapshots" / "epoch_0005.npz",
+                        **{**snap, "instance_sigma": sigma.astype(np.float32)})
+
+    rep = find_issues(run, dataset=_named(20, ["ant", "bee", "cat"]), rule="mixture")
+    assert np.flatnonzero(rep.is_flagged).tolist() == flagged
+    table = rep.per_class()
+    assert table["per_class"] == [
+        {"class": "ant", "index": 0, "n": 7, "n_flagged": 3},  # 0, 1, 2
+        {"class": "bee", "index": 1, "n": 7, "n_flagged": 3},  # 4, 5, 6
+        {"class": "cat", "index": 2, "n": 6, "n_flagged": 2},  # 8, 9
+    ]
+    # (ant, bee) twice (0, 1); once each (ant, cat) 2, (bee, ant) 4, (bee, cat) 5, (cat, ant) 8, and
+    # (cat, bee) 9, the sixth pair, left out of the top 5 (ties by class index)
+    assert [(p["given"], p["predicted"], p["count"]) for p in table["confused_pairs"]] == [
+        ("ant", "bee", 2), ("ant", "cat", 1), ("bee", "ant", 1), ("bee", "cat", 1), ("cat", "ant", 1)]
+    first = table["confused_pairs"][0]
+    assert (first["given_index"], first["predicted_index"]) == (0, 1)
+
+    files = rep.save(tmp_path / "out")
+    summary = json.loads(files["summary"].read_text())
+    assert summary["per_class"] == table["per_class"] and summary["confused_pairs"] == table["confused_pairs"]
+    page = write_issues_html(rep, tmp_path / "out" / "report.html").read_text()
+    assert "<h2>Per class</h2>" in page
+    assert "<tr><td>ant</td><td>7</td><td>3</td><td>42.9%</td></tr>" in page
+    assert "<tr><td>ant</td><td>bee</td><td>2</td></tr>" in page and "<td>cat</td><td>bee</td>" not in page
+
+    # Without predictions the pairs are unknown, the counts are not.
+    (run / "predictions.npz").unlink()
+    bare = find_issues(run, dataset=_named(20, ["ant", "bee", "cat"]), rule="mixture").per_class()
+    assert bare["confused_pairs"] is None and bare["per_class"] == table["per_class"]
+
+
+# ---------------------------------------------------------------------------------------------
 # find-issues --data and train --data on data edited between two runs: never the old run
 
 
@@ -224,7 +308,7 @@ def test_find_issues_trains_again_after_a_label_is_edited(tmp_path, capsys):
     assert (retrained.st_ino, retrained.st_mtime_ns) != (trained.st_ino, trained.st_mtime_ns)
     assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [1, 2]
     rows = {r["path"]: r for r in _read_csv(out / "issues.csv")}
-    assert rows["img/03.png"]["given_label"] == "0"
+    assert rows["img/03.png"]["given_label"] == "0" and rows["img/03.png"]["given_label_index"] == "0"
     config = json.loads((run / "config.json").read_text())
     assert config["choices"]["data"]["fingerprint"]["list file"] in err
 

@@ -3,8 +3,10 @@ forms a user brings (class folders of PNGs, a CSV list with class names, an .npz
 
 import csv
 import json
+import tempfile
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -137,3 +139,199 @@ def test_data_and_run_dir_exclude_each_other(tmp_path, capsys):
     assert rc == 2 and "either a RUN_DIR or --data" in err
     rc, _, err = _cli(capsys, ["train", "--data", str(tmp_path), "--preset", "fmnist-noisy40/instance"])
     assert rc == 2 and "user presets" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# tables as --data, and dataparams.find_label_issues on data held in memory
+
+
+def _table(n=60, seed=0, flip=(2, 17, 31, 44)):
+    """Three separable classes of 4 features, named species, with ids in no sorted order and a
+    numeric column that is not a feature; the rows in ``flip`` carry the next class's name."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % K
+    x = rng.normal(size=(n, 4)) + 3.0 * np.eye(K, 4)[y]
+    given = np.array([(c + 1) % K if i in flip else c for i, c in enumerate(y)])
+    return pd.DataFrame({"sample": [f"s{(7 * i) % n:02d}" for i in range(n)], "f0": x[:, 0], "f1": x[:, 1],
+                         "f2": x[:, 2], "f3": x[:, 3], "weight": rng.uniform(size=n),
+                         "species": np.array(["ant", "bee", "cat"])[given]})
+
+
+def _snapshot_mean(run, key):
+    files = sorted((run / "snapshots").glob("epoch_*.npz"))
+    return np.mean([np.load(f)[key].astype(np.float64) for f in files], axis=0)
+
+
+def test_find_issues_on_a_parquet_table_reads_the_named_columns(tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    frame = _table()
+    frame.to_parquet(tmp_path / "t.parquet")
+    out = tmp_path / "issues"
+    rc, stdout, err = _cli(capsys, ["find-issues", "--data", str(tmp_path / "t.parquet"),
+                                    "--label-column", "species", "--feature-columns", "f0", "f1", "f2", "f3",
+                                    "--id-column", "sample", "--out", str(out), "--set", "optim.epochs=3",
+                                    "--device", "cpu", "--quiet"])
+    assert rc == 0, err
+    config = json.loads((out / "run" / "config.json").read_text())
+    data = config["data"]
+    assert (data["label_column"], data["feature_columns"], data["id_column"]) == \
+        ("species", ["f0", "f1", "f2", "f3"], "sample")
+    kind = config["choices"]["kind"]
+    assert kind["value"] == "features" and "60 rows x 4 features" in kind["why"]
+    with open(out / "issues.csv", newline="") as f:
+        table = {r["path"]: r for r in csv.DictReader(f)}
+    assert set(table) == set(frame["sample"])
+    for sample, species in zip(frame["sample"], frame["species"]):
+        assert table[sample]["given_label"] == species
+    # The run records how to read its table: find-issues RUN_DIR loads it again, names and ids included.
+    rc, _, err = _cli(capsys, ["find-issues", str(out / "run"), "--out", str(tmp_path / "again")])
+    assert rc == 0, err
+    with open(tmp_path / "again" / "issues.csv", newline="") as f:
+        again = list(csv.DictReader(f))
+    assert {r["path"] for r in again} == set(frame["sample"])
+    assert again[0]["given_name"] in ("ant", "bee", "cat")
+    # Without --label-column the table has no column 'label': one line naming the columns there are.
+    rc, _, err = _cli(capsys, ["train", "--data", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "run"),
+                               "--device", "cpu", "--quiet"])
+    assert rc == 2 and "no column 'label'" in err and "'species'" in err
+
+
+def test_train_on_a_split_of_a_save_to_disk_folder(tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    datasets = pytest.importorskip("datasets")
+    parts = {"train": _table(30, seed=1), "test": _table(21, seed=2)}
+    dd = datasets.DatasetDict({k: datasets.Dataset.from_pandas(v, preserve_index=False)
+                               for k, v in parts.items()})
+    dd.save_to_disk(str(tmp_path / "dd"))
+    run = tmp_path / "run"
+    rc, _, err = _cli(capsys, ["train", "--data", str(tmp_path / "dd"), "--split", "test",
+                               "--label-column", "species", "--feature-columns", "f0", "f1", "f2", "f3",
+                               "--epochs", "1", "--out", str(run), "--device", "cpu", "--quiet",
+                               "--no-tensorboard"])
+    assert rc == 0, err
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["split"] == "test" and config["choices"]["split"]["value"] == "test"
+    with np.load(run / "labels.npz") as z:
+        assert len(z["given"]) == 21
+
+
+def test_table_options_are_refused_for_other_data(tmp_path, capsys):
+    from dataparams.build import validate_config
+    from dataparams.config import ConfigError, DataConfig, apply_overrides
+    from dataparams.data.registry import load_dataset
+    from dataparams.data.user import UserDataError
+    from dataparams.presets import get_preset
+
+    _folder(tmp_path / "d", n=9)
+    out = tmp_path / "issues"
+    rc, _, err = _cli(capsys, ["find-issues", "--data", str(tmp_path / "d"), "--label-column", "y",
+                               "--out", str(out)])
+    assert rc == 2 and "--label-column applies to a table" in err and f"{tmp_path / 'd'} is not one" in err
+    assert not out.exists()
+    rc, _, err = _cli(capsys, ["train", "--data", str(tmp_path / "d"), "--id-column", "a", "--split", "b",
+                               "--out", str(tmp_path / "run")])
+    assert rc == 2 and "--id-column, --split apply to a table" in err and not (tmp_path / "run").exists()
+    rc, _, err = _cli(capsys, ["find-issues", str(tmp_path / "somerun"), "--feature-columns", "a"])
+    assert rc == 2 and "--feature-columns applies to a table given as --data" in err
+    # The same rule in the library, for configs written by hand.
+    with pytest.raises(UserDataError, match="id_column applies to a table"):
+        load_dataset(DataConfig(dataset="user", data_dir=str(tmp_path / "d"), id_column="name"))
+    with pytest.raises(ConfigError, match="data.label_column: options of a table of user data"):
+        validate_config(apply_overrides(get_preset("fmnist-noisy40/instance"), ["data.label_column=y"]))
+
+
+def test_find_label_issues_on_a_dataframe_returns_datalab_rows_in_the_users_order(tmp_path):
+    import dataparams
+
+    flip = (2, 17, 31, 44)
+    frame = _table(flip=flip)
+    out = tmp_path / "o"
+    issues = dataparams.find_label_issues(frame, label_column="species", id_column="sample", out=out,
+                                          overrides=["optim.epochs=15"], device="cpu")
+    assert list(issues.columns) == ["is_label_issue", "label_score", "given_label", "predicted_label",
+                                    "given_label_index", "predicted_label_index", "rank", "sigma", "mean_loss",
+                                    "score"]
+    assert issues.index.name == "sample" and list(issues.index) == list(frame["sample"])  # the user's order
+    assert issues["is_label_issue"].dtype == bool
+    assert list(issues["given_label"]) == list(frame["species"])
+    classes = ["ant", "bee", "cat"]
+    assert list(issues["given_label"]) == [classes[k] for k in issues["given_label_index"]]
+    assert list(issues["predicted_label"]) == [classes[k] for k in issues["predicted_label_index"]]
+    # weight is a number too, but feature columns were chosen by the loader: every numeric column
+    # but the label and the id
+    config = json.loads((out / "run" / "config.json").read_text())
+    assert config["choices"]["feature_columns"]["value"] == ["f0", "f1", "f2", "f3", "weight"]
+    assert config["data"]["data_dir"] is None and config["data"]["label_column"] is None
+
+    # Scores against the run's own files, computed here: the run index is the row (no holdout).
+    run = out / "run"
+    mean_loss = _snapshot_mean(run, "loss")
+    np.testing.assert_allclose(issues["mean_loss"], mean_loss, rtol=1e-12)
+    np.testing.assert_allclose(issues["score"], mean_loss, rtol=1e-12)  # mean-loss is the ranking score
+    np.testing.assert_allclose(issues["label_score"], np.exp(-mean_loss), rtol=1e-12)
+    assert ((issues["label_score"] > 0) & (issues["label_score"] <= 1)).all()
+    last = sorted((run / "snapshots").glob("epoch_*.npz"))[-1]
+    np.testing.assert_allclose(issues["sigma"], np.load(last)["instance_sigma"], rtol=1e-6)
+    np.testing.assert_array_equal(issues["is_label_issue"], np.load(out / "label_issues_mask.npy"))
+    assert sorted(issues["rank"]) == list(range(1, 61))
+    ranked = issues.sort_values("rank")
+    assert np.all(np.diff(ranked["score"].to_numpy()) <= 0)
+    wrong = {frame["sample"][i] for i in flip}
+    assert len(wrong & set(ranked.index[: len(flip)])) >= len(flip) - 1
+    summary = issues.attrs["summary"]
+    assert issues.attrs["score"] == "mean-loss"
+    assert summary["n_flagged"] == int(issues["is_label_issue"].sum())
+    assert [r["n"] for r in summary["per_class"]] == [int((frame["species"] == c).sum()) for c in classes]
+    assert (out / "issues.csv").exists() and (out / "report.html").exists()
+
+
+def test_find_label_issues_on_arrays_and_on_the_same_npz_agree_and_leave_nothing(tmp_path, monkeypatch):
+    import dataparams
+    from dataparams.data.user import UserDataError
+
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(3)
+    y = np.arange(45) % K
+    x = (rng.normal(size=(45, 5)) + 3.0 * np.eye(K, 5)[y]).astype(np.float32)
+    y[[4, 20]] = [2, 0]
+    np.savez(tmp_path / "emb.npz", X=x, y=y)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where out=None puts its run
+    opts = dict(overrides=["optim.epochs=3"], device="cpu")
+    arrays = dataparams.find_label_issues((x, y), **opts)
+    assert list(scratch.iterdir()) == []  # the temporary run is gone; the frame stays
+    alone = dataparams.find_label_issues(x, labels=y, **opts)
+    from_file = dataparams.find_label_issues(tmp_path / "emb.npz", **opts)
+    assert list(arrays.index) == [f"row {i}" for i in range(45)] and arrays.index.name == "id"
+    # One implementation: the same features train the same run, whoever loaded them.
+    for other in (alone, from_file):
+        pd.testing.assert_frame_equal(arrays, other)
+    # A holdout picks the epoch and is not ranked: rows for the others only, still in the user's order.
+    held = dataparams.find_label_issues((x, y), holdout=0.2, **opts)
+    assert len(held) == 36 and sorted(held["rank"]) == list(range(1, 37))
+    assert set(held.index) < set(arrays.index)
+    assert list(held.index) == sorted(held.index, key=lambda s: int(s[4:]))
+    with pytest.raises(UserDataError, match="labels= is for an X array"):
+        dataparams.find_label_issues(tmp_path / "emb.npz", labels=y, **opts)
+    with pytest.raises(UserDataError, match="label_column applies to a table"):
+        dataparams.find_label_issues(tmp_path / "emb.npz", label_column="y", **opts)
+
+
+def test_find_label_issues_on_a_csv_list_is_indexed_by_its_paths(tmp_path):
+    import dataparams
+
+    pytest.importorskip("pandas")
+    rows = _folder(tmp_path / "imgs", n=12, size=8)
+    with open(tmp_path / "list.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        for path, name, _, _ in rows[::-1]:  # not sorted: the frame keeps the list's order
+            w.writerow([f"imgs/{path}", name])
+    issues = dataparams.find_label_issues(str(tmp_path / "list.csv"), out=tmp_path / "o",
+                                          overrides=["optim.epochs=2"], device="cpu")
+    assert list(issues.index) == [f"imgs/{path}" for path, *_ in rows[::-1]]
+    assert list(issues["given_label"]) == [name for _, name, _, _ in rows[::-1]]
+    assert json.loads((tmp_path / "o" / "run" / "config.json").read_text())["data"]["data_dir"] == \
+        str(tmp_path / "list.csv")

@@ -11,6 +11,7 @@ from dataparams.analysis.metrics import estimate_num_mislabeled
 from dataparams.methods.robust_losses import generalized_cross_entropy
 from dataparams.scores import (
     ScoreTracker,
+    confident_counts,
     find_label_issues,
     flag_by_rule,
     label_quality_scores,
@@ -141,3 +142,48 @@ def test_find_issues_flags_a_gce_run_by_the_bound(tmp_path):
     np.testing.assert_array_equal(rep.is_flagged, rep.score >= 0.2 * 2.0)
     assert find_issues(run, score="mean-loss", load_dataset=False, rule="mixture").summary()["rule"] == "mixture"
     assert find_issues(run, score="sigma", load_dataset=False).summary()["rule"] == "mixture"
+
+
+def test_confident_counts_agree_with_cleanlab():
+    # cleanlab's calibrated confident joint (an independent implementation): its off-diagonal row
+    # sums are the estimated wrong labels per given class; cleanlab rounds while keeping row
+    # totals, so single counts may differ by one.
+    count = pytest.importorskip("cleanlab.count")
+    rng = np.random.default_rng(0)
+    n, k = 2000, 5
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k))
+    logits[np.arange(n), y] += 2.0
+    noisy = np.where(rng.random(n) < 0.3, rng.integers(0, k, n), y)
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    joint = count.compute_confident_joint(noisy, p, calibrate=True)
+    ours = confident_counts(noisy, p)
+    assert np.abs(ours - (joint.sum(1) - np.diag(joint))).max() <= 1
+
+
+def test_confident_rule_flags_the_most_suspicious_of_each_class():
+    # Class 0: thresholds t0 = mean p0 over label-0 samples. By hand: labels [0, 0, 0, 1, 1, 1].
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.9, 0.1]])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    # t0 = (0.9 + 0.8 + 0.2) / 3 = 0.633, t1 = (0.9 + 0.7 + 0.1) / 3 = 0.567: sample 2 is
+    # confidently class 1, sample 5 class 0, the rest their own -> one issue in each class.
+    np.testing.assert_array_equal(confident_counts(labels, probs), [1, 1])
+    scores = np.array([0.1, 0.5, 0.4, 0.2, 0.3, 0.25])  # the score, not the probabilities, picks which
+    mask = find_label_issues(labels, scores, probs=probs)
+    np.testing.assert_array_equal(mask, [False, True, False, False, True, False])
+    out = flag_by_rule(scores, labels=labels, probs=probs)
+    assert out["rule"] == "confident" and out["estimate"]["per_class"] == [1, 1]
+    with pytest.raises(ValueError, match="probabilities"):
+        find_label_issues(labels, scores, rule="confident")
+
+
+def test_tracker_averages_probabilities_over_visits():
+    t = ScoreTracker(3)
+    assert t.mean_probabilities() is None
+    t.track_probabilities(2)
+    t.update(torch.tensor([0, 1]), torch.ones(2), probs=torch.tensor([[1.0, 0.0], [0.5, 0.5]]))
+    t.update(torch.tensor([0]), torch.ones(1), probs=torch.tensor([[0.0, 1.0]]))
+    np.testing.assert_allclose(t.mean_probabilities(), [[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])
+    t.update(torch.tensor([2]), torch.ones(1), probs=torch.tensor([[0.2, 0.8]]))
+    np.testing.assert_allclose(t.mean_probabilities()[2], [0.2, 0.8])
+    assert {"prob_sum", "prob_count"} <= set(t.state_dict())

@@ -3,8 +3,13 @@
 A learnable temperature for every class and every training sample divides the logits during
 training; learned by gradient descent with the model, it gives a dynamic curriculum, robustness
 to noisy labels and a per-sample score that singles out mislabeled data. Inference is unchanged.
+
+``find_label_issues(data)`` does all of it on a user's data (arrays, a DataFrame, a Hugging Face
+dataset, a torch Dataset, a file or folder) and returns a DataFrame of the likely wrong labels, as
+cleanlab's Datalab does (:func:`dataparams.issues.label_issues`).
 """
 
+from dataparams.issues import label_issues as find_label_issues
 from dataparams.losses import scale_logits, scaled_cross_entropy, scaled_loss
 from dataparams.optim import SparseSGD, sparse_sgd_step
 from dataparams.parameters import (
@@ -22,6 +27,7 @@ __all__ = [
     "DataParameters",
     "SparseSGD",
     "combine_sigma",
+    "find_label_issues",
     "gather_rows",
     "log_sigma_penalty",
     "scale_logits",

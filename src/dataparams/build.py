@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dataparams.config import ConfigError, TrainConfig
-from dataparams.data.registry import DATASET_NAMES
+from dataparams.data.registry import DATASET_NAMES, TABLE_OPTIONS
 from dataparams.distributed import MODES as DISTRIBUTED_MODES
 from dataparams.methods.registry import OBJECTIVES
 from dataparams.models import ARCHITECTURES, is_known_arch, load_local_weights
@@ -79,6 +79,10 @@ def validate_config(cfg: TrainConfig) -> None:
                           "P(noisy | clean)) go together")
     if cfg.data.label_set is not None and cfg.data.dataset not in ("cifar10n", "cifar100n"):
         raise ConfigError("data.label_set applies to cifar10n / cifar100n only")
+    table = [f"data.{k}" for k in TABLE_OPTIONS if getattr(cfg.data, k) is not None]
+    if table and not user:
+        raise ConfigError(f"{', '.join(table)}: options of a table of user data (data.dataset=user), not of "
+                          f"{cfg.data.dataset}")
     c = cfg.curriculum
     for name in ("init_class", "init_instance"):
         if not getattr(c, name) > 0:

@@ -33,6 +33,19 @@ def _add_execution_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard event files")
 
 
+def _add_table_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("a table as --data (a .parquet file or a datasets save_to_disk folder)")
+    g.add_argument("--label-column", metavar="NAME", help="the column of labels (default: label)")
+    g.add_argument("--image-column", metavar="NAME",
+                   help="the column of images (PIL images, encoded bytes, the Image feature) or image file "
+                   "paths (default: the only such column)")
+    g.add_argument("--feature-columns", nargs="+", metavar="NAME",
+                   help="the columns of features: numbers, or one vector (an embedding) per row (default: "
+                   "every numeric column but the label and the id, else the only vector column)")
+    g.add_argument("--id-column", metavar="NAME", help="each row's id for the reports (default: row i)")
+    g.add_argument("--split", metavar="NAME", help="the split of a DatasetDict folder (default: train)")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     from dataparams.analysis.find_issues import SCORES
     from dataparams.methods.registry import METHODS
@@ -51,10 +64,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", help="EXPERIMENT/VARIANT, see `dataparams presets` (default: fmnist-noisy40/instance, "
                    "or user/instance with --data)")
     t.add_argument("--data", metavar="PATH", help="train on your own data: a path,label CSV/TSV list, a folder of "
-                   "class folders, or an .npz with X (features) and y; the labels are used as given, the image "
-                   "side, channels, normalisation, model and epochs are chosen from the data and printed, "
+                   "class folders, an .npz with X (features) and y, a .parquet file or a datasets "
+                   "save_to_disk folder (see the table options below); the labels are used as given, the "
+                   "image side, channels, normalisation, model and epochs are chosen from the data and printed, "
                    "with a fingerprint of the data (the list's bytes, every image's size and modification "
-                   "time) that --resume checks")
+                   "time; a table's labels, ids and pixels or features) that --resume checks")
     t.add_argument("--method", help="train a compared method (see `dataparams bench --help`) on the preset's "
                    "experiment: e.g. --preset fmnist-noisy40 --method gce; default: the preset's own variant")
     t.add_argument("--config", help="start from a config.json (e.g. of an earlier run) instead of a preset")
@@ -71,6 +85,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "edited in the list")
     t.add_argument("--overwrite", action="store_true", help="delete the run in --out and start over")
     t.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    _add_table_args(t)
     _add_execution_args(t)
 
     d = sub.add_parser("demo", help="baseline vs instance curriculum on Fashion-MNIST with 40%% label noise",
@@ -111,8 +126,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                        "an edited label, an added or removed file or other settings it is trained again, and "
                        "the reason printed.")
     f.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="a run directory written by `dataparams train`")
-    f.add_argument("--data", metavar="PATH", help="your data: a path,label CSV/TSV list, a folder of class folders, "
-                   "or an .npz with X (features) and y")
+    f.add_argument("--data", metavar="PATH", help="your data: a path,label CSV/TSV list, a folder of class "
+                   "folders, an .npz with X (features) and y, a .parquet file or a datasets save_to_disk "
+                   "folder (see the table options below)")
     f.add_argument("--out", help="output folder (default: RUN_DIR/issues, or <data name>-issues with --data)")
     f.add_argument("--score", choices=list(SCORES),
                    help="sigma: instance temperature at an epoch; sigma-mean: sigma integrated over training "
@@ -137,6 +153,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     f.add_argument("--cleaned-labels", choices=["relabel", "drop"],
                    help="also write cleaned_labels_<action>.csv: flagged samples relabelled with the model's "
                    "prediction, or dropped")
+    _add_table_args(f)
     k = sub.add_parser("kitti-eval", help="KITTI 2D detection AP (the official devkit's rules) of label files",
                        description="Evaluate detections in KITTI label format (the score as the last column) against "
                        "KITTI ground-truth label files with the official devkit's semantics: Car at IoU 0.7, Pedestrian "
@@ -213,8 +230,34 @@ def _resolve_config(args: argparse.Namespace) -> Any:
         cfg.preset = f"{experiment}/{method}"
     else:
         cfg = get_preset(preset)
-    return apply_overrides(cfg, [*args.overrides, *shorthand_overrides(
+    cfg = apply_overrides(cfg, [*args.overrides, *shorthand_overrides(
         data_dir=data or args.data_dir, epochs=args.epochs, seed=args.seed, workers=getattr(args, "workers", None))])
+    for name, value in _table_options(args).items():
+        setattr(cfg.data, name, value)
+    return cfg
+
+
+def _table_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The table options given (``label_column``, ...), refused unless ``--data`` is a table."""
+    from dataparams.config import ConfigError
+    from dataparams.data.registry import TABLE_OPTIONS
+    from dataparams.data.tables import is_table_path
+
+    given = {k: getattr(args, k) for k in TABLE_OPTIONS if getattr(args, k, None) is not None}
+    if not given:
+        return {}
+    flags = ", ".join(f"--{k.replace('_', '-')}" for k in given)
+    verb = "applies" if len(given) == 1 else "apply"
+    data = getattr(args, "data", None)
+    if data is None:
+        raise ConfigError(f"{flags} {verb} to a table given as --data (a .parquet file or a datasets "
+                          "save_to_disk folder)")
+    # A missing path is left to the loader, whose message says so.
+    if Path(data).expanduser().exists() and not is_table_path(data):
+        raise ConfigError(f"{flags} {verb} to a table (a .parquet file or a folder written by datasets' "
+                          f"save_to_disk); {data} is not one: a CSV list has the columns path and label, a "
+                          "class folder its subfolders, an .npz its X and y")
+    return given
 
 
 def _train_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -383,6 +426,7 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
 
     if (args.run_dir is None) == (args.data is None):
         raise ConfigError("give either a RUN_DIR or --data PATH")
+    table = _table_options(args)  # refused before anything is read when --data is not a table
     # Each process would rank and write the same files; train with torchrun, rank the run alone.
     _single_process("find-issues runs in one process; under torchrun use `dataparams train --data PATH`, then "
                     "`dataparams find-issues RUN_DIR` without torchrun")
@@ -395,7 +439,7 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path(f"{Path(args.data).stem}-issues")
         report, files = find_label_issues(args.data, out, score=args.score or DEFAULT_SCORE, holdout=args.holdout,
                                           overrides=overrides, seed=args.seed, device=args.device,
-                                          overwrite=args.overwrite, quiet=args.quiet)
+                                          overwrite=args.overwrite, quiet=args.quiet, **table)
         if args.cleaned_labels:
             files["cleaned_labels"] = report.write_cleaned_labels(out / f"cleaned_labels_{args.cleaned_labels}.csv",
                                                                   action=args.cleaned_labels)

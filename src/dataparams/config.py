@@ -59,10 +59,17 @@ class DataConfig:
     the ImageNet transforms instead.
 
     ``dataset="user"`` is the user's own data at ``data_dir`` (a ``path,label`` list, a folder of
-    class folders, or an ``.npz`` of features; see :mod:`dataparams.data.user`), measured when it
-    is loaded: ``image_size`` (None: the median longer side, at most ``max_image_size``) and
-    ``channels`` (None: 1 when every image is grayscale, else 3); images are decoded once when they
-    fit ``memory_budget_mb`` (None: a share of the free memory), streamed otherwise.
+    class folders, or an ``.npz`` of features, see :mod:`dataparams.data.user`; or a table, a
+    ``.parquet`` file or a folder written by ``datasets`` ``save_to_disk``, see
+    :mod:`dataparams.data.tables`), measured when it is loaded: ``image_size`` (None: the median
+    longer side, at most ``max_image_size``) and ``channels`` (None: 1 when every image is
+    grayscale, else 3); images are decoded once when they fit ``memory_budget_mb`` (None: a share
+    of the free memory), streamed otherwise. A table is read by column: ``label_column`` holds
+    the labels (None: ``label``), ``image_column`` the images or image paths, or
+    ``feature_columns`` the features (None for both: chosen from the table's columns, and the
+    choice recorded), ``id_column`` each row's id for the reports (None: ``row i``), and
+    ``split`` picks the split of a ``DatasetDict`` folder (None: ``train``). These five apply to
+    tables only; other user data refuses them.
     """
 
     dataset: str = "fashion-mnist"
@@ -84,6 +91,11 @@ class DataConfig:
     max_image_size: int = 64
     channels: int | None = None
     memory_budget_mb: int | None = None
+    label_column: str | None = None
+    image_column: str | None = None
+    feature_columns: list[str] | None = None
+    id_column: str | None = None
+    split: str | None = None
     augment: bool = True
     crop_padding: int = 4
     flip: bool = True

@@ -1607,8 +1607,8 @@ class ReplicatedObjective(DataParameterObjective):
         return self._exchanging  # type: ignore[return-value]
 
     @torch.no_grad()
-    def record(self, indices: Tensor, per_sample: Tensor) -> None:
-        super().record(indices, per_sample)
+    def record(self, indices: Tensor, per_sample: Tensor, logits: Tensor | None = None) -> None:
+        super().record(indices, per_sample, logits)
         self.visited.index_fill_(0, indices, True)
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -1785,8 +1785,9 @@ class ShardedObjective(Objective):
         return {"data_parameters": self._optimizer}  # type: ignore[dict-item]
 
     @torch.no_grad()
-    def record(self, indices: Tensor, per_sample: Tensor) -> None:
-        """The owners write the global batch's losses into their rows of ``last_loss``, O(B).
+    def record(self, indices: Tensor, per_sample: Tensor, logits: Tensor | None = None) -> None:
+        """The owners write the global batch's losses into their rows of ``last_loss``, O(B)
+        (class probabilities are not tracked in sharded mode).
 
         The losses were gathered with the step's gradients; ``indices`` and ``per_sample`` (this
         rank's share) are already part of them.

@@ -231,7 +231,7 @@ def train_one_epoch(
 
         with torch.no_grad():
             stats.add(per_sample, logits.argmax(1), y, clean_targets[idx] if clean_targets is not None else None)
-            objective.record(idx, per_sample)
+            objective.record(idx, per_sample, logits.detach())
         for cb in callbacks:
             cb.on_batch_end(logits.detach(), y, idx, per_sample)
         if progress is not None:

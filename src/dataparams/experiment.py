@@ -54,6 +54,7 @@ from dataparams.presets import complete_user_config
 from dataparams.runs import RunDir
 from dataparams.runs.logger import RunLogger, progress_factory, write_line
 from dataparams.runs.state import capture_state, restore_state
+from dataparams.scores import probabilities_fit
 
 __all__ = ["check_distributable", "export_model", "summarize_history", "train"]
 
@@ -147,7 +148,7 @@ def _train(cfg: TrainConfig, out: str | os.PathLike[str], ctx: DistributedContex
         # The user's own data: what the config leaves open is measured from it, printed, and stored.
         cfg = complete_user_config(cfg, dataset.user)
         if not quiet:
-            write_line(f"{cfg.data.data_dir}: {len(dataset.user):,} samples, {dataset.user.num_classes} classes")
+            write_line(f"{dataset.user.source}: {len(dataset.user):,} samples, {dataset.user.num_classes} classes")
             for name, c in cfg.choices.items():
                 write_line(f"  {name}: {c['value']}  ({c['why']})")
     labels = resolve_labels(cfg.data, dataset.train.targets, dataset.train.num_classes, seed=cfg.seed,
@@ -209,7 +210,7 @@ def _train(cfg: TrainConfig, out: str | os.PathLike[str], ctx: DistributedContex
         logger.close()
     if not ctx.is_main:
         return None
-    summary = finish(run, cfg, labels, loaders, model, dev, execution)
+    summary = finish(run, cfg, labels, loaders, model, dev, execution, objective)
     if dataset.user is not None:
         export_model(run.path / "model.pt", cfg, model, dataset, in_features=in_features)
     return summary
@@ -240,6 +241,10 @@ def _build_objective(cfg: TrainConfig, labels: TrainingLabels, ctx: DistributedC
                                 **_update_options(cfg, template))
     objective = build_objective(cfg, num_classes=k, num_train=n, device=ctx.device, model_factory=model_factory)
     if not ctx.is_distributed:
+        # The class probabilities averaged over training, for the confident flag rule; under
+        # torchrun each rank would see only its share of them, so they are kept in one process only.
+        if probabilities_fit(n, k):
+            objective.track_probabilities(k)
         return objective
     return ReplicatedObjective(objective.dp, ctx=ctx, **_update_options(cfg, objective))  # type: ignore[arg-type]
 
@@ -300,14 +305,20 @@ def export_model(path: str | os.PathLike[str], cfg: TrainConfig, model: torch.nn
 
 
 def finish(run: RunDir, cfg: TrainConfig, labels: TrainingLabels, loaders: RunLoaders, model: torch.nn.Module,
-           dev: torch.device, execution: Execution) -> dict[str, Any]:
-    """Predictions of the final model on the training set (and held-out pool), calibration, summary.json."""
+           dev: torch.device, execution: Execution, objective: Objective | None = None) -> dict[str, Any]:
+    """Predictions of the final model on the training set (and held-out pool), calibration, summary.json.
+
+    ``predictions.npz`` also holds ``mean_probs`` (N, K), each sample's class probabilities
+    averaged over training, when the objective tracked them.
+    """
     logits, _, idx = predict(model, loaders.train_eval, dev, execution=execution)
     probs = logits.softmax(1)[torch.argsort(idx)]
     given = torch.as_tensor(labels.given)
     conf, pred = probs.max(1)
+    mean_probs = None if objective is None else objective.mean_probabilities()
     run.save_arrays("predictions.npz", predicted=pred.numpy(), predicted_prob=conf.numpy(),
-                    given_prob=probs.gather(1, given[:, None]).squeeze(1).numpy())
+                    given_prob=probs.gather(1, given[:, None]).squeeze(1).numpy(),
+                    **({} if mean_probs is None else {"mean_probs": mean_probs}))
     if loaders.heldout is not None:
         h_logits, _, h_pos = predict(model, loaders.heldout, dev, execution=execution)
         run.save_arrays("heldout_predictions.npz", source_index=labels.heldout_index,
@@ -352,7 +363,7 @@ def summarize_history(history: list[dict[str, Any]], report_epochs: list[int] = 
     if "val_acc" in last:
         best = max(history, key=lambda r: (r["val_acc"], -r["epoch"]))
         summary["val_selected_epoch"] = best["epoch"]
-        summary["val_selected_test_acc"] = best["test_acc"]
+        summary["val_selected_test_acc"] = best.get("test_acc")  # None for user data: no test set
         summary["val_selected_val_acc"] = best["val_acc"]
     if "detection" in last:
         summary["detection"] = {k: last["detection"][k] for k in _SUMMARY_DETECTION}

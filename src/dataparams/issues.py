@@ -1,37 +1,59 @@
-"""From the user's raw data to ranked label issues, in one call (``dataparams find-issues --data``).
+"""From the user's raw data to ranked label issues, in one call.
 
-:func:`find_label_issues` loads the data (checking every file first: bad input stops it before
-anything is written), trains the instance curriculum on the labels as given (the ``user`` preset,
-with the model, epochs and normalisation chosen from the data), ranks every sample by what the
-curriculum learned (by default its loss under its learned temperature averaged over training,
-:data:`DEFAULT_SCORE`, which does not depend on guessing the epoch), flags the estimated
-number of wrong labels without being told the noise rate, and writes what ``dataparams find-issues RUN_DIR`` writes -- ``issues.csv``,
-``label_issues_mask.npy``, ``ranked_label_issues.npy``, ``summary.json`` -- plus ``report.html``
-with the most suspect samples as thumbnails. The run directory (with the trained model,
-``run/model.pt``) is kept under the output folder.
+Two entry points train the same way and share one implementation on an already loaded dataset:
 
-Called again on the same data with the same settings, it reuses that run (continuing it if it
+* :func:`find_label_issues` (``dataparams find-issues --data PATH``) takes a path -- a CSV list, a
+  folder of class folders, an ``.npz``, a ``.parquet`` file or a ``datasets`` ``save_to_disk``
+  folder -- and returns the :class:`~dataparams.analysis.find_issues.IssueReport` and the files
+  it wrote;
+* :func:`label_issues`, exported as ``dataparams.find_label_issues``, takes the data where users
+  hold it (arrays, a torch ``Dataset``, a pandas ``DataFrame``, a Hugging Face dataset, or any of
+  those paths) and returns a pandas DataFrame shaped like cleanlab's
+  ``Datalab.get_issues("label")``: one row per sample in the user's order, indexed by the user's
+  ids (:func:`issues_frame`).
+
+Both load the data (checking every file first: bad input stops them before anything is written),
+train the instance curriculum on the labels as given (the ``user`` preset, with the model, epochs
+and normalisation chosen from the data), rank every sample by what the curriculum learned (by
+default its loss under its learned temperature averaged over training, :data:`DEFAULT_SCORE`,
+which does not depend on guessing the epoch), flag the estimated number of wrong labels without
+being told the noise rate, and write what ``dataparams find-issues RUN_DIR`` writes --
+``issues.csv``, ``label_issues_mask.npy``, ``ranked_label_issues.npy``, ``summary.json`` -- plus
+``report.html`` with the most suspect samples as thumbnails. The run directory (with the trained
+model, ``run/model.pt``) is kept under the output folder.
+
+Called again on the same data with the same settings, they reuse that run (continuing it if it
 was interrupted); after an edited label, an added, removed or replaced file, another class list
-or other settings it trains again from scratch, replacing ``OUT/run``, and says why. The data is compared
-by its fingerprint (:attr:`dataparams.data.user.UserData.fingerprint`), which the run stores.
+or other settings they train again from scratch, replacing ``OUT/run``, and say why. The data is
+compared by its fingerprint (:attr:`dataparams.data.user.UserData.fingerprint`), which the run
+stores.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from dataparams.analysis.find_issues import IssueReport, find_issues
 from dataparams.analysis.issues_html import write_issues_html
 from dataparams.build import validate_config
-from dataparams.config import apply_overrides, config_to_dict
-from dataparams.data.registry import load_dataset
+from dataparams.config import TrainConfig, apply_overrides, config_to_dict
+from dataparams.data.registry import LoadedDataset, load_dataset, user_dataset
+from dataparams.data.user import UserData, UserDataError
 from dataparams.experiment import train
 from dataparams.presets import complete_user_config, get_preset
 from dataparams.runs import RunDir
 from dataparams.runs.logger import write_line
 
-__all__ = ["DEFAULT_SCORE", "find_label_issues"]
+if TYPE_CHECKING:
+    import pandas
+
+__all__ = ["DEFAULT_SCORE", "find_label_issues", "issues_frame", "label_issues"]
 
 #: The ranking find-issues uses on user data: each sample's training loss under its learned
 #: temperature (the loss of ``logits / sigma``), averaged over the epochs. On the tuning sets of
@@ -40,6 +62,7 @@ __all__ = ["DEFAULT_SCORE", "find_label_issues"]
 #: 0.989 vs 0.949 and 0.975 on the wine table): a wrong label keeps a high loss because its
 #: temperature flattens its softmax, and averaging over training does not depend on the epoch.
 DEFAULT_SCORE = "mean-loss"
+_TOP = 60  # suspects shown in report.html
 
 
 def find_label_issues(
@@ -49,19 +72,25 @@ def find_label_issues(
     variant: str = "instance",
     score: str = DEFAULT_SCORE,
     holdout: float = 0.0,
-    overrides: list[str] = (),
+    overrides: Sequence[str] = (),
     seed: int = 1,
     device: str = "auto",
     overwrite: bool = False,
     quiet: bool = False,
-    top: int = 60,
+    top: int = _TOP,
+    label_column: str | None = None,
+    image_column: str | None = None,
+    feature_columns: Sequence[str] | None = None,
+    id_column: str | None = None,
+    split: str | None = None,
 ) -> tuple[IssueReport, dict[str, Path]]:
     """Train on ``data`` and write its ranked label issues into ``out``.
 
     Parameters
     ----------
     data : path-like
-        A ``path,label`` CSV/TSV list, a folder of class folders, or an ``.npz`` with ``X``, ``y``.
+        A ``path,label`` CSV/TSV list, a folder of class folders, an ``.npz`` with ``X``, ``y``, a
+        ``.parquet`` file, or a folder written by ``datasets`` ``save_to_disk``.
     out : path-like
         Output folder; the run directory is ``out/run``. A run already there is reused (and
         continued if it was interrupted) only when it was trained on the same data and settings;
@@ -74,7 +103,7 @@ def find_label_issues(
     holdout : float
         Fraction of the samples held out (with their given labels) to pick the epoch and report
         accuracy on; those samples are not ranked.
-    overrides : list of str
+    overrides : sequence of str
         ``section.field=value`` config overrides (e.g. ``model.arch=resnet18``, ``optim.epochs=30``).
     seed, device, quiet
         As for ``dataparams train``.
@@ -82,6 +111,10 @@ def find_label_issues(
         Train again even when ``out/run`` holds a run on the same data and settings.
     top : int
         Suspects shown in ``report.html``.
+    label_column, image_column, feature_columns, id_column, split : optional
+        How a table is read (:func:`~dataparams.data.tables.load_table_data`; stored as the
+        ``data.*`` fields of the same names). None: the loader's default. Refused for data that is
+        not a table.
 
     Returns
     -------
@@ -89,12 +122,213 @@ def find_label_issues(
         The report, and the written files by name (``issues_csv``, ``label_issues_mask``,
         ``ranked_label_issues``, ``summary``, ``report_html``, ``run_dir``).
     """
-    cfg = apply_overrides(get_preset(f"user/{variant}"), [f"data.data_dir={os.fspath(data)}",
-                                                            f"data.val_fraction={holdout}", f"seed={seed}",
-                                                            *overrides])
-    validate_config(cfg)
+    table = dict(label_column=label_column, image_column=image_column, id_column=id_column, split=split,
+                 feature_columns=None if feature_columns is None else list(feature_columns))
+    cfg = _user_config(variant, os.fspath(data), holdout=holdout, seed=seed, overrides=overrides, table=table)
     dataset = load_dataset(cfg.data, progress=not quiet)  # every file checked before anything is written
-    out = Path(out)
+    return _train_and_rank(cfg, dataset, Path(out), score=score, device=device, overwrite=overwrite,
+                           quiet=quiet, top=top, title=f"Label issues in {data}")
+
+
+def label_issues(
+    data: Any,
+    *,
+    labels: Any = None,
+    label_column: Any = "label",
+    image_column: Any = None,
+    feature_columns: Any = None,
+    id_column: Any = None,
+    classes: Sequence[str] | None = None,
+    split: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    holdout: float = 0.0,
+    overrides: Sequence[str] = (),
+    seed: int = 1,
+    device: str = "auto",
+    quiet: bool = True,
+) -> pandas.DataFrame:
+    """Find the wrong labels in data held in memory or on disk; one row per sample, as cleanlab's Datalab.
+
+    Trains the instance curriculum on the labels as given, as ``dataparams find-issues --data``
+    does (:func:`find_label_issues`), and returns what cleanlab's
+    ``Datalab(...).get_issues("label")`` returns, plus the curriculum's own columns. Exported as
+    ``dataparams.find_label_issues``.
+
+    Notation: ``N`` samples, ``K`` classes.
+
+    Parameters
+    ----------
+    data
+        Anything :func:`~dataparams.data.tables.load_table_data` reads -- ``(X, y)`` arrays
+        (numpy or torch; features (N, D) or images), ``X`` with ``labels=y``, a torch
+        ``Dataset`` yielding ``(x, y)``, a pandas ``DataFrame``, a ``datasets.Dataset`` or
+        ``DatasetDict``, a ``.parquet`` file, a ``save_to_disk`` folder -- or a path
+        :func:`~dataparams.data.user.load_user_data` reads (a ``path,label`` CSV list, a folder of
+        class folders, an ``.npz``).
+    labels : array-like (N,), optional
+        The labels of an ``X`` given alone.
+    label_column, image_column, feature_columns, id_column
+        How a table is read, as for :func:`~dataparams.data.tables.load_table_data`; refused (all
+        but the default ``label_column="label"``) for a path that is not a table.
+    classes : sequence of str, optional
+        The class list and its order.
+    split : str, optional
+        The split of a ``DatasetDict`` (default ``"train"``).
+    out : path-like, optional
+        Where to keep the run and the files of :func:`find_label_issues` (``issues.csv``,
+        ``report.html``, ..., and ``run/``), reused when called again on the same data and
+        settings. None: a temporary folder, removed before returning.
+    holdout : float
+        Fraction of the samples held out (with their given labels) to pick the epoch and report
+        accuracy on; those samples are not ranked and have no row.
+    overrides : sequence of str
+        ``section.field=value`` config overrides, e.g. ``("optim.epochs=30",)``.
+    seed : int
+    device : str
+        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    quiet : bool
+        No progress output (the default).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per ranked sample, in the order the data gives them (not ranked), indexed by the
+        user's ids (``id_column``, the paths as a CSV list writes them, the npz ``ids``, else
+        ``"row i"``); the index is named by ``id_column``, else ``"id"``. Columns:
+
+        * ``is_label_issue`` (bool): flagged as a wrong label; how many are flagged is estimated
+          without being told the noise rate;
+        * ``label_score`` (float in [0, 1], high = clean): the probability of the given label
+          that the sample's mean training loss under its temperature implies
+          (:func:`dataparams.scores.label_quality_scores` of ``mean_loss``);
+        * ``given_label``, ``predicted_label``: class names; ``given_label_index``,
+          ``predicted_label_index``: their indices in ``[0, K)``;
+        * ``rank``: 1 for the most suspect sample;
+        * ``sigma``: the learned instance temperature at the last epoch;
+        * ``mean_loss``: the training loss of ``logits / sigma`` averaged over the epochs;
+        * ``score``: the ranking score (:data:`DEFAULT_SCORE`, larger = more suspect).
+
+        ``attrs["score"]`` names the score and ``attrs["summary"]`` holds ``summary.json``'s
+        contents (the estimate, the per-class table, the most confused pairs).
+
+    Raises
+    ------
+    UserDataError
+        Data that cannot be used as given (the message names the column or file and the row).
+    ImportError
+        Without pandas (``pip install 'dataparams[tables]'``).
+
+    Examples
+    --------
+    >>> import numpy as np, dataparams
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat([0, 1], 50)
+    >>> X = rng.normal(size=(100, 5)) + 3.0 * y[:, None]    # two separable classes
+    >>> y[:5] = 1                                             # five wrong labels
+    >>> issues = dataparams.find_label_issues((X, y), overrides=["optim.epochs=20"], device="cpu")
+    >>> sorted(issues.sort_values("rank").index[:5])          # the five wrong labels rank first
+    ['row 0', 'row 1', 'row 2', 'row 3', 'row 4']
+    >>> list(issues.columns[:4])
+    ['is_label_issue', 'label_score', 'given_label', 'predicted_label']
+    """
+    try:
+        import pandas  # noqa: F401
+    except ImportError as e:
+        raise ImportError("find_label_issues returns a pandas DataFrame: "
+                          "pip install 'dataparams[tables]'") from e
+    if out is None:
+        with tempfile.TemporaryDirectory(prefix="dataparams-issues-") as tmp:
+            return label_issues(data, labels=labels, label_column=label_column, image_column=image_column,
+                                feature_columns=feature_columns, id_column=id_column, classes=classes,
+                                split=split, out=tmp, holdout=holdout, overrides=overrides, seed=seed,
+                                device=device, quiet=quiet)
+    if isinstance(feature_columns, (str, int)):
+        feature_columns = [feature_columns]
+    if isinstance(data, (str, os.PathLike)):
+        if labels is not None:
+            raise UserDataError("labels= is for an X array; a file or folder holds its labels")
+        # Through the config, so that the run records how to read its data again.
+        table = dict(label_column=None if label_column == "label" else label_column,
+                     image_column=image_column,
+                     feature_columns=None if feature_columns is None else list(feature_columns),
+                     id_column=id_column, split=split)
+        cfg = _user_config("instance", os.fspath(data), holdout=holdout, seed=seed, overrides=overrides,
+                           table=table)
+        dataset = load_dataset(cfg.data, progress=not quiet, classes=classes)
+    else:
+        from dataparams.data.tables import load_table_data
+
+        cfg = _user_config("instance", None, holdout=holdout, seed=seed, overrides=overrides, table={})
+        d = cfg.data
+        dataset = user_dataset(load_table_data(
+            data, labels=labels, label_column=label_column, image_column=image_column,
+            feature_columns=feature_columns, id_column=id_column, classes=classes, split=split,
+            image_size=d.image_size, channels=d.channels, max_image_size=d.max_image_size,
+            memory_budget_bytes=None if d.memory_budget_mb is None else int(d.memory_budget_mb) << 20,
+            progress=not quiet))
+    user = dataset.user
+    report, _ = _train_and_rank(cfg, dataset, Path(out), score=DEFAULT_SCORE, device=device, overwrite=False,
+                                quiet=quiet, top=_TOP, title=f"Label issues in {user.source}")
+    frame = issues_frame(report, user)
+    if id_column is not None:
+        frame.index.name = id_column
+    return frame
+
+
+def issues_frame(report: IssueReport, user: UserData) -> pandas.DataFrame:
+    """The report of a run on ``user`` as cleanlab's Datalab label issues: one row per ranked sample,
+    in the user's order, indexed by the user's ids (columns as :func:`label_issues` returns)."""
+    import pandas as pd
+
+    order = np.argsort(report.source_index, kind="stable")
+    source = report.source_index[order]
+    given = report.given[order]
+    classes = list(user.classes)
+
+    def column(values: np.ndarray | None) -> np.ndarray:
+        return np.full(len(order), np.nan) if values is None else np.asarray(values, dtype=np.float64)[order]
+
+    if report.predicted is None:
+        predicted = pd.array([pd.NA] * len(order), dtype="Int64")
+        predicted_names: list[Any] = [None] * len(order)
+    else:
+        predicted = report.predicted[order]
+        predicted_names = [classes[k] for k in predicted]
+    frame = pd.DataFrame({
+        "is_label_issue": report.is_flagged[order],
+        "label_score": column(report.label_score),
+        "given_label": [classes[k] for k in given],
+        "predicted_label": predicted_names,
+        "given_label_index": given,
+        "predicted_label_index": predicted,
+        "rank": report.rank[order],
+        "sigma": column(report.sigma),
+        "mean_loss": column(report.mean_loss),
+        "score": column(report.score),
+    }, index=pd.Index([user.ids[int(i)] for i in source], name="id"))
+    frame.attrs["score"] = report.score_name
+    frame.attrs["summary"] = {**report.summary(), "notes": list(report.notes)}
+    return frame
+
+
+def _user_config(variant: str, data_dir: str | None, *, holdout: float, seed: int, overrides: Sequence[str],
+                 table: dict[str, Any]) -> TrainConfig:
+    """The ``user/<variant>`` preset for data at ``data_dir`` (None: data held in memory), with the
+    table options as ``data.*`` fields and the overrides applied; validated."""
+    cfg = get_preset(f"user/{variant}")
+    cfg.data.data_dir = data_dir
+    for name, value in table.items():
+        setattr(cfg.data, name, value)
+    cfg = apply_overrides(cfg, [f"data.val_fraction={holdout}", f"seed={seed}", *overrides])
+    validate_config(cfg)
+    return cfg
+
+
+def _train_and_rank(cfg: TrainConfig, dataset: LoadedDataset, out: Path, *, score: str, device: str,
+                    overwrite: bool, quiet: bool, top: int,
+                    title: str) -> tuple[IssueReport, dict[str, Path]]:
+    """Train ``cfg`` on the loaded user ``dataset`` into ``out/run`` (or reuse the run there when it
+    was trained on the same data and settings), rank its samples and write the files into ``out``."""
     run_dir = out / "run"
     resume = False
     if not overwrite and (run_dir / "config.json").exists():
@@ -113,6 +347,6 @@ def find_label_issues(
     # The thumbnail is the image the model saw (decoded at the common side).
     thumbnail = user.thumbnail if user.kind == "images" else None
     files["report_html"] = write_issues_html(report, out / "report.html", thumbnail=thumbnail, top=top,
-                                             title=f"Label issues in {data}")
+                                             title=title)
     files["run_dir"] = run_dir
     return report, files

@@ -76,9 +76,11 @@ class Objective(ScoreTracker, metaclass=abc.ABCMeta):
     def forward(self, logits: Tensor, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
         """(scalar training loss, detached per-sample loss (B,) without any regulariser)."""
 
-    def record(self, indices: Tensor, per_sample: Tensor) -> None:
-        """Write the batch's per-sample losses into :attr:`last_loss` by index, O(B)."""
-        self.update(indices, per_sample)
+    def record(self, indices: Tensor, per_sample: Tensor, logits: Tensor | None = None) -> None:
+        """Write the batch's per-sample losses into :attr:`last_loss` by index, O(B), and, when the
+        objective tracks class probabilities, the softmax of the model's (unscaled) ``logits``."""
+        probs = None if logits is None or self.num_classes is None else logits.detach().float().softmax(1)
+        self.update(indices, per_sample, probs=probs)
 
     def optimizers(self) -> dict[str, Optimizer]:
         """Optimizers of the objective's own parameters, stepped after the model's."""

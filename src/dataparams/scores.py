@@ -46,8 +46,10 @@ __all__ = [
     "SCORE_NAMES",
     "SIGMA_SOURCES",
     "ScoreTracker",
+    "confident_counts",
     "find_label_issues",
     "flag_by_rule",
+    "probabilities_fit",
     "label_quality_scores",
     "loss_bound",
     "scores_from_sums",
@@ -58,9 +60,12 @@ SCORE_NAMES = ("sigma", "sigma-mean", "last-loss", "mean-loss")
 #: the log of the scores (no noise rate needed; for unbounded scores: cross-entropy losses,
 #: sigma). ``bound``: a loss at least ``fraction`` of the loss's upper bound (for bounded losses:
 #: generalized cross-entropy, whose corrupted samples sit near its maximum ``1/q`` while the log
-#: mixture splits the clean ones; benchmarks/results/fmnist_methods/variants.md). ``auto``: the
-#: bound rule for a bounded loss, the mixture otherwise.
-FLAG_RULES = ("auto", "mixture", "bound")
+#: mixture splits the clean ones; benchmarks/results/fmnist_methods/variants.md). ``confident``:
+#: count the wrong labels of each given class as confident learning does (Northcutt et al. 2021,
+#: :func:`confident_counts`) on the class probabilities averaged over training, then flag that
+#: many of the class's most suspicious samples by the score. ``auto``: ``confident`` when
+#: probabilities are given, else the bound rule for a bounded loss and the mixture otherwise.
+FLAG_RULES = ("auto", "mixture", "bound", "confident")
 # A loss of exactly 0 (float16 underflow of a memorised sample) has no logarithm; this floor sits
 # far below any loss that matters.
 _LOSS_FLOOR = 1e-8
@@ -135,15 +140,36 @@ class ScoreTracker(nn.Module):
             self.register_buffer("log_sigma_sum", torch.zeros(self.num_samples, dtype=wide, device=device))
         if sigma == "visit":
             self.register_buffer("last_log_sigma", torch.zeros(self.num_samples, device=device))
+        self.num_classes: int | None = None
+
+    def track_probabilities(self, num_classes: int) -> None:
+        """Also average each sample's predicted class probabilities over its visits.
+
+        Adds the buffers ``prob_sum`` (N, K) and ``prob_count`` (N,): ``4 N (K + 1)`` bytes, so a
+        caller decides by size (:func:`probabilities_fit`). Call before training (and before
+        loading a checkpoint that has them). The mean is what the ``confident`` flag rule counts
+        with: the model's belief about each sample while it trains, mostly before it memorises.
+        """
+        if self.num_classes is not None:
+            return
+        device = self.last_loss.device
+        self.num_classes = int(num_classes)
+        self.register_buffer("prob_sum", torch.zeros(self.num_samples, self.num_classes, device=device))
+        self.register_buffer("prob_count", torch.zeros(self.num_samples, device=device))
 
     @torch.no_grad()
-    def update(self, index: Tensor, loss: Tensor, sigma: Tensor | None = None) -> None:
-        """Record a batch: per-sample ``loss`` (B,) and, with ``sigma="visit"``, ``sigma`` (B,), O(B).
+    def update(self, index: Tensor, loss: Tensor, sigma: Tensor | None = None, probs: Tensor | None = None) -> None:
+        """Record a batch: per-sample ``loss`` (B,), with ``sigma="visit"`` its ``sigma`` (B,), and,
+        when :meth:`track_probabilities` was called, its class probabilities ``probs`` (B, K); O(B K).
 
         ``index_put_`` (not ``index_copy_``) has a deterministic CUDA kernel; a sample seen twice
-        in one batch keeps one of its (same-step) values either way.
+        in one batch keeps one of its (same-step) values either way (its probabilities count twice).
         """
         self.last_loss.index_put_((index,), loss.detach().to(self.last_loss.dtype))
+        if probs is not None and self.num_classes is not None:
+            self.prob_sum.index_put_((index,), probs.detach().to(self.prob_sum.dtype), accumulate=True)
+            self.prob_count.index_put_((index,), torch.ones_like(index, dtype=self.prob_count.dtype),
+                                       accumulate=True)
         if (sigma is not None) != (self.sigma_source == "visit"):
             raise ValueError("give sigma to update() exactly when the tracker was made with sigma='visit'")
         if sigma is not None:
@@ -165,6 +191,15 @@ class ScoreTracker(nn.Module):
             src = self.last_log_sigma if log_sigma is None else log_sigma.detach()
             self.log_sigma_sum += src.to(self.log_sigma_sum.dtype)
         self.epochs_seen += 1
+
+    def mean_probabilities(self) -> np.ndarray | None:
+        """Each sample's class probabilities averaged over its visits, (N, K) float32; rows of
+        samples never visited are uniform. None unless :meth:`track_probabilities` was called."""
+        if self.num_classes is None:
+            return None
+        count = self.prob_count.clamp_min(1.0)[:, None]
+        mean = torch.where(self.prob_count[:, None] > 0, self.prob_sum / count, 1.0 / self.num_classes)
+        return mean.float().cpu().numpy()
 
     def scores(self) -> dict[str, np.ndarray]:
         """The scores by name, each (N,) float64, larger = more suspicious.
@@ -246,28 +281,86 @@ def label_quality_scores(scores: Any, *, loss: str = "ce", q: float | None = Non
     return np.clip(1.0 - s / bound, 0.0, 1.0) ** (1.0 / float(q))  # type: ignore[arg-type]
 
 
+#: Tracking probabilities costs ``4 N (K + 1)`` bytes on the training device; beyond this many
+#: entries (N K, 512 MB in float32) the objectives do without (:func:`probabilities_fit`).
+MAX_PROBABILITY_ENTRIES = 1 << 27
+
+
+def probabilities_fit(num_samples: int, num_classes: int) -> bool:
+    """Whether an (N, K) probability buffer is small enough to keep by default."""
+    return int(num_samples) * int(num_classes) <= MAX_PROBABILITY_ENTRIES
+
+
+def confident_counts(labels: Any, probs: Any) -> np.ndarray:
+    """Estimated number of wrong labels of each given class, (K,) int, by confident learning.
+
+    Northcutt, Jiang & Chuang, "Confident Learning" (JAIR 2021): a sample labelled ``i`` counts
+    as confidently of class ``j`` when ``probs[j] >= t_j``, where ``t_j`` is the mean probability
+    of class ``j`` over the samples labelled ``j`` (the per-class threshold that makes the count
+    robust to classes the model finds harder), choosing the most probable such ``j``; the
+    resulting (K, K) confident joint is calibrated so that each row sums to its class's number
+    of samples, and its off-diagonal row sums are the estimates. Cleanlab computes this on K-fold
+    out-of-sample probabilities; here ``probs`` are averaged over training (mostly before the
+    network memorises, and with data parameters the wrong labels are memorised later).
+
+    Parameters
+    ----------
+    labels : array_like (N,) int in [0, K)
+    probs : array_like (N, K)
+
+    Returns
+    -------
+    ndarray (K,) int64
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] != len(y):
+        raise ValueError(f"probs must be (N, K) with N = {len(y)}, got shape {p.shape}")
+    k = p.shape[1]
+    if len(y) and (y.min() < 0 or y.max() >= k):
+        raise ValueError(f"labels must lie in [0, {k})")
+    counts = np.bincount(y, minlength=k)
+    sums = np.zeros(k)
+    np.add.at(sums, y, p[np.arange(len(y)), y])
+    # A class no sample carries has no threshold: it can never be confidently chosen.
+    thresholds = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
+    above = p >= thresholds[None, :]
+    has = above.any(1)
+    confident = np.where(above, p, -np.inf).argmax(1)
+    joint = np.zeros((k, k))
+    np.add.at(joint, (y[has], confident[has]), 1.0)
+    rows = joint.sum(1, keepdims=True)
+    calibrated = np.where(rows > 0, joint / np.maximum(rows, 1) * counts[:, None], 0.0)
+    off = calibrated.sum(1) - np.diag(calibrated)
+    return np.rint(off).astype(np.int64)
+
+
 def find_label_issues(
     labels: Any,
     scores: Any,
     *,
+    probs: Any = None,
     rule: str = "auto",
     loss: str = "ce",
     q: float | None = None,
     fraction: float = DEFAULT_BOUND_FRACTION,
     return_indices_ranked_by_score: bool = False,
-) -> np.ndarray | tuple[np.ndarray, dict[str, Any]]:
+) -> np.ndarray:
     """Which labels are likely wrong, from per-sample suspicion scores (larger = more suspicious).
 
     Parameters
     ----------
     labels : array_like (N,) int
-        The given labels (checked for shape; the rules here do not depend on them).
+        The given labels.
     scores : array_like (N,)
-        A score of :data:`SCORE_NAMES` (or any positive suspicion score).
-    rule : {"auto", "mixture", "bound"}
-        See :data:`FLAG_RULES`. ``bound`` needs a bounded ``loss`` and loss scores.
+        A score of :data:`SCORE_NAMES` (or any suspicion score; positive for the mixture).
+    probs : array_like (N, K), optional
+        Class probabilities averaged over training (:meth:`ScoreTracker.mean_probabilities`),
+        for the ``confident`` rule (and so the default when given).
+    rule : {"auto", "mixture", "bound", "confident"}
+        See :data:`FLAG_RULES`.
     loss : {"ce", "gce"}
-        The loss the scores were computed with (it decides ``auto`` and the bound).
+        The loss the scores were computed with (it decides ``auto`` without ``probs``, and the bound).
     q : float, optional
         GCE's exponent, with ``loss="gce"``.
     fraction : float in (0, 1)
@@ -283,30 +376,32 @@ def find_label_issues(
     Raises
     ------
     ValueError
-        Shapes that differ, non-finite scores, an unknown rule, ``bound`` on an unbounded loss.
+        Shapes that differ, non-finite scores, an unknown rule, ``bound`` on an unbounded loss,
+        ``confident`` without probabilities.
     """
     y = np.asarray(labels)
     if y.ndim != 1:
         raise ValueError(f"labels must be 1-D (N,), got shape {y.shape}")
     s = _check_scores(scores, len(y))
-    mask = flag_by_rule(s, rule=rule, loss=loss, q=q, fraction=fraction)["mask"]
+    mask = flag_by_rule(s, labels=y, probs=probs, rule=rule, loss=loss, q=q, fraction=fraction)["mask"]
     if not return_indices_ranked_by_score:
         return mask
     flagged = np.flatnonzero(mask)
     return flagged[np.argsort(-s[flagged], kind="stable")].astype(np.int64)
 
 
-def flag_by_rule(scores: np.ndarray, *, rule: str = "auto", loss: str = "ce", q: float | None = None,
+def flag_by_rule(scores: np.ndarray, *, labels: Any = None, probs: Any = None, rule: str = "auto",
+                 loss: str = "ce", q: float | None = None,
                  fraction: float = DEFAULT_BOUND_FRACTION) -> dict[str, Any]:
     """The flags of :func:`find_label_issues` with how they were reached.
 
     Returns
     -------
     dict
-        ``mask`` (bool (N,)), ``rule`` (the rule applied), ``threshold`` (smallest flagged score,
-        nan if none), ``posterior`` (the mixture's probability of the high component, (N,); for
-        ``bound``, the mask as 0/1), and for the mixture its ``estimate``
-        (:func:`~dataparams.analysis.metrics.estimate_num_mislabeled` without the posterior).
+        ``mask`` (bool (N,)), ``rule`` (the rule applied), ``threshold`` (smallest flagged score
+        for a global threshold, nan otherwise), ``posterior`` (the mixture's probability of the
+        high component, (N,); for the other rules the mask as 0/1), ``estimate`` (the count, and
+        for the mixture its fit without the posterior; for ``confident`` the count per class).
     """
     from dataparams.analysis.metrics import estimate_num_mislabeled
 
@@ -315,7 +410,22 @@ def flag_by_rule(scores: np.ndarray, *, rule: str = "auto", loss: str = "ce", q:
     s = _check_scores(scores)
     bound = loss_bound(loss, q)
     if rule == "auto":
-        rule = "bound" if math.isfinite(bound) else "mixture"
+        rule = "confident" if probs is not None else "bound" if math.isfinite(bound) else "mixture"
+    if rule == "confident":
+        if probs is None or labels is None:
+            raise ValueError("rule='confident' needs the labels and the class probabilities (probs)")
+        y = np.asarray(labels, dtype=np.int64)
+        if len(y) != len(s):
+            raise ValueError(f"scores has {len(s)} entries for {len(y)} labels")
+        per_class = confident_counts(y, probs)
+        mask = np.zeros(len(s), dtype=bool)
+        for c, n_c in enumerate(per_class):
+            members = np.flatnonzero(y == c)
+            if n_c > 0 and len(members):
+                mask[members[np.argsort(-s[members], kind="stable")[:n_c]]] = True
+        return {"mask": mask, "rule": rule, "threshold": math.nan, "posterior": mask.astype(np.float64),
+                "estimate": {"n_estimated": int(mask.sum()), "fraction": float(mask.mean()) if len(s) else 0.0,
+                             "per_class": per_class.tolist()}}
     if rule == "bound":
         if not math.isfinite(bound):
             raise ValueError(f"rule='bound' needs a bounded loss (gce), got loss={loss!r}")

@@ -16,6 +16,12 @@ return of ``cleanlab.filter.find_label_issues``, ``ranked_label_issues.npy`` lik
 Notation: ``N`` training samples of the run, ``K`` classes. ``index`` is a sample's position in
 the run (what snapshots and labels.npz use); ``source_index`` its position in the dataset's train
 split.
+
+``issues.csv`` also holds the columns of cleanlab's ``Datalab.get_issues("label")``:
+``is_label_issue``, ``label_score`` (label quality in [0, 1], high = clean), and ``given_label`` /
+``predicted_label`` as class names (their indices in ``given_label_index`` /
+``predicted_label_index``); ``summary.json`` holds a per-class table (samples and flagged
+samples per given class) and the most frequent given -> predicted confusions among the flagged.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import csv
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +40,7 @@ import numpy as np
 from dataparams.analysis.metrics import auroc, average_precision
 from dataparams.analysis.runs_io import LoadedRun, load_run, load_run_dataset
 from dataparams.runs import RunDirError
-from dataparams.scores import SCORE_NAMES, flag_by_rule
+from dataparams.scores import SCORE_NAMES, flag_by_rule, label_quality_scores
 
 __all__ = ["SCORES", "IssueReport", "find_issues"]
 
@@ -46,6 +53,8 @@ SCORES = SCORE_NAMES
 _SIGMA_SCORES = ("sigma", "sigma-mean")
 # Datasets read from image files: their samples have a path worth exporting.
 _FILE_DATASETS = ("imagenet", "webvision", "webvision-mini", "filelist", "user")
+#: Confused pairs listed in the summary.
+_TOP_PAIRS = 5
 
 
 @dataclass
@@ -78,6 +87,13 @@ class IssueReport:
         label; ``None`` when the run wrote no ``predictions.npz``.
     sigma, loss : ndarray of float or None
         Instance sigma (``None`` without an instance curriculum) and last training loss.
+    mean_loss : ndarray of float or None
+        The training loss (of ``logits / sigma`` with data parameters) averaged over the epochs up
+        to ``epoch``: the ``mean-loss`` score; ``None`` when the snapshots hold no loss.
+    label_score : ndarray of float or None
+        Label quality in [0, 1], high = clean, as cleanlab's ``label_score``: the probability of
+        the given label that ``mean_loss`` implies under the run's loss
+        (:func:`~dataparams.scores.label_quality_scores`); ``None`` without ``mean_loss``.
     source_index : ndarray of int
         Position in the dataset's train split.
     paths : list of str
@@ -108,6 +124,8 @@ class IssueReport:
     given_prob: np.ndarray | None = None
     sigma: np.ndarray | None = None
     loss: np.ndarray | None = None
+    mean_loss: np.ndarray | None = None
+    label_score: np.ndarray | None = None
     class_names: list[str] | None = None
     true_label: np.ndarray | None = None
     is_corrupted: np.ndarray | None = None
@@ -174,9 +192,10 @@ class IssueReport:
         dict
             ``run_dir``, ``score``, ``epoch``, ``n``, ``n_flagged`` (the estimated number of
             mislabeled samples), ``fraction_flagged``, ``threshold`` (smallest flagged score),
-            ``separation`` and ``note`` of the mixture fit; with the truth also
-            ``n_corrupted``, ``precision``, ``recall`` (of the flagged set), ``auroc`` and
-            ``average_precision`` (of the score). Undefined values are ``None``.
+            ``separation`` and ``note`` of the mixture fit, ``per_class`` and ``confused_pairs``
+            (:meth:`per_class`); with the truth also ``n_corrupted``, ``precision``, ``recall`` (of
+            the flagged set), ``auroc`` and ``average_precision`` (of the score). Undefined values
+            are ``None``.
         """
         n_flagged = int(self.is_flagged.sum())
         out: dict[str, Any] = {
@@ -190,6 +209,7 @@ class IssueReport:
             "threshold": _finite_or_none(self.estimate.get("threshold")),
             "separation": _finite_or_none(self.estimate.get("separation")),
             "note": self.estimate.get("note"),
+            **self.per_class(),
         }
         if self.is_corrupted is not None:
             tp = int((self.is_flagged & self.is_corrupted).sum())
@@ -203,16 +223,57 @@ class IssueReport:
             )
         return out
 
+    def per_class(self, top: int = _TOP_PAIRS) -> dict[str, Any]:
+        """Where the flagged samples are, by given class.
+
+        Returns
+        -------
+        dict
+            ``per_class``: one entry per class ``k`` of the ``K`` (all of :attr:`class_names`,
+            else ``0..max`` of the labels), ``{"class": name, "index": k, "n": samples given
+            k, "n_flagged": those flagged}``. ``confused_pairs``: the ``top`` most frequent
+            (given, predicted) pairs among the flagged samples whose prediction is another class,
+            ``{"given": name, "predicted": name, "given_index", "predicted_index", "count"}``,
+            most frequent first (ties by given, then predicted index); ``None`` without
+            predictions. Classes are named as in :meth:`rows` (the index when names are unknown).
+        """
+        k = len(self.class_names) if self.class_names is not None else int(self.given.max(initial=-1)) + 1
+        n = np.bincount(self.given, minlength=k)
+        flagged = np.bincount(self.given[self.is_flagged], minlength=k)
+        table = [{"class": self._label(c), "index": c, "n": int(n[c]), "n_flagged": int(flagged[c])}
+                 for c in range(len(n))]
+        pairs = None
+        if self.predicted is not None:
+            confused = self.is_flagged & (self.predicted != self.given)
+            counts = Counter(zip(self.given[confused].tolist(), self.predicted[confused].tolist()))
+            ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
+            pairs = [{"given": self._label(g), "predicted": self._label(p), "given_index": g,
+                      "predicted_index": p, "count": c} for (g, p), c in ranked]
+        return {"per_class": table, "confused_pairs": pairs}
+
     def _name(self, c: int) -> str:
         if self.class_names is not None and 0 <= c < len(self.class_names):
             return self.class_names[c]
         return ""
 
+    def _label(self, c: int) -> str:
+        # A class as Datalab's given_label / predicted_label name it: by name, else by index.
+        return self._name(c) or str(c)
+
     def columns(self) -> list[str]:
-        cols = ["rank", "score", "index", "source_index", "path", "given_label", "given_name", "predicted_label",
-                "predicted_name", "predicted_prob", "given_prob", "sigma", "loss", "mislabeled_prob", "is_flagged"]
+        """The columns of :meth:`rows` and ``issues.csv``.
+
+        ``is_label_issue`` (= ``is_flagged``), ``label_score``, ``given_label`` and
+        ``predicted_label`` (class names; the index when the names are unknown) are those of
+        cleanlab's ``Datalab.get_issues("label")``; ``*_label_index`` are the class indices and
+        ``*_name`` the names again (empty when unknown), as earlier versions wrote them.
+        """
+        cols = ["rank", "score", "index", "source_index", "path", "is_label_issue", "label_score",
+                "given_label", "predicted_label", "given_label_index", "predicted_label_index", "given_name",
+                "predicted_name", "predicted_prob", "given_prob", "sigma", "loss", "mean_loss",
+                "mislabeled_prob", "is_flagged"]
         if self.is_corrupted is not None:
-            cols += ["true_label", "true_name", "is_corrupted"]
+            cols += ["true_label", "true_label_index", "true_name", "is_corrupted"]
         return cols
 
     def rows(self) -> list[dict[str, Any]]:
@@ -224,25 +285,33 @@ class IssueReport:
         out = []
         for i in self.order:
             i = int(i)
+            given = int(self.given[i])
+            pred = None if self.predicted is None else int(self.predicted[i])
             row: dict[str, Any] = {
                 "rank": int(self.rank[i]),
                 "score": float(self.score[i]),
                 "index": i,
                 "source_index": int(self.source_index[i]),
                 "path": self.paths[i],
-                "given_label": int(self.given[i]),
-                "given_name": self._name(int(self.given[i])),
-                "predicted_label": opt(self.predicted, i, int),
-                "predicted_name": "" if self.predicted is None else self._name(int(self.predicted[i])),
+                "is_label_issue": bool(self.is_flagged[i]),
+                "label_score": opt(self.label_score, i),
+                "given_label": self._label(given),
+                "predicted_label": "" if pred is None else self._label(pred),
+                "given_label_index": given,
+                "predicted_label_index": "" if pred is None else pred,
+                "given_name": self._name(given),
+                "predicted_name": "" if pred is None else self._name(pred),
                 "predicted_prob": opt(self.predicted_prob, i),
                 "given_prob": opt(self.given_prob, i),
                 "sigma": opt(self.sigma, i),
                 "loss": opt(self.loss, i),
+                "mean_loss": opt(self.mean_loss, i),
                 "mislabeled_prob": float(self.mislabeled_prob[i]),
                 "is_flagged": bool(self.is_flagged[i]),
             }
             if self.is_corrupted is not None and self.true_label is not None:
-                row.update(true_label=int(self.true_label[i]), true_name=self._name(int(self.true_label[i])),
+                true = int(self.true_label[i])
+                row.update(true_label=self._label(true), true_label_index=true, true_name=self._name(true),
                            is_corrupted=bool(self.is_corrupted[i]))
             out.append(row)
         return out
@@ -350,6 +419,23 @@ def _mean_over_epochs(run: LoadedRun, key: str, upto: int, *, log: bool) -> np.n
     return np.exp(mean) if log else mean
 
 
+def _mean_loss(run: LoadedRun, score: str, values: np.ndarray, epoch: int, n: int,
+               notes: list[str]) -> np.ndarray | None:
+    """The ``mean-loss`` score up to ``epoch`` (``values`` when that is the ranking score), or None
+    with a note when the snapshots cannot give it: ``label_score`` is computed from it."""
+    if score == "mean-loss":
+        return values
+    try:
+        mean = _mean_over_epochs(run, "loss", epoch, log=False)
+    except RunDirError:
+        notes.append("no snapshot holds the loss: no label_score")
+        return None
+    if mean.shape != (n,) or not np.all(np.isfinite(mean)):
+        notes.append(f"the mean loss has shape {mean.shape} or non-finite values: no label_score")
+        return None
+    return mean
+
+
 def find_issues(
     run_dir: str | os.PathLike[str],
     *,
@@ -376,9 +462,11 @@ def find_issues(
         (or when it cannot be loaded) those columns are empty.
     dataset : LoadedDataset, optional
         The run's dataset, already loaded (saves reading it again).
-    rule : {"auto", "mixture", "bound"}, default "auto"
-        How many to flag (:func:`dataparams.scores.flag_by_rule`): ``auto`` is the bound rule for
-        a loss score of a run trained on a bounded loss (GCE), the mixture otherwise.
+    rule : {"auto", "mixture", "bound", "confident"}, default "auto"
+        How many to flag (:func:`dataparams.scores.flag_by_rule`): ``auto`` is ``confident`` when
+        the run kept its class probabilities averaged over training (``mean_probs`` in
+        predictions.npz), else the bound rule for a loss score of a run trained on a bounded loss
+        (GCE), else the mixture.
 
     Returns
     -------
@@ -430,18 +518,23 @@ def find_issues(
     # The flag rule follows the loss the scores come from: a bounded loss (GCE) flags by a fraction
     # of its bound, anything else by the two-Gaussian mixture on the log score (dataparams.scores).
     loss_kind, q = run_loss(run.config)
-    if rule == "auto" and score in _SIGMA_SCORES:
+    pred = run.predictions
+    probs = None if pred is None else pred.get("mean_probs")
+    if rule == "auto" and probs is None and score in _SIGMA_SCORES:
         rule = "mixture"  # a temperature is not a loss: no bound applies
-    flags = flag_by_rule(values, rule=rule, loss=loss_kind, q=q)
+    flags = flag_by_rule(values, labels=run.labels["given"], probs=probs, rule=rule, loss=loss_kind, q=q)
     est = {**flags["estimate"], "rule": flags["rule"], "threshold": flags["threshold"]}
     if est.get("note"):
         notes.append(f"mislabeled-count estimate: {est['note']}")
 
-    pred = run.predictions
     if pred is None:
         notes.append("no predictions.npz: predicted labels unknown, relabelling unavailable")
     elif epoch != max(run.snapshot_epochs, default=epoch):
         notes.append(f"scores are from epoch {epoch}, predicted labels from the final model")
+
+    mean_loss, label_score = _mean_loss(run, score, values, int(epoch), n, notes), None
+    if mean_loss is not None:
+        label_score = label_quality_scores(mean_loss, loss=loss_kind, q=q)
 
     class_names, paths = (None, None)
     if load_dataset:
@@ -470,6 +563,8 @@ def find_issues(
         given_prob=None if pred is None else pred["given_prob"].astype(np.float64),
         sigma=sigma,
         loss=loss,
+        mean_loss=mean_loss,
+        label_score=label_score,
         class_names=class_names,
         true_label=run.labels["clean"].astype(np.int64) if corrupted is not None else None,
         is_corrupted=corrupted,

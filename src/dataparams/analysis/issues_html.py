@@ -2,8 +2,10 @@
 
 One self-contained page (images embedded as data URIs): the summary (how many samples, how many
 flagged and by which rule, and -- when the run knows which labels it corrupted -- how good the
-ranking is), the histogram of the ranking score with the flag threshold, and a grid of the most
-suspect samples, each with its thumbnail, given label and the model's prediction.
+ranking is), the histogram of the ranking score with the flag threshold, the per-class table
+(samples and flagged samples per given class, the most frequent given -> predicted confusions
+among the flagged; :meth:`~dataparams.analysis.find_issues.IssueReport.per_class`), and a grid of
+the most suspect samples, each with its thumbnail, given label and the model's prediction.
 
 Notation as in :mod:`.find_issues`: ``N`` samples, ranks from 1 (most suspect).
 """
@@ -74,6 +76,31 @@ def _png_uri(pixels: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _per_class_html(report: IssueReport) -> list[str]:
+    """The per-class table and the most confused pairs, as HTML."""
+    e = html.escape
+    table = report.per_class()
+    out = ["<h2>Per class</h2>", "<table><tr><th>given class</th><th>samples</th><th>flagged</th>"
+           "<th>flagged %</th></tr>"]
+    for row in table["per_class"]:
+        share = f"{100 * row['n_flagged'] / row['n']:.1f}%" if row["n"] else "n/a"
+        out.append(f"<tr><td>{e(row['class'])}</td><td>{row['n']:,}</td><td>{row['n_flagged']:,}</td>"
+                   f"<td>{share}</td></tr>")
+    out.append("</table>")
+    pairs = table["confused_pairs"]
+    if pairs is None:
+        out.append("<p>Most confused pairs: unknown (no predictions).</p>")
+    elif not pairs:
+        out.append("<p>Most confused pairs: none (no flagged sample is predicted as another class).</p>")
+    else:
+        out.append("<p>Most confused pairs among the flagged samples (given &rarr; predicted):</p>"
+                   "<table><tr><th>given</th><th>predicted</th><th>flagged samples</th></tr>")
+        out += [f"<tr><td>{e(p['given'])}</td><td>{e(p['predicted'])}</td><td>{p['count']:,}</td></tr>"
+                for p in pairs]
+        out.append("</table>")
+    return out
+
+
 def write_issues_html(report: IssueReport, path: str | os.PathLike[str], *,
                       thumbnail: Callable[[int], np.ndarray] | None = None, top: int = 60,
                       title: str | None = None) -> Path:
@@ -111,6 +138,8 @@ def write_issues_html(report: IssueReport, path: str | os.PathLike[str], *,
         parts.append(f"<figure><img src='{uri}' alt='score histogram' style='max-width:100%'></figure>")
     except ImportError:
         parts.append("<p>(histogram not drawn: matplotlib is not installed)</p>")
+
+    parts += _per_class_html(report)
 
     order = report.order[: max(0, int(top))]
     parts.append(f"<h2>The {len(order)} most suspect samples</h2>")

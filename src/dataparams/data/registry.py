@@ -2,8 +2,11 @@
 
 ``load_splits(name, data_dir)`` returns the train and test :class:`~dataparams.data.base.Split`
 of a dataset found on disk, plus the dataset's own noisy labels where it ships them (CIFAR-N).
-The name ``user`` is the user's own data (:mod:`dataparams.data.user`): one set, no test split,
-its normalisation and input shape measured when it is loaded.
+The name ``user`` is the user's own data: a CSV list, a folder of class folders or an ``.npz``
+(:mod:`dataparams.data.user`), or a table -- a ``.parquet`` file or a ``datasets`` ``save_to_disk``
+folder (:mod:`dataparams.data.tables`); one set, no test split, its normalisation and input shape
+measured when it is loaded. :func:`user_dataset` wraps data the caller loaded itself (arrays, a
+DataFrame) the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import numpy as np
 from dataparams.data.base import DatasetNotFoundError, Split
 from dataparams.data.folders import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["DATASETS", "DATASET_NAMES", "DatasetInfo", "LoadedDataset", "load_dataset", "load_splits"]
+__all__ = ["DATASETS", "DATASET_NAMES", "TABLE_OPTIONS", "DatasetInfo", "LoadedDataset", "load_dataset",
+           "load_splits", "user_dataset"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,9 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 #: Every valid ``data.dataset``: the named datasets, and the user's own data.
 DATASET_NAMES: tuple[str, ...] = (*DATASETS, "user")
+#: How a table of user data is read (:func:`~dataparams.data.tables.load_table_data`'s arguments,
+#: the ``data.*`` fields of the same names); None leaves each to the loader's default.
+TABLE_OPTIONS = ("label_column", "image_column", "feature_columns", "id_column", "split")
 
 
 @dataclass
@@ -88,11 +95,13 @@ def load_splits(name: str, data_dir: str | os.PathLike[str] | None = None, *, la
                 **user_options: Any) -> LoadedDataset:
     """Load the train and test splits of dataset ``name`` (see :data:`DATASET_NAMES`).
 
-    ``data_dir`` is the dataset's folder (for ``user``: the list, folder or ``.npz``);
-    Fashion-MNIST and MNIST also look in their default places (``/usr/share/datasets/...``).
-    ``label_set`` picks CIFAR-N's human label set. ``user_options`` go to
-    :func:`~dataparams.data.user.load_user_data` (``image_size``, ``max_image_size``,
-    ``channels``, ``memory_budget_bytes``, ``progress``).
+    ``data_dir`` is the dataset's folder (for ``user``: the list, folder or ``.npz``, or the
+    ``.parquet`` file or ``save_to_disk`` folder); Fashion-MNIST and MNIST also look in their
+    default places (``/usr/share/datasets/...``). ``label_set`` picks CIFAR-N's human label set.
+    ``user_options`` go to :func:`~dataparams.data.user.load_user_data` (``image_size``,
+    ``max_image_size``, ``channels``, ``memory_budget_bytes``, ``classes``, ``progress``), or for a
+    table to :func:`~dataparams.data.tables.load_table_data`, which also takes the
+    :data:`TABLE_OPTIONS`; those are refused for data that is not a table.
     """
     if name == "user":
         return _load_user(data_dir, **user_options)
@@ -142,12 +151,32 @@ def load_splits(name: str, data_dir: str | os.PathLike[str] | None = None, *, la
 
 
 def _load_user(data_dir: str | os.PathLike[str] | None, **options: Any) -> LoadedDataset:
-    from dataparams.data.user import load_user_data
+    from dataparams.data.tables import is_table_path, load_table_data
+    from dataparams.data.user import UserDataError, load_user_data
 
     if data_dir is None:
-        raise DatasetNotFoundError("user data needs data.data_dir: a path,label list, a folder of class folders "
-                                   "or an .npz of features")
-    ud = load_user_data(data_dir, **options)
+        raise DatasetNotFoundError("user data needs data.data_dir: a path,label list, a folder of class "
+                                   "folders, an .npz of features, a .parquet file or a datasets save_to_disk "
+                                   "folder")
+    table = {k: options.pop(k) for k in TABLE_OPTIONS if k in options}
+    if is_table_path(data_dir):
+        if table.get("label_column") is None:
+            table.pop("label_column", None)  # the loader's default column, "label"
+        return user_dataset(load_table_data(data_dir, **table, **options))
+    given = [k for k, v in table.items() if v is not None]
+    if given:
+        verb = "applies" if len(given) == 1 else "apply"
+        raise UserDataError(
+            f"{data_dir}: {', '.join(given)} {verb} to a table (a .parquet file or a folder written by "
+            "datasets' save_to_disk), not to a CSV list (columns path and label), a folder of class folders "
+            "or an .npz"
+        )
+    return user_dataset(load_user_data(data_dir, **options))
+
+
+def user_dataset(ud: Any) -> LoadedDataset:
+    """The :class:`LoadedDataset` of a user's :class:`~dataparams.data.user.UserData`: its one
+    split as ``train``, no test split, the measured normalisation, and ``user=ud``."""
     if ud.kind == "images":
         info = ud.info
     else:
@@ -156,14 +185,19 @@ def _load_user(data_dir: str | os.PathLike[str] | None, **options: Any) -> Loade
     return LoadedDataset(ud.to_split(), None, info, user=ud)
 
 
-def load_dataset(d: Any, *, progress: bool = False) -> LoadedDataset:
+def load_dataset(d: Any, *, progress: bool = False, **user_options: Any) -> LoadedDataset:
     """:func:`load_splits` for a :class:`~dataparams.config.DataConfig` (or its dict form, as in a
-    run's config.json): the dataset with the options its config sets."""
+    run's config.json): the dataset with the options its config sets (for ``user``: the image
+    options and the :data:`TABLE_OPTIONS`; a config written before those existed reads as None).
+    ``user_options`` (e.g. ``classes``) are added to those for user data."""
     get = d.get if isinstance(d, dict) else (lambda k, default=None: getattr(d, k, default))
     options: dict[str, Any] = {}
     if get("dataset") == "user":
         budget = get("memory_budget_mb")
         options = dict(image_size=get("image_size"), max_image_size=get("max_image_size", 64),
                        channels=get("channels"), progress=progress,
-                       memory_budget_bytes=None if budget is None else int(budget) << 20)
+                       memory_budget_bytes=None if budget is None else int(budget) << 20,
+                       **{k: get(k) for k in TABLE_OPTIONS}, **user_options)
+    elif user_options:
+        raise ValueError(f"{', '.join(user_options)}: options of user data, not of {get('dataset')}")
     return load_splits(get("dataset"), get("data_dir"), label_set=get("label_set"), **options)

@@ -19,8 +19,9 @@ Images follow user.py's rules, so that a table of images and a folder of the sam
 identical arrays: a table of file paths goes to its loader as a CSV list of them would (measured,
 fingerprinted, streamed when too large); images held in memory -- encoded bytes (PNG, JPEG, the
 ``Image`` feature) and decoded pixels (arrays, tensors, PIL images, handed over as uncompressed
-in-memory image files holding exactly those pixels) -- are measured by the same rule and decoded
-by user.py's ``decode_image``, into memory.
+in-memory image files holding exactly those pixels) -- are measured by the same rule (user.py's
+``_side_and_channels``, which files go through too) and decoded by user.py's ``decode_image``,
+into memory.
 
 The readers are pandas, pyarrow and ``datasets`` (``pip install 'dataparams[tables]'``); nothing
 is downloaded.
@@ -34,7 +35,6 @@ import io
 import math
 import os
 import sys
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +47,6 @@ from torch.utils.data import Dataset, IterableDataset
 
 from dataparams.data.folders import IMG_EXTENSIONS
 from dataparams.data.user import (
-    _GRAY_MODES,
     UserData,
     UserDataError,
     _check_class_list,
@@ -64,7 +63,7 @@ from dataparams.data.user import (
     _parallel,
     _pixel_stats,
     _raise_first,
-    _round_to_4,
+    _side_and_channels,
     default_memory_budget,
 )
 
@@ -246,41 +245,13 @@ def _memory_images(
     memory_budget_bytes: int | None,
     progress: bool,
 ) -> UserData:
-    """Images held in memory, measured and decoded by the rules of user.py's ``_load_images``
-    (which takes files only): the same side, channels, resize and conversion (``decode_image``),
-    into memory, since there are no files to stream from."""
+    """Images held in memory, measured by user.py's rule for files (``_side_and_channels``) and
+    decoded by its ``decode_image`` (the same resize and conversion), into memory, since there are
+    no files to stream from."""
     n = len(images)
     sizes, modes, digest = _scan_memory(images, where, progress)
-    for i, mode in enumerate(modes):
-        if mode == "F":
-            raise UserDataError(f"{where(i)}: image {images[i]} has 32-bit float pixels with no fixed range")
-
-    median = float(np.median(sizes.max(1)))
-    cap = max(4, (max_image_size // 4) * 4)
-    if image_size is None:
-        side = min(_round_to_4(median), cap)
-        capped = "; capped" if _round_to_4(median) > cap else ""
-        why = f"median longer side of {n:,} images is {median:g} px, rounded to a multiple of 4; cap {cap}{capped}"
-    else:
-        side, why = int(image_size), f"given; the median longer side of {n:,} images is {median:g} px"
-    choices["image_size"] = {"value": side, "why": why}
-    need = int((sizes != side).any(1).sum())
-    stretched = int((sizes[:, 0] != sizes[:, 1]).sum())
-    squash = f"; {stretched:,} are not square and are stretched (not cropped)" if stretched else ""
-    choices["resize"] = {
-        "value": f"bilinear to {side}x{side}",
-        "why": f"{need:,} of {n:,} images resized{squash}" if need else f"all {n:,} images are already {side}x{side}",
-    }
-    colour = Counter(m for m in modes if m not in _GRAY_MODES)
-    if channels is not None:
-        c, why = int(channels), f"given; {sum(colour.values()):,} of {n:,} images are colour"
-    elif colour:
-        kinds = ", ".join(f"{m} {k:,}" for m, k in colour.most_common())
-        c, why = 3, f"{sum(colour.values()):,} of {n:,} images are colour ({kinds}); grey ones are repeated to RGB"
-    else:
-        kinds = ", ".join(f"{m} {k:,}" for m, k in Counter(modes).most_common())
-        c, why = 1, f"all {n:,} images are greyscale ({kinds})"
-    choices["channels"] = {"value": c, "why": why}
+    side, c = _side_and_channels(sizes, modes, images, where, choices, image_size=image_size,
+                                 max_image_size=max_image_size, channels=channels)
 
     budget_why = "given"
     if memory_budget_bytes is None:

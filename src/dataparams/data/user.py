@@ -1078,6 +1078,72 @@ def _round_to_4(x: float) -> int:
     return max(4, 4 * int(math.floor(x / 4 + 0.5)))
 
 
+def _side_and_channels(
+    sizes: np.ndarray,
+    modes: Sequence[str],
+    images: Sequence[Any],
+    where: Callable[[int], str],
+    choices: dict[str, Any],
+    *,
+    image_size: int | None,
+    max_image_size: int,
+    channels: int | None,
+) -> tuple[int, int]:
+    """The common side ``S`` and the channels ``C`` of N images, from their stored (width,
+    height) (N, 2) and modes: the one rule for image files and for images held in memory
+    (:mod:`dataparams.data.tables`), so that the same images give the same arrays either way.
+
+    ``S`` is ``image_size`` when given, else the median longer side rounded to a multiple of 4 and
+    capped at ``max_image_size``; ``C`` is ``channels`` when given, else 3 when any image is
+    colour and 1 when all are grey. The ``image_size``, ``resize`` and ``channels`` choices are
+    recorded in ``choices``. An image of 32-bit float pixels (no fixed range) is refused, named
+    by ``where(i)`` and ``images[i]``.
+    """
+    n = len(modes)
+    for i, mode in enumerate(modes):
+        if mode == "F":
+            raise UserDataError(
+                f"{where(i)}: image {images[i]} has 32-bit float pixels with no fixed range; "
+                "save it with 8 or 16 bits"
+            )
+
+    median = float(np.median(sizes.max(1)))
+    cap = max(4, (max_image_size // 4) * 4)
+    if image_size is None:
+        side = min(_round_to_4(median), cap)
+        capped = "; capped" if _round_to_4(median) > cap else ""
+        why = (f"median longer side of {n:,} images is {median:g} px, rounded to a multiple of 4; "
+               f"cap {cap}{capped}")
+    else:
+        side = int(image_size)
+        why = f"given; the median longer side of {n:,} images is {median:g} px"
+    choices["image_size"] = {"value": side, "why": why}
+    need = int((sizes != side).any(1).sum())
+    stretched = int((sizes[:, 0] != sizes[:, 1]).sum())
+    squash = f"; {stretched:,} are not square and are stretched (not cropped)" if stretched else ""
+    choices["resize"] = {
+        "value": f"bilinear to {side}x{side}",
+        "why": (f"{need:,} of {n:,} images resized{squash}" if need
+                else f"all {n:,} images are already {side}x{side}"),
+    }
+
+    colour = Counter(m for m in modes if m not in _GRAY_MODES)
+    if channels is None:
+        c = 3 if colour else 1
+        if colour:
+            kinds = ", ".join(f"{m} {k:,}" for m, k in colour.most_common())
+            why = (f"{sum(colour.values()):,} of {n:,} images are colour ({kinds}); grey ones are repeated "
+                   "to RGB")
+        else:
+            kinds = ", ".join(f"{m} {k:,}" for m, k in Counter(modes).most_common())
+            why = f"all {n:,} images are greyscale ({kinds})"
+    else:
+        c = int(channels)
+        why = f"given; {sum(colour.values()):,} of {n:,} images are colour"
+    choices["channels"] = {"value": c, "why": why}
+    return side, c
+
+
 def _load_images(
     source: Path,
     ids: list[str],
@@ -1096,45 +1162,8 @@ def _load_images(
 ) -> UserData:
     n = len(paths)
     sizes, modes, stats = _scan(paths, where, progress)
-    for i, mode in enumerate(modes):
-        if mode == "F":
-            raise UserDataError(
-                f"{where(i)}: image {paths[i]} has 32-bit float pixels with no fixed range; "
-                "save it with 8 or 16 bits"
-            )
-
-    longer = sizes.max(1)
-    median = float(np.median(longer))
-    cap = max(4, (max_image_size // 4) * 4)
-    if image_size is None:
-        side = min(_round_to_4(median), cap)
-        capped = "; capped" if _round_to_4(median) > cap else ""
-        why = f"median longer side of {n:,} images is {median:g} px, rounded to a multiple of 4; cap {cap}{capped}"
-    else:
-        side = int(image_size)
-        why = f"given; the median longer side of {n:,} images is {median:g} px"
-    choices["image_size"] = {"value": side, "why": why}
-    need = int((sizes != side).any(1).sum())
-    stretched = int((sizes[:, 0] != sizes[:, 1]).sum())
-    squash = f"; {stretched:,} are not square and are stretched (not cropped)" if stretched else ""
-    choices["resize"] = {
-        "value": f"bilinear to {side}x{side}",
-        "why": (f"{need:,} of {n:,} images resized{squash}" if need else f"all {n:,} images are already {side}x{side}"),
-    }
-
-    colour = Counter(m for m in modes if m not in _GRAY_MODES)
-    if channels is None:
-        c = 3 if colour else 1
-        if colour:
-            kinds = ", ".join(f"{m} {k:,}" for m, k in colour.most_common())
-            why = f"{sum(colour.values()):,} of {n:,} images are colour ({kinds}); grey ones are repeated to RGB"
-        else:
-            kinds = ", ".join(f"{m} {k:,}" for m, k in Counter(modes).most_common())
-            why = f"all {n:,} images are greyscale ({kinds})"
-    else:
-        c = int(channels)
-        why = f"given; {sum(colour.values()):,} of {n:,} images are colour"
-    choices["channels"] = {"value": c, "why": why}
+    side, c = _side_and_channels(sizes, modes, paths, where, choices, image_size=image_size,
+                                 max_image_size=max_image_size, channels=channels)
 
     budget_why = "given"
     if memory_budget_bytes is None:
