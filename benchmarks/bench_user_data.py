@@ -48,6 +48,7 @@ from dataparams.runs import RunDir
 SETS = {
     "fmnist-folder": "fmnist-folder",
     "fmnist-rgb-csv": "fmnist-rgb-csv/labels.csv",
+    "fmnist-instance35": "fmnist-instance35/labels.csv",
     "digits-uniform30": "digits-uniform30/digits.npz",
     "breast-cancer-pair20": "breast-cancer-pair20/features.npz",
 }

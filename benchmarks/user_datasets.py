@@ -12,6 +12,10 @@ class numbering that :func:`dataparams.data.user.load_user_data` gives it:
   noise (realised about 36%: a draw may land on the true class).
 * ``fmnist-rgb-csv/``: the same images at 28 px converted to RGB, listed in ``labels.csv``
   (``path,label,source_index``; class names as labels); 30% pair noise (class k -> k + 1).
+* ``fmnist-instance35/labels.csv``: a ``path,label`` CSV of 28 px grey PNGs; 35% instance-dependent
+  noise (:func:`dataparams.noise.instance_dependent_noise`: an image flips, with a probability
+  that grows with how much a cross-fitted linear reference model confuses it, to the class it is
+  most confused with), the kind of noise people make.
 * ``digits-uniform30/digits.npz``: scikit-learn's 8x8 digits as 1,797 x 64 features, integer
   labels; 30% uniform noise.
 * ``breast-cancer-pair20/features.npz``: scikit-learn's breast-cancer table, 569 x 30 features
@@ -39,7 +43,8 @@ from _table import emit
 from dataparams.data.idx import FASHION_MNIST_CLASSES, load_fashion_mnist
 from dataparams.noise import apply_noise
 
-__all__ = ["SETS", "main", "write_breast_cancer", "write_digits", "write_fmnist_folder", "write_fmnist_rgb_csv"]
+__all__ = ["SETS", "main", "write_breast_cancer", "write_digits", "write_fmnist_folder", "write_fmnist_instance_csv",
+           "write_fmnist_rgb_csv"]
 
 
 def _folder_name(name: str) -> str:
@@ -113,6 +118,33 @@ def write_fmnist_rgb_csv(out: Path, *, n: int = 2000, noise: str = "pair", rate:
     return folder / "labels.csv"
 
 
+def write_fmnist_instance_csv(out: Path, *, n: int = 2000, rate: float = 0.35, seed: int = 0,
+                              data_dir: str | None = None) -> Path:
+    """Grey PNGs at 28 px and a ``path,label`` CSV with instance-dependent noise; returns the list."""
+    from dataparams.data.prepare import reference_probabilities
+    from dataparams.noise import instance_dependent_noise
+
+    folder = out / "fmnist-instance35"
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    images, clean_fm = _fmnist(n, data_dir)
+    reference = reference_probabilities(images, clean_fm, 10)
+    noisy_fm, _ = instance_dependent_noise(clean_fm, rate, reference, seed=seed)
+    names = list(FASHION_MNIST_CLASSES)
+    lines = ["path,label\n"]
+    ids = []
+    for i, (img, k) in enumerate(zip(images, noisy_fm)):
+        rel = f"images/{i:05d}.png"
+        Image.fromarray(img).save(folder / rel)
+        lines.append(f"{rel},{names[k]}\n")
+        ids.append(rel)
+    (folder / "labels.csv").write_text("".join(lines))
+    classes = sorted(names)
+    to_user = np.array([classes.index(c) for c in names])
+    _save_truth(folder, clean=to_user[clean_fm], given=to_user[noisy_fm], classes=classes, ids=ids,
+                noise="instance", rate=rate)
+    return folder / "labels.csv"
+
+
 def write_digits(out: Path, *, noise: str = "uniform", rate: float = 0.3, seed: int = 0) -> Path:
     """scikit-learn's digits, 1,797 x 64, integer labels, no ids; returns the .npz."""
     from sklearn.datasets import load_digits
@@ -145,7 +177,7 @@ def write_breast_cancer(out: Path, *, noise: str = "pair", rate: float = 0.2, se
     return folder / "features.npz"
 
 
-SETS = ("fmnist-folder", "fmnist-rgb-csv", "digits-uniform30", "breast-cancer-pair20")
+SETS = ("fmnist-folder", "fmnist-rgb-csv", "fmnist-instance35", "digits-uniform30", "breast-cancer-pair20")
 
 
 def _check(name: str, path: Path) -> str:
@@ -182,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     paths = {
         "fmnist-folder": write_fmnist_folder(out, n=args.n, seed=args.seed, data_dir=args.fmnist_dir),
         "fmnist-rgb-csv": write_fmnist_rgb_csv(out, n=args.n, seed=args.seed, data_dir=args.fmnist_dir),
+        "fmnist-instance35": write_fmnist_instance_csv(out, n=args.n, seed=args.seed, data_dir=args.fmnist_dir),
         "digits-uniform30": write_digits(out, seed=args.seed),
         "breast-cancer-pair20": write_breast_cancer(out, seed=args.seed),
     }

@@ -9,7 +9,8 @@ dataset, a torch Dataset, a file or folder) and returns a DataFrame of the likel
 cleanlab's Datalab does (:func:`dataparams.issues.label_issues`).
 """
 
-from dataparams.issues import label_issues as find_label_issues
+from typing import Any
+
 from dataparams.losses import scale_logits, scaled_cross_entropy, scaled_loss
 from dataparams.optim import SparseSGD, sparse_sgd_step
 from dataparams.parameters import (
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_CLAMP",
     "DataParameters",
+    "ScoreTracker",
     "SparseSGD",
     "combine_sigma",
     "find_label_issues",
@@ -36,3 +38,18 @@ __all__ = [
     "sparse_sgd_step",
     "__version__",
 ]
+
+# The training-loop core above imports only torch; these pull in the trainer and the analysis, so
+# they load on first use (PEP 562) and `import dataparams` stays light.
+_LAZY = {"find_label_issues": ("dataparams.issues", "label_issues"), "ScoreTracker": ("dataparams.scores", "ScoreTracker")}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dataparams' has no attribute {name!r}")

@@ -63,9 +63,12 @@ SCORE_NAMES = ("sigma", "sigma-mean", "last-loss", "mean-loss")
 #: mixture splits the clean ones; benchmarks/results/fmnist_methods/variants.md). ``confident``:
 #: count the wrong labels of each given class as confident learning does (Northcutt et al. 2021,
 #: :func:`confident_counts`) on the class probabilities averaged over training, then flag that
-#: many of the class's most suspicious samples by the score. ``auto``: ``confident`` when
+#: many of the class's most suspicious samples by the score. ``class-mean``: for loss scores,
+#: flag a sample whose label quality (:func:`label_quality_scores`) is below the mean quality of
+#: its given class (cleanlab's per-class self-confidence threshold applied to the quality itself,
+#: so a class the model finds hard is judged against its own level). ``auto``: ``confident`` when
 #: probabilities are given, else the bound rule for a bounded loss and the mixture otherwise.
-FLAG_RULES = ("auto", "mixture", "bound", "confident")
+FLAG_RULES = ("auto", "mixture", "bound", "confident", "class-mean")
 # A loss of exactly 0 (float16 underflow of a memorised sample) has no logarithm; this floor sits
 # far below any loss that matters.
 _LOSS_FLOOR = 1e-8
@@ -426,6 +429,19 @@ def flag_by_rule(scores: np.ndarray, *, labels: Any = None, probs: Any = None, r
         return {"mask": mask, "rule": rule, "threshold": math.nan, "posterior": mask.astype(np.float64),
                 "estimate": {"n_estimated": int(mask.sum()), "fraction": float(mask.mean()) if len(s) else 0.0,
                              "per_class": per_class.tolist()}}
+    if rule == "class-mean":
+        if labels is None:
+            raise ValueError("rule='class-mean' needs the labels")
+        y = np.asarray(labels, dtype=np.int64)
+        if len(y) != len(s):
+            raise ValueError(f"scores has {len(s)} entries for {len(y)} labels")
+        quality = label_quality_scores(s, loss=loss, q=q)
+        k = int(y.max()) + 1 if len(y) else 0
+        means = np.bincount(y, weights=quality, minlength=k) / np.maximum(np.bincount(y, minlength=k), 1)
+        mask = quality < means[y]
+        return {"mask": mask, "rule": rule, "threshold": math.nan, "posterior": mask.astype(np.float64),
+                "estimate": {"n_estimated": int(mask.sum()), "fraction": float(mask.mean()) if len(s) else 0.0,
+                             "class_mean_quality": means.tolist()}}
     if rule == "bound":
         if not math.isfinite(bound):
             raise ValueError(f"rule='bound' needs a bounded loss (gce), got loss={loss!r}")

@@ -65,6 +65,7 @@ from dataparams.data.user import (
     _raise_first,
     _side_and_channels,
     default_memory_budget,
+    finite_float32,
 )
 
 __all__ = ["TABLE_SUFFIXES", "is_table_path", "load_table_data"]
@@ -419,19 +420,9 @@ def _ids(values: Sequence[Any], where: _Where) -> list[str]:
 
 def _to_float32(x: np.ndarray, locate: Callable[[int, int], str]) -> np.ndarray:
     """(N, D) numbers as float32, refusing NaN, infinities and values float32 cannot hold."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = np.ascontiguousarray(x, dtype=np.float32)
-    bad = ~np.isfinite(out)
-    if bad.any():
-        i, j = (int(v) for v in np.argwhere(bad)[0])
-        v = x[i, j]
-        if np.isnan(v):
-            what = "NaN"
-        elif np.isinf(v):
-            what = "an infinite value"
-        else:
-            what = f"{float(v):g}, too large for float32"
-        rows = int(bad.any(1).sum())
+    out, bad = finite_float32(x)
+    if bad is not None:
+        i, j, what, rows = bad
         more = f"; {rows - 1:,} more rows hold NaN or infinite values" if rows > 1 else ""
         raise UserDataError(f"{locate(i, j)}: holds {what}{more}")
     return out

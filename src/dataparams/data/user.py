@@ -992,19 +992,9 @@ def _load_features(path: Path, classes: list[str] | None) -> UserData:
     if d == 0:
         raise UserDataError(f"{path}: X has zero features (shape {x.shape})")
 
-    with np.errstate(over="ignore"):
-        features = np.ascontiguousarray(x, dtype=np.float32)
-    bad = ~np.isfinite(features)
-    if bad.any():
-        i, j = (int(v) for v in np.argwhere(bad)[0])
-        v = x[i, j]
-        if np.isnan(v):
-            what = "NaN"
-        elif np.isinf(v):
-            what = "an infinite value"
-        else:
-            what = f"{float(v):g}, too large for float32"
-        rows = int(bad.any(1).sum())
+    features, bad = finite_float32(x)
+    if bad is not None:
+        i, j, what, rows = bad
         raise UserDataError(f"{path}: row {i} of X holds {what} (column {j}); {rows:,} rows are bad")
 
     def where(i: int) -> str:
@@ -1065,6 +1055,20 @@ def _load_features(path: Path, classes: list[str] | None) -> UserData:
         kind="features", targets=targets, classes=classes, ids=ids, source=str(path), features=features,
         mean=mean.astype(np.float32), std=std.astype(np.float32), choices=choices,
     )
+
+
+def finite_float32(x: np.ndarray) -> tuple[np.ndarray, tuple[int, int, str, int] | None]:
+    """(N, D) numbers as contiguous float32, and the first entry that is not a finite float32
+    (row, column, what it holds, number of bad rows), or None."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.ascontiguousarray(x, dtype=np.float32)
+    bad = ~np.isfinite(out)
+    if not bad.any():
+        return out, None
+    i, j = (int(v) for v in np.argwhere(bad)[0])
+    v = x[i, j]
+    what = "NaN" if np.isnan(v) else "an infinite value" if np.isinf(v) else f"{float(v):g}, too large for float32"
+    return out, (i, j, what, int(bad.any(1).sum()))
 
 
 def _to_str(v: Any) -> str:
