@@ -7,7 +7,7 @@ corruption, this script runs, one after the other in one process:
 
 * ours: ``dataparams.issues.find_label_issues`` -- one instance-curriculum training with the
   ``user`` preset's defaults (model, epochs and normalisation chosen from the data), the ranking
-  score ``find-issues`` uses by default, flags by the noise-rate-free mixture;
+  score ``find-issues`` uses by default, flags by the rule find-issues uses by default (class-mean since issue 21; the mixture before);
 * cleanlab: ``cleanlab.filter.find_label_issues`` on K-fold (K = 5, stratified) out-of-sample
   predicted probabilities of the same model family with the same resolved config (architecture,
   epochs, schedule, batch) trained with plain cross-entropy -- cleanlab's recommended use; its

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from _table import emit
 from dataparams.data.prepare import resolve_labels, split_noise_reference
 from dataparams.data.registry import load_dataset

@@ -106,7 +106,7 @@ def test_mixture_rule_is_the_mixture_estimate():
     rng = np.random.default_rng(0)
     scores = np.concatenate([rng.lognormal(-2, 0.5, 900), rng.lognormal(1, 0.3, 100)])
     labels = np.zeros(1000, dtype=int)
-    mask = find_label_issues(labels, scores)
+    mask = find_label_issues(labels, scores, rule="mixture")
     expected = estimate_num_mislabeled(scores, log=True)["posterior"] > 0.5
     np.testing.assert_array_equal(mask, expected)
     assert 90 <= mask.sum() <= 110 and mask[900:].all()
@@ -169,9 +169,9 @@ def test_confident_rule_flags_the_most_suspicious_of_each_class():
     # confidently class 1, sample 5 class 0, the rest their own -> one issue in each class.
     np.testing.assert_array_equal(confident_counts(labels, probs), [1, 1])
     scores = np.array([0.1, 0.5, 0.4, 0.2, 0.3, 0.25])  # the score, not the probabilities, picks which
-    mask = find_label_issues(labels, scores, probs=probs)
+    mask = find_label_issues(labels, scores, probs=probs, rule="confident")
     np.testing.assert_array_equal(mask, [False, True, False, False, True, False])
-    out = flag_by_rule(scores, labels=labels, probs=probs)
+    out = flag_by_rule(scores, labels=labels, probs=probs, rule="confident")
     assert out["rule"] == "confident" and out["estimate"]["per_class"] == [1, 1]
     with pytest.raises(ValueError, match="probabilities"):
         find_label_issues(labels, scores, rule="confident")
@@ -196,6 +196,8 @@ def test_class_mean_rule_by_hand():
     labels = np.array([0, 0, 0, 1, 1, 1])
     mask = find_label_issues(labels, -np.log(quality), rule="class-mean")
     np.testing.assert_array_equal(mask, [False, False, True, False, False, True])
+    # ... and it is what a cross-entropy loss score gets by default
+    np.testing.assert_array_equal(find_label_issues(labels, -np.log(quality)), mask)
     # A hard class is judged against its own level: every sample of class 1 has a lower quality
     # than every clean sample of class 0, yet class 1 is not flagged whole.
     assert not mask[labels == 1].all()

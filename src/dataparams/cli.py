@@ -49,6 +49,7 @@ def _add_table_args(p: argparse.ArgumentParser) -> None:
 def get_args_parser() -> argparse.ArgumentParser:
     from dataparams.analysis.find_issues import SCORES
     from dataparams.methods.registry import METHODS
+    from dataparams.scores import FLAG_RULES
 
     parser = argparse.ArgumentParser(
         prog="dataparams",
@@ -136,6 +137,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "mean-loss: its mean over the epochs, the small-loss criterion (the loss scores work for any run) "
                    "(default: mean-loss with --data -- the loss under the learned temperatures, averaged over training, "
                    "which ranked best on our tuning data -- and sigma for RUN_DIR)")
+    f.add_argument("--rule", choices=list(FLAG_RULES), default="auto",
+                   help="how many to flag, without the noise rate: class-mean (a sample whose label quality is "
+                   "below its given class's mean), mixture (two Gaussians on the log score), bound (a fraction "
+                   "of a bounded loss's maximum), confident (confident learning on the class probabilities "
+                   "averaged over training); auto: bound for a GCE-trained run, else class-mean for a loss "
+                   "score and mixture for sigma (default: %(default)s)")
     f.add_argument("--holdout", type=float, default=0.0,
                    help="with --data: fraction held out to choose the epoch and measure accuracy (not ranked; "
                    "default: %(default)s)")
@@ -437,7 +444,8 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
         overrides = [*args.overrides, *([f"model.arch={args.model}"] if args.model else []),
                      *([f"model.weights={args.weights}"] if args.weights else [])]
         out = Path(args.out) if args.out else Path(f"{Path(args.data).stem}-issues")
-        report, files = find_label_issues(args.data, out, score=args.score or DEFAULT_SCORE, holdout=args.holdout,
+        report, files = find_label_issues(args.data, out, score=args.score or DEFAULT_SCORE, rule=args.rule,
+                                          holdout=args.holdout,
                                           overrides=overrides, seed=args.seed, device=args.device,
                                           overwrite=args.overwrite, quiet=args.quiet, **table)
         if args.cleaned_labels:
@@ -445,7 +453,7 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
                                                                   action=args.cleaned_labels)
         print(f"{args.data}: {report.n:,} samples ranked in {time.perf_counter() - t0:.1f}s")
     else:
-        report = find_issues(args.run_dir, score=args.score or "sigma", epoch=args.epoch)
+        report = find_issues(args.run_dir, score=args.score or "sigma", epoch=args.epoch, rule=args.rule)
         out = Path(args.out) if args.out else Path(args.run_dir) / "issues"
         files = report.save(out, cleaned_labels=args.cleaned_labels)
     summary = report.summary()

@@ -71,6 +71,7 @@ def find_label_issues(
     *,
     variant: str = "instance",
     score: str = DEFAULT_SCORE,
+    rule: str = "auto",
     holdout: float = 0.0,
     overrides: Sequence[str] = (),
     seed: int = 1,
@@ -100,6 +101,9 @@ def find_label_issues(
         The ``user`` preset's variant (``instance`` or ``joint``: the score needs instance sigma).
     score : str
         One of :data:`dataparams.analysis.find_issues.SCORES`.
+    rule : str
+        How many to flag, one of :data:`dataparams.scores.FLAG_RULES` (default ``auto``: the
+        per-class rule ``class-mean`` for the default loss score).
     holdout : float
         Fraction of the samples held out (with their given labels) to pick the epoch and report
         accuracy on; those samples are not ranked.
@@ -126,7 +130,7 @@ def find_label_issues(
                  feature_columns=None if feature_columns is None else list(feature_columns))
     cfg = _user_config(variant, os.fspath(data), holdout=holdout, seed=seed, overrides=overrides, table=table)
     dataset = load_dataset(cfg.data, progress=not quiet)  # every file checked before anything is written
-    return _train_and_rank(cfg, dataset, Path(out), score=score, device=device, overwrite=overwrite,
+    return _train_and_rank(cfg, dataset, Path(out), score=score, rule=rule, device=device, overwrite=overwrite,
                            quiet=quiet, top=top, title=f"Label issues in {data}")
 
 
@@ -267,7 +271,8 @@ def label_issues(
             memory_budget_bytes=None if d.memory_budget_mb is None else int(d.memory_budget_mb) << 20,
             progress=not quiet))
     user = dataset.user
-    report, _ = _train_and_rank(cfg, dataset, Path(out), score=DEFAULT_SCORE, device=device, overwrite=False,
+    report, _ = _train_and_rank(cfg, dataset, Path(out), score=DEFAULT_SCORE, rule="auto", device=device,
+                                overwrite=False,
                                 quiet=quiet, top=_TOP, title=f"Label issues in {user.source}")
     frame = issues_frame(report, user)
     if id_column is not None:
@@ -324,7 +329,7 @@ def _user_config(variant: str, data_dir: str | None, *, holdout: float, seed: in
     return cfg
 
 
-def _train_and_rank(cfg: TrainConfig, dataset: LoadedDataset, out: Path, *, score: str, device: str,
+def _train_and_rank(cfg: TrainConfig, dataset: LoadedDataset, out: Path, *, score: str, rule: str, device: str,
                     overwrite: bool, quiet: bool, top: int,
                     title: str) -> tuple[IssueReport, dict[str, Path]]:
     """Train ``cfg`` on the loaded user ``dataset`` into ``out/run`` (or reuse the run there when it
@@ -341,7 +346,7 @@ def _train_and_rank(cfg: TrainConfig, dataset: LoadedDataset, out: Path, *, scor
                        "training again")
     train(cfg, run_dir, overwrite=overwrite, resume=resume, device=device, quiet=quiet, tensorboard=False,
           dataset=dataset)
-    report = find_issues(run_dir, score=score, dataset=dataset)
+    report = find_issues(run_dir, score=score, dataset=dataset, rule=rule)
     files = report.save(out)
     user = dataset.user
     # The thumbnail is the image the model saw (decoded at the common side).

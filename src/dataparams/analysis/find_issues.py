@@ -462,11 +462,11 @@ def find_issues(
         (or when it cannot be loaded) those columns are empty.
     dataset : LoadedDataset, optional
         The run's dataset, already loaded (saves reading it again).
-    rule : {"auto", "mixture", "bound", "confident"}, default "auto"
-        How many to flag (:func:`dataparams.scores.flag_by_rule`): ``auto`` is ``confident`` when
-        the run kept its class probabilities averaged over training (``mean_probs`` in
-        predictions.npz), else the bound rule for a loss score of a run trained on a bounded loss
-        (GCE), else the mixture.
+    rule : {"auto", "class-mean", "mixture", "bound", "confident"}, default "auto"
+        How many to flag (:func:`dataparams.scores.flag_by_rule`): for a loss score, ``auto`` is
+        the bound rule on a run trained on a bounded loss (GCE) and ``class-mean`` otherwise; for
+        a sigma score the mixture. ``confident`` uses the class probabilities averaged over
+        training that single-process runs keep (``mean_probs`` in predictions.npz).
 
     Returns
     -------
@@ -520,8 +520,8 @@ def find_issues(
     loss_kind, q = run_loss(run.config)
     pred = run.predictions
     probs = None if pred is None else pred.get("mean_probs")
-    if rule == "auto" and probs is None and score in _SIGMA_SCORES:
-        rule = "mixture"  # a temperature is not a loss: no bound applies
+    if rule == "auto" and score in _SIGMA_SCORES:
+        rule = "mixture"  # a temperature is not a loss: it implies no label quality and no bound
     flags = flag_by_rule(values, labels=run.labels["given"], probs=probs, rule=rule, loss=loss_kind, q=q)
     est = {**flags["estimate"], "rule": flags["rule"], "threshold": flags["threshold"]}
     if est.get("note"):
