@@ -19,10 +19,13 @@ Multi-stage methods:
   first learning-rate drop, i.e. before memorisation); a sample is flagged when its AUM is below
   a percentile (99th in the paper, tuned here) of the threshold samples'; then a retraining on
   the kept samples.
-* ``dp-filter`` and ``dp-gce-filter`` (beyond the paper): one training of a data-parameter
-  method (``@first``: ``dp-instance`` or ``dp-gce``), its samples flagged from one ranking
-  (``@score``) by the noise-rate-free mixture or, after ``dp-gce``, by a fixed fraction of the
-  GCE loss bound (``@flag``), then a retraining on the kept samples (``@retrain``).
+* ``dp-filter`` and ``dp-gce-filter`` (beyond the paper): the library's filter pipeline
+  (:func:`dataparams.methods.pipelines.run_filter_pipeline`): one training of a data-parameter
+  method (``pipeline.first``: ``dp-instance`` or ``dp-gce``), its samples flagged from one
+  ranking (``pipeline.score``) by the noise-rate-free mixture or, after ``dp-gce``, by a fixed
+  fraction of the GCE loss bound (``pipeline.rule=bound``, ``pipeline.fraction``), then a
+  retraining on the kept samples (``pipeline.retrain``; the setting's other entries apply to it).
+  In a grid, the cell of the first method with the same config and seed is the first training.
 """
 
 from __future__ import annotations
@@ -46,6 +49,15 @@ import numpy as np
 
 from dataparams.analysis.metrics import over_seeds
 from dataparams.config import ConfigError, TrainConfig, apply_overrides, config_to_dict
+from dataparams.methods.pipelines import (
+    FilterPipeline,
+    PipelineLayout,
+    filter_flags,
+    first_methods,
+    run_filter_pipeline,
+    save_index_file,
+    train_stage,
+)
 from dataparams.methods.registry import METHODS as REGISTRY
 from dataparams.presets import get_preset
 from dataparams.runs import RunDir, RunDirError, atomic_write_text
@@ -134,7 +146,7 @@ def _setting(spec: BenchSpec, method: str) -> list[str]:
 
 
 def _split_special(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Separate pipeline options (``@name=value``) from config overrides."""
+    """Separate the options of a bench-only method (``@name=value``) from the other entries."""
     plain, special = [], {}
     for o in overrides:
         if o.startswith("@"):
@@ -152,28 +164,13 @@ def _cell_config(spec: BenchSpec, cell: Cell, variant: str, extra: list[str]) ->
 
 
 def _train(cfg: TrainConfig, out: Path, device: str) -> dict[str, Any]:
-    from dataparams.experiment import train
-
-    done = out / "summary.json"
-    if done.exists():
-        # A finished run is reused only if it was trained with this very config.
-        run = RunDir(out)
-        run.prepare(config_to_dict(cfg), resume=True)
-        return json.loads(done.read_text())
-    return train(cfg, out, resume=True, device=device, quiet=True, tensorboard=False)
+    # A finished run is reused only if it was trained with this very config.
+    return train_stage(cfg, out, resume=True, device=device, quiet=True, tensorboard=False)
 
 
 def _index_file(folder: Path, name: str, index: np.ndarray) -> tuple[Path, str]:
-    """Save ``index`` as ``folder/name_<hash>.npy``; return the path and the hash.
-
-    Named by content so that a run trained on one index set is never reused for another (the
-    config holds the path, not the file's content)."""
-    index = np.ascontiguousarray(index, dtype=np.int64)
-    digest = hashlib.sha1(index.tobytes()).hexdigest()[:10]
-    path = folder / f"{name}_{digest}.npy"
-    if not path.exists():
-        np.save(path, index)
-    return path, digest
+    """Save ``index`` as ``folder/name_<hash>.npy``, named by content; return the path and the hash."""
+    return save_index_file(folder, f"{name}_{{digest}}.npy", index)
 
 
 def _detection(scores: np.ndarray, corrupted: np.ndarray) -> dict[str, float] | None:
@@ -294,99 +291,107 @@ def _finished_sibling(out: Path, cell: Cell, method: str, cfg: TrainConfig) -> P
     return sibling
 
 
-_DEFAULT_FIRST = "dp-instance"
+# Settings written before the filter pipelines moved into the library spell their options as
+# bench pseudo-options: @first=METHOD, @score=SCORE, @flag=mixture or @flag=FRACTION (of the GCE
+# loss bound), @retrain=VARIANT, with dp-instance, sigma-mean, mixture and instance where absent
+# (whatever the method). The committed spec.json and tuning.json files of benchmarks/results hold
+# them; they are read as the pipeline fields they stand for, so that those results stay reproducible.
+_LEGACY_KEYS = ("first", "score", "flag", "retrain")
 
 
-def _first_method(special: dict[str, str]) -> str:
-    """dp-filter's ``@first`` (default ``dp-instance``), checked."""
-    first = special.get("first", _DEFAULT_FIRST)
-    if first not in REGISTRY or REGISTRY[first].pipeline is not None or REGISTRY[first].variant not in (
-            "instance", "joint"):
-        raise ConfigError(f"@first must be a one-training method with instance data parameters, got {first!r}")
-    return first
-
-
-def _flag_fraction(cfg: TrainConfig, score: str, rule: str) -> float | None:
-    """``@flag`` checked against the first training's config and ``@score`` before anything
-    trains: None for ``mixture``, else the fraction of the GCE loss bound."""
-    if rule == "mixture":
-        return None
-    try:
-        fraction = float(rule)
-    except ValueError:
-        raise ConfigError(f"@flag must be 'mixture' or a fraction of the GCE loss bound, got {rule!r}") from None
-    if cfg.curriculum.loss != "gce" or score not in ("mean-loss", "last-loss") or not 0 < fraction < 1:
-        raise ConfigError("@flag=FRACTION needs a first training on the GCE loss (@first=dp-gce), a loss score "
-                          f"(@score=mean-loss or last-loss) and 0 < FRACTION < 1; got loss {cfg.curriculum.loss}, "
-                          f"score {score}, {rule}")
-    return fraction
-
-
-def _curriculum_stage(spec: BenchSpec, cell: Cell, stages: Path, special: dict[str, str], device: str,
-                      out: Path | None = None):
-    """The first training of dp-filter: the training of the one-training method ``@first``
-    (default ``dp-instance``), with its setting as the spec chose it or, when the spec chose
-    none, the preset's values (not the first tuning setting that an untuned cell of ``@first``
-    runs: dp-filter's first stage was tuned on the preset's instance curriculum). Returns the
-    config, the training's summary, its ranking (``@score``, default ``sigma-mean``) and the
-    flags (``@flag``, see :func:`_flags`). In a grid whose cell of ``@first`` for this setting
-    and seed is a finished run of the same config, that run is used as it is instead of
-    training it again."""
-    from dataparams.analysis.find_issues import find_issues
-
-    first = _first_method(special)
-    setting, _ = _split_special(list(spec.chosen.get(first, [])))
-    cfg = _cell_config(spec, cell, REGISTRY[first].variant, [*REGISTRY[first].overrides, *setting])
-    score = special.get("score", "sigma-mean")
-    fraction = _flag_fraction(cfg, score, special.get("flag", "mixture"))
-    sibling = None if out is None else _finished_sibling(out, cell, first, cfg)
-    if sibling is not None:
-        run_dir, summary = sibling, json.loads((sibling / "summary.json").read_text())
+def _translate_legacy(method: str, setting: list[str]) -> list[str]:
+    """``setting`` of ``method`` with old ``@`` spellings of a filter pipeline's options written
+    as ``pipeline.FIELD=VALUE`` entries (all of them: the old defaults were not the registry's)."""
+    if not isinstance(REGISTRY[method].pipeline, FilterPipeline):
+        return list(setting)
+    legacy, rest = {}, []
+    for o in setting:
+        key, _, value = o[1:].partition("=")
+        if o.startswith("@") and key in _LEGACY_KEYS:
+            legacy[key] = value
+        else:
+            rest.append(o)
+    if not legacy:
+        return list(setting)
+    first = legacy.get("first", "dp-instance")
+    if first not in first_methods():
+        raise ConfigError(f"@first must be a one-training method with instance data parameters "
+                          f"({', '.join(first_methods())}), got {first!r}")
+    flag = legacy.get("flag", "mixture")
+    if flag == "mixture":
+        rule = ["pipeline.rule=mixture", "pipeline.fraction=none"]
     else:
-        stages.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha1(json.dumps(config_to_dict(cfg), sort_keys=True).encode()).hexdigest()[:10]
-        run_dir = stages / f"curriculum_{digest}"
-        # Several settings (or, in a screen, several methods) may share this training: one trains
-        # it, the others wait for it and reuse it.
-        with open(stages / f"curriculum_{digest}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            summary = _train(cfg, run_dir, device)
-    report = find_issues(run_dir, score=score, load_dataset=False, rule="mixture")
-    return cfg, summary, report, _flags(cfg, report, fraction)
+        try:
+            float(flag)
+        except ValueError:
+            raise ConfigError(f"@flag must be 'mixture' or a fraction of the GCE loss bound, got {flag!r}") from None
+        rule = ["pipeline.rule=bound", f"pipeline.fraction={flag}"]
+    return [f"pipeline.first={first}", f"pipeline.score={legacy.get('score', 'sigma-mean')}", *rule,
+            f"pipeline.retrain={legacy.get('retrain', 'instance')}", *rest]
+
+
+def _filter_pipeline(method: str, setting: list[str]) -> FilterPipeline:
+    """The registry's pipeline of ``method`` with ``setting`` applied: its ``pipeline.*`` entries
+    set fields, its other entries (but ``@`` options) are overrides of the retraining."""
+    base = REGISTRY[method].pipeline
+    assert isinstance(base, FilterPipeline)
+    pipeline, rest = base.with_options(_translate_legacy(method, setting))
+    extra, _ = _split_special(rest)
+    return dataclasses.replace(pipeline, retrain_overrides=(*pipeline.retrain_overrides, *extra))
+
+
+def _setting_key(method: str, setting: list[str]) -> Any:
+    """What ``setting`` of ``method`` means, for telling settings apart whatever their spelling."""
+    if isinstance(REGISTRY[method].pipeline, FilterPipeline):
+        try:
+            return _filter_pipeline(method, setting)
+        except ConfigError:
+            pass
+    return tuple(setting)
 
 
 def _flags(cfg: TrainConfig, report: Any, fraction: float | None) -> np.ndarray:
-    """Which samples dp-filter drops: with ``fraction`` None, those of the report's
-    noise-rate-free two-Gaussian mixture on the log score; else those whose loss score is at
-    least ``fraction`` times the largest value the first training's GCE loss can take (1/q).
+    """Which samples dp-filter drops (:func:`~dataparams.methods.pipelines.filter_flags`): with
+    ``fraction`` None, the report's mixture flags; else those whose loss score is at least
+    ``fraction`` of the bound of ``cfg``'s GCE loss."""
+    return filter_flags(report, rule="mixture" if fraction is None else "bound", fraction=fraction,
+                        q=float(cfg.curriculum.loss_q))
 
-    Why the second rule: under the GCE loss the clean samples' mean losses spread over orders of
-    magnitude (memorised ones near 0, hard ones in between), and the mixture on their log splits
-    the clean samples instead of separating the corrupted ones, which sit near the bound.
-    """
-    from dataparams.scores import flag_by_rule
 
-    if fraction is None:
-        return np.asarray(report.is_flagged, dtype=bool)
-    return flag_by_rule(report.score, rule="bound", loss="gce", q=float(cfg.curriculum.loss_q), fraction=fraction)["mask"]
+def _first_stage(cfg: TrainConfig, stages: Path, device: str) -> Path:
+    """The first training of a filter, in ``stages/curriculum_<digest of cfg>``, trained unless finished."""
+    stages.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha1(json.dumps(config_to_dict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    run_dir = stages / f"curriculum_{digest}"
+    # Several settings (or, in a screen, several methods) may share this training: one trains
+    # it, the others wait for it and reuse it.
+    with open(stages / f"curriculum_{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _train(cfg, run_dir, device)
+    return run_dir
 
 
 def _dp_filter(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str, str], extra: list[str],
                device: str):
-    """One curriculum training, flag its samples (``@flag``), retrain on the kept samples
-    (``@retrain``: ``instance`` curriculum again, or the ``baseline``; ``extra`` overrides apply
-    to this retraining only)."""
-    _, first, report, flagged = _curriculum_stage(spec, cell, stages, special, device, out)
-    if flagged.all():
-        raise ConfigError(f"every one of the {flagged.size} samples of {report.run_dir} was flagged: nothing to "
-                          "retrain on (a first training too short to fit any sample, or a @flag fraction too low)")
-    keep = report.source_index[~flagged]
-    variant = special.get("retrain", "instance")
-    cfg = _cell_config(spec, cell, variant, extra)
-    summary = _train_on(cfg, out, "keep_final", keep, "retrain", device)
-    return {**_result(summary), "train_time_s": first["train_time_s"] + summary["train_time_s"], "trainings": 2,
-            "n_flagged": int(flagged.sum()), "first_run": str(report.run_dir),
-            "detection": _detection(report.score, report.is_corrupted)}
+    """The library's filter pipeline (:func:`~dataparams.methods.pipelines.run_filter_pipeline`)
+    with the setting's options (``extra``: its ``pipeline.*`` entries and the retraining's
+    overrides). The first training is the one of ``pipeline.first`` with its setting as the spec
+    chose it or, when the spec chose none, the preset's values (not the first tuning setting that
+    an untuned cell of that method runs: dp-filter's first stage was tuned on the preset's instance
+    curriculum). In a grid whose cell of that method for this setting and seed is a finished run
+    of the same config, that run is used as it is instead of training it again."""
+    pipeline = _filter_pipeline(cell.method, extra)
+    first = pipeline.first_method()
+    cfg_first = _cell_config(spec, cell, first.variant, [*first.overrides, *spec.chosen.get(pipeline.first, [])])
+    pipeline.check(cfg_first)  # before anything trains
+    cfg_retrain = _cell_config(spec, cell, pipeline.retrain, list(pipeline.retrain_overrides))
+    first_run = _finished_sibling(out, cell, pipeline.first, cfg_first) or _first_stage(cfg_first, stages, device)
+    res = run_filter_pipeline(pipeline, cfg_first, cfg_retrain, out, method=cell.method, first_run=first_run,
+                              layout=PipelineLayout(kept="keep_final_{digest}.npy", stage2="retrain_{digest}"),
+                              resume=True, device=device, quiet=True, tensorboard=False)
+    return {**_result(res["summary"]), "train_time_s": res["train_time_s"], "trainings": 2,
+            "n_flagged": res["n_flagged"], "first_run": res["stages"]["stage1"]["run_dir"],
+            "detection": res["detection"]}
 
 
 def _single(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str, str], extra: list[str],
@@ -453,13 +458,14 @@ def run_cell(spec: BenchSpec, cell: Cell, root: Path, *, device: str = "cpu",
             return res
     out.mkdir(parents=True, exist_ok=True)
     chosen = _setting(spec, cell.method) if setting is None else setting
-    extra, special = _split_special(list(chosen))
     t0 = time.perf_counter()
     try:
         if cell.method not in METHODS:
             raise ConfigError(f"unknown bench method {cell.method!r}; choose from {', '.join(METHODS)}")
-        fn = {"cleanlab": _cleanlab, "aum": _aum, "dp-filter": _dp_filter}.get(
-            REGISTRY[cell.method].pipeline or "", _single)
+        extra, special = _split_special(_translate_legacy(cell.method, list(chosen)))
+        kind = REGISTRY[cell.method].pipeline
+        fn = _dp_filter if isinstance(kind, FilterPipeline) else {"cleanlab": _cleanlab, "aum": _aum}.get(
+            kind or "", _single)
         res = {"status": "ok", **fn(spec, cell, out, stages, special, extra, device)}
     except Exception as e:  # recorded, and the grid goes on
         res = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
@@ -578,18 +584,21 @@ def run_grid(spec: BenchSpec, root: Path, *, device: str = "cpu", jobs: int = 1,
 
 
 def _reuses_a_cell(spec: BenchSpec, method: str) -> bool:
-    """Whether ``method`` is a dp-filter pipeline whose ``@first`` method is in the grid too."""
-    if REGISTRY[method].pipeline != "dp-filter":
-        return False
-    _, special = _split_special(_setting(spec, method))
-    return special.get("first", _DEFAULT_FIRST) in spec.methods
+    """Whether ``method`` is a filter pipeline whose first method is in the grid too."""
+    key = _setting_key(method, _setting(spec, method))
+    return isinstance(key, FilterPipeline) and key.first in spec.methods
+
+
+def _translated(chosen: dict[str, list[str]]) -> dict[str, list[str]]:
+    """``chosen`` with the old ``@`` spellings of filter options translated (see _translate_legacy)."""
+    return {m: _translate_legacy(m, list(s)) if m in REGISTRY else list(s) for m, s in chosen.items()}
 
 
 def load_tuning(spec: BenchSpec, root: Path) -> None:
     """Settings chosen by an earlier ``tune`` stage in ``root``; the spec's own choices win."""
     tuning = root / "tuning.json"
     if tuning.exists():
-        spec.chosen = {**json.loads(tuning.read_text())["chosen"], **spec.chosen}
+        spec.chosen = {**_translated(json.loads(tuning.read_text())["chosen"]), **spec.chosen}
 
 
 def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
@@ -684,7 +693,8 @@ def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
     used: dict[str, Any] = {}
     for m in spec.methods:
         seen = [r["setting"] for n, rt in columns for r in group(m, n, rt) if r["status"] == "ok" and "setting" in r]
-        distinct = [x for i, x in enumerate(seen) if x not in seen[:i]]
+        keys = [_setting_key(m, x) for x in seen]  # the same setting in old and new spellings is one
+        distinct = [x for i, x in enumerate(seen) if keys[i] not in keys[:i]]
         used[m] = distinct[0] if len(distinct) == 1 else distinct or _setting(spec, m)
     lines += ["Settings (chosen on the noisy validation split; as run): " + json.dumps(used)]
     figure = _plot_results(spec, root, columns, group)
@@ -729,6 +739,10 @@ def load_spec(path: Path | None, **changes: Any) -> BenchSpec:
         if unknown:
             raise ConfigError(f"unknown bench spec keys: {', '.join(sorted(unknown))}")
         data["grid"] = [tuple(g) for g in data.get("grid", spec.grid)]
+        # Spec files written before the filter pipelines moved into the library spell their
+        # options with @ (e.g. benchmarks/results/fmnist_methods/spec.json): read as the pipeline
+        # fields they stand for, so that their results stay reproducible.
+        data["chosen"] = _translated(data.get("chosen", {}))
         spec = BenchSpec(**{**dataclasses.asdict(spec), **data})
     spec = dataclasses.replace(spec, **{k: v for k, v in changes.items() if v is not None})
     bad = [m for m in spec.methods if m not in METHODS]

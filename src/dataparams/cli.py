@@ -71,7 +71,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "with a fingerprint of the data (the list's bytes, every image's size and modification "
                    "time; a table's labels, ids and pixels or features) that --resume checks")
     t.add_argument("--method", help="train a compared method (see `dataparams bench --help`) on the preset's "
-                   "experiment: e.g. --preset fmnist-noisy40 --method gce; default: the preset's own variant")
+                   "experiment (or on --data): e.g. --preset fmnist-noisy40 --method gce; default: the preset's own "
+                   "variant. dp-filter and dp-gce-filter train twice, into OUT/stage1 and, on the samples the first "
+                   "training did not flag, OUT/stage2, and write OUT/pipeline.json; --set pipeline.FIELD=VALUE "
+                   "sets their options (first, score, rule, fraction, retrain), other --set apply to both "
+                   "trainings. cleanlab and aum run in `dataparams bench` only")
     t.add_argument("--config", help="start from a config.json (e.g. of an earlier run) instead of a preset")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field, e.g. --set optim.lr=0.1 --set curriculum.lr_instance=0.5 (repeatable)")
@@ -81,7 +85,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--seeds", type=int, nargs="+", help="run one repeat per seed into OUT/seedN and summarise mean ± std")
     t.add_argument("--out", help="run directory (default: runs/<preset>)")
     t.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint; refused, naming what changed, "
+                   help="continue the run in --out from its last checkpoint (a two-stage --method: a finished "
+                   "stage is used as it is and the unfinished one continues); refused, naming what changed, "
                    "when the config or (with --data) the data changed since the run began, e.g. a label "
                    "edited in the list")
     t.add_argument("--overwrite", action="store_true", help="delete the run in --out and start over")
@@ -204,11 +209,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------------------------
 # commands
 # ----------------------------------------------------------------------------------------------
-def _resolve_config(args: argparse.Namespace) -> Any:
-    from dataparams.config import ConfigError, apply_overrides, config_from_dict, shorthand_overrides
-    from dataparams.presets import get_preset
+def _preset_name(args: argparse.Namespace) -> str:
+    """The preset ``train`` starts from (a user preset with ``--data``), checked against ``--data``."""
+    from dataparams.config import ConfigError
 
-    method = getattr(args, "method", None)
     data = getattr(args, "data", None)
     preset = args.preset or ("user/instance" if data else "fmnist-noisy40/instance")
     if data:
@@ -217,6 +221,22 @@ def _resolve_config(args: argparse.Namespace) -> Any:
                               f"...), not {preset}")
         if args.data_dir:
             raise ConfigError("give your data with --data PATH only (not also --data-dir)")
+    return preset
+
+
+def _shorthand(args: argparse.Namespace) -> list[str]:
+    from dataparams.config import shorthand_overrides
+
+    return shorthand_overrides(data_dir=getattr(args, "data", None) or args.data_dir, epochs=args.epochs,
+                               seed=args.seed, workers=getattr(args, "workers", None))
+
+
+def _resolve_config(args: argparse.Namespace) -> Any:
+    from dataparams.config import ConfigError, apply_overrides, config_from_dict
+    from dataparams.presets import get_preset
+
+    method = getattr(args, "method", None)
+    preset = _preset_name(args)
     if args.config:
         if method:
             raise ConfigError("--method applies to a preset, not to --config")
@@ -237,11 +257,21 @@ def _resolve_config(args: argparse.Namespace) -> Any:
         cfg.preset = f"{experiment}/{method}"
     else:
         cfg = get_preset(preset)
-    cfg = apply_overrides(cfg, [*args.overrides, *shorthand_overrides(
-        data_dir=data or args.data_dir, epochs=args.epochs, seed=args.seed, workers=getattr(args, "workers", None))])
+    cfg = apply_overrides(cfg, [*args.overrides, *_shorthand(args)])
     for name, value in _table_options(args).items():
         setattr(cfg.data, name, value)
     return cfg
+
+
+def _filter_method(args: argparse.Namespace) -> Any:
+    """The registry entry of ``--method`` when it is a filter pipeline (dp-filter, dp-gce-filter), else None."""
+    from dataparams.methods.pipelines import FilterPipeline
+    from dataparams.methods.registry import get_method
+
+    if not getattr(args, "method", None):
+        return None
+    m = get_method(args.method)
+    return m if isinstance(m.pipeline, FilterPipeline) else None
 
 
 def _table_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -296,12 +326,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.preset in list_detection_presets():
         return _train_detection(args)
+    method = _filter_method(args)
+    if method is not None:
+        return _train_pipeline(args, method)
     cfg = _resolve_config(args)
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
         return 0
-    out = Path(args.out or (Path("runs") / Path(args.data).stem if getattr(args, "data", None) else
-                            Path("runs") / cfg.preset.replace("/", "_")))
+    out = _default_out(args, cfg.preset)
     if not args.seeds:
         summary = train(cfg, out, resume=args.resume, overwrite=args.overwrite, **_train_kwargs(args))
         if summary is not None:  # None on the ranks other than 0 of a torchrun job
@@ -314,20 +346,69 @@ def cmd_train(args: argparse.Namespace) -> int:
                                label=f"seed {seed}: ", **_train_kwargs(args)))
     if None in summaries:  # a rank other than 0 of a torchrun job: rank 0 writes the summary
         return 0
-    keys = ["final_test_acc", "val_selected_test_acc", *[f"test_acc_epoch_{e}" for e in cfg.report_epochs]]
+    _seeds_table(out, cfg.preset, args.seeds, summaries, cfg.report_epochs)
+    return 0
+
+
+def _default_out(args: argparse.Namespace, preset: str) -> Path:
+    data = getattr(args, "data", None)
+    return Path(args.out or (Path("runs") / Path(data).stem if data else Path("runs") / preset.replace("/", "_")))
+
+
+def _seeds_table(out: Path, preset: str, seeds: list[int], summaries: list[dict[str, Any]],
+                 report_epochs: list[int]) -> None:
+    """``OUT/seeds_summary.{md,json}``: mean ± std over the seeds' summaries; printed."""
+    keys = ["final_test_acc", "val_selected_test_acc", *[f"test_acc_epoch_{e}" for e in report_epochs]]
     # Quantities no seed produced (no validation split, no report epoch reached) are left out
     # rather than shown as n/a rows.
     table = {k: mean_std([s.get(k) for s in summaries]) for k in keys
              if any(s.get(k) is not None for s in summaries)}
-    det = [s["detection"]["auroc"] for s in summaries if "detection" in s]
+    det = [s["detection"]["auroc"] for s in summaries if s.get("detection")]
     if det:
         table["detection_auroc"] = mean_std(det)
-    lines = [f"# {cfg.preset}, seeds {' '.join(map(str, args.seeds))}", "", "| quantity | mean ± std |", "|---|---:|"]
+    lines = [f"# {preset}, seeds {' '.join(map(str, seeds))}", "", "| quantity | mean ± std |", "|---|---:|"]
     lines += [f"| {k} | {_fmt(v, 4 if k == 'detection_auroc' else 2)} |" for k, v in table.items()]
     (out / "seeds_summary.md").write_text("\n".join(lines) + "\n")
     (out / "seeds_summary.json").write_text(json.dumps(
-        {"seeds": args.seeds, "mean_std": table, "runs": summaries}, indent=2, allow_nan=True) + "\n")
+        {"seeds": seeds, "mean_std": table, "runs": summaries}, indent=2, allow_nan=True) + "\n")
     print("\n".join(lines))
+
+
+def _train_pipeline(args: argparse.Namespace, method: Any) -> int:
+    """``dataparams train --method dp-filter|dp-gce-filter``: the two trainings of the filter
+    pipeline (:func:`dataparams.methods.pipelines.run_filter_pipeline`) in ``OUT/stage1`` and
+    ``OUT/stage2``, or ``OUT/seedN/...`` with ``--seeds``."""
+    from dataparams.config import ConfigError, config_to_dict
+    from dataparams.methods.pipelines import run_filter_pipeline
+
+    if args.config:
+        raise ConfigError("--method applies to a preset, not to --config")
+    _single_process(f"{method.name} runs in one process (its flags are computed between its two trainings); run "
+                    "it without torchrun")
+    experiment = _preset_name(args).partition("/")[0]
+    pipeline, common = method.pipeline.with_options(args.overrides)
+    cfg_first, cfg_retrain = pipeline.configs(experiment, [*common, *_shorthand(args)], method=method.name)
+    for name, value in _table_options(args).items():
+        setattr(cfg_first.data, name, value)
+        setattr(cfg_retrain.data, name, value)
+    if args.print_config:
+        print(json.dumps({"pipeline": dataclasses.asdict(pipeline), "stage1": config_to_dict(cfg_first),
+                          "stage2": config_to_dict(cfg_retrain)}, indent=2, sort_keys=True))
+        return 0
+    out = _default_out(args, cfg_retrain.preset)
+    kwargs = dict(method=method.name, resume=args.resume, overwrite=args.overwrite, **_train_kwargs(args))
+    if not args.seeds:
+        print(json.dumps(run_filter_pipeline(pipeline, cfg_first, cfg_retrain, out, **kwargs), indent=2,
+                         allow_nan=True))
+        return 0
+    summaries = []
+    for seed in args.seeds:
+        record = run_filter_pipeline(pipeline, dataclasses.replace(cfg_first, seed=seed),
+                                     dataclasses.replace(cfg_retrain, seed=seed), out / f"seed{seed}",
+                                     label=f"seed {seed}, ", **kwargs)
+        # The pipeline's own ranking is its first training's score, not the retraining's sigma.
+        summaries.append({**record["summary"], "detection": record["detection"]})
+    _seeds_table(out, cfg_retrain.preset, args.seeds, summaries, cfg_retrain.report_epochs)
     return 0
 
 

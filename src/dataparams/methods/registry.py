@@ -8,7 +8,15 @@ Two levels, in one place:
 * :data:`METHODS` -- the methods a user compares (``dataparams train --method``, ``dataparams
   bench --methods``): an objective on a preset variant, with the number of trainings it costs,
   the per-sample score it ranks suspects by, and the settings it is tuned over. Multi-stage
-  methods (``cleanlab``, ``aum``, ``dp-filter`` and ``dp-gce-filter``) name a ``pipeline`` that the bench runs.
+  methods carry a ``pipeline``: ``dp-filter`` and ``dp-gce-filter`` a
+  :class:`~dataparams.methods.pipelines.FilterPipeline` (its settings as data; run by
+  :func:`~dataparams.methods.pipelines.run_filter_pipeline`, ``dataparams train`` and the bench),
+  ``cleanlab`` and ``aum`` the name of a pipeline that only the bench runs.
+
+A setting (an entry of a tuning grid) is a list of config overrides; ``pipeline.FIELD=VALUE``
+entries set a field of a filter pipeline (its other entries are overrides of its retraining), and
+``@name=value`` entries are options of a bench-only method (co-teaching's forget rate as a multiple
+of the noise rate, cleanlab's ``filter_by``, AUM's threshold percentile).
 
 ``method_options`` keys (with defaults) are those of :data:`OBJECTIVES`:
 
@@ -31,6 +39,7 @@ import torch
 from torch import nn
 
 from dataparams.config import ConfigError, TrainConfig
+from dataparams.methods.pipelines import FilterPipeline
 from dataparams.objectives import DataParameterObjective, LossObjective, Objective
 from dataparams.parameters import DataParameters
 
@@ -81,9 +90,12 @@ class Method:
         out-of-sample probabilities), ``aum`` (-AUM).
     tuning : tuple of tuple of str
         The settings tried on the noisy validation split, the first being the paper's or the
-        package's default; ``@name=value`` entries are options of a bench pipeline.
-    pipeline : str or None
-        A multi-stage bench pipeline (``cleanlab``, ``aum``, ``dp-filter``); None for one training.
+        package's default (see the module notes for ``pipeline.FIELD=VALUE`` and ``@name=value``
+        entries).
+    pipeline : FilterPipeline, str or None
+        None for one training; a :class:`~dataparams.methods.pipelines.FilterPipeline` for the
+        dp-filter family (its settings before any tuning setting applies); the name of a
+        bench-only pipeline (``cleanlab``, ``aum``).
     """
 
     name: str
@@ -93,7 +105,7 @@ class Method:
     trainings: int = 1
     score: str | None = None
     tuning: tuple[tuple[str, ...], ...] = ()
-    pipeline: str | None = None
+    pipeline: FilterPipeline | str | None = None
 
 
 def _opts(**kw: Any) -> str:
@@ -104,7 +116,7 @@ def _opts(**kw: Any) -> str:
 
 # dp-gce-filter's first stage and flagging rule, fixed on the seed-100 cells of all four noise
 # settings before its retraining was tuned (benchmarks/results/fmnist_methods/variants.md).
-_GCE_FILTER = ("@first=dp-gce", "@score=mean-loss", "@flag=0.2")
+_GCE_FILTER = FilterPipeline(first="dp-gce", score="mean-loss", rule="bound", fraction=0.2)
 
 # The tuning budget: three settings per method. Data parameters: the paper's values first, then a
 # log-spaced step up (the small CNN's logits are smaller than WRN-28-10's, so its temperatures
@@ -135,8 +147,9 @@ METHODS: dict[str, Method] = {
         # (benchmarks/results/fmnist_methods/variants.md; the variants that did not are listed there).
         Method("dp-filter", "data parameters: one instance-curriculum training, flag by the mixture on "
                "sigma integrated over training, retrain on the kept samples", trainings=2, score="sigma-mean",
-               pipeline="dp-filter",
-               tuning=(("@retrain=instance",), ("@retrain=baseline",), ("@retrain=instance", "@score=sigma"))),
+               pipeline=FilterPipeline(first="dp-instance", score="sigma-mean", rule="mixture"),
+               tuning=(("pipeline.retrain=instance",), ("pipeline.retrain=baseline",),
+                       ("pipeline.retrain=instance", "pipeline.score=sigma"))),
         Method("dp-gce", "data parameters, instance curriculum on generalized cross-entropy (scaled_loss)",
                variant="instance", overrides=("curriculum.loss=gce",), score="sigma",
                tuning=(("curriculum.loss_q=0.7",), ("curriculum.loss_q=0.4",), ("curriculum.loss_q=0.9",))),
@@ -144,9 +157,9 @@ METHODS: dict[str, Method] = {
         # on the log of GCE losses splits the clean samples (variants.md, "Flagging after dp-gce").
         Method("dp-gce-filter", "data parameters: one dp-gce training, flag samples whose mean training loss "
                "stays above 0.2 of the GCE loss bound, retrain on the kept samples", trainings=2,
-               score="mean-loss", pipeline="dp-filter",
-               tuning=tuple((*_GCE_FILTER, *r) for r in (("@retrain=instance",), ("@retrain=baseline",),
-                                                        ("@retrain=instance", "curriculum.loss=gce")))),
+               score="mean-loss", pipeline=_GCE_FILTER,
+               tuning=(("pipeline.retrain=instance",), ("pipeline.retrain=baseline",),
+                       ("pipeline.retrain=instance", "curriculum.loss=gce"))),
         Method("cleanlab", "confident learning (Northcutt et al. 2021): K-fold probabilities, filter, retrain",
                trainings=6, score="cleanlab", pipeline="cleanlab",
                tuning=(("@filter_by=prune_by_noise_rate",), ("@filter_by=both",), ("@filter_by=confident_learning",))),
