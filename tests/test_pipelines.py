@@ -208,3 +208,16 @@ def test_train_method_dp_gce_filter_on_a_csv_of_pngs(tmp_path, capsys):
     assert main([*argv, "--resume"]) == 0
     assert json.loads(capsys.readouterr().out)["summary"]["final_train_acc"] == rec["summary"]["final_train_acc"]
     assert _stamp(out / "stage1") == stamp
+
+
+def test_class_mean_filter_flags_and_refusal():
+    from types import SimpleNamespace
+
+    from dataparams.methods.pipelines import filter_flags
+
+    # Qualities exp(-loss): class 0 [0.9, 0.8, 0.1] (mean 0.6), class 1 [0.5, 0.4, 0.3] (mean 0.4).
+    report = SimpleNamespace(score=-np.log([0.9, 0.8, 0.1, 0.5, 0.4, 0.3]), given=np.array([0, 0, 0, 1, 1, 1]))
+    np.testing.assert_array_equal(filter_flags(report, rule="class-mean"), [False, False, True, False, False, True])
+    with pytest.raises(ConfigError, match="loss score"):
+        FilterPipeline(rule="class-mean", score="sigma-mean")
+    assert METHODS["dp-cm-filter"].pipeline.rule == "class-mean"

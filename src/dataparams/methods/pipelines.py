@@ -61,9 +61,11 @@ if TYPE_CHECKING:
 __all__ = ["FILTER_RULES", "OPTION_PREFIX", "FilterPipeline", "PipelineLayout", "filter_flags", "first_methods",
            "run_filter_pipeline", "save_index_file", "train_stage"]
 
-#: How a filter pipeline flags: ``mixture`` (two Gaussians on the log score, no parameter) or
-#: ``bound`` (a loss score at least ``fraction`` of the GCE loss bound 1/q).
-FILTER_RULES = ("mixture", "bound")
+#: How a filter pipeline flags: ``mixture`` (two Gaussians on the log score, no parameter),
+#: ``bound`` (a loss score at least ``fraction`` of the GCE loss bound 1/q) or ``class-mean`` (a
+#: loss score whose implied label quality is below its given class's mean;
+#: :data:`dataparams.scores.FLAG_RULES`).
+FILTER_RULES = ("mixture", "bound", "class-mean")
 _LOSS_SCORES = ("mean-loss", "last-loss")
 _SIGMA_SCORES = ("sigma", "sigma-mean")
 #: The setting entries that set a field of the pipeline: ``pipeline.FIELD=VALUE``.
@@ -136,6 +138,9 @@ class FilterPipeline:
         if self.rule == "bound" and (self.fraction is None or not 0 < self.fraction < 1
                                      or self.score not in _LOSS_SCORES):
             raise _bound_error(self.score, self.fraction)
+        if self.rule == "class-mean" and self.score not in _LOSS_SCORES:
+            raise ConfigError(f"rule 'class-mean' needs a loss score (pipeline.score=mean-loss or last-loss), got "
+                              f"{self.score!r}")
 
     def with_options(self, options: Iterable[str]) -> tuple[FilterPipeline, list[str]]:
         """This pipeline with the ``pipeline.FIELD=VALUE`` entries of ``options`` applied (values
@@ -201,7 +206,7 @@ class PipelineLayout:
 
 
 def filter_flags(report: IssueReport, *, rule: str = "mixture", fraction: float | None = None,
-                 q: float | None = None) -> np.ndarray:
+                 q: float | None = None, loss: str = "ce") -> np.ndarray:
     """(N,) bool: the samples of the first stage's ``report`` that the pipeline drops.
 
     With ``rule="mixture"``, those of the report's noise-rate-free two-Gaussian mixture on the
@@ -217,6 +222,8 @@ def filter_flags(report: IssueReport, *, rule: str = "mixture", fraction: float 
 
     if rule == "mixture":
         return np.asarray(report.is_flagged, dtype=bool)
+    if rule == "class-mean":
+        return flag_by_rule(report.score, labels=report.given, rule="class-mean", loss=loss, q=q)["mask"]
     if rule != "bound":
         raise ConfigError(f"rule must be one of {', '.join(FILTER_RULES)}, got {rule!r}")
     if fraction is None:
@@ -393,7 +400,8 @@ def run_filter_pipeline(
                       overwrite=overwrite and first_run is None, label=f"{label}stage 1: ", **run_kwargs)
     report = find_issues(stage1, score=pipeline.score, load_dataset=False, rule="mixture")
     q = float(cfg_first.curriculum.loss_q)
-    flagged = filter_flags(report, rule=pipeline.rule, fraction=pipeline.fraction, q=q)
+    flagged = filter_flags(report, rule=pipeline.rule, fraction=pipeline.fraction, q=q,
+                           loss=cfg_first.curriculum.loss)
     if flagged.all():
         raise ConfigError(f"every one of the {flagged.size} samples of {report.run_dir} was flagged: nothing to "
                           "retrain on (a first training too short to fit any sample, or a pipeline.fraction too low)")

@@ -1,0 +1,75 @@
+"""Which model should `train --data` keep? Each method's model on clean held-out images.
+
+On the three Fashion-MNIST sets of ``benchmarks/user_datasets.py`` (uniform 40% in class folders,
+pair 30% in an RGB CSV, instance-dependent 35% in a grey CSV), ``dataparams train --data PATH
+--method M`` for each method M, with the ``user`` preset's defaults and no knowledge of the noise
+rate (co-teaching keeps its default forget rate 0.2, since a user does not know the rate), then
+the accuracy of the model it keeps (``model.pt``; for the two-stage methods, the retraining's)
+on the first 2,000 Fashion-MNIST test images written like the set's own images
+(:func:`bench_user_data.clean_test_set`). n=1 per cell.
+
+    python benchmarks/user_data_models.py runs/userdata --out runs/user-models \\
+        --table benchmarks/results/user_data_models.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _table import emit
+from bench_user_data import SETS, clean_test_set, model_accuracy
+
+METHODS = ("dp-instance", "dp-gce", "dp-gce-filter", "dp-cm-filter", "baseline", "gce", "coteaching")
+IMAGE_SETS = ("fmnist-folder", "fmnist-rgb-csv", "fmnist-instance35")
+
+
+def _train(path: Path, out: Path, method: str) -> tuple[Path, float]:
+    """Train ``method`` on ``path`` into ``out`` (reused when finished); the kept model and the wall time."""
+    args = [sys.executable, "-m", "dataparams", "train", "--data", str(path), "--out", str(out), "--device", "cpu",
+            "--quiet"]
+    if method == "dp-instance":
+        args += ["--preset", "user/instance"]
+    else:
+        args += ["--method", method]
+    model = out / ("stage2" if method.endswith("-filter") else "") / "model.pt"
+    t0 = time.perf_counter()
+    if not model.exists():
+        subprocess.run([*args, "--overwrite"], check=True, capture_output=True)
+    return model, time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("data", help="the folder benchmarks/user_datasets.py wrote")
+    p.add_argument("--out", default="runs/user-models")
+    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--table")
+    args = p.parse_args()
+    root, out = Path(args.data), Path(args.out)
+    acc: dict[tuple[str, str], float] = {}
+    for name in IMAGE_SETS:
+        classes = [str(c) for c in np.load(root / name / "truth.npz")["classes"]]
+        test = clean_test_set(name, classes, out / name)
+        for m in args.methods:
+            model, wall = _train(root / SETS[name], out / name / m, m)
+            acc[name, m] = model_accuracy(model, test)  # type: ignore[arg-type]
+            print(f"{name} {m}: {acc[name, m]:.2f}% ({wall:.0f} s)", flush=True)
+    lines = ["# The model `train --data` keeps: accuracy on clean held-out images", "",
+             "Each method trained once by `dataparams train --data PATH --method M` with the user preset's defaults "
+             "(no noise rate given), scored on the first 2,000 Fashion-MNIST test images written like the set's "
+             "images; n=1 per cell. dp-instance is the `user/instance` preset (what `train --data` trains by "
+             "default today).", "",
+             "| method | " + " | ".join(IMAGE_SETS) + " |", "|---|" + "---:|" * len(IMAGE_SETS)]
+    for m in args.methods:
+        lines.append(f"| {m} | " + " | ".join(f"{acc[n, m]:.2f}" for n in IMAGE_SETS) + " |")
+    emit(lines, args.table)
+
+
+if __name__ == "__main__":
+    main()
