@@ -118,9 +118,15 @@ def model_accuracy(model_file: Path, test: tuple[np.ndarray, np.ndarray]) -> flo
     return 100.0 * float((pred == labels).mean())
 
 
-def run_ours(path: Path, out: Path, truth: np.ndarray) -> dict:
+def _trained(run: Path, reuse: bool) -> bool:
+    """Whether ``run`` is a finished run to reuse (``--reuse``) instead of training it again."""
+    return reuse and (run / "summary.json").exists()
+
+
+def run_ours(path: Path, out: Path, truth: np.ndarray, reuse: bool = False) -> dict:
     t0 = time.perf_counter()
-    report, files = find_label_issues(path, out, device="cpu", quiet=True, overwrite=True)
+    # With reuse, find_label_issues keeps out/run when it was trained on the same data and settings.
+    report, files = find_label_issues(path, out, device="cpu", quiet=True, overwrite=not reuse)
     wall = time.perf_counter() - t0
     c = truth[report.source_index]
     return {**_scores(report.score, report.is_flagged, c), "wall_s": wall, "trainings": 1,
@@ -128,7 +134,7 @@ def run_ours(path: Path, out: Path, truth: np.ndarray) -> dict:
 
 
 def run_cleanlab(path: Path, out: Path, truth: np.ndarray, ours_run: Path, seed: int = 0,
-                 test: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+                 test: tuple[np.ndarray, np.ndarray] | None = None, reuse: bool = False) -> dict:
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
@@ -150,7 +156,8 @@ def run_cleanlab(path: Path, out: Path, truth: np.ndarray, ours_run: Path, seed:
         keep = out / f"keep_fold{f}.npy"
         np.save(keep, np.flatnonzero(fold != f))
         cfg = apply_overrides(base, [f"data.keep_file={keep}"])
-        train(cfg, out / f"fold{f}", overwrite=True, device="cpu", quiet=True, tensorboard=False, dataset=dataset)
+        if not _trained(out / f"fold{f}", reuse):
+            train(cfg, out / f"fold{f}", overwrite=True, device="cpu", quiet=True, tensorboard=False, dataset=dataset)
         held = RunDir(out / f"fold{f}").load_arrays("heldout_predictions.npz")
         oof[held["source_index"]] = held["probs"]
     issues = find_label_issues(labels=given, pred_probs=oof, n_jobs=1)
@@ -160,14 +167,26 @@ def run_cleanlab(path: Path, out: Path, truth: np.ndarray, ours_run: Path, seed:
     if test is not None:
         # The models to compare the kept one with: cross-entropy on every given label, and
         # cleanlab's find-then-retrain on the samples it did not flag.
-        train(base, out / "ce", overwrite=True, device="cpu", quiet=True, tensorboard=False, dataset=dataset)
+        if not _trained(out / "ce", reuse):
+            train(base, out / "ce", overwrite=True, device="cpu", quiet=True, tensorboard=False, dataset=dataset)
         res["ce_acc"] = model_accuracy(out / "ce" / "model.pt", test)
         keep = out / "keep_unflagged.npy"
         np.save(keep, np.flatnonzero(~issues))
-        train(apply_overrides(base, [f"data.keep_file={keep}"]), out / "retrain", overwrite=True, device="cpu",
-              quiet=True, tensorboard=False, dataset=dataset)
+        if not _trained(out / "retrain", reuse):
+            train(apply_overrides(base, [f"data.keep_file={keep}"]), out / "retrain", overwrite=True, device="cpu",
+                  quiet=True, tensorboard=False, dataset=dataset)
         res["retrain_acc"] = model_accuracy(out / "retrain" / "model.pt", test)
     return res
+
+
+def _earlier_walls(table: Path, name: str) -> tuple[float, float]:
+    """The wall times (ours, cleanlab) of set ``name`` in an earlier table of this script."""
+    walls = {}
+    for line in table.read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 13 and cells[0] == name:
+            walls[cells[2]] = float(cells[-1])
+    return walls["ours"], walls["cleanlab"]
 
 
 def time_command(path: Path, out: Path) -> float:
@@ -184,21 +203,28 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench-userdata")
     p.add_argument("--table")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reuse", metavar="TABLE",
+                   help="reuse the finished runs under --out (same data and settings) instead of training again, "
+                   "e.g. after a change to how flags are drawn from the same trainings; the wall times are taken "
+                   "from this earlier table (its wall s column) and the command is not timed again")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     root, out = Path(args.data), Path(args.out)
     rows = []
     for name, rel in SETS.items():
         truth = _truth(root, name)
-        ours = run_ours(root / rel, out / name / "ours", truth)
+        ours = run_ours(root / rel, out / name / "ours", truth, reuse=bool(args.reuse))
         classes = [str(c) for c in np.load(root / name / "truth.npz")["classes"]]
         test = clean_test_set(name, classes, out / name)
         if test is not None:
             ours["kept_acc"] = model_accuracy(Path(ours["run_dir"]) / "model.pt", test)
-        clean = run_cleanlab(root / rel, out / name / "cleanlab", truth, Path(ours["run_dir"]), test=test)
+        clean = run_cleanlab(root / rel, out / name / "cleanlab", truth, Path(ours["run_dir"]), test=test,
+                             reuse=bool(args.reuse))
+        if args.reuse:
+            ours["wall_s"], clean["wall_s"] = _earlier_walls(Path(args.reuse), name)
         rows.append((name, int(truth.sum()), len(truth), ours, clean))
         print(name, json.dumps({"ours": ours, "cleanlab": clean}), flush=True)
-    command_s = time_command(root / SETS["fmnist-rgb-csv"], out / "command")
+    command_s = None if args.reuse else time_command(root / SETS["fmnist-rgb-csv"], out / "command")
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     lines = [f"# Label issues in the user's own data: find-issues --data vs cleanlab ({platform.machine()}, "
              f"{cpus} CPUs, torch threads {args.threads})", "",
@@ -222,8 +248,12 @@ def main() -> None:
     for name, _, _, ours, clean in rows:
         if "kept_acc" in ours:
             lines.append(f"| {name} | {ours['kept_acc']:.2f} | {clean['ce_acc']:.2f} | {clean['retrain_acc']:.2f} |")
-    lines += ["", f"`dataparams find-issues --data fmnist-rgb-csv/labels.csv` (2,000 RGB images of 28 px), the whole "
-              f"command in a fresh process: {command_s:.1f} s."]
+    if command_s is not None:
+        lines += ["", f"`dataparams find-issues --data fmnist-rgb-csv/labels.csv` (2,000 RGB images of 28 px), the "
+                  f"whole command in a fresh process: {command_s:.1f} s."]
+    else:
+        lines += ["", f"Flags recomputed from the trainings of the earlier table ({args.reuse}, `--reuse`): the "
+                  "rankings, the accuracies and the wall times are those trainings'."]
     emit(lines, args.table)
 
 

@@ -159,6 +159,20 @@ def test_confident_counts_agree_with_cleanlab():
     joint = count.compute_confident_joint(noisy, p, calibrate=True)
     ours = confident_counts(noisy, p)
     assert np.abs(ours - (joint.sum(1) - np.diag(joint))).max() <= 1
+    # Small cases, where cleanlab's details matter (the diagonal kept at >= 1, the overall argmax
+    # when several classes clear their thresholds): still within the rounding.
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        n, k = int(rng.integers(4, 40)), int(rng.integers(2, 5))
+        y_small = rng.integers(0, k, n)
+        if len(np.unique(y_small)) < k:
+            continue
+        p_small = rng.dirichlet(np.ones(k), n)
+        joint = count.compute_confident_joint(y_small, p_small, calibrate=True)
+        assert np.abs(confident_counts(y_small, p_small) - (joint.sum(1) - np.diag(joint))).max() <= 1
+    # A class whose samples all look like another is not counted wholly wrong.
+    y4, p4 = np.array([0, 0, 1, 1]), np.array([[0.4, 0.6], [0.4, 0.6], [0.1, 0.9], [0.7, 0.3]])
+    np.testing.assert_array_equal(confident_counts(y4, p4), [1, 1])
 
 
 def test_confident_rule_flags_the_most_suspicious_of_each_class():
@@ -175,6 +189,21 @@ def test_confident_rule_flags_the_most_suspicious_of_each_class():
     assert out["rule"] == "confident" and out["estimate"]["per_class"] == [1, 1]
     with pytest.raises(ValueError, match="probabilities"):
         find_label_issues(labels, scores, rule="confident")
+
+
+def test_probability_sums_are_optional_in_checkpoints():
+    # A checkpoint without the probability sums (older, or from a torchrun job) loads into a
+    # tracker that keeps them, and one with them into a tracker that does not.
+    plain, tracking = ScoreTracker(3), ScoreTracker(3)
+    tracking.track_probabilities(2)
+    tracking.update(torch.tensor([0]), torch.ones(1), probs=torch.tensor([[0.2, 0.8]]))
+    plain.load_state_dict(tracking.state_dict())
+    fresh = ScoreTracker(3)
+    fresh.track_probabilities(2)
+    fresh.load_state_dict(plain.state_dict())
+    assert fresh.prob_count.sum() == 0
+    with pytest.raises(RuntimeError, match="last_loss"):
+        fresh.load_state_dict({k: v for k, v in tracking.state_dict().items() if k != "last_loss"})
 
 
 def test_tracker_averages_probabilities_over_visits():
@@ -201,3 +230,14 @@ def test_class_mean_rule_by_hand():
     # A hard class is judged against its own level: every sample of class 1 has a lower quality
     # than every clean sample of class 0, yet class 1 is not flagged whole.
     assert not mask[labels == 1].all()
+
+
+def test_class_mean_leaves_a_class_that_confident_learning_finds_clean():
+    # Class 0's probabilities say every sample is class 0 (no confident issue): its below-mean
+    # sample is not flagged once probabilities are given; class 1 holds a confident issue.
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    losses = -np.log([0.9, 0.8, 0.1, 0.5, 0.4, 0.3])
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.1, 0.9], [0.2, 0.8], [0.9, 0.1]])
+    np.testing.assert_array_equal(confident_counts(labels, probs), [0, 1])
+    np.testing.assert_array_equal(find_label_issues(labels, losses, probs=probs),
+                                  [False, False, False, False, False, True])

@@ -311,20 +311,25 @@ def instance_dependent_noise(
 
 
 def _scale_to_mean(m: np.ndarray, p: float) -> np.ndarray:
-    """``min(1, c * m)`` with ``c >= 0`` chosen so that its mean is ``p`` (or as close as ``m`` allows)."""
+    """``min(1, c * m)`` with ``c >= 0`` chosen so that its mean is ``p`` (or as close as ``m`` allows).
+
+    Solved exactly: with the confusions sorted in decreasing order, the ``j`` largest are clipped
+    at 1 and ``c = (p N - j) / sum(rest)``; the right ``j`` is the one for which the clipped ones
+    reach 1 and the rest do not.
+    """
     if p <= 0 or not len(m) or not (m > 0).any():
         return np.zeros_like(m)
     if p >= float((m > 0).mean()):
         return (m > 0).astype(np.float64)
-    # mean(min(1, c m)) is continuous and nondecreasing in c: bisect on it.
-    lo, hi = 0.0, 1.0 / float(m[m > 0].min())
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if np.minimum(1.0, mid * m).mean() < p:
-            lo = mid
-        else:
-            hi = mid
-    return np.minimum(1.0, hi * m)
+    desc = np.sort(m)[::-1]
+    n = len(m)
+    rest = np.cumsum(desc[::-1])[::-1]  # rest[j] = sum(desc[j:])
+    j = np.arange(n)
+    prev = np.concatenate([[np.inf], desc[:-1]])
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        c = (p * n - j) / rest
+        ok = (c > 0) & (c * desc <= 1.0 + 1e-12) & (c * prev >= 1.0 - 1e-12)
+    return np.minimum(1.0, c[np.flatnonzero(ok)[0]] * m)
 
 
 def random_labels(
