@@ -72,7 +72,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "time; a table's labels, ids and pixels or features) that --resume checks")
     t.add_argument("--method", help="train a compared method (see `dataparams bench --help`) on the preset's "
                    "experiment (or on --data): e.g. --preset fmnist-noisy40 --method gce; default: the preset's own "
-                   "variant. dp-filter and dp-gce-filter train twice, into OUT/stage1 and, on the samples the first "
+                   "variant. dp-filter, dp-gce-filter and dp-cm-filter train twice, into OUT/stage1 and, on the "
+                   "samples the first "
                    "training did not flag, OUT/stage2, and write OUT/pipeline.json; --set pipeline.FIELD=VALUE "
                    "sets their options (first, score, rule, fraction, retrain), other --set apply to both "
                    "trainings. cleanlab and aum run in `dataparams bench` only")
@@ -264,7 +265,8 @@ def _resolve_config(args: argparse.Namespace) -> Any:
 
 
 def _filter_method(args: argparse.Namespace) -> Any:
-    """The registry entry of ``--method`` when it is a filter pipeline (dp-filter, dp-gce-filter), else None."""
+    """The registry entry of ``--method`` when it is a filter pipeline (dp-filter, dp-gce-filter,
+    dp-cm-filter), else None."""
     from dataparams.methods.pipelines import FilterPipeline
     from dataparams.methods.registry import get_method
 

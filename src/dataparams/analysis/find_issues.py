@@ -5,7 +5,8 @@ temperature sigma: raising sigma flattens its softmax and so the gradient its wr
 (Saxena, Tuzel & DeCoste, NeurIPS 2019, sec. 3.4 and Figure 4). Sorting by sigma, or by the loss
 under it, therefore ranks the samples by how likely their label is wrong; how many to flag is
 decided without being told the noise rate by the rule that suits the run's loss
-(:func:`dataparams.scores.flag_by_rule`: a two-component mixture on the log score, or for a
+(:func:`dataparams.scores.flag_by_rule`: by default a per-class rule on the label quality a loss
+score implies, a two-component mixture on the log score for sigma, or for a
 bounded loss such as GCE a fraction of its bound).
 
 :func:`find_issues` reads a run directory and returns an :class:`IssueReport`, whose writers give
@@ -516,7 +517,7 @@ def find_issues(
         raise RunDirError(f"{run.path / 'snapshots'}: {key} of epoch {epoch} holds non-finite values")
 
     # The flag rule follows the loss the scores come from: a bounded loss (GCE) flags by a fraction
-    # of its bound, anything else by the two-Gaussian mixture on the log score (dataparams.scores).
+    # of its bound, other loss scores by the per-class rule, sigma by the mixture (dataparams.scores).
     loss_kind, q = run_loss(run.config)
     pred = run.predictions
     probs = None if pred is None else pred.get("mean_probs")

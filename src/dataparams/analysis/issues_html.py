@@ -38,6 +38,12 @@ th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
 """
 
 
+# How the flags were decided (dataparams.scores.FLAG_RULES), in words.
+_RULES = {"class-mean": "per-class rule (label quality below the mean of its given class)",
+          "mixture": "two-component mixture on the log of the score",
+          "bound": "bound rule (a loss at least a fixed fraction of the bounded loss's maximum)",
+          "confident": "confident-learning count per class"}
+
 def plot_score_histogram(report: IssueReport, path: str | os.PathLike[str]) -> Path:
     """Histogram of the ranking score (log scale for the sigma scores), kept vs flagged samples,
     with the mixture's threshold; true corrupted samples outlined when the run knows them."""
@@ -120,7 +126,7 @@ def write_issues_html(report: IssueReport, path: str | os.PathLike[str], *,
     parts = [f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{e(title or 'label issues')}</title>",
              f"<style>{_CSS}</style></head><body>", f"<h1>{e(title or 'Label issues')}</h1>"]
     rule = (f"flagged {s['n_flagged']:,} of {s['n']:,} samples ({100 * (s['fraction_flagged'] or 0):.1f}%) as "
-            f"mislabeled: a two-component mixture on the log of the score, without knowing the noise rate")
+            f"mislabeled by the {_RULES.get(s.get('rule'), s.get('rule'))}, without knowing the noise rate")
     parts.append(f"<p>Ranked by <b>{e(report.score_name)}</b> (epoch {report.epoch}); {e(rule)}.</p>")
     if "n_corrupted" in s:
         def pct(v: float | None) -> str:

@@ -100,8 +100,9 @@ class FilterPipeline:
         The ranking of :func:`~dataparams.analysis.find_issues.find_issues` the flags come from:
         ``sigma``, ``sigma-mean`` (instance temperature, at the end or integrated over training),
         ``last-loss``, ``mean-loss``.
-    rule : {"mixture", "bound"}
-        See :data:`FILTER_RULES`. ``bound`` needs a first stage on the GCE loss and a loss score.
+    rule : {"mixture", "bound", "class-mean"}
+        See :data:`FILTER_RULES`. ``bound`` needs a first stage on the GCE loss and a loss score,
+        ``class-mean`` a loss score.
     fraction : float or None
         With ``rule="bound"``: flag a loss score at least this fraction (0 < fraction < 1) of the
         GCE bound 1/q. Not used by the mixture.
