@@ -453,7 +453,9 @@ def flag_by_rule(scores: np.ndarray, *, labels: Any = None, probs: Any = None, r
         rule = "bound" if math.isfinite(bound) else "class-mean" if labels is not None else "mixture"
     if rule == "confident":
         if probs is None or labels is None:
-            raise ValueError("rule='confident' needs the labels and the class probabilities (probs)")
+            raise ValueError("rule='confident' needs the labels and the class probabilities (probs): a run keeps "
+                             "them (predictions.npz mean_probs) only when trained in one process with N x K <= "
+                             f"{MAX_PROBABILITY_ENTRIES:,} and by this version; use rule='class-mean' otherwise")
         y = np.asarray(labels, dtype=np.int64)
         if len(y) != len(s):
             raise ValueError(f"scores has {len(s)} entries for {len(y)} labels")

@@ -406,8 +406,9 @@ def run_filter_pipeline(
     if flagged.all():
         raise ConfigError(f"every one of the {flagged.size} samples of {report.run_dir} was flagged: nothing to "
                           "retrain on (a first training too short to fit any sample, or a pipeline.fraction too low)")
+    # A global threshold exists for the bound and the mixture; the per-class rule has none.
     threshold = (pipeline.fraction * loss_bound("gce", q) if pipeline.rule == "bound"
-                 else report.estimate.get("threshold"))
+                 else report.estimate.get("threshold") if pipeline.rule == "mixture" else None)
     kept_file, digest = save_index_file(out, layout.kept, report.source_index[~flagged])
     stage2 = out / layout.stage2.format(digest=digest)
     record.update(status="stage 2", n=int(flagged.size), n_flagged=int(flagged.sum()),
