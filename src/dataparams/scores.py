@@ -485,9 +485,8 @@ def flag_by_rule(scores: np.ndarray, *, labels: Any = None, probs: Any = None, r
         if probs is not None:
             # Below its class's mean is relative: in a clean class half the samples can be. A
             # class in which confident learning finds no more than 1% wrong labels keeps them all
-            # (on the clean wine and digits tables this takes the flags from 27% of the samples to
-            # none; 2,000 clean Fashion-MNIST images still get 18%, the mixture 52%;
-            # benchmarks/results/flag_rules.md).
+            # (on the clean wine table this takes the flags from 27% of the rows to none; 2,000 clean
+            # Fashion-MNIST images still get 18%, the mixture 52%; benchmarks/results/flag_rules.md).
             per_class = confident_counts(y, probs)
             noisy_class = per_class > CLEAN_CLASS_FRACTION * sizes
             mask &= noisy_class[y]
