@@ -64,8 +64,8 @@ from dataparams.data.user import (
     _pixel_stats,
     _raise_first,
     _side_and_channels,
-    default_memory_budget,
     finite_float32,
+    memory_need,
 )
 
 __all__ = ["TABLE_SUFFIXES", "is_table_path", "load_table_data"]
@@ -254,10 +254,7 @@ def _memory_images(
     side, c = _side_and_channels(sizes, modes, images, where, choices, image_size=image_size,
                                  max_image_size=max_image_size, channels=channels)
 
-    budget_why = "given"
-    if memory_budget_bytes is None:
-        memory_budget_bytes, budget_why = default_memory_budget()
-    nbytes = n * c * side * side
+    nbytes, memory_budget_bytes, budget_why = memory_need(n, c, side, memory_budget_bytes)
     size_why = (
         f"{n:,} x {c} x {side} x {side} uint8 = {_human_bytes(nbytes)}, budget {_human_bytes(memory_budget_bytes)} "
         f"({budget_why})"

@@ -1057,6 +1057,14 @@ def _load_features(path: Path, classes: list[str] | None) -> UserData:
     )
 
 
+def memory_need(n: int, channels: int, side: int, budget: int | None) -> tuple[int, int, str]:
+    """Bytes of ``n`` decoded uint8 images, the memory budget (measured when None) and why it is that."""
+    why = "given"
+    if budget is None:
+        budget, why = default_memory_budget()
+    return n * channels * side * side, budget, why
+
+
 def finite_float32(x: np.ndarray) -> tuple[np.ndarray, tuple[int, int, str, int] | None]:
     """(N, D) numbers as contiguous float32, and the first entry that is not a finite float32
     (row, column, what it holds, number of bad rows), or None."""
@@ -1169,10 +1177,7 @@ def _load_images(
     side, c = _side_and_channels(sizes, modes, paths, where, choices, image_size=image_size,
                                  max_image_size=max_image_size, channels=channels)
 
-    budget_why = "given"
-    if memory_budget_bytes is None:
-        memory_budget_bytes, budget_why = default_memory_budget()
-    nbytes = n * c * side * side
+    nbytes, memory_budget_bytes, budget_why = memory_need(n, c, side, memory_budget_bytes)
     fits = nbytes <= memory_budget_bytes
     choices["storage"] = {
         "value": "memory" if fits else "streaming",
