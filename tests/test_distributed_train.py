@@ -195,9 +195,15 @@ def test_two_processes_equal_one_process(runs):
 def test_two_processes_with_sharded_data_parameters_equal_one_process(runs):
     _assert_same_run(runs["sharded"], runs["reference"])
     shards = sorted(p.name for p in RunDir(runs["sharded"]).shard_dir.iterdir())
-    assert len(shards) == 3 and sum(n.startswith("shard-") for n in shards) == 2  # one save, two shards
-    manifest = RunDir(runs["sharded"]).load_checkpoint()["data_parameter_shards"]
-    assert manifest["world_size"] == 2 and {s["file"] for s in manifest["shards"]} <= set(shards)
+    # Two saves of two shards and a class file: the latest checkpoint's and the previous one's,
+    # kept for a fall-back; every older save's files are gone.
+    assert len(shards) == 6 and sum(n.startswith("shard-") for n in shards) == 4
+    run = RunDir(runs["sharded"])
+    manifest = run.load_checkpoint()["data_parameter_shards"]
+    previous = torch.load(run.previous_checkpoint_file, weights_only=False)["data_parameter_shards"]
+    for m in (manifest, previous):
+        assert m["world_size"] == 2 and {s["file"] for s in m["shards"]} | {m["classes"]} <= set(shards)
+    assert not {s["file"] for s in manifest["shards"]} & {s["file"] for s in previous["shards"]}
 
 
 @pytest.mark.parametrize("name", ["replicated_2_to_1", "replicated_1_to_2", "sharded_2_to_1", "sharded_1_to_2"])

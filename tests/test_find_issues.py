@@ -325,8 +325,8 @@ def test_train_refuses_to_resume_or_reuse_a_run_on_other_data(tmp_path, capsys):
     labels = [0, 1] * 8
     data = _user_list(tmp_path / "d", labels)
     run = tmp_path / "run"
-    argv = ["train", "--data", str(data), "--out", str(run), "--epochs", "2", "--device", "cpu", "--quiet",
-            "--no-tensorboard"]
+    argv = ["train", "--data", str(data), "--preset", "user/instance", "--out", str(run), "--epochs", "2",
+            "--device", "cpu", "--quiet", "--no-tensorboard"]
     assert main(argv) == 0
     config = (run / "config.json").read_text()
     capsys.readouterr()

@@ -89,7 +89,8 @@ def test_train_on_a_csv_of_rgb_images_with_class_names_keeps_a_usable_model(tmp_
         for path, name, _, _ in rows:
             w.writerow([f"imgs/{path}", name, "x"])
     run = tmp_path / "run"
-    rc, stdout, err = _cli(capsys, ["train", "--data", str(tmp_path / "list.csv"), "--epochs", "3", "--out", str(run),
+    rc, stdout, err = _cli(capsys, ["train", "--data", str(tmp_path / "list.csv"), "--preset", "user/instance", "--epochs", "3",
+                                    "--out", str(run),
                                     "--device", "cpu", "--quiet", "--no-tensorboard"])
     assert rc == 0, err
     summary = json.loads(stdout)
@@ -205,7 +206,7 @@ def test_train_on_a_split_of_a_save_to_disk_folder(tmp_path, capsys):
                                for k, v in parts.items()})
     dd.save_to_disk(str(tmp_path / "dd"))
     run = tmp_path / "run"
-    rc, _, err = _cli(capsys, ["train", "--data", str(tmp_path / "dd"), "--split", "test",
+    rc, _, err = _cli(capsys, ["train", "--data", str(tmp_path / "dd"), "--preset", "user/baseline", "--split", "test",
                                "--label-column", "species", "--feature-columns", "f0", "f1", "f2", "f3",
                                "--epochs", "1", "--out", str(run), "--device", "cpu", "--quiet",
                                "--no-tensorboard"])

@@ -221,3 +221,73 @@ def test_class_mean_filter_flags_and_refusal():
     with pytest.raises(ConfigError, match="loss score"):
         FilterPipeline(rule="class-mean", score="sigma-mean")
     assert METHODS["dp-cm-filter"].pipeline.rule == "class-mean"
+
+
+def test_train_data_default_is_dp_cm_filter_and_keeps_the_validation_chosen_network(tmp_path, capsys):
+    import torch
+
+    from dataparams.methods.registry import DATA_DEFAULT_METHOD, DATA_DEFAULT_WHY
+
+    root = fakes.write_filelist(tmp_path / "imgs", 40, 3, size=(8, 8))
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(root / "train.csv"), "--epochs", "6", "--holdout", "0.25", "--set", "optim.lr=0.2",
+            "--out", str(out), "--device", "cpu", "--quiet", "--no-tensorboard"]
+    assert main(argv) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert DATA_DEFAULT_METHOD == "dp-cm-filter" and rec["pipeline"]["rule"] == "class-mean"
+    for stage in ("stage1", "stage2"):
+        config = json.loads((out / stage / "config.json").read_text())
+        assert config["choices"]["method"] == {"value": "dp-cm-filter", "why": DATA_DEFAULT_WHY}
+        assert config["data"]["val_fraction"] == 0.25
+    # The network kept is the one of the epoch the noisy validation split chose, not the last one.
+    summary = json.loads((out / "stage2" / "summary.json").read_text())
+    history = [json.loads(line) for line in (out / "stage2" / "metrics.jsonl").read_text().splitlines()]
+    best = max(history, key=lambda r: (r["val_acc"], -r["epoch"]))
+    assert summary["kept_model"]["epoch"] == summary["val_selected_epoch"] == best["epoch"]
+    assert summary["kept_model"]["chosen_by"] == "noisy validation accuracy"
+    kept = torch.load(out / "stage2" / "model.pt", weights_only=True)["state_dict"]
+    chosen = torch.load(out / "stage2" / "model_selected.pt", weights_only=True)
+    assert chosen["epoch"] == best["epoch"] and chosen["val_acc"] == best["val_acc"]
+    for k, v in chosen["state_dict"].items():
+        torch.testing.assert_close(kept[k], v, rtol=0, atol=0)
+    # An explicit --method is recorded as such; without --holdout the last epoch is kept.
+    out2 = tmp_path / "run2"
+    assert main(["train", "--data", str(root / "train.csv"), "--method", "dp-cm-filter", "--epochs", "2",
+                 "--out", str(out2), "--device", "cpu", "--quiet", "--no-tensorboard"]) == 0
+    capsys.readouterr()
+    config = json.loads((out2 / "stage2" / "config.json").read_text())
+    assert config["choices"]["method"] == {"value": "dp-cm-filter", "why": "given with --method"}
+    summary = json.loads((out2 / "stage2" / "summary.json").read_text())
+    assert summary["kept_model"] == {"epoch": 2, "chosen_by": "last epoch (no validation split)"}
+    assert not (out2 / "stage2" / "model_selected.pt").exists()
+    # --holdout is an option of --data only.
+    assert main(["train", "--preset", "fmnist-noisy40/instance", "--holdout", "0.1", "--print-config"]) == 2
+    assert "--holdout applies to --data" in capsys.readouterr().err
+
+
+def test_the_selected_network_survives_a_kill_between_the_checkpoint_and_its_save(tmp_path):
+    """Epoch 2 was the best and its checkpoint was written, then the process died before its
+    selected weights were: the resumed logger saves them from the restored model; an earlier
+    best already saved is kept as it is."""
+    import json
+
+    import torch
+
+    from dataparams.runs.logger import SELECTED_MODEL, RunLogger, read_selected_model
+
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    for e, v in ((1, 50.0), (2, 70.0)):
+        run.append_metrics({"epoch": e, "val_acc": v})
+    torch.save({"epoch": 1, "val_acc": 50.0, "state_dict": {"w": torch.zeros(2)}}, run.path / SELECTED_MODEL)
+    weights = {"w": torch.ones(2)}  # the model as restored from epoch 2's checkpoint
+    args = (run, None, np.zeros(3, bool), lambda e: {})
+    logger = RunLogger(*args, epochs=5, quiet=True, tensorboard=False, select_model=lambda: weights, start_epoch=2)
+    kept = read_selected_model(run)
+    assert logger.best_val == 70.0 and kept["epoch"] == 2 and torch.equal(kept["state_dict"]["w"], torch.ones(2))
+    # Resumed from epoch 1 instead (epoch 2's line cut): the saved epoch-1 weights stay.
+    (run.path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_acc": 50.0}) + "\n")
+    torch.save({"epoch": 1, "val_acc": 50.0, "state_dict": {"w": torch.zeros(2)}}, run.path / SELECTED_MODEL)
+    logger = RunLogger(*args, epochs=5, quiet=True, tensorboard=False, select_model=lambda: weights, start_epoch=1)
+    kept = read_selected_model(run)
+    assert logger.best_val == 50.0 and kept["epoch"] == 1 and torch.equal(kept["state_dict"]["w"], torch.zeros(2))

@@ -169,3 +169,47 @@ def _assert_same_optimizer_state(a, b):
     for pid, st in a["state"].items():
         for k, v in st.items():
             assert torch.equal(v, b["state"][pid][k]) if torch.is_tensor(v) else v == b["state"][pid][k]
+
+
+def test_a_damaged_latest_checkpoint_resumes_from_the_previous_one_and_ends_as_uninterrupted(tmp_path, monkeypatch,
+                                                                                             capsys):
+    """A crash after epoch 2's checkpoint, then the checkpoint cut short (a disk that lost its
+    tail): resume falls back to epoch 1's checkpoint, drops epoch 2's metrics and snapshot, and
+    the run ends bit for bit where an uninterrupted one does."""
+    import fakes
+    from dataparams.config import apply_overrides
+    from dataparams.experiment import train
+    from dataparams.presets import get_preset
+    from dataparams.runs.logger import RunLogger
+
+    torch.set_num_threads(1)
+    data = fakes.write_idx(tmp_path / "data", n_train=96, n_test=16)
+    cfg = apply_overrides(get_preset("fmnist-noisy40/instance"),
+                          [f"data.data_dir={data}", "optim.epochs=3", "data.batch_size=16", "data.val_fraction=0.2"])
+    kw = dict(device="cpu", tensorboard=False)
+    train(cfg, tmp_path / "ref", quiet=True, **kw)
+
+    original = RunLogger.on_epoch_end
+
+    def crash_after_epoch_2(self, epoch, record):
+        original(self, epoch, record)
+        if epoch == 1:
+            raise _Crash
+
+    monkeypatch.setattr(RunLogger, "on_epoch_end", crash_after_epoch_2)
+    with pytest.raises(_Crash):
+        train(cfg, tmp_path / "run", quiet=True, **kw)
+    monkeypatch.setattr(RunLogger, "on_epoch_end", original)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:-100])
+    capsys.readouterr()
+    train(cfg, tmp_path / "run", resume=True, quiet=False, **kw)
+    err = capsys.readouterr().err
+    assert "resuming" in err and "from epoch 1" in err and "resumed from checkpoint.prev.pt" in err
+
+    ref_ckpt, ref_metrics = _final_state(tmp_path / "ref")
+    got_ckpt, got_metrics = _final_state(tmp_path / "run")
+    assert got_metrics == ref_metrics
+    for part in ("model", "objective"):
+        for k, v in ref_ckpt[part].items():
+            assert torch.equal(v, got_ckpt[part][k]), (part, k)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dataparams.config import TrainConfig, apply_overrides, config_to_dict
-from dataparams.runs import RunDir, RunDirError, RunExistsError
+from dataparams.runs import RunConflictError, RunDir, RunDirError, RunExistsError
 
 
 @pytest.fixture
@@ -111,3 +111,152 @@ def test_unreadable_files_are_named(tmp_path, cfg):
         run.load_checkpoint()
     with pytest.raises(RunDirError, match="summary.json is missing"):
         run.read_json("summary.json")
+
+
+# ----------------------------------------------------------------------------------------------
+# faults: a second writer, a damaged latest checkpoint, a full disk
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs POSIX flock")
+def test_a_second_writer_is_refused_with_the_holders_pid_and_nothing_is_touched(tmp_path, cfg):
+    import subprocess
+    import sys
+
+    path = tmp_path / "r"
+    first = RunDir(path)
+    first.prepare(cfg)
+    first.unlock()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from dataparams.runs import RunDir; r = RunDir(sys.argv[1]); "
+         "r.lock(); print('locked', flush=True); time.sleep(60)", str(path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = sorted(p.name for p in path.iterdir())
+        for kw in ({"resume": True}, {"overwrite": True}, {}):
+            with pytest.raises(RunConflictError, match=f"being written by pid {holder.pid} on host "):
+                RunDir(path).prepare(cfg, **kw)
+        assert sorted(p.name for p in path.iterdir()) == before  # --overwrite deleted nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder's death releases the lock: the run can be continued.
+    run = RunDir(path)
+    assert run.prepare(cfg, resume=True) is False
+    run.unlock()
+
+
+def test_the_lock_is_released_by_unlock_and_taken_again(tmp_path, cfg):
+    a, b = RunDir(tmp_path / "r"), RunDir(tmp_path / "r")
+    a.prepare(cfg)
+    with pytest.raises(RunConflictError, match="being written by pid"):
+        b.prepare(cfg, resume=True)
+    a.unlock()
+    with b.checked(cfg):
+        with pytest.raises(RunConflictError):
+            a.prepare(cfg, resume=True)
+    a.prepare(cfg, resume=True)  # b released it on leaving the block
+    a.unlock()
+
+
+def _state(epoch):
+    return {"epoch": epoch, "config": {}, "w": torch.full((3,), float(epoch))}
+
+
+def test_checkpoints_carry_a_checksum_and_the_previous_one_is_used_when_the_latest_is_damaged(tmp_path, cfg):
+    import hashlib
+
+    run = RunDir(tmp_path / "r")
+    run.prepare(cfg)
+    run.save_checkpoint(_state(1))
+    assert not run.previous_checkpoint_file.exists()
+    run.save_checkpoint(_state(2))
+    # The file is the torch payload, a marker and the payload's SHA-256 (checked by hand here).
+    data = run.checkpoint_file.read_bytes()
+    assert data[-41:-32] == b"\nDPSHA256" and hashlib.sha256(data[:-41]).digest() == data[-32:]
+    assert run.load_checkpoint()["epoch"] == 2 and run.fallback_reason is None
+    assert torch.load(run.previous_checkpoint_file, weights_only=False)["epoch"] == 1
+
+    # One flipped byte: the checksum catches it and the previous checkpoint is used.
+    damaged = bytearray(data)
+    damaged[len(damaged) // 2] ^= 0xFF
+    run.checkpoint_file.write_bytes(bytes(damaged))
+    fresh = RunDir(run.path)
+    assert fresh.load_checkpoint()["epoch"] == 1
+    assert "does not match" in fresh.fallback_reason and "checkpoint.prev.pt" in fresh.fallback_reason
+    # The next save replaces the damaged file and keeps the good previous one.
+    fresh.save_checkpoint(_state(2))
+    assert fresh.load_checkpoint()["epoch"] == 2
+    assert torch.load(fresh.previous_checkpoint_file, weights_only=False)["epoch"] == 1
+
+    # Truncated (a copy cut short), then missing: the previous one again; both bad: both named.
+    run.checkpoint_file.write_bytes(data[: len(data) // 3])
+    assert RunDir(run.path).load_checkpoint()["epoch"] == 1
+    run.checkpoint_file.unlink()
+    assert RunDir(run.path).load_checkpoint()["epoch"] == 1
+    run.previous_checkpoint_file.write_bytes(b"junk")
+    with pytest.raises(RunDirError, match=r"checkpoint.pt is missing; and the previous one: .*checkpoint.prev.pt"):
+        RunDir(run.path).load_checkpoint()
+
+
+def test_a_full_disk_leaves_the_previous_checkpoint_intact_and_says_so(tmp_path, cfg, monkeypatch):
+    import errno
+    import os
+
+    from dataparams.runs import rundir
+
+    run = RunDir(tmp_path / "r")
+    run.prepare(cfg)
+    run.save_checkpoint(_state(1))
+    good = run.checkpoint_file.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(rundir.os, "fsync", full)
+    with pytest.raises(RunDirError, match=r"could not write .*checkpoint.pt \(No space left on device\); the "
+                                          "previous checkpoint is intact"):
+        run.save_checkpoint(_state(2))
+    monkeypatch.undo()
+    assert run.checkpoint_file.read_bytes() == good and not run.previous_checkpoint_file.exists()
+    assert not list(run.path.glob(".checkpoint.pt.*.tmp"))  # no half-written file left behind
+    assert RunDir(run.path).load_checkpoint()["epoch"] == 1
+
+
+def test_a_kill_between_the_two_renames_resumes_from_the_previous_checkpoint(tmp_path, cfg):
+    run = RunDir(tmp_path / "r")
+    run.prepare(cfg)
+    run.save_checkpoint(_state(1))
+    run.save_checkpoint(_state(2))
+    run.checkpoint_file.unlink()  # what the kill leaves: checkpoint.prev.pt only
+    run.unlock()  # (the killed process's lock died with it)
+    fresh = RunDir(run.path)
+    assert fresh.prepare(cfg, resume=True) is True  # there is a state to resume
+    assert fresh.load_checkpoint()["epoch"] == 1 and "missing" in fresh.fallback_reason
+    fresh.unlock()
+
+
+def test_stale_shards_keep_the_files_of_the_previous_checkpoint(tmp_path):
+    from dataparams.distributed import remove_stale_shards
+
+    for name in ("shard-a.pt", "shard-b.pt", "shard-old.pt", "classes-a.pt", "classes-b.pt", "classes-old.pt"):
+        (tmp_path / name).write_bytes(b"x")
+    new = {"classes": "classes-b.pt", "shards": [{"file": "shard-b.pt"}]}
+    prev = {"classes": "classes-a.pt", "shards": [{"file": "shard-a.pt"}]}
+    remove_stale_shards(tmp_path, new, also_keep=prev)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes-a.pt", "classes-b.pt", "shard-a.pt", "shard-b.pt"]
+
+
+def test_cuda_rng_states_are_restored_for_the_devices_present(monkeypatch):
+    """A checkpoint written with 3 visible GPUs resumed where 1 is visible: device 0 gets its
+    state back and the others are skipped (torch's set_rng_state_all would index device 1)."""
+    from dataparams.build import set_rng_state
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: calls.append((int(s[0]), device)))
+    cpu = torch.get_rng_state()
+    set_rng_state({"torch": cpu, "cuda": [torch.tensor([7], dtype=torch.uint8), torch.tensor([8], dtype=torch.uint8),
+                                          torch.tensor([9], dtype=torch.uint8)]})
+    assert calls == [(7, 0)]
+    assert torch.equal(torch.get_rng_state(), cpu)

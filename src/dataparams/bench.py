@@ -285,7 +285,8 @@ def _finished_sibling(out: Path, cell: Cell, method: str, cfg: TrainConfig) -> P
     if not (sibling / "summary.json").exists():
         return None
     try:
-        RunDir(sibling).prepare(config_to_dict(cfg), resume=True)  # checks only: the run exists
+        with RunDir(sibling).checked(config_to_dict(cfg)):  # checks only: the run exists
+            pass
     except RunDirError:
         return None
     return sibling

@@ -54,7 +54,8 @@ def check_choice(field: str, value: Any, choices: Iterable[str]) -> None:
 def validate_config(cfg: TrainConfig) -> None:
     """Names and ranges of ``cfg``, checked before any data is read; raises ``ConfigError``."""
     user = cfg.data.dataset == "user"
-    if not (is_known_arch(cfg.model.arch) or (user and cfg.model.arch == "auto")):
+    # "auto" first: the torchvision name list costs seconds of imports that a user run does not need.
+    if not ((user and cfg.model.arch == "auto") or is_known_arch(cfg.model.arch)):
         raise ConfigError(f"unknown model.arch {cfg.model.arch!r}; choose one of {', '.join(ARCHITECTURES)}, a "
                           "torchvision classification architecture" + (", or auto" if user else ""))
     check_choice("method", cfg.method, OBJECTIVES)
@@ -160,6 +161,10 @@ def get_rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`get_rng_state`'s output. CUDA states are restored for the devices present:
+    a checkpoint written with 8 visible GPUs resumes on a host (or a process) that sees fewer,
+    and the devices it no longer has keep nothing to restore."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for i, device_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state, i)

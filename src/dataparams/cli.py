@@ -62,11 +62,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a preset (with overrides) into a run directory",
                        description="Train a named preset, optionally overriding any config field.")
-    t.add_argument("--preset", help="EXPERIMENT/VARIANT, see `dataparams presets` (default: fmnist-noisy40/instance, "
-                   "or user/instance with --data)")
+    t.add_argument("--preset", help="EXPERIMENT/VARIANT, see `dataparams presets` (default: fmnist-noisy40/instance; "
+                   "with --data, the method dp-cm-filter on the user presets, or user/VARIANT when given)")
     t.add_argument("--data", metavar="PATH", help="train on your own data: a path,label CSV/TSV list, a folder of "
                    "class folders, an .npz with X (features) and y, a .parquet file or a datasets "
-                   "save_to_disk folder (see the table options below); the labels are used as given, the "
+                   "save_to_disk folder (see the table options below). Without --method or --preset it trains "
+                   "dp-cm-filter (the instance curriculum, find-issues' flags, then a plain retraining on the "
+                   "kept samples: OUT/stage1, OUT/stage2, whose model.pt is the one to keep; the reason is in "
+                   "each stage's config.json under choices.method). The labels are used as given, the "
                    "image side, channels, normalisation, model and epochs are chosen from the data and printed, "
                    "with a fingerprint of the data (the list's bytes, every image's size and modification "
                    "time; a table's labels, ids and pixels or features) that --resume checks")
@@ -92,6 +95,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "edited in the list")
     t.add_argument("--overwrite", action="store_true", help="delete the run in --out and start over")
     t.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    t.add_argument("--holdout", type=float, metavar="FRACTION",
+                   help="with --data: hold out this fraction of your samples, with their labels as given, to "
+                   "choose the epoch whose network is kept (model.pt) and to report accuracy on; same as --set "
+                   "data.val_fraction=FRACTION (default: none held out, the last epoch is kept)")
     _add_table_args(t)
     _add_execution_args(t)
 
@@ -226,10 +233,14 @@ def _preset_name(args: argparse.Namespace) -> str:
 
 
 def _shorthand(args: argparse.Namespace) -> list[str]:
-    from dataparams.config import shorthand_overrides
+    from dataparams.config import ConfigError, shorthand_overrides
 
-    return shorthand_overrides(data_dir=getattr(args, "data", None) or args.data_dir, epochs=args.epochs,
-                               seed=args.seed, workers=getattr(args, "workers", None))
+    holdout = getattr(args, "holdout", None)
+    if holdout is not None and not getattr(args, "data", None):
+        raise ConfigError("--holdout applies to --data (a preset holds out data.val_fraction; use --set)")
+    extra = [] if holdout is None else [f"data.val_fraction={holdout}"]
+    return [*shorthand_overrides(data_dir=getattr(args, "data", None) or args.data_dir, epochs=args.epochs,
+                                 seed=args.seed, workers=getattr(args, "workers", None)), *extra]
 
 
 def _resolve_config(args: argparse.Namespace) -> Any:
@@ -264,15 +275,22 @@ def _resolve_config(args: argparse.Namespace) -> Any:
     return cfg
 
 
+def _data_default(args: argparse.Namespace) -> bool:
+    """Whether ``train --data`` was given no method, preset or config: it then trains
+    :data:`~dataparams.methods.registry.DATA_DEFAULT_METHOD`."""
+    return bool(getattr(args, "data", None)) and not (args.method or args.preset or args.config)
+
+
 def _filter_method(args: argparse.Namespace) -> Any:
     """The registry entry of ``--method`` when it is a filter pipeline (dp-filter, dp-gce-filter,
-    dp-cm-filter), else None."""
+    dp-cm-filter), or of the default method of ``train --data``; else None."""
     from dataparams.methods.pipelines import FilterPipeline
-    from dataparams.methods.registry import get_method
+    from dataparams.methods.registry import DATA_DEFAULT_METHOD, get_method
 
-    if not getattr(args, "method", None):
+    name = DATA_DEFAULT_METHOD if _data_default(args) else getattr(args, "method", None)
+    if not name:
         return None
-    m = get_method(args.method)
+    m = get_method(name)
     return m if isinstance(m.pipeline, FilterPipeline) else None
 
 
@@ -385,14 +403,21 @@ def _train_pipeline(args: argparse.Namespace, method: Any) -> int:
 
     if args.config:
         raise ConfigError("--method applies to a preset, not to --config")
+    hint = " (or, for one distributed training, --preset user/instance)" if _data_default(args) else ""
     _single_process(f"{method.name} runs in one process (its flags are computed between its two trainings); run "
-                    "it without torchrun")
+                    f"it without torchrun{hint}")
     experiment = _preset_name(args).partition("/")[0]
     pipeline, common = method.pipeline.with_options(args.overrides)
     cfg_first, cfg_retrain = pipeline.configs(experiment, [*common, *_shorthand(args)], method=method.name)
     for name, value in _table_options(args).items():
         setattr(cfg_first.data, name, value)
         setattr(cfg_retrain.data, name, value)
+    if getattr(args, "data", None):
+        from dataparams.methods.registry import DATA_DEFAULT_WHY
+
+        why = DATA_DEFAULT_WHY if _data_default(args) else "given with --method"
+        for cfg in (cfg_first, cfg_retrain):
+            cfg.choices["method"] = {"value": method.name, "why": why}
     if args.print_config:
         print(json.dumps({"pipeline": dataclasses.asdict(pipeline), "stage1": config_to_dict(cfg_first),
                           "stage2": config_to_dict(cfg_retrain)}, indent=2, sort_keys=True))

@@ -956,14 +956,17 @@ def save_replicated(state: dict[str, Any], path: str | os.PathLike[str], ctx: Di
     ctx.barrier()
 
 
-def remove_stale_shards(directory: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
-    """Delete the shard and class files in ``directory`` that ``manifest`` does not name.
+def remove_stale_shards(directory: str | os.PathLike[str], manifest: dict[str, Any],
+                        also_keep: dict[str, Any] | None = None) -> None:
+    """Delete the shard and class files in ``directory`` that ``manifest`` (or ``also_keep``,
+    the previous checkpoint's manifest, kept for a fall-back) does not name.
 
     Call it after the save that ``manifest`` describes has been committed, from one rank, while
     no save is being written: what it removes belongs to older saves, or to a save that crashed
     before its commit (including the temporary files of an interrupted write).
     """
-    keep = {manifest["classes"], *(s["file"] for s in manifest["shards"])}
+    keep = {m["classes"] for m in (manifest, also_keep) if m is not None}
+    keep |= {s["file"] for m in (manifest, also_keep) if m is not None for s in m["shards"]}
     for f in Path(directory).iterdir():
         stale_file = f.suffix == ".pt" and f.name.startswith(("shard-", "classes-")) and f.name not in keep
         stale_tmp = f.suffix == ".tmp" and f.name.startswith((".shard-", ".classes-"))

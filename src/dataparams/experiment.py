@@ -52,7 +52,7 @@ from dataparams.methods.registry import build_objective
 from dataparams.objectives import Objective
 from dataparams.presets import complete_user_config
 from dataparams.runs import RunDir
-from dataparams.runs.logger import RunLogger, progress_factory, write_line
+from dataparams.runs.logger import RunLogger, progress_factory, read_selected_model, write_line
 from dataparams.runs.state import capture_state, restore_state
 from dataparams.scores import probabilities_fit
 
@@ -183,36 +183,61 @@ def _train(cfg: TrainConfig, out: str | os.PathLike[str], ctx: DistributedContex
     # The run directory: a fresh one, or the state of the last finished epoch.
     config = config_to_dict(cfg)
     run = RunDir(out)
-    start_epoch = 0
-    if _prepare_run(run, config, labels, ctx, resume=resume, overwrite=overwrite):
-        start_epoch = restore_state(run.load_checkpoint(config), model, optimizer, scheduler, objective,
-                                    execution.scaler, shard_dir=run.shard_dir)
-        if ctx.is_main:
-            run.truncate_after(start_epoch)
-        if not quiet:
-            write_line(f"resuming {run.path} from epoch {start_epoch}")
-
-    def state_fn(epoch: int) -> dict[str, Any]:
-        return capture_state(epoch, config, model, optimizer, scheduler, objective, execution.scaler,
-                             shard_dir=run.shard_dir)
-
-    logger = RunLogger(run, objective, labels.is_corrupted, state_fn, epochs=cfg.optim.epochs, quiet=quiet,
-                       tensorboard=tensorboard, is_main=ctx.is_main)
+    # The run directory's lock (taken by prepare, on rank 0) is held until the run ends, however it ends.
     try:
-        if start_epoch < cfg.optim.epochs:
-            # Wrapped after restoring: DDP broadcasts rank 0's parameters when it is built.
-            fit(wrap_model(model, ctx), objective, optimizer, train_loader, dev, epochs=cfg.optim.epochs,
-                start_epoch=start_epoch, scheduler=scheduler, eval_loaders=loaders.evaluate, execution=execution,
-                clean_targets=torch.as_tensor(labels.clean[labels.train_index], device=dev), callbacks=[logger],
-                progress_factory=None if quiet else progress_factory(cfg.optim.epochs, label),
-                ctx=ctx if ctx.is_distributed else None)
+        start_epoch = 0
+        if _prepare_run(run, config, labels, ctx, resume=resume, overwrite=overwrite):
+            start_epoch = restore_state(run.load_checkpoint(config), model, optimizer, scheduler, objective,
+                                        execution.scaler, shard_dir=run.shard_dir)
+            if ctx.is_main:
+                run.truncate_after(start_epoch)
+            if not quiet:
+                write_line(f"resuming {run.path} from epoch {start_epoch}")
+            if run.fallback_reason and ctx.is_main:
+                write_line(f"note: {run.fallback_reason}")
+
+        def state_fn(epoch: int) -> dict[str, Any]:
+            return capture_state(epoch, config, model, optimizer, scheduler, objective, execution.scaler,
+                                 shard_dir=run.shard_dir)
+
+        # On user data the network a user keeps is the epoch the noisy validation split chooses, when
+        # one is held out (data.val_fraction > 0), rather than the last epoch, which under label noise
+        # has often memorised more of the wrong labels.
+        select = dataset.user is not None and "val" in loaders.evaluate
+        logger = RunLogger(run, objective, labels.is_corrupted, state_fn, epochs=cfg.optim.epochs, quiet=quiet,
+                           tensorboard=tensorboard, is_main=ctx.is_main, start_epoch=start_epoch,
+                           select_model=model.state_dict if select else None)
+        try:
+            if start_epoch < cfg.optim.epochs:
+                # Wrapped after restoring: DDP broadcasts rank 0's parameters when it is built.
+                fit(wrap_model(model, ctx), objective, optimizer, train_loader, dev, epochs=cfg.optim.epochs,
+                    start_epoch=start_epoch, scheduler=scheduler, eval_loaders=loaders.evaluate, execution=execution,
+                    clean_targets=torch.as_tensor(labels.clean[labels.train_index], device=dev), callbacks=[logger],
+                    progress_factory=None if quiet else progress_factory(cfg.optim.epochs, label),
+                    ctx=ctx if ctx.is_distributed else None)
+        finally:
+            logger.close()
+        if not ctx.is_main:
+            return None
+        return _finish_user(run, cfg, labels, loaders, model, dev, execution, objective, dataset,
+                            in_features=in_features, select=select)
     finally:
-        logger.close()
-    if not ctx.is_main:
-        return None
+        run.unlock()
+
+
+def _finish_user(run: RunDir, cfg: TrainConfig, labels: TrainingLabels, loaders: RunLoaders, model: torch.nn.Module,
+                 dev: torch.device, execution: Execution, objective: Objective, dataset: LoadedDataset, *,
+                 in_features: int | None, select: bool) -> dict[str, Any]:
+    """:func:`finish`, then for user data the network to keep (``model.pt``)."""
     summary = finish(run, cfg, labels, loaders, model, dev, execution, objective)
     if dataset.user is not None:
-        export_model(run.path / "model.pt", cfg, model, dataset, in_features=in_features)
+        kept = read_selected_model(run) if select else None
+        export_model(run.path / "model.pt", cfg, model, dataset, in_features=in_features,
+                     state_dict=None if kept is None else kept["state_dict"])
+        summary["kept_model"] = ({"epoch": kept["epoch"], "chosen_by": "noisy validation accuracy",
+                                  "val_acc": kept["val_acc"]} if kept is not None
+                                 else {"epoch": summary["epochs"], "chosen_by": "last epoch (no validation split)"})
+        run.write_json("summary.json", summary)
     return summary
 
 
@@ -289,16 +314,18 @@ def _inexact(cfg: TrainConfig, model: torch.nn.Module, loader: Any) -> list[str]
 
 
 def export_model(path: str | os.PathLike[str], cfg: TrainConfig, model: torch.nn.Module, dataset: LoadedDataset, *,
-                 in_features: int | None = None) -> None:
+                 in_features: int | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """Save the trained network with what is needed to use it on new inputs: the architecture,
     the class names, the input shape and the normalisation (``dataparams.build.load_model``).
-    Data parameters are not part of it: at inference the logits are used unscaled (sec. 2.2)."""
+    Data parameters are not part of it: at inference the logits are used unscaled (sec. 2.2).
+    ``state_dict``: other weights of ``model``'s architecture to save (the validation-chosen epoch's)."""
     from dataparams.runs import atomic_write_bytes
 
     info = dataset.info
     state = {"arch": cfg.model.arch, "classes": list(dataset.train.classes), "in_channels": info.in_channels,
              "image_size": info.image_size, "in_features": in_features, "mean": list(info.mean),
-             "std": list(info.std), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+             "std": list(info.std),
+             "state_dict": {k: v.detach().cpu() for k, v in (state_dict or model.state_dict()).items()}}
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(Path(path), buf.getvalue())

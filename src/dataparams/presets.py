@@ -206,7 +206,7 @@ def complete_user_config(cfg: TrainConfig, user: Any) -> TrainConfig:
 
     cfg = copy.deepcopy(cfg)
     n = len(user)
-    choices = dict(user.choices)
+    choices = {**cfg.choices, **user.choices}
     if user.kind == "images":
         cfg.data.image_size, cfg.data.channels = int(user.image_size), int(user.channels)
     if cfg.model.arch == "auto":

@@ -288,6 +288,16 @@ def train_detection(
         torch.set_num_threads(int(threads))
     config = detection_config_to_dict(cfg)
     run = RunDir(out)
+    # The run directory's lock (taken by prepare) is held until the run ends, however it ends.
+    try:
+        return _train(cfg, config, run, resume=resume, overwrite=overwrite, device=device, quiet=quiet, amp=amp)
+    finally:
+        run.unlock()
+
+
+def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume: bool, overwrite: bool, device: str,
+           quiet: bool, amp: str) -> dict[str, Any]:
+    """The body of :func:`train_detection`, in ``run`` (whose lock the caller releases)."""
     dev = resolve_device(device)
     execution = Execution.create(dev, amp)
 

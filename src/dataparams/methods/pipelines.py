@@ -260,8 +260,8 @@ def train_stage(cfg: TrainConfig, run_dir: str | os.PathLike[str], *, resume: bo
     # The user's own data completes its config (model, epochs, fingerprint) only once it is
     # measured, which train does; its finished runs are checked and reused by train itself.
     if resume and not overwrite and done.exists() and cfg.data.dataset != "user":
-        RunDir(run_dir).prepare(config_to_dict(cfg), resume=True)  # refuses another run
-        return json.loads(done.read_text())
+        with RunDir(run_dir).checked(config_to_dict(cfg)):  # refuses another run
+            return json.loads(done.read_text())
     from dataparams.experiment import train
 
     summary = train(cfg, run_dir, resume=resume, overwrite=overwrite, **train_kwargs)
@@ -383,6 +383,7 @@ def run_filter_pipeline(
     settings = dataclasses.asdict(pipeline)
     changed = [] if old is None else [f"pipeline.{k}" for k, v in settings.items()
                                       if json.loads(json.dumps(v)) != (old.get("pipeline") or {}).get(k)]
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         # Start over: a stage 2 left from the earlier run would be a run of another kept set.
@@ -397,8 +398,15 @@ def run_filter_pipeline(
     run_kwargs = dict(device=device, quiet=quiet, **train_kwargs)
 
     # Stage 1, then the flags from its snapshots.
-    summary1 = _stage(cfg_first, stage1, changed, resume=resume or first_run is not None,
-                      overwrite=overwrite and first_run is None, label=f"{label}stage 1: ", **run_kwargs)
+    try:
+        summary1 = _stage(cfg_first, stage1, changed, resume=resume or first_run is not None,
+                          overwrite=overwrite and first_run is None, label=f"{label}stage 1: ", **run_kwargs)
+    except BaseException:
+        # Refused before stage 1 began (unreadable data, a bad option): leave no folder behind
+        # that a later run would take for this one.
+        if created and not (stage1 / "config.json").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     report = find_issues(stage1, score=pipeline.score, load_dataset=False, rule="mixture")
     q = float(cfg_first.curriculum.loss_q)
     flagged = filter_flags(report, rule=pipeline.rule, fraction=pipeline.fraction, q=q,

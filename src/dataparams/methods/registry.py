@@ -43,7 +43,7 @@ from dataparams.methods.pipelines import FilterPipeline
 from dataparams.objectives import DataParameterObjective, LossObjective, Objective
 from dataparams.parameters import DataParameters
 
-__all__ = ["METHODS", "OBJECTIVES", "Method", "ObjectiveSpec", "build_objective", "get_method"]
+__all__ = ["DATA_DEFAULT_METHOD", "DATA_DEFAULT_WHY", "METHODS", "OBJECTIVES", "Method", "ObjectiveSpec", "build_objective", "get_method"]
 
 
 @dataclass(frozen=True)
@@ -178,6 +178,16 @@ METHODS: dict[str, Method] = {
                tuning=(("@percentile=99",), ("@percentile=90",), ("@percentile=50",))),
     )
 }
+
+
+#: What ``train --data`` trains when it is given no ``--method``, ``--preset`` or ``--config``,
+#: and why (written into each stage's ``config.json`` under ``choices``).
+DATA_DEFAULT_METHOD = "dp-cm-filter"
+DATA_DEFAULT_WHY = (
+    "the default of train --data: of the methods compared on user-shaped data (three sets, "
+    "benchmarks/results/user_data_models.md) its kept network was the most accurate on clean images "
+    "on two of three and within 0.1 point on the third, and in the bench (benchmarks/results/fmnist_methods) "
+    "it is the one method within one std of first in the most noise settings (see results.md); two trainings")
 
 
 def get_method(name: str) -> Method:

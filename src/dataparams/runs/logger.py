@@ -13,20 +13,33 @@ objective, gathered on rank 0; its shard files, written by every rank) runs ever
 
 from __future__ import annotations
 
+import io
 import math
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from dataparams.analysis.metrics import detection_report
 from dataparams.engine import Callback
 from dataparams.objectives import Objective
-from dataparams.runs.rundir import RunDir
+from dataparams.runs.rundir import RunDir, atomic_write_bytes
 
-__all__ = ["RunLogger", "progress_factory", "sigma_stats", "write_line"]
+__all__ = ["SELECTED_MODEL", "RunLogger", "progress_factory", "read_selected_model", "sigma_stats", "write_line"]
+
+#: The weights of the epoch chosen on the noisy validation split (see ``RunLogger(select_model=)``).
+SELECTED_MODEL = "model_selected.pt"
+
+
+def read_selected_model(run: RunDir) -> dict[str, Any] | None:
+    """``{"epoch", "val_acc", "state_dict"}`` of ``run``'s validation-chosen weights, or None."""
+    path = run.path / SELECTED_MODEL
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 #: The detection numbers kept for the loss-based scores (the full report is kept for the main one).
 _SHORT = ("auroc", "average_precision", "precision_at_k")
@@ -81,11 +94,24 @@ class RunLogger(Callback):
     is_main : bool, default True
         False on the ranks other than 0 of a torchrun job: they take part in the collectives of
         the objective and of ``state_fn`` and write nothing.
+    select_model : callable ``() -> state_dict``, optional
+        With a noisy validation split: the network's weights, saved as ``model_selected.pt``
+        after each epoch whose validation accuracy is the best so far (the earliest on ties, as
+        ``summary.json``'s ``val_selected_epoch``), so that the model kept is that epoch's, not
+        the last one, and survives a resume.
+    start_epoch : int, default 0
+        The epoch a resumed run continues from (its metrics already cut there): the best
+        validation accuracy so far is read from them.
     """
 
     def __init__(self, run: RunDir, objective: Objective, is_corrupted: np.ndarray, state_fn: Callable[[int], Any],
-                 *, epochs: int, quiet: bool, tensorboard: bool, is_main: bool = True) -> None:
+                 *, epochs: int, quiet: bool, tensorboard: bool, is_main: bool = True,
+                 select_model: Callable[[], dict[str, Any]] | None = None, start_epoch: int = 0) -> None:
         self.run, self.objective, self.state_fn = run, objective, state_fn
+        self.select_model = select_model
+        self.best_val = -math.inf
+        if select_model is not None and is_main and start_epoch > 0:
+            self._resume_selection(start_epoch)
         self.epochs, self.is_main = epochs, is_main
         self.quiet = quiet or not is_main
         self.corrupted = np.asarray(is_corrupted, dtype=bool)
@@ -99,6 +125,27 @@ class RunLogger(Callback):
             if SummaryWriter is not None:
                 self.writer = SummaryWriter(str(run.path / "tensorboard"))
         self.epoch_times: list[float] = []
+
+    def _resume_selection(self, start_epoch: int) -> None:
+        """The best validation accuracy of the epochs a resumed run keeps (its metrics, already
+        cut to ``start_epoch``). The selected weights are saved after each epoch's checkpoint, so
+        a kill in between loses them only when that epoch, ``start_epoch``, was the best: its
+        weights are the ones just restored from the checkpoint, and are saved now."""
+        history = [r for r in self.run.read_metrics() if r.get("val_acc") is not None and r["epoch"] <= start_epoch]
+        if not history:
+            return
+        best = max(history, key=lambda r: (r["val_acc"], -r["epoch"]))
+        self.best_val = float(best["val_acc"])
+        kept = read_selected_model(self.run)
+        if (kept is None or kept["epoch"] != best["epoch"]) and best["epoch"] == start_epoch:
+            self._save_selected(best["epoch"])
+
+    def _save_selected(self, epoch: int) -> None:
+        assert self.select_model is not None
+        state_dict = {k: v.detach().cpu().clone() for k, v in self.select_model().items()}
+        buf = io.BytesIO()
+        torch.save({"epoch": int(epoch), "val_acc": self.best_val, "state_dict": state_dict}, buf)
+        atomic_write_bytes(self.run.path / SELECTED_MODEL, buf.getvalue())
 
     def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
         # The objective's per-sample arrays and the checkpoint state first: for a sharded
@@ -127,6 +174,10 @@ class RunLogger(Callback):
         self.run.append_metrics(record)
         self.run.save_snapshot(record["epoch"], loss=loss.astype(np.float16), **snap)
         self.run.save_checkpoint(state)
+        if self.select_model is not None and record.get("val_acc") is not None and record["val_acc"] > self.best_val:
+            # After the checkpoint (see _resume_selection for a kill in between).
+            self.best_val = float(record["val_acc"])
+            self._save_selected(record["epoch"])
         if self.writer is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "epoch":

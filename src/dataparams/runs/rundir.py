@@ -6,7 +6,11 @@ Layout of ``RUN_DIR``::
     metrics.jsonl        one JSON line per finished epoch
     labels.npz           given (noisy) labels, clean labels, is_corrupted mask, source index
     snapshots/epoch_NNNN.npz   per-epoch sigma values (class, instance) and per-sample loss
-    checkpoint.pt        latest state, written atomically (tmp file + rename)
+    checkpoint.pt        latest state, written atomically (tmp file + rename), its SHA-256
+                         appended (a file that does not match is not used)
+    checkpoint.prev.pt   the state before it, used when checkpoint.pt is missing or damaged
+    .lock                held (flock) by the process writing the run: a second writer is refused
+                         with the holder's pid and host
     data_parameters/     distributed.mode=sharded only: per-process shard files of the instance
                          parameters, their momentum and the per-sample buffers; checkpoint.pt
                          names the files of its save
@@ -27,6 +31,10 @@ the list's bytes, every image's path, size and modification time, the class list
 whose run was made on other data is neither resumed nor reused (:class:`RunConflictError` naming
 what changed), because the config fields alone do not change when a label is edited in place.
 
+Every rename is followed by an fsync of the directory, so that a power loss after a save does
+not bring back the file it replaced. A save that fails (a full disk) leaves the previous
+checkpoint as it was and says so.
+
 Under torchrun rank 0 writes everything but the shard files. In sharded mode every process
 writes its shard files (named with a token fresh to the save) *before* rank 0 replaces
 ``checkpoint.pt``, which names them: the replacement commits the save, and only then are the
@@ -38,11 +46,15 @@ several machines).
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import io
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +90,8 @@ _OURS = (
     "heldout_predictions.npz",
     "data_parameters",
     "model.pt",
+    "model_selected.pt",
+    "checkpoint.prev.pt",
 )
 
 
@@ -109,6 +123,46 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in directory ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a directory: the rename stands as written
+        pass
+    finally:
+        os.close(fd)
+
+
+#: Appended to a checkpoint: this marker and the SHA-256 of the bytes before it.
+_CHECKSUM_MAGIC = b"\nDPSHA256"
+_TRAILER = len(_CHECKSUM_MAGIC) + 32
+
+
+def _with_checksum(payload: bytes) -> bytes:
+    return payload + _CHECKSUM_MAGIC + hashlib.sha256(payload).digest()
+
+
+def _verified_payload(path: Path) -> bytes:
+    """The bytes of checkpoint ``path`` without its checksum; :class:`RunDirError` when the file
+    is missing, or carries a checksum that does not match (truncated, damaged). A file without
+    the marker (written before checksums were kept) is returned as it is."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RunDirError(f"{path} is missing") from None
+    if len(data) >= _TRAILER and data[-_TRAILER:-32] == _CHECKSUM_MAGIC:
+        payload = data[:-_TRAILER]
+        if hashlib.sha256(payload).digest() != data[-32:]:
+            raise RunDirError(f"{path} is damaged (its SHA-256 does not match the one saved with it)")
+        return payload
+    return data
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -152,6 +206,13 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._lock: Any = None
+        # Whether checkpoint.pt is known good (written or verified by this object): only then
+        # does the next save keep it as checkpoint.prev.pt.
+        self._latest_good = False
+        self._prev_manifest: dict[str, Any] | None = None
+        #: Set by load_checkpoint when it fell back to the previous checkpoint: why.
+        self.fallback_reason: str | None = None
 
     # -- files ---------------------------------------------------------------------------
     @property
@@ -167,6 +228,14 @@ class RunDir:
         return self.path / "checkpoint.pt"
 
     @property
+    def previous_checkpoint_file(self) -> Path:
+        return self.path / "checkpoint.prev.pt"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / ".lock"
+
+    @property
     def shard_dir(self) -> Path:
         """Where a sharded run's processes write their shard files."""
         return self.path / "data_parameters"
@@ -177,6 +246,58 @@ class RunDir:
 
     def snapshot_file(self, epoch: int) -> Path:
         return self.snapshot_dir / f"epoch_{epoch:04d}.npz"
+
+    # -- the writer's lock ----------------------------------------------------------------
+    def lock(self) -> None:
+        """Hold ``RUN_DIR/.lock`` until :meth:`unlock` (or the process ends): a second process
+        that tries gets :class:`RunConflictError` naming the holder's pid, host and start time.
+
+        An ``flock`` on the file, so a killed holder releases it with its death (no stale lock
+        to clean up); where ``fcntl`` is missing (Windows) there is no lock. Creates the
+        directory. Idempotent for this object."""
+        if self._lock is not None:
+            return
+        try:
+            import fcntl
+        except ImportError:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        # A file object, not a bare descriptor: a RunDir dropped without unlock() releases the
+        # lock when it is collected.
+        f = open(self.lock_file, "a+")  # noqa: SIM115 -- held until unlock()
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            f.seek(0)
+            holder = f.read(4096).strip() or "another process"
+            f.close()
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunConflictError(f"{self.path} is being written by {holder}; wait for it to end or use "
+                                   "another directory") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on host {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        f.flush()
+        self._lock = f
+
+    def unlock(self) -> None:
+        """Release the lock taken by :meth:`lock` (the file stays: removing it would let two
+        processes lock two different files of that name)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    @contextlib.contextmanager
+    def checked(self, config: dict[str, Any]) -> Any:
+        """``with run.checked(config):`` -- the directory holds the run of ``config`` (as
+        :meth:`prepare` with ``resume`` checks it) and no other process writes it while the
+        block reads it; the lock is released after."""
+        try:
+            self.prepare(config, resume=True)
+            yield self
+        finally:
+            self.unlock()
 
     # -- life cycle ----------------------------------------------------------------------
     def _read_config(self) -> dict[str, Any]:
@@ -211,7 +332,19 @@ class RunDir:
             raise RunDirError("resume and overwrite exclude each other")
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"{self.path} exists and is not a directory")
-        existing = self.path.exists() and any(self.path.iterdir())
+        created = not self.path.exists()
+        # First: a run another process is writing is neither resumed nor overwritten.
+        self.lock()
+        existing = any(p.name != self.lock_file.name for p in self.path.iterdir()) if self.path.exists() else False
+        try:
+            return self._prepare(config, existing, resume=resume, overwrite=overwrite)
+        except BaseException:
+            self.unlock()
+            if created:
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
+
+    def _prepare(self, config: dict[str, Any], existing: bool, *, resume: bool, overwrite: bool) -> bool:
         if existing and overwrite:
             foreign = [p.name for p in self.path.iterdir() if p.name not in _OURS and not p.name.startswith(".")]
             if foreign:
@@ -219,7 +352,14 @@ class RunDir:
                     f"{self.path} holds files that are not from a run ({', '.join(sorted(foreign)[:5])}); "
                     "refusing to overwrite it"
                 )
-            shutil.rmtree(self.path)
+            # Everything but the lock this process holds.
+            for p in self.path.iterdir():
+                if p.name == self.lock_file.name:
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
             existing = False
         if existing:
             if not self.config_file.exists():
@@ -235,7 +375,7 @@ class RunDir:
                 raise RunConflictError(f"{self.path} {what}: {'; '.join(changed)}")
             if not resume:
                 raise RunExistsError(f"{self.path} already holds this run")
-            return self.checkpoint_file.exists()
+            return self.checkpoint_file.exists() or self.previous_checkpoint_file.exists()
         # (resume on an empty or missing directory starts fresh: a kill before the first
         # checkpoint leaves nothing to continue.)
         self.path.mkdir(parents=True, exist_ok=True)
@@ -317,24 +457,68 @@ class RunDir:
 
     # -- checkpoints ---------------------------------------------------------------------
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        """Replace ``checkpoint.pt`` atomically; for a sharded state (``SHARDS_KEY``, the manifest
-        of shard files already written) then delete the shard files no checkpoint names."""
+        """Replace ``checkpoint.pt`` atomically, with its SHA-256 appended, keeping the one it
+        replaces (when known good) as ``checkpoint.prev.pt``; for a sharded state
+        (``SHARDS_KEY``, the manifest of shard files already written) then delete the shard
+        files neither checkpoint names.
+
+        A failed write (e.g. ``ENOSPC``) leaves both checkpoints as they were and raises
+        :class:`RunDirError` saying so."""
         buf = io.BytesIO()
         torch.save(state, buf)
-        atomic_write_bytes(self.checkpoint_file, buf.getvalue())
-        if state.get(SHARDS_KEY) is not None:
+        data = _with_checksum(buf.getvalue())
+        del buf
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".checkpoint.pt.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            kept = "the previous checkpoint is intact" if self.checkpoint_file.exists() else "no checkpoint was kept"
+            raise RunDirError(f"could not write {self.checkpoint_file} ({e.strerror or e}); {kept}") from e
+        # The commit: the known-good latest becomes the previous one, then the new file the latest.
+        # A kill between the two renames leaves checkpoint.prev.pt only, which load_checkpoint uses.
+        if self._latest_good and self.checkpoint_file.exists():
+            os.replace(self.checkpoint_file, self.previous_checkpoint_file)
+        os.replace(tmp, self.checkpoint_file)
+        fsync_dir(self.path)
+        self._latest_good = True
+        manifest = state.get(SHARDS_KEY)
+        if manifest is not None:
             from dataparams.distributed import remove_stale_shards
 
-            remove_stale_shards(self.shard_dir, state[SHARDS_KEY])
+            remove_stale_shards(self.shard_dir, manifest, also_keep=self._prev_manifest)
+        self._prev_manifest = manifest
+
+    def _load_verified(self, path: Path) -> dict[str, Any]:
+        payload = _verified_payload(path)
+        try:
+            return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise RunDirError(f"{path} is unreadable ({type(e).__name__}: {e})") from None
 
     def load_checkpoint(self, config: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Load the checkpoint; with ``config``, refuse one written by another configuration."""
+        """Load the latest checkpoint, or the previous one when the latest is missing, damaged or
+        unreadable (:attr:`fallback_reason` then says why); with ``config``, refuse one written
+        by another configuration."""
+        self.fallback_reason = None
         try:
-            state = torch.load(self.checkpoint_file, map_location="cpu", weights_only=False)
-        except FileNotFoundError:
-            raise RunDirError(f"{self.checkpoint_file} is missing") from None
-        except Exception as e:
-            raise RunDirError(f"{self.checkpoint_file} is unreadable ({type(e).__name__}: {e})") from None
+            state = self._load_verified(self.checkpoint_file)
+            self._latest_good = True
+        except RunDirError as latest_error:
+            if not self.previous_checkpoint_file.exists():
+                raise
+            try:
+                state = self._load_verified(self.previous_checkpoint_file)
+            except RunDirError as e:
+                raise RunDirError(f"{latest_error}; and the previous one: {e}") from None
+            self.fallback_reason = f"{latest_error}: resumed from {self.previous_checkpoint_file.name}"
+            # The damaged latest must not become the previous checkpoint at the next save.
+            self._latest_good = False
+        self._prev_manifest = state.get(SHARDS_KEY)
         if config is not None:
             diff = _relevant_diff(state.get("config", {}), config)
             if diff:
