@@ -534,3 +534,37 @@ def test_save_replicated_is_atomic(tmp_path):
         save_replicated({"step": 2, "bad": _Unsaveable()}, path, ctx)
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def _agree_worker(rank: int, world_size: int, port: int, tmp: str) -> None:
+    from types import SimpleNamespace
+
+    from dataparams.config import ConfigError, TrainConfig
+    from dataparams.experiment import check_ranks_agree
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    given = np.arange(20) % 4
+    if rank == 1:
+        given[3] = 0  # one label edited on one node only
+    labels = SimpleNamespace(given=given, train_index=np.arange(20), num_train=20)
+    cfg = TrainConfig()
+    cfg.data.memory_budget_mb = 100 * (rank + 1)  # an execution field: allowed to differ
+    results = {}
+    with init_distributed("cpu", timeout=timedelta(seconds=60)) as ctx:
+        check_ranks_agree(ctx, TrainConfig(), SimpleNamespace(given=np.arange(20) % 4, train_index=np.arange(20),
+                                                              num_train=20), [])  # agree: no error
+        try:
+            check_ranks_agree(ctx, cfg, labels, [])
+            results["error"] = None
+        except ConfigError as e:
+            results["error"] = str(e)
+    torch.save(results, Path(tmp) / f"agree{rank}.pt")
+
+
+def test_ranks_that_disagree_on_their_labels_all_stop_with_one_message(tmp_path):
+    mp.spawn(_agree_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    errors = [torch.load(tmp_path / f"agree{r}.pt", weights_only=False)["error"] for r in range(2)]
+    assert errors[0] == errors[1] is not None  # the same message on every rank
+    assert "disagree" in errors[0] and "rank 1: labels" in errors[0] and "config" not in errors[0].split("--")[0]

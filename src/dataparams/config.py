@@ -166,10 +166,13 @@ class DistributedConfig:
     instance parameters, their momentum and the per-sample buffers of its share of the samples,
     for 1e8-1e9 samples; needs the instance curriculum). Both give the single-process result;
     a run resumes in the mode that wrote its checkpoint. Without torchrun ``replicated`` is the
-    plain single-process run.
+    plain single-process run. ``timeout_min``: how long a collective waits for the other ranks
+    before the job fails (minutes; rank 0's end-of-run prediction and checkpoint writes at large
+    N are what the others wait for).
     """
 
     mode: str = "replicated"
+    timeout_min: float = 30.0
 
 
 @dataclass
@@ -203,7 +206,7 @@ class TrainConfig:
 # resumed with other values of these (``distributed.mode`` only in the mode that wrote it,
 # which the checkpoint itself enforces).
 EXECUTION_FIELDS = ("data.workers", "data.data_dir", "notes", "data.eval_batch_size", "data.memory_budget_mb",
-                    "choices", "distributed.mode")
+                    "choices", "distributed.mode", "distributed.timeout_min")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

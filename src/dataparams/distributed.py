@@ -184,6 +184,15 @@ class DistributedContext:
         dist.broadcast_object_list(box, src=src)
         return box[0]
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank (pickled; small objects only).
+        ``[obj]`` in one process."""
+        if self.backend is None or not dist.is_initialized():
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def close(self) -> None:
         """Destroy the process group if :func:`init_distributed` created it."""
         if self.owns_process_group and dist.is_initialized():

@@ -23,7 +23,9 @@ checkpoint commits. A checkpoint resumes with any number of processes.
 from __future__ import annotations
 
 import io
+import json
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +93,7 @@ def train(
     validate_config(cfg)
     if launched_world_size() > 1:
         check_distributable(cfg)
-        ctx = init_distributed(device)
+        ctx = init_distributed(device, timeout=timedelta(minutes=float(cfg.distributed.timeout_min)))
     else:
         ctx = DistributedContext(device=resolve_device(device))
     try:
@@ -155,6 +157,8 @@ def _train(cfg: TrainConfig, out: str | os.PathLike[str], ctx: DistributedContex
                             shipped=dataset.shipped_noisy_labels, name=cfg.data.dataset,
                             reference=split_noise_reference(cfg.data, dataset.train))
     loaders = build_loaders(dataset, labels, cfg.data, dev, seed=cfg.seed)
+    if ctx.is_distributed:
+        check_ranks_agree(ctx, cfg, labels, loaders.train)
     train_loader = _share(loaders.train, ctx)
     in_features = None
     if dataset.train.features is not None:
@@ -239,6 +243,38 @@ def _finish_user(run: RunDir, cfg: TrainConfig, labels: TrainingLabels, loaders:
                                  else {"epoch": summary["epochs"], "chosen_by": "last epoch (no validation split)"})
         run.write_json("summary.json", summary)
     return summary
+
+
+def run_fingerprint(cfg: TrainConfig, labels: TrainingLabels, loader: Any) -> dict[str, Any]:
+    """What every process of a torchrun job must agree on before training: the config (without
+    the execution fields, which may differ per process), the training set's size, a checksum of
+    its labels and sample order, and the loader kind (in memory or streamed, which each process
+    chooses from its own free memory and which give different batch orders)."""
+    import hashlib
+
+    from dataparams.config import EXECUTION_FIELDS
+
+    config = config_to_dict(cfg)
+    for field_name in EXECUTION_FIELDS:
+        section, _, key = field_name.rpartition(".")
+        (config.get(section, {}) if section else config).pop(key, None)
+    labels_hash = hashlib.sha256(np.ascontiguousarray(labels.given, dtype=np.int64).tobytes()
+                                 + np.ascontiguousarray(labels.train_index, dtype=np.int64).tobytes()).hexdigest()
+    return {"config": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16],
+            "samples": int(labels.num_train), "labels": labels_hash[:16], "loader": type(loader).__name__}
+
+
+def check_ranks_agree(ctx: DistributedContext, cfg: TrainConfig, labels: TrainingLabels, loader: Any) -> None:
+    """``ConfigError`` on every rank, naming the ranks and what differs, unless all processes
+    hold the same :func:`run_fingerprint` (one small all-gather at start)."""
+    prints = ctx.all_gather_object(run_fingerprint(cfg, labels, loader))
+    differ = [f"rank {r}: {k} {p[k]} (rank 0: {prints[0][k]})" for r, p in enumerate(prints) for k in p
+              if p[k] != prints[0][k]]
+    if differ:
+        raise ConfigError("the processes of this torchrun job disagree on their data or settings: "
+                          + "; ".join(differ[:6]) + (" ..." if len(differ) > 6 else "")
+                          + " -- give every process the same files and options (and, for data near the memory "
+                          "budget, --set data.memory_budget_mb=... so that all load it the same way)")
 
 
 def _share(loader: Any, ctx: DistributedContext) -> Any:
