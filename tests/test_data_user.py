@@ -710,3 +710,28 @@ def test_user_data_feeds_the_loaders(tmp_path):
     loader = FeatureLoader(data.features, data.targets, batch_size=4, mean=data.mean, std=data.std)
     assert sum(len(i) for _, _, i in loader) == 10
     assert isinstance(data, UserData)
+
+
+def test_a_png_above_the_pixel_limit_is_refused_by_name_and_a_jpeg_is_not(tmp_path, monkeypatch):
+    import dataparams.data.user as user_module
+
+    # The limit lowered to 20x20 so that the test's images stand for 100-megapixel ones.
+    monkeypatch.setattr(user_module, "MAX_DECODE_PIXELS", 400)
+    root = _tree(tmp_path / "d", per_class=2, size=12)
+    big = np.random.default_rng(3).integers(0, 255, (30, 21), dtype=np.uint8)
+    Image.fromarray(big).save(root / "dog" / "huge.png")
+    _error(root, r"huge.png is 21 x 30 pixels \(0 MP\): a PNG image is decoded at full size, and above 0 MP")
+    (root / "dog" / "huge.png").unlink()
+    Image.fromarray(big).save(root / "dog" / "huge.jpg", quality=90)  # decoded at reduced size: accepted
+    assert len(_load(root)) == 7
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
+def test_a_symbolic_link_loop_in_class_folders_is_refused(tmp_path):
+    root = _tree(tmp_path / "d", per_class=2, size=12)
+    os.symlink(root / "cat", root / "cat" / "again")  # cat/again -> cat: endless without the check
+    with pytest.raises(ValueError, match=r"cat/again is the folder .*cat again \(a symbolic link loop"):
+        load_image_folder(root)
+    os.unlink(root / "cat" / "again")
+    os.symlink(root / "ant", root / "cat" / "more")  # a link to another folder: walked, as torchvision does
+    assert len(load_image_folder(root).paths) == 8

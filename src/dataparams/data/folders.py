@@ -67,6 +67,21 @@ def _subfolders(path: Path) -> list[str]:
         return sorted(e.name for e in entries if e.is_dir())
 
 
+def _walk(top: Path) -> Any:
+    """``os.walk(top, followlinks=True)`` (torchvision's ImageFolder follows links too), refusing
+    a folder reached twice: a symbolic link to one of its own parents would otherwise be walked
+    until the path is too long, and two links to one folder would list its images twice."""
+    seen: dict[tuple[int, int], str] = {}
+    for entry in os.walk(top, followlinks=True):
+        st = os.stat(entry[0])
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            raise ValueError(f"{entry[0]} is the folder {seen[key]} again (a symbolic link loop, or two links to "
+                             "one folder): remove the link so that each image is listed once")
+        seen[key] = entry[0]
+        yield entry
+
+
 def _image_folder(root: Path, *, name: str, classes: list[str] | None = None, how_to_get: str) -> Split:
     if not root.is_dir():
         raise DatasetNotFoundError(f"{name}: folder {root} not found. {how_to_get}")
@@ -84,7 +99,7 @@ def _image_folder(root: Path, *, name: str, classes: list[str] | None = None, ho
     targets: list[int] = []
     for k, cls in enumerate(classes):
         # Walk order as torchvision's make_dataset, so sample i is the same image in both.
-        for dirpath, _, fnames in sorted(os.walk(root / cls, followlinks=True)):
+        for dirpath, _, fnames in sorted(_walk(root / cls)):
             for fname in sorted(fnames):
                 if _is_image(fname):
                     paths.append(os.path.join(dirpath, fname))

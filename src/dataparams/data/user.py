@@ -349,7 +349,19 @@ def _parallel(fn: Callable[[int], Any], n: int, *, desc: str, progress: bool) ->
         return list(tqdm(results, total=n, desc=desc, unit="img", disable=not progress, leave=False))
 
 
+class ImageTooLarge(ValueError):
+    """An image whose format is decoded at full size and has more than :data:`MAX_DECODE_PIXELS`."""
+
+
+#: Images other than JPEG (whose decoder can downscale while decoding) are decoded at full size,
+#: in several threads at once: one of 100 megapixels is 300 MB of RGB per thread. Above this
+#: many pixels the up-front check refuses the file, naming it, rather than risk the memory.
+MAX_DECODE_PIXELS = 64_000_000
+
+
 def _describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, ImageTooLarge):
+        return str(exc)
     if isinstance(exc, FileNotFoundError):
         return "not found"
     if isinstance(exc, IsADirectoryError):
@@ -388,6 +400,12 @@ def _scan(
             st = os.stat(paths[i])
             with Image.open(paths[i]) as im:
                 size, mode = im.size, im.mode
+                if im.format != "JPEG" and size[0] * size[1] > MAX_DECODE_PIXELS:
+                    raise ImageTooLarge(
+                        f"is {size[0]:,} x {size[1]:,} pixels ({size[0] * size[1] / 1e6:.0f} MP): a {im.format} image "
+                        f"is decoded at full size, and above {MAX_DECODE_PIXELS / 1e6:.0f} MP that is refused for "
+                        "the memory it takes; downscale it (the network sees a few hundred pixels a side) or save "
+                        "it as JPEG, which is decoded at reduced size")
                 # Checks the file's structure (PNG checksums, truncation) without decoding it; a
                 # JPEG's data is not checked, which is why every image is decoded before training.
                 im.verify()
