@@ -369,6 +369,9 @@ def test_sampler_refuses_a_batch_that_leaves_a_rank_empty():
     with pytest.raises(ValueError, match="every global batch"):
         GlobalBatchSampler(37, 2, rank=0, world_size=3)
     assert len(GlobalBatchSampler(37, 6, rank=0, world_size=2, drop_last=True)) == 6
+    # With a placeholder (the file loaders' way) the empty share is the batch's first sample.
+    s = GlobalBatchSampler(37, 6, rank=1, world_size=2, shuffle=False, placeholder=True)
+    assert list(s)[-1] == [36] and list(s.share_sizes())[-1] == 0
 
 
 def test_local_share_loader_keeps_order_and_augmentation_of_one_process():

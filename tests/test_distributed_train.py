@@ -348,3 +348,22 @@ def test_configs_without_the_distributed_section_still_resume():
     old = {k: v for k, v in new.items() if k != "distributed"}
     assert diff_configs(old, new) == ["distributed.mode"]
     assert "distributed.mode" in EXECUTION_FIELDS
+
+
+def test_file_share_loader_gives_an_empty_share_in_a_short_last_batch():
+    """37 samples in global batches of 6 over 2 ranks: the last batch holds one sample, so rank 1
+    gets an empty batch there (with the shapes of the others), where a refusal used to ask for a
+    drop_last that no option sets."""
+    from dataparams.data.loaders import FileLoader
+
+    single = FileLoader(_Items(), batch_size=6, shuffle=True, workers=0, seed=4, device=torch.device("cpu"))
+    shares = [FileShareLoader(_Items(), batch_size=6, seed=4, rank=r, world_size=2) for r in range(2)]
+    for loader in (single, *shares):
+        loader.set_epoch(1)
+    batches = list(single)
+    parts = [list(s) for s in shares]
+    assert len(batches) == len(parts[0]) == len(parts[1]) == 7
+    for (x, _, index), a, b in zip(batches, *parts):
+        assert torch.equal(torch.cat([a[2], b[2]]), index) and torch.equal(torch.cat([a[0], b[0]]), x)
+    last = parts[1][-1]
+    assert last[0].shape == (0, 1) and last[1].shape == (0,) and last[2].shape == (0,)

@@ -486,13 +486,15 @@ class GlobalBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         drop_last: bool = False,
         like_dataloader: bool = False,
+        placeholder: bool = False,
     ) -> None:
         if num_samples < 0 or batch_size < 1:
             raise ValueError(f"need num_samples >= 0 and batch_size >= 1, got {num_samples}, {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
         last = num_samples % batch_size
-        if batch_size < world_size or (not drop_last and 0 < last < world_size):
+        self.placeholder = bool(placeholder)
+        if batch_size < world_size or (not drop_last and not placeholder and 0 < last < world_size):
             raise ValueError(
                 f"with {world_size} processes every global batch needs >= {world_size} samples; got "
                 f"batch_size={batch_size} and a last batch of {last or batch_size} (use drop_last=True)"
@@ -526,9 +528,19 @@ class GlobalBatchSampler(Sampler[list[int]]):
         for b in range(len(self)):
             yield order[b * self.batch_size : (b + 1) * self.batch_size]
 
+    def share_sizes(self) -> Iterator[int]:
+        """This rank's share size in each global batch of an epoch (0 in a short last batch)."""
+        for b in range(len(self)):
+            size = min(self.batch_size, self.num_samples - b * self.batch_size)
+            start, end = shard_range(size, self.world_size, self.rank)
+            yield end - start
+
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.global_batches():
-            yield local_share(batch, self.rank, self.world_size).tolist()
+            share = local_share(batch, self.rank, self.world_size).tolist()
+            # A DataLoader cannot collate an empty batch: with ``placeholder`` an empty share is
+            # the global batch's first sample, which the caller drops (FileShareLoader).
+            yield share if share or not self.placeholder else batch[:1].tolist()
 
 
 class LocalShareLoader:
@@ -593,7 +605,7 @@ class FileShareLoader:
                  pin_memory: bool = False) -> None:
         self.dataset, self.workers, self.pin_memory = dataset, int(workers), bool(pin_memory)
         self.sampler = GlobalBatchSampler(len(dataset), batch_size, rank=rank, world_size=world_size, shuffle=True,
-                                          seed=seed, like_dataloader=True)
+                                          seed=seed, like_dataloader=True, placeholder=True)
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -606,8 +618,23 @@ class FileShareLoader:
         # The workers' base seed comes from this generator; one stream per (seed, epoch, rank)
         # keeps the global torch generator untouched, as the single-process loader does.
         g = torch.Generator().manual_seed((s.seed * 1_000_003 + s.epoch) * 65_537 + s.rank)
-        return iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=s, num_workers=self.workers,
-                                                pin_memory=self.pin_memory, generator=g))
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=s, num_workers=self.workers,
+                                             pin_memory=self.pin_memory, generator=g)
+        # A short last batch (N mod B < P) leaves some ranks empty: they load one placeholder
+        # sample and yield an empty batch of its shapes, as the in-memory loaders' empty share,
+        # which the step weights by zero (see the module notes).
+        for batch, size in zip(loader, s.share_sizes()):
+            yield batch if size else _empty_like(batch)
+
+
+def _empty_like(batch: Any) -> Any:
+    """``batch`` cut to zero samples (tensors along the first axis, lists emptied)."""
+    if isinstance(batch, Tensor):
+        return batch[:0]
+    if isinstance(batch, (list, tuple)):
+        items = [_empty_like(b) for b in batch]
+        return items if isinstance(batch, list) else tuple(items)
+    return batch
 
 
 # --------------------------------------------------------------------------------------------
