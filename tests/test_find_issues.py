@@ -380,3 +380,18 @@ def test_a_truncated_jpeg_stops_find_issues_before_a_run_directory_exists(tmp_pa
     assert rc == 2 and "labels.csv line 4: image" in err and "2.jpg is corrupt or unreadable" in err
     assert "truncated" in err
     assert not out.exists()
+
+
+def test_issues_csv_written_by_columns_equals_the_rows_one_dict_at_a_time(inst, tmp_path):
+    """The column-wise writer (fast at 10^6 rows) against the rows as dicts through csv.DictWriter."""
+    import io
+
+    for dataset in (None, _named(80, [f"c{k}" for k in range(10)])):
+        rep = find_issues(inst, score="mean-loss", dataset=dataset)
+        ref = io.StringIO(newline="")
+        writer = csv.DictWriter(ref, fieldnames=rep.columns())
+        writer.writeheader()
+        for row in rep.rows():
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        with open(rep.write_csv(tmp_path / "issues.csv"), newline="") as f:
+            assert f.read() == ref.getvalue()
