@@ -662,8 +662,8 @@ def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
     lines += ["", "## Noise detection: how well each method's per-sample score ranks the corrupted labels", "",
               "Scores: data parameters, instance sigma; SuperLoss, -log confidence; baseline and co-teaching, the "
               "small-loss criterion (mean training loss so far); cleanlab, 1 - label quality from K-fold out-of-sample "
-              "probabilities; AUM, -AUM read at the noisy-validation peak; dp-filter and dp-gce-filter, the score "
-              "their first training flags by. Rows 'ranked by ...' rank the same runs by another score: sigma-mean (sigma "
+              "probabilities; AUM, -AUM read at the noisy-validation peak; dp-filter, dp-gce-filter and dp-cm-filter, "
+              "the score their first training flags by. Rows 'ranked by ...' rank the same runs by another score: sigma-mean (sigma "
               "integrated over training, the geometric mean over epochs) and mean-loss (each sample's loss under "
               "its learned temperature, averaged over the epochs). 'last' is the final epoch, 'val' the epoch "
               "chosen on the noisy validation split (cleanlab, AUM and the filters have one value).", ""]
