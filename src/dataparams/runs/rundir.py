@@ -207,6 +207,7 @@ class RunDir:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock: Any = None
+        self._lock_before = ""
         # Whether checkpoint.pt is known good (written or verified by this object): only then
         # does the next save keep it as checkpoint.prev.pt.
         self._latest_good = False
@@ -276,10 +277,27 @@ class RunDir:
             raise RunConflictError(f"{self.path} is being written by {holder}; wait for it to end or use "
                                    "another directory") from None
         f.seek(0)
+        self._lock_before = f.read()
+        f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on host {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
         f.flush()
         self._lock = f
+
+    def _unlock_untouched(self, created: bool) -> None:
+        """Release a lock taken for checks that refused: the lock file as it was (its former
+        holder's line back, or no file when this call made it), so that a refused command
+        leaves the directory byte for byte as it found it."""
+        if self._lock is None:
+            return
+        if created:
+            self.lock_file.unlink(missing_ok=True)
+        else:
+            self._lock.seek(0)
+            self._lock.truncate()
+            self._lock.write(self._lock_before)
+            self._lock.flush()
+        self.unlock()
 
     def unlock(self) -> None:
         """Release the lock taken by :meth:`lock` (the file stays: removing it would let two
@@ -334,12 +352,13 @@ class RunDir:
             raise RunDirError(f"{self.path} exists and is not a directory")
         created = not self.path.exists()
         # First: a run another process is writing is neither resumed nor overwritten.
+        lock_created = not self.lock_file.exists()
         self.lock()
         existing = any(p.name != self.lock_file.name for p in self.path.iterdir()) if self.path.exists() else False
         try:
             return self._prepare(config, existing, resume=resume, overwrite=overwrite)
         except BaseException:
-            self.unlock()
+            self._unlock_untouched(lock_created)
             if created:
                 shutil.rmtree(self.path, ignore_errors=True)
             raise
