@@ -79,6 +79,24 @@ LAUNCHER = textwrap.dedent('''
                 return original(self, loss, optimizers)
 
             engine.Execution.backward_and_step = backward_and_step
+    if os.environ.get("DP_TEST_RAISE"):
+        # An exception in one rank's step (as from a loader worker): the time it is raised is
+        # written first, so that the test can measure how long the other ranks take to end.
+        import time
+
+        rank, step, stamp = os.environ["DP_TEST_RAISE"].split(":", 2)
+        if int(os.environ.get("RANK", "0")) == int(rank):
+            original, steps = engine.Execution.backward_and_step, [0]
+
+            def backward_and_step(self, loss, optimizers):
+                steps[0] += 1
+                if steps[0] == int(step):
+                    with open(stamp, "w") as f:
+                        f.write(repr(time.time()))
+                    raise RuntimeError(f"injected fault on rank {rank} at step {step}")
+                return original(self, loss, optimizers)
+
+            engine.Execution.backward_and_step = backward_and_step
     sys.exit(main(sys.argv[1:]))
 ''')
 
@@ -98,7 +116,7 @@ def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _run(args: list[str], *, processes: int, launcher: Path | None = None, kill: str | None = None,
-         check: bool = True) -> subprocess.CompletedProcess:
+         fault: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """``dataparams ARGS`` in one process, or under torchrun with ``processes`` processes."""
     entry = [str(launcher)] if launcher is not None else ["-m", "dataparams"]
     if processes > 1:
@@ -111,6 +129,8 @@ def _run(args: list[str], *, processes: int, launcher: Path | None = None, kill:
         env.pop(var, None)
     if kill is not None:
         env["DP_TEST_KILL"] = kill
+    if fault is not None:
+        env["DP_TEST_RAISE"] = fault
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stderr[-4000:]}")
@@ -367,3 +387,26 @@ def test_file_share_loader_gives_an_empty_share_in_a_short_last_batch():
         assert torch.equal(torch.cat([a[2], b[2]]), index) and torch.equal(torch.cat([a[0], b[0]]), x)
     last = parts[1][-1]
     assert last[0].shape == (0, 1) and last[1].shape == (0,) and last[2].shape == (0,)
+
+
+def test_an_exception_on_one_rank_ends_every_rank_within_seconds_with_its_message(tmp_path):
+    """A raise in rank 1's step under torchrun (2 gloo processes): the job ends -- rank 0 too,
+    which was waiting for rank 1 in a collective -- well within 30 s of the raise, not after the
+    collective timeout, and the message is in the job's output."""
+    import time
+
+    data = write_idx(tmp_path / "fmnist", n_train=400, n_test=100, seed=3)
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(LAUNCHER)
+    stamp = tmp_path / "raised_at"
+    out = tmp_path / "run"
+    proc = _run(_train_args(data, out), processes=2, launcher=launcher, fault=f"1:3:{stamp}", check=False)
+    ended = time.time()
+    assert proc.returncode != 0
+    assert "injected fault on rank 1 at step 3" in proc.stderr
+    after = ended - float(stamp.read_text())
+    print(f"the job ended {after:.1f} s after the raise")
+    assert after < 30
+    # Nothing was committed for the unfinished epoch; the lock was released with the processes.
+    assert not (out / "checkpoint.pt").exists()
+    RunDir(out).lock()
