@@ -1,5 +1,6 @@
 """How usable is each filter's flagged set in the bench? Flagged count over the true count of
-wrong labels, precision, recall and F1, per cell of a finished `dataparams bench` grid.
+wrong labels, F1, precision, recall, and the share of wrong labels in what the retraining kept,
+per cell of a finished `dataparams bench` grid.
 
 For every cell of a method that drops samples before retraining (dp-cm-filter, dp-gce-filter,
 dp-filter, cleanlab, AUM), the flagged set is the training pool minus the kept index file the
@@ -58,8 +59,10 @@ def cell_counts(cell: Path) -> dict[str, float] | None:
     tp = int((flagged & corrupted).sum())
     p = tp / max(1, flagged.sum())
     r = tp / max(1, corrupted.sum())
+    kept_wrong = (~flagged & corrupted).sum() / max(1, (~flagged).sum())
     return {"ratio": flagged.sum() / max(1, corrupted.sum()), "precision": p, "recall": r,
-            "f1": 0.0 if p + r == 0 else 2 * p * r / (p + r), "flagged": int(flagged.sum()), "wrong": int(corrupted.sum())}
+            "f1": 0.0 if p + r == 0 else 2 * p * r / (p + r), "kept_wrong": float(kept_wrong),
+            "flagged": int(flagged.sum()), "wrong": int(corrupted.sum())}
 
 
 def main() -> None:
@@ -83,7 +86,9 @@ def main() -> None:
              "From the kept index file each cell retrained on (`benchmarks/bench_flag_counts.py`); the training pool "
              "only (the 10% validation split is never flagged). Target for a usable flagged set: a ratio within "
              "0.75-1.25.", ""]
-    for key, label in (("ratio", "flagged / truly wrong"), ("f1", "F1 of the flagged set")):
+    for key, label in (("ratio", "flagged / truly wrong"), ("f1", "F1 of the flagged set"),
+                       ("precision", "precision of the flagged set"), ("recall", "recall of the flagged set"),
+                       ("kept_wrong", "wrong labels left in the kept set (fraction of the kept set)")):
         lines += [f"## {label}", "", "| method | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
         for m in METHODS:
             lines.append(f"| {m} | " + " | ".join(fmt([c[key] for c in rows[m, col]]) if rows[m, col] else "–"

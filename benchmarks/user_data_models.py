@@ -17,6 +17,7 @@ same with ``--holdout 0.1`` (the network of the epoch that the noisy held-out 10
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -77,6 +78,16 @@ def main() -> None:
              "| method | " + " | ".join(IMAGE_SETS) + " |", "|---|" + "---:|" * len(IMAGE_SETS)]
     for m in args.methods:
         lines.append(f"| {m} | " + " | ".join(f"{acc[n, m]:.2f}" for n in IMAGE_SETS) + " |")
+    # Which epoch each run kept (summary.json's kept_model; runs older than that record have none).
+    kept = []
+    for m in args.methods:
+        for n in IMAGE_SETS:
+            summary = out / n / m / ("stage2" if m.endswith("-filter") or m.startswith("default") else "") / "summary.json"
+            rec = json.loads(summary.read_text()).get("kept_model") if summary.exists() else None
+            if rec is not None and rec["chosen_by"] != "last epoch (no validation split)":
+                kept.append(f"{m} on {n}: epoch {rec['epoch']} of {json.loads(summary.read_text())['epochs']}")
+    if kept:
+        lines += ["", "Epoch kept where the noisy held-out split chose it: " + "; ".join(kept) + "."]
     emit(lines, args.table)
 
 

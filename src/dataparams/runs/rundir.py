@@ -109,15 +109,27 @@ class RunConflictError(RunDirError):
     or ``overwrite`` where that is allowed."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    path = Path(path)
+def _write_temp(path: Path, data: bytes) -> str:
+    """``data`` written and fsynced to a temporary file beside ``path``; its name. On any
+    failure the temporary file is removed and the error raised."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    tmp = _write_temp(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -487,15 +499,9 @@ class RunDir:
         torch.save(state, buf)
         data = _with_checksum(buf.getvalue())
         del buf
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".checkpoint.pt.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            tmp = _write_temp(self.checkpoint_file, data)
         except OSError as e:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             kept = "the previous checkpoint is intact" if self.checkpoint_file.exists() else "no checkpoint was kept"
             raise RunDirError(f"could not write {self.checkpoint_file} ({e.strerror or e}); {kept}") from e
         # The commit: the known-good latest becomes the previous one, then the new file the latest.
