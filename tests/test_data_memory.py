@@ -85,3 +85,40 @@ def test_bad_inputs():
         InMemoryLoader(imgs, y, batch_size=4)
     with pytest.raises(ValueError, match="batch_size"):
         InMemoryLoader(imgs, y, batch_size=0, mean=(0, 0), std=(1, 1))
+
+
+def _batches_augmented_one_by_one(loader):
+    """The loader's batches as the per-batch path makes them: the epoch's generator draws the
+    order, then each batch's crop offsets and flips as random_crop / random_flip draw them."""
+    g = loader._generator()
+    n = len(loader.images)
+    order = torch.randperm(n, generator=g) if loader.shuffle else torch.arange(n)
+    out = []
+    for b in range(len(loader)):
+        pos = order[b * loader.batch_size : (b + 1) * loader.batch_size]
+        x = loader.images.index_select(0, pos).float().div_(255.0)
+        if loader.augment is not None:
+            x = random_crop(x, loader.augment.crop_padding, g)
+            if loader.augment.flip:
+                x = random_flip(x, g)
+        out.append(((x - loader.mean) / loader.std, loader.targets[pos], loader.index[pos]))
+    return out
+
+
+@pytest.mark.parametrize("augment", [Augment(), Augment(crop_padding=2, flip=False), Augment(crop_padding=0),
+                                     None])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_device_plan_gives_the_batches_of_the_per_batch_path(augment, drop_last):
+    # The epoch's randomness is drawn up front and copied to the device once; the batches must
+    # be exactly those of drawing it batch by batch (same seed, same epoch), ragged last batch too.
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(37, 8, 8, 3), dtype=np.uint8)
+    loader = InMemoryLoader(images, rng.integers(0, 10, 37), batch_size=8, shuffle=True, augment=augment,
+                            mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), seed=11, drop_last=drop_last)
+    for epoch in (0, 5):
+        loader.set_epoch(epoch)
+        got = list(loader)
+        want = _batches_augmented_one_by_one(loader)
+        assert len(got) == len(want) == (4 if drop_last else 5)
+        for (x, y, i), (wx, wy, wi) in zip(got, want):
+            assert torch.equal(x, wx) and torch.equal(y, wy) and torch.equal(i, wi)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dataparams import DataParameters, SparseSGD, gather_rows
+from dataparams.optim import merge_rows
 
 
 def _step_rows(param, opt, rows, grad_value=1.0):
@@ -252,3 +253,23 @@ def test_the_class_calls_the_functional_step():
             sparse_sgd_step([b], [b.grad], [buf], lr=0.3, momentum=0.9, weight_decay=0.1, bounds=(-1.0, 1.0))
         assert torch.equal(a.detach(), b.detach())
     assert torch.equal(opt.state[a]["momentum_buffer"], buf)
+
+
+@pytest.mark.parametrize("rows,b", [(10, 128), (3, 7), (100_000, 512), (1, 1)])
+def test_merged_rows_equal_coalesce_bit_for_bit(rows, b):
+    # merge_rows replaces coalesce (whose output size needs a host read): every entry carries its
+    # row's sum, added in coalesce's order, so the distinct rows and sums are coalesce's exactly.
+    g = torch.Generator().manual_seed(rows + b)
+    index = torch.randint(0, rows, (b,), generator=g)
+    values = torch.randn(b, generator=g) * 10.0 ** torch.randint(-3, 4, (b,), generator=g)
+    merged_rows, sums = merge_rows(index, values)
+    assert merged_rows.shape == sums.shape == (b,)
+    assert torch.equal(merged_rows, index.sort().values)
+    ref = torch.sparse_coo_tensor(index[None], values, (rows,), check_invariants=False).coalesce()
+    first = torch.ones(b, dtype=torch.bool)
+    first[1:] = merged_rows[1:] != merged_rows[:-1]
+    assert torch.equal(merged_rows[first], ref.indices()[0])
+    assert torch.equal(sums[first], ref.values())  # bit for bit, not allclose
+    # every listing of a row carries the same sum
+    for r in merged_rows.unique():
+        assert len(set(sums[merged_rows == r].tolist())) == 1

@@ -11,6 +11,11 @@ not. The released code instead clones the dense parameter and momentum every ste
 gradient that happens to be exactly zero as "absent"; that costs O(N) per step and misreads a
 present row whose gradient is zero. Here a step reads and writes only the present rows: O(B).
 
+A step never waits for the device: repeated rows are summed with sizes fixed by the batch
+(:func:`merge_rows`, not ``coalesce``, whose size is known only after a device-to-host copy),
+and the range check is a device-side assertion. On a GPU the update is then a handful of kernels
+queued behind the backward pass (``benchmarks/gpu_speed.py`` counts the host syncs of a step).
+
 The maths is the plain function :func:`sparse_sgd_step`; :class:`SparseSGD` is the
 ``torch.optim.Optimizer`` around it (timm's functional-core pattern) and calls nothing else.
 
@@ -36,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["BOUNDS_ATTR", "SparseSGD", "sparse_sgd_step"]
+__all__ = ["BOUNDS_ATTR", "SparseSGD", "merge_rows", "sparse_sgd_step"]
 
 #: Name of the attribute through which a parameter carries its clamp range (parameter space).
 BOUNDS_ATTR = "clamp_bounds"
@@ -44,35 +49,75 @@ BOUNDS_ATTR = "clamp_bounds"
 Bounds = tuple[float, float]
 
 
-def _coalesce_and_check(params: Sequence[Tensor], grads: Sequence[Tensor]) -> list[Tensor]:
-    """Coalesce sparse gradients and check that their rows lie in ``[0, rows of the parameter)``.
+def _rows_and_values(g: Tensor) -> tuple[Tensor, Tensor]:
+    """The listed rows (B,) and values (B, ...) of a sparse gradient, coalesced or not."""
+    if not g.is_sparse:
+        raise TypeError(
+            "SparseSGD needs sparse gradients that list the rows present in the batch; "
+            "gather rows with dataparams.gather_rows or DataParameters, not p[index]"
+        )
+    return g._indices()[0], g._values()
 
-    All gradients are checked together with a single device-to-host transfer: coalesced indices
-    are sorted, so the first and last row bound each set. Raises before anything is modified.
+
+def _check_rows(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
+    """Check that every gradient lists rows in ``[0, rows of its parameter)``, on the device.
+
+    The test is one device-side assertion over all gradients (``torch._assert_async``): no value
+    is read back, so a GPU step never waits for it. On the CPU the assertion runs at once and
+    fails before anything is modified; it is turned into an ``IndexError`` naming the row. On a
+    GPU a bad row is a device-side assertion (the CUDA context is lost, as with any
+    out-of-range index in a kernel); rerun the step on the CPU to see which row.
     """
-    out, ends = [], []
-    for g in grads:
-        if not g.is_sparse:
-            raise TypeError(
-                "SparseSGD needs sparse gradients that list the rows present in the batch; "
-                "gather rows with dataparams.gather_rows or DataParameters, not p[index]"
-            )
-        g = g.coalesce()
-        out.append(g)
-        rows = g.indices()[0]
-        ends.append(rows[[0, -1]] if rows.numel() else None)
-    present = [e for e in ends if e is not None]
-    if present:
-        flat = torch.cat([e.to(present[0].device) for e in present]).tolist()
-        k = 0
-        for p, e in zip(params, ends):
-            if e is None:
-                continue
-            lo, hi = flat[k], flat[k + 1]
-            k += 2
-            if lo < 0 or hi >= p.shape[0]:
-                raise IndexError(f"gradient lists row {lo if lo < 0 else hi}, outside [0, {p.shape[0]})")
-    return out
+    oks = []
+    for p, g in zip(params, grads):
+        rows = _rows_and_values(g)[0]
+        if rows.numel():
+            lo, hi = torch.aminmax(rows)
+            oks.append((lo >= 0) & (hi < p.shape[0]))
+    if not oks:
+        return
+    try:
+        torch._assert_async(torch.stack(oks).all(), "SparseSGD: a gradient lists a row outside its parameter")
+    except RuntimeError:
+        # Only a CPU assertion raises here, where reading the rows back costs nothing.
+        for p, g in zip(params, grads):
+            rows = _rows_and_values(g)[0]
+            if rows.numel():
+                lo, hi = (int(v) for v in torch.aminmax(rows))
+                if lo < 0 or hi >= p.shape[0]:
+                    raise IndexError(f"gradient lists row {lo if lo < 0 else hi}, outside [0, {p.shape[0]})") from None
+        raise
+
+
+def merge_rows(rows: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+    """Sum the values of repeated rows without a data-dependent size: ``(rows, sums)``, both (B, ...).
+
+    ``coalesce`` would return the U unique rows, but U is known only on the host, so on a GPU it
+    waits for the device. Here the B entries are sorted by row and every entry gets the sum of
+    its row's values: a row listed k times appears k times with the same sum, and writing it k
+    times with the same value is the same as writing it once. The sort is ``torch.sort``'s
+    default one, which ``coalesce`` uses, so on the CPU the sums are added in the same order and
+    the updates equal the coalescing ones bit for bit (checked in the tests).
+
+    Parameters
+    ----------
+    rows : LongTensor (B,)
+    values : Tensor (B, ...)
+
+    Returns
+    -------
+    rows : LongTensor (B,), sorted
+    sums : Tensor (B, ...), the sum of the values of each entry's row
+    """
+    if rows.numel() == 0:
+        return rows, values
+    rows, order = torch.sort(rows)
+    values = values.index_select(0, order)
+    new_row = torch.ones_like(rows, dtype=torch.bool)
+    new_row[1:] = rows[1:] != rows[:-1]
+    segment = new_row.cumsum(0) - 1  # entry -> the rank of its row among the distinct rows
+    sums = torch.zeros_like(values).index_add_(0, segment, values)
+    return rows, sums.index_select(0, segment)
 
 
 def sparse_sgd_step(
@@ -103,7 +148,7 @@ def sparse_sgd_step(
     bounds : (low, high), or a sequence with one (low, high) or None per parameter, or None
         Clamp the updated rows into ``[low, high]`` (parameter space, i.e. log sigma).
     validate : bool, default True
-        Coalesce and range-check every gradient first (one host transfer for all of them).
+        Range-check every gradient first, on the device (:func:`_check_rows`).
         :class:`SparseSGD` validates the gradients of all its groups itself, so that a bad one
         leaves every group unchanged, and passes ``False``.
 
@@ -121,9 +166,10 @@ def sparse_sgd_step(
     else:
         per_param = list(bounds)  # type: ignore[arg-type]
     if validate:
-        grads = _coalesce_and_check(params, grads)
+        _check_rows(params, grads)
     for p, g, buf, b in zip(params, grads, momentum_buffers, per_param):
-        _update_rows(p, g.indices()[0], g.values(), buf, lr=lr, momentum=momentum,
+        rows, sums = merge_rows(*_rows_and_values(g))
+        _update_rows(p, rows, sums, buf, lr=lr, momentum=momentum,
                      weight_decay=weight_decay, nesterov=nesterov, bounds=b)  # type: ignore[arg-type]
 
 
@@ -139,7 +185,11 @@ def _update_rows(
     nesterov: bool,
     bounds: Bounds | None,
 ) -> None:
-    """The SGD update of the (unique, in-range) ``rows``; everything else stays as it is."""
+    """The SGD update of the in-range ``rows``; everything else stays as it is.
+
+    A row may be listed more than once if every listing carries the same value (as
+    :func:`merge_rows` gives): each computes the same new row, so the repeated writes agree.
+    """
     if rows.numel() == 0:
         return
     g = values.to(param.dtype)
@@ -257,13 +307,13 @@ class SparseSGD(Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             groups.append((group, params))
         # Validate every gradient of every group before touching anything, so that a bad one
-        # leaves all rows as they were; one host transfer for all the range checks.
+        # leaves all rows as they were; one device-side assertion for all of them.
         flat_params = [p for _, ps in groups for p in ps]
-        checked = iter(_coalesce_and_check(flat_params, [p.grad for p in flat_params]))
+        _check_rows(flat_params, [p.grad for p in flat_params])
         for group, params in groups:
             if not params:
                 continue
-            grads = [next(checked) for _ in params]
+            grads = [p.grad for p in params]
             bufs: list[Tensor | None] = []
             for p in params:
                 buf = None

@@ -143,18 +143,29 @@ def _as_index(name: str, t: Tensor) -> Tensor:
 def _check_ranges(*checks: tuple[str, Tensor, int, str]) -> None:
     """Raise ``IndexError`` naming the first tensor with a value outside ``[0, limit)``.
 
-    ``checks`` are ``(name, tensor, limit, what)`` with the tensors on one device. All minima
-    and maxima are read in a single device-to-host transfer: one synchronisation per step on a
-    GPU instead of one per bound.
+    ``checks`` are ``(name, tensor, limit, what)`` with the tensors on one device. The test is a
+    single device-side assertion (``torch._assert_async``): nothing is read back, so a GPU step
+    does not wait for it. On the CPU the assertion runs at once, before anything is gathered, and
+    is turned into the ``IndexError``; on a GPU a bad index is a device-side assertion that ends
+    the process (rerun on the CPU to see which index).
     """
     present = [c for c in checks if c[1].numel() > 0]
     if not present:
         return
-    bounds = torch.stack([b for _, t, _, _ in present for b in (t.min(), t.max())]).tolist()
-    for (name, _, limit, what), lo, hi in zip(present, bounds[0::2], bounds[1::2]):
-        if lo < 0 or hi >= limit:
-            bad = lo if lo < 0 else hi
-            raise IndexError(f"{name} holds {bad}, outside [0, {limit}): there are {limit} {what}")
+    oks = []
+    for _, t, limit, _ in present:
+        lo, hi = torch.aminmax(t)
+        oks.append((lo >= 0) & (hi < limit))
+    try:
+        torch._assert_async(torch.stack(oks).all(), "DataParameters: targets or indices out of range")
+    except RuntimeError:
+        # Only the CPU assertion raises here, where reading the values back costs nothing.
+        for name, t, limit, what in present:
+            lo, hi = (int(v) for v in torch.aminmax(t))
+            if lo < 0 or hi >= limit:
+                bad = lo if lo < 0 else hi
+                raise IndexError(f"{name} holds {bad}, outside [0, {limit}): there are {limit} {what}") from None
+        raise
 
 
 class DataParameters(nn.Module):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Augment", "FeatureLoader", "InMemoryLoader", "random_crop", "random_flip"]
+__all__ = ["Augment", "FeatureLoader", "InMemoryLoader", "crop_at", "flip_where", "random_crop", "random_flip"]
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,13 @@ class Augment:
     flip: bool = True
 
 
-def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
-    """Pad ``x`` (B, C, H, W) by ``padding`` zeros and crop each sample at a random offset."""
-    if padding <= 0:
-        return x
+def crop_at(x: Tensor, padding: int, dy: Tensor, dx: Tensor) -> Tensor:
+    """Pad ``x`` (B, C, H, W) by ``padding`` zeros and crop sample ``b`` at offset ``(dy[b], dx[b])``.
+
+    The offsets (B,) in ``[0, 2 * padding]`` live on ``x``'s device: a gather, no host round trip.
+    """
     b, _, h, w = x.shape
     xp = torch.nn.functional.pad(x, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
     batch = torch.arange(b, device=x.device)[:, None, None]
@@ -44,10 +43,32 @@ def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
     return xp[batch, :, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
+def flip_where(x: Tensor, flip: Tensor) -> Tensor:
+    """Flip left-right the samples of ``x`` (B, C, H, W) where ``flip`` (B,) bool is set."""
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def _draw_crop(b: int, padding: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    return dy, dx
+
+
+def _draw_flip(b: int, generator: torch.Generator) -> Tensor:
+    return torch.rand(b, generator=generator) < 0.5
+
+
+def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
+    """Pad ``x`` (B, C, H, W) by ``padding`` zeros and crop each sample at a random offset."""
+    if padding <= 0:
+        return x
+    dy, dx = _draw_crop(x.shape[0], padding, generator)
+    return crop_at(x, padding, dy.to(x.device), dx.to(x.device))
+
+
 def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
     """Flip each sample of ``x`` (B, C, H, W) left-right with probability 0.5."""
-    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+    return flip_where(x, _draw_flip(x.shape[0], generator).to(x.device))
 
 
 class InMemoryLoader:
@@ -128,18 +149,57 @@ class InMemoryLoader:
         # One stream per (seed, epoch): batches do not depend on what ran before.
         return torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(self.epoch))
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def epoch_plan(self) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        """The epoch's sample order (N,) and, with augmentation, every sample's crop offsets and
+        flip, each (N,) in batch order, drawn on the host and moved to the device in one copy.
+
+        The random numbers are drawn in the sequence :func:`random_crop` / :func:`random_flip`
+        draw them batch by batch (the order, then per batch the row offsets, the column
+        offsets and the flips), so the batches are the same as augmenting each batch with those
+        functions; with the plan on the device, a batch is gathered and augmented there without
+        a copy from the host.
+        """
         g = self._generator()
         n = len(self.images)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        order = order.to(self.device)
+        pad = self.augment.crop_padding if self.augment is not None else 0
+        flip = self.augment is not None and self.augment.flip
+        dys, dxs, flips = [], [], []
         for b in range(len(self)):
-            pos = order[b * self.batch_size : (b + 1) * self.batch_size]
+            size = min(self.batch_size, n - b * self.batch_size)
+            if pad > 0:
+                dy, dx = _draw_crop(size, pad, g)
+                dys.append(dy)
+                dxs.append(dx)
+            if flip:
+                flips.append(_draw_flip(size, g))
+        # One (rows, N) table, one copy: the order, then the offsets and flips (zero past the
+        # last batch when drop_last leaves samples out).
+        rows = [order]
+        for drawn in ([dys, dxs] if dys else []) + ([flips] if flips else []):
+            row = torch.zeros(n, dtype=torch.long)
+            cat = torch.cat(drawn).long()
+            row[: len(cat)] = cat
+            rows.append(row)
+        host = torch.stack(rows)
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        plan = host.to(self.device, non_blocking=True)
+        dy_all, dx_all = (plan[1], plan[2]) if dys else (None, None)
+        flip_all = plan[-1].bool() if flips else None
+        return plan[0], dy_all, dx_all, flip_all
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        order, dy, dx, flip = self.epoch_plan()
+        pad = self.augment.crop_padding if self.augment is not None else 0
+        for b in range(len(self)):
+            span = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            pos = order[span]
             x = self.images.index_select(0, pos).float().div_(255.0)
-            if self.augment is not None:
-                x = random_crop(x, self.augment.crop_padding, g)
-                if self.augment.flip:
-                    x = random_flip(x, g)
+            if dy is not None:
+                x = crop_at(x, pad, dy[span], dx[span])  # type: ignore[index]
+            if flip is not None:
+                x = flip_where(x, flip[span])
             x = (x - self.mean) / self.std
             yield x, self.targets.index_select(0, pos), self.index.index_select(0, pos)
 
