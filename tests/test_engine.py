@@ -6,7 +6,16 @@ import torch
 import torch.nn.functional as F
 
 from dataparams import DataParameters
-from dataparams.engine import Callback, Execution, evaluate, fit, resolve_device, train_one_epoch
+from dataparams.engine import (
+    Callback,
+    Execution,
+    evaluate,
+    fit,
+    predict,
+    predict_by_index,
+    resolve_device,
+    train_one_epoch,
+)
 from dataparams.objectives import DataParameterObjective
 
 
@@ -150,3 +159,27 @@ def test_progress_bar_does_not_read_the_device_every_batch(monkeypatch):
     assert calls == []  # 20 batches, none read the running statistics
     train_one_epoch(model, obj, opt, loader, torch.device("cpu"), progress=Bar(), progress_interval_s=0.0)
     assert len(calls) == 20
+
+
+def test_predict_by_index_reduces_each_batch_to_the_arrays_of_the_full_softmax():
+    # Streamed (no N x K array): the same numbers, bit for bit, as the softmax of all the logits,
+    # put in index order; a sample the loader never yields keeps -1 / nan.
+    torch.manual_seed(0)
+    n, k = 23, 7
+    x = torch.randn(n, 5)
+    perm = torch.randperm(n)[: n - 2]  # two samples never yielded, the rest out of order
+    loader = [(x[perm[i:i + 4]], torch.zeros(len(perm[i:i + 4]), dtype=torch.long), perm[i:i + 4])
+              for i in range(0, len(perm), 4)]
+    model = torch.nn.Linear(5, k)
+    given = torch.randint(0, k, (n,))
+    got = predict_by_index(model, loader, torch.device("cpu"), given)
+    logits, _, idx = predict(model, loader, torch.device("cpu"))
+    probs = logits.softmax(1)
+    conf, pred = probs.max(1)
+    assert torch.equal(got["predicted"][idx], pred)
+    assert torch.equal(got["predicted_prob"][idx], conf)
+    assert torch.equal(got["given_prob"][idx], probs.gather(1, given[idx][:, None]).squeeze(1))
+    missing = torch.ones(n, dtype=torch.bool)
+    missing[idx] = False
+    assert missing.sum() == 2 and (got["predicted"][missing] == -1).all()
+    assert torch.isnan(got["given_prob"][missing]).all()

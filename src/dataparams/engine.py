@@ -41,6 +41,7 @@ __all__ = [
     "evaluate",
     "fit",
     "predict",
+    "predict_by_index",
     "resolve_device",
     "train_one_epoch",
 ]
@@ -274,6 +275,47 @@ def predict(
     if not outs:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     return torch.cat(outs), torch.cat(ys), torch.cat(idxs)
+
+
+@torch.no_grad()
+def predict_by_index(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, ...]],
+    device: torch.device,
+    given: Tensor,
+    *,
+    execution: Execution | None = None,
+) -> dict[str, Tensor]:
+    """Per-sample predictions of the model in eval mode, streamed: never an (N, K) array.
+
+    The loader yields ``(inputs, targets, indices)`` with indices in ``[0, N)``, ``N =
+    len(given)``. Each batch's softmax is reduced on the device to three numbers per sample,
+    written by index into (N,) buffers, so the memory is O(N) whatever ``K`` (the end of a run
+    over ImageNet-sized data held ``N K`` float32 logits before).
+
+    Returns
+    -------
+    dict of CPU Tensors (N,)
+        ``predicted`` (int64, argmax of the unscaled logits), ``predicted_prob`` and
+        ``given_prob`` (float32: the softmax probability of the prediction and of ``given``).
+        Samples the loader did not yield keep -1 / nan.
+    """
+    execution = execution or Execution(device)
+    model.eval()
+    n = len(given)
+    given = given.to(device)
+    out = {"predicted": torch.full((n,), -1, dtype=torch.long, device=device),
+           "predicted_prob": torch.full((n,), float("nan"), device=device),
+           "given_prob": torch.full((n,), float("nan"), device=device)}
+    for batch in loader:
+        x, idx = execution.input(batch[0]), batch[2].to(device, non_blocking=True)
+        with execution.autocast():
+            probs = model(x).float().softmax(1)
+        conf, pred = probs.max(1)
+        out["predicted"].index_put_((idx,), pred)
+        out["predicted_prob"].index_put_((idx,), conf)
+        out["given_prob"].index_put_((idx,), probs.gather(1, given[idx][:, None]).squeeze(1))
+    return {k: v.cpu() for k, v in out.items()}
 
 
 def evaluate(

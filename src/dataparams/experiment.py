@@ -49,7 +49,7 @@ from dataparams.distributed import (
     sync_batch_norm,
     wrap_model,
 )
-from dataparams.engine import Execution, fit, predict, resolve_device
+from dataparams.engine import Execution, fit, predict, predict_by_index, resolve_device
 from dataparams.methods.registry import build_objective
 from dataparams.objectives import Objective
 from dataparams.presets import complete_user_config
@@ -374,13 +374,9 @@ def finish(run: RunDir, cfg: TrainConfig, labels: TrainingLabels, loaders: RunLo
     ``predictions.npz`` also holds ``mean_probs`` (N, K), each sample's class probabilities
     averaged over training, when the objective tracked them.
     """
-    logits, _, idx = predict(model, loaders.train_eval, dev, execution=execution)
-    probs = logits.softmax(1)[torch.argsort(idx)]
-    given = torch.as_tensor(labels.given)
-    conf, pred = probs.max(1)
+    pred = predict_by_index(model, loaders.train_eval, dev, torch.as_tensor(labels.given), execution=execution)
     mean_probs = None if objective is None else objective.mean_probabilities()
-    run.save_arrays("predictions.npz", predicted=pred.numpy(), predicted_prob=conf.numpy(),
-                    given_prob=probs.gather(1, given[:, None]).squeeze(1).numpy(),
+    run.save_arrays("predictions.npz", **{k: v.numpy() for k, v in pred.items()},
                     **({} if mean_probs is None else {"mean_probs": mean_probs}))
     if loaders.heldout is not None:
         h_logits, _, h_pos = predict(model, loaders.heldout, dev, execution=execution)
