@@ -9,6 +9,7 @@ tests below compare.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from datetime import timedelta
@@ -571,3 +572,118 @@ def test_ranks_that_disagree_on_their_labels_all_stop_with_one_message(tmp_path)
     errors = [torch.load(tmp_path / f"agree{r}.pt", weights_only=False)["error"] for r in range(2)]
     assert errors[0] == errors[1] is not None  # the same message on every rank
     assert "disagree" in errors[0] and "rank 1: labels" in errors[0] and "config" not in errors[0].split("--")[0]
+
+
+# ---- damaged sharded checkpoints ----------------------------------------------------------------
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "delete":
+        path.unlink()
+    elif how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "flip":  # one byte in the middle of the file: its size stays the same
+        path.write_bytes(data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 0xFF]) + data[len(data) // 2 + 1 :])
+    else:
+        raise ValueError(how)
+
+
+_WHAT = {"delete": "is missing", "truncate": "is truncated", "flip": "is damaged: its SHA-256 does not match"}
+
+
+@pytest.mark.parametrize("how", ["delete", "truncate", "flip"])
+@pytest.mark.parametrize("which", ["shard", "classes"])
+def test_sharded_load_names_a_missing_truncated_or_damaged_file(tmp_path, how, which):
+    from dataparams.distributed import ShardFileError
+
+    saved = _sharded_after_steps(DistributedContext())
+    saved.save(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(manifest["checksums"]) == {manifest["classes"], manifest["shards"][0]["file"]}
+    name = manifest["shards"][0]["file"] if which == "shard" else manifest["classes"]
+    _damage(tmp_path / name, how)
+    part = ShardedDataParameters(K, N, ctx=DistributedContext(rank=1, world_size=3), **DP_OPTIONS)
+    before = {k: v.clone() for k, v in part.state_dict().items()} | {"rows": part.instance_log_sigma.clone()}
+    with pytest.raises(ShardFileError) as info:
+        part.load(tmp_path)
+    message = str(info.value)
+    assert f"{tmp_path / name} {_WHAT[how]}" in message
+    assert "Put the original file back" in message
+    # Nothing was loaded.
+    assert all(torch.equal(v, before[k]) for k, v in part.state_dict().items())
+    assert torch.equal(part.instance_log_sigma, before["rows"])
+
+
+def test_sharded_load_of_a_save_without_checksums_and_of_a_foreign_shard(tmp_path):
+    from dataparams.distributed import ShardFileError
+
+    saved = _sharded_after_steps(DistributedContext())
+    saved.save(tmp_path / "a")
+    # A manifest written before checksums were kept: its files load as before.
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    del manifest["checksums"]
+    (tmp_path / "a" / "manifest.json").write_text(json.dumps(manifest))
+    part = ShardedDataParameters(K, N, ctx=DistributedContext(rank=2, world_size=3), **DP_OPTIONS)
+    part.load(tmp_path / "a")
+    start, end = shard_range(N, 3, 2)
+    assert torch.equal(part.instance_log_sigma, saved.instance_log_sigma[start:end])
+    # ... and its shard replaced by the shard of a save of another N under the same name is refused
+    # on what the file holds (no checksum to compare).
+    other = ShardedDataParameters(K, N + 6, ctx=DistributedContext(), **DP_OPTIONS)
+    other.save(tmp_path / "b")
+    other_manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    shard = tmp_path / "a" / manifest["shards"][0]["file"]
+    shard.write_bytes((tmp_path / "b" / other_manifest["shards"][0]["file"]).read_bytes())
+    with pytest.raises(ShardFileError, match=f"{shard} is not a shard of this checkpoint: it holds rows \\[0, 70\\)"):
+        part.load(tmp_path / "a")
+    # A truncated one of that old save: torch's error, named with the file, as a ShardFileError.
+    shard.write_bytes(b"PK\x03\x04")
+    with pytest.raises(ShardFileError, match=f"{shard} is unreadable"):
+        part.load(tmp_path / "a")
+
+
+def _damaged_worker(rank: int, world_size: int, port: int, tmp: str) -> None:
+    """Save with ``world_size`` processes, damage the last rank's shard (only that rank reads it
+    back), load on every rank: each records its error and how long the load took."""
+    import time
+
+    from dataparams.distributed import ShardFileError
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    directory = Path(tmp) / "saved"
+    result: dict = {}
+    with init_distributed("cpu", timeout=timedelta(seconds=60)) as ctx:
+        sdp = ShardedDataParameters(K, N, ctx=ctx, **DP_OPTIONS)
+        sdp.instance_log_sigma.add_(0.01 * (rank + 1))
+        sdp.save(directory)
+        if ctx.is_main:
+            manifest = json.loads((directory / "manifest.json").read_text())
+            _damage(directory / manifest["shards"][-1]["file"], "flip")
+        ctx.barrier()
+        fresh = ShardedDataParameters(K, N, ctx=ctx, **DP_OPTIONS)
+        began = time.perf_counter()
+        try:
+            fresh.load(directory)
+            result["error"] = None
+        except ShardFileError as e:
+            result["error"] = str(e)
+        result["seconds"] = time.perf_counter() - began
+        result["untouched"] = torch.equal(fresh.instance_log_sigma, ShardedDataParameters(
+            K, N, ctx=ctx, **DP_OPTIONS).instance_log_sigma)
+        ctx.barrier()  # every rank got here: none waits in a collective of the load
+    torch.save(result, Path(tmp) / f"damaged{rank}.pt")
+
+
+def test_a_damaged_shard_stops_every_rank_with_one_message(tmp_path):
+    mp.spawn(_damaged_worker, args=(3, _free_port(), str(tmp_path)), nprocs=3, join=True)
+    results = [torch.load(tmp_path / f"damaged{r}.pt", weights_only=False) for r in range(3)]
+    errors = [r["error"] for r in results]
+    assert errors[0] is not None and errors[0] == errors[1] == errors[2]
+    manifest = json.loads((tmp_path / "saved" / "manifest.json").read_text())
+    assert f"{tmp_path / 'saved' / manifest['shards'][2]['file']} is damaged" in errors[0]
+    assert all(r["untouched"] for r in results)
+    print("load refused after", ", ".join(f"{r['seconds']:.2f} s" for r in results))
+    assert max(r["seconds"] for r in results) < 10

@@ -170,6 +170,8 @@ def runs(tmp_path_factory):
         "replicated_1_to_2": lambda: _killed_then_resumed(data, tmp / "r12", launcher, (), first=1, then=2),
         "sharded_2_to_1": lambda: _killed_then_resumed(data, tmp / "s21", launcher, sharded, first=2, then=1),
         "sharded_1_to_2": lambda: _killed_then_resumed(data, tmp / "s12", launcher, sharded, first=1, then=2),
+        # Three processes read three shards out of two (the middle one from both).
+        "sharded_2_to_3": lambda: _killed_then_resumed(data, tmp / "s23", launcher, sharded, first=2, then=3),
     }
     # Two at a time: each job is mostly process start-up, and every process has one thread.
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -226,7 +228,8 @@ def test_two_processes_with_sharded_data_parameters_equal_one_process(runs):
     assert not {s["file"] for s in manifest["shards"]} & {s["file"] for s in previous["shards"]}
 
 
-@pytest.mark.parametrize("name", ["replicated_2_to_1", "replicated_1_to_2", "sharded_2_to_1", "sharded_1_to_2"])
+@pytest.mark.parametrize("name", ["replicated_2_to_1", "replicated_1_to_2", "sharded_2_to_1", "sharded_1_to_2",
+                                  "sharded_2_to_3"])
 def test_kill_minus_9_then_resume_with_another_number_of_processes(runs, name):
     _assert_same_run(runs[name], runs["reference"])
 
@@ -239,6 +242,65 @@ def test_a_checkpoint_resumes_only_in_its_own_layout(runs, tmp_path):
     data = json.loads((copy / "config.json").read_text())["data"]["data_dir"]
     proc = _run(_train_args(Path(data), copy, "--resume"), processes=1, check=False)
     assert proc.returncode == 2 and "distributed.mode=sharded" in proc.stderr
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    """Every file of a run directory and its bytes, but the lock file (which holds the pid of
+    the last process that took the lock)."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def _damaged_copy(runs, tmp_path: Path, how: str) -> tuple[Path, Path]:
+    """A copy of the finished 2-process sharded run with rank 1's shard of the latest checkpoint
+    deleted, cut in half or with one byte flipped; the copy and the shard."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["sharded"], run)
+    manifest = RunDir(run).load_checkpoint()["data_parameter_shards"]
+    shard = RunDir(run).shard_dir / manifest["shards"][1]["file"]
+    data = shard.read_bytes()
+    if how == "delete":
+        shard.unlink()
+    elif how == "truncate":
+        shard.write_bytes(data[: len(data) // 2])
+    else:
+        shard.write_bytes(data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 0xFF]) + data[len(data) // 2 + 1 :])
+    return run, shard
+
+
+@pytest.mark.parametrize(("how", "what"), [("truncate", "is truncated"), ("flip", "is damaged: its SHA-256"),
+                                           ("delete", "is missing")])
+def test_a_damaged_shard_stops_a_resume_on_every_rank_naming_the_file(runs, tmp_path, how, what):
+    """Rank 1's shard file damaged: a 2-process resume ends on both ranks -- rank 0, whose own
+    files are good, too -- within seconds with one message naming the file and what to do, and
+    the run directory is left as it was."""
+    import time
+
+    run, shard = _damaged_copy(runs, tmp_path, how)
+    before = _files(run)
+    data = Path(json.loads((run / "config.json").read_text())["data"]["data_dir"])
+    began = time.perf_counter()
+    proc = _run(_train_args(data, run, "--set", "distributed.mode=sharded", "--resume"), processes=2, check=False)
+    took = time.perf_counter() - began
+    print(f"the resume ended after {took:.1f} s")
+    assert proc.returncode != 0
+    # Each rank prints its "error: ..." line: the same message twice.
+    line = next(x for x in proc.stderr.splitlines() if f"{shard} {what}" in x)
+    message = line[line.index("error: "):]
+    assert sum(message in x for x in proc.stderr.splitlines()) == 2, proc.stderr[-3000:]
+    assert "checkpoint.prev.pt" in message and "--resume" in message
+    assert took < 60  # start-up included; a rank left waiting would wait for the collective timeout (30 min)
+    assert _files(run) == before
+    RunDir(run).lock()  # released
+
+
+def test_a_run_with_a_damaged_shard_resumes_from_the_previous_checkpoint_as_the_error_says(runs, tmp_path):
+    run, _ = _damaged_copy(runs, tmp_path, "flip")
+    (run / "checkpoint.pt").rename(run / "checkpoint.damaged.pt")
+    data = Path(json.loads((run / "config.json").read_text())["data"]["data_dir"])
+    proc = _run(_train_args(data, run, "--set", "distributed.mode=sharded", "--resume"), processes=2)
+    assert "resumed from checkpoint.prev.pt" in proc.stdout + proc.stderr
+    _assert_same_run(run, runs["reference"])
 
 
 # ---- one process ------------------------------------------------------------------------------

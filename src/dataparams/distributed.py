@@ -62,6 +62,7 @@ writes the run directory.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -96,6 +97,7 @@ __all__ = [
     "LossWeights",
     "ReplicatedExchange",
     "ReplicatedObjective",
+    "ShardFileError",
     "ShardedDataParameters",
     "ShardedObjective",
     "ShardedOptimizer",
@@ -1031,6 +1033,93 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise
 
 
+class _HashingWriter:
+    """A write-only file for ``torch.save`` that forwards to ``f`` and keeps the SHA-256 and
+    length of what went through."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.sha256, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data: Any) -> int:
+        self.sha256.update(data)
+        self.size += memoryview(data).nbytes
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _atomic_save_hashed(obj: Any, path: Path) -> dict[str, Any]:
+    """:func:`_atomic_save` that returns the file's ``{"bytes": size, "sha256": hex digest}``,
+    hashed while it is written (the file is not read back)."""
+    box: list[_HashingWriter] = []
+
+    def write(f: BinaryIO) -> None:
+        box.append(_HashingWriter(f))
+        torch.save(obj, box[0])
+
+    _atomic_write(path, write)
+    return {"bytes": box[0].size, "sha256": box[0].sha256.hexdigest()}
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ShardFileError(ValueError):
+    """A file of a sharded checkpoint is missing, truncated, damaged or not of this checkpoint.
+
+    :meth:`ShardedDataParameters.read_shards` raises it on every rank alike, with one message
+    naming the file(s), what is wrong and what to do."""
+
+
+def _check_file(path: Path, recorded: dict[str, Any] | None) -> None:
+    """:class:`ShardFileError` (naming ``path``) when the file is missing, or differs from the
+    size and SHA-256 ``recorded`` for it at the save (a save from before checksums were kept
+    records none: then only its existence is checked here)."""
+    if not path.is_file():
+        raise ShardFileError(f"{path} is missing")
+    if recorded is None:
+        return
+    size, expected = path.stat().st_size, int(recorded["bytes"])
+    if size < expected:
+        raise ShardFileError(f"{path} is truncated ({size:,} of the {expected:,} bytes saved)")
+    if size > expected:
+        raise ShardFileError(f"{path} has {size:,} bytes where the save wrote {expected:,}: it is not the file "
+                             "that was saved")
+    if _file_sha256(path) != recorded["sha256"]:
+        raise ShardFileError(f"{path} is damaged: its SHA-256 does not match the one the checkpoint recorded")
+
+
+def _torch_load(path: Path, *, mmap: bool) -> dict[str, Any]:
+    """``torch.load`` of a file of a sharded save; :class:`ShardFileError` naming it when it fails."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:
+        raise ShardFileError(f"{path} is unreadable, truncated or damaged ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise ShardFileError(f"{path} is not a file of a sharded checkpoint (it holds a {type(data).__name__})")
+    return data
+
+
+def _shard_advice(directory: Path) -> str:
+    """What the user can do about a damaged file of the save in ``directory``."""
+    run_dir = directory.parent
+    latest, previous = run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"
+    if directory.name == "data_parameters" and latest.is_file() and previous.is_file():
+        # A run directory (dataparams.runs.RunDir), whose save_checkpoint keeps the previous
+        # checkpoint's shard files until the next save.
+        return (f"Put the original file back, or resume from the previous checkpoint, whose shard files are kept: "
+                f"move {latest} aside (e.g. to checkpoint.damaged.pt) and run the same command with --resume "
+                f"again; it then continues from {previous.name}, one epoch earlier")
+    return ("Put the original file back (from a copy); without it this checkpoint cannot be resumed -- start the "
+            "run again (--overwrite) or from an earlier copy of the whole directory")
+
+
 # --------------------------------------------------------------------------------------------
 # Sharded mode
 
@@ -1430,26 +1519,32 @@ class ShardedDataParameters(nn.Module):
         token = self._agree_on_token()
         p, r = self.ctx.world_size, self.ctx.rank
         start, end = self.shard
-        _atomic_save(
+        shard_file = f"shard-{r:05d}-of-{p:05d}-{token}.pt"
+        # Size and SHA-256 of every file go into the manifest (inside the checksummed
+        # checkpoint), so that a reader finds a truncated, damaged or replaced file before
+        # torch.load does, and shard files stay plain torch files that load memory-mapped.
+        written = {shard_file: _atomic_save_hashed(
             {"format": SHARDED_FORMAT, "start": start, "end": end, "num_instances": self.num_instances,
              "instance_log_sigma": self.instance_log_sigma.cpu(), "instance_momentum": self.instance_momentum.cpu(),
              **{name: t.detach().cpu() for name, t in extra.items()}},
-            directory / f"shard-{r:05d}-of-{p:05d}-{token}.pt",
-        )
+            directory / shard_file,
+        )}
         class_file = f"classes-{token}.pt"
         if self.ctx.is_main:
-            _atomic_save(
+            written[class_file] = _atomic_save_hashed(
                 {"format": SHARDED_FORMAT, "num_classes": self.num_classes,
                  "class_log_sigma": self.class_log_sigma.cpu(), "class_momentum": self.class_momentum.cpu()},
                 directory / class_file,
             )
-        self.ctx.barrier()
+        # Every rank has written its file once rank 0 has every rank's checksums (the barrier).
+        checksums = {name: c for part in self.ctx.all_gather_object(written) for name, c in part.items()}
         if not self.ctx.is_main:
             return None
         shards = [{"file": f"shard-{q:05d}-of-{p:05d}-{token}.pt", "start": s, "end": e}
                   for q, (s, e) in enumerate(shard_range(self.num_instances, p, q) for q in range(p))]
         return {"format": SHARDED_FORMAT, "num_classes": self.num_classes, "num_instances": self.num_instances,
-                "world_size": p, "token": token, "classes": class_file, "shards": shards, "extra": sorted(extra)}
+                "world_size": p, "token": token, "classes": class_file, "shards": shards, "extra": sorted(extra),
+                "checksums": checksums}
 
     def _agree_on_token(self) -> str:
         # Rank 0 draws the token and broadcasts it as a tensor (no pickling): every rank must name
@@ -1463,7 +1558,7 @@ class ShardedDataParameters(nn.Module):
     def load(self, directory: str | os.PathLike[str]) -> dict[str, Tensor]:
         """Load a checkpoint written by :meth:`save` with any number of processes.
 
-        Reads ``manifest.json``; see :meth:`read_shards`. No collective.
+        Reads ``manifest.json``; see :meth:`read_shards` (collective under a process group).
         """
         directory = Path(directory)
         return self.read_shards(directory, json.loads((directory / _MANIFEST).read_text()))
@@ -1473,8 +1568,14 @@ class ShardedDataParameters(nn.Module):
         """Load the save that ``manifest`` (from :meth:`write_shards`) describes, by any number of processes.
 
         This rank reads the class file, and from each old shard that overlaps its own
-        ``[start, end)`` only the overlapping slice (shards are memory-mapped, so the rest of
-        a shard is never read). No collective.
+        ``[start, end)`` only the overlapping slice (shards are memory-mapped). Each of these
+        files is checked first: present, of the size and SHA-256 that the manifest records (a
+        manifest written before checksums were kept records none; then only what the file holds
+        is checked), and holding what the manifest says it holds. The ranks agree on the outcome
+        with one all-gather, so that a missing or damaged file stops every rank alike with the
+        same :class:`ShardFileError` -- not one rank with a torch error while the others wait for
+        it in their next collective. The checksum reads each of this rank's files whole once.
+        Collective when the context has a process group: call it on every rank.
 
         Returns
         -------
@@ -1484,7 +1585,11 @@ class ShardedDataParameters(nn.Module):
         Raises
         ------
         ValueError
-            If the checkpoint is for another ``N`` or ``K``, or its shards do not tile ``[0, N)``.
+            If the checkpoint is for another ``N`` or ``K``, or its shards do not tile ``[0, N)``
+            (the same on every rank: decided from the manifest alone).
+        ShardFileError
+            On every rank, when a file that any rank reads is missing, truncated, damaged or not
+            of this save: the message names the files and what is wrong, and says what to do.
         """
         directory = Path(directory)
         if manifest.get("format") != SHARDED_FORMAT:
@@ -1497,28 +1602,79 @@ class ShardedDataParameters(nn.Module):
         shards = manifest["shards"]
         if [s["start"] for s in shards] != [0, *(s["end"] for s in shards[:-1])] or shards[-1]["end"] != self.num_instances:
             raise ValueError(f"the shards of {directory} do not tile [0, {self.num_instances})")
-        classes = torch.load(directory / manifest["classes"], map_location="cpu", weights_only=True)
+        problem: str | None = None
+        try:
+            opened = self._open_checked(directory, manifest)
+        except ShardFileError as e:
+            problem = str(e)
+        except Exception as e:  # anything else this rank met: the others must hear of it too
+            problem = f"reading {directory} failed ({type(e).__name__}: {e})"
+        outcomes = self.ctx.all_gather_object(None if problem is None else (problem, _shard_advice(directory)))
+        failed = [o for o in outcomes if o is not None]
+        if failed:
+            # The same text on every rank: the problems in rank order (a file several ranks read
+            # once), and the advice of the first rank that found one.
+            problems = list(dict.fromkeys(p for p, _ in failed))
+            more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
+            raise ShardFileError(f"the sharded checkpoint in {directory} cannot be loaded: "
+                                 f"{'; '.join(problems[:4])}{more}. {failed[0][1]}")
+        # Every rank's files are good: only now is anything overwritten (a refused load leaves
+        # every rank's data parameters as they were).
+        classes, pending = opened
         self.class_log_sigma.copy_(classes["class_log_sigma"])
         self.class_momentum.copy_(classes["class_momentum"])
         start, end = self.shard
         extra: dict[str, Tensor] = {}
-        for s in shards:
-            lo, hi = max(start, s["start"]), min(end, s["end"])
-            if lo >= hi:
-                continue
-            data = torch.load(directory / s["file"], map_location="cpu", weights_only=True, mmap=True)
-            if (data["start"], data["end"]) != (s["start"], s["end"]):
-                raise ValueError(f"{s['file']} holds rows [{data['start']}, {data['end']}), the manifest says "
-                                 f"[{s['start']}, {s['end']})")
-            src = slice(lo - s["start"], hi - s["start"])
-            self.instance_log_sigma[lo - start : hi - start] = data["instance_log_sigma"][src]
-            self.instance_momentum[lo - start : hi - start] = data["instance_momentum"][src]
+        for data, src, dst in pending:
+            self.instance_log_sigma[dst] = data["instance_log_sigma"][src]
+            self.instance_momentum[dst] = data["instance_momentum"][src]
             for name in manifest.get("extra", []):
                 t = data[name]
                 if name not in extra:
                     extra[name] = t.new_zeros((end - start, *t.shape[1:]))
-                extra[name][lo - start : hi - start] = t[src]
+                extra[name][dst] = t[src]
         return extra
+
+    def _open_checked(self, directory: Path, manifest: dict[str, Any]
+                      ) -> tuple[dict[str, Any], list[tuple[dict[str, Any], slice, slice]]]:
+        """The class file's contents and, for each shard this rank reads from, its (memory-mapped)
+        contents with the source and destination rows; each file checked first
+        (:class:`ShardFileError` naming it)."""
+        checksums = manifest.get("checksums") or {}
+        path = directory / manifest["classes"]
+        _check_file(path, checksums.get(manifest["classes"]))
+        classes = _torch_load(path, mmap=False)
+        shapes = {k: tuple(classes[k].shape) for k in ("class_log_sigma", "class_momentum")
+                  if isinstance(classes.get(k), Tensor)}
+        if (classes.get("format") != SHARDED_FORMAT or classes.get("num_classes") != self.num_classes
+                or shapes != {"class_log_sigma": (self.num_classes,), "class_momentum": (self.num_classes,)}):
+            raise ShardFileError(f"{path} is not the class file of this checkpoint (it holds "
+                                 f"{classes.get('format')!r} for K={classes.get('num_classes')}; this run has "
+                                 f"K={self.num_classes})")
+        start, end = self.shard
+        names = list(manifest.get("extra", []))
+        pending = []
+        for s in manifest["shards"]:
+            lo, hi = max(start, s["start"]), min(end, s["end"])
+            if lo >= hi:
+                continue
+            path = directory / s["file"]
+            _check_file(path, checksums.get(s["file"]))
+            data = _torch_load(path, mmap=True)
+            rows = s["end"] - s["start"]
+            held = (data.get("format"), data.get("num_instances"), data.get("start"), data.get("end"))
+            if held != (SHARDED_FORMAT, self.num_instances, s["start"], s["end"]):
+                raise ShardFileError(
+                    f"{path} is not a shard of this checkpoint: it holds rows [{held[2]}, {held[3]}) of "
+                    f"N={held[1]}, the manifest names it for rows [{s['start']}, {s['end']}) of N={self.num_instances}"
+                )
+            short = [k for k in ("instance_log_sigma", "instance_momentum", *names)
+                     if not isinstance(data.get(k), Tensor) or data[k].shape[:1] != (rows,)]
+            if short:
+                raise ShardFileError(f"{path} is not a shard of this checkpoint: {', '.join(short)} missing or not "
+                                     f"of {rows} rows")
+            pending.append((data, slice(lo - s["start"], hi - s["start"]), slice(lo - start, hi - start)))
+        return classes, pending
 
     def extra_repr(self) -> str:
         return (
@@ -1881,11 +2037,17 @@ class ShardedObjective(Objective):
 
     @torch.no_grad()
     def load_shards(self, directory: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
-        """Load this rank's rows of a save by any number of processes (no collective)."""
+        """Load this rank's rows of a save by any number of processes.
+
+        :meth:`ShardedDataParameters.read_shards`: collective (call it on every rank); a missing
+        or damaged shard file stops every rank with the same :class:`ShardFileError`.
+        """
+        # Decided from the manifest alone, so that every rank refuses alike (a rank without rows
+        # too), before any collective.
+        missing = [name for name in self.SHARDED_BUFFERS if name not in manifest.get("extra", [])]
+        if missing and self.num_train:
+            raise ValueError(f"the sharded checkpoint in {directory} holds no {', '.join(map(repr, missing))}")
         arrays = self.dp.read_shards(directory, manifest)
         for name in self.SHARDED_BUFFERS:
-            buf = getattr(self, name)
             if name in arrays:
-                buf.copy_(arrays[name])
-            elif buf.numel():
-                raise ValueError(f"the sharded checkpoint in {directory} holds no {name!r}")
+                getattr(self, name).copy_(arrays[name])
