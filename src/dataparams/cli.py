@@ -138,7 +138,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                        "(with --data) report.html with the most suspect samples. With --data, OUT/run is "
                        "reused (or continued) only when it was trained on the same data and settings: after "
                        "an edited label, an added or removed file or other settings it is trained again, and "
-                       "the reason printed.")
+                       "the reason printed. A detection run's RUN_DIR (dataparams train --preset kitti*/...) gets one row per "
+                       "ground-truth box instead: box_issues.csv (image id, line of the box in its KITTI label file, "
+                       "class, box, sigma, mean loss, rank, flagged, label_score), image_issues.csv (per image: the "
+                       "min of its boxes' label_score, is_label_issue = any box flagged), the per-image "
+                       "label_issues_mask.npy and label_quality_scores.npy, summary.json and report.html with the "
+                       "most suspect boxes drawn on their images.")
     f.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="a run directory written by `dataparams train`")
     f.add_argument("--data", metavar="PATH", help="your data: a path,label CSV/TSV list, a folder of class "
                    "folders, an .npz with X (features) and y, a .parquet file or a datasets save_to_disk "
@@ -149,13 +154,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "(geometric mean over the epochs); last-loss: each sample's training loss at its last visit; "
                    "mean-loss: its mean over the epochs, the small-loss criterion (the loss scores work for any run) "
                    "(default: mean-loss with --data -- the loss under the learned temperatures, averaged over training, "
-                   "which ranked best on our tuning data -- and sigma for RUN_DIR)")
+                   "which ranked best on our tuning data -- and sigma for RUN_DIR; mean-loss for a detection run, "
+                   "whose box loss finds wrong-class boxes better than the box sigma)")
     f.add_argument("--rule", choices=list(FLAG_RULES), default="auto",
                    help="how many to flag, without the noise rate: class-mean (a sample whose label quality is "
                    "below its given class's mean), mixture (two Gaussians on the log score), bound (a fraction "
                    "of a bounded loss's maximum), confident (confident learning on the class probabilities "
                    "averaged over training); auto: bound for a GCE-trained run, else class-mean for a loss "
-                   "score and mixture for sigma (default: %(default)s)")
+                   "score and mixture for sigma; a detection run takes auto, class-mean or mixture (default: %(default)s)")
     f.add_argument("--holdout", type=float, default=0.0,
                    help="with --data: fraction held out to choose the epoch and measure accuracy (not ranked; "
                    "default: %(default)s)")
@@ -561,6 +567,10 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
                                                                   action=args.cleaned_labels)
         print(f"{args.data}: {report.n:,} samples ranked in {time.perf_counter() - t0:.1f}s")
     else:
+        from dataparams.detection.figures import is_detection_run
+
+        if is_detection_run(args.run_dir):  # per-box issues of a detection run (sec. 3.3)
+            return _find_box_issues(args)
         report = find_issues(args.run_dir, score=args.score or "sigma", epoch=args.epoch, rule=args.rule)
         out = Path(args.out) if args.out else Path(args.run_dir) / "issues"
         files = report.save(out, cleaned_labels=args.cleaned_labels)
@@ -575,6 +585,35 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
         auroc = "n/a" if summary["auroc"] is None else f"{summary['auroc']:.4f}"
         print(f"truth: {summary['n_corrupted']} corrupted; precision {pct(summary['precision'])}, "
               f"recall {pct(summary['recall'])}, AUROC {auroc}")
+    for note in report.notes:
+        print(f"note: {note}")
+    for name, path in files.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _find_box_issues(args: argparse.Namespace) -> int:
+    """find-issues RUN_DIR on a detection run: box_issues.csv, image_issues.csv, summary.json, report.html."""
+    from dataparams.config import ConfigError
+    from dataparams.detection.issues import DEFAULT_BOX_SCORE, find_box_issues
+
+    if args.cleaned_labels:
+        raise ConfigError("--cleaned-labels is for classification runs; a detection run's flagged boxes are listed "
+                          "in box_issues.csv (image_id, line)")
+    report = find_box_issues(args.run_dir, score=args.score or DEFAULT_BOX_SCORE, epoch=args.epoch, rule=args.rule)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "issues"
+    files = report.save(out)
+    s = report.summary()
+    print(f"{s['run_dir']}: detection run, boxes scored by {s['score']} at epoch {s['epoch']}")
+    print(f"flagged {s['n_flagged']} of {s['n_boxes']} boxes ({100 * (s['fraction_flagged'] or 0):.1f}%, "
+          f"{s['rule']} rule, estimated without the noise rate); {s['n_images_flagged']} of {s['n_images']} "
+          "images have a flagged box")
+    if "n_corrupted" in s:
+        def fmt(v: Any, pct: bool = False) -> str:
+            return "n/a" if v is None else (f"{100 * v:.1f}%" if pct else f"{v:.4f}")
+
+        print(f"truth: {s['n_corrupted']} boxes of another class; precision {fmt(s['precision'], True)}, "
+              f"recall {fmt(s['recall'], True)}, AUROC {fmt(s['auroc'])}")
     for note in report.notes:
         print(f"note: {note}")
     for name, path in files.items():

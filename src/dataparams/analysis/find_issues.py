@@ -514,12 +514,19 @@ def find_issues(
     ------
     RunDirError
         The run cannot be read, has no snapshot of ``epoch``, or has no instance sigma for
-        ``score="sigma"``; the message names the file or says which variant to train.
+        ``score="sigma"``; the message names the file or says which variant to train. A
+        detection run is refused with a pointer to
+        :func:`dataparams.detection.issues.find_box_issues`.
     ValueError
         ``score`` is not one of :data:`SCORES`.
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+    from dataparams.detection.figures import is_detection_run
+
+    if is_detection_run(run_dir):  # one sigma per box, not per sample: ranked by dataparams.detection.issues
+        raise RunDirError(f"{run_dir} is a detection run: rank its boxes with "
+                          "dataparams.detection.issues.find_box_issues (what `dataparams find-issues RUN_DIR` does)")
     run = load_run(run_dir)
     notes = list(run.warnings)
     if run.labels is None:

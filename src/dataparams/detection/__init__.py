@@ -14,7 +14,9 @@
   :mod:`~dataparams.detection.presets` -- the run configuration, the trainer writing a run
   directory, and the named presets;
 * :mod:`~dataparams.detection.curriculum`, :mod:`~dataparams.detection.figures` -- what the box
-  temperatures learned (per level, rank correlations, flipped-box AUROC), Figure 3 and the report.
+  temperatures learned (per level, rank correlations, flipped-box AUROC), Figure 3 and the report;
+* :mod:`~dataparams.detection.issues` -- ``find-issues`` on a detection run: the boxes ranked by
+  how likely their class is wrong (``box_issues.csv``, per-image ``image_issues.csv``, report).
 
 The figures need matplotlib; :mod:`~dataparams.detection.figures` is imported on use, not here.
 """
