@@ -358,6 +358,7 @@ def test_exif_orientation_is_applied_in_every_decode_path(tmp_path):
         Image.fromarray(turned).resize((12, 12), Image.Resampling.BILINEAR)))
 
 
+@pytest.mark.faults
 def test_a_truncated_jpeg_stops_streaming_before_training(tmp_path, monkeypatch):
     import dataparams.data.user as user_module
 
@@ -528,6 +529,7 @@ def test_empty_label_or_path_names_the_line(tmp_path):
     _error(tmp_path / "c.csv", r"c.csv line 2: empty label")
 
 
+@pytest.mark.faults
 def test_missing_and_corrupt_images_name_line_and_file(tmp_path, monkeypatch):
     import dataparams.data.user as user_module
 
@@ -712,6 +714,7 @@ def test_user_data_feeds_the_loaders(tmp_path):
     assert isinstance(data, UserData)
 
 
+@pytest.mark.faults
 def test_a_png_above_the_pixel_limit_is_refused_by_name_and_a_jpeg_is_not(tmp_path, monkeypatch):
     import dataparams.data.user as user_module
 
@@ -727,6 +730,7 @@ def test_a_png_above_the_pixel_limit_is_refused_by_name_and_a_jpeg_is_not(tmp_pa
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
+@pytest.mark.faults
 def test_a_symbolic_link_loop_in_class_folders_is_refused(tmp_path):
     root = _tree(tmp_path / "d", per_class=2, size=12)
     os.symlink(root / "cat", root / "cat" / "again")  # cat/again -> cat: endless without the check

@@ -169,7 +169,7 @@ def test_report_writes_figures_and_summary(data_root, tmp_path):
 
 def test_presets_and_overrides(tmp_path):
     assert list_detection_presets() == ["kitti/baseline", "kitti/instance", "kitti-synth/baseline",
-                                        "kitti-synth/instance"]
+                                        "kitti-synth/instance", "coco-synth/baseline", "coco-synth/instance"]
     for name in list_detection_presets():
         cfg = get_detection_preset(name, root=tmp_path)
         validate_detection_config(cfg)

@@ -229,6 +229,8 @@ def _joined(shards: list[dict]) -> dict:
     return out
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_the_reference_run_exercises_clamp_and_momentum(runs):
     ref = runs["reference"]
     lo, hi = np.log(0.7), np.log(1.5)
@@ -237,18 +239,24 @@ def test_the_reference_run_exercises_clamp_and_momentum(runs):
     assert ref["instance_momentum"].abs().gt(0).all()  # every sample was in a batch
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_replicated_two_processes_equal_one_process(runs):
     for state in (r["replicated"] for r in runs["ranks"]):
         _assert_model_equal(state, runs["reference"])
         _assert_data_parameters_equal(state, runs["reference"])
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_replicated_ranks_hold_identical_data_parameters(runs):
     a, b = (r["replicated"] for r in runs["ranks"])
     for key in ("class_", "class_momentum", "instance", "instance_momentum"):
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_sharded_two_processes_equal_one_process(runs):
     shards = [r["sharded"] for r in runs["ranks"]]
     assert torch.equal(shards[0]["class_"], shards[1]["class_"])
@@ -259,6 +267,8 @@ def test_sharded_two_processes_equal_one_process(runs):
     _assert_data_parameters_equal(_joined(shards), runs["ranks"][0]["replicated"])
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_sharded_one_process_equals_the_reference(runs):
     _assert_model_equal(runs["one_process_sharded"], runs["reference"])
     _assert_data_parameters_equal(runs["one_process_sharded"], runs["reference"])
@@ -274,12 +284,16 @@ def test_sharded_one_process_equals_the_reference_for_one_level(level):
     _assert_data_parameters_equal(sharded, reference)
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_sharded_gather_collects_every_row_on_rank_zero(runs):
     shards = [r["sharded"] for r in runs["ranks"]]
     assert torch.equal(shards[0]["gathered"], _joined(shards)["instance"])
     assert shards[1]["gathered"] is None
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_sharded_checkpoint_of_two_processes_resumes_in_one(runs):
     resumed = runs["resumed_from_two"]
     _assert_model_equal(resumed, runs["reference"])
@@ -289,12 +303,16 @@ def test_sharded_checkpoint_of_two_processes_resumes_in_one(runs):
     assert sum(f.startswith("shard-") for f in files) == 2 and sum(f.startswith("classes-") for f in files) == 1
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_sharded_checkpoint_of_one_process_resumes_in_two(runs):
     shards = [r["resumed_from_one"] for r in runs["ranks"]]
     _assert_model_equal(shards[0], runs["reference"])
     _assert_data_parameters_equal(_joined(shards), runs["reference"])
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_bytes_per_step_are_order_batch_and_do_not_grow_with_n(runs):
     for r in runs["ranks"]:
         small, large = r["bytes"][N], r["bytes"][1_000_000]
@@ -530,6 +548,7 @@ class _Unsaveable:
         raise RuntimeError("refuses to be saved")
 
 
+@pytest.mark.faults
 def test_save_replicated_is_atomic(tmp_path):
     ctx = DistributedContext()
     path = tmp_path / "checkpoint.pt"
@@ -567,6 +586,7 @@ def _agree_worker(rank: int, world_size: int, port: int, tmp: str) -> None:
     torch.save(results, Path(tmp) / f"agree{rank}.pt")
 
 
+@pytest.mark.distributed
 def test_ranks_that_disagree_on_their_labels_all_stop_with_one_message(tmp_path):
     mp.spawn(_agree_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     errors = [torch.load(tmp_path / f"agree{r}.pt", weights_only=False)["error"] for r in range(2)]
@@ -594,6 +614,7 @@ _WHAT = {"delete": "is missing", "truncate": "is truncated", "flip": "is damaged
 
 @pytest.mark.parametrize("how", ["delete", "truncate", "flip"])
 @pytest.mark.parametrize("which", ["shard", "classes"])
+@pytest.mark.faults
 def test_sharded_load_names_a_missing_truncated_or_damaged_file(tmp_path, how, which):
     from dataparams.distributed import ShardFileError
 
@@ -615,6 +636,7 @@ def test_sharded_load_names_a_missing_truncated_or_damaged_file(tmp_path, how, w
     assert torch.equal(part.instance_log_sigma, before["rows"])
 
 
+@pytest.mark.faults
 def test_sharded_load_of_a_save_without_checksums_and_of_a_foreign_shard(tmp_path):
     from dataparams.distributed import ShardFileError
 
@@ -677,6 +699,9 @@ def _damaged_worker(rank: int, world_size: int, port: int, tmp: str) -> None:
     torch.save(result, Path(tmp) / f"damaged{rank}.pt")
 
 
+@pytest.mark.distributed
+@pytest.mark.faults
+@pytest.mark.slow
 def test_a_damaged_shard_stops_every_rank_with_one_message(tmp_path):
     mp.spawn(_damaged_worker, args=(3, _free_port(), str(tmp_path)), nprocs=3, join=True)
     results = [torch.load(tmp_path / f"damaged{r}.pt", weights_only=False) for r in range(3)]

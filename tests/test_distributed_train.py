@@ -202,6 +202,8 @@ def _assert_same_run(run: Path, reference: Path) -> None:
         torch.testing.assert_close(state["model"][key], value, atol=ATOL, rtol=0, msg=key)
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_two_processes_equal_one_process(runs):
     _assert_same_run(runs["replicated"], runs["reference"])
     # Replicated checkpoints are single-process checkpoints: every per-sample buffer is there, but
@@ -214,6 +216,8 @@ def test_two_processes_equal_one_process(runs):
         torch.testing.assert_close(state["objective"][key], ref["objective"][key], atol=ATOL, rtol=1e-5, msg=key)
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_two_processes_with_sharded_data_parameters_equal_one_process(runs):
     _assert_same_run(runs["sharded"], runs["reference"])
     shards = sorted(p.name for p in RunDir(runs["sharded"]).shard_dir.iterdir())
@@ -230,10 +234,15 @@ def test_two_processes_with_sharded_data_parameters_equal_one_process(runs):
 
 @pytest.mark.parametrize("name", ["replicated_2_to_1", "replicated_1_to_2", "sharded_2_to_1", "sharded_1_to_2",
                                   "sharded_2_to_3"])
+@pytest.mark.distributed
+@pytest.mark.faults
+@pytest.mark.slow
 def test_kill_minus_9_then_resume_with_another_number_of_processes(runs, name):
     _assert_same_run(runs[name], runs["reference"])
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_a_checkpoint_resumes_only_in_its_own_layout(runs, tmp_path):
     # distributed.mode is an execution field (it does not change the result), but a sharded
     # checkpoint holds its instance rows in shard files: resuming it replicated is refused.
@@ -270,6 +279,9 @@ def _damaged_copy(runs, tmp_path: Path, how: str) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize(("how", "what"), [("truncate", "is truncated"), ("flip", "is damaged: its SHA-256"),
                                            ("delete", "is missing")])
+@pytest.mark.distributed
+@pytest.mark.faults
+@pytest.mark.slow
 def test_a_damaged_shard_stops_a_resume_on_every_rank_naming_the_file(runs, tmp_path, how, what):
     """Rank 1's shard file damaged: a 2-process resume ends on both ranks -- rank 0, whose own
     files are good, too -- within seconds with one message naming the file and what to do, and
@@ -294,6 +306,9 @@ def test_a_damaged_shard_stops_a_resume_on_every_rank_naming_the_file(runs, tmp_
     RunDir(run).lock()  # released
 
 
+@pytest.mark.distributed
+@pytest.mark.faults
+@pytest.mark.slow
 def test_a_run_with_a_damaged_shard_resumes_from_the_previous_checkpoint_as_the_error_says(runs, tmp_path):
     run, _ = _damaged_copy(runs, tmp_path, "flip")
     (run / "checkpoint.pt").rename(run / "checkpoint.damaged.pt")
@@ -360,6 +375,7 @@ def _bn_train(net: nn.Module, model: nn.Module, share, world_size: int) -> dict:
     return {"state": {k: v.clone() for k, v in model.state_dict().items()}, "eval": model(x).detach()}
 
 
+@pytest.mark.distributed
 def test_global_batch_norm_gives_the_single_process_training():
     model = _bn_model()
     reference = _bn_train(model, model, lambda t: t, 1)
@@ -451,6 +467,8 @@ def test_file_share_loader_gives_an_empty_share_in_a_short_last_batch():
     assert last[0].shape == (0, 1) and last[1].shape == (0,) and last[2].shape == (0,)
 
 
+@pytest.mark.distributed
+@pytest.mark.faults
 def test_an_exception_on_one_rank_ends_every_rank_within_seconds_with_its_message(tmp_path):
     """A raise in rank 1's step under torchrun (2 gloo processes): the job ends -- rank 0 too,
     which was waiting for rank 1 in a collective -- well within 30 s of the raise, not after the

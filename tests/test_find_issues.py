@@ -364,6 +364,7 @@ def test_a_run_without_a_fingerprint_is_not_resumed_on_user_data(tmp_path):
     assert RunDir(tmp_path / "r").differences({"seed": 1}) == []
 
 
+@pytest.mark.faults
 def test_a_truncated_jpeg_stops_find_issues_before_a_run_directory_exists(tmp_path, capsys):
     rng = np.random.default_rng(3)
     (tmp_path / "img").mkdir()

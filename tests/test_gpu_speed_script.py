@@ -36,6 +36,7 @@ def _number(cell: str) -> float:
     return float(cell.replace(",", ""))
 
 
+@pytest.mark.slow
 def test_the_script_runs_on_the_cpu_and_prints_every_row(tmp_path):
     out = tmp_path / "gpu_speed.md"
     proc = subprocess.run(

@@ -265,6 +265,7 @@ def test_train_data_default_is_dp_cm_filter_and_keeps_the_validation_chosen_netw
     assert "--holdout applies to --data" in capsys.readouterr().err
 
 
+@pytest.mark.faults
 def test_the_selected_network_survives_a_kill_between_the_checkpoint_and_its_save(tmp_path):
     """Epoch 2 was the best and its checkpoint was written, then the process died before its
     selected weights were: the resumed logger saves them from the restored model; an earlier

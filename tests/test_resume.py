@@ -48,6 +48,8 @@ def _final_state(run):
 
 
 @pytest.mark.skipif(os.name != "posix", reason="needs SIGKILL")
+@pytest.mark.faults
+@pytest.mark.slow
 def test_kill_minus_9_then_resume_equals_uninterrupted(tmp_path):
     data = _write_idx(tmp_path / "data")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -120,6 +122,7 @@ class _Crash(Exception):
 
 
 @pytest.mark.parametrize("method", list(METHOD_CASES))
+@pytest.mark.faults
 def test_every_method_resumes_bit_for_bit(tmp_path, monkeypatch, method):
     import fakes
     from dataparams.config import apply_overrides
@@ -171,6 +174,7 @@ def _assert_same_optimizer_state(a, b):
             assert torch.equal(v, b["state"][pid][k]) if torch.is_tensor(v) else v == b["state"][pid][k]
 
 
+@pytest.mark.faults
 def test_a_damaged_latest_checkpoint_resumes_from_the_previous_one_and_ends_as_uninterrupted(tmp_path, monkeypatch,
                                                                                              capsys):
     """A crash after epoch 2's checkpoint, then the checkpoint cut short (a disk that lost its

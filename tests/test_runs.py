@@ -50,6 +50,30 @@ def test_execution_fields_do_not_make_a_different_run(tmp_path, cfg):
     assert run.prepare(moved, resume=True) is False
 
 
+def test_a_field_added_since_the_run_was_written_takes_its_default(tmp_path, cfg):
+    # A run written before optim.nesterov existed (its config.json and checkpoint lack it) is the
+    # same run as today's config with the default; a non-default value is another run.
+    old = json.loads(json.dumps(cfg))
+    del old["optim"]["nesterov"]
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(old))
+    RunDir(d).save_checkpoint({"epoch": 1, "config": old})
+    defaults = config_to_dict(TrainConfig())
+    run = RunDir(d, defaults=defaults)
+    assert run.prepare(cfg, resume=True) is True
+    assert run.load_checkpoint(cfg)["epoch"] == 1
+    run.unlock()
+    other = config_to_dict(apply_overrides(TrainConfig(), [f"optim.nesterov={not cfg['optim']['nesterov']}"]))
+    with pytest.raises(RunConflictError, match="optim.nesterov"):
+        RunDir(d, defaults=defaults).prepare(other, resume=True)
+    with pytest.raises(RunDirError, match="optim.nesterov"):
+        RunDir(d, defaults=defaults).load_checkpoint(other)
+    # Without the defaults the missing field is a difference, as before.
+    with pytest.raises(RunConflictError, match="optim.nesterov"):
+        RunDir(d).prepare(cfg, resume=True)
+
+
 def test_foreign_directory_is_never_deleted(tmp_path, cfg):
     d = tmp_path / "mine"
     d.mkdir()
@@ -61,6 +85,7 @@ def test_foreign_directory_is_never_deleted(tmp_path, cfg):
     assert (d / "thesis.tex").read_text() == "precious"
 
 
+@pytest.mark.faults
 def test_metrics_truncated_last_line_is_skipped_but_bad_middle_line_named(tmp_path, cfg):
     run = RunDir(tmp_path / "r")
     run.prepare(cfg)
@@ -100,6 +125,7 @@ def test_checkpoint_from_another_configuration_is_refused(tmp_path, cfg):
     assert not list(run.path.glob(".*.tmp"))
 
 
+@pytest.mark.faults
 def test_unreadable_files_are_named(tmp_path, cfg):
     run = RunDir(tmp_path / "r")
     run.prepare(cfg)
@@ -117,6 +143,7 @@ def test_unreadable_files_are_named(tmp_path, cfg):
 # faults: a second writer, a damaged latest checkpoint, a full disk
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs POSIX flock")
+@pytest.mark.faults
 def test_a_second_writer_is_refused_with_the_holders_pid_and_nothing_is_touched(tmp_path, cfg):
     import subprocess
     import sys
@@ -145,6 +172,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid_and_nothing_is_touched(
     run.unlock()
 
 
+@pytest.mark.faults
 def test_the_lock_is_released_by_unlock_and_taken_again(tmp_path, cfg):
     a, b = RunDir(tmp_path / "r"), RunDir(tmp_path / "r")
     a.prepare(cfg)
@@ -162,6 +190,7 @@ def _state(epoch):
     return {"epoch": epoch, "config": {}, "w": torch.full((3,), float(epoch))}
 
 
+@pytest.mark.faults
 def test_checkpoints_carry_a_checksum_and_the_previous_one_is_used_when_the_latest_is_damaged(tmp_path, cfg):
     import hashlib
 
@@ -198,6 +227,7 @@ def test_checkpoints_carry_a_checksum_and_the_previous_one_is_used_when_the_late
         RunDir(run.path).load_checkpoint()
 
 
+@pytest.mark.faults
 def test_a_full_disk_leaves_the_previous_checkpoint_intact_and_says_so(tmp_path, cfg, monkeypatch):
     import errno
     import os
@@ -222,6 +252,7 @@ def test_a_full_disk_leaves_the_previous_checkpoint_intact_and_says_so(tmp_path,
     assert RunDir(run.path).load_checkpoint()["epoch"] == 1
 
 
+@pytest.mark.faults
 def test_a_kill_between_the_two_renames_resumes_from_the_previous_checkpoint(tmp_path, cfg):
     run = RunDir(tmp_path / "r")
     run.prepare(cfg)
@@ -246,6 +277,7 @@ def test_stale_shards_keep_the_files_of_the_previous_checkpoint(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["classes-a.pt", "classes-b.pt", "shard-a.pt", "shard-b.pt"]
 
 
+@pytest.mark.faults
 def test_cuda_rng_states_are_restored_for_the_devices_present(monkeypatch):
     """A checkpoint written with 3 visible GPUs resumed where 1 is visible: device 0 gets its
     state back and the others are skipped (torch's set_rng_state_all would index device 1)."""

@@ -299,6 +299,7 @@ def test_resume_refuses_a_checkpoint_whose_config_was_edited(capsys, idx_root, t
     assert _contents(out) == before
 
 
+@pytest.mark.faults
 def test_resume_refuses_an_unreadable_checkpoint(capsys, idx_root, tmp_path):
     out = tmp_path / "run"
     assert _cli(capsys, _argv(idx_root, out))[0] == 0
@@ -337,6 +338,7 @@ def test_corrupt_data_file_gets_an_error_line(capsys, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.faults
 def test_resume_after_a_kill_before_the_first_checkpoint(capsys, idx_root, tmp_path):
     out = tmp_path / "run"
     assert _cli(capsys, _argv(idx_root, out))[0] == 0

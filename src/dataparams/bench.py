@@ -285,7 +285,7 @@ def _finished_sibling(out: Path, cell: Cell, method: str, cfg: TrainConfig) -> P
     if not (sibling / "summary.json").exists():
         return None
     try:
-        with RunDir(sibling).checked(config_to_dict(cfg)):  # checks only: the run exists
+        with RunDir(sibling, defaults=config_to_dict(TrainConfig())).checked(config_to_dict(cfg)):  # checks only: the run exists
             pass
     except RunDirError:
         return None

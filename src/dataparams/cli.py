@@ -459,6 +459,7 @@ def _train_detection(args: argparse.Namespace) -> int:
     from dataparams.config import ConfigError, apply_overrides, config_to_dict
     from dataparams.detection.presets import (
         SYNTHETIC_DATA,
+        ensure_synthetic_coco,
         ensure_synthetic_data,
         get_detection_preset,
         train_detection,
@@ -474,14 +475,17 @@ def _train_detection(args: argparse.Namespace) -> int:
     shorthand = [f"data.root={args.data_dir}" if args.data_dir else "", f"optim.epochs={args.epochs}" if args.epochs else "",
                  f"seed={args.seed}" if args.seed is not None else "", f"data.workers={args.workers}" if args.workers else ""]
     cfg = apply_overrides(cfg, [*args.overrides, *(s for s in shorthand if s)])
-    if args.preset.startswith("kitti-synth") and not cfg.data.root:
+    synthetic = args.preset.split("/")[0] if args.preset.startswith(("kitti-synth", "coco-synth")) else None
+    if synthetic and not cfg.data.root:
         # The synthetic set is written on first use (seconds), from the Fashion-MNIST package.
-        cfg.data.root = str(Path("runs") / "data" / "kitti-synth")
+        cfg.data.root = str(Path("runs") / "data" / synthetic)
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
         return 0
-    if args.preset.startswith("kitti-synth"):
+    if synthetic == "kitti-synth":
         ensure_synthetic_data(cfg.data.root, SYNTHETIC_DATA)
+    elif synthetic == "coco-synth":
+        ensure_synthetic_coco(cfg.data.root, SYNTHETIC_DATA)
     out = Path(args.out or Path("runs") / args.preset.replace("/", "_"))
     summary = train_detection(cfg, out, resume=args.resume, overwrite=args.overwrite, device=args.device,
                               quiet=args.quiet, amp=args.amp)

@@ -186,7 +186,7 @@ def _train(cfg: TrainConfig, out: str | os.PathLike[str], ctx: DistributedContex
 
     # The run directory: a fresh one, or the state of the last finished epoch.
     config = config_to_dict(cfg)
-    run = RunDir(out)
+    run = RunDir(out, defaults=config_to_dict(TrainConfig()))
     # The run directory's lock (taken by prepare, on rank 0) is held until the run ends, however it ends.
     try:
         start_epoch = 0

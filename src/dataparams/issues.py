@@ -339,7 +339,7 @@ def _train_and_rank(cfg: TrainConfig, dataset: LoadedDataset, out: Path, *, scor
     if not overwrite and (run_dir / "config.json").exists():
         # The config train() will store, fingerprint of the data included: the only way to see
         # that a label was edited in place, which leaves every config field as it was.
-        changed = RunDir(run_dir).differences(config_to_dict(complete_user_config(cfg, dataset.user)))
+        changed = RunDir(run_dir, defaults=config_to_dict(TrainConfig())).differences(config_to_dict(complete_user_config(cfg, dataset.user)))
         overwrite, resume = bool(changed), not changed
         if changed and not quiet:
             write_line(f"{run_dir} was trained on other data or settings ({'; '.join(changed)}); "

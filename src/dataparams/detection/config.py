@@ -20,6 +20,7 @@ from dataparams.detection.kitti_eval import MIN_OVERLAP
 from dataparams.detection.models import DETECTOR_ARCHS
 
 __all__ = [
+    "DETECTION_FORMATS",
     "DETECTION_SCHEDULES",
     "BoxCurriculumConfig",
     "DetectionConfig",
@@ -32,21 +33,35 @@ __all__ = [
     "validate_detection_config",
 ]
 
+#: Data formats of :class:`DetectionDataConfig`.
+DETECTION_FORMATS: tuple[str, ...] = ("kitti", "coco")
 #: Learning-rate schedules of :class:`DetectionOptimConfig`.
 DETECTION_SCHEDULES: tuple[str, ...] = ("cosine", "multistep", "constant")
 
 
 @dataclass
 class DetectionDataConfig:
-    """A KITTI-layout data set (:class:`~dataparams.detection.kitti.KittiDetection`).
+    """A KITTI-layout or COCO-format data set.
 
-    ``root`` holds ``training/image_2``, ``training/label_2`` and ``ImageSets/{split}.txt``.
-    ``classes`` are the detected classes (labels 1..K). ``hflip`` is the probability of a
-    horizontal flip of a training image (the only augmentation: it keeps every box, so every
-    annotation of an image is in its batch). ``batch_size`` images per step.
+    ``format = "kitti"`` (:class:`~dataparams.detection.kitti.KittiDetection`): ``root`` holds
+    ``training/image_2``, ``training/label_2`` and ``ImageSets/{split}.txt``.
+    ``format = "coco"`` (:class:`~dataparams.detection.coco.CocoDetection`): each split is the
+    instances file ``root/ann_file`` and the image folder ``root/image_dir``, ``{split}``
+    replaced by ``train_split`` / ``val_split`` (COCO 2017: splits ``train2017`` / ``val2017``);
+    ``invalid_boxes`` is ``error`` or ``clip`` for boxes of zero area or outside their image;
+    the evaluation is COCO mAP by pycocotools. ``ann_file``, ``image_dir`` and ``invalid_boxes``
+    apply to COCO only.
+    ``classes`` are the detected classes (labels 1..K); for COCO, empty means every category.
+    ``hflip`` is the probability of a horizontal flip of a training image (the only
+    augmentation: it keeps every box, so every annotation of an image is in its batch).
+    ``batch_size`` images per step.
     """
 
     root: str = ""
+    format: str = "kitti"
+    ann_file: str = "annotations/instances_{split}.json"
+    image_dir: str = "{split}"
+    invalid_boxes: str = "error"
     train_split: str = "train"
     val_split: str = "val"
     classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
@@ -116,7 +131,7 @@ class BoxCurriculumConfig:
 class DetectionConfig:
     """Everything that determines a detection run's result.
 
-    ``eval_every``: evaluate on the validation split (KITTI AP) every that many epochs and after
+    ``eval_every``: evaluate on the validation split (KITTI AP, or COCO mAP) every that many epochs and after
     the last one.
     """
 
@@ -153,15 +168,27 @@ def validate_detection_config(cfg: DetectionConfig) -> None:
     if cfg.optim.schedule not in DETECTION_SCHEDULES:
         raise ConfigError(f"unknown optim.schedule {cfg.optim.schedule!r}; choose one of "
                           f"{', '.join(DETECTION_SCHEDULES)}")
-    if not cfg.data.root:
-        raise ConfigError("data.root is required: the folder holding training/image_2, training/label_2 and "
-                          "ImageSets/")
-    if not cfg.data.classes or len(set(cfg.data.classes)) != len(cfg.data.classes):
-        raise ConfigError(f"data.classes must be distinct and non-empty, got {cfg.data.classes}")
-    no_threshold = [c for c in cfg.data.classes if c.lower() not in {k.lower() for k in MIN_OVERLAP}]
-    if no_threshold:
-        raise ConfigError(f"data.classes {no_threshold} have no KITTI IoU threshold; evaluated classes are "
-                          f"{', '.join(MIN_OVERLAP)}")
+    d = cfg.data
+    if d.format not in DETECTION_FORMATS:
+        raise ConfigError(f"unknown data.format {d.format!r}; choose one of {', '.join(DETECTION_FORMATS)}")
+    coco = d.format == "coco"
+    if not d.root:
+        raise ConfigError("data.root is required: the folder holding " + (
+            f"{d.ann_file} and {d.image_dir} of each split" if coco
+            else "training/image_2, training/label_2 and ImageSets/"))
+    if (not coco and not d.classes) or len(set(d.classes)) != len(d.classes):
+        raise ConfigError(f"data.classes must be distinct and non-empty, got {d.classes}")
+    if coco:
+        if d.invalid_boxes not in ("error", "clip"):
+            raise ConfigError(f"data.invalid_boxes must be error or clip, got {d.invalid_boxes!r}")
+        if d.ann_file.format(split=d.train_split) == d.ann_file.format(split=d.val_split):
+            raise ConfigError(f"data.ann_file {d.ann_file!r} names the same file for the train and val splits; "
+                              "write {split} where the split's name goes")
+    else:
+        no_threshold = [c for c in d.classes if c.lower() not in {k.lower() for k in MIN_OVERLAP}]
+        if no_threshold:
+            raise ConfigError(f"data.classes {no_threshold} have no KITTI IoU threshold; evaluated classes are "
+                              f"{', '.join(MIN_OVERLAP)}")
     if len(cfg.model.image_size) != 2 or min(cfg.model.image_size) < 32:
         raise ConfigError(f"model.image_size must be [H, W], each >= 32, got {cfg.model.image_size}")
     for name, value, low in (("optim.epochs", cfg.optim.epochs, 1), ("data.batch_size", cfg.data.batch_size, 1),

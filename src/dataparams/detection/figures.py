@@ -524,10 +524,16 @@ def detection_report(
         for cls in classes:
             for diff in DIFFICULTIES:
                 for kind in ("ap40", "ap11"):
-                    entry["ap"][f"{cls}/{diff}/{kind}"] = over_seeds(r.summary["kitti"][cls][diff][kind] for r in finished)
+                    # A COCO-format run has pycocotools' numbers instead (entry["coco"]).
+                    entry["ap"][f"{cls}/{diff}/{kind}"] = over_seeds(
+                        r.summary["kitti"][cls][diff][kind] for r in finished if "kitti" in r.summary)
         for diff in DIFFICULTIES:
             for kind in ("ap40", "ap11"):
                 entry["ap"][f"mean/{diff}/{kind}"] = over_seeds(r.summary.get(f"m{kind}_{diff}") for r in finished)
+        coco_runs = [r for r in finished if "coco" in r.summary]
+        if coco_runs:
+            entry["coco"] = {k: over_seeds(None if r.summary["coco"].get(k) is None else 100 * r.summary["coco"][k]
+                                           for r in coco_runs) for k in ("map", "map50", "map75")}
         last = [r.metrics[-1] for r in members if r.metrics]
         entry["spearman_occlusion"] = over_seeds(m.get("spearman_occlusion") for m in last)
         entry["spearman_difficulty"] = over_seeds(m.get("spearman_difficulty") for m in last)
@@ -587,6 +593,13 @@ def _markdown(title: str, results: list[dict[str, Any]], figures: dict[str, str]
             cells = [r["label"]] + [_fmt(r["ap"].get(f"{c}/{d}/{kind}", {"n": 0, "mean": None}))
                                     for c in [*classes, "mean"] for d in DIFFICULTIES]
             lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    coco = [r for r in results if "coco" in r]
+    if coco:
+        lines += ["## COCO mAP (pycocotools) on the validation split, final epoch (mean ± std (n seeds))", "",
+                  "| run | mAP@[.5:.95] | AP50 | AP75 |", "|---|---|---|---|"]
+        lines += [f"| {r['label']} | " + " | ".join(_fmt(r["coco"][k]) for k in ("map", "map50", "map75")) + " |"
+                  for r in coco]
         lines.append("")
     lines += ["## What the box temperatures learned (last epoch)", "",
               "Spearman ρ of σ with the occlusion level (0-2) and with the KITTI difficulty (easy 0, moderate 1, "

@@ -8,6 +8,9 @@
                             no weight decay: the paper's settings)
  ``kitti-synth/baseline``   a tiny SSD on the synthetic Fashion-MNIST KITTI set, CPU-sized
  ``kitti-synth/instance``   the same with box data parameters
+ ``coco-synth/baseline``    ``kitti-synth/baseline`` on the same scenes in COCO's format
+                            (:mod:`~dataparams.detection.coco`), scored by COCO mAP
+ ``coco-synth/instance``    the same with box data parameters
 =========================  ==============================================================
 
 Every preset carries ``notes`` naming the source of each number: the paper where it states one,
@@ -16,7 +19,8 @@ own choice, with its reason, where neither says anything.
 
 Entry points: :func:`train_detection` (re-exported from :mod:`~dataparams.detection.train`),
 :func:`list_detection_presets`, :func:`get_detection_preset`, and :func:`ensure_synthetic_data`,
-which writes the synthetic set a ``kitti-synth`` preset reads when its folder is empty.
+which writes the synthetic set a ``kitti-synth`` preset reads when its folder is empty
+(:func:`ensure_synthetic_coco` for ``coco-synth``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dataparams.config import ConfigError
 from dataparams.detection.config import (
@@ -37,10 +42,14 @@ from dataparams.detection.config import (
 from dataparams.detection.synthetic import SyntheticKittiConfig, SyntheticKittiSet, write_synthetic_kitti
 from dataparams.detection.train import train_detection
 
+if TYPE_CHECKING:
+    from dataparams.detection.coco import SyntheticCocoSet
+
 __all__ = [
     "DETECTION_PRESETS",
     "SYNTHETIC_DATA",
     "SYNTHETIC_DATA_FLIP20",
+    "ensure_synthetic_coco",
     "ensure_synthetic_data",
     "get_detection_preset",
     "list_detection_presets",
@@ -126,12 +135,35 @@ def _synth(curriculum: bool) -> DetectionConfig:
     )
 
 
+_COCO_SYNTH_NOTES = """\
+kitti-synth/* (notes below) on the same 1,200 scenes written in COCO's format by
+dataparams.detection.coco.write_synthetic_coco (ensure_synthetic_coco): annotations/instances_{train,val}.json
+and the images in train/ and val/; data.format coco. Every non-crowd annotation gets one data parameter;
+each KITTI DontCare region is one crowd annotation per category, which gets none (and which COCOeval
+ignores). The evaluation is COCO's box mAP by pycocotools' COCOeval (AP@[.5:.95], AP50, AP75, by size,
+AR) in place of the KITTI devkit's AP; the difficulty and occlusion statistics of sigma still apply,
+since the synthetic annotations carry KITTI's occluded and truncated values.
+
+"""
+
+
+def _coco_synth(curriculum: bool) -> DetectionConfig:
+    cfg = _synth(curriculum)
+    cfg.preset = f"coco-synth/{'instance' if curriculum else 'baseline'}"
+    cfg.data = replace(cfg.data, format="coco", ann_file="annotations/instances_{split}.json", image_dir="{split}",
+                       invalid_boxes="error")
+    cfg.notes = _COCO_SYNTH_NOTES + _SYNTH_NOTES
+    return cfg
+
+
 #: Preset name -> factory of a fresh config.
 DETECTION_PRESETS: dict[str, Callable[[], DetectionConfig]] = {
     "kitti/baseline": lambda: _kitti(False),
     "kitti/instance": lambda: _kitti(True),
     "kitti-synth/baseline": lambda: _synth(False),
     "kitti-synth/instance": lambda: _synth(True),
+    "coco-synth/baseline": lambda: _coco_synth(False),
+    "coco-synth/instance": lambda: _coco_synth(True),
 }
 
 
@@ -171,3 +203,19 @@ def ensure_synthetic_data(
     if labels.is_dir() and any(labels.glob("*.txt")):
         return None
     return write_synthetic_kitti(root, config, fashion_mnist_root=fashion_mnist_root)
+
+
+def ensure_synthetic_coco(
+    root: str | os.PathLike[str],
+    config: SyntheticKittiConfig = SYNTHETIC_DATA,
+    *,
+    fashion_mnist_root: str | os.PathLike[str] | None = None,
+) -> SyntheticCocoSet | None:
+    """Write the synthetic set in COCO's format under ``root`` (for ``coco-synth``) unless
+    ``root/annotations/instances_train.json`` is already there (then nothing is checked or
+    changed, and None is returned)."""
+    from dataparams.detection.coco import write_synthetic_coco
+
+    if (Path(root) / "annotations" / "instances_train.json").is_file():
+        return None
+    return write_synthetic_coco(root, config, fashion_mnist_root=fashion_mnist_root)

@@ -52,7 +52,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -364,6 +364,25 @@ def _class_pools(fashion_mnist_root: str | os.PathLike | None) -> dict[str, np.n
     return {name: images[split.targets == k] for name, k in SYNTHETIC_CLASS_SOURCES.items()}
 
 
+def _scenes(
+    cfg: SyntheticKittiConfig, pools: dict[str, np.ndarray]
+) -> Iterator[tuple[str, np.ndarray, list[KittiObject]]]:
+    """``(image_id, uint8 image (H, W, 3), objects then DontCare regions)`` of every scene, in id
+    order, from the scene stream of ``cfg.seed``: what every writer of the synthetic set draws."""
+    scene_rng = np.random.default_rng([cfg.seed, 0])
+    for i in range(cfg.num_images):
+        image, objects = _scene(scene_rng, cfg, pools)
+        yield f"{i:06d}", image, objects
+
+
+def _split_ids(cfg: SyntheticKittiConfig) -> tuple[list[str], list[str]]:
+    """``(train_ids, val_ids)``, each sorted, from the split stream of ``cfg.seed``."""
+    ids = [f"{i:06d}" for i in range(cfg.num_images)]
+    order = np.random.default_rng([cfg.seed, 1]).permutation(cfg.num_images)
+    n_val = int(round(cfg.val_fraction * cfg.num_images))
+    return sorted(ids[i] for i in order[n_val:]), sorted(ids[i] for i in order[:n_val])
+
+
 def write_synthetic_kitti(
     root: str | os.PathLike,
     config: SyntheticKittiConfig | None = None,
@@ -401,23 +420,16 @@ def write_synthetic_kitti(
     for d in (image_dir, label_dir, sets_dir):
         d.mkdir(parents=True, exist_ok=True)
     pools = _class_pools(fashion_mnist_root)
-
     # Separate streams: scenes, split and corruption do not shift one another.
-    scene_rng = np.random.default_rng([cfg.seed, 0])
-    split_rng = np.random.default_rng([cfg.seed, 1])
     corrupt_rng = np.random.default_rng([cfg.seed, 2])
 
     ids = [f"{i:06d}" for i in range(cfg.num_images)]
     labels: dict[str, list[KittiObject]] = {}
-    for image_id in ids:
-        image, objects = _scene(scene_rng, cfg, pools)
+    for image_id, image, objects in _scenes(cfg, pools):
         Image.fromarray(image).save(image_dir / f"{image_id}.png", compress_level=1)
         labels[image_id] = objects
 
-    order = split_rng.permutation(cfg.num_images)
-    n_val = int(round(cfg.val_fraction * cfg.num_images))
-    val_ids = sorted(ids[i] for i in order[:n_val])
-    train_ids = sorted(ids[i] for i in order[n_val:])
+    train_ids, val_ids = _split_ids(cfg)
     write_split_file(sets_dir / "train.txt", train_ids)
     write_split_file(sets_dir / "val.txt", val_ids)
     write_split_file(sets_dir / "trainval.txt", ids)

@@ -13,8 +13,10 @@ Run directory (:class:`~dataparams.runs.RunDir`)::
     metrics.jsonl           per epoch: losses, lr, sigma statistics by difficulty / occlusion /
                             class, Spearman correlations, flipped-box AUROC, and at evaluation
                             epochs KITTI AP|R40 and 11-point AP per class and difficulty
+                            (``data.format = "coco"``: ``coco``, pycocotools' mAP, instead)
     snapshots/epoch_NNNN.npz          box_sigma (N,), box_loss (N,) after each epoch
-    snapshots/detections_epoch_NNNN/  KITTI label files of the latest evaluation (score last)
+    snapshots/detections_epoch_NNNN/  KITTI label files of the latest evaluation (score last);
+                                      for COCO data one results.json in COCO's result format
     checkpoint.pt           model, SGD, schedule, data parameters, SparseSGD, box losses, RNG
     summary.json            the final numbers
 
@@ -41,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dataparams.build import get_rng_state, set_rng_state
 from dataparams.detection.box_parameters import SSDBoxParameterLoss
+from dataparams.detection.coco import CocoDetection, coco_detections, coco_evaluate, write_coco_results
 from dataparams.detection.config import (
     DetectionConfig,
     detection_config_to_dict,
@@ -272,7 +275,7 @@ def train_detection(
     -------
     dict
         The content of ``summary.json``: final KITTI AP per class and difficulty, the mean over
-        classes, and the final curriculum statistics.
+        classes (for COCO data: ``coco``, pycocotools' mAP), and the final curriculum statistics.
 
     Raises
     ------
@@ -287,7 +290,7 @@ def train_detection(
     if threads is not None:
         torch.set_num_threads(int(threads))
     config = detection_config_to_dict(cfg)
-    run = RunDir(out)
+    run = RunDir(out, defaults=detection_config_to_dict(DetectionConfig()))
     # The run directory's lock (taken by prepare) is held until the run ends, however it ends.
     try:
         return _train(cfg, config, run, resume=resume, overwrite=overwrite, device=device, quiet=quiet, amp=amp)
@@ -303,12 +306,20 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
 
     # -- data --------------------------------------------------------------------------------
     root = Path(cfg.data.root)
-    train_set = KittiDetection(root, cfg.data.train_split, classes=cfg.data.classes)
-    val_set = KittiDetection(root, cfg.data.val_split, classes=cfg.data.classes)
+    coco = cfg.data.format == "coco"
+    if coco:  # COCO instances files; crowd annotations get no data parameter (detection.coco)
+        d = cfg.data
+        kwargs = dict(ann_file=d.ann_file, image_dir=d.image_dir, invalid_boxes=d.invalid_boxes)
+        train_set = CocoDetection.from_split(root, d.train_split, classes=d.classes or None, **kwargs)
+        val_set = CocoDetection.from_split(root, d.val_split, classes=train_set.classes, **kwargs)
+    else:
+        train_set = KittiDetection(root, cfg.data.train_split, classes=cfg.data.classes)
+        val_set = KittiDetection(root, cfg.data.val_split, classes=cfg.data.classes)
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"{root}: the {cfg.data.train_split!r} and {cfg.data.val_split!r} splits must not be empty")
     table = BoxTable.from_dataset(train_set)
-    val_gt = {i: read_label_file(val_set.label_dir / f"{i}.txt") for i in val_set.image_ids}
+    if not coco:
+        val_gt = {i: read_label_file(val_set.label_dir / f"{i}.txt") for i in val_set.image_ids}
     has_checkpoint = run.prepare(config, resume=resume, overwrite=overwrite)
     if not has_checkpoint:
         run.save_arrays("labels.npz", **table.as_arrays())
@@ -317,13 +328,13 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
     # -- model, data parameters, optimizers --------------------------------------------------
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
-    model = build_detector(cfg.model.arch, len(cfg.data.classes), image_size=cfg.model.image_size,
+    model = build_detector(cfg.model.arch, train_set.num_classes, image_size=cfg.model.image_size,
                            width=cfg.model.width, score_thresh=cfg.model.score_thresh,
                            nms_thresh=cfg.model.nms_thresh, detections_per_img=cfg.model.detections_per_img)
     model = execution.model(model)
     c = cfg.curriculum
     data_parameters = DataParameters(
-        len(cfg.data.classes), train_set.num_boxes, instance_curriculum=c.instance_curriculum,
+        train_set.num_classes, train_set.num_boxes, instance_curriculum=c.instance_curriculum,
         init_instance=c.init_instance, clamp=tuple(c.clamp) if c.clamp is not None else None,
     ).to(dev)
     criterion = SSDBoxParameterLoss(data_parameters, box_coder=model.box_coder,
@@ -434,11 +445,17 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
             t_eval = time.perf_counter()
             detections = predict_detections(model, val_set, batch_size=cfg.data.eval_batch_size, device=dev,
                                             execution=execution, workers=cfg.data.workers)
-            folder = write_detections(run.snapshot_dir / f"{_DETECTIONS_PREFIX}{epoch + 1:04d}", detections)
+            folder = run.snapshot_dir / f"{_DETECTIONS_PREFIX}{epoch + 1:04d}"
+            if coco:  # pycocotools' COCOeval on the val instances file; results.json in the folder
+                arrays = coco_detections(detections, val_set)
+                folder = write_coco_results(folder, arrays)
+                record["coco"] = coco_evaluate(val_set.ann_file, arrays, category_ids=val_set.category_ids)
+            else:
+                folder = write_detections(folder, detections)
+                results = evaluate(val_gt, detections, classes=cfg.data.classes)
+                record["kitti"] = results
+                record.update(_flat_ap(results))
             _prune_detection_dirs(run.snapshot_dir, keep=folder.name)
-            results = evaluate(val_gt, detections, classes=cfg.data.classes)
-            record["kitti"] = results
-            record.update(_flat_ap(results))
             record["eval_time_s"] = time.perf_counter() - t_eval
             last_eval = record
         record["time_s"] = time.perf_counter() - t0
@@ -456,12 +473,15 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
                 parts_text.append(f"AUROC(flipped) {record['flipped']['auroc_sigma']:.3f}")
             if "kitti" in record:
                 parts_text.append(f"AP40 e/m/h {_fmt_ap(record['kitti'])}")
+            if "coco" in record:
+                parts_text.append("mAP/AP50 " + "/".join("n/a" if record["coco"][k] is None else
+                                                          f"{100 * record['coco'][k]:.1f}" for k in ("map", "map50")))
             parts_text.append(f"{record['time_s']:.1f}s")
             write_line("  ".join(parts_text))
 
     if last_eval is None:
         # A resumed run whose last epoch was already done: take the numbers from the log.
-        evals = [r for r in run.read_metrics() if "kitti" in r]
+        evals = [r for r in run.read_metrics() if "kitti" in r or "coco" in r]
         if not evals:
             raise RunDirError(f"{run.path} has no evaluation to summarise")
         last_eval = evals[-1]
@@ -476,7 +496,7 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
         "num_boxes": train_set.num_boxes,
         "num_flipped": int(table.is_flipped.sum()),
         "eval_epoch": last_eval["epoch"],
-        "kitti": last_eval["kitti"],
+        **{k: last_eval[k] for k in ("kitti", "coco") if k in last_eval},
         **{k: v for k, v in last_eval.items() if k.startswith("map")},
         "final": {k: record.get(k) for k in ("box_sigma", "sigma_by_difficulty", "sigma_by_occlusion",
                                              "spearman_occlusion", "spearman_difficulty", "flipped")

@@ -260,7 +260,7 @@ def train_stage(cfg: TrainConfig, run_dir: str | os.PathLike[str], *, resume: bo
     # The user's own data completes its config (model, epochs, fingerprint) only once it is
     # measured, which train does; its finished runs are checked and reused by train itself.
     if resume and not overwrite and done.exists() and cfg.data.dataset != "user":
-        with RunDir(run_dir).checked(config_to_dict(cfg)):  # refuses another run
+        with RunDir(run_dir, defaults=config_to_dict(TrainConfig())).checked(config_to_dict(cfg)):  # refuses another run
             return json.loads(done.read_text())
     from dataparams.experiment import train
 

@@ -181,8 +181,26 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def _relevant_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    return [d for d in diff_configs(a, b) if d not in EXECUTION_FIELDS]
+def with_defaults(old: dict[str, Any], defaults: dict[str, Any] | None) -> dict[str, Any]:
+    """``old`` (a stored config) with each field it lacks taken from ``defaults``, section by section.
+
+    A field added to the config after a run was written is absent from its config.json; the
+    field's default is what the code did before it existed, so the run is the same run (a resume
+    is not refused for a field the user never set).
+    """
+    if not defaults:
+        return old
+    out = dict(old)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict) and k not in ("method_options", "choices"):
+            out[k] = with_defaults(out[k], v)
+    return out
+
+
+def _relevant_diff(a: dict[str, Any], b: dict[str, Any], defaults: dict[str, Any] | None = None) -> list[str]:
+    return [d for d in diff_configs(with_defaults(a, defaults), b) if d not in EXECUTION_FIELDS]
 
 
 def _fingerprints(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -216,10 +234,14 @@ def data_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 class RunDir:
     """Reads and writes one run directory (see the module docstring for the layout)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, defaults: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
+        #: The config dict of the config class's defaults: fields a stored config lacks (added
+        #: since it was written) are compared as these (:func:`with_defaults`).
+        self.defaults = defaults
         self._lock: Any = None
         self._lock_before = ""
+        self._lock_created = False
         # Whether checkpoint.pt is known good (written or verified by this object): only then
         # does the next save keep it as checkpoint.prev.pt.
         self._latest_good = False
@@ -343,7 +365,7 @@ class RunDir:
         if not self.config_file.exists():
             return []
         old = self._read_config()
-        diff = _relevant_diff(old, config)
+        diff = _relevant_diff(old, config, self.defaults)
         more = ", ..." if len(diff) > 8 else ""
         fields = [f"settings differ ({', '.join(diff[:8])}{more})"] if diff else []
         return fields + data_changes(old, config)
@@ -366,6 +388,7 @@ class RunDir:
         # First: a run another process is writing is neither resumed nor overwritten.
         lock_created = not self.lock_file.exists()
         self.lock()
+        self._lock_created = lock_created
         existing = any(p.name != self.lock_file.name for p in self.path.iterdir()) if self.path.exists() else False
         try:
             return self._prepare(config, existing, resume=resume, overwrite=overwrite)
@@ -396,7 +419,7 @@ class RunDir:
             if not self.config_file.exists():
                 raise RunConflictError(f"{self.path} is not empty and holds no run (no config.json)")
             old = self._read_config()
-            diff = _relevant_diff(old, config)
+            diff = _relevant_diff(old, config, self.defaults)
             if diff:
                 raise RunConflictError(f"{self.path} holds a different run (fields differ: {', '.join(diff[:8])})")
             changed = data_changes(old, config)
@@ -528,7 +551,19 @@ class RunDir:
     def load_checkpoint(self, config: dict[str, Any] | None = None) -> dict[str, Any]:
         """Load the latest checkpoint, or the previous one when the latest is missing, damaged or
         unreadable (:attr:`fallback_reason` then says why); with ``config``, refuse one written
-        by another configuration."""
+        by another configuration.
+
+        A refusal comes before anything of a resume is written, so a lock this object holds is
+        released with the lock file as :meth:`prepare` found it: the refused command leaves the
+        directory byte for byte as it was.
+        """
+        try:
+            return self._load_checkpoint(config)
+        except RunDirError:
+            self._unlock_untouched(self._lock_created)
+            raise
+
+    def _load_checkpoint(self, config: dict[str, Any] | None) -> dict[str, Any]:
         self.fallback_reason = None
         try:
             state = self._load_verified(self.checkpoint_file)
@@ -545,7 +580,7 @@ class RunDir:
             self._latest_good = False
         self._prev_manifest = state.get(SHARDS_KEY)
         if config is not None:
-            diff = _relevant_diff(state.get("config", {}), config)
+            diff = _relevant_diff(state.get("config", {}), config, self.defaults)
             if diff:
                 raise RunDirError(
                     f"{self.checkpoint_file} was written by another configuration (fields differ: "
