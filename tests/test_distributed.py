@@ -9,6 +9,7 @@ tests below compare.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -35,7 +36,6 @@ from dataparams.distributed import (
     init_distributed,
     local_share,
     loss_weights,
-    save_replicated,
     shard_range,
     split_sizes,
     wrap_model,
@@ -127,7 +127,9 @@ def _train(kind: str, ctx: DistributedContext, *, start: int = 0, stop: int = ST
             opt.step()
         if save_at is not None and step + 1 == save_at:
             save_dir.mkdir(parents=True, exist_ok=True)
-            save_replicated({"model": model.state_dict(), "optimizer": opt.state_dict()}, save_dir / "model.pt", ctx)
+            if ctx.is_main:  # replicated state: rank 0 writes the one copy
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, save_dir / "model.pt")
+            ctx.barrier()
             dp.save(save_dir)
     out = {
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -549,14 +551,16 @@ class _Unsaveable:
 
 
 @pytest.mark.faults
-def test_save_replicated_is_atomic(tmp_path):
-    ctx = DistributedContext()
-    path = tmp_path / "checkpoint.pt"
-    save_replicated({"step": 1}, path, ctx)
+def test_shard_file_writes_are_atomic_and_hashed_as_written(tmp_path):
+    from dataparams.distributed.checkpoint import save_hashed
+
+    path = tmp_path / "shard-00000-of-00001-0.pt"
+    recorded = save_hashed({"step": 1}, path)
+    assert recorded == {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     with pytest.raises(RuntimeError, match="refuses"):
-        save_replicated({"step": 2, "bad": _Unsaveable()}, path, ctx)
+        save_hashed({"step": 2, "bad": _Unsaveable()}, path)
     assert torch.load(path, weights_only=True) == {"step": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def _agree_worker(rank: int, world_size: int, port: int, tmp: str) -> None:

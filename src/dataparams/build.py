@@ -18,7 +18,7 @@ from torch import nn
 
 from dataparams.config import ConfigError, TrainConfig
 from dataparams.data.registry import DATASET_NAMES, TABLE_OPTIONS
-from dataparams.distributed import MODES as DISTRIBUTED_MODES
+from dataparams.distributed.context import MODES as DISTRIBUTED_MODES
 from dataparams.methods.registry import OBJECTIVES
 from dataparams.models import ARCHITECTURES, is_known_arch, load_local_weights
 from dataparams.models import build_model as _build_model

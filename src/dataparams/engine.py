@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from dataparams.distributed import DistributedContext, unwrap_model
+from dataparams.distributed.context import DistributedContext
+from dataparams.distributed.models import unwrap_model
 from dataparams.objectives import Objective
 
 __all__ = [

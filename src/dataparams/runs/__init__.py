@@ -9,6 +9,7 @@ from dataparams.runs.rundir import (
     RunDirError,
     RunExistsError,
     atomic_write_bytes,
+    atomic_write_stream,
     atomic_write_text,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "RunDirError",
     "RunExistsError",
     "atomic_write_bytes",
+    "atomic_write_stream",
     "atomic_write_text",
 ]

@@ -55,8 +55,9 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -70,6 +71,7 @@ __all__ = [
     "RunDirError",
     "RunExistsError",
     "atomic_write_bytes",
+    "atomic_write_stream",
     "atomic_write_text",
     "data_changes",
 ]
@@ -112,10 +114,15 @@ class RunConflictError(RunDirError):
 def _write_temp(path: Path, data: bytes) -> str:
     """``data`` written and fsynced to a temporary file beside ``path``; its name. On any
     failure the temporary file is removed and the error raised."""
+    return _stream_temp(path, lambda f: f.write(data))
+
+
+def _stream_temp(path: Path, write: Callable[[BinaryIO], object]) -> str:
+    """:func:`_write_temp` of what ``write(file)`` writes (``.{name}.XXXX.tmp`` beside ``path``)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
@@ -125,10 +132,9 @@ def _write_temp(path: Path, data: bytes) -> str:
     return tmp
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    path = Path(path)
-    tmp = _write_temp(path, data)
+def _commit(tmp: str, path: Path) -> None:
+    """Rename the temporary file ``tmp`` onto ``path`` and make the rename durable; on a failed
+    rename the temporary file is removed and the error raised."""
     try:
         os.replace(tmp, path)
     except BaseException:
@@ -136,6 +142,49 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    _commit(_write_temp(path, data), path)
+
+
+class _HashingFile:
+    """A write-only file that forwards to ``f`` and keeps the SHA-256 and length of what went
+    through (all that ``torch.save`` needs of a file: ``write`` and ``flush``)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.sha256, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data: Any) -> int:
+        self.sha256.update(data)
+        self.size += memoryview(data).nbytes
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def atomic_write_stream(path: Path, write: Callable[[BinaryIO], object]) -> dict[str, Any]:
+    """:func:`atomic_write_bytes` of what ``write(file)`` writes (e.g. ``torch.save(obj, file)``),
+    streamed to the file rather than held whole in memory.
+
+    Returns
+    -------
+    dict
+        ``{"bytes": size, "sha256": hex digest}`` of the file, hashed while it is written (the
+        file is not read back).
+    """
+    path = Path(path)
+    box: list[_HashingFile] = []
+
+    def hashed(f: BinaryIO) -> None:
+        box.append(_HashingFile(f))
+        write(box[0])  # type: ignore[arg-type]
+
+    _commit(_stream_temp(path, hashed), path)
+    return {"bytes": box[0].size, "sha256": box[0].sha256.hexdigest()}
 
 
 def fsync_dir(path: Path) -> None:
@@ -536,7 +585,7 @@ class RunDir:
         self._latest_good = True
         manifest = state.get(SHARDS_KEY)
         if manifest is not None:
-            from dataparams.distributed import remove_stale_shards
+            from dataparams.distributed.checkpoint import remove_stale_shards
 
             remove_stale_shards(self.shard_dir, manifest, also_keep=self._prev_manifest)
         self._prev_manifest = manifest

@@ -1,0 +1,792 @@
+"""Sharded data parameters, for ``N`` of 1e8-1e9: rank ``r`` owns the instance rows
+:func:`~dataparams.distributed.sampling.shard_range` ``(N, P, r)`` and their momentum.
+
+:class:`ShardedDataParameters` fetches a step's values from their owners and sends the gradients
+back, O(B) per step, and writes and reads per-shard checkpoints
+(:mod:`~dataparams.distributed.checkpoint`); :class:`ShardedObjective` and its optimizer
+:class:`ShardedOptimizer` put it into the engine's loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from dataparams.distributed.checkpoint import (
+    MANIFEST,
+    SHARD_KEYS,
+    SHARDED_FORMAT,
+    ShardFileError,
+    open_checked,
+    remove_stale_shards,
+    save_hashed,
+    shard_advice,
+)
+from dataparams.distributed.collectives import all_gather_padded, all_gather_ragged, index_dtype_for, unpad
+from dataparams.distributed.context import DistributedContext
+from dataparams.distributed.sampling import shard_range, split_sizes
+from dataparams.distributed.steps import StepPlan, check_batch, distributed_loss, loss_weights
+from dataparams.losses import per_sample_cross_entropy, scaled_loss
+from dataparams.objectives import Objective
+from dataparams.optim import sparse_sgd_step
+from dataparams.parameters import DEFAULT_CLAMP, DataParameters, combine_sigma
+from dataparams.runs.rundir import atomic_write_bytes
+from dataparams.scores import scores_from_sums
+
+__all__ = ["ShardedDataParameters", "ShardedObjective", "ShardedOptimizer", "ShardedStepPlan"]
+
+
+@dataclass
+class ShardedStepPlan(StepPlan):
+    """A :class:`StepPlan` of :class:`ShardedDataParameters`, with what the step fetched.
+
+    Attributes
+    ----------
+    class_log_sigma, instance_log_sigma : Tensor (B_r,) or None
+        Leaf tensors holding ``log sigma`` of this rank's samples (None for a level that is off).
+        The forward pass uses them; ``backward`` fills their ``.grad``, which
+        :meth:`ShardedDataParameters.step` sends to the owners.
+    global_targets, global_indices : LongTensor (B,) or None
+        The whole global batch (targets when the class level is on, indices when the instance
+        level is on).
+    owned_positions : LongTensor or None
+        Positions in the global batch whose instance row this rank owns.
+    per_sample_loss : Tensor (B_r,) or None
+        This rank's per-sample losses, set by a caller that wants them sent to the owners with
+        the gradients (:meth:`ShardedDataParameters.gather_gradients`'s ``extra``).
+    global_loss : Tensor (B,) or None
+        Every rank's ``per_sample_loss``, in global-batch order, once gathered.
+    """
+
+    class_log_sigma: Tensor | None = None
+    instance_log_sigma: Tensor | None = None
+    global_targets: Tensor | None = None
+    global_indices: Tensor | None = None
+    owned_positions: Tensor | None = None
+    per_sample_loss: Tensor | None = None
+    global_loss: Tensor | None = None
+
+
+class ShardedDataParameters(nn.Module):
+    """Data parameters whose ``N`` instance rows are split over the ranks (sec. 2, 3.1).
+
+    Rank ``r`` stores the rows ``[start, end) = shard_range(N, P, r)`` of the instance
+    log-sigmas and of their momentum: memory ``8 N / P`` bytes per rank instead of ``8 N``.
+    Class log-sigmas and their momentum (``K`` rows) are replicated. The maths are those of
+    :class:`~dataparams.DataParameters` with :class:`~dataparams.SparseSGD`: the same
+    initialisation and clamp, sigma ``exp(c)``, ``exp(i)`` or ``exp(c) + exp(i)``, the
+    regulariser summed over batch occurrences, momentum SGD on the present rows only.
+
+    A step (:meth:`begin_step`, forward, backward, :meth:`step`)::
+
+        plan = sdp.begin_step(y, idx)                     # indices to owners, values back: O(B)
+        sigma, penalty = sdp.sigma_and_regularizer(plan, wd_class=..., wd_instance=...)
+        loss = distributed_loss(scaled_loss(loss_fn, ddp_model(x), y, sigma, reduction="none"),
+                                penalty, global_batch_size=plan.global_batch_size,
+                                world_size=ctx.world_size)
+        loss.backward()
+        sdp.step(plan)                                    # gradients to owners; owners update
+        optimizer.step()
+
+    Parameters
+    ----------
+    num_classes, num_instances : int
+        ``K`` and ``N``.
+    ctx : DistributedContext
+    class_curriculum, instance_curriculum, init_class, init_instance, clamp
+        As in :class:`~dataparams.DataParameters`.
+    lr_class, lr_instance, momentum, nesterov, weight_decay
+        The update of each level, as in :class:`~dataparams.SparseSGD` (weight decay on present
+        rows; the paper's decay is the regulariser, so keep it 0). The learning rates are plain
+        attributes, for schedules.
+
+    Attributes
+    ----------
+    class_log_sigma, class_momentum : Tensor (K,)
+    instance_log_sigma, instance_momentum : Tensor (end - start,)
+        This rank's rows only; left out of ``state_dict`` (use :meth:`save` and :meth:`load`).
+    shard : (int, int)
+        ``(start, end)``.
+    bytes_total : int
+        Data-parameter bytes received by this rank over all steps.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_instances: int,
+        *,
+        ctx: DistributedContext,
+        class_curriculum: bool = False,
+        instance_curriculum: bool = False,
+        init_class: float = 1.0,
+        init_instance: float = 1.0,
+        clamp: tuple[float, float] | None = DEFAULT_CLAMP,
+        lr_class: float = 0.1,
+        lr_instance: float = 0.1,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        # A one-row DataParameters validates the options and applies its initialisation and
+        # clamp rules, so both layouts start from the same values by construction.
+        template = DataParameters(
+            num_classes, 1, class_curriculum=class_curriculum, instance_curriculum=instance_curriculum,
+            init_class=init_class, init_instance=init_instance, clamp=clamp,
+        )
+        if int(num_instances) < 0:
+            raise ValueError(f"num_instances must be >= 0, got {num_instances}")
+        if not (lr_class >= 0 and lr_instance >= 0 and 0 <= momentum < 1 and weight_decay >= 0):
+            raise ValueError("need lr_class, lr_instance, weight_decay >= 0 and 0 <= momentum < 1")
+        if nesterov and momentum <= 0:
+            raise ValueError("Nesterov momentum requires a momentum > 0")
+        self.ctx = ctx
+        self.num_classes, self.num_instances = int(num_classes), int(num_instances)
+        self.class_curriculum, self.instance_curriculum = bool(class_curriculum), bool(instance_curriculum)
+        self.log_bounds = template.log_bounds
+        self.lr_class, self.lr_instance = float(lr_class), float(lr_instance)
+        self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
+        self.shard = shard_range(self.num_instances, ctx.world_size, ctx.rank)
+        # Bytes of the largest share of (index, target) pairs seen: the padding of begin_step's
+        # gather (see collectives.all_gather_ragged).
+        self._capacity = 0
+        self.bytes_total = 0
+        rows = self.shard[1] - self.shard[0]
+        device = ctx.device
+        self.register_buffer("class_log_sigma", template.class_log_sigma.detach().clone().to(device))
+        self.register_buffer("class_momentum", torch.zeros(self.num_classes, device=device))
+        init = float(template.instance_log_sigma.detach()[0])
+        # Not in state_dict: a checkpoint written by one rank would hold one shard only and load
+        # it on every rank. The instance rows go through save() / load().
+        self.register_buffer("instance_log_sigma", torch.full((rows,), init, device=device), persistent=False)
+        self.register_buffer("instance_momentum", torch.zeros(rows, device=device), persistent=False)
+
+    # -- the step -------------------------------------------------------------------------
+
+    def begin_step(self, targets: Tensor, indices: Tensor) -> ShardedStepPlan:
+        """Make the global batch known and fetch this rank's log-sigmas from their owners.
+
+        Two collectives, both O(B): an all-gather of ``B_r`` and the local (index, target)
+        pairs (padded to the largest share seen so far, so the first step, or a larger batch,
+        takes one more); an all-reduce of the ``B`` instance values, each filled in by its owner
+        (zeros elsewhere, so the sum is exact).
+
+        Parameters
+        ----------
+        targets, indices : LongTensor (B_r,)
+            This rank's labels and global sample indices.
+        """
+        device = self.class_log_sigma.device
+        targets, indices = check_batch(targets, indices, self.num_classes, self.num_instances, device)
+        columns = []
+        if self.instance_curriculum:
+            columns.append(indices)
+        if self.class_curriculum:
+            columns.append(targets)
+        index_dtype = index_dtype_for(max(self.num_instances, self.num_classes))
+        local = torch.stack(columns, 1) if columns else indices.new_empty((indices.shape[0], 0))
+        payload = local.to(self.ctx.device, index_dtype).contiguous().view(torch.uint8).reshape(-1)
+        meta, payloads, nbytes = all_gather_ragged([targets.shape[0]], payload, self._capacity, self.ctx)
+        # The same lengths reach every rank, so the capacity stays equal everywhere.
+        self._capacity = max(self._capacity, *(p.numel() for p in payloads))
+        plan = ShardedStepPlan(targets, indices, meta[:, 0].tolist(), self.ctx.rank)
+        if columns:
+            # clone: a byte slice at an odd offset cannot be reinterpreted in place.
+            everything = torch.cat([p.clone().view(index_dtype) for p in payloads]).view(-1, len(columns))
+            everything = everything.to(device, torch.long)
+            if self.instance_curriculum:
+                plan.global_indices = everything[:, 0]
+            if self.class_curriculum:
+                plan.global_targets = everything[:, -1]
+        if self.class_curriculum:
+            plan.class_log_sigma = self.class_log_sigma.index_select(0, targets).requires_grad_(True)
+        if self.instance_curriculum:
+            g = plan.global_indices
+            start, end = self.shard
+            owned = ((g >= start) & (g < end)).nonzero().squeeze(1)
+            plan.owned_positions = owned
+            values = self.instance_log_sigma.new_zeros(g.shape[0])
+            values[owned] = self.instance_log_sigma.index_select(0, g[owned] - start)
+            if self.ctx.is_distributed:
+                values = values.to(self.ctx.device)
+                dist.all_reduce(values)
+                nbytes += 2 * (self.ctx.world_size - 1) * values.numel() * values.element_size() // self.ctx.world_size
+                values = values.to(device)
+            mine = values[plan.offset : plan.offset + targets.shape[0]]
+            plan.instance_log_sigma = mine.clone().requires_grad_(True)
+        plan.bytes_exchanged = nbytes
+        self.bytes_total += nbytes
+        return plan
+
+    def sigma_and_regularizer(
+        self, plan: ShardedStepPlan, *, wd_class: float = 0.0, wd_instance: float = 0.0
+    ) -> tuple[Tensor, Tensor]:
+        """Temperatures of this rank's samples and their L2 penalty (eq. 1, sec. 2.2, 3.1).
+
+        Returns
+        -------
+        sigma : Tensor (B_r,)
+            ``exp(c)``, ``exp(i)``, ``exp(c) + exp(i)`` (the joint curriculum adds
+            temperatures), or ones with both levels off.
+        penalty : Tensor ()
+            ``0.5 wd_class sum c^2 + 0.5 wd_instance sum i^2`` over this rank's occurrences.
+        """
+        c, i = plan.class_log_sigma, plan.instance_log_sigma
+        device = self.class_log_sigma.device
+        sigma = combine_sigma(c, i, batch_size=plan.targets.shape[0], device=device)
+        penalty = torch.zeros((), device=device)
+        if c is not None and wd_class:
+            penalty = penalty + 0.5 * wd_class * c.square().sum()
+        if i is not None and wd_instance:
+            penalty = penalty + 0.5 * wd_instance * i.square().sum()
+        return sigma, penalty
+
+    def forward(self, plan: ShardedStepPlan) -> Tensor:
+        """sigma (B_r,) of this rank's samples; see :meth:`sigma_and_regularizer`."""
+        return self.sigma_and_regularizer(plan)[0]
+
+    @torch.no_grad()
+    def step(self, plan: ShardedStepPlan, *, grad_scale: float | None = None) -> int:
+        """Send the step's gradients to the owners and update: O(B).
+
+        :meth:`gather_gradients` then :meth:`apply_gradients`. Every rank updates the class rows
+        of the global batch (identically on all ranks), each owner its instance rows; the
+        gradients are summed over ranks and scaled by ``1/P`` (:func:`loss_weights`). A row
+        present several times gets the sum of its entries, a present row with a zero gradient
+        still counts as present.
+
+        Parameters
+        ----------
+        plan : ShardedStepPlan
+            From this step's :meth:`begin_step`, after ``backward``.
+        grad_scale : float, optional
+            The loss scale of a ``torch.amp.GradScaler`` (``scaler.get_scale()``): gradients are
+            divided by it, and the step is skipped, on every rank alike, when one is not finite.
+
+        Returns
+        -------
+        int
+            Bytes received by this rank during the whole step (also in ``plan.bytes_exchanged``).
+        """
+        grads = self.gather_gradients(plan)
+        if grads is None:
+            return plan.bytes_exchanged
+        if grad_scale is not None:
+            grads = grads / grad_scale
+            if not bool(torch.isfinite(grads).all()):
+                return plan.bytes_exchanged
+        self.apply_gradients(plan, grads)
+        return plan.bytes_exchanged
+
+    def _leaves(self, plan: ShardedStepPlan) -> list[Tensor]:
+        # Column 0 is the instance level when it is on, the last column the class level.
+        return [t for t in (plan.instance_log_sigma, plan.class_log_sigma) if t is not None]
+
+    @torch.no_grad()
+    def gather_gradients(self, plan: ShardedStepPlan, extra: Tensor | None = None) -> Tensor | None:
+        """Every rank's per-sample data-parameter gradients of this step, times ``1/P``: O(B).
+
+        One all-gather of this rank's ``(B_r, L)`` gradients (``L`` levels on), with ``extra``
+        as one more column when given (a per-sample value the owners need, such as the loss;
+        it lands in ``plan.global_loss`` unscaled).
+
+        Returns
+        -------
+        Tensor (B, L) or None
+            Rows in global-batch order; columns as in :meth:`apply_gradients`. None when both
+            levels are off.
+        """
+        leaves = self._leaves(plan)
+        if not leaves:
+            return None
+        # A level whose sigma was not used in the loss still counts its rows as present,
+        # as a gathered row with a zero gradient does in SparseSGD.
+        columns = [t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves]
+        if extra is not None:
+            columns.append(extra.detach().to(columns[0].dtype))
+        local = torch.stack(columns, 1)
+        if self.ctx.is_distributed:
+            gathered, b = all_gather_padded(local.to(self.ctx.device), max(plan.counts), self.ctx)
+            plan.bytes_exchanged += b
+            self.bytes_total += b
+            everything = unpad(gathered, plan.counts).to(local.device)
+        else:
+            everything = local
+        if extra is not None:
+            plan.global_loss = everything[:, -1].to(extra.dtype)
+            everything = everything[:, :-1]
+        return everything * loss_weights(plan.global_batch_size, self.ctx.world_size).data_gradient
+
+    @torch.no_grad()
+    def apply_gradients(self, plan: ShardedStepPlan, grads: Tensor) -> None:
+        """The SparseSGD update of the global batch's class rows and this rank's instance rows.
+
+        Parameters
+        ----------
+        plan : ShardedStepPlan
+        grads : Tensor (B, L)
+            From :meth:`gather_gradients` (unscaled, when a gradient scaler is used): column 0
+            the instance level when it is on, the last column the class level when it is on.
+        """
+        options = dict(momentum=self.momentum, weight_decay=self.weight_decay, nesterov=self.nesterov,
+                       bounds=self.log_bounds)
+        if plan.class_log_sigma is not None:
+            g = torch.sparse_coo_tensor(plan.global_targets.unsqueeze(0), grads[:, -1],  # type: ignore[union-attr]
+                                        (self.num_classes,), check_invariants=False)
+            sparse_sgd_step([self.class_log_sigma], [g], [self.class_momentum], lr=self.lr_class, **options)
+        if plan.instance_log_sigma is not None:
+            values = grads[:, 0]
+            own = plan.owned_positions
+            rows = plan.global_indices.index_select(0, own) - self.shard[0]  # type: ignore[union-attr]
+            g = torch.sparse_coo_tensor(rows.unsqueeze(0), values.index_select(0, own),  # type: ignore[arg-type]
+                                        self.instance_log_sigma.shape, check_invariants=False)
+            sparse_sgd_step([self.instance_log_sigma], [g], [self.instance_momentum], lr=self.lr_instance,
+                            **options)
+
+    # -- whole-table access and checkpoints (epoch-level, O(N / P) per rank) ---------------
+
+    @torch.no_grad()
+    def gather_shard(self, rows: Tensor, dst: int = 0) -> Tensor | None:
+        """Concatenate every rank's ``rows`` (shard-shaped, ``(end - start, ...)``) on rank ``dst``.
+
+        For any per-sample array kept like the instance log-sigmas (a per-sample loss, say).
+        O(N) memory on ``dst``, None elsewhere: for the end of an epoch, never inside a step.
+        Collective.
+        """
+        if rows.shape[0] != self.shard[1] - self.shard[0]:
+            raise ValueError(f"expected {self.shard[1] - self.shard[0]} rows (this rank's shard), got {rows.shape[0]}")
+        if not self.ctx.is_distributed:
+            return rows.clone()
+        sizes = split_sizes(self.num_instances, self.ctx.world_size)
+        buf = rows.new_zeros((max(sizes), *rows.shape[1:])).to(self.ctx.device)
+        buf[: rows.shape[0]] = rows
+        if self.ctx.rank == dst:
+            out = [torch.empty_like(buf) for _ in sizes]
+            dist.gather(buf, out, dst=dst)
+            return torch.cat([o[:s] for o, s in zip(out, sizes)]).to(rows.device)
+        dist.gather(buf, None, dst=dst)
+        return None
+
+    @torch.no_grad()
+    def gather_instance_log_sigma(self, dst: int = 0) -> Tensor | None:
+        """All ``N`` instance log-sigmas on rank ``dst`` (None elsewhere), e.g. for snapshots.
+
+        O(N) memory on ``dst``: for the end of an epoch, never inside a step.
+        """
+        return self.gather_shard(self.instance_log_sigma, dst)
+
+    def save(self, directory: str | os.PathLike[str], extra: dict[str, Tensor] | None = None) -> Path:
+        """Write a checkpoint of the data parameters that any number of processes can load.
+
+        :meth:`write_shards`, then rank 0 writes ``manifest.json``, which names the files, and
+        removes the files of older saves. Until the manifest is replaced the previous checkpoint
+        is intact: a crash at any point leaves one complete checkpoint. Collective: call it on
+        every rank.
+
+        Returns
+        -------
+        Path
+            The manifest.
+        """
+        directory = Path(directory)
+        manifest = self.write_shards(directory, extra)
+        path = directory / MANIFEST
+        if manifest is not None:
+            text = json.dumps(manifest, indent=1)
+            atomic_write_bytes(path, text.encode())
+            remove_stale_shards(directory, manifest)
+        self.ctx.barrier()
+        return path
+
+    def write_shards(self, directory: str | os.PathLike[str], extra: dict[str, Tensor] | None = None
+                     ) -> dict[str, Any] | None:
+        """Write this save's files; return its manifest on rank 0 (None elsewhere) without committing it.
+
+        Every rank writes its shard (``start``, ``end``, values, momentum and each ``extra``
+        array) to its own file, rank 0 the class parameters. Each file is written atomically
+        and named with a token fresh to this save, so no file of an earlier save is touched:
+        the caller commits the save by writing the manifest where a reader looks for it (a
+        ``manifest.json``, or inside a training checkpoint), and then removes the older files
+        with :func:`remove_stale_shards`. ``directory`` must be shared by all ranks.
+        Collective: call it on every rank.
+
+        Parameters
+        ----------
+        directory : path
+        extra : dict of str to Tensor, optional
+            Per-sample arrays of this rank's rows (``(end - start, ...)``) to keep with the
+            shard, e.g. an objective's per-sample losses; :meth:`read_shards` returns them
+            re-split for the reading rank.
+        """
+        directory = Path(directory)
+        extra = dict(extra or {})
+        rows = self.shard[1] - self.shard[0]
+        for name, t in extra.items():
+            if name in SHARD_KEYS or t.shape[0] != rows:
+                raise ValueError(f"extra array {name!r}: need a new name and {rows} rows, got {tuple(t.shape)}")
+        if self.ctx.is_main:
+            directory.mkdir(parents=True, exist_ok=True)
+        # Rank 0 made the directory before it sends the token, so the others find it.
+        token = self._agree_on_token()
+        p, r = self.ctx.world_size, self.ctx.rank
+        start, end = self.shard
+        shard_file = f"shard-{r:05d}-of-{p:05d}-{token}.pt"
+        # Size and SHA-256 of every file go into the manifest (inside the checksummed
+        # checkpoint), so that a reader finds a truncated, damaged or replaced file before
+        # torch.load does, and shard files stay plain torch files that load memory-mapped.
+        written = {shard_file: save_hashed(
+            {"format": SHARDED_FORMAT, "start": start, "end": end, "num_instances": self.num_instances,
+             "instance_log_sigma": self.instance_log_sigma.cpu(), "instance_momentum": self.instance_momentum.cpu(),
+             **{name: t.detach().cpu() for name, t in extra.items()}},
+            directory / shard_file,
+        )}
+        class_file = f"classes-{token}.pt"
+        if self.ctx.is_main:
+            written[class_file] = save_hashed(
+                {"format": SHARDED_FORMAT, "num_classes": self.num_classes,
+                 "class_log_sigma": self.class_log_sigma.cpu(), "class_momentum": self.class_momentum.cpu()},
+                directory / class_file,
+            )
+        # Every rank has written its file once rank 0 has every rank's checksums (the barrier).
+        checksums = {name: c for part in self.ctx.all_gather_object(written) for name, c in part.items()}
+        if not self.ctx.is_main:
+            return None
+        shards = [{"file": f"shard-{q:05d}-of-{p:05d}-{token}.pt", "start": s, "end": e}
+                  for q, (s, e) in enumerate(shard_range(self.num_instances, p, q) for q in range(p))]
+        return {"format": SHARDED_FORMAT, "num_classes": self.num_classes, "num_instances": self.num_instances,
+                "world_size": p, "token": token, "classes": class_file, "shards": shards, "extra": sorted(extra),
+                "checksums": checksums}
+
+    def _agree_on_token(self) -> str:
+        # Rank 0 draws the token and broadcasts it as a tensor (no pickling): every rank must name
+        # its file after the same save.
+        t = torch.tensor([secrets.randbits(62)], dtype=torch.int64, device=self.ctx.device)
+        if self.ctx.is_distributed:
+            dist.broadcast(t, src=0)
+        return f"{int(t.item()):016x}"
+
+    @torch.no_grad()
+    def load(self, directory: str | os.PathLike[str]) -> dict[str, Tensor]:
+        """Load a checkpoint written by :meth:`save` with any number of processes.
+
+        Reads ``manifest.json``; see :meth:`read_shards` (collective under a process group).
+        """
+        directory = Path(directory)
+        return self.read_shards(directory, json.loads((directory / MANIFEST).read_text()))
+
+    @torch.no_grad()
+    def read_shards(self, directory: str | os.PathLike[str], manifest: dict[str, Any]) -> dict[str, Tensor]:
+        """Load the save that ``manifest`` (from :meth:`write_shards`) describes, by any number of processes.
+
+        This rank reads the class file, and from each old shard that overlaps its own
+        ``[start, end)`` only the overlapping slice (shards are memory-mapped). Each of these
+        files is checked first: present, of the size and SHA-256 that the manifest records (a
+        manifest written before checksums were kept records none; then only what the file holds
+        is checked), and holding what the manifest says it holds. The ranks agree on the outcome
+        with one all-gather, so that a missing or damaged file stops every rank alike with the
+        same :class:`ShardFileError` -- not one rank with a torch error while the others wait for
+        it in their next collective. The checksum reads each of this rank's files whole once.
+        Collective when the context has a process group: call it on every rank.
+
+        Returns
+        -------
+        dict of str to Tensor
+            This rank's rows of every ``extra`` array of the save, on the CPU.
+
+        Raises
+        ------
+        ValueError
+            If the checkpoint is for another ``N`` or ``K``, or its shards do not tile ``[0, N)``
+            (the same on every rank: decided from the manifest alone).
+        ShardFileError
+            On every rank, when a file that any rank reads is missing, truncated, damaged or not
+            of this save: the message names the files and what is wrong, and says what to do.
+        """
+        directory = Path(directory)
+        if manifest.get("format") != SHARDED_FORMAT:
+            raise ValueError(f"{directory} holds no {SHARDED_FORMAT} checkpoint")
+        if manifest["num_instances"] != self.num_instances or manifest["num_classes"] != self.num_classes:
+            raise ValueError(
+                f"checkpoint holds N={manifest['num_instances']}, K={manifest['num_classes']}; this model has "
+                f"N={self.num_instances}, K={self.num_classes}"
+            )
+        shards = manifest["shards"]
+        if [s["start"] for s in shards] != [0, *(s["end"] for s in shards[:-1])] or shards[-1]["end"] != self.num_instances:
+            raise ValueError(f"the shards of {directory} do not tile [0, {self.num_instances})")
+        problem: str | None = None
+        try:
+            opened = open_checked(directory, manifest, num_classes=self.num_classes,
+                                  num_instances=self.num_instances, shard=self.shard)
+        except ShardFileError as e:
+            problem = str(e)
+        except Exception as e:  # anything else this rank met: the others must hear of it too
+            problem = f"reading {directory} failed ({type(e).__name__}: {e})"
+        outcomes = self.ctx.all_gather_object(None if problem is None else (problem, shard_advice(directory)))
+        failed = [o for o in outcomes if o is not None]
+        if failed:
+            # The same text on every rank: the problems in rank order (a file several ranks read
+            # once), and the advice of the first rank that found one.
+            problems = list(dict.fromkeys(p for p, _ in failed))
+            more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
+            raise ShardFileError(f"the sharded checkpoint in {directory} cannot be loaded: "
+                                 f"{'; '.join(problems[:4])}{more}. {failed[0][1]}")
+        # Every rank's files are good: only now is anything overwritten (a refused load leaves
+        # every rank's data parameters as they were).
+        classes, pending = opened
+        self.class_log_sigma.copy_(classes["class_log_sigma"])
+        self.class_momentum.copy_(classes["class_momentum"])
+        start, end = self.shard
+        extra: dict[str, Tensor] = {}
+        for data, src, dst in pending:
+            self.instance_log_sigma[dst] = data["instance_log_sigma"][src]
+            self.instance_momentum[dst] = data["instance_momentum"][src]
+            for name in manifest.get("extra", []):
+                t = data[name]
+                if name not in extra:
+                    extra[name] = t.new_zeros((end - start, *t.shape[1:]))
+                extra[name][dst] = t[src]
+        return extra
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, num_instances={self.num_instances}, shard={self.shard}, "
+            f"class_curriculum={self.class_curriculum}, instance_curriculum={self.instance_curriculum}, "
+            f"log_bounds={self.log_bounds}"
+        )
+
+
+class ShardedOptimizer:
+    """The update of :class:`ShardedDataParameters` as an optimizer for the engine.
+
+    :meth:`step` gathers the step's per-sample gradients, with the per-sample losses as one more
+    column (:meth:`ShardedDataParameters.gather_gradients`), and each owner updates its rows
+    (:meth:`ShardedDataParameters.apply_gradients`). For a ``torch.amp.GradScaler``,
+    :meth:`synchronize` puts the gathered gradients in ``param_groups`` as the gradient of one
+    tensor, so that ``scaler.step(optimizer)`` unscales them, skips the step on every rank alike
+    when one is not finite, and ``scaler.update()`` hears of it, as with one process's
+    SparseSGD. The optimizer state (momentum) lives in the :class:`ShardedDataParameters`,
+    whose shard files hold it: :meth:`state_dict` is empty.
+
+    Parameters
+    ----------
+    objective : ShardedObjective
+    """
+
+    def __init__(self, objective: ShardedObjective) -> None:
+        self.objective = objective
+        self._gradients: Tensor | None = None
+        self._synchronized: ShardedStepPlan | None = None
+        self.state: dict[Any, Any] = {}
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [{"params": [] if self._gradients is None else [self._gradients]}]
+
+    def synchronize(self) -> None:
+        """Gather the current step's gradients and losses from every rank (once per step)."""
+        plan = self.objective.current_plan
+        if plan is None:
+            raise RuntimeError("no step to synchronise: run the objective's forward and backward first")
+        if self._synchronized is plan:
+            return
+        grads = self.objective.dp.gather_gradients(plan, extra=plan.per_sample_loss)
+        if grads is None:
+            raise RuntimeError("sharded data parameters need the instance level on")
+        # The gathered gradients as the .grad of a leaf of their shape: the form in which a
+        # GradScaler finds, unscales and checks gradients.
+        self._gradients = torch.zeros_like(grads).requires_grad_(True)
+        self._gradients.grad = grads
+        self._synchronized = plan
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.synchronize()
+        plan, grads = self.objective.current_plan, self._gradients.grad  # type: ignore[union-attr]
+        self.objective.dp.apply_gradients(plan, grads)  # type: ignore[arg-type]
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        # The step's leaves are fresh tensors of each forward pass; only the gathered copy is ours.
+        self._gradients = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict:
+            raise ValueError("a sharded data-parameter optimizer keeps its state in the shard files, not in a "
+                             f"state_dict; got keys {sorted(state_dict)}")
+
+
+class ShardedObjective(Objective):
+    """The data-parameter objective with instance parameters sharded over the ranks (for N of 1e8-1e9).
+
+    The maths of :class:`~dataparams.objectives.DataParameterObjective` (cross-entropy, or
+    ``loss_fn``, on ``logits / sigma`` plus the L2 penalty on log sigma; sec. 2, 3.1) over a
+    :class:`ShardedDataParameters`. Rank ``r`` keeps, for its rows :func:`shard_range`
+    ``(N, P, r)`` only: the instance log-sigmas and their momentum, and the per-sample buffers
+    ``last_loss``, ``loss_sum`` and ``log_sigma_sum``. That is ``28 N / P`` bytes per rank
+    (float64 sums), where the replicated layout keeps ``36 N`` on every rank. Class parameters
+    (``K`` rows) are replicated. The losses of a step travel to the owners with its gradients
+    (no extra collective).
+
+    What needs all ``N`` values gathers them on rank 0 at the end of an epoch (O(N) there,
+    transiently): :meth:`snapshot` (sigma of every sample), :meth:`scores` (the loss and
+    sigma-mean scores) and hence the per-epoch snapshot and detection metrics. Checkpoints are
+    per-shard files (:meth:`save_shards`) that any number of processes reads back
+    (:meth:`load_shards`); ``state_dict`` holds the replicated part only.
+
+    Parameters
+    ----------
+    num_classes, num_train : int
+        ``K`` and ``N``.
+    ctx : DistributedContext
+    class_curriculum, init_class, init_instance, clamp
+        As in :class:`~dataparams.DataParameters`; the instance level is always on.
+    lr_class, lr_instance, momentum, wd_class, wd_instance, loss_fn
+        As in :class:`~dataparams.objectives.DataParameterObjective`.
+    """
+
+    name = "data-parameters"
+
+    #: The per-sample buffers, each holding this rank's rows.
+    SHARDED_BUFFERS = ("last_loss", "loss_sum", "log_sigma_sum")
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_train: int,
+        *,
+        ctx: DistributedContext,
+        class_curriculum: bool = False,
+        init_class: float = 1.0,
+        init_instance: float = 1.0,
+        clamp: tuple[float, float] | None = DEFAULT_CLAMP,
+        lr_class: float = 0.1,
+        lr_instance: float = 0.1,
+        momentum: float = 0.9,
+        wd_class: float = 0.0,
+        wd_instance: float = 0.0,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    ) -> None:
+        start, end = shard_range(int(num_train), ctx.world_size, ctx.rank)
+        # The base class (a ScoreTracker) allocates last_loss, loss_sum and log_sigma_sum with one
+        # row per sample it is given: this rank's rows.
+        super().__init__(end - start, ctx.device, sigma="epoch")
+        self.num_train = int(num_train)
+        self.ctx = ctx
+        for name in self.SHARDED_BUFFERS:
+            # One rank's rows must not reach a state_dict that rank 0 alone saves; they travel in
+            # the shard files.
+            self.register_buffer(name, getattr(self, name), persistent=False)
+        self.dp = ShardedDataParameters(
+            num_classes, num_train, ctx=ctx, class_curriculum=class_curriculum, instance_curriculum=True,
+            init_class=init_class, init_instance=init_instance, clamp=clamp, lr_class=lr_class,
+            lr_instance=lr_instance, momentum=momentum,
+        )
+        self.wd_class, self.wd_instance = wd_class, wd_instance
+        self.loss_fn = loss_fn or per_sample_cross_entropy
+        #: The plan of the step in flight, set by ``forward``; the optimizer and ``record`` read it.
+        self.current_plan: ShardedStepPlan | None = None
+        self._optimizer = ShardedOptimizer(self)
+
+    def forward(self, logits: Tensor, inputs: Tensor, targets: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+        plan = self.dp.begin_step(targets, indices)
+        self.current_plan = plan
+        sigma, penalty = self.dp.sigma_and_regularizer(plan, wd_class=self.wd_class, wd_instance=self.wd_instance)
+        per_sample = scaled_loss(self.loss_fn, logits, targets, sigma, reduction="none")
+        plan.per_sample_loss = per_sample.detach()
+        loss = distributed_loss(per_sample, penalty, global_batch_size=plan.global_batch_size,
+                                world_size=self.ctx.world_size)
+        return loss, per_sample.detach()
+
+    def optimizers(self) -> dict[str, Optimizer]:
+        return {"data_parameters": self._optimizer}  # type: ignore[dict-item]
+
+    @torch.no_grad()
+    def record(self, indices: Tensor, per_sample: Tensor, logits: Tensor | None = None) -> None:
+        """The owners write the global batch's losses into their rows of ``last_loss``, O(B)
+        (class probabilities are not tracked in sharded mode).
+
+        The losses were gathered with the step's gradients; ``indices`` and ``per_sample`` (this
+        rank's share) are already part of them.
+        """
+        plan = self.current_plan
+        if plan is None:
+            raise RuntimeError("record() follows a step of this objective")
+        self._optimizer.synchronize()
+        own = plan.owned_positions
+        rows = plan.global_indices.index_select(0, own) - self.dp.shard[0]  # type: ignore[union-attr]
+        losses = plan.global_loss.index_select(0, own)  # type: ignore[union-attr,arg-type]
+        self.last_loss.index_put_((rows,), losses.to(self.last_loss.dtype))
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.end_epoch(self.dp.instance_log_sigma)
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Class sigma, and on rank 0 every sample's sigma (gathered: collective, O(N) on rank 0)."""
+        out = {}
+        if self.dp.class_curriculum:
+            out["class_sigma"] = self.dp.class_log_sigma.detach().exp().float().cpu().numpy()
+        gathered = self.dp.gather_instance_log_sigma()
+        if gathered is not None:
+            out["instance_sigma"] = gathered.exp().float().cpu().numpy()
+        return out
+
+    def method_score(self, snapshot: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
+        # The instance temperature is the paper's noise score (sec. 3.4, Figure 4).
+        snap = self.snapshot() if snapshot is None else snapshot
+        return snap.get("instance_sigma")
+
+    def scores(self) -> dict[str, np.ndarray]:
+        """The tracker's scores (:meth:`~dataparams.scores.ScoreTracker.scores`) of every sample on
+        rank 0 (empty elsewhere): one gather of the three per-sample buffers (collective, O(N) on
+        rank 0), then :func:`~dataparams.scores.scores_from_sums` as in one process.
+        """
+        local = torch.stack([getattr(self, name).double() for name in self.SHARDED_BUFFERS], 1)
+        gathered = self.dp.gather_shard(local)
+        if gathered is None:
+            return {}
+        last_loss, loss_sum, log_sigma_sum = (gathered[:, k].cpu().numpy() for k in range(3))
+        return scores_from_sums(last_loss=last_loss.astype(np.float32), loss_sum=loss_sum,
+                                epochs=int(self.epochs_seen), log_sigma_sum=log_sigma_sum)
+
+    def save_shards(self, directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+        """Write this rank's rows (parameters, momentum, per-sample buffers) to ``directory``.
+
+        :meth:`ShardedDataParameters.write_shards`: collective; returns the manifest on rank 0
+        (None elsewhere), which the caller commits inside its checkpoint.
+        """
+        return self.dp.write_shards(directory, {name: getattr(self, name) for name in self.SHARDED_BUFFERS})
+
+    @torch.no_grad()
+    def load_shards(self, directory: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+        """Load this rank's rows of a save by any number of processes.
+
+        :meth:`ShardedDataParameters.read_shards`: collective (call it on every rank); a missing
+        or damaged shard file stops every rank with the same :class:`ShardFileError`.
+        """
+        # Decided from the manifest alone, so that every rank refuses alike (a rank without rows
+        # too), before any collective.
+        missing = [name for name in self.SHARDED_BUFFERS if name not in manifest.get("extra", [])]
+        if missing and self.num_train:
+            raise ValueError(f"the sharded checkpoint in {directory} holds no {', '.join(map(repr, missing))}")
+        arrays = self.dp.read_shards(directory, manifest)
+        for name in self.SHARDED_BUFFERS:
+            if name in arrays:
+                getattr(self, name).copy_(arrays[name])
