@@ -13,7 +13,7 @@ clean set (seed 1). At the end it prints, and writes to ``RESULTS/results.md``, 
 and 11-point AP per class and difficulty (mean ± std over seeds), the mean box sigma per
 difficulty and occlusion level, Spearman's rho of sigma with occlusion and difficulty per epoch,
 and for the corrupted set the AUROC of sigma (and of the per-box loss) for the flipped boxes; the
-figures (``detection_report``) go to ``RESULTS/``.
+figures (``object_detection_report``) go to ``RESULTS/``.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def main(args: argparse.Namespace) -> None:
                 print(f"done {r['dataset']}/{r['variant']}/seed{r['seed']}: mAP|R40 moderate "
                       f"{r['map40_moderate']:.2f} in {r['seconds'] / 60:.1f} min", flush=True)
 
-    from dataparams.detection.figures import detection_report
+    from dataparams.detection.figures import object_detection_report
 
     finished = [p for paths in runs.values() for p in paths if (p / "summary.json").exists()]
     command = "python benchmarks/bench_detection.py " + " ".join(
@@ -222,7 +222,7 @@ def main(args: argparse.Namespace) -> None:
          f"--jobs {args.jobs}"] + (["--paper-lr"] if args.paper_lr else []))
     lines = _tables(runs, command)
     if finished:
-        report = detection_report(finished, results, title="Box data parameters, synthetic KITTI set")
+        report = object_detection_report(finished, results, title="Box data parameters, synthetic KITTI set")
         lines += ["## Figures", ""]
         for name, path in report["figures"].items():
             lines += [f"![{name}]({os.path.relpath(path, results)})", ""]

@@ -63,7 +63,7 @@ def bound_rows(run: Path, bounds: list[float]) -> list[str]:
     wrong, score = rep.is_corrupted, np.asarray(rep.score, dtype=np.float64)
     rows = [_flag_row(run, "mixture on log mean loss", rep.is_flagged, wrong)]
     bound = gce_loss_bound(float(curriculum["loss_q"]))
-    for f in bounds:  # dp-gce-filter's rule (bench._flags) at each fraction
+    for f in bounds:  # dp-gce-filter's rule (pipelines.filter_flags, rule="bound") at each fraction
         rows.append(_flag_row(run, f"mean loss >= {f:g} / q", score >= f * bound, wrong))
     return rows
 

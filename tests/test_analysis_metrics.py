@@ -1,4 +1,4 @@
-"""Noise-detection metrics against values worked out by hand, and against scikit-learn."""
+"""Label-error metrics against values worked out by hand, and against scikit-learn."""
 
 import json
 import math
@@ -9,8 +9,8 @@ import pytest
 from dataparams.analysis import (
     auroc,
     average_precision,
-    detection_report,
     estimate_num_mislabeled,
+    label_error_metrics,
     over_seeds,
     precision_recall_at_k,
     separated_fraction,
@@ -175,7 +175,7 @@ def test_separated_fraction_by_hand():
     ],
 )
 def test_validation(scores, is_positive, match):
-    for fn in (auroc, average_precision, separated_fraction, detection_report):
+    for fn in (auroc, average_precision, separated_fraction, label_error_metrics):
         with pytest.raises(ValueError, match=match):
             fn(scores, is_positive)
 
@@ -185,8 +185,8 @@ def test_validation(scores, is_positive, match):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_detection_report_by_hand():
-    rep = detection_report(SCORES, POS)
+def test_label_error_metrics_by_hand():
+    rep = label_error_metrics(SCORES, POS)
     assert rep["n"] == 4 and rep["n_positive"] == 2 and rep["n_negative"] == 2 and rep["k"] == 2
     assert rep["positive_rate"] == rep["top_fraction"] == 0.5
     assert rep["auroc"] == pytest.approx(0.75)
@@ -198,11 +198,11 @@ def test_detection_report_by_hand():
     json.dumps(rep)
 
 
-def test_detection_report_per_class():
+def test_label_error_metrics_per_class():
     s = np.array([0.9, 0.1, 0.2, 0.8, 0.3, 0.7, 0.4])
     y = np.array([1, 0, 0, 0, 1, 1, 0])
     labels = np.array([0, 0, 0, 1, 1, 1, 1])
-    rep = detection_report(s, y, labels=labels, num_classes=3)
+    rep = label_error_metrics(s, y, labels=labels, num_classes=3)
     pc = rep["per_class"]
     assert set(pc) == {0, 1, 2}
     assert pc[0] == {"n": 3, "n_positive": 1, "auroc": 1.0, "average_precision": 1.0}
@@ -213,28 +213,28 @@ def test_detection_report_per_class():
     assert pc[1]["average_precision"] == pytest.approx(0.5)
     assert pc[2]["n"] == 0 and math.isnan(pc[2]["auroc"]) and math.isnan(pc[2]["average_precision"])
     # Without num_classes only the classes present are reported.
-    assert set(detection_report(s, y, labels=labels)["per_class"]) == {0, 1}
+    assert set(label_error_metrics(s, y, labels=labels)["per_class"]) == {0, 1}
     text = json.dumps(rep)
     assert json.loads(text)["per_class"]["1"]["n"] == 4
 
 
-def test_detection_report_edges_and_validation():
-    rep = detection_report(SCORES, [0, 0, 0, 0])
+def test_label_error_metrics_edges_and_validation():
+    rep = label_error_metrics(SCORES, [0, 0, 0, 0])
     assert rep["k"] == 0 and math.isnan(rep["precision_at_k"]) and math.isnan(rep["recall_at_k"])
     assert math.isnan(rep["auroc"]) and math.isnan(rep["top_fraction_purity"])
     json.dumps(rep)
-    empty = detection_report([], [])
+    empty = label_error_metrics([], [])
     assert empty["n"] == 0 and math.isnan(empty["positive_rate"])
     with pytest.raises(ValueError, match="requires labels"):
-        detection_report(SCORES, POS, num_classes=2)
+        label_error_metrics(SCORES, POS, num_classes=2)
     with pytest.raises(ValueError, match="< num_classes"):
-        detection_report(SCORES, POS, labels=[0, 1, 2, 1], num_classes=2)
+        label_error_metrics(SCORES, POS, labels=[0, 1, 2, 1], num_classes=2)
     with pytest.raises(ValueError, match="labels must have the shape"):
-        detection_report(SCORES, POS, labels=[0, 1])
+        label_error_metrics(SCORES, POS, labels=[0, 1])
     with pytest.raises(ValueError, match="integers"):
-        detection_report(SCORES, POS, labels=[0.0, 1.0, 0.0, 1.0])
+        label_error_metrics(SCORES, POS, labels=[0.0, 1.0, 0.0, 1.0])
     with pytest.raises(ValueError, match="non-negative"):
-        detection_report(SCORES, POS, labels=[0, -1, 0, 1])
+        label_error_metrics(SCORES, POS, labels=[0, -1, 0, 1])
 
 
 # ---------------------------------------------------------------------------------------------

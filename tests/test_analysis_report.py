@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataparams.analysis.metrics import detection_report
+from dataparams.analysis.metrics import label_error_metrics
 from dataparams.analysis.report import build_report
 from dataparams.analysis.runs_io import group_runs, load_run
 from dataparams.cli import main
@@ -92,10 +92,10 @@ def write_run(
             st = _stats(sigma)
             if corrupted.any():
                 st["clean"], st["corrupted"] = _stats(sigma[~corrupted]), _stats(sigma[corrupted])
-                rec["detection"] = detection_report(sigma, corrupted)
+                rec["detection"] = label_error_metrics(sigma, corrupted)
             rec["instance_sigma"] = st
         if corrupted.any():
-            d = detection_report(loss.astype(np.float64), corrupted)
+            d = label_error_metrics(loss.astype(np.float64), corrupted)
             rec["detection_mean_loss"] = {k: d[k] for k in ("auroc", "average_precision", "precision_at_k")}
         np.savez(path / "snapshots" / f"epoch_{e:04d}.npz", **snap)
         lines.append(json.dumps(rec))

@@ -117,11 +117,11 @@ def test_multistage_pipelines_run(tmp_path):
 
 
 def test_index_files_are_named_by_content(tmp_path):
-    from dataparams.bench import _index_file
+    from dataparams.methods.pipelines import save_index_file
 
-    a, ha = _index_file(tmp_path, "keep", np.array([1, 2, 3]))
-    b, hb = _index_file(tmp_path, "keep", np.array([1, 2, 4]))
-    c, hc = _index_file(tmp_path, "keep", np.array([1, 2, 3]))
+    a, ha = save_index_file(tmp_path, "keep_{digest}.npy", np.array([1, 2, 3]))
+    b, hb = save_index_file(tmp_path, "keep_{digest}.npy", np.array([1, 2, 4]))
+    c, hc = save_index_file(tmp_path, "keep_{digest}.npy", np.array([1, 2, 3]))
     assert a == c and ha == hc and a != b and ha != hb
     np.testing.assert_array_equal(np.load(b), [1, 2, 4])
 
@@ -214,19 +214,18 @@ def test_dp_filter_refuses_bad_options_before_training(tmp_path):
 def test_flags_by_the_bound_and_by_the_mixture():
     from types import SimpleNamespace
 
-    from dataparams.bench import _flags
-    from dataparams.config import TrainConfig
+    from dataparams.methods.pipelines import filter_flags
 
-    cfg = TrainConfig()
-    cfg.curriculum.loss, cfg.curriculum.loss_q = "gce", 0.5  # bound 1/q = 2
+    q = 0.5  # GCE bound 1/q = 2
     report = SimpleNamespace(score=np.array([0.1, 0.39, 0.4, 1.9]), is_flagged=np.array([0, 0, 1, 1], dtype=bool))
-    np.testing.assert_array_equal(_flags(cfg, report, 0.2), [False, False, True, True])  # loss >= 0.2 * 2
-    np.testing.assert_array_equal(_flags(cfg, report, 0.96), [False, False, False, False])
-    np.testing.assert_array_equal(_flags(cfg, report, None), report.is_flagged)
+    np.testing.assert_array_equal(filter_flags(report, rule="bound", fraction=0.2, q=q),
+                                  [False, False, True, True])  # loss >= 0.2 * 2
+    np.testing.assert_array_equal(filter_flags(report, rule="bound", fraction=0.96, q=q), [False, False, False, False])
+    np.testing.assert_array_equal(filter_flags(report, rule="mixture"), report.is_flagged)
 
 
 def test_a_tuning_folder_has_no_sibling_cells(tmp_path):
-    from dataparams.bench import _finished_sibling
+    from dataparams.bench import finished_sibling
     from dataparams.config import TrainConfig
 
     cell = Cell("dp-gce-filter", "uniform", 0.4, 100)
@@ -234,7 +233,7 @@ def test_a_tuning_folder_has_no_sibling_cells(tmp_path):
     sibling = tmp_path / "dp-gce" / "uniform40" / "seed100"
     sibling.mkdir(parents=True)
     (sibling / "summary.json").write_text("{}")
-    assert _finished_sibling(tmp_path / "tuning" / "dp-gce-filter_0", cell, "dp-gce", TrainConfig()) is None
+    assert finished_sibling(tmp_path / "tuning" / "dp-gce-filter_0", cell, "dp-gce", TrainConfig()) is None
 
 
 def test_a_filter_reuses_its_first_methods_cell_of_the_same_grid(tmp_path):

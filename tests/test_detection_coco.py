@@ -241,13 +241,13 @@ SMALL = SyntheticKittiConfig(num_images=12, val_fraction=0.25, seed=3, crowd_pro
 
 def test_synthetic_coco_round_trip_equals_the_generator_and_the_kitti_writer(tmp_path):
     _fashion_mnist()
-    from dataparams.detection.synthetic import _class_pools, _scenes
+    from dataparams.detection.synthetic import class_pools, synthetic_scenes
 
     coco = write_synthetic_coco(tmp_path / "coco", SMALL)
     kitti = write_synthetic_kitti(tmp_path / "kitti", SMALL)
     assert coco.train_ids == [int(i) + 1 for i in kitti.train_ids]
     assert coco.val_ids == [int(i) + 1 for i in kitti.val_ids]
-    generated = {kid: (image, objects) for kid, image, objects in _scenes(SMALL, _class_pools(None))}
+    generated = {kid: (image, objects) for kid, image, objects in synthetic_scenes(SMALL, class_pools(None))}
     names = {c: k + 1 for k, c in enumerate(DEFAULT_CLASSES)}
     crowd_seen = 0
     for split, ids in (("train", coco.train_ids), ("val", coco.val_ids)):
@@ -301,16 +301,15 @@ def test_coco_synth_presets_mirror_kitti_synth(tmp_path):
         validate_detection_config(cfg)
         assert cfg.data.format == "coco" and cfg.preset == f"coco-synth/{variant}"
         assert (cfg.model, cfg.optim, cfg.curriculum) == (ref.model, ref.optim, ref.curriculum)
-    from dataparams.config import ConfigError
-    from dataparams.detection.config import apply_detection_overrides
+    from dataparams.config import ConfigError, apply_overrides
 
     with pytest.raises(ConfigError, match="same file"):
-        validate_detection_config(apply_detection_overrides(cfg, ["data.ann_file=annotations/all.json"]))
+        validate_detection_config(apply_overrides(cfg, ["data.ann_file=annotations/all.json"]))
     with pytest.raises(ConfigError, match="data.format"):
-        validate_detection_config(apply_detection_overrides(cfg, ["data.format=voc"]))
+        validate_detection_config(apply_overrides(cfg, ["data.format=voc"]))
     # COCO categories need no KITTI IoU threshold, and no classes means every category.
-    validate_detection_config(apply_detection_overrides(cfg, ["data.classes=person,dog"]))
-    validate_detection_config(apply_detection_overrides(cfg, ["data.classes="]))
+    validate_detection_config(apply_overrides(cfg, ["data.classes=person,dog"]))
+    validate_detection_config(apply_overrides(cfg, ["data.classes="]))
 
 
 def test_coco_synth_instance_trains_one_epoch_and_reports_coco_map(tmp_path):

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from dataparams.config import ConfigError
+from dataparams.config import ConfigError, apply_overrides
 from dataparams.data.base import DatasetNotFoundError
 from dataparams.detection.config import (
     DetectionConfig,
-    apply_detection_overrides,
     detection_config_from_dict,
     detection_config_to_dict,
     validate_detection_config,
@@ -146,7 +145,7 @@ def test_baseline_runs_the_same_code_with_sigma_one(data_root, tmp_path):
 
 def test_report_writes_figures_and_summary(data_root, tmp_path):
     pytest.importorskip("matplotlib")
-    from dataparams.detection.figures import detection_report, is_detection_run
+    from dataparams.detection.figures import is_detection_run, object_detection_report
 
     torch.set_num_threads(1)
     runs = []
@@ -154,7 +153,7 @@ def test_report_writes_figures_and_summary(data_root, tmp_path):
         out = tmp_path / ("instance" if instance else "baseline")
         train_detection(_config(data_root, instance=instance, epochs=1), out, quiet=True)
         runs.append(out)
-    report = detection_report(runs, tmp_path / "report")
+    report = object_detection_report(runs, tmp_path / "report")
     assert {"kitti_synth_instance_sigma_levels", "kitti_synth_instance_boxes", "rank_correlation",
             "flipped_auroc", "ap_over_epochs"} <= set(report["figures"])
     for path in report["figures"].values():
@@ -179,12 +178,12 @@ def test_presets_and_overrides(tmp_path):
     kitti = get_detection_preset("kitti/instance")
     assert kitti.model.arch == "ssd300_vgg16"
     assert (kitti.curriculum.lr_instance, kitti.curriculum.momentum, kitti.curriculum.wd_instance) == (0.1, 0.0, 0.0)
-    cfg = apply_detection_overrides(kitti, ["optim.lr=0.01", "model.image_size=300,300",
-                                            "curriculum.clamp=none", "data.root=/data/kitti"])
+    cfg = apply_overrides(kitti, ["optim.lr=0.01", "model.image_size=300,300",
+                                  "curriculum.clamp=none", "data.root=/data/kitti"])
     assert (cfg.optim.lr, cfg.model.image_size, cfg.curriculum.clamp, cfg.data.root) == (
         0.01, [300, 300], None, "/data/kitti")
     with pytest.raises(ConfigError, match="valid"):
-        apply_detection_overrides(kitti, ["optim.learning_rate=0.1"])
+        apply_overrides(kitti, ["optim.learning_rate=0.1"])
     with pytest.raises(ConfigError, match="unknown detection preset"):
         get_detection_preset("kitti/joint")
     with pytest.raises(ConfigError, match="data.root"):

@@ -11,7 +11,7 @@ from scipy.special import lambertw as scipy_lambertw
 
 from dataparams.methods import (
     SuperLoss,
-    coteaching_losses,
+    coteaching_exchange,
     forget_rate_schedule,
     generalized_cross_entropy,
     lambert_w,
@@ -178,11 +178,11 @@ def test_superloss_module_ema_tau():
 def test_superloss_state_has_no_float64_and_float64_work_leaves_mps():
     # MPS has no float64: the module's state must not be float64 (it moves with .to(device)),
     # and the float64 closed form runs on the CPU for MPS tensors and on the device otherwise.
-    from dataparams.methods.superloss import _float64_device
+    from dataparams.methods.superloss import float64_device
 
     assert all(t.dtype != torch.float64 for t in SuperLoss(lam=1.0).state_dict().values())
-    assert _float64_device(torch.device("mps")) == torch.device("cpu")
-    assert _float64_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert float64_device(torch.device("mps")) == torch.device("cpu")
+    assert float64_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
     # float32 input: the result keeps the input's dtype and device.
     out = superloss_sigma(torch.tensor([0.5, 3.0]), 1.0, 1.0)
     assert out.dtype == torch.float32 and out.device.type == "cpu"
@@ -306,11 +306,11 @@ def test_coteaching_exchanges_selections():
     # Network A is sure of samples 0 and 1, network B of samples 2 and 3.
     logits_a = torch.tensor([[5.0, 0.0], [4.0, 0.0], [0.0, 1.0], [0.0, 2.0]], requires_grad=True)
     logits_b = torch.tensor([[0.0, 2.0], [0.0, 1.0], [4.0, 0.0], [5.0, 0.0]], requires_grad=True)
-    loss_a, loss_b, keep_a, keep_b = coteaching_losses(logits_a, logits_b, targets, forget_rate=0.5)
-    assert keep_a.tolist() == [0, 1]
-    assert keep_b.tolist() == [3, 2]
     ce_a = F.cross_entropy(logits_a, targets, reduction="none")
     ce_b = F.cross_entropy(logits_b, targets, reduction="none")
+    loss_a, loss_b, keep_a, keep_b = coteaching_exchange(ce_a, ce_b, forget_rate=0.5)
+    assert keep_a.tolist() == [0, 1]
+    assert keep_b.tolist() == [3, 2]
     # A is updated on B's picks (its own worst samples here) and vice versa.
     torch.testing.assert_close(loss_a, (ce_a[2] + ce_a[3]) / 2)
     torch.testing.assert_close(loss_b, (ce_b[0] + ce_b[1]) / 2)
@@ -325,7 +325,9 @@ def test_coteaching_no_forgetting_is_plain_cross_entropy():
     torch.manual_seed(0)
     logits_a, logits_b = torch.randn(8, 5), torch.randn(8, 5)
     targets = torch.randint(0, 5, (8,))
-    loss_a, loss_b, keep_a, keep_b = coteaching_losses(logits_a, logits_b, targets, forget_rate=0.0)
+    ce_a = F.cross_entropy(logits_a, targets, reduction="none")
+    ce_b = F.cross_entropy(logits_b, targets, reduction="none")
+    loss_a, loss_b, keep_a, keep_b = coteaching_exchange(ce_a, ce_b, forget_rate=0.0)
     assert len(keep_a) == len(keep_b) == 8
     torch.testing.assert_close(loss_a, F.cross_entropy(logits_a, targets))
     torch.testing.assert_close(loss_b, F.cross_entropy(logits_b, targets))

@@ -52,7 +52,6 @@ from dataparams.config import ConfigError, TrainConfig, apply_overrides, config_
 from dataparams.methods.pipelines import (
     FilterPipeline,
     PipelineLayout,
-    filter_flags,
     first_methods,
     run_filter_pipeline,
     save_index_file,
@@ -62,8 +61,8 @@ from dataparams.methods.registry import METHODS as REGISTRY
 from dataparams.presets import get_preset
 from dataparams.runs import RunDir, RunDirError, atomic_write_text
 
-__all__ = ["METHODS", "BenchSpec", "Cell", "load_tuning", "parse_cell", "run_cell", "run_grid", "summarize", "tune",
-           "tuning_grid"]
+__all__ = ["METHODS", "BenchSpec", "Cell", "finished_sibling", "load_tuning", "parse_cell", "run_cell", "run_grid",
+           "summarize", "tune", "tuning_grid"]
 
 # Method names, variants, tuning settings, trainings and scores come from the one registry.
 METHODS = tuple(REGISTRY)
@@ -173,12 +172,13 @@ def _index_file(folder: Path, name: str, index: np.ndarray) -> tuple[Path, str]:
     return save_index_file(folder, f"{name}_{{digest}}.npy", index)
 
 
-def _detection(scores: np.ndarray, corrupted: np.ndarray) -> dict[str, float] | None:
-    from dataparams.analysis.metrics import detection_report
+def _label_error_summary(scores: np.ndarray, corrupted: np.ndarray) -> dict[str, float] | None:
+    """AUROC, AP and precision@k with which ``scores`` rank the ``corrupted`` labels; None where undefined."""
+    from dataparams.analysis.metrics import label_error_metrics
 
     if not corrupted.any() or corrupted.all() or not np.all(np.isfinite(scores)):
         return None
-    rep = detection_report(scores, corrupted)
+    rep = label_error_metrics(scores, corrupted)
     return {k: rep[k] for k in ("auroc", "average_precision", "precision_at_k")}
 
 
@@ -236,7 +236,7 @@ def _cleanlab(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dic
     quality = get_label_quality_scores(given, oof)
     summary = _train_on(cfg, out, "keep_final", pool[~issues], "retrain", device)
     return {**_result(summary), "train_time_s": wall + summary["train_time_s"], "trainings": spec.folds + 1,
-            "n_flagged": int(issues.sum()), "detection": _detection(1.0 - quality, corrupted)}
+            "n_flagged": int(issues.sum()), "detection": _label_error_summary(1.0 - quality, corrupted)}
 
 
 def _aum(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str, str], extra: list[str],
@@ -273,12 +273,16 @@ def _aum(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: dict[str
     flagged = aum <= threshold
     summary = _train_on(cfg, out, "keep_final", pool[~flagged], "retrain", device)
     return {**_result(summary), "train_time_s": wall + summary["train_time_s"], "trainings": 3,
-            "n_flagged": int(flagged.sum()), "detection": _detection(-aum, corrupted)}
+            "n_flagged": int(flagged.sum()), "detection": _label_error_summary(-aum, corrupted)}
 
 
-def _finished_sibling(out: Path, cell: Cell, method: str, cfg: TrainConfig) -> Path | None:
+def finished_sibling(out: Path, cell: Cell, method: str, cfg: TrainConfig) -> Path | None:
     """``method``'s cell of the same setting and seed in the same bench, when it is a finished
-    run of exactly ``cfg`` (a grid cell's folder is ``OUT/cells/<method>/<setting>/seed<S>``)."""
+    run of exactly ``cfg``; else None.
+
+    ``out`` is ``cell``'s own folder. A grid cell's folder is ``OUT/cells/<method>/<setting>/seed<S>``;
+    any other folder (a tuning or screening one) has no sibling cells. A filter cell trains its first
+    stage only when its first method has no such sibling."""
     if out.parts[-3:] != tuple(cell.key.split("/")):
         return None  # a tuning or screening folder: no sibling cells
     sibling = out.parents[2] / Cell(method, cell.noise, cell.rate, cell.seed).key
@@ -351,14 +355,6 @@ def _setting_key(method: str, setting: list[str]) -> Any:
     return tuple(setting)
 
 
-def _flags(cfg: TrainConfig, report: Any, fraction: float | None) -> np.ndarray:
-    """Which samples dp-filter drops (:func:`~dataparams.methods.pipelines.filter_flags`): with
-    ``fraction`` None, the report's mixture flags; else those whose loss score is at least
-    ``fraction`` of the bound of ``cfg``'s GCE loss."""
-    return filter_flags(report, rule="mixture" if fraction is None else "bound", fraction=fraction,
-                        q=float(cfg.curriculum.loss_q))
-
-
 def _first_stage(cfg: TrainConfig, stages: Path, device: str) -> Path:
     """The first training of a filter, in ``stages/curriculum_<digest of cfg>``, trained unless finished."""
     stages.mkdir(parents=True, exist_ok=True)
@@ -386,7 +382,7 @@ def _dp_filter(spec: BenchSpec, cell: Cell, out: Path, stages: Path, special: di
     cfg_first = _cell_config(spec, cell, first.variant, [*first.overrides, *spec.chosen.get(pipeline.first, [])])
     pipeline.check(cfg_first)  # before anything trains
     cfg_retrain = _cell_config(spec, cell, pipeline.retrain, list(pipeline.retrain_overrides))
-    first_run = _finished_sibling(out, cell, pipeline.first, cfg_first) or _first_stage(cfg_first, stages, device)
+    first_run = finished_sibling(out, cell, pipeline.first, cfg_first) or _first_stage(cfg_first, stages, device)
     res = run_filter_pipeline(pipeline, cfg_first, cfg_retrain, out, method=cell.method, first_run=first_run,
                               layout=PipelineLayout(kept="keep_final_{digest}.npy", stage2="retrain_{digest}"),
                               resume=True, device=device, quiet=True, tensorboard=False)

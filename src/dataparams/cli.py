@@ -524,7 +524,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from dataparams.analysis.report import build_report
     from dataparams.analysis.runs_io import discover_runs
-    from dataparams.detection.figures import detection_report, is_detection_run
+    from dataparams.detection.figures import is_detection_run, object_detection_report
 
     # Detection runs (sec. 3.3) get their own report: Figure 3, sigma per difficulty, KITTI AP.
     paths = discover_runs(args.run_dirs)
@@ -533,7 +533,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if detection:
         det_out = out / "detection" if classification else out
-        result = detection_report(detection, det_out)
+        result = object_detection_report(detection, det_out)
         print(f"{len(result['figures'])} detection figure(s), report: {result['html']}")
     if classification or not detection:
         classes = None if args.classes is None else [int(c) if c.lstrip("-").isdigit() else c for c in args.classes]

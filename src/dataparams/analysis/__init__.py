@@ -1,4 +1,5 @@
-"""Analysis of finished runs: noise-detection metrics, the report and its figures, find-issues.
+"""Analysis of finished runs: label-error metrics (how well a score finds the mislabeled samples),
+the report and its figures, find-issues.
 
 Everything here reads run directories and arrays; nothing imports the training engine.
 """
@@ -7,8 +8,8 @@ from dataparams.analysis.find_issues import IssueReport, find_issues
 from dataparams.analysis.metrics import (
     auroc,
     average_precision,
-    detection_report,
     estimate_num_mislabeled,
+    label_error_metrics,
     over_seeds,
     precision_recall_at_k,
     separated_fraction,
@@ -22,10 +23,10 @@ __all__ = [
     "auroc",
     "average_precision",
     "build_report",
-    "detection_report",
     "estimate_num_mislabeled",
     "find_issues",
     "group_runs",
+    "label_error_metrics",
     "load_run",
     "load_runs",
     "over_seeds",

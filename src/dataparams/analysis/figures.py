@@ -24,7 +24,9 @@ deviation over seeds unless a docstring says otherwise.
 
 Matplotlib is an optional dependency (``pip install 'dataparams[report]'``). Figures are drawn on
 ``matplotlib.figure.Figure`` objects with the Agg canvas, never through ``pyplot``, so that making a
-report changes no global matplotlib state and needs no display.
+report changes no global matplotlib state and needs no display; the helpers that draw them in the
+package's style (figure, save, bands over seeds, epoch axis, legend) are in
+:mod:`dataparams.analysis.plotting`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,16 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from dataparams.analysis.metrics import over_seeds, top_fraction_purity
+from dataparams.analysis.plotting import (
+    as_runs,
+    cycle_color,
+    format_epoch_axis,
+    legend_below,
+    mean_std,
+    new_figure,
+    plot_band,
+    save_figure,
+)
 
 __all__ = [
     "plot_accuracy",
@@ -57,72 +68,8 @@ __all__ = [
 # One curve: epochs (E,) and values (R, E), one row per seed.
 Curve = tuple[ArrayLike, ArrayLike]
 
-_DPI = 110
 _CLEAN_COLOR = "tab:blue"
 _CORRUPTED_COLOR = "tab:red"
-
-
-def _figure(width: float, height: float) -> Any:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError(
-            "figures need matplotlib; install it with: pip install 'dataparams[report]'"
-        ) from None
-    # Constrained layout keeps titles, labels and colorbars inside the canvas.
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # bbox_inches="tight" on top of constrained layout catches a legend placed outside the axes.
-    fig.savefig(path, dpi=_DPI, bbox_inches="tight", pad_inches=0.08)
-    return path
-
-
-def _color(i: int) -> str:
-    return f"C{i % 10}"
-
-
-def _as_runs(values: ArrayLike, ndim: int, name: str) -> np.ndarray:
-    """``values`` as float with a leading seed axis: (E, ...) becomes (1, E, ...)."""
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.ndim == ndim - 1:
-        arr = arr[None]
-    if arr.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim - 1} or {ndim} dimensions, got shape {arr.shape}")
-    return arr
-
-
-def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std over axis 0, ignoring NaN; std is 0 for a single run."""
-    with warnings.catch_warnings():
-        # An all-NaN column (an epoch lacking a metric in every seed) is a legitimate NaN.
-        warnings.simplefilter("ignore", category=RuntimeWarning)
-        mean = np.nanmean(values, axis=0)
-        std = np.nanstd(values, axis=0, ddof=1) if values.shape[0] > 1 else np.zeros_like(mean)
-    return mean, np.nan_to_num(std)
-
-
-def _band(ax: Any, x: np.ndarray, values: np.ndarray, *, label: str, color: str, linestyle: str = "-",
-          floor: float | None = None) -> None:
-    mean, std = _mean_std(values)
-    ax.plot(x, mean, color=color, linestyle=linestyle, label=label, linewidth=1.8,
-            marker="o" if len(x) <= 12 else None, markersize=3)
-    if values.shape[0] > 1 and np.any(std > 0):
-        lo = mean - std if floor is None else np.maximum(mean - std, floor)
-        ax.fill_between(x, lo, mean + std, color=color, alpha=0.2, linewidth=0)
-
-
-def _epoch_axis(ax: Any, x: np.ndarray) -> None:
-    ax.set_xlabel("epoch")
-    if len(x):
-        ax.set_xlim(float(np.min(x)) - 0.5, float(np.max(x)) + 0.5)
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(True, alpha=0.3)
 
 
 def _plain_formatter(*, minor: bool = False) -> Any:
@@ -196,17 +143,17 @@ def plot_class_sigma(
         ``path``.
     """
     x = np.asarray(epochs)
-    sig = _as_runs(class_sigma, 3, "class_sigma")
-    fig = _figure(7.0, 4.2)
+    sig = as_runs(class_sigma, 3, "class_sigma")
+    fig = new_figure(7.0, 4.2)
     ax = fig.add_subplot()
     for i, c in enumerate(classes):
         name = class_names[c] if class_names is not None else f"class {c}"
-        _band(ax, x, sig[:, :, c], label=f"{name} ({c})", color=_color(i), floor=0.0)
-    _epoch_axis(ax, x)
+        plot_band(ax, x, sig[:, :, c], label=f"{name} ({c})", color=cycle_color(i), floor=0.0)
+    format_epoch_axis(ax, x)
     ax.set_ylabel("class parameter σ (temperature)")
     ax.legend(title="class", fontsize=9, loc="best")
     ax.set_title(title or f"Class-level curriculum ({_seeds_note(sig.shape[0])})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,7 +231,7 @@ def plot_instance_sigma(
 
     cols = max(1, min(per_row, m))
     rows = math.ceil(m / cols)
-    fig = _figure(4.8 * cols, 2.6 * rows + 0.6)
+    fig = new_figure(4.8 * cols, 2.6 * rows + 0.6)
     grid = fig.add_gridspec(rows, 2 * cols, width_ratios=[1.0, 2.8] * cols)
     shown = sig if ref is None else np.concatenate([sig, ref[:, None]], axis=1)
     finite = shown[np.isfinite(shown)]
@@ -314,7 +261,7 @@ def plot_instance_sigma(
                 label="this sample")
         if ref is not None:
             ax.plot(x, ref, color="0.5", linestyle="--", linewidth=1.0, label=reference_label)
-        _epoch_axis(ax, x)
+        format_epoch_axis(ax, x)
         ax.set_ylim(lo - pad, hi + pad)
         if c == 0:
             ax.set_ylabel("instance σ")
@@ -325,7 +272,7 @@ def plot_instance_sigma(
         if j == 0:
             ax.legend(fontsize=7, loc="best")
     fig.suptitle(title or "Instance-level curriculum of single samples")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -367,7 +314,7 @@ def plot_sigma_histograms(
     x = np.asarray(epochs, dtype=np.float64)
     if not panels:
         raise ValueError("panels must hold at least one array")
-    fig = _figure(5.4 * len(panels), 4.0)
+    fig = new_figure(5.4 * len(panels), 4.0)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     # Epoch edges halfway between snapshots, so each epoch is one column.
     if len(x) > 1:
@@ -395,7 +342,7 @@ def plot_sigma_histograms(
                              norm=LogNorm(vmin=1, vmax=max(2, int(counts.max()))), shading="flat")
         _log_yaxis(ax, lo, hi)
         ax.set_ylim(yedges[0], yedges[-1])
-        _epoch_axis(ax, x)
+        format_epoch_axis(ax, x)
         ax.grid(False)
         ax.set_ylabel(f"{label} (log scale)")
         ax.set_title(f"{label}: {v.shape[1]} values per epoch", fontsize=10)
@@ -403,7 +350,7 @@ def plot_sigma_histograms(
         bar.ax.yaxis.set_major_formatter(_plain_formatter())
         bar.ax.yaxis.set_minor_formatter(_plain_formatter(minor=True))
     fig.suptitle(title or "Distribution of the data parameters over training")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -443,7 +390,7 @@ def plot_clean_vs_corrupted(
     Path
         ``path``.
     """
-    sig = _as_runs(instance_sigma, 3, "instance_sigma")
+    sig = as_runs(instance_sigma, 3, "instance_sigma")
     bad = np.asarray(is_corrupted, dtype=bool)
     if bad.ndim == 1:
         bad = np.broadcast_to(bad, (sig.shape[0], bad.shape[0]))
@@ -498,31 +445,31 @@ def plot_clean_vs_corrupted_stats(
     """
     x = np.asarray(epochs)
     pct = 100.0 * float(corrupted_fraction)
-    fig = _figure(11.0, 4.2)
+    fig = new_figure(11.0, 4.2)
     left, right = fig.subplots(1, 2)
     r = 1
     for label, (mean, std), color in (("clean", clean, _CLEAN_COLOR), ("corrupted", corrupted, _CORRUPTED_COLOR)):
-        m = _as_runs(mean, 2, f"{label} mean")
-        sd = _as_runs(std, 2, f"{label} std")
+        m = as_runs(mean, 2, f"{label} mean")
+        sd = as_runs(std, 2, f"{label} std")
         r = m.shape[0]
-        mu, spread = _mean_std(m)[0], _mean_std(sd)[0]
+        mu, spread = mean_std(m)[0], mean_std(sd)[0]
         left.plot(x, mu, color=color, linewidth=1.8, label=label, marker="o" if len(x) <= 12 else None, markersize=3)
         left.fill_between(x, np.maximum(mu - spread, 0.0), mu + spread, color=color, alpha=0.2, linewidth=0)
-    _epoch_axis(left, x)
+    format_epoch_axis(left, x)
     left.set_ylabel("instance σ (mean ± std over samples)")
     left.set_title("Instance parameters of clean and corrupted samples", fontsize=10)
     left.legend(fontsize=9, loc="best")
 
-    p = _as_runs(purity, 2, "purity")
-    _band(right, x, p, label=f"top {pct:.1f}% by σ ({_seeds_note(p.shape[0])})", color=_CORRUPTED_COLOR)
+    p = as_runs(purity, 2, "purity")
+    plot_band(right, x, p, label=f"top {pct:.1f}% by σ ({_seeds_note(p.shape[0])})", color=_CORRUPTED_COLOR)
     right.axhline(pct, color="0.5", linestyle="--", linewidth=1.0, label=f"random order ({pct:.1f}%)")
-    _epoch_axis(right, x)
+    format_epoch_axis(right, x)
     right.set_ylim(0, 102)
     right.set_ylabel("corrupted among the top-k by σ (%)")
     right.set_title(f"Corrupted samples among the top {pct:.1f}% by σ", fontsize=10)
     right.legend(fontsize=9, loc="lower right")
     fig.suptitle(title or f"Instance-level curriculum under label noise ({_seeds_note(r)})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -557,23 +504,23 @@ def plot_random_label_accuracy(
     Path
         ``path``.
     """
-    fig = _figure(7.0, 4.2)
+    fig = new_figure(7.0, 4.2)
     ax = fig.add_subplot()
     xs = []
     for i, (label, (ep, acc)) in enumerate(curves.items()):
         x = np.asarray(ep)
         xs.append(x)
-        vals = _as_runs(acc, 2, f"curves[{label!r}]")
-        color = (colors or {}).get(label, _color(i))
-        _band(ax, x, vals, label=f"{label} ({_seeds_note(vals.shape[0])})", color=color)
+        vals = as_runs(acc, 2, f"curves[{label!r}]")
+        color = (colors or {}).get(label, cycle_color(i))
+        plot_band(ax, x, vals, label=f"{label} ({_seeds_note(vals.shape[0])})", color=color)
     if chance is not None:
         ax.axhline(chance, color="0.5", linestyle="--", linewidth=1.0, label=f"chance ({chance:.1f}%)")
-    _epoch_axis(ax, np.concatenate(xs) if xs else np.zeros(0))
+    format_epoch_axis(ax, np.concatenate(xs) if xs else np.zeros(0))
     ax.set_ylim(0, 102)
     ax.set_ylabel("train accuracy on the random labels (%)")
     ax.legend(fontsize=9, loc="best")
     ax.set_title(title or "All-random labels: memorisation with and without the curriculum")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -605,7 +552,7 @@ def _group_panels(
     all_x = []
     for ax, (key, ylabel) in zip(axes, present):
         for i, (group, series) in enumerate(curves.items()):
-            color = (colors or {}).get(group, _color(i))
+            color = (colors or {}).get(group, cycle_color(i))
             for sub, (suffix, style) in subs.items():
                 name = f"{key}{sub}"
                 if name not in series:
@@ -613,24 +560,16 @@ def _group_panels(
                 ep, vals = series[name]
                 x = np.asarray(ep)
                 all_x.append(x)
-                v = _as_runs(vals, 2, f"curves[{group!r}][{name!r}]")
+                v = as_runs(vals, 2, f"curves[{group!r}][{name!r}]")
                 label = f"{group}{suffix} ({_seeds_note(v.shape[0])})"
-                _band(ax, x, v, label=label, color=color, linestyle=style)
-        _epoch_axis(ax, np.concatenate(all_x) if all_x else np.zeros(0))
+                plot_band(ax, x, v, label=label, color=color, linestyle=style)
+        format_epoch_axis(ax, np.concatenate(all_x) if all_x else np.zeros(0))
         ax.set_ylabel(ylabel)
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
     # One legend for all panels, below them: the groups are the same in every panel.
-    _legend_below(fig, list(handles.values()), list(handles.keys()), ncol=min(3, len(handles)))
+    legend_below(fig, list(handles.values()), list(handles.keys()), ncol=min(3, len(handles)))
     return list(axes)
-
-
-def _legend_below(fig: Any, handles: list[Any], labels: list[str], *, ncol: int) -> None:
-    """One legend under all panels of ``fig``."""
-    try:
-        fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=9)
-    except ValueError:  # matplotlib < 3.7 has no "outside"; bbox_inches="tight" keeps it in the PNG
-        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, fontsize=9)
 
 
 def plot_accuracy(
@@ -661,10 +600,10 @@ def plot_accuracy(
         ``path``.
     """
     n = sum(1 for k, _ in _ACC_PANELS if any(k in c for c in curves.values()))
-    fig = _figure(4.3 * max(n, 1), 4.3 + 0.25 * math.ceil(len(curves) / 3))
+    fig = new_figure(4.3 * max(n, 1), 4.3 + 0.25 * math.ceil(len(curves) / 3))
     _group_panels(fig, curves, _ACC_PANELS, colors=colors)
     fig.suptitle(title or "Accuracy over training")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_detection(
@@ -698,14 +637,14 @@ def plot_detection(
     """
     panels = (("auroc", "AUROC of corrupted vs clean"), ("average_precision", "average precision"))
     styles = {"": (" · σ", "-"), "_loss": (" · loss", "--")}
-    fig = _figure(10.0, 4.3 + 0.25 * math.ceil(2 * len(curves) / 3))
+    fig = new_figure(10.0, 4.3 + 0.25 * math.ceil(2 * len(curves) / 3))
     axes = _group_panels(fig, curves, panels, colors=colors, styles=styles)
     for ax in axes:
         lo, _ = ax.get_ylim()
         ax.set_ylim(min(lo, 0.45), 1.01)
     axes[0].axhline(0.5, color="0.5", linestyle=":", linewidth=1.0)
     fig.suptitle(title or "Finding the corrupted labels: σ (solid) against the small-loss criterion (dashed)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # One method in one noise setting: test accuracies (one per seed) at the final epoch and at the
@@ -733,7 +672,7 @@ def method_comparison_figure(
         methods += [m for m in per_method if m not in methods]
     kinds = (("final", "final epoch", 1.0), ("val", "epoch chosen on noisy validation", 0.45))
     height = 0.38
-    fig = _figure(3.3 * len(table) + 1.2, 0.42 * len(methods) + 1.6)
+    fig = new_figure(3.3 * len(table) + 1.2, 0.42 * len(methods) + 1.6)
     axes = fig.subplots(1, len(table), squeeze=False, sharey=True)[0]
     y = np.arange(len(methods), dtype=np.float64)
     for ax, (setting, per_method) in zip(axes, table.items()):
@@ -769,7 +708,7 @@ def method_comparison_figure(
     if reference:
         handles.append(Line2D([], [], color="0.3", linestyle="--", label=f"{reference}, final epoch"))
     handles.append(Line2D([], [], marker="o", color="black", linestyle="", markersize=3, label="one seed"))
-    _legend_below(fig, handles, [h.get_label() for h in handles], ncol=len(handles))
+    legend_below(fig, handles, [h.get_label() for h in handles], ncol=len(handles))
     fig.suptitle(title or "Test accuracy by method and noise (mean ± std over seeds)")
     return fig
 
@@ -803,4 +742,4 @@ def plot_method_comparison(
     Path
         ``path``.
     """
-    return _save(method_comparison_figure(table, highlight=highlight, reference=reference, title=title), path)
+    return save_figure(method_comparison_figure(table, highlight=highlight, reference=reference, title=title), path)

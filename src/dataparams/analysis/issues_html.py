@@ -47,9 +47,9 @@ _RULES = {"class-mean": "per-class rule (label quality below the mean of its giv
 def plot_score_histogram(report: IssueReport, path: str | os.PathLike[str]) -> Path:
     """Histogram of the ranking score (log scale for the sigma scores), kept vs flagged samples,
     with the mixture's threshold; true corrupted samples outlined when the run knows them."""
-    from dataparams.analysis.figures import _figure, _save
+    from dataparams.analysis.plotting import new_figure, save_figure
 
-    fig = _figure(7.0, 3.2)
+    fig = new_figure(7.0, 3.2)
     ax = fig.subplots()
     values = np.asarray(report.score, dtype=np.float64)
     logged = report.score_name.startswith("sigma") or report.score_name.endswith("loss")
@@ -69,7 +69,7 @@ def plot_score_histogram(report: IssueReport, path: str | os.PathLike[str]) -> P
     ax.set_ylabel("samples")
     ax.legend(fontsize=8, frameon=False)
     ax.set_title(f"Ranking score of the {len(values):,} samples")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _png_uri(pixels: np.ndarray) -> str:

@@ -34,7 +34,7 @@ __all__ = [
     "precision_recall_at_k",
     "top_fraction_purity",
     "separated_fraction",
-    "detection_report",
+    "label_error_metrics",
     "estimate_num_mislabeled",
     "over_seeds",
 ]
@@ -313,14 +313,15 @@ def _as_labels(labels: ArrayLike, n: int, num_classes: int | None) -> tuple[NDAr
     return arr, list(range(int(num_classes)))
 
 
-def detection_report(
+def label_error_metrics(
     scores: ArrayLike,
     is_positive: ArrayLike,
     *,
     labels: ArrayLike | None = None,
     num_classes: int | None = None,
 ) -> dict[str, Any]:
-    """Every metric of this module in one JSON-serialisable dict.
+    """How well ``scores`` single out the mislabeled samples: every metric of this module in one
+    JSON-serialisable dict (what a run's ``metrics.jsonl`` holds under ``"detection"``).
 
     The cut-off metrics are evaluated at ``k = n_positive`` (R-precision: precision and recall
     then coincide) and at ``fraction = n_positive / N``, i.e. "flag as many samples as there are
@@ -385,6 +386,7 @@ def detection_report(
             }
         report["per_class"] = per_class
     return report
+
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ setting, and writes into ``out_dir``:
 * ``report.html``, self-contained (figures embedded as base64 data URIs), with a table of final
   results (mean ± std over seeds), the figures, and the runs that were skipped and why.
 
-The per-epoch detection metrics stay where training wrote them, in each run's ``metrics.jsonl``.
+The per-epoch label-error metrics (:func:`~dataparams.analysis.metrics.label_error_metrics`,
+under the ``detection`` keys) stay where training wrote them, in each run's ``metrics.jsonl``.
 
 Notation as in :mod:`.runs_io`: ``N`` samples, ``K`` classes, ``E`` epochs, ``R`` seeds.
 """

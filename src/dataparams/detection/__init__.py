@@ -14,7 +14,8 @@
   :mod:`~dataparams.detection.presets` -- the run configuration, the trainer writing a run
   directory, and the named presets;
 * :mod:`~dataparams.detection.curriculum`, :mod:`~dataparams.detection.figures` -- what the box
-  temperatures learned (per level, rank correlations, flipped-box AUROC), Figure 3 and the report;
+  temperatures learned (per level, rank correlations, flipped-box AUROC), Figure 3 and the report
+  (:func:`~dataparams.detection.figures.object_detection_report`);
 * :mod:`~dataparams.detection.issues` -- ``find-issues`` on a detection run: the boxes ranked by
   how likely their class is wrong (``box_issues.csv``, per-image ``image_issues.csv``, report).
 
@@ -33,7 +34,6 @@ from dataparams.detection.config import (
     DetectionDataConfig,
     DetectionModelConfig,
     DetectionOptimConfig,
-    apply_detection_overrides,
     detection_config_from_dict,
     detection_config_to_dict,
     validate_detection_config,
@@ -121,7 +121,6 @@ __all__ = [
     "SyntheticKittiSet",
     "TinySSDBackbone",
     "anchor_temperatures",
-    "apply_detection_overrides",
     "box_difficulty",
     "build_detector",
     "collate_detection",
@@ -129,7 +128,6 @@ __all__ = [
     "describe_kitti_set",
     "detection_config_from_dict",
     "detection_config_to_dict",
-    "detection_report",
     "ensure_synthetic_data",
     "evaluate",
     "evaluate_detailed",
@@ -142,6 +140,7 @@ __all__ = [
     "kitti_eval_command",
     "list_detection_presets",
     "load_label_dirs",
+    "object_detection_report",
     "parse_label_line",
     "rank_correlation",
     "read_label_file",
@@ -161,8 +160,8 @@ __all__ = [
 
 def __getattr__(name: str):
     # The report draws with matplotlib, an optional extra: import it only when asked for.
-    if name == "detection_report":
-        from dataparams.detection.figures import detection_report
+    if name == "object_detection_report":
+        from dataparams.detection.figures import object_detection_report
 
-        return detection_report
+        return object_detection_report
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -621,14 +621,14 @@ def write_synthetic_coco(
     """
     from PIL import Image
 
-    from dataparams.detection.synthetic import SyntheticKittiConfig, _class_pools, _scenes, _split_ids
+    from dataparams.detection.synthetic import SyntheticKittiConfig, class_pools, split_ids, synthetic_scenes
 
     cfg = config if config is not None else SyntheticKittiConfig()
     if cfg.flip_fraction > 0 or cfg.missing_fraction > 0:
         raise ValueError("write_synthetic_coco writes clean sets only (flip_fraction = missing_fraction = 0); "
                          "corrupted sets and their truth are written by write_synthetic_kitti")
     root = Path(root)
-    train_ids, val_ids = _split_ids(cfg)
+    train_ids, val_ids = split_ids(cfg)
     split_of = {**dict.fromkeys(train_ids, "train"), **dict.fromkeys(val_ids, "val")}
     for d in ("annotations", "train", "val"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -637,7 +637,7 @@ def write_synthetic_coco(
     files: dict[str, dict[str, list[Any]]] = {s: {"images": [], "annotations": []} for s in ("train", "val")}
     next_id = 1
     num_objects = num_crowd = 0
-    for kitti_id, image, objects in _scenes(cfg, _class_pools(fashion_mnist_root)):
+    for kitti_id, image, objects in synthetic_scenes(cfg, class_pools(fashion_mnist_root)):
         split = split_of[kitti_id]
         image_id = int(kitti_id) + 1
         file_name = f"{kitti_id}.png"

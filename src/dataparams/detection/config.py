@@ -1,10 +1,12 @@
-"""The configuration of a detection run (sec. 3.3), and ``section.field=value`` overrides.
+"""The configuration of a detection run (sec. 3.3).
 
 A :class:`DetectionConfig` is everything that determines a run's result; it is written to the
 run directory's ``config.json`` and into every checkpoint, and a run resumes only under the same
 config (the fields in :data:`dataparams.config.EXECUTION_FIELDS` -- ``data.workers``,
 ``data.eval_batch_size``, ``notes`` -- may differ). The sections mirror the classification
-config (:mod:`dataparams.config`) so that the command line can treat both alike.
+config (:mod:`dataparams.config`) so that the command line can treat both alike: its
+``section.field=value`` overrides are :func:`dataparams.config.apply_overrides`, which works on
+any dataclass config.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from dataparams.config import ConfigError, apply_overrides, config_from_dict
+from dataparams.config import ConfigError, config_from_dict
 from dataparams.detection.kitti import DEFAULT_CLASSES
 from dataparams.detection.kitti_eval import MIN_OVERLAP
 from dataparams.detection.models import DETECTOR_ARCHS
@@ -27,7 +29,6 @@ __all__ = [
     "DetectionDataConfig",
     "DetectionModelConfig",
     "DetectionOptimConfig",
-    "apply_detection_overrides",
     "detection_config_from_dict",
     "detection_config_to_dict",
     "validate_detection_config",
@@ -153,12 +154,6 @@ def detection_config_to_dict(cfg: DetectionConfig) -> dict[str, Any]:
 def detection_config_from_dict(data: dict[str, Any]) -> DetectionConfig:
     """Rebuild a :class:`DetectionConfig` from :func:`detection_config_to_dict` output."""
     return config_from_dict(data, DetectionConfig)
-
-
-def apply_detection_overrides(cfg: DetectionConfig, overrides: list[str]) -> DetectionConfig:
-    """A copy of ``cfg`` with ``section.field=value`` overrides applied (the parser of
-    :func:`dataparams.config.apply_overrides`, which works on any dataclass config)."""
-    return apply_overrides(cfg, overrides)
 
 
 def validate_detection_config(cfg: DetectionConfig) -> None:

@@ -10,10 +10,10 @@
 * :func:`plot_flipped_auroc` -- on a corrupted set, the AUROC of sigma (and of the per-box loss)
   for the boxes whose class was flipped;
 * :func:`plot_ap_over_epochs` -- KITTI AP|R40 at the evaluation epochs;
-* :func:`detection_report` -- all of these for a list of run directories, with a Markdown and an
-  HTML summary (mean ± std over seeds of the final AP per class and difficulty).
+* :func:`object_detection_report` -- all of these for a list of run directories, with a Markdown
+  and an HTML summary (mean ± std over seeds of the final AP per class and difficulty).
 
-Figures follow the house style of :mod:`dataparams.analysis.figures` (Agg canvas, no pyplot,
+Figures follow the house style of :mod:`dataparams.analysis.plotting` (Agg canvas, no pyplot,
 bands of one std over seeds). Notation: ``R`` runs (seeds), ``E`` epochs, ``N`` boxes,
 ``I`` images. Epochs are 1-based.
 """
@@ -33,8 +33,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from dataparams.analysis.figures import _as_runs, _band, _color, _epoch_axis, _figure, _legend_below, _save
 from dataparams.analysis.metrics import over_seeds
+from dataparams.analysis.plotting import (
+    as_runs,
+    cycle_color,
+    format_epoch_axis,
+    legend_below,
+    new_figure,
+    plot_band,
+    save_figure,
+)
 from dataparams.detection.curriculum import OCCLUSION_NAMES, BoxTable
 from dataparams.detection.kitti import DIFFICULTIES
 from dataparams.runs import RunDir
@@ -42,9 +50,9 @@ from dataparams.runs import RunDir
 __all__ = [
     "DetectionRun",
     "choose_figure_images",
-    "detection_report",
     "is_detection_run",
     "load_detection_run",
+    "object_detection_report",
     "plot_ap_over_epochs",
     "plot_box_sigma_images",
     "plot_flipped_auroc",
@@ -104,7 +112,7 @@ def plot_box_sigma_images(
     top = max(float(np.max(s)) for s in sigma if np.size(s)) if any(np.size(s) for s in sigma) else 1.0
     h, w = np.asarray(images[0]).shape[:2]
     cell_w = 3.2
-    fig = _figure(cell_w * num_epochs, cell_w * h / w * len(images) + 0.9)
+    fig = new_figure(cell_w * num_epochs, cell_w * h / w * len(images) + 0.9)
     axes = fig.subplots(len(images), num_epochs, squeeze=False)
     from matplotlib.patches import Rectangle
 
@@ -129,9 +137,9 @@ def plot_box_sigma_images(
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=_OCCLUSION_COLORS[k], linewidth=2) for k in range(4)]
-    _legend_below(fig, handles, [f"occlusion {k}: {OCCLUSION_NAMES[k]}" for k in range(4)], ncol=4)
+    legend_below(fig, handles, [f"occlusion {k}: {OCCLUSION_NAMES[k]}" for k in range(4)], ncol=4)
     fig.suptitle(title or "Box data parameters over training (line width ∝ σ)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def choose_figure_images(table: BoxTable, *, count: int = 3, min_height: float = 25.0) -> list[int]:
@@ -174,24 +182,24 @@ def plot_sigma_by_level(
     -------
     Path
     """
-    fig = _figure(11.0, 4.3)
+    fig = new_figure(11.0, 4.3)
     axes = fig.subplots(1, 2)
     for ax, curves, name in ((axes[0], by_difficulty, "KITTI difficulty"), (axes[1], by_occlusion, "occlusion")):
         x_all = []
         for i, (label, (ep, vals)) in enumerate(curves.items()):
             x = np.asarray(ep)
             x_all.append(x)
-            v = _as_runs(vals, 2, f"{name} {label}")
+            v = as_runs(vals, 2, f"{name} {label}")
             if np.all(np.isnan(v)):
                 continue
-            _band(ax, x, v, label=label, color=_color(i))
-        _epoch_axis(ax, np.concatenate(x_all) if x_all else np.zeros(0))
+            plot_band(ax, x, v, label=label, color=cycle_color(i))
+        format_epoch_axis(ax, np.concatenate(x_all) if x_all else np.zeros(0))
         ax.axhline(1.0, color="0.5", linestyle=":", linewidth=1.0)
         ax.set_ylabel("mean box σ")
         ax.set_title(f"by {name}")
         ax.legend(fontsize=8, loc="best")
     fig.suptitle(title or "Box temperatures per level over training")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_rank_correlation(
@@ -211,7 +219,7 @@ def plot_rank_correlation(
     -------
     Path
     """
-    fig = _figure(11.0, 4.5)
+    fig = new_figure(11.0, 4.5)
     axes = fig.subplots(1, 2)
     handles: dict[str, Any] = {}
     for ax, key in zip(axes, ("occlusion", "difficulty")):
@@ -222,17 +230,17 @@ def plot_rank_correlation(
             ep, vals = series[key]
             x = np.asarray(ep)
             x_all.append(x)
-            v = _as_runs(vals, 2, f"{group} {key}")
-            _band(ax, x, v, label=f"{group} ({v.shape[0]} seed{'s' if v.shape[0] > 1 else ''})", color=_color(i))
-        _epoch_axis(ax, np.concatenate(x_all) if x_all else np.zeros(0))
+            v = as_runs(vals, 2, f"{group} {key}")
+            plot_band(ax, x, v, label=f"{group} ({v.shape[0]} seed{'s' if v.shape[0] > 1 else ''})", color=cycle_color(i))
+        format_epoch_axis(ax, np.concatenate(x_all) if x_all else np.zeros(0))
         ax.axhline(0.0, color="0.5", linestyle=":", linewidth=1.0)
         ax.set_ylabel(f"Spearman ρ(σ, {key} level)")
         ax.set_title(f"σ vs {key} (> 0: harder boxes held back)")
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    _legend_below(fig, list(handles.values()), list(handles.keys()), ncol=min(3, max(1, len(handles))))
+    legend_below(fig, list(handles.values()), list(handles.keys()), ncol=min(3, max(1, len(handles))))
     fig.suptitle(title or "Is the learned order easy → moderate → hard?")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_flipped_auroc(
@@ -252,7 +260,7 @@ def plot_flipped_auroc(
     -------
     Path
     """
-    fig = _figure(7.5, 4.6)
+    fig = new_figure(7.5, 4.6)
     ax = fig.add_subplot()
     x_all = []
     for i, (group, series) in enumerate(curves.items()):
@@ -260,18 +268,18 @@ def plot_flipped_auroc(
             if key not in series:
                 continue
             ep, vals = series[key]
-            v = _as_runs(vals, 2, f"{group} {key}")
+            v = as_runs(vals, 2, f"{group} {key}")
             if np.all(np.isnan(v)):
                 continue
             x = np.asarray(ep)
             x_all.append(x)
-            _band(ax, x, v, label=f"{group} · {what}", color=_color(i), linestyle=style)
-    _epoch_axis(ax, np.concatenate(x_all) if x_all else np.zeros(0))
+            plot_band(ax, x, v, label=f"{group} · {what}", color=cycle_color(i), linestyle=style)
+    format_epoch_axis(ax, np.concatenate(x_all) if x_all else np.zeros(0))
     ax.axhline(0.5, color="0.5", linestyle=":", linewidth=1.0)
     ax.set_ylabel("AUROC, flipped vs clean boxes")
     ax.legend(fontsize=8, loc="best")
     ax.set_title(title or "Finding the boxes with a flipped class")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_ap_over_epochs(
@@ -291,7 +299,7 @@ def plot_ap_over_epochs(
     -------
     Path
     """
-    fig = _figure(13.0, 4.5)
+    fig = new_figure(13.0, 4.5)
     axes = fig.subplots(1, len(DIFFICULTIES))
     handles: dict[str, Any] = {}
     for ax, diff in zip(axes, DIFFICULTIES):
@@ -302,14 +310,14 @@ def plot_ap_over_epochs(
             ep, vals = series[diff]
             x = np.asarray(ep)
             x_all.append(x)
-            _band(ax, x, _as_runs(vals, 2, f"{group} {diff}"), label=group, color=_color(i))
-        _epoch_axis(ax, np.concatenate(x_all) if x_all else np.zeros(0))
+            plot_band(ax, x, as_runs(vals, 2, f"{group} {diff}"), label=group, color=cycle_color(i))
+        format_epoch_axis(ax, np.concatenate(x_all) if x_all else np.zeros(0))
         ax.set_ylabel(f"mAP|R40, {diff} (%)")
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    _legend_below(fig, list(handles.values()), list(handles.keys()), ncol=min(4, max(1, len(handles))))
+    legend_below(fig, list(handles.values()), list(handles.keys()), ncol=min(4, max(1, len(handles))))
     fig.suptitle(title or "KITTI AP on the validation split (mean over classes)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -475,13 +483,13 @@ def _slug(text: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # the report
 # ----------------------------------------------------------------------------------------------
-def detection_report(
+def object_detection_report(
     run_dirs: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
     *,
     title: str = "Detection with box data parameters",
 ) -> dict[str, Any]:
-    """Figures and a self-contained ``report.html`` for detection runs, grouped by config minus seed.
+    """Figures and a self-contained ``report.html`` for object-detection runs, grouped by config minus seed.
 
     Parameters
     ----------

@@ -81,7 +81,10 @@ __all__ = [
     "describe_kitti_set",
     "flipped_box_mask",
     "occlusion_level",
+    "class_pools",
     "read_truth",
+    "split_ids",
+    "synthetic_scenes",
     "write_synthetic_kitti",
 ]
 
@@ -358,13 +361,14 @@ def _scene(
 # ---------------------------------------------------------------------------------------------
 # writing
 # ---------------------------------------------------------------------------------------------
-def _class_pools(fashion_mnist_root: str | os.PathLike | None) -> dict[str, np.ndarray]:
+def class_pools(fashion_mnist_root: str | os.PathLike | None) -> dict[str, np.ndarray]:
+    """The Fashion-MNIST training images each synthetic class draws its sprites from, by class name."""
     split = load_fashion_mnist(fashion_mnist_root, train=True)
     images = split.images[..., 0]
     return {name: images[split.targets == k] for name, k in SYNTHETIC_CLASS_SOURCES.items()}
 
 
-def _scenes(
+def synthetic_scenes(
     cfg: SyntheticKittiConfig, pools: dict[str, np.ndarray]
 ) -> Iterator[tuple[str, np.ndarray, list[KittiObject]]]:
     """``(image_id, uint8 image (H, W, 3), objects then DontCare regions)`` of every scene, in id
@@ -375,7 +379,7 @@ def _scenes(
         yield f"{i:06d}", image, objects
 
 
-def _split_ids(cfg: SyntheticKittiConfig) -> tuple[list[str], list[str]]:
+def split_ids(cfg: SyntheticKittiConfig) -> tuple[list[str], list[str]]:
     """``(train_ids, val_ids)``, each sorted, from the split stream of ``cfg.seed``."""
     ids = [f"{i:06d}" for i in range(cfg.num_images)]
     order = np.random.default_rng([cfg.seed, 1]).permutation(cfg.num_images)
@@ -419,17 +423,17 @@ def write_synthetic_kitti(
     sets_dir = root / "ImageSets"
     for d in (image_dir, label_dir, sets_dir):
         d.mkdir(parents=True, exist_ok=True)
-    pools = _class_pools(fashion_mnist_root)
+    pools = class_pools(fashion_mnist_root)
     # Separate streams: scenes, split and corruption do not shift one another.
     corrupt_rng = np.random.default_rng([cfg.seed, 2])
 
     ids = [f"{i:06d}" for i in range(cfg.num_images)]
     labels: dict[str, list[KittiObject]] = {}
-    for image_id, image, objects in _scenes(cfg, pools):
+    for image_id, image, objects in synthetic_scenes(cfg, pools):
         Image.fromarray(image).save(image_dir / f"{image_id}.png", compress_level=1)
         labels[image_id] = objects
 
-    train_ids, val_ids = _split_ids(cfg)
+    train_ids, val_ids = split_ids(cfg)
     write_split_file(sets_dir / "train.txt", train_ids)
     write_split_file(sets_dir / "val.txt", val_ids)
     write_split_file(sets_dir / "trainval.txt", ids)

@@ -21,7 +21,6 @@ function's docstring says otherwise; reducing is the caller's job.
 from dataparams.methods.aum import accumulate_margins, aum_margin
 from dataparams.methods.coteaching import (
     coteaching_exchange,
-    coteaching_losses,
     forget_rate_schedule,
     small_loss_selection,
 )
@@ -37,7 +36,6 @@ __all__ = [
     "accumulate_margins",
     "aum_margin",
     "coteaching_exchange",
-    "coteaching_losses",
     "forget_rate_schedule",
     "generalized_cross_entropy",
     "lambert_w",

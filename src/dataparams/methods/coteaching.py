@@ -3,9 +3,8 @@
 Implements Han, Yao, Yu, Niu, Xu, Hu, Tsang & Sugiyama, "Co-teaching: Robust Training of Deep
 Neural Networks with Extremely Noisy Labels" (NeurIPS 2018), Algorithm 1.
 
-Notation, fixed for this module: ``B`` samples in a minibatch, ``K`` classes; ``logits_a`` and
-``logits_b`` are the (B, K) outputs of the two networks on the same minibatch, ``targets`` its
-(B,) (possibly noisy) labels.
+Notation, fixed for this module: ``B`` samples in a minibatch; ``ce_a`` and ``ce_b`` are the (B,)
+per-sample losses of the two networks on the same minibatch under its (possibly noisy) labels.
 
 In each minibatch network A keeps the ``R(T) * B`` samples with the smallest loss under A, network
 B does the same under B, and each network is updated on the samples the *other* kept. The keep
@@ -19,10 +18,9 @@ This module imports only torch.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["forget_rate_schedule", "small_loss_selection", "coteaching_exchange", "coteaching_losses"]
+__all__ = ["forget_rate_schedule", "small_loss_selection", "coteaching_exchange"]
 
 
 def forget_rate_schedule(
@@ -91,16 +89,17 @@ def small_loss_selection(loss: Tensor, keep_fraction: float) -> Tensor:
     return torch.argsort(loss.detach(), stable=True)[:num_keep]
 
 
-def coteaching_losses(
-    logits_a: Tensor, logits_b: Tensor, targets: Tensor, *, forget_rate: float
+def coteaching_exchange(
+    ce_a: Tensor, ce_b: Tensor, *, forget_rate: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Co-teaching losses of the two networks on one minibatch (cross-entropy).
+    """Co-teaching losses of the two networks on one minibatch, from their per-sample losses.
 
     Parameters
     ----------
-    logits_a, logits_b : Tensor, shape (B, K)
-        Outputs of networks A and B on the same minibatch.
-    targets : LongTensor, shape (B,)
+    ce_a, ce_b : Tensor, shape (B,)
+        Per-sample losses (cross-entropy in the paper) of networks A and B on the same
+        minibatch, e.g. ``F.cross_entropy(logits_a, targets, reduction="none")``; the caller
+        computes them once and may use them for other things too.
     forget_rate : float
         Fraction of the minibatch to drop, in ``[0, 1)``, usually
         :func:`forget_rate_schedule` of the current epoch.
@@ -108,29 +107,14 @@ def coteaching_losses(
     Returns
     -------
     loss_a : Tensor, scalar
-        Mean cross-entropy of network A over ``keep_b``, the samples B selected: update A on it.
+        Mean of ``ce_a`` over ``keep_b``, the samples B selected: update A on it.
     loss_b : Tensor, scalar
-        Mean cross-entropy of network B over ``keep_a``.
+        Mean of ``ce_b`` over ``keep_a``.
     keep_a : LongTensor, shape (k,)
         Samples with the smallest loss under A (see :func:`small_loss_selection`).
     keep_b : LongTensor, shape (k,)
         Samples with the smallest loss under B.
     """
-    if logits_a.shape != logits_b.shape:
-        raise ValueError(
-            f"the two networks' logits must have the same shape, got {tuple(logits_a.shape)} and "
-            f"{tuple(logits_b.shape)}"
-        )
-    ce_a = F.cross_entropy(logits_a, targets, reduction="none")
-    ce_b = F.cross_entropy(logits_b, targets, reduction="none")
-    return coteaching_exchange(ce_a, ce_b, forget_rate=forget_rate)
-
-
-def coteaching_exchange(
-    ce_a: Tensor, ce_b: Tensor, *, forget_rate: float
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`coteaching_losses` from the two networks' per-sample losses (B,), for callers
-    that need those losses too (they are computed once)."""
     if not 0.0 <= forget_rate < 1.0:
         raise ValueError(f"forget_rate must be in [0, 1), got {forget_rate}")
     keep_fraction = 1.0 - forget_rate

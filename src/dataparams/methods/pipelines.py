@@ -270,13 +270,13 @@ def train_stage(cfg: TrainConfig, run_dir: str | os.PathLike[str], *, resume: bo
     return summary
 
 
-def _detection(scores: np.ndarray, corrupted: np.ndarray | None) -> dict[str, float] | None:
+def _label_error_summary(scores: np.ndarray, corrupted: np.ndarray | None) -> dict[str, float] | None:
     """How well the flagging score ranks the corrupted labels, when the run knows them."""
-    from dataparams.analysis.metrics import detection_report
+    from dataparams.analysis.metrics import label_error_metrics
 
     if corrupted is None or not corrupted.any() or corrupted.all() or not np.all(np.isfinite(scores)):
         return None
-    rep = detection_report(scores, corrupted)
+    rep = label_error_metrics(scores, corrupted)
     return {k: rep[k] for k in ("auroc", "average_precision", "precision_at_k")}
 
 
@@ -423,7 +423,7 @@ def run_filter_pipeline(
                   n_kept=int((~flagged).sum()), kept_file=str(kept_file),
                   flags={"score": pipeline.score, "rule": pipeline.rule, "epoch": report.epoch,
                          "threshold": None if threshold is None or not math.isfinite(threshold) else float(threshold)},
-                  detection=_detection(report.score, report.is_corrupted))
+                  detection=_label_error_summary(report.score, report.is_corrupted))
     record["stages"] = {"stage1": {"run_dir": str(stage1), "summary": summary1}, "stage2": {"run_dir": str(stage2)}}
     _write_record(record_file, record)
 

@@ -39,7 +39,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["lambert_w", "superloss_sigma", "superloss", "SuperLoss"]
+__all__ = ["lambert_w", "superloss_sigma", "superloss", "SuperLoss", "float64_device"]
 
 # 1/e split into a float64 head and tail (1/e = _INV_E_HI + _INV_E_LO to ~1e-33), so that the
 # distance of x to the branch point, x + 1/e, is computed without cancellation; W is infinitely
@@ -123,7 +123,7 @@ def _lambert_w0_float64(x: Tensor, *, input_eps: float) -> Tensor:
     return torch.where(below | torch.isnan(x), torch.full_like(x, math.nan), out)
 
 
-def _float64_device(device: torch.device) -> torch.device:
+def float64_device(device: torch.device) -> torch.device:
     """Where float64 work for tensors on ``device`` runs: the device itself, or the CPU for MPS.
 
     MPS has no float64. The tensors here are per-sample (B,), so the round trip is cheap.
@@ -134,7 +134,7 @@ def _float64_device(device: torch.device) -> torch.device:
 class _LambertW(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        x64 = x.to(_float64_device(x.device), torch.float64)
+        x64 = x.to(float64_device(x.device), torch.float64)
         w = _lambert_w0_float64(x64, input_eps=torch.finfo(x.dtype).eps)
         ctx.save_for_backward(w)
         return w.to(x.device, x.dtype)
@@ -194,7 +194,7 @@ def superloss_sigma(loss: Tensor, tau: float | Tensor, lam: float) -> Tensor:
     if not lam > 0:
         raise ValueError(f"lam must be > 0, got {lam}")
     with torch.no_grad():
-        wide = _float64_device(loss.device)
+        wide = float64_device(loss.device)
         # A Python float goes straight to float64 (as_tensor alone would round it to float32).
         tau64 = torch.as_tensor(tau, dtype=tau.dtype if isinstance(tau, Tensor) else torch.float64)
         tau64 = tau64.to(wide, torch.float64)

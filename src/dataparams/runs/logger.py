@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataparams.analysis.metrics import detection_report
+from dataparams.analysis.metrics import label_error_metrics
 from dataparams.engine import Callback
 from dataparams.objectives import Objective
 from dataparams.runs.rundir import RunDir, atomic_write_bytes
@@ -167,9 +167,9 @@ class RunLogger(Callback):
         if self.noisy:
             scores = self.objective.method_score(snap)
             if scores is not None:
-                record["detection"] = detection_report(scores, self.corrupted)
+                record["detection"] = label_error_metrics(scores, self.corrupted)
             for key, values in extra.items():
-                rep = detection_report(values, self.corrupted)
+                rep = label_error_metrics(values, self.corrupted)
                 record[f"detection_{key.replace('-', '_')}"] = {k: rep[k] for k in _SHORT}
         self.run.append_metrics(record)
         self.run.save_snapshot(record["epoch"], loss=loss.astype(np.float16), **snap)
