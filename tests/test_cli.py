@@ -1,6 +1,8 @@
-"""The command line end to end on tiny IDX data: seeds summary, demo, calibration, TensorBoard."""
+"""The command line end to end on tiny IDX data: seeds summary, demo, calibration, TensorBoard; and main()'s
+error handling: the user's errors as one line (exit 2), a bug's exception with its traceback."""
 
 import json
+import re
 
 import pytest
 
@@ -106,3 +108,118 @@ def test_find_issues_refuses_torchrun(tmp_path, capsys, monkeypatch):
     out = tmp_path / "issues"
     assert main(["find-issues", "--data", str(tmp_path / "labels.csv"), "--out", str(out), "--quiet"]) == 2
     assert "torchrun" in capsys.readouterr().err and not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# main(): the user's errors are one line and exit 2; a bug keeps its traceback
+
+
+def _raising(exc):
+    def cmd(args):
+        raise exc
+
+    return cmd
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("a bug"), ValueError("a bug's plain ValueError"), KeyError("k"),
+                                 ImportError("No module named 'nothing'"), TypeError("a bug")])
+def test_an_unexpected_exception_is_not_swallowed(monkeypatch, capsys, exc):
+    from dataparams import cli
+
+    monkeypatch.setattr(cli, "cmd_presets", _raising(exc))
+    with pytest.raises(type(exc)) as info:
+        main(["presets"])
+    assert info.value is exc
+    assert "error:" not in capsys.readouterr().err
+
+
+def _user_errors():
+    from dataparams.config import ConfigError
+    from dataparams.data.base import DatasetFormatError, DatasetNotFoundError
+    from dataparams.data.user import ImageTooLarge, UserDataError
+    from dataparams.detection.coco import CocoFormatError
+    from dataparams.detection.kitti import KittiFormatError
+    from dataparams.distributed.checkpoint import ShardFileError
+    from dataparams.runs import RunConflictError, RunDirError, RunExistsError
+
+    return [ConfigError("bad value"), DatasetFormatError("data.gz: truncated"), DatasetNotFoundError("no data"),
+            UserDataError("list.csv:3: bad label"), ImageTooLarge("a.png: too large"),
+            ShardFileError("shard 1: damaged"), KittiFormatError("000001.txt:2: 14 fields"),
+            CocoFormatError("ann.json: box 7"), RunDirError("locked"), RunExistsError("runs/x holds this run"),
+            RunConflictError("runs/x holds another run"), FileNotFoundError("weights file w.pt not found"),
+            ImportError("figures need matplotlib; install it with: pip install 'dataparams[report]'")]
+
+
+@pytest.mark.parametrize("exc", _user_errors(), ids=lambda e: type(e).__name__)
+def test_a_user_error_is_one_line_and_exit_2(monkeypatch, capsys, exc):
+    from dataparams import cli
+
+    monkeypatch.setattr(cli, "cmd_presets", _raising(exc))
+    assert main(["presets"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert captured.out == "" and len(lines) == 1 and lines[0].startswith(f"error: {exc}"), captured.err
+
+
+def test_user_error_classes_exist():
+    """Every (module, class) main() treats as the user's error names an exception class."""
+    import importlib
+
+    from dataparams.cli import USER_ERRORS
+
+    for module, name in USER_ERRORS:
+        cls = getattr(importlib.import_module(module), name)
+        assert issubclass(cls, Exception), (module, name)
+
+
+def test_a_bug_exits_1_with_its_traceback(tmp_path):
+    """From the shell: a bug's ValueError is a traceback and exit status 1, not `error: ...` and 2."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom dataparams import cli\n"
+            "def cmd(args):\n    raise ValueError('a bug')\n"
+            "cli.cmd_presets = cmd\nsys.exit(cli.main(['presets']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "ValueError: a bug" in proc.stderr and "error: a bug" not in proc.stderr
+
+
+def test_corrupt_dataset_file_is_still_one_line(tmp_path, capsys):
+    """The readers' user-facing ValueErrors are DatasetFormatError: one line, exit 2."""
+    gz = tmp_path / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(b"\x1f\x8b" + b"\x00" * 10)
+    for name in ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / name).write_bytes(b"")
+    assert main(["train", "--preset", "fmnist-noisy40/instance", "--data-dir", str(tmp_path), "--out",
+                 str(tmp_path / "run"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cannot decompress" in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_sub_command_runs_its_own_function():
+    from dataparams import cli
+
+    parser = cli.get_args_parser()
+    expected = {"train": cli.cmd_train, "demo": cli.cmd_demo, "presets": cli.cmd_presets,
+                "report": cli.cmd_report, "find-issues": cli.cmd_find_issues, "kitti-eval": cli.cmd_kitti_eval,
+                "bench": cli.cmd_bench}
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == set(expected)
+    for name, func in expected.items():
+        assert sub.choices[name].get_default("func") is func
+
+
+@pytest.mark.parametrize("command, option, other", [
+    ("train", "--data", "--data-dir"), ("train", "--data-dir", "--data"),
+    ("train", "--seed", "--seeds"), ("train", "--seeds", "--seed"),
+    ("train", "--method", "--methods"), ("bench", "--methods", "--method"),
+])
+def test_look_alike_options_name_each_other(command, option, other):
+    """Each of two confusable options says in its help how it differs from the other."""
+    from dataparams.cli import get_args_parser
+
+    parser = get_args_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    action = next(a for a in sub._actions if option in a.option_strings)
+    assert re.search(rf"\bnot (train's |bench's )?{re.escape(other)}(?![\w-])", action.help, re.IGNORECASE), action.help

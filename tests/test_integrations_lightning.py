@@ -48,7 +48,7 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(N, D, generator=g), torch.randint(0, K, (N,), generator=g)
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")])]
 
 
 def _loader() -> DataLoader:

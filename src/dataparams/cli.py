@@ -19,21 +19,80 @@ __all__ = ["get_args_parser", "main"]
 
 
 # ----------------------------------------------------------------------------------------------
-# argument parsing
+# argument parsing: one function per sub-command, shared options defined once
 # ----------------------------------------------------------------------------------------------
-def _add_execution_args(p: argparse.ArgumentParser) -> None:
+# Each option that several sub-commands take is spelled in one helper below; a sub-command passes
+# only what differs (its default, and a help text that says what the option means there).
+# Options that look alike (--data / --data-dir, --seed / --seeds, --method / --methods) say in
+# their help how they differ; README.md lists them under "The command line".
+_Parser = argparse.ArgumentParser
+_Target = Any  # a parser or an argument group of one
+
+
+def _add_out(p: _Parser, **kwargs: Any) -> None:
+    p.add_argument("--out", **kwargs)
+
+
+def _add_quiet(p: _Target, help: str) -> None:
+    p.add_argument("--quiet", "-q", action="store_true", help=help)
+
+
+def _add_device(p: _Target, *, default: str = "auto",
+                help: str = "auto | cpu | cuda | cuda:N | mps (default: auto)") -> None:
+    p.add_argument("--device", default=default, help=help)
+
+
+def _add_overwrite(p: _Parser, help: str) -> None:
+    p.add_argument("--overwrite", action="store_true", help=help)
+
+
+def _add_resume(p: _Parser, help: str) -> None:
+    p.add_argument("--resume", action="store_true", help=help)
+
+
+def _add_overrides(p: _Parser, *, help: str, default: list[str] | None = None) -> None:
+    """``--set FIELD=VALUE`` (repeatable), into ``args.overrides``."""
+    p.add_argument("--set", dest="overrides", action="append", default=default, metavar="FIELD=VALUE", help=help)
+
+
+def _add_data(p: _Parser, help: str) -> None:
+    """``--data PATH``: the user's own labelled samples (not a preset's dataset folder)."""
+    p.add_argument("--data", metavar="PATH", help=help)
+
+
+def _add_data_dir(p: _Parser, help: str) -> None:
+    """``--data-dir``: where a preset's dataset is read from (not the user's own data)."""
+    p.add_argument("--data-dir", help=help)
+
+
+def _add_epochs(p: _Parser, help: str) -> None:
+    p.add_argument("--epochs", type=int, help=help)
+
+
+def _add_seed(p: _Parser, *, help: str, default: int | None = None) -> None:
+    """``--seed N``: one value (``train --seeds`` takes several, one run each)."""
+    p.add_argument("--seed", type=int, default=default, help=help)
+
+
+def _add_holdout(p: _Parser, *, help: str, default: float | None = None, metavar: str | None = None) -> None:
+    p.add_argument("--holdout", type=float, default=default, metavar=metavar, help=help)
+
+
+def _add_execution_args(p: _Parser) -> None:
+    """Where and how a training runs: options that do not change its result (train, demo)."""
     g = p.add_argument_group("execution (does not change the result)")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
+    _add_device(g)
     g.add_argument("--amp", default="off", choices=["off", "fp16", "bf16"],
                    help="mixed precision: fp16 (CUDA, with a gradient scaler) or bf16 (default: off)")
     g.add_argument("--deterministic", action="store_true",
                    help="use deterministic algorithms only (slower on GPU; CPU runs are deterministic anyway)")
     g.add_argument("--workers", type=int, help="DataLoader worker processes for image-file datasets")
-    g.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-epoch lines")
+    _add_quiet(g, "no progress bars or per-epoch lines")
     g.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard event files")
 
 
-def _add_table_args(p: argparse.ArgumentParser) -> None:
+def _add_table_args(p: _Parser) -> None:
+    """How to read a table given as ``--data`` (train, find-issues)."""
     g = p.add_argument_group("a table as --data (a .parquet file or a datasets save_to_disk folder)")
     g.add_argument("--label-column", metavar="NAME", help="the column of labels (default: label)")
     g.add_argument("--image-column", metavar="NAME",
@@ -46,88 +105,94 @@ def _add_table_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--split", metavar="NAME", help="the split of a DatasetDict folder (default: train)")
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    from dataparams.analysis.find_issues import SCORES
-    from dataparams.methods.registry import METHODS
-    from dataparams.scores import FLAG_RULES
-
-    parser = argparse.ArgumentParser(
-        prog="dataparams",
-        description=(
-            "Train PyTorch models with data parameters (Saxena, Tuzel & DeCoste, NeurIPS 2019): a learnable "
-            "temperature per class and per sample, a dynamic curriculum, and a score that finds mislabeled data."
-        ),
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def _add_train(sub: Any) -> None:
     t = sub.add_parser("train", help="train a preset (with overrides) into a run directory",
                        description="Train a named preset, optionally overriding any config field.")
+    t.set_defaults(func=cmd_train)
     t.add_argument("--preset", help="EXPERIMENT/VARIANT, see `dataparams presets` (default: fmnist-noisy40/instance; "
                    "with --data, the method dp-cm-filter on the user presets, or user/VARIANT when given)")
-    t.add_argument("--data", metavar="PATH", help="train on your own data: a path,label CSV/TSV list, a folder of "
-                   "class folders, an .npz with X (features) and y, a .parquet file or a datasets "
-                   "save_to_disk folder (see the table options below). Without --method or --preset it trains "
-                   "dp-cm-filter (the instance curriculum, find-issues' flags, then a plain retraining on the "
-                   "kept samples: OUT/stage1, OUT/stage2, whose model.pt is the one to keep; the reason is in "
-                   "each stage's config.json under choices.method). The labels are used as given, the "
-                   "image side, channels, normalisation, model and epochs are chosen from the data and printed, "
-                   "with a fingerprint of the data (the list's bytes, every image's size and modification "
-                   "time; a table's labels, ids and pixels or features) that --resume checks")
-    t.add_argument("--method", help="train a compared method (see `dataparams bench --help`) on the preset's "
+    _add_data(t, "train on your own data: a path,label CSV/TSV list, a folder of class folders, an .npz with X "
+              "(features) and y, a .parquet file or a datasets save_to_disk folder (see the table options "
+              "below); not --data-dir, which is the folder a preset's own dataset (Fashion-MNIST, CIFAR, ...) "
+              "is read from. Without --method or --preset it trains "
+              "dp-cm-filter (the instance curriculum, find-issues' flags, then a plain retraining on the "
+              "kept samples: OUT/stage1, OUT/stage2, whose model.pt is the one to keep; the reason is in "
+              "each stage's config.json under choices.method). The labels are used as given, the "
+              "image side, channels, normalisation, model and epochs are chosen from the data and printed, "
+              "with a fingerprint of the data (the list's bytes, every image's size and modification "
+              "time; a table's labels, ids and pixels or features) that --resume checks")
+    t.add_argument("--method", help="train one compared method (see `dataparams bench --help`) on the preset's "
                    "experiment (or on --data): e.g. --preset fmnist-noisy40 --method gce; default: the preset's own "
                    "variant. dp-filter, dp-gce-filter and dp-cm-filter train twice, into OUT/stage1 and, on the "
                    "samples the first "
                    "training did not flag, OUT/stage2, and write OUT/pipeline.json; --set pipeline.FIELD=VALUE "
                    "sets their options (first, score, rule, fraction, retrain), other --set apply to both "
-                   "trainings. cleanlab and aum run in `dataparams bench` only")
+                   "trainings. cleanlab and aum run in `dataparams bench` only. Not bench's --methods, which "
+                   "takes several methods to compare")
     t.add_argument("--config", help="start from a config.json (e.g. of an earlier run) instead of a preset")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a config field, e.g. --set optim.lr=0.1 --set curriculum.lr_instance=0.5 (repeatable)")
-    t.add_argument("--data-dir", help="dataset folder (same as --set data.data_dir=...)")
-    t.add_argument("--epochs", type=int, help="same as --set optim.epochs=N")
-    t.add_argument("--seed", type=int, help="same as --set seed=N")
-    t.add_argument("--seeds", type=int, nargs="+", help="run one repeat per seed into OUT/seedN and summarise mean ± std")
-    t.add_argument("--out", help="run directory (default: runs/<preset>)")
-    t.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint (a two-stage --method: a finished "
-                   "stage is used as it is and the unfinished one continues); refused, naming what changed, "
-                   "when the config or (with --data) the data changed since the run began, e.g. a label "
-                   "edited in the list")
-    t.add_argument("--overwrite", action="store_true", help="delete the run in --out and start over")
+    _add_overrides(t, default=[], help="override a config field, e.g. --set optim.lr=0.1 --set "
+                   "curriculum.lr_instance=0.5 (repeatable)")
+    _add_data_dir(t, "the folder a preset's dataset is read from (same as --set data.data_dir=...); not "
+                  "--data, which trains on your own data instead of a preset's dataset")
+    _add_epochs(t, "same as --set optim.epochs=N")
+    _add_seed(t, help="same as --set seed=N: the seed of the one training (default: the preset's, 1 for every "
+              "preset, or --config's); not --seeds, which trains one repeat per seed")
+    t.add_argument("--seeds", type=int, nargs="+", help="run one repeat per seed into OUT/seedN and summarise "
+                   "mean ± std; not --seed, which sets the seed of a single run")
+    _add_out(t, help="run directory (default: runs/<preset>)")
+    _add_resume(t, "continue the run in --out from its last checkpoint (a two-stage --method: a finished "
+                "stage is used as it is and the unfinished one continues); refused, naming what changed, "
+                "when the config or (with --data) the data changed since the run began, e.g. a label "
+                "edited in the list")
+    _add_overwrite(t, "delete the run in --out and start over")
     t.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-    t.add_argument("--holdout", type=float, metavar="FRACTION",
-                   help="with --data: hold out this fraction of your samples, with their labels as given, to "
-                   "choose the epoch whose network is kept (model.pt) and to report accuracy on; same as --set "
-                   "data.val_fraction=FRACTION (default: none held out, the last epoch is kept)")
+    _add_holdout(t, metavar="FRACTION", help="with --data: hold out this fraction of your samples, with their labels as given, to "
+                 "choose the epoch whose network is kept (model.pt) and to report accuracy on; same as --set "
+                 "data.val_fraction=FRACTION (default: none held out, the last epoch is kept)")
     _add_table_args(t)
     _add_execution_args(t)
 
+
+def _add_demo(sub: Any) -> None:
     d = sub.add_parser("demo", help="baseline vs instance curriculum on Fashion-MNIST with 40%% label noise",
                        description="The main job: train the cross-entropy baseline and the instance-level curriculum "
                        "on Fashion-MNIST with 40%% uniform label noise, then print test accuracy and the "
                        "noise-detection AUROC of sigma side by side.")
-    d.add_argument("--out", default="runs/demo", help="parent folder of the two run directories (default: %(default)s)")
-    d.add_argument("--data-dir", help="Fashion-MNIST folder (default: the Debian package's)")
-    d.add_argument("--epochs", type=int, help="override the demo's epoch count")
-    d.add_argument("--seed", type=int, default=1)
-    d.add_argument("--overwrite", action="store_true", help="replace earlier demo runs (default: refuse, or resume)")
+    d.set_defaults(func=cmd_demo)
+    _add_out(d, default="runs/demo", help="parent folder of the two run directories (default: %(default)s)")
+    _add_data_dir(d, "Fashion-MNIST folder (default: the Debian package's)")
+    _add_epochs(d, "override the demo's epoch count")
+    _add_seed(d, default=1, help="seed of both trainings (default: %(default)s, the seed every preset trains with)")
+    _add_overwrite(d, "replace earlier demo runs (default: refuse, or resume)")
     _add_execution_args(d)
 
-    sub.add_parser("presets", help="list the preset names", description="List every EXPERIMENT/VARIANT preset.")
 
+def _add_presets(sub: Any) -> None:
+    p = sub.add_parser("presets", help="list the preset names", description="List every EXPERIMENT/VARIANT preset.")
+    p.set_defaults(func=cmd_presets)
+
+
+def _add_report(sub: Any) -> None:
     r = sub.add_parser("report", help="figures and a self-contained HTML report of finished runs",
                        description="Read run directories (or folders of them, e.g. OUT of `train --seeds`), group "
                        "the seeds of each setting, and write the learned-curriculum figures (PNG) and "
                        "report.html (self-contained, figures embedded) into --out.")
+    r.set_defaults(func=cmd_report)
     r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or folders holding them")
-    r.add_argument("--out", required=True, help="folder for the report")
+    _add_out(r, required=True, help="folder for the report")
     r.add_argument("--classes", nargs="+", metavar="CLASS",
                    help="classes (indices or names) for the class-parameter figure (default: 4 at random)")
     r.add_argument("--samples", nargs="+", type=int, metavar="INDEX",
                    help="samples (positions in the run) for the instance-parameter figure "
                    "(default: 3 clean and 3 corrupted at random)")
-    r.add_argument("--seed", type=int, default=0, help="seed of the random choices (default: %(default)s)")
-    r.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    _add_seed(r, default=0, help="seed of the random choice of the classes and samples the figures show, not a "
+              "training seed (default: %(default)s)")
+    _add_quiet(r, "no progress lines")
+
+
+def _add_find_issues(sub: Any) -> None:
+    from dataparams.analysis.find_issues import SCORES
+    from dataparams.scores import FLAG_RULES
 
     f = sub.add_parser("find-issues", help="rank samples by how likely their label is wrong: of a run, or of your data",
                        description="With --data PATH: train the instance curriculum on your data (labels as given, "
@@ -144,11 +209,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                        "min of its boxes' label_score, is_label_issue = any box flagged), the per-image "
                        "label_issues_mask.npy and label_quality_scores.npy, summary.json and report.html with the "
                        "most suspect boxes drawn on their images.")
+    f.set_defaults(func=cmd_find_issues)
     f.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="a run directory written by `dataparams train`")
-    f.add_argument("--data", metavar="PATH", help="your data: a path,label CSV/TSV list, a folder of class "
-                   "folders, an .npz with X (features) and y, a .parquet file or a datasets save_to_disk "
-                   "folder (see the table options below)")
-    f.add_argument("--out", help="output folder (default: RUN_DIR/issues, or <data name>-issues with --data)")
+    _add_data(f, "your data: a path,label CSV/TSV list, a folder of class "
+              "folders, an .npz with X (features) and y, a .parquet file or a datasets save_to_disk "
+              "folder (see the table options below)")
+    _add_out(f, help="output folder (default: RUN_DIR/issues, or <data name>-issues with --data)")
     f.add_argument("--score", choices=list(SCORES),
                    help="sigma: instance temperature at an epoch; sigma-mean: sigma integrated over training "
                    "(geometric mean over the epochs); last-loss: each sample's training loss at its last visit; "
@@ -162,33 +228,42 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "of a bounded loss's maximum), confident (confident learning on the class probabilities "
                    "averaged over training); auto: bound for a GCE-trained run, else class-mean for a loss "
                    "score and mixture for sigma; a detection run takes auto, class-mean or mixture (default: %(default)s)")
-    f.add_argument("--holdout", type=float, default=0.0,
-                   help="with --data: fraction held out to choose the epoch and measure accuracy (not ranked; "
-                   "default: %(default)s)")
-    f.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="with --data: config overrides, e.g. --set model.arch=resnet18 --set optim.epochs=30")
+    _add_holdout(f, default=0.0, help="with --data: fraction held out to choose the epoch and measure accuracy "
+                 "(not ranked; default: %(default)s)")
+    _add_overrides(f, default=[], help="with --data: config overrides, e.g. --set model.arch=resnet18 --set "
+                   "optim.epochs=30")
     f.add_argument("--model", help="with --data: a model architecture (same as --set model.arch=...)")
     f.add_argument("--weights", metavar="FILE", help="with --data: a local pretrained checkpoint to start from")
-    f.add_argument("--seed", type=int, default=1, help="with --data: seed (default: %(default)s)")
-    f.add_argument("--device", default="auto", help="with --data: auto | cpu | cuda | cuda:N | mps")
-    f.add_argument("--overwrite", action="store_true",
-                   help="with --data: retrain even if OUT/run holds a run on the same data and settings "
+    _add_seed(f, default=1, help="with --data: seed of the training (default: %(default)s, the seed every preset "
+              "trains with)")
+    _add_device(f, help="with --data: auto | cpu | cuda | cuda:N | mps")
+    _add_overwrite(f, "with --data: retrain even if OUT/run holds a run on the same data and settings "
                    "(one on other data or settings is retrained anyway)")
-    f.add_argument("--quiet", "-q", action="store_true", help="no progress output")
-    f.add_argument("--epoch", type=int, help="use the snapshot of this epoch (default: the last)")
+    _add_quiet(f, "no progress output")
+    f.add_argument("--epoch", type=int, help="use the snapshot of this epoch (default: the last); not a number "
+                   "of epochs to train, which is --set optim.epochs=N with --data")
     f.add_argument("--cleaned-labels", choices=["relabel", "drop"],
                    help="also write cleaned_labels_<action>.csv: flagged samples relabelled with the model's "
                    "prediction, or dropped")
     _add_table_args(f)
+
+
+def _add_kitti_eval(sub: Any) -> None:
     k = sub.add_parser("kitti-eval", help="KITTI 2D detection AP (the official devkit's rules) of label files",
                        description="Evaluate detections in KITTI label format (the score as the last column) against "
                        "KITTI ground-truth label files with the official devkit's semantics: Car at IoU 0.7, Pedestrian "
                        "and Cyclist at 0.5; easy/moderate/hard by box height, occlusion and truncation; DontCare "
                        "regions and neighbouring classes ignored; 40-recall-point and 11-point AP, in percent.")
+    k.set_defaults(func=cmd_kitti_eval)
     k.add_argument("gt_dir", metavar="GT_LABEL_DIR", help="ground-truth label files (e.g. training/label_2)")
     k.add_argument("det_dir", metavar="DET_LABEL_DIR", help="detection label files; a missing file = no detections")
     k.add_argument("--split", metavar="FILE", help="ImageSets file: evaluate these image ids only")
     k.add_argument("--json", metavar="FILE", help='also write {"Car": {"easy": {"ap40": ..., "ap11": ...}, ...}, ...}')
+
+
+def _add_bench(sub: Any) -> None:
+    from dataparams.methods.registry import METHODS
+
     b = sub.add_parser(
         "bench", help="data parameters vs peer methods: a resumable method x noise x seed grid",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -199,14 +274,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         "OUT/results.png (the accuracy tables as bars, when matplotlib is installed).\n\nmethods:\n"
         + "\n".join(f"  {m.name:<12} {m.summary} ({m.trainings} training{'s' if m.trainings > 1 else ''})"
                     for m in METHODS.values()))
-    b.add_argument("--out", default="runs/bench", help="bench folder (default: %(default)s)")
+    b.set_defaults(func=cmd_bench)
+    _add_out(b, default="runs/bench", help="bench folder (default: %(default)s)")
     b.add_argument("--spec", help="a JSON file with BenchSpec fields (base, methods, grid, overrides, chosen, folds)")
     b.add_argument("--base", help="base experiment, default fmnist-noisy40 (its baseline preset sets model, data, "
                    "epochs and optimizer for every method)")
     b.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
-                   help="subset of the methods listed above (default: all)")
-    b.add_argument("--set", dest="overrides", action="append", metavar="FIELD=VALUE",
-                   help="config override for every cell (replaces the default data.val_fraction=0.1 list)")
+                   help="subset of the methods listed above, compared side by side (default: all); not train's "
+                   "--method, which trains one method")
+    _add_overrides(b, help="config override for every cell (replaces the default data.val_fraction=0.1 list)")
     b.add_argument("--stage", choices=["tune", "grid", "all", "summary"], default="all",
                    help="tune: choose each method's setting on the noisy validation split; grid: run the cells "
                    "(with the tuned settings when OUT/tuning.json exists); all: both; summary: only rewrite "
@@ -215,8 +291,26 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="run one cell only, e.g. dp-filter/pair40/seed2, with the spec's settings (its 'chosen', or "
                    "OUT/tuning.json); prints its result")
     b.add_argument("--jobs", type=int, default=1, help="cells run in parallel, each with cores/jobs threads")
-    b.add_argument("--device", default="cpu", help="device of every cell (default: cpu)")
-    b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_device(b, default="cpu", help="device of every cell (default: cpu)")
+    _add_quiet(b, "no progress bar")
+
+
+#: The sub-commands in the order ``dataparams --help`` lists them.
+_SUBCOMMANDS = (_add_train, _add_demo, _add_presets, _add_report, _add_find_issues, _add_kitti_eval, _add_bench)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The ``dataparams`` parser; each sub-command's parser sets ``func``, the ``cmd_*`` that runs it."""
+    parser = argparse.ArgumentParser(
+        prog="dataparams",
+        description=(
+            "Train PyTorch models with data parameters (Saxena, Tuzel & DeCoste, NeurIPS 2019): a learnable "
+            "temperature per class and per sample, a dynamic curriculum, and a score that finds mislabeled data."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _SUBCOMMANDS:
+        add(sub)
     return parser
 
 
@@ -675,27 +769,61 @@ def _explain(e: Exception) -> str:
     return str(e)
 
 
+#: The library's errors about what the user gave (a name, a value, a file, the data, a run
+#: directory), as (module, class): :func:`main` prints them as one line. Subclasses count too
+#: (RunExistsError and RunConflictError are RunDirErrors). A class whose module was never imported
+#: cannot have been raised, so none is imported to check.
+USER_ERRORS = (
+    ("dataparams.config", "ConfigError"),
+    ("dataparams.runs.rundir", "RunDirError"),
+    ("dataparams.data.base", "DatasetNotFoundError"),
+    ("dataparams.data.base", "DatasetFormatError"),
+    ("dataparams.data.user", "UserDataError"),
+    ("dataparams.data.user", "ImageTooLarge"),
+    ("dataparams.distributed.checkpoint", "ShardFileError"),
+    ("dataparams.detection.kitti", "KittiFormatError"),
+    ("dataparams.detection.coco", "CocoFormatError"),
+)
+
+#: How the library says which optional extra a missing package belongs to, e.g. the ImportError
+#: "figures need matplotlib; install it with: pip install 'dataparams[report]'".
+_EXTRA_HINT = "pip install 'dataparams["
+
+
+def _is_user_error(e: Exception) -> bool:
+    """Whether ``e`` is about the user's input (printed as ``error: ...``) rather than a bug (raised).
+
+    That is one of :data:`USER_ERRORS`, a ``FileNotFoundError`` (an input path that does not
+    exist), or an ``ImportError`` whose message names the optional extra to install; any other
+    ``ImportError`` or ``ValueError`` is a bug and keeps its traceback.
+    """
+    if isinstance(e, FileNotFoundError):
+        return True
+    if isinstance(e, ImportError):
+        return _EXTRA_HINT in str(e)
+    classes = tuple(getattr(sys.modules[module], name) for module, name in USER_ERRORS if module in sys.modules)
+    return isinstance(e, classes)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``dataparams ARGV``; return the exit status: 0, 2 for a refused input (one line on
+    stderr), 130 when interrupted. Any other exception propagates with its traceback."""
     parser = get_args_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    from dataparams.config import ConfigError
-    from dataparams.data.base import DatasetNotFoundError
-    from dataparams.runs import RunDirError
-
-    commands = {"train": cmd_train, "presets": cmd_presets, "demo": cmd_demo, "report": cmd_report,
-                "find-issues": cmd_find_issues, "bench": cmd_bench, "kitti-eval": cmd_kitti_eval}
     try:
-        return commands[args.command](args)
-    except (ConfigError, DatasetNotFoundError, RunDirError, ValueError, ImportError, FileNotFoundError) as e:
-        # Bad input (names, values, files, missing optional packages): one line, no traceback.
-        print(f"error: {_explain(e)}", file=sys.stderr)
-        return 2
+        return args.func(args)
     except KeyboardInterrupt:
         print("\ninterrupted; continue with --resume", file=sys.stderr)
         return 130
+    except Exception as e:
+        if not _is_user_error(e):
+            raise
+        # Bad input (names, values, files, missing optional packages): one line, no traceback.
+        print(f"error: {_explain(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from dataparams.config import ConfigError
 from dataparams.distributed.context import DistributedContext
 from dataparams.distributed.models import unwrap_model
 from dataparams.objectives import Objective
@@ -57,11 +58,11 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available on this machine")
+        raise ConfigError(f"device {name!r} was asked for but CUDA is not available on this machine")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device 'mps' was asked for but Apple MPS is not available on this machine")
+        raise ConfigError("device 'mps' was asked for but Apple MPS is not available on this machine")
     if name not in ("cpu", "mps") and not name.startswith("cuda"):
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     return torch.device(name)
 
 
@@ -88,9 +89,9 @@ class Execution:
             return cls(device, torch.bfloat16, channels_last=channels_last)
         if amp == "fp16":
             if device.type != "cuda":
-                raise ValueError("amp 'fp16' needs CUDA (a gradient scaler); use 'bf16' on the CPU")
+                raise ConfigError("amp 'fp16' needs CUDA (a gradient scaler); use 'bf16' on the CPU")
             return cls(device, torch.float16, torch.amp.GradScaler("cuda"), channels_last=channels_last)
-        raise ValueError(f"unknown amp mode {amp!r}; use off, fp16 or bf16")
+        raise ConfigError(f"unknown amp mode {amp!r}; use off, fp16 or bf16")
 
     def input(self, x: Tensor) -> Tensor:
         """Move a batch of inputs to the device (in the chosen memory format)."""

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dataparams.config import ConfigError
+
 __all__ = [
     "FLAG_RULES",
     "SCORE_NAMES",
@@ -446,14 +448,14 @@ def flag_by_rule(scores: np.ndarray, *, labels: Any = None, probs: Any = None, r
     from dataparams.analysis.metrics import estimate_num_mislabeled
 
     if rule not in FLAG_RULES:
-        raise ValueError(f"rule must be one of {', '.join(FLAG_RULES)}, got {rule!r}")
+        raise ConfigError(f"rule must be one of {', '.join(FLAG_RULES)}, got {rule!r}")
     s = _check_scores(scores)
     bound = loss_bound(loss, q)
     if rule == "auto":
         rule = "bound" if math.isfinite(bound) else "class-mean" if labels is not None else "mixture"
     if rule == "confident":
         if probs is None or labels is None:
-            raise ValueError("rule='confident' needs the labels and the class probabilities (probs): a run keeps "
+            raise ConfigError("rule='confident' needs the labels and the class probabilities (probs): a run keeps "
                              "them (predictions.npz mean_probs) only when trained in one process with N x K <= "
                              f"{MAX_PROBABILITY_ENTRIES:,} and by this version; use rule='class-mean' otherwise")
         y = np.asarray(labels, dtype=np.int64)
@@ -496,9 +498,9 @@ def flag_by_rule(scores: np.ndarray, *, labels: Any = None, probs: Any = None, r
                 "estimate": estimate}
     if rule == "bound":
         if not math.isfinite(bound):
-            raise ValueError(f"rule='bound' needs a bounded loss (gce), got loss={loss!r}")
+            raise ConfigError(f"rule='bound' needs a bounded loss (gce), got loss={loss!r}")
         if not 0.0 < fraction < 1.0:
-            raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
+            raise ConfigError(f"fraction must lie in (0, 1), got {fraction}")
         mask = s >= fraction * bound
         return {"mask": mask, "rule": rule, "threshold": fraction * bound, "posterior": mask.astype(np.float64),
                 "estimate": {"n_estimated": int(mask.sum()), "fraction": float(mask.mean()) if len(s) else 0.0}}

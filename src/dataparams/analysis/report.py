@@ -37,6 +37,7 @@ from dataparams.analysis.runs_io import (
     load_run_dataset,
     load_runs,
 )
+from dataparams.config import ConfigError
 from dataparams.runs import RunDirError
 
 __all__ = ["build_report"]
@@ -287,7 +288,7 @@ def _plan_group(group: RunGroup, datasets: _Datasets, plan: _Plan, *,
                 raise RunDirError(f"no readable snapshot with class_sigma in {first.path / 'snapshots'}")
             chosen = _resolve_classes(classes, sig.shape[2], names, np.random.default_rng(seed), plan.notes, label)
             if not chosen:
-                raise ValueError("none of the requested classes exists")
+                raise ConfigError("none of the requested classes exists")
             return figures.plot_class_sigma(epochs, sig, p, classes=chosen, class_names=names,
                                             title=f"{label}: class-level curriculum ({_seeds_text(used)})")
 

@@ -13,11 +13,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DatasetNotFoundError", "Split"]
+__all__ = ["DatasetFormatError", "DatasetNotFoundError", "Split"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are missing; the message says where we looked and how to get them."""
+
+
+class DatasetFormatError(ValueError):
+    """A dataset's files are there but unusable: truncated, corrupt, not in their format, or
+    inconsistent with each other; the message names the file (and line) and what is wrong."""
 
 
 @dataclass

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataparams.data.base import DatasetNotFoundError, Split
+from dataparams.data.base import DatasetFormatError, DatasetNotFoundError, Split
 
 __all__ = [
     "CIFAR_N_LABEL_SETS",
@@ -71,10 +71,10 @@ def _read(cls: type, folder: Path, *, train: bool, name: str) -> Split:
         ds = cls(str(folder.parent), train=train, download=False)
     except RuntimeError as e:
         # torchvision's "not found or corrupted": the files exist (checked), so a checksum failed.
-        raise ValueError(f"{folder}: the files do not match the published archive's checksums, truncated or "
+        raise DatasetFormatError(f"{folder}: the files do not match the published archive's checksums, truncated or "
                          f"modified ({e})") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, KeyError) as e:
-        raise ValueError(f"{_unreadable_file(cls, folder, train)}: not a readable CIFAR pickle, truncated or "
+        raise DatasetFormatError(f"{_unreadable_file(cls, folder, train)}: not a readable CIFAR pickle, truncated or "
                          f"corrupt ({type(e).__name__}: {e})") from None
     images = np.ascontiguousarray(ds.data, dtype=np.uint8)
     return Split(np.asarray(ds.targets, dtype=np.int64), [str(c) for c in ds.classes], images=images,
@@ -169,12 +169,12 @@ def check_labels_match(labels: np.ndarray, split: Split) -> None:
     """
     labels = np.asarray(labels)
     if labels.shape != (len(split),):
-        raise ValueError(
+        raise DatasetFormatError(
             f"labels of shape {labels.shape} for {split.name or 'a split'} of {len(split)} samples; "
             "CIFAR-N labels cover the training split only"
         )
     if labels.size and (labels.min() < 0 or labels.max() >= split.num_classes):
-        raise ValueError(
+        raise DatasetFormatError(
             f"labels range over [{labels.min()}, {labels.max()}] but {split.name or 'the split'} "
             f"has {split.num_classes} classes"
         )
@@ -213,12 +213,12 @@ def load_cifar_n_labels(path: str | os.PathLike, *, label_set: str, split: Split
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # torch.load raises a variety of errors for a bad file
-        raise ValueError(f"{path}: cannot read as a torch.save file ({type(e).__name__}: {e})") from None
+        raise DatasetFormatError(f"{path}: cannot read as a torch.save file ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a dict of label arrays, got {type(obj).__name__}")
+        raise DatasetFormatError(f"{path}: expected a dict of label arrays, got {type(obj).__name__}")
     key = CIFAR_N_LABEL_SETS[label_set]
     if key not in obj:
-        raise ValueError(
+        raise DatasetFormatError(
             f"{path} has no {key!r} (label_set {label_set!r}); it holds {sorted(map(str, obj))}. "
             "'noisy' is a CIFAR-100N set, 'aggre', 'random1-3' and 'worst' are CIFAR-10N sets."
         )
@@ -227,7 +227,7 @@ def load_cifar_n_labels(path: str | os.PathLike, *, label_set: str, split: Split
         value = value.numpy()
     labels = np.asarray(value)
     if labels.ndim != 1 or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
-        raise ValueError(f"{path}: {key!r} must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+        raise DatasetFormatError(f"{path}: {key!r} must be a 1-D integer array, got {labels.dtype} {labels.shape}")
     labels = labels.astype(np.int64)
     if split is not None:
         check_labels_match(labels, split)

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dataparams.data.base import DatasetNotFoundError, Split
+from dataparams.data.base import DatasetFormatError, DatasetNotFoundError, Split
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -76,7 +76,7 @@ def _walk(top: Path) -> Any:
         st = os.stat(entry[0])
         key = (st.st_dev, st.st_ino)
         if key in seen:
-            raise ValueError(f"{entry[0]} is the folder {seen[key]} again (a symbolic link loop, or two links to "
+            raise DatasetFormatError(f"{entry[0]} is the folder {seen[key]} again (a symbolic link loop, or two links to "
                              "one folder): remove the link so that each image is listed once")
         seen[key] = entry[0]
         yield entry
@@ -89,7 +89,7 @@ def _image_folder(root: Path, *, name: str, classes: list[str] | None = None, ho
     if classes is None:
         classes = found
     elif extra := sorted(set(found) - set(classes)):
-        raise ValueError(f"{root}: class folders {extra[:5]} are not among the {len(classes)} known classes")
+        raise DatasetFormatError(f"{root}: class folders {extra[:5]} are not among the {len(classes)} known classes")
     if not classes:
         with os.scandir(root) as entries:
             flat = any(_is_image(e.name) for e in entries if e.is_file())
@@ -167,9 +167,9 @@ def _read_list(path: Path, *, base: Path, num_classes: int) -> tuple[list[str], 
             try:
                 rel, label = fields[0], int(fields[1])
             except (IndexError, ValueError):
-                raise ValueError(f"{path}:{lineno}: expected 'path label', got {line.strip()!r}") from None
+                raise DatasetFormatError(f"{path}:{lineno}: expected 'path label', got {line.strip()!r}") from None
             if label < 0:
-                raise ValueError(f"{path}:{lineno}: negative label {label}")
+                raise DatasetFormatError(f"{path}:{lineno}: negative label {label}")
             if label < num_classes:
                 paths.append(str(base / rel))
                 labels.append(label)
@@ -235,7 +235,7 @@ def load_webvision(
     if synsets.is_file():
         names = [line.strip() for line in synsets.read_text(encoding="utf-8").splitlines() if line.strip()]
         if len(names) < num_classes:
-            raise ValueError(f"{synsets}: {len(names)} class names, need {num_classes}")
+            raise DatasetFormatError(f"{synsets}: {len(names)} class names, need {num_classes}")
         classes = names[:num_classes]
     else:
         classes = [f"class_{k}" for k in range(num_classes)]
@@ -280,7 +280,7 @@ def load_filelist(
                 continue
             fields = [field.strip() for field in row]
             if len(fields) != 2:
-                raise ValueError(
+                raise DatasetFormatError(
                     f"{path}:{lineno}: expected 2 fields (path, label) separated by {delimiter!r}, "
                     f"got {len(fields)}"
                 )
@@ -288,7 +288,7 @@ def load_filelist(
                 continue
             rows.append((fields[0], fields[1]))
     if not rows:
-        raise ValueError(f"{path}: no samples")
+        raise DatasetFormatError(f"{path}: no samples")
 
     raw = [label for _, label in rows]
     try:
@@ -297,7 +297,7 @@ def load_filelist(
         numeric = None
     if numeric is not None:
         if min(numeric) < 0:
-            raise ValueError(f"{path}: negative label {min(numeric)}")
+            raise DatasetFormatError(f"{path}: negative label {min(numeric)}")
         classes = [str(k) for k in range(max(numeric) + 1)]
         targets = numeric
     else:

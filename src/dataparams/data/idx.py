@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataparams.data.base import DatasetNotFoundError, Split
+from dataparams.data.base import DatasetFormatError, DatasetNotFoundError, Split
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -72,7 +72,7 @@ def _read_bytes(path: Path) -> bytes:
         with gzip.open(path, "rb") as f:
             return f.read()
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise ValueError(f"{path}: cannot decompress, the file is truncated or corrupt ({e})") from None
+        raise DatasetFormatError(f"{path}: cannot decompress, the file is truncated or corrupt ({e})") from None
 
 
 def load_idx_file(path: str | os.PathLike) -> np.ndarray:
@@ -97,15 +97,15 @@ def load_idx_file(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     data = _read_bytes(path)
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic number {data[:4].hex() or 'empty'})")
+        raise DatasetFormatError(f"{path}: not an IDX file (bad magic number {data[:4].hex() or 'empty'})")
     dtype, ndim = _IDX_DTYPES[data[2]], data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header")
+        raise DatasetFormatError(f"{path}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", data[4:header])
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) != expected:
-        raise ValueError(
+        raise DatasetFormatError(
             f"{path}: the header declares shape {shape} ({expected} bytes in all) but the file "
             f"holds {len(data)} bytes; it is truncated or corrupt, fetch it again"
         )
@@ -157,15 +157,15 @@ def _load_idx_split(
     # The magic number is exactly (dtype, ndim): 2051 = uint8 3-D, 2049 = uint8 1-D.
     for f, arr, magic, ndim in ((image_file, images, 2051, 3), (label_file, labels, 2049, 1)):
         if arr.dtype != np.uint8 or arr.ndim != ndim:
-            raise ValueError(
+            raise DatasetFormatError(
                 f"{f}: expected magic number {magic} (uint8, {ndim}-D), got {arr.dtype} {arr.ndim}-D"
             )
     if images.shape[1:] != (28, 28):
-        raise ValueError(f"{image_file}: expected (N, 28, 28) images, got {images.shape}")
+        raise DatasetFormatError(f"{image_file}: expected (N, 28, 28) images, got {images.shape}")
     if len(images) != len(labels):
-        raise ValueError(f"{image_file} holds {len(images)} images but {label_file} {len(labels)} labels")
+        raise DatasetFormatError(f"{image_file} holds {len(images)} images but {label_file} {len(labels)} labels")
     if labels.size and labels.max() >= len(classes):
-        raise ValueError(f"{label_file}: label {labels.max()} outside [0, {len(classes)})")
+        raise DatasetFormatError(f"{label_file}: label {labels.max()} outside [0, {len(classes)})")
     return Split(
         targets=labels.astype(np.int64),
         classes=list(classes),

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from dataparams.data.base import DatasetNotFoundError, Split
+from dataparams.config import ConfigError
+from dataparams.data.base import DatasetFormatError, DatasetNotFoundError, Split
 from dataparams.data.folders import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["DATASETS", "DATASET_NAMES", "TABLE_OPTIONS", "DatasetInfo", "LoadedDataset", "load_dataset",
@@ -146,7 +147,7 @@ def load_splits(name: str, data_dir: str | os.PathLike[str] | None = None, *, la
     train = load_filelist(train_file)
     test = load_filelist(test_file)
     if test.classes != train.classes:
-        raise ValueError(f"{test_file} and {train_file} do not have the same classes")
+        raise DatasetFormatError(f"{test_file} and {train_file} do not have the same classes")
     return LoadedDataset(train, test, info)
 
 
@@ -199,5 +200,5 @@ def load_dataset(d: Any, *, progress: bool = False, **user_options: Any) -> Load
                        memory_budget_bytes=None if budget is None else int(budget) << 20,
                        **{k: get(k) for k in TABLE_OPTIONS}, **user_options)
     elif user_options:
-        raise ValueError(f"{', '.join(user_options)}: options of user data, not of {get('dataset')}")
+        raise ConfigError(f"{', '.join(user_options)}: options of user data, not of {get('dataset')}")
     return load_splits(get("dataset"), get("data_dir"), label_set=get("label_set"), **options)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dataparams.config import ConfigError
+
 __all__ = ["holdout_split"]
 
 
@@ -73,5 +75,5 @@ def holdout_split(
     train_index = np.flatnonzero(~is_val).astype(np.int64)
     val_index = np.flatnonzero(is_val).astype(np.int64)
     if n and not len(train_index):
-        raise ValueError(f"fraction {fraction} of {n} samples leaves no training samples")
+        raise ConfigError(f"fraction {fraction} of {n} samples leaves no training samples")
     return train_index, val_index

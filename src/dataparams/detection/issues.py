@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from dataparams.analysis.metrics import auroc, average_precision
+from dataparams.config import ConfigError
 from dataparams.runs import RunDir, RunDirError
 from dataparams.scores import flag_by_rule, label_quality_scores
 
@@ -501,9 +502,9 @@ def find_box_issues(
     from dataparams.detection.figures import is_detection_run
 
     if score not in BOX_SCORES:
-        raise ValueError(f"score must be one of {', '.join(BOX_SCORES)}, got {score!r}")
+        raise ConfigError(f"score must be one of {', '.join(BOX_SCORES)}, got {score!r}")
     if rule not in BOX_RULES:
-        raise ValueError(f"rule must be one of {', '.join(BOX_RULES)} for a detection run, got {rule!r} (bound needs "
+        raise ConfigError(f"rule must be one of {', '.join(BOX_RULES)} for a detection run, got {rule!r} (bound needs "
                          "a bounded loss and confident class probabilities; a detection run keeps neither)")
     path = Path(run_dir)
     if not is_detection_run(path):

@@ -62,6 +62,7 @@ from dataparams.detection.kitti import (
     MAX_OCCLUSION,
     MAX_TRUNCATION,
     MIN_HEIGHT,
+    KittiFormatError,
     KittiObject,
     read_label_file,
     read_split_file,
@@ -137,7 +138,7 @@ def _flatten(per_image: Sequence[Sequence[KittiObject]], *, detections: bool, id
         for image_id, group in zip(ids, per_image):
             for k, o in enumerate(group):
                 if o.score is None:
-                    raise ValueError(f"detection {k} of image {image_id} ({o.type}) has no score")
+                    raise KittiFormatError(f"detection {k} of image {image_id} ({o.type}) has no score")
     return _Flat(
         image=np.repeat(np.arange(len(per_image), dtype=np.int64), counts),
         boxes=np.array([o.bbox for o in objs], np.float64).reshape(-1, 4),

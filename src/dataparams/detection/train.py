@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from dataparams.build import get_rng_state, set_rng_state
+from dataparams.data.base import DatasetFormatError
 from dataparams.detection.box_parameters import SSDBoxParameterLoss
 from dataparams.detection.coco import CocoDetection, coco_detections, coco_evaluate, write_coco_results
 from dataparams.detection.config import (
@@ -316,7 +317,7 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
         train_set = KittiDetection(root, cfg.data.train_split, classes=cfg.data.classes)
         val_set = KittiDetection(root, cfg.data.val_split, classes=cfg.data.classes)
     if len(train_set) == 0 or len(val_set) == 0:
-        raise ValueError(f"{root}: the {cfg.data.train_split!r} and {cfg.data.val_split!r} splits must not be empty")
+        raise DatasetFormatError(f"{root}: the {cfg.data.train_split!r} and {cfg.data.val_split!r} splits must not be empty")
     table = BoxTable.from_dataset(train_set)
     if not coco:
         val_gt = {i: read_label_file(val_set.label_dir / f"{i}.txt") for i in val_set.image_ids}

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from dataparams.config import ConfigError
+
 __all__ = ["MODES", "DistributedContext", "init_distributed", "launched_world_size"]
 
 #: Values of ``TrainConfig.distributed.mode``: the layouts of the data parameters
@@ -120,11 +122,11 @@ def _resolve_device(device: str | torch.device, local_rank: int) -> torch.device
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available")
+            raise ConfigError(f"device {str(device)!r} was asked for but CUDA is not available")
         # A bare "cuda" means this rank's GPU, not GPU 0 for every rank of the node.
         return dev if dev.index is not None else torch.device(f"cuda:{local_rank}")
     if dev.type != "cpu":
-        raise ValueError(f"distributed training runs on 'cpu' or 'cuda', got {str(device)!r}")
+        raise ConfigError(f"distributed training runs on 'cpu' or 'cuda', got {str(device)!r}")
     return dev
 
 
@@ -166,7 +168,7 @@ def init_distributed(
     rank, world_size = _env_int("RANK"), _env_int("WORLD_SIZE")
     local_rank = _env_int("LOCAL_RANK", rank)
     if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
-        raise ValueError(f"inconsistent RANK={rank}, WORLD_SIZE={world_size}, LOCAL_RANK={local_rank}")
+        raise ConfigError(f"inconsistent RANK={rank}, WORLD_SIZE={world_size}, LOCAL_RANK={local_rank}")
     dev = _resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -179,7 +181,7 @@ def init_distributed(
         return DistributedContext(rank, world_size, local_rank, dev, str(dist.get_backend()))
     missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
-        raise ValueError(f"RANK and WORLD_SIZE are set but {', '.join(missing)} not; launch with torchrun")
+        raise ConfigError(f"RANK and WORLD_SIZE are set but {', '.join(missing)} not; launch with torchrun")
     backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
     dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size, timeout=timeout)
     return DistributedContext(rank, world_size, local_rank, dev, backend, owns_process_group=True)

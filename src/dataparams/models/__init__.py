@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from dataparams.config import ConfigError
 from dataparams.models.mlp import MLP
 from dataparams.models.small_cnn import SmallCNN
 from dataparams.models.vgg import VGG16
@@ -72,12 +73,12 @@ def _adapt_first_conv(model: nn.Module, in_channels: int, arch: str) -> None:
     """Replace the stem convolution by one taking ``in_channels``, same geometry otherwise."""
     found = _first_conv(model)
     if found is None:
-        raise ValueError(f"{arch}: no convolution found to adapt to {in_channels} input channels")
+        raise ConfigError(f"{arch}: no convolution found to adapt to {in_channels} input channels")
     name, conv = found
     if conv.in_channels == in_channels:
         return
     if conv.groups != 1:
-        raise ValueError(f"{arch}: the first convolution is grouped; cannot adapt it to {in_channels} channels")
+        raise ConfigError(f"{arch}: the first convolution is grouped; cannot adapt it to {in_channels} channels")
     new = nn.Conv2d(
         in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
         bias=conv.bias is not None, padding_mode=conv.padding_mode,
@@ -92,7 +93,7 @@ def _build_torchvision(name: str, num_classes: int, in_channels: int, image_size
 
     available = torchvision_architectures()
     if name not in available:
-        raise ValueError(
+        raise ConfigError(
             f"unknown model.arch {name!r}; choose one of {', '.join(ARCHITECTURES)} or a torchvision "
             f"classification model ({', '.join(available[:6])}, ...)"
         )
@@ -110,7 +111,7 @@ def _build_torchvision(name: str, num_classes: int, in_channels: int, image_size
     try:
         model = models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     except (ValueError, AssertionError) as e:
-        raise ValueError(f"{name} cannot be built for {image_size} x {image_size} inputs ({e})") from None
+        raise ConfigError(f"{name} cannot be built for {image_size} x {image_size} inputs ({e})") from None
     if in_channels != 3:
         _adapt_first_conv(model, in_channels, name)
     # One forward pass of a single image now turns "input too small" (e.g. inception_v3 below
@@ -121,14 +122,14 @@ def _build_torchvision(name: str, num_classes: int, in_channels: int, image_size
         with torch.no_grad():
             out = model(torch.zeros(1, in_channels, image_size, image_size))
     except (RuntimeError, ValueError, AssertionError) as e:
-        raise ValueError(
+        raise ConfigError(
             f"{name} does not accept {in_channels} x {image_size} x {image_size} inputs ({e}); "
             "choose another model.arch or image size"
         ) from None
     finally:
         model.train(was_training)
     if tuple(out.shape) != (1, num_classes):
-        raise ValueError(f"{name} returns {tuple(out.shape)} for one image, expected (1, {num_classes})")
+        raise ConfigError(f"{name} returns {tuple(out.shape)} for one image, expected (1, {num_classes})")
     return model
 
 
@@ -181,7 +182,7 @@ def build_model(
         return model
     if arch == "mlp":
         if in_features is None:
-            raise ValueError("model.arch 'mlp' needs in_features (the number of input features D)")
+            raise ConfigError("model.arch 'mlp' needs in_features (the number of input features D)")
         return MLP(in_features, num_classes, dropout=dropout)
     name = arch[len(TORCHVISION_PREFIX) :] if arch.startswith(TORCHVISION_PREFIX) else arch
     return _build_torchvision(name, num_classes, in_channels, image_size)
@@ -279,7 +280,7 @@ def _state_dict_of(obj: object, path: str) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(
+        raise ConfigError(
             f"{path}: expected a state_dict (names -> tensors), or a dict holding one under "
             "'state_dict' or 'model'"
         )
@@ -324,7 +325,7 @@ def load_local_weights(model: nn.Module, path: str | os.PathLike[str]) -> LoadRe
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any unpickling failure means "not a plain tensor checkpoint"
-        raise ValueError(f"{path}: cannot read it as a tensor checkpoint ({type(e).__name__}: {e})") from None
+        raise ConfigError(f"{path}: cannot read it as a tensor checkpoint ({type(e).__name__}: {e})") from None
     state = _state_dict_of(obj, path)
     own = model.state_dict()
     first = _first_conv(model)
@@ -354,7 +355,7 @@ def load_local_weights(model: nn.Module, path: str | os.PathLike[str]) -> LoadRe
             report.skipped.append((name, tuple(tensor.shape), tuple(want.shape)))
     report.missing = [name for name in own if name not in state]
     if not to_load:
-        raise ValueError(
+        raise ConfigError(
             f"{path}: none of its {len(state)} tensors matches the model by name and shape "
             f"(e.g. {next(iter(state))}); is it a checkpoint of another architecture?"
         )

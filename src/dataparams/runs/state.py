@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from dataparams.build import get_rng_state, set_rng_state
+from dataparams.config import ConfigError
 from dataparams.objectives import Objective
 from dataparams.runs.rundir import SHARDS_KEY
 
@@ -76,7 +77,7 @@ def restore_state(state: dict[str, Any], model: nn.Module, optimizer: torch.opti
     sharded = _is_sharded(objective)
     if sharded != (state.get(SHARDS_KEY) is not None):
         written, now = ("sharded", "replicated") if not sharded else ("replicated", "sharded")
-        raise ValueError(f"the checkpoint was written with distributed.mode={written}; resume it with "
+        raise ConfigError(f"the checkpoint was written with distributed.mode={written}; resume it with "
                          f"--set distributed.mode={written} (not {now})")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
