@@ -405,4 +405,22 @@ def test_user_preset_completes_from_the_data(tmp_path):
         assert done.optim.milestones == [round(expected / 2), round(3 * expected / 4)]
         assert done.model.arch == "small_cnn" and done.data.image_size == 28
         assert {"model", "epochs", "milestones"} <= set(done.choices)
-    assert cfg.optim.epochs == 0  # the preset itself is not modified
+        assert done.data.batch_size == 128 and done.choices["batch_size"]["value"] == 128  # images: always 128
+    assert cfg.optim.epochs == 0 and cfg.data.batch_size == 0  # the preset itself is not modified
+
+
+def test_user_batch_size_grows_only_for_large_feature_tables():
+    # Features: the batch doubles from 128 while an epoch would exceed 200 steps, up to 1,024;
+    # a given batch size is kept.
+    from dataparams.presets import complete_user_config, user_batch_size
+
+    cases = {2_000: 128, 25_600: 128, 25_601: 256, 51_201: 512, 102_401: 1024, 200_000: 1024, 10**7: 1024}
+    for n, want in cases.items():
+        assert user_batch_size("features", n)[0] == want, n
+        assert user_batch_size("images", n)[0] == 128
+    ud = type("UD", (), {"kind": "features", "image_size": None, "channels": None, "choices": {},
+                         "__len__": lambda self: 200_000})()
+    done = complete_user_config(get_preset("user/instance"), ud)
+    assert done.data.batch_size == 1024 and done.optim.epochs == 15  # 196 steps an epoch: the epoch floor
+    given = apply_overrides(get_preset("user/instance"), ["data.batch_size=64"])
+    assert complete_user_config(given, ud).data.batch_size == 64

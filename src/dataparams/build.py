@@ -69,8 +69,9 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"model.weights: {cfg.model.weights} is not a file")
     if cfg.data.channels not in (None, 1, 3):
         raise ConfigError(f"data.channels must be 1, 3 or none (measured), got {cfg.data.channels}")
-    if cfg.data.batch_size < 1:
-        raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
+    if cfg.data.batch_size < (0 if user else 1):
+        raise ConfigError(f"data.batch_size must be >= 1{' (or 0: chosen from the data)' if user else ''}, "
+                          f"got {cfg.data.batch_size}")
     if not 0.0 <= cfg.data.noise_rate <= 1.0:
         raise ConfigError(f"data.noise_rate must be in [0, 1], got {cfg.data.noise_rate}")
     if not 0.0 <= cfg.data.val_fraction < 1.0:

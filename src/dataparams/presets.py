@@ -176,18 +176,41 @@ def _cpu(dataset: str, noise: str, rate: float, note: str = "") -> tuple[TrainCo
 # 1,600 steps ranked worse and took twice as long.
 USER_TARGET_STEPS = 800
 USER_EPOCH_RANGE = (15, 100)
+# Batch size of the user presets when not given: 128 (as the CPU presets), except for large
+# feature tables, where an epoch of batches of 128 is thousands of steps of a small MLP and the
+# epoch floor above multiplies them: the batch doubles (up to 1,024) until an epoch is at most
+# USER_MAX_EPOCH_STEPS steps. On 200,000 x 128 synthetic embeddings (tuning seed 100, never
+# reported) batch 1,024 ranked the wrong labels as well as 128 under uniform 20% noise (AUROC
+# 0.9966 vs 0.9965) and better under pair noise (0.9412 vs 0.9339) in a fraction of the time;
+# 4,096 ranked worse (0.9963). Images keep 128 (the tuning of USER_TARGET_STEPS was made with it).
+USER_BATCH = 128
+USER_MAX_FEATURE_BATCH = 1024
+USER_MAX_EPOCH_STEPS = 200
+
+
+def user_batch_size(kind: str, n: int) -> tuple[int, str]:
+    """The batch size of the user presets for ``n`` samples of ``kind`` (``images`` / ``features``), and why."""
+    if kind != "features" or n <= USER_BATCH * USER_MAX_EPOCH_STEPS:
+        return USER_BATCH, f"{USER_BATCH}, as the CPU presets"
+    b = USER_BATCH
+    while b < USER_MAX_FEATURE_BATCH and -(-n // b) > USER_MAX_EPOCH_STEPS:
+        b *= 2
+    return b, (f"a feature table of {n:,} rows: batches doubled from {USER_BATCH} until an epoch is at most "
+               f"{USER_MAX_EPOCH_STEPS} steps (at most {USER_MAX_FEATURE_BATCH}); on 200,000 synthetic embeddings "
+               "1,024 ranked label errors as well as 128 in a fraction of the time")
 
 
 def _user() -> tuple[TrainConfig, dict[str, dict]]:
     base = TrainConfig(
-        data=DataConfig(dataset="user", noise="none", augment=False, val_fraction=0.0, batch_size=128),
+        data=DataConfig(dataset="user", noise="none", augment=False, val_fraction=0.0, batch_size=0),
         model=ModelConfig(arch="auto"),
         optim=OptimConfig(epochs=0, lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="multistep", milestones=[],
                           gamma=0.1),
         notes=(
             "The user's own data, labels as given (no synthetic noise, no test set). Image side, channels, "
-            "normalisation, model, epochs and milestones are chosen from the data (see choices). SGD lr 0.05, "
-            "momentum 0.9, wd 5e-4, batch 128, no augmentation, lr x0.1 at 1/2 and 3/4 of the epochs; data "
+            "normalisation, model, batch size, epochs and milestones are chosen from the data (see choices). SGD lr "
+            "0.05, momentum 0.9, wd 5e-4, batch 128 (larger for large feature tables), no augmentation, lr x0.1 at "
+            "1/2 and 3/4 of the epochs; data "
             "parameters as the CPU presets."
         ),
     )
@@ -198,7 +221,8 @@ def complete_user_config(cfg: TrainConfig, user: Any) -> TrainConfig:
     """``cfg`` with its data-dependent values filled in from the measured user data, and why.
 
     Fills ``data.image_size`` and ``data.channels`` (as measured), ``model.arch`` when ``auto``,
-    ``optim.epochs`` when 0 (about :data:`USER_TARGET_STEPS` optimizer steps, within
+    ``data.batch_size`` when 0 (:func:`user_batch_size`), ``optim.epochs`` when 0 (about
+    :data:`USER_TARGET_STEPS` optimizer steps, within
     :data:`USER_EPOCH_RANGE` epochs) and empty multistep ``optim.milestones`` (1/2 and 3/4 of the
     epochs). Every value and its reason goes into ``cfg.choices``.
     """
@@ -212,6 +236,9 @@ def complete_user_config(cfg: TrainConfig, user: Any) -> TrainConfig:
     if cfg.model.arch == "auto":
         cfg.model.arch, why = default_arch(user.kind, user.image_size, n)
         choices["model"] = {"value": cfg.model.arch, "why": why}
+    if cfg.data.batch_size == 0:
+        cfg.data.batch_size, why = user_batch_size(user.kind, n)
+        choices["batch_size"] = {"value": cfg.data.batch_size, "why": why}
     if cfg.optim.epochs == 0:
         steps = -(-n // cfg.data.batch_size)
         lo, hi = USER_EPOCH_RANGE
