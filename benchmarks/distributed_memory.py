@@ -11,8 +11,9 @@ every sample's sigma and the three score buffers gathered to rank 0 for the snap
 Per setting (N, mode), 2 gloo processes on 127.0.0.1, fresh processes for each: the joint curriculum,
 K = 10 classes, global batch 256; each rank builds the objective the trainer builds
 (``ReplicatedObjective`` / ``ShardedObjective``), runs 20 steps (random logits standing in for the
-model), then the end of an epoch as the engine and the run logger do it (``on_epoch_end``,
-``snapshot``, ``scores``). Reported per rank: resident size before the objective exists, the peak
+model), then the end of an epoch as the engine and the run logger do it (``on_epoch_end`` on every
+rank; ``snapshot`` and ``scores`` on every rank of a sharded run, where they are collectives, and on
+rank 0 only of a replicated one). Reported per rank: resident size before the objective exists, the peak
 during the steps and the peak over the end of the epoch (``VmHWM``, reset before each phase), as
 increases over the start. What this leaves out: the model, the data and the labels the trainer holds
 (``data.prepare.TrainingLabels``: int64 given and clean labels, the corruption mask and the split's
@@ -100,10 +101,12 @@ def _worker(rank: int, world_size: int, port: int, mode: str, n: int, out_dir: s
         ctx.barrier()
         _reset_peak()
         objective.on_epoch_end(0)
-        snap = objective.snapshot()
-        scores = objective.scores()
+        # As the run logger does: every rank joins a sharded objective's gathers; a replicated
+        # objective's snapshot and scores are built on rank 0 only.
+        if mode == "sharded" or ctx.is_main:
+            snap, scores = objective.snapshot(), objective.scores()
+            del snap, scores
         epoch_peak = _status_mb("VmHWM")
-        del snap, scores
         Path(out_dir, f"{rank}.json").write_text(json.dumps(
             {"start_mb": start, "steps_mb": steps_peak - start, "epoch_end_mb": epoch_peak - start}))
         ctx.barrier()
@@ -132,11 +135,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     lines = [f"# Memory per process of the data-parameter objective, 2 gloo processes ({platform.machine()}, "
              f"{os.cpu_count()} CPUs, torch {torch.__version__})", "",
-             f"Joint curriculum, K = {K}, global batch {B}; {STEPS} steps, then the end of an epoch (on_epoch_end, "
-             "snapshot, scores). Increases over each rank's resident size before the objective was built (MiB); "
+             f"Joint curriculum, K = {K}, global batch {B}; {STEPS} steps, then the end of an epoch as the run logger "
+             "does it (on_epoch_end on every rank; snapshot and scores on every rank when sharded, on rank 0 only "
+             "when replicated). Increases over each rank's resident size before the objective was built (MiB); "
              "one run per cell (n=1). Expected: the per-sample state by construction (values, momentum, last_loss "
              "float32; loss_sum, log_sigma_sum float64; replicated's visited flag). Not included: the model, the "
-             "data and the ~17 N bytes of labels every rank holds in either mode.", "",
+             "data and the labels every rank holds in either mode (int64 given and clean labels, the corruption mask, "
+             "the split's int64 indices: about 25 N bytes by their dtypes, not measured here).", "",
              "| N | mode | expected per rank MiB | steps: rank 0 / rank 1 MiB | end of epoch: rank 0 / rank 1 MiB |",
              "|---:|---|---:|---:|---:|"]
     for n in args.sizes:

@@ -27,6 +27,7 @@ from dataparams.analysis.metrics import label_error_metrics
 from dataparams.engine import Callback
 from dataparams.objectives import Objective
 from dataparams.runs.rundir import RunDir, atomic_write_bytes
+from dataparams.runs.state import is_sharded
 
 __all__ = ["SELECTED_MODEL", "RunLogger", "progress_factory", "read_selected_model", "sigma_stats", "write_line"]
 
@@ -151,6 +152,10 @@ class RunLogger(Callback):
         # The objective's per-sample arrays and the checkpoint state first: for a sharded
         # objective they are collectives that every rank joins. The shard files a sharded state
         # writes are committed only by save_checkpoint below, after the metrics and the snapshot.
+        # A replicated objective's are local: the other ranks would build O(N) arrays (and a copy
+        # of the state) only to drop them.
+        if not self.is_main and not is_sharded(self.objective):
+            return
         snap = self.objective.snapshot()
         extra = self.objective.scores()
         state = self.state_fn(epoch + 1)

@@ -30,7 +30,9 @@ from dataparams.runs.rundir import SHARDS_KEY
 __all__ = ["capture_state", "restore_state"]
 
 
-def _is_sharded(objective: Objective) -> bool:
+def is_sharded(objective: Objective) -> bool:
+    """Whether ``objective`` keeps its per-sample rows sharded over the ranks: its snapshot, scores
+    and checkpoint are then collectives that every rank joins."""
     return hasattr(objective, "save_shards") and hasattr(objective, "load_shards")
 
 
@@ -54,7 +56,7 @@ def capture_state(epoch: int, config: dict[str, Any], model: nn.Module, optimize
         "objective_optimizers": {n: o.state_dict() for n, o in objective.optimizers().items()},
         "rng": get_rng_state(),
     }
-    if _is_sharded(objective):
+    if is_sharded(objective):
         if shard_dir is None:
             raise ValueError("a sharded objective needs a shard_dir for its checkpoint")
         state[SHARDS_KEY] = objective.save_shards(shard_dir)  # type: ignore[operator]
@@ -74,7 +76,7 @@ def restore_state(state: dict[str, Any], model: nn.Module, optimizer: torch.opti
         When the checkpoint's layout of the data parameters (sharded or not) is not the
         objective's: a run resumes in the ``distributed.mode`` that wrote it.
     """
-    sharded = _is_sharded(objective)
+    sharded = is_sharded(objective)
     if sharded != (state.get(SHARDS_KEY) is not None):
         written, now = ("sharded", "replicated") if not sharded else ("replicated", "sharded")
         raise ConfigError(f"the checkpoint was written with distributed.mode={written}; resume it with "
