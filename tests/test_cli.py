@@ -223,3 +223,10 @@ def test_look_alike_options_name_each_other(command, option, other):
     sub = next(a for a in parser._actions if a.dest == "command").choices[command]
     action = next(a for a in sub._actions if option in a.option_strings)
     assert re.search(rf"\bnot (train's |bench's )?{re.escape(other)}(?![\w-])", action.help, re.IGNORECASE), action.help
+
+
+def test_make_split_is_refused_outside_the_kitti_presets(capsys):
+    assert main(["train", "--preset", "fmnist-noisy40/instance", "--make-split"]) == 2
+    assert "--make-split is for the kitti detection presets" in capsys.readouterr().err
+    assert main(["train", "--preset", "kitti-synth/instance", "--make-split", "--quiet"]) == 2
+    assert "--make-split writes a KITTI train/val split" in capsys.readouterr().err

@@ -376,3 +376,33 @@ def test_missing_files_raise(kitti_root):
     (kitti_root / "training" / "label_2" / "000002.txt").write_text("Car 0 0\n")
     with pytest.raises(KittiFormatError, match=r"000002\.txt:1"):
         KittiDetection(kitti_root)
+
+
+def test_a_missing_split_says_where_splits_come_from_and_make_split_writes_one(tmp_path):
+    from dataparams.detection.kitti import CHEN_SPLIT_SIZES, KittiDetection, make_split
+
+    labels = tmp_path / "training" / "label_2"
+    labels.mkdir(parents=True)
+    (tmp_path / "training" / "image_2").mkdir()
+    ids = [f"{i:06d}" for i in range(100)]
+    for i in ids:
+        (labels / f"{i}.txt").write_text("")
+    with pytest.raises(FileNotFoundError, match=r"val\.txt: no such split file.*Chen et al.*--make-split"):
+        KittiDetection(tmp_path, "val")
+    train_file, val_file = make_split(tmp_path, seed=3)
+    train, val = read_split_file(train_file), read_split_file(val_file)
+    # Chen et al.'s proportions (3,712 : 3,769 of 7,481), every labelled image once, each file sorted.
+    assert len(train) == round(100 * CHEN_SPLIT_SIZES[0] / sum(CHEN_SPLIT_SIZES)) == 50
+    assert sorted(train + val) == ids and train == sorted(train) and val == sorted(val)
+    # Seeded: the same seed draws the same split, another seed another; an existing split is kept.
+    again = tmp_path / "again"
+    (again / "training").mkdir(parents=True)
+    (again / "training" / "label_2").symlink_to(labels)
+    assert read_split_file(make_split(again, seed=3)[0]) == train
+    other = tmp_path / "other"
+    (other / "training").mkdir(parents=True)
+    (other / "training" / "label_2").symlink_to(labels)
+    assert read_split_file(make_split(other, seed=4)[0]) != train
+    with pytest.raises(KittiFormatError, match="never overwritten"):
+        make_split(tmp_path, seed=3)
+    assert read_split_file(train_file) == train

@@ -134,6 +134,10 @@ def _add_train(sub: Any) -> None:
                    "curriculum.lr_instance=0.5 (repeatable)")
     _add_data_dir(t, "the folder a preset's dataset is read from (same as --set data.data_dir=...); not "
                   "--data, which trains on your own data instead of a preset's dataset")
+    t.add_argument("--make-split", action="store_true",
+                   help="kitti presets: when ROOT/ImageSets/{train,val}.txt are missing (KITTI's download has none), "
+                   "write a seeded random split of the labelled images in the proportions of Chen et al.'s "
+                   "3,712 / 3,769 first (seed --seed; not the same images as that split)")
     _add_epochs(t, "same as --set optim.epochs=N")
     _add_seed(t, help="same as --set seed=N: the seed of the one training (default: the preset's, 1 for every "
               "preset, or --config's); not --seeds, which trains one repeat per seed")
@@ -446,6 +450,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.preset in list_detection_presets():
         return _train_detection(args)
+    if getattr(args, "make_split", False):
+        from dataparams.config import ConfigError
+
+        raise ConfigError("--make-split is for the kitti detection presets")
     method = _filter_method(args)
     if method is not None:
         return _train_pipeline(args, method)
@@ -576,6 +584,17 @@ def _train_detection(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
         return 0
+    if getattr(args, "make_split", False):
+        if synthetic or cfg.data.format != "kitti":
+            raise ConfigError("--make-split writes a KITTI train/val split; this preset's data has its own")
+        from dataparams.detection.kitti import make_split
+
+        root = Path(cfg.data.root)
+        wanted = [root / "ImageSets" / f"{n}.txt" for n in (cfg.data.train_split, cfg.data.val_split)]
+        if not any(p.exists() for p in wanted):
+            train_file, val_file = make_split(root, seed=cfg.seed, names=(cfg.data.train_split, cfg.data.val_split))
+            print(f"wrote {train_file} ({len(train_file.read_text().split()):,} images) and {val_file} "
+                  f"({len(val_file.read_text().split()):,}), seed {cfg.seed}")
     if synthetic == "kitti-synth":
         ensure_synthetic_data(cfg.data.root, SYNTHETIC_DATA)
     elif synthetic == "coco-synth":

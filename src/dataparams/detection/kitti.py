@@ -75,6 +75,8 @@ __all__ = [
     "parse_label_line",
     "read_label_file",
     "read_split_file",
+    "make_split",
+    "CHEN_SPLIT_SIZES",
     "resize",
     "scale",
     "write_label_file",
@@ -351,6 +353,48 @@ def write_split_file(path: str | os.PathLike, image_ids: Iterable[str]) -> None:
     Path(path).write_text("".join(f"{i}\n" for i in image_ids), encoding="utf-8")
 
 
+#: The common train/val split of KITTI's 7,481 training images (Chen et al., "3D Object Proposals
+#: for Accurate Object Class Detection", NeurIPS 2015; the paper's [3]): 3,712 train, 3,769 val.
+#: KITTI's own download has no split; that one is distributed with the 3DOP / MV3D code as
+#: ImageSets/train.txt and val.txt.
+CHEN_SPLIT_SIZES = (3712, 3769)
+
+_SPLIT_HELP = ("KITTI's download has no train/val split. The paper's (Chen et al. 2015, 3,712 / 3,769 images) "
+               "comes with the 3DOP / MV3D code as ImageSets/train.txt and val.txt: put them in ROOT/ImageSets/, "
+               "or run `dataparams train ... --make-split` to write a seeded random split of the same proportions "
+               "(not the same images, so numbers are not comparable with the paper's)")
+
+
+def make_split(root: str | os.PathLike, *, seed: int = 0, label_dir: str = "training/label_2",
+               names: tuple[str, str] = ("train", "val")) -> tuple[Path, Path]:
+    """Write ``ROOT/ImageSets/{train,val}.txt``: every labelled image of ``ROOT/label_dir`` in a
+    seeded random train / val split with the proportions of Chen et al.'s (3,712 : 3,769), each
+    file sorted; refuses to overwrite an existing split file. Returns the two paths.
+
+    Images of one drive are not kept together (the ids carry no drive), so near-duplicate frames
+    can fall on both sides; Chen et al.'s split keeps drives apart, which is why it is preferred
+    when it is at hand.
+    """
+    root = Path(root)
+    ids = sorted(p.stem for p in (root / label_dir).glob("*.txt"))
+    if len(ids) < 2:
+        raise FileNotFoundError(f"{root / label_dir}: fewer than two label files to split")
+    train_path, val_path = (root / "ImageSets" / f"{n}.txt" for n in names)
+    for path in (train_path, val_path):
+        if path.exists():
+            raise KittiFormatError(f"{path} exists: a split is never overwritten (remove it to draw a new one)")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(ids))
+    n_train = int(round(len(ids) * CHEN_SPLIT_SIZES[0] / sum(CHEN_SPLIT_SIZES)))
+    n_train = min(max(n_train, 1), len(ids) - 1)
+    train = sorted(ids[i] for i in order[:n_train])
+    val = sorted(ids[i] for i in order[n_train:])
+    train_path.parent.mkdir(parents=True, exist_ok=True)
+    write_split_file(train_path, train)
+    write_split_file(val_path, val)
+    return train_path, val_path
+
+
 # ---------------------------------------------------------------------------------------------
 # augmentations on (image, target)
 # ---------------------------------------------------------------------------------------------
@@ -592,6 +636,8 @@ class KittiDetection(Dataset):
 
         if split is not None:
             split_file = self.root / "ImageSets" / f"{split}.txt"
+            if not split_file.is_file():
+                raise FileNotFoundError(f"{split_file}: no such split file. {_SPLIT_HELP}")
         if split_file is not None:
             self.image_ids = read_split_file(split_file)
         else:
