@@ -161,7 +161,7 @@ def predict_detections(
     execution = execution or Execution(device)
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate_detection)
+                        collate_fn=collate_detection, pin_memory=execution.device.type == "cuda")
     out: dict[str, list[KittiObject]] = {}
     for images, targets in loader:
         results = model([execution.input(x) for x in images])
@@ -400,8 +400,11 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
         t0 = time.perf_counter()
         augmented.set_epoch(epoch)
         batches = epoch_batches(len(train_set), cfg.data.batch_size, seed=cfg.seed, epoch=epoch)
+        # Pinned pages make the non-blocking copies of Execution.input asynchronous on a GPU. Not
+        # persistent workers: each epoch's augmentation is keyed by set_epoch on the dataset,
+        # which workers kept from the last epoch would not see.
         loader = DataLoader(augmented, batch_sampler=batches, num_workers=cfg.data.workers,
-                            collate_fn=collate_detection)
+                            collate_fn=collate_detection, pin_memory=dev.type == "cuda")
         model.train()
         sums = torch.zeros(4, dtype=torch.float64)  # classification, regression, negative sigma, batches
         bar = bar_factory(epoch, len(batches)) if bar_factory is not None else None
