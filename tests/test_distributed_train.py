@@ -98,6 +98,26 @@ LAUNCHER = textwrap.dedent('''
                 return original(self, loss, optimizers)
 
             engine.Execution.backward_and_step = backward_and_step
+    if os.environ.get("DP_TEST_LOADER_RAISE"):
+        # An exception out of one rank's loader at its k-th batch (as a truncated image read by a
+        # loader worker surfaces in the training loop), its time written first.
+        import time
+
+        from dataparams.data import memory
+
+        rank, batch, stamp = os.environ["DP_TEST_LOADER_RAISE"].split(":", 2)
+        if int(os.environ.get("RANK", "0")) == int(rank):
+            original_iter = memory.InMemoryLoader.__iter__
+
+            def loader_iter(self):
+                for k, item in enumerate(original_iter(self), start=1):
+                    if k == int(batch):
+                        with open(stamp, "w") as f:
+                            f.write(repr(time.time()))
+                        raise OSError(f"injected loader fault on rank {rank} at batch {batch}: image file is truncated")
+                    yield item
+
+            memory.InMemoryLoader.__iter__ = loader_iter
     sys.exit(main(sys.argv[1:]))
 ''')
 
@@ -117,7 +137,8 @@ def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _run(args: list[str], *, processes: int, launcher: Path | None = None, kill: str | None = None,
-         fault: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+         fault: str | None = None, loader_fault: str | None = None, check: bool = True
+         ) -> subprocess.CompletedProcess:
     """``dataparams ARGS`` in one process, or under torchrun with ``processes`` processes."""
     entry = [str(launcher)] if launcher is not None else ["-m", "dataparams"]
     if processes > 1:
@@ -132,6 +153,8 @@ def _run(args: list[str], *, processes: int, launcher: Path | None = None, kill:
         env["DP_TEST_KILL"] = kill
     if fault is not None:
         env["DP_TEST_RAISE"] = fault
+    if loader_fault is not None:
+        env["DP_TEST_LOADER_RAISE"] = loader_fault
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stderr[-4000:]}")
@@ -492,5 +515,29 @@ def test_an_exception_on_one_rank_ends_every_rank_within_seconds_with_its_messag
     print(f"the job ended {after:.1f} s after the raise")
     assert after < 30
     # Nothing was committed for the unfinished epoch; the lock was released with the processes.
+    assert not (out / "checkpoint.pt").exists()
+    RunDir(out).lock()
+
+
+@pytest.mark.distributed
+@pytest.mark.faults
+def test_an_exception_in_one_rank_s_loader_ends_every_rank_within_seconds_with_its_message(tmp_path):
+    """The issue's case: a raise out of rank 1's loader (its 3rd batch) under torchrun (2 gloo
+    processes): every rank ends well within 30 s of the raise with the loader's message, nothing of
+    the epoch committed, the lock released."""
+    import time
+
+    data = write_idx(tmp_path / "fmnist", n_train=400, n_test=100, seed=3)
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(LAUNCHER)
+    stamp = tmp_path / "raised_at"
+    out = tmp_path / "run"
+    proc = _run(_train_args(data, out), processes=2, launcher=launcher, loader_fault=f"1:3:{stamp}", check=False)
+    ended = time.time()
+    assert proc.returncode != 0
+    assert "injected loader fault on rank 1 at batch 3" in proc.stderr
+    after = ended - float(stamp.read_text())
+    print(f"the job ended {after:.1f} s after the raise")
+    assert after < 30
     assert not (out / "checkpoint.pt").exists()
     RunDir(out).lock()
