@@ -23,18 +23,22 @@ import numpy as np
 
 from dataparams.analysis.find_issues import IssueReport
 
-__all__ = ["plot_score_histogram", "write_issues_html"]
+__all__ = ["BASE_CSS", "plot_score_histogram", "write_issues_html"]
 
-_CSS = """
+#: The page style of the issue reports (this one and the detection runs' box report), which add
+#: their own card sizes.
+BASE_CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 2em auto; max-width: 1200px;
        color: #222; padding: 0 1em; }
 table { border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
 .grid { display: flex; flex-wrap: wrap; gap: 10px; }
+.id { color: #666; word-break: break-all; }
+"""
+_CSS = BASE_CSS + """
 .card { width: 150px; border: 1px solid #ddd; padding: 6px; font-size: 0.8em; }
 .card img { width: 138px; height: 138px; object-fit: contain; image-rendering: pixelated; background: #f4f4f4; }
 .given { color: #b00; } .pred { color: #060; }
-.id { color: #666; word-break: break-all; }
 """
 
 

@@ -69,7 +69,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dataparams.detection.kitti import DEFAULT_CLASSES, KittiObject, Target, Transform, box_difficulty
+from dataparams.detection.kitti import (
+    DEFAULT_CLASSES,
+    KittiObject,
+    Target,
+    Transform,
+    box_difficulty,
+    box_target,
+    image_tensor,
+    read_image_array,
+)
 
 __all__ = [
     "COCO_STATS",
@@ -380,36 +389,19 @@ class CocoDetection(Dataset):
     def get_target(self, index: int) -> Target:
         """The untransformed target of image ``index``, without reading the image."""
         r = self._records[index]
-        start = int(self._offsets[index])
-        return {
-            "boxes": torch.from_numpy(r.boxes.copy()),
-            "labels": torch.from_numpy(r.labels.copy()),
-            "box_index": torch.arange(start, start + len(r.labels), dtype=torch.int64),
-            "ann_id": torch.from_numpy(r.ann_ids.copy()),
-            "difficulty": torch.from_numpy(r.difficulty.copy()),
-            "occluded": torch.from_numpy(r.occluded.copy()),
-            "truncated": torch.from_numpy(r.truncated.astype(np.float32)),
-            "height": torch.from_numpy(r.heights.astype(np.float32)),
-            "dontcare": torch.from_numpy(r.crowd.copy()),
-            "image_id": r.image_id,
-        }
+        return box_target(r, int(self._offsets[index]), dontcare=r.crowd, ann_id=torch.from_numpy(r.ann_ids.copy()))
 
     def load_image(self, index: int) -> torch.Tensor:
         """Image ``index`` as float (C, H, W) in [0, 1] (RGB for colour files)."""
-        from PIL import Image
-
         path = self.image_path(index)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: image {self.image_ids[index]} of {self.ann_file} is missing")
-        with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB") if im.mode not in ("RGB", "L") else im)
-        if array.ndim == 2:
-            array = array[:, :, None]
+        array = read_image_array(path)
         r = self._records[index]
         if array.shape[:2] != (r.height, r.width):
             raise CocoFormatError(f"{path}: image is {array.shape[1]} x {array.shape[0]}, the annotation file "
                                   f"says {r.width} x {r.height}")
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float().div_(255.0)
+        return image_tensor(array)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         image, target = self.load_image(index), self.get_target(index)

@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from dataparams.analysis.issues_html import BASE_CSS
 from dataparams.analysis.metrics import auroc, average_precision
 from dataparams.config import ConfigError
 from dataparams.runs import RunDir, RunDirError
@@ -627,15 +628,10 @@ def find_box_issues(
 # ----------------------------------------------------------------------------------------------
 # report.html
 # ----------------------------------------------------------------------------------------------
-_CSS = """
-body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 2em auto; max-width: 1200px;
-       color: #222; padding: 0 1em; }
-table { border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
-.grid { display: flex; flex-wrap: wrap; gap: 10px; }
+_CSS = BASE_CSS + """
 .card { width: 230px; border: 1px solid #ddd; padding: 6px; font-size: 0.8em; }
 .card img { width: 218px; height: 160px; object-fit: contain; background: #f4f4f4; }
-.flag { color: #b00; } .id { color: #666; word-break: break-all; }
+.flag { color: #b00; }
 """
 _RULES = {"class-mean": "per-class rule (label quality below the mean of its class's boxes)",
           "mixture": "two-component mixture on the log of the score"}

@@ -76,6 +76,9 @@ __all__ = [
     "read_label_file",
     "read_split_file",
     "make_split",
+    "box_target",
+    "image_tensor",
+    "read_image_array",
     "CHEN_SPLIT_SIZES",
     "resize",
     "scale",
@@ -552,6 +555,38 @@ class _ImageRecord:
     dontcare: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # (D, 4)
 
 
+def read_image_array(path: str | os.PathLike) -> np.ndarray:
+    """The pixels of an image file as uint8 (H, W, C): C = 1 for greyscale, 3 otherwise (RGB)."""
+    from PIL import Image  # torchvision's own dependency; imported here to keep import light
+
+    with Image.open(path) as im:
+        array = np.asarray(im.convert("RGB") if im.mode not in ("RGB", "L") else im)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def image_tensor(array: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, C) pixels as the float (C, H, W) tensor in [0, 1] that the detectors take."""
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float().div_(255.0)
+
+
+def box_target(record: Any, start: int, *, dontcare: np.ndarray, **extra: torch.Tensor) -> Target:
+    """The untransformed target of one image record (``boxes``, ``labels``, ``difficulty``,
+    ``occluded``, ``truncated``, ``heights``, ``image_id``), its boxes' data-parameter rows
+    numbered from ``start``; ``extra`` entries are added as they are (a COCO box's ``ann_id``)."""
+    return {
+        "boxes": torch.from_numpy(record.boxes.copy()),
+        "labels": torch.from_numpy(record.labels.copy()),
+        "box_index": torch.arange(start, start + len(record.labels), dtype=torch.int64),
+        **extra,
+        "difficulty": torch.from_numpy(record.difficulty.copy()),
+        "occluded": torch.from_numpy(record.occluded.copy()),
+        "truncated": torch.from_numpy(record.truncated.astype(np.float32)),
+        "height": torch.from_numpy(record.heights.astype(np.float32)),
+        "dontcare": torch.from_numpy(dontcare.copy()),
+        "image_id": record.image_id,
+    }
+
+
 class KittiDetection(Dataset):
     """Map-style dataset over ``ROOT/training/image_2/*.png`` and ``ROOT/training/label_2/*.txt``.
 
@@ -714,31 +749,14 @@ class KittiDetection(Dataset):
     def get_target(self, index: int) -> Target:
         """The untransformed target of image ``index``, without reading the image."""
         r = self._records[index]
-        start = int(self._offsets[index])
-        return {
-            "boxes": torch.from_numpy(r.boxes.copy()),
-            "labels": torch.from_numpy(r.labels.copy()),
-            "box_index": torch.arange(start, start + len(r.labels), dtype=torch.int64),
-            "difficulty": torch.from_numpy(r.difficulty.copy()),
-            "occluded": torch.from_numpy(r.occluded.copy()),
-            "truncated": torch.from_numpy(r.truncated.astype(np.float32)),
-            "height": torch.from_numpy(r.heights.astype(np.float32)),
-            "dontcare": torch.from_numpy(r.dontcare.copy()),
-            "image_id": r.image_id,
-        }
+        return box_target(r, int(self._offsets[index]), dontcare=r.dontcare)
 
     def load_image(self, index: int) -> torch.Tensor:
         """Image ``index`` as float (C, H, W) in [0, 1] (RGB for colour files)."""
-        from PIL import Image  # torchvision's own dependency; imported here to keep import light
-
         path = self.image_path(index)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: image of {self.image_ids[index]} is missing")
-        with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB") if im.mode not in ("RGB", "L") else im)
-        if array.ndim == 2:
-            array = array[:, :, None]
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float().div_(255.0)
+        return image_tensor(read_image_array(path))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         image, target = self.load_image(index), self.get_target(index)

@@ -118,7 +118,7 @@ def _write_temp(path: Path, data: bytes) -> str:
 
 
 def _stream_temp(path: Path, write: Callable[[BinaryIO], object]) -> str:
-    """:func:`_write_temp` of what ``write(file)`` writes (``.{name}.XXXX.tmp`` beside ``path``)."""
+    """:func:`_write_temp` of what ``write(file)`` writes (a ``.{name}.<random>.tmp`` file beside ``path``)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
