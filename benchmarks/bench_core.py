@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from _table import emit
-from dataparams import DataParameters, SparseSGD, gather_rows, scaled_cross_entropy
+from dataparams import DataParameters, SparseSGD, scaled_cross_entropy
 from dataparams.models import SmallCNN
+from dataparams.parameters import gather_rows
 
 B = 128
 SIZES = [50_000, 1_280_000, 10_000_000]

@@ -1,6 +1,6 @@
 """How usable is each filter's flagged set in the bench? Flagged count over the true count of
 wrong labels, F1, precision, recall, and the share of wrong labels in what the retraining kept,
-per cell of a finished `dataparams bench` grid.
+per cell of a finished `python benchmarks/bench.py` grid.
 
 For every cell of a method that drops samples before retraining (dp-cm-filter, dp-gce-filter,
 dp-filter, cleanlab, AUM), the flagged set is the training pool minus the kept index file the
@@ -67,7 +67,7 @@ def cell_counts(cell: Path) -> dict[str, float] | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("root", help="a bench folder (OUT of `dataparams bench`)")
+    ap.add_argument("root", help="a bench folder (OUT of `python benchmarks/bench.py`)")
     ap.add_argument("--table")
     args = ap.parse_args()
     rows: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)

@@ -1,24 +1,29 @@
 """Peak memory per process of the data-parameter objective under torch.distributed, everything per-sample included.
 
-    python benchmarks/distributed_memory.py [--sizes 10000000 100000000] [--out benchmarks/results/distributed_memory.md]
+    python benchmarks/distributed_memory.py [--sizes 10000000 100000000] [--known-noise]
+                                            [--out benchmarks/results/distributed_memory.md]
 
 ``benchmarks/bench_distributed.py`` (c) measures the parameter table alone (values and momentum).
 A run holds more per sample: the objective's score buffers (``last_loss`` float32, ``loss_sum`` and
 ``log_sigma_sum`` float64; replicated mode also a ``visited`` flag per sample) and, at the end of an
-epoch, what the epoch's bookkeeping gathers (replicated: an all-reduce of the (N,) buffers; sharded:
-every sample's sigma and the three score buffers gathered to rank 0 for the snapshot and scores).
+epoch, what the epoch's bookkeeping builds (replicated: an all-reduce of the (N,) buffers, and on
+rank 0 the whole snapshot and scores; sharded: each rank's own rows of the snapshot, written to its
+own file, and, only for a run whose corrupted labels are known (``--known-noise``), every sample's
+sigma and the three score buffers gathered to rank 0 for the detection metrics).
 
 Per setting (N, mode), 2 gloo processes on 127.0.0.1, fresh processes for each: the joint curriculum,
 K = 10 classes, global batch 256; each rank builds the objective the trainer builds
 (``ReplicatedObjective`` / ``ShardedObjective``), runs 20 steps (random logits standing in for the
-model), then the end of an epoch as the engine and the run logger do it (``on_epoch_end`` on every
-rank; ``snapshot`` and ``scores`` on every rank of a sharded run, where they are collectives, and on
-rank 0 only of a replicated one). Reported per rank: resident size before the objective exists, the peak
-during the steps and the peak over the end of the epoch (``VmHWM``, reset before each phase), as
-increases over the start. What this leaves out: the model, the data and the labels the trainer holds
+model), then the end of an epoch as the engine and the run logger do it: ``on_epoch_end`` on every
+rank, then :class:`dataparams.runs.logger.RunLogger`'s ``on_epoch_end`` itself, writing into a
+temporary run directory (metrics line, snapshot files; with ``--known-noise`` a 40% corruption mask,
+so the detection metrics too). Its checkpoint is a small dict here: the checkpoint's own shard
+files are not measured. Reported per rank: resident size before the objective exists, the peak during
+the steps and the peak over the end of the epoch (``VmHWM``, reset before each phase), as increases
+over the start. What this leaves out: the model, the data and the labels the trainer holds
 (``data.prepare.TrainingLabels``: int64 given and clean labels, the corruption mask and the split's
-int64 indices, about 25 N bytes by their dtypes on every rank in either mode) -- this script measures
-the data-parameter side only.
+int64 indices, about 25 N bytes by their dtypes on every rank in either mode; the mask this script
+gives the logger is made before the start) -- this script measures the data-parameter side only.
 """
 
 from __future__ import annotations
@@ -32,12 +37,15 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.multiprocessing as mp
 
 from _table import emit
 from dataparams import DataParameters
 from dataparams.distributed import ReplicatedObjective, ShardedObjective, init_distributed, local_share
+from dataparams.runs import RunDir
+from dataparams.runs.logger import RunLogger
 
 B, K, STEPS = 256, 10, 20
 
@@ -79,19 +87,37 @@ def _steps(objective, n: int, ctx, first: int, count: int) -> None:
         objective.record(idx, per_sample, logits.detach())
 
 
-def _worker(rank: int, world_size: int, port: int, mode: str, n: int, out_dir: str) -> None:
+def _corruption_mask(n: int, known_noise: bool) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    if known_noise:
+        mask[np.random.default_rng(0).permutation(n)[: int(0.4 * n)]] = True
+    return mask
+
+
+def _end_of_epoch(objective, ctx, run_dir: Path, corrupted: np.ndarray) -> None:
+    """The engine's and the run logger's end of epoch 1 (the logger's own code, into ``run_dir``)."""
+    objective.on_epoch_end(0)
+    logger = RunLogger(RunDir(run_dir), objective, corrupted, lambda epoch: {"epoch": epoch}, epochs=1, quiet=True,
+                       tensorboard=False, is_main=ctx.is_main)
+    logger.on_epoch_end(0, {"epoch": 1, "time_s": 0.0, "train_loss": 0.0, "train_acc": 0.0})
+
+
+def _worker(rank: int, world_size: int, port: int, mode: str, n: int, out_dir: str, known_noise: bool) -> None:
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     with init_distributed("cpu", timeout=timedelta(minutes=20)) as ctx:
-        # A small objective first: the first use of the optimizers, sparse kernels and collectives
-        # loads code and sets up allocator pools that belong to neither size.
+        if ctx.is_main:
+            for name in ("warm", "run"):
+                Path(out_dir, name).mkdir()
+        # A small objective first: the first use of the optimizers, sparse kernels, collectives and
+        # file writes loads code and sets up allocator pools that belong to neither size.
         warm = _objective(mode, 1000, ctx)
         _steps(warm, 1000, ctx, 0, 2)
-        warm.on_epoch_end(0)
-        warm.snapshot()
-        warm.scores()
+        ctx.barrier()
+        _end_of_epoch(warm, ctx, Path(out_dir, "warm"), _corruption_mask(1000, known_noise))
         del warm
+        corrupted = _corruption_mask(n, known_noise)  # the labels' mask: every rank holds it in a run
         ctx.barrier()
         start = _status_mb("VmRSS")
         _reset_peak()
@@ -100,24 +126,19 @@ def _worker(rank: int, world_size: int, port: int, mode: str, n: int, out_dir: s
         steps_peak = _status_mb("VmHWM")
         ctx.barrier()
         _reset_peak()
-        objective.on_epoch_end(0)
-        # As the run logger does: every rank joins a sharded objective's gathers; a replicated
-        # objective's snapshot and scores are built on rank 0 only.
-        if mode == "sharded" or ctx.is_main:
-            snap, scores = objective.snapshot(), objective.scores()
-            del snap, scores
+        _end_of_epoch(objective, ctx, Path(out_dir, "run"), corrupted)
         epoch_peak = _status_mb("VmHWM")
         Path(out_dir, f"{rank}.json").write_text(json.dumps(
             {"start_mb": start, "steps_mb": steps_peak - start, "epoch_end_mb": epoch_peak - start}))
         ctx.barrier()
 
 
-def measure(mode: str, n: int) -> list[dict]:
+def measure(mode: str, n: int, known_noise: bool = False) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp, socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         s.close()
-        mp.spawn(_worker, args=(2, port, mode, n, tmp), nprocs=2, join=True)
+        mp.spawn(_worker, args=(2, port, mode, n, tmp, known_noise), nprocs=2, join=True)
         return [json.loads(Path(tmp, f"{r}.json").read_text()) for r in range(2)]
 
 
@@ -131,13 +152,21 @@ def expected_bytes(mode: str, n: int, p: int = 2) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000_000, 100_000_000])
+    parser.add_argument("--known-noise", action="store_true",
+                        help="give the logger a 40%% corruption mask, as a benchmark run with injected noise has: "
+                        "it then also computes the detection metrics, for which a sharded run gathers on rank 0")
     parser.add_argument("--out", help="also write the table (Markdown) to this file")
     args = parser.parse_args(argv)
+    noise = ("a 40% corruption mask known (injected noise): detection metrics computed, for which a sharded run "
+             "gathers every sample's sigma and scores on rank 0" if args.known_noise else
+             "no corruption known (real data): no detection metrics, and a sharded run gathers nothing")
     lines = [f"# Memory per process of the data-parameter objective, 2 gloo processes ({platform.machine()}, "
              f"{os.cpu_count()} CPUs, torch {torch.__version__})", "",
              f"Joint curriculum, K = {K}, global batch {B}; {STEPS} steps, then the end of an epoch as the run logger "
-             "does it (on_epoch_end on every rank; snapshot and scores on every rank when sharded, on rank 0 only "
-             "when replicated). Increases over each rank's resident size before the objective was built (MiB); "
+             "does it (on_epoch_end on every rank, then RunLogger.on_epoch_end into a temporary run directory: "
+             "rank 0 writes the whole snapshot when replicated, each rank its rows when sharded; the checkpoint's "
+             f"shard files not included); {noise}. Increases over each rank's resident size before the objective "
+             "was built (MiB); "
              "one run per cell (n=1). Expected: the per-sample state by construction (values, momentum, last_loss "
              "float32; loss_sum, log_sigma_sum float64; replicated's visited flag). Not included: the model, the "
              "data and the labels every rank holds in either mode (int64 given and clean labels, the corruption mask, "
@@ -146,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
              "|---:|---|---:|---:|---:|"]
     for n in args.sizes:
         for mode in ("replicated", "sharded"):
-            r0, r1 = measure(mode, n)
+            r0, r1 = measure(mode, n, args.known_noise)
             lines.append(f"| {n:,} | {mode} | {expected_bytes(mode, n) / 2**20:,.0f} | "
                          f"{r0['steps_mb']:,.0f} / {r1['steps_mb']:,.0f} | "
                          f"{r0['epoch_end_mb']:,.0f} / {r1['epoch_end_mb']:,.0f} |")

@@ -18,7 +18,7 @@
    sums alone make.
    Needs two GPUs: NCCL refuses two ranks on one GPU ("Duplicate GPU detected", seen with NCCL
    2.28.9 on a one-GPU H200), so a one-GPU machine reports the check as not run.
-6. Every bench method (``dataparams bench --device cuda``), one cell at 40% uniform noise,
+6. Every bench method (``python benchmarks/bench.py --device cuda``), one cell at 40% uniform noise,
    2 epochs: each cell finishes with status ok (cleanlab needs its package installed).
 
 Prints a Markdown table; exits non-zero if a check fails.
@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from _table import emit
-from dataparams import SparseSGD, gather_rows
+from dataparams import SparseSGD
+from dataparams.parameters import gather_rows
 
 
 def _steps(device: torch.device, deterministic: bool) -> torch.Tensor:
@@ -113,7 +114,7 @@ def _bench_rows(data_dir: str | None, epochs: int) -> tuple[list[str], bool]:
     """Section 6: one cell of every bench method on CUDA."""
     import json
 
-    from dataparams.bench import METHODS
+    from dataparams.methods.registry import METHODS
 
     spec = {"base": "fmnist-noisy40", "methods": list(METHODS), "grid": [["uniform", 0.4, [1]]],
             "overrides": ["data.val_fraction=0.1", f"optim.epochs={epochs}"] +
@@ -121,7 +122,7 @@ def _bench_rows(data_dir: str | None, epochs: int) -> tuple[list[str], bool]:
     rows, ok = [], True
     with tempfile.TemporaryDirectory() as work:
         Path(work, "spec.json").write_text(json.dumps(spec))
-        err, wall = _run([sys.executable, "-m", "dataparams", "bench", "--spec", f"{work}/spec.json", "--out",
+        err, wall = _run([sys.executable, str(Path(__file__).with_name("bench.py")), "--spec", f"{work}/spec.json", "--out",
                           f"{work}/bench", "--stage", "grid", "--device", "cuda", "--quiet"], 600)
         if err is not None:
             return [f"| bench, every method, CUDA | {err} | FAIL |"], False

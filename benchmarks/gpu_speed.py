@@ -78,8 +78,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from _table import emit
-from dataparams import DataParameters, SparseSGD, gather_rows
+from dataparams import DataParameters, SparseSGD
 from dataparams.data.memory import crop_at, flip_where
+from dataparams.parameters import gather_rows
 from dataparams.syncs import count_host_syncs
 
 NUM_CLASSES = 10

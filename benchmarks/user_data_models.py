@@ -28,7 +28,7 @@ import numpy as np
 from _table import emit
 from bench_user_data import SETS, clean_test_set, model_accuracy
 
-METHODS = ("dp-instance", "dp-gce", "dp-gce-filter", "dp-cm-filter", "baseline", "gce", "coteaching", "default",
+METHODS = ("dp-instance", "dp-gce", "dp-gce-filter", "dp-cm-filter", "dp-gce-cm-filter", "baseline", "gce", "coteaching", "default",
            "default-holdout")
 IMAGE_SETS = ("fmnist-folder", "fmnist-rgb-csv", "fmnist-instance35")
 

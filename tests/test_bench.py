@@ -2,12 +2,26 @@
 
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fakes
-from dataparams.bench import BenchSpec, Cell, run_cell, run_grid, summarize
+
+# The bench is not part of the library: it lives beside the other benchmark scripts.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench import TUNING, BenchSpec, Cell, run_cell, run_grid, summarize  # noqa: E402
+
+
+def test_every_compared_method_has_a_tuning_budget_of_three_settings():
+    """The bench's TUNING covers the library registry: a method added there without its settings
+    would silently run untuned beside tuned peers. baseline and oracle have nothing to tune."""
+    from dataparams.methods.registry import METHODS
+
+    assert set(TUNING) == set(METHODS) - {"baseline", "oracle"}
+    assert all(len(settings) == 3 and len(set(settings)) == 3 for settings in TUNING.values())
 
 
 def _spec(root, methods, **kw):
@@ -127,7 +141,7 @@ def test_index_files_are_named_by_content(tmp_path):
 
 
 def test_tuning_picks_the_best_noisy_validation_setting(tmp_path):
-    from dataparams.bench import tune, tuning_grid
+    from bench import tune, tuning_grid
 
     data = fakes.write_idx(tmp_path / "data", 64, 32)
     out = tmp_path / "bench"
@@ -142,11 +156,10 @@ def test_tuning_picks_the_best_noisy_validation_setting(tmp_path):
 
 
 def test_one_cell_from_the_command_line_and_the_dp_filter_pipeline(tmp_path, capsys):
-    # `dataparams bench --spec spec.json --out OUT --cell METHOD/NOISE_RATE/seedS` runs one cell: here
+    # `python benchmarks/bench.py --spec spec.json --out OUT --cell METHOD/NOISE_RATE/seedS` runs one cell: here
     # dp-filter, whose two trainings (curriculum, then retraining on the kept samples) leave their
     # run directories in the cell.
-    from dataparams.bench import parse_cell
-    from dataparams.cli import main
+    from bench import main, parse_cell
 
     data = fakes.write_idx(tmp_path / "data", 64, 32)
     spec = tmp_path / "spec.json"
@@ -154,21 +167,20 @@ def test_one_cell_from_the_command_line_and_the_dp_filter_pipeline(tmp_path, cap
                                 "overrides": [f"data.data_dir={data}", "data.subset=64", "data.val_fraction=0.25",
                                  "optim.epochs=2", "data.batch_size=16", "data.eval_batch_size=64"]}))
     out = tmp_path / "bench"
-    assert main(["bench", "--spec", str(spec), "--out", str(out), "--cell", "dp-filter/uniform40/seed1"]) == 0
+    assert main(["--spec", str(spec), "--out", str(out), "--cell", "dp-filter/uniform40/seed1"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["status"] == "ok" and result["trainings"] == 2 and result["cell"]["method"] == "dp-filter"
     cell = out / "cells" / "dp-filter" / "uniform40" / "seed1"
     kept = np.load(next(cell.glob("keep_final_*.npy")))
     assert 0 < len(kept) <= 48 and len(kept) == 48 - result["n_flagged"]
     assert parse_cell("aum/pair40/seed3") == Cell("aum", "pair", 0.4, 3)
-    assert main(["bench", "--out", str(out), "--cell", "nope/uniform40/seed1"]) == 2
+    assert main(["--out", str(out), "--cell", "nope/uniform40/seed1"]) == 2
 
 
 def test_dp_gce_filter_flags_by_the_gce_loss_bound(tmp_path):
     # dp-gce-filter: the first stage is dp-gce's training (GCE loss under the instance curriculum),
     # the flags are the samples whose mean training loss, recomputed here from the snapshots, is at
     # least 0.2 of the GCE bound 1/q; the retraining sees exactly the others.
-    from dataparams.methods.registry import METHODS
     from dataparams.runs import RunDir
 
     data = fakes.write_idx(tmp_path / "data", 64, 32)
@@ -177,7 +189,7 @@ def test_dp_gce_filter_flags_by_the_gce_loss_bound(tmp_path):
     spec.overrides += ["optim.epochs=12", "optim.lr=0.2"]
     res = run_cell(spec, Cell("dp-gce-filter", "uniform", 0.4, 1), tmp_path / "bench")
     assert res["status"] == "ok", res.get("error")
-    assert res["setting"] == list(METHODS["dp-gce-filter"].tuning[0]) and res["trainings"] == 2
+    assert res["setting"] == list(TUNING["dp-gce-filter"][0]) and res["trainings"] == 2
     cell = tmp_path / "bench" / "cells" / "dp-gce-filter" / "uniform40" / "seed1"
     (first,) = [p for p in cell.glob("curriculum_*") if p.is_dir()]
     run = RunDir(first)
@@ -225,7 +237,7 @@ def test_flags_by_the_bound_and_by_the_mixture():
 
 
 def test_a_tuning_folder_has_no_sibling_cells(tmp_path):
-    from dataparams.bench import finished_sibling
+    from bench import finished_sibling
     from dataparams.config import TrainConfig
 
     cell = Cell("dp-gce-filter", "uniform", 0.4, 100)

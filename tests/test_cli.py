@@ -136,7 +136,8 @@ def test_an_unexpected_exception_is_not_swallowed(monkeypatch, capsys, exc):
 def _user_errors():
     from dataparams.config import ConfigError
     from dataparams.data.base import DatasetFormatError, DatasetNotFoundError
-    from dataparams.data.user import ImageTooLarge, UserDataError
+    from dataparams.data.images import ImageTooLarge
+    from dataparams.data.userdata import UserDataError
     from dataparams.detection.coco import CocoFormatError
     from dataparams.detection.kitti import KittiFormatError
     from dataparams.distributed.checkpoint import ShardFileError
@@ -202,8 +203,7 @@ def test_every_sub_command_runs_its_own_function():
 
     parser = cli.get_args_parser()
     expected = {"train": cli.cmd_train, "demo": cli.cmd_demo, "presets": cli.cmd_presets,
-                "report": cli.cmd_report, "find-issues": cli.cmd_find_issues, "kitti-eval": cli.cmd_kitti_eval,
-                "bench": cli.cmd_bench}
+                "report": cli.cmd_report, "find-issues": cli.cmd_find_issues, "kitti-eval": cli.cmd_kitti_eval}
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) == set(expected)
     for name, func in expected.items():
@@ -213,7 +213,6 @@ def test_every_sub_command_runs_its_own_function():
 @pytest.mark.parametrize("command, option, other", [
     ("train", "--data", "--data-dir"), ("train", "--data-dir", "--data"),
     ("train", "--seed", "--seeds"), ("train", "--seeds", "--seed"),
-    ("train", "--method", "--methods"), ("bench", "--methods", "--method"),
 ])
 def test_look_alike_options_name_each_other(command, option, other):
     """Each of two confusable options says in its help how it differs from the other."""
@@ -222,7 +221,7 @@ def test_look_alike_options_name_each_other(command, option, other):
     parser = get_args_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices[command]
     action = next(a for a in sub._actions if option in a.option_strings)
-    assert re.search(rf"\bnot (train's |bench's )?{re.escape(other)}(?![\w-])", action.help, re.IGNORECASE), action.help
+    assert re.search(rf"\bnot (train's )?{re.escape(other)}(?![\w-])", action.help, re.IGNORECASE), action.help
 
 
 def test_make_split_is_refused_outside_the_kitti_presets(capsys):

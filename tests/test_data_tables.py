@@ -20,7 +20,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dataparams.data.tables import is_table_path, load_table_data  # noqa: E402
-from dataparams.data.user import UserDataError, load_user_data  # noqa: E402
+from dataparams.data.user import load_user_data  # noqa: E402
+from dataparams.data.userdata import UserDataError  # noqa: E402
 
 pd = pytest.importorskip("pandas")
 

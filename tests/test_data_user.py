@@ -14,9 +14,11 @@ import torch
 from PIL import Image
 
 from dataparams.data.base import Split
+from dataparams.data.decode import UserImageDataset
 from dataparams.data.folders import load_image_folder
 from dataparams.data.memory import FeatureLoader
-from dataparams.data.user import UserData, UserDataError, UserImageDataset, load_user_data
+from dataparams.data.user import load_user_data
+from dataparams.data.userdata import UserData, UserDataError
 
 
 def _save(path, pixels, mode=None):
@@ -332,7 +334,7 @@ def _with_orientation(path, pixels, orientation, **save):
 
 
 def test_exif_orientation_is_applied_in_every_decode_path(tmp_path):
-    from dataparams.data.user import decode_image
+    from dataparams.data.decode import decode_image
 
     rng = np.random.default_rng(25)
     stored = _rgb(rng, 8, 12)  # 8 rows x 12 columns as stored; tag 6: turn 90 degrees clockwise to view
@@ -360,7 +362,7 @@ def test_exif_orientation_is_applied_in_every_decode_path(tmp_path):
 
 @pytest.mark.faults
 def test_a_truncated_jpeg_stops_streaming_before_training(tmp_path, monkeypatch):
-    import dataparams.data.user as user_module
+    import dataparams.data.images as user_module
 
     # The statistics sample is one image (the seeded draw picks the last), not the bad one: the
     # check must not depend on it.
@@ -531,7 +533,7 @@ def test_empty_label_or_path_names_the_line(tmp_path):
 
 @pytest.mark.faults
 def test_missing_and_corrupt_images_name_line_and_file(tmp_path, monkeypatch):
-    import dataparams.data.user as user_module
+    import dataparams.data.images as user_module
 
     # Streaming decodes only a sample for its statistics: make it one image, so that the bad
     # files below are caught by opening and verifying every file, not by that sample.
@@ -716,7 +718,7 @@ def test_user_data_feeds_the_loaders(tmp_path):
 
 @pytest.mark.faults
 def test_a_png_above_the_pixel_limit_is_refused_by_name_and_a_jpeg_is_not(tmp_path, monkeypatch):
-    import dataparams.data.user as user_module
+    import dataparams.data.images as user_module
 
     # The limit lowered to 20x20 so that the test's images stand for 100-megapixel ones.
     monkeypatch.setattr(user_module, "MAX_DECODE_PIXELS", 400)

@@ -51,6 +51,20 @@ class _Killed(Exception):
     pass
 
 
+def _train_until_first_checkpoint(cfg, out, monkeypatch):
+    """Train ``cfg`` into ``out`` and die right after its first checkpoint is written."""
+    original = RunDir.save_checkpoint
+
+    def save_then_die(self, state):
+        original(self, state)
+        raise _Killed
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        train_detection(cfg, out, quiet=True)
+    monkeypatch.undo()
+
+
 def _without_times(records):
     return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in records]
 
@@ -97,16 +111,7 @@ def test_two_epochs_write_a_run_directory_and_resume_is_exact(data_root, tmp_pat
 
     # Killed right after the first checkpoint, then resumed: bit for bit the uninterrupted run.
     killed = tmp_path / "killed"
-    original = RunDir.save_checkpoint
-
-    def save_then_die(self, state):
-        original(self, state)
-        raise _Killed
-
-    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_die)
-    with pytest.raises(_Killed):
-        train_detection(cfg, killed, quiet=True)
-    monkeypatch.undo()
+    _train_until_first_checkpoint(cfg, killed, monkeypatch)
     assert [r["epoch"] for r in RunDir(killed).read_metrics()] == [1]
     train_detection(cfg, killed, resume=True, quiet=True)
 
@@ -211,3 +216,25 @@ def test_command_line_trains_reports_and_evaluates_a_detection_preset(data_root,
     assert "Car" in capsys.readouterr().out
     assert main(["train", "--preset", "kitti-synth/instance", "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["data"]["root"].endswith("kitti-synth")
+
+
+def test_a_run_from_before_ignore_regions_resumes_only_as_it_trained(data_root, tmp_path, monkeypatch):
+    """A run directory whose config.json predates ``model.ignore_overlap`` trained without ignore
+    regions: resuming it under today's default (0.5) would change its loss mid-run, so that is
+    refused, and it resumes with ``ignore_overlap=None``."""
+    from dataparams.runs import RunConflictError
+
+    torch.set_num_threads(1)
+    cfg = _config(data_root)
+    old_cfg = _config(data_root)
+    old_cfg.model.ignore_overlap = None
+    out = tmp_path / "old"
+    _train_until_first_checkpoint(old_cfg, out, monkeypatch)
+    config_file = RunDir(out).config_file
+    written = json.loads(config_file.read_text())
+    del written["model"]["ignore_overlap"]  # as a run directory of the previous version has it
+    config_file.write_text(json.dumps(written))
+    with pytest.raises(RunConflictError, match="ignore_overlap"):
+        train_detection(cfg, out, resume=True, quiet=True)
+    train_detection(old_cfg, out, resume=True, quiet=True)
+    assert [r["epoch"] for r in RunDir(out).read_metrics()] == [1, 2]

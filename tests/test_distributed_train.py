@@ -5,7 +5,9 @@ elsewhere (``tests/test_resume.py``). Two processes, in both layouts of the data
 must end with the reference's sigma snapshots and test accuracy, and so must runs killed with
 ``kill -9`` of one process and resumed with another number of processes. The data are tiny
 Fashion-MNIST IDX files; 301 training samples in batches of 64 make the last global batch 45
-samples, split 23 / 22. Every process runs with one thread.
+samples, split 23 / 22. Every process runs with one thread. A sharded run's snapshot is one file
+per process per epoch: they are read back as the one-process snapshot, a resume drops those of
+epochs after its checkpoint, a missing one is named, and find-issues ranks the run.
 
 The one-process checks at the end (loader order, BatchNorm over the global batch, gradient
 scaling, refusals) need no launcher.
@@ -13,6 +15,7 @@ scaling, refusals) need no launcher.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -118,6 +121,21 @@ LAUNCHER = textwrap.dedent('''
                     yield item
 
             memory.InMemoryLoader.__iter__ = loader_iter
+    if os.environ.get("DP_TEST_KILL_COMMIT"):
+        # Rank 0 SIGKILLs itself as it is about to commit epoch E's checkpoint: every process's
+        # snapshot file and the metrics line of epoch E are written, its checkpoint is not.
+        from dataparams.runs import rundir
+
+        commit_epoch = int(os.environ["DP_TEST_KILL_COMMIT"])
+        if int(os.environ.get("RANK", "0")) == 0:
+            original_save = rundir.RunDir.save_checkpoint
+
+            def save_checkpoint(self, state):
+                if state["epoch"] == commit_epoch:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return original_save(self, state)
+
+            rundir.RunDir.save_checkpoint = save_checkpoint
     sys.exit(main(sys.argv[1:]))
 ''')
 
@@ -137,8 +155,8 @@ def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _run(args: list[str], *, processes: int, launcher: Path | None = None, kill: str | None = None,
-         fault: str | None = None, loader_fault: str | None = None, check: bool = True
-         ) -> subprocess.CompletedProcess:
+         fault: str | None = None, loader_fault: str | None = None, commit_kill: int | None = None,
+         check: bool = True) -> subprocess.CompletedProcess:
     """``dataparams ARGS`` in one process, or under torchrun with ``processes`` processes."""
     entry = [str(launcher)] if launcher is not None else ["-m", "dataparams"]
     if processes > 1:
@@ -155,6 +173,8 @@ def _run(args: list[str], *, processes: int, launcher: Path | None = None, kill:
         env["DP_TEST_RAISE"] = fault
     if loader_fault is not None:
         env["DP_TEST_LOADER_RAISE"] = loader_fault
+    if commit_kill is not None:
+        env["DP_TEST_KILL_COMMIT"] = str(commit_kill)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stderr[-4000:]}")
@@ -172,6 +192,18 @@ def _killed_then_resumed(data: Path, out: Path, launcher: Path, extra: tuple[str
     assert len(RunDir(out).read_metrics()) == 1 and (out / "checkpoint.pt").exists()
     _run([*args, "--resume"], processes=then, launcher=launcher)
     return out
+
+
+def _killed_at_commit(data: Path, out: Path, launcher: Path, *, then: int) -> tuple[Path, list[str]]:
+    """Train sharded with 2 processes, kill -9 rank 0 as it is about to commit epoch 2's
+    checkpoint, resume with ``then`` processes; the run and the snapshot files the kill left."""
+    args = _train_args(data, out, "--set", "distributed.mode=sharded")
+    killed = _run(args, processes=2, launcher=launcher, commit_kill=2, check=False)
+    assert killed.returncode != 0, "the run finished before it could be killed"
+    left = sorted(p.name for p in (out / "snapshots").iterdir())
+    assert len(RunDir(out).read_metrics()) == 2 and RunDir(out).load_checkpoint()["epoch"] == 1
+    _run([*args, "--resume"], processes=then, launcher=launcher)
+    return out, left
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +228,10 @@ def runs(tmp_path_factory):
         "sharded_1_to_2": lambda: _killed_then_resumed(data, tmp / "s12", launcher, sharded, first=1, then=2),
         # Three processes read three shards out of two (the middle one from both).
         "sharded_2_to_3": lambda: _killed_then_resumed(data, tmp / "s23", launcher, sharded, first=2, then=3),
+        # Killed after epoch 2's snapshot files, before its checkpoint; resumed with 3 processes.
+        "sharded_commit_2_to_3": lambda: _killed_at_commit(data, tmp / "sc23", launcher, then=3),
+        # Real data as far as the run knows: no label known to be corrupted, no detection metrics.
+        "sharded_clean": lambda: plain("sharded_clean", 2, *sharded, "--set", "data.noise=none"),
     }
     # Two at a time: each job is mostly process start-up, and every process has one thread.
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -254,6 +290,128 @@ def test_two_processes_with_sharded_data_parameters_equal_one_process(runs):
     for m in (manifest, previous):
         assert m["world_size"] == 2 and {s["file"] for s in m["shards"]} | {m["classes"]} <= set(shards)
     assert not {s["file"] for s in manifest["shards"]} & {s["file"] for s in previous["shards"]}
+
+
+def _snapshot_files(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / "snapshots").iterdir())
+
+
+def _shard_names(epoch: int, processes: int) -> list[str]:
+    return [f"epoch_{epoch:04d}.shard-{r:05d}-of-{processes:05d}.npz" for r in range(processes)]
+
+
+def _read_shards(run: Path, epoch: int, processes: int) -> list[dict[str, np.ndarray]]:
+    out = []
+    for name in _shard_names(epoch, processes):
+        with np.load(run / "snapshots" / name) as z:
+            out.append({k: z[k] for k in z.files})
+    return out
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_sharded_run_writes_each_process_rows_of_the_snapshot(runs):
+    """Each process writes its rows (shard_range) of every epoch's snapshot; no process writes a
+    whole snapshot; the snapshot read back is the files' arrays concatenated (and, by
+    test_two_processes_with_sharded_data_parameters_equal_one_process, the one-process run's)."""
+    from dataparams.distributed import shard_range
+
+    for name in ("sharded", "sharded_clean"):
+        run = runs[name]
+        assert _snapshot_files(run) == _shard_names(1, 2) + _shard_names(2, 2)
+        for epoch in (1, 2):
+            parts = _read_shards(run, epoch, 2)
+            for r, part in enumerate(parts):
+                assert (int(part["start"]), int(part["end"])) == shard_range(N_TRAIN, 2, r)
+                assert int(part["num_instances"]) == N_TRAIN
+                assert part["instance_sigma"].dtype == np.float32 and part["loss"].dtype == np.float16
+            snap = RunDir(run).load_snapshot(epoch)
+            assert sorted(snap) == ["instance_sigma", "loss"]
+            for key in snap:
+                np.testing.assert_array_equal(snap[key], np.concatenate([p[key] for p in parts]))
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_the_sigma_statistics_of_a_sharded_run_are_those_of_all_samples(runs):
+    """The metrics line's instance_sigma statistics, reduced from the processes' moments, equal
+    numpy's on the whole snapshot (split by labels.npz's corruption mask when the run knows it);
+    the run without known noise has no detection metrics."""
+    for name in ("sharded", "sharded_clean"):
+        run = RunDir(runs[name])
+        corrupted = run.load_arrays("labels.npz")["is_corrupted"].astype(bool)
+        assert corrupted.any() == (name == "sharded")
+        for line in run.read_metrics():
+            sigma = run.load_snapshot(line["epoch"])["instance_sigma"].astype(np.float64)
+            groups = {"": sigma}
+            if corrupted.any():
+                groups.update(clean=sigma[~corrupted], corrupted=sigma[corrupted])
+                assert line["detection"]["auroc"] > 0.5
+            else:
+                assert not any(k.startswith("detection") for k in line)
+                assert set(line["instance_sigma"]) == {"mean", "std", "min", "max"}
+            for group, values in groups.items():
+                stats = line["instance_sigma"][group] if group else line["instance_sigma"]
+                want = {"mean": values.mean(), "std": values.std(), "min": values.min(), "max": values.max()}
+                for k, v in want.items():
+                    assert stats[k] == pytest.approx(v, rel=1e-9), (name, group, k)
+
+
+@pytest.mark.distributed
+@pytest.mark.faults
+@pytest.mark.slow
+def test_a_resume_drops_the_snapshot_files_of_epochs_after_its_checkpoint(runs):
+    """Killed after every process wrote epoch 2's snapshot file, before the checkpoint: the
+    resume (3 processes) drops the 2 files of epoch 2 and writes its own 3; the run ends as the
+    one-process one. Runs killed in epoch 2 and resumed with another number of processes hold
+    epoch 1's files as first written and epoch 2's of the resumed processes."""
+    run, left = runs["sharded_commit_2_to_3"]
+    assert left == _shard_names(1, 2) + _shard_names(2, 2)
+    assert _snapshot_files(run) == _shard_names(1, 2) + _shard_names(2, 3)
+    _assert_same_run(run, runs["reference"])
+    for name, first, then in (("sharded_2_to_1", 2, 1), ("sharded_1_to_2", 1, 2), ("sharded_2_to_3", 2, 3)):
+        assert _snapshot_files(runs[name]) == _shard_names(1, first) + _shard_names(2, then), name
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_find_issues_ranks_a_sharded_run(runs, tmp_path, capsys):
+    from dataparams.cli import main
+
+    run = runs["sharded"]
+    assert main(["find-issues", str(run), "--out", str(tmp_path / "issues")]) == 0
+    assert "scored by sigma at epoch 2" in capsys.readouterr().out
+    with open(tmp_path / "issues" / "issues.csv") as f:
+        rows = list(csv.DictReader(f))
+    sigma = np.concatenate([p["instance_sigma"] for p in _read_shards(run, 2, 2)]).astype(np.float64)
+    assert [int(r["rank"]) for r in rows] == list(range(1, N_TRAIN + 1))
+    order = np.array([int(r["index"]) for r in rows])
+    assert sorted(order.tolist()) == list(range(N_TRAIN))
+    assert np.all(np.diff(sigma[order]) <= 0)  # most suspect (highest sigma) first
+
+
+@pytest.mark.distributed
+@pytest.mark.faults
+@pytest.mark.slow
+def test_a_deleted_snapshot_shard_file_is_named(runs, tmp_path, capsys):
+    """Rank 1's file of epoch 2 deleted: reading epoch 2 names it; the analysis goes on with
+    epoch 1 and says why."""
+    from dataparams.analysis.runs_io import load_run
+    from dataparams.cli import main
+    from dataparams.runs import RunDirError
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["sharded"], run)
+    gone = run / "snapshots" / "epoch_0002.shard-00001-of-00002.npz"
+    gone.unlink()
+    with pytest.raises(RunDirError, match=f"{re.escape(str(gone))} is missing"):
+        RunDir(run).load_snapshot(2)
+    loaded = load_run(run)
+    assert loaded.last_snapshot("instance_sigma")[0] == 1
+    assert any(str(gone) in w for w in loaded.warnings)
+    assert main(["find-issues", str(run), "--out", str(tmp_path / "issues")]) == 0
+    out = capsys.readouterr().out
+    assert "scored by sigma at epoch 1" in out and f"{gone} is missing" in out
 
 
 @pytest.mark.parametrize("name", ["replicated_2_to_1", "replicated_1_to_2", "sharded_2_to_1", "sharded_1_to_2",

@@ -10,10 +10,8 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "dataparams"
 
-# (importing module, imported module): private helpers shared between the user-data reader and
-# the in-memory tables reader (data/tables.py was split from data/user.py); to become one public
-# helper module.
-KNOWN_PRIVATE = {("dataparams.data.tables", "dataparams.data.user")}
+# (importing module, imported module): none left.
+KNOWN_PRIVATE: set[tuple[str, str]] = set()
 # None left at import time (data/registry.py imports data/user.py only inside the function that
 # loads a user's data).
 KNOWN_CIRCLES: set[frozenset[str]] = set()
@@ -85,3 +83,19 @@ def test_no_import_circle_among_modules():
                if a in graph.get(b, ()) and not (a.startswith(b + ".") or b.startswith(a + "."))}
     assert circles <= KNOWN_CIRCLES, f"import circles: {sorted(map(sorted, circles - KNOWN_CIRCLES))}"
     assert KNOWN_CIRCLES <= circles, f"no longer a circle, remove from KNOWN_CIRCLES: {KNOWN_CIRCLES - circles}"
+
+
+# Modules of the standard library that exist on one platform only: the library must import on any.
+_POSIX_ONLY = {"fcntl", "termios", "pwd", "grp", "resource"}
+
+
+def test_the_library_imports_no_posix_only_module_at_import_time():
+    """The bench harness (with its ``fcntl`` file locks) lives in benchmarks/, outside the package;
+    a module-level import of a POSIX-only module would make ``import dataparams`` fail on Windows."""
+    found = []
+    for name, tree in _modules().items():
+        for node in tree.body:
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            found += [(name, n) for n in names if n.split(".")[0] in _POSIX_ONLY]
+    assert not found, f"POSIX-only modules imported at module level: {found}"

@@ -221,7 +221,7 @@ def test_table_options_are_refused_for_other_data(tmp_path, capsys):
     from dataparams.build import validate_config
     from dataparams.config import ConfigError, DataConfig, apply_overrides
     from dataparams.data.registry import load_dataset
-    from dataparams.data.user import UserDataError
+    from dataparams.data.userdata import UserDataError
     from dataparams.presets import get_preset
 
     _folder(tmp_path / "d", n=9)
@@ -289,7 +289,7 @@ def test_find_label_issues_on_a_dataframe_returns_datalab_rows_in_the_users_orde
 
 def test_find_label_issues_on_arrays_and_on_the_same_npz_agree_and_leave_nothing(tmp_path, monkeypatch):
     import dataparams
-    from dataparams.data.user import UserDataError
+    from dataparams.data.userdata import UserDataError
 
     pd = pytest.importorskip("pandas")
     rng = np.random.default_rng(3)

@@ -5,8 +5,9 @@ import copy
 import pytest
 import torch
 
-from dataparams import DataParameters, SparseSGD, gather_rows
+from dataparams import DataParameters, SparseSGD
 from dataparams.optim import merge_rows
+from dataparams.parameters import gather_rows
 
 
 def _step_rows(param, opt, rows, grad_value=1.0):
@@ -202,6 +203,43 @@ def test_clamp_survives_deepcopy_and_pickle():
         _big_steps(other, opt, steps=1)
         sigma = other.instance_sigma()
         assert (sigma >= 0.5 - 1e-6).all() and (sigma <= 2.0 + 1e-6).all()
+
+
+def _replaced_by_assignment(dp):
+    dp.instance_log_sigma = torch.nn.Parameter(dp.instance_log_sigma.detach().clone())
+    return dp
+
+
+def _replaced_by_load_state_dict_assign(dp):
+    fresh = {k: torch.nn.Parameter(v.clone()) for k, v in dp.state_dict().items()}
+    dp.load_state_dict(fresh, assign=True)
+    return dp
+
+
+def _replaced_on_conversion(dp):
+    # torch's opt-in behaviour where .to() / .double() put new Parameter objects in place.
+    old = torch.__future__.get_overwrite_module_params_on_conversion()
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    try:
+        before = dp.instance_log_sigma
+        dp.double()
+        assert dp.instance_log_sigma is not before  # the case under test: a new Parameter
+        return dp.float()
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(old)
+
+
+@pytest.mark.parametrize("replace", [_replaced_by_assignment, _replaced_by_load_state_dict_assign,
+                                     _replaced_on_conversion])
+def test_clamp_survives_a_new_parameter_in_place(replace):
+    """The clamp rides on the Parameter object; every way of putting a new one on the module keeps it."""
+    dp = replace(DataParameters(2, 4, instance_curriculum=True, clamp=(0.5, 2.0)))
+    assert getattr(dp.instance_log_sigma, "clamp_bounds", None) == dp.log_bounds
+    opt = SparseSGD([dp.instance_log_sigma], lr=100.0)
+    _big_steps(dp, opt, steps=1)
+    sigma = dp.instance_sigma()
+    assert (sigma >= 0.5 - 1e-6).all() and (sigma <= 2.0 + 1e-6).all()
+    assert torch.isclose(sigma, torch.tensor(0.5)).any() or torch.isclose(sigma, torch.tensor(2.0)).any()
 
 
 def _saved(module):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dataparams import DataParameters, combine_sigma, scaled_cross_entropy
+from dataparams import DataParameters, scaled_cross_entropy
+from dataparams.parameters import combine_sigma
 
 
 def _softmax(a):

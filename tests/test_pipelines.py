@@ -172,7 +172,7 @@ def test_train_method_dp_gce_filter_on_a_preset_resumes_across_stages(tmp_path, 
     assert "pipeline.retrain" in capsys.readouterr().err
     # The other multi-stage methods still run in the bench only.
     assert main(["train", "--method", "cleanlab", "--out", str(tmp_path / "x")]) == 2
-    assert "dataparams bench" in capsys.readouterr().err
+    assert "benchmarks/bench.py" in capsys.readouterr().err
 
 
 def test_train_method_dp_filter_with_seeds(tmp_path, capsys):

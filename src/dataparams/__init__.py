@@ -13,13 +13,7 @@ from typing import Any
 
 from dataparams.losses import scale_logits, scaled_cross_entropy, scaled_loss
 from dataparams.optim import SparseSGD, sparse_sgd_step
-from dataparams.parameters import (
-    DEFAULT_CLAMP,
-    DataParameters,
-    combine_sigma,
-    gather_rows,
-    log_sigma_penalty,
-)
+from dataparams.parameters import DEFAULT_CLAMP, DataParameters
 
 __version__ = "0.1.0"
 
@@ -28,10 +22,7 @@ __all__ = [
     "DataParameters",
     "ScoreTracker",
     "SparseSGD",
-    "combine_sigma",
     "find_label_issues",
-    "gather_rows",
-    "log_sigma_penalty",
     "scale_logits",
     "scaled_cross_entropy",
     "scaled_loss",
@@ -39,7 +30,9 @@ __all__ = [
     "__version__",
 ]
 
-# The training-loop core above imports only torch; these pull in the trainer and the analysis, so
+# The surface a training loop needs; the functional pieces under DataParameters (gather_rows,
+# combine_sigma, log_sigma_penalty) stay in dataparams.parameters, for code that builds its own
+# parameter tables. The training-loop core above imports only torch; these pull in the trainer and the analysis, so
 # they load on first use (PEP 562) and `import dataparams` stays light.
 _LAZY = {"find_label_issues": ("dataparams.issues", "label_issues"), "ScoreTracker": ("dataparams.scores", "ScoreTracker")}
 

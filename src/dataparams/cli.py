@@ -1,4 +1,4 @@
-"""The ``dataparams`` command line: train, demo, presets, report, find-issues, bench.
+"""The ``dataparams`` command line: train, demo, presets, report, find-issues, kitti-eval.
 
 Only this module parses arguments. It builds :class:`~dataparams.config.TrainConfig` objects
 from a preset plus overrides and hands them, with explicit options, to library functions.
@@ -23,10 +23,17 @@ __all__ = ["get_args_parser", "main"]
 # ----------------------------------------------------------------------------------------------
 # Each option that several sub-commands take is spelled in one helper below; a sub-command passes
 # only what differs (its default, and a help text that says what the option means there).
-# Options that look alike (--data / --data-dir, --seed / --seeds, --method / --methods) say in
+# Options that look alike (--data / --data-dir, --seed / --seeds) say in
 # their help how they differ; README.md lists them under "The command line".
 _Parser = argparse.ArgumentParser
 _Target = Any  # a parser or an argument group of one
+
+
+def _trainable_methods() -> list[str]:
+    """The registry's methods that ``train --method`` runs (cleanlab and aum run in the bench only)."""
+    from dataparams.methods.registry import METHODS
+
+    return [m.name for m in METHODS.values() if not isinstance(m.pipeline, str)]
 
 
 def _add_out(p: _Parser, **kwargs: Any) -> None:
@@ -121,14 +128,14 @@ def _add_train(sub: Any) -> None:
               "image side, channels, normalisation, model and epochs are chosen from the data and printed, "
               "with a fingerprint of the data (the list's bytes, every image's size and modification "
               "time; a table's labels, ids and pixels or features) that --resume checks")
-    t.add_argument("--method", help="train one compared method (see `dataparams bench --help`) on the preset's "
+    t.add_argument("--method", help=f"train one compared method ({', '.join(_trainable_methods())}) on the preset's "
                    "experiment (or on --data): e.g. --preset fmnist-noisy40 --method gce; default: the preset's own "
                    "variant. dp-filter, dp-gce-filter and dp-cm-filter train twice, into OUT/stage1 and, on the "
                    "samples the first "
                    "training did not flag, OUT/stage2, and write OUT/pipeline.json; --set pipeline.FIELD=VALUE "
                    "sets their options (first, score, rule, fraction, retrain), other --set apply to both "
-                   "trainings. cleanlab and aum run in `dataparams bench` only. Not bench's --methods, which "
-                   "takes several methods to compare")
+                   "trainings. cleanlab and aum run only in the bench that compares methods (python "
+                   "benchmarks/bench.py in a source checkout)")
     t.add_argument("--config", help="start from a config.json (e.g. of an earlier run) instead of a preset")
     _add_overrides(t, default=[], help="override a config field, e.g. --set optim.lr=0.1 --set "
                    "curriculum.lr_instance=0.5 (repeatable)")
@@ -142,7 +149,9 @@ def _add_train(sub: Any) -> None:
     _add_seed(t, help="same as --set seed=N: the seed of the one training (default: the preset's, 1 for every "
               "preset, or --config's); not --seeds, which trains one repeat per seed")
     t.add_argument("--seeds", type=int, nargs="+", help="run one repeat per seed into OUT/seedN and summarise "
-                   "mean ± std; not --seed, which sets the seed of a single run")
+                   "mean ± std in OUT/seeds_summary.md and .json (detection presets: of the headline, Car AP at "
+                   "IoU 0.7 easy / moderate / hard, or COCO mAP for coco-synth); not --seed, which sets the seed "
+                   "of a single run")
     _add_out(t, help="run directory (default: runs/<preset>)")
     _add_resume(t, "continue the run in --out from its last checkpoint (a two-stage --method: a finished "
                 "stage is used as it is and the unfinished one continues); refused, naming what changed, "
@@ -265,42 +274,7 @@ def _add_kitti_eval(sub: Any) -> None:
     k.add_argument("--json", metavar="FILE", help='also write {"Car": {"easy": {"ap40": ..., "ap11": ...}, ...}, ...}')
 
 
-def _add_bench(sub: Any) -> None:
-    from dataparams.methods.registry import METHODS
-
-    b = sub.add_parser(
-        "bench", help="data parameters vs peer methods: a resumable method x noise x seed grid",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run every method on the same model, data and budget over a grid of noise models, "
-        "rates and seeds. Each cell is its own run directory under OUT/cells; finished cells are skipped, "
-        "interrupted ones resume, crashing ones are recorded as failed. Writes OUT/results.md and "
-        "results.json (final epoch and noisy-validation-selected epoch, wall time, detection quality) and "
-        "OUT/results.png (the accuracy tables as bars, when matplotlib is installed).\n\nmethods:\n"
-        + "\n".join(f"  {m.name:<12} {m.summary} ({m.trainings} training{'s' if m.trainings > 1 else ''})"
-                    for m in METHODS.values()))
-    b.set_defaults(func=cmd_bench)
-    _add_out(b, default="runs/bench", help="bench folder (default: %(default)s)")
-    b.add_argument("--spec", help="a JSON file with BenchSpec fields (base, methods, grid, overrides, chosen, folds)")
-    b.add_argument("--base", help="base experiment, default fmnist-noisy40 (its baseline preset sets model, data, "
-                   "epochs and optimizer for every method)")
-    b.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
-                   help="subset of the methods listed above, compared side by side (default: all); not train's "
-                   "--method, which trains one method")
-    _add_overrides(b, help="config override for every cell (replaces the default data.val_fraction=0.1 list)")
-    b.add_argument("--stage", choices=["tune", "grid", "all", "summary"], default="all",
-                   help="tune: choose each method's setting on the noisy validation split; grid: run the cells "
-                   "(with the tuned settings when OUT/tuning.json exists); all: both; summary: only rewrite "
-                   "the tables (default: %(default)s)")
-    b.add_argument("--cell", metavar="METHOD/NOISE_RATE/seedS",
-                   help="run one cell only, e.g. dp-filter/pair40/seed2, with the spec's settings (its 'chosen', or "
-                   "OUT/tuning.json); prints its result")
-    b.add_argument("--jobs", type=int, default=1, help="cells run in parallel, each with cores/jobs threads")
-    _add_device(b, default="cpu", help="device of every cell (default: cpu)")
-    _add_quiet(b, "no progress bar")
-
-
-#: The sub-commands in the order ``dataparams --help`` lists them.
-_SUBCOMMANDS = (_add_train, _add_demo, _add_presets, _add_report, _add_find_issues, _add_kitti_eval, _add_bench)
+_SUBCOMMANDS = (_add_train, _add_demo, _add_presets, _add_report, _add_find_issues, _add_kitti_eval)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -366,8 +340,8 @@ def _resolve_config(args: argparse.Namespace) -> Any:
 
         m = get_method(method)
         if m.pipeline is not None:
-            raise ConfigError(f"{method} trains {m.trainings} times in stages; run it with `dataparams bench "
-                              f"--methods {method}`")
+            raise ConfigError(f"{method} trains {m.trainings} times in stages that only the bench runs; run it "
+                              f"with `python benchmarks/bench.py --methods {method}` in a source checkout")
         experiment = preset.partition("/")[0]
         cfg = apply_overrides(get_preset(f"{experiment}/{m.variant}"), list(m.overrides))
         cfg.preset = f"{experiment}/{method}"
@@ -557,7 +531,9 @@ def _single_process(why: str) -> None:
 
 
 def _train_detection(args: argparse.Namespace) -> int:
-    """``dataparams train --preset kitti[-synth]/VARIANT``: the detection trainer (sec. 3.3)."""
+    """``dataparams train --preset kitti[-synth]/VARIANT``: the detection trainer (sec. 3.3);
+    with ``--seeds``, one run per seed into ``OUT/seedN`` and ``OUT/seeds_summary.{json,md}``
+    (:func:`dataparams.detection.summary.write_seeds_summary`)."""
     from dataparams.config import ConfigError, apply_overrides, config_to_dict
     from dataparams.detection.presets import (
         SYNTHETIC_DATA,
@@ -566,16 +542,17 @@ def _train_detection(args: argparse.Namespace) -> int:
         get_detection_preset,
         train_detection,
     )
+    from dataparams.detection.summary import write_seeds_summary
 
-    if args.method or args.config or args.data or args.seeds:
-        raise ConfigError("--method, --config, --data and --seeds apply to classification presets; train the detection "
-                          "presets one seed at a time (--seed)")
+    if args.method or args.config or args.data:
+        raise ConfigError("--method, --config and --data apply to classification presets")
     # The detection trainer has no data-parallel path: every process would train the whole set
     # and write the same run directory.
     _single_process("the detection presets train in one process; torchrun runs the classification presets only")
     cfg = get_detection_preset(args.preset)
     shorthand = [f"data.root={args.data_dir}" if args.data_dir else "", f"optim.epochs={args.epochs}" if args.epochs else "",
-                 f"seed={args.seed}" if args.seed is not None else "", f"data.workers={args.workers}" if args.workers else ""]
+                 f"seed={args.seed}" if args.seed is not None else "",
+                 f"data.workers={args.workers}" if args.workers is not None else ""]
     cfg = apply_overrides(cfg, [*args.overrides, *(s for s in shorthand if s)])
     synthetic = args.preset.split("/")[0] if args.preset.startswith(("kitti-synth", "coco-synth")) else None
     if synthetic and not cfg.data.root:
@@ -600,9 +577,15 @@ def _train_detection(args: argparse.Namespace) -> int:
     elif synthetic == "coco-synth":
         ensure_synthetic_coco(cfg.data.root, SYNTHETIC_DATA)
     out = Path(args.out or Path("runs") / args.preset.replace("/", "_"))
-    summary = train_detection(cfg, out, resume=args.resume, overwrite=args.overwrite, device=args.device,
-                              quiet=args.quiet, amp=args.amp)
-    print(json.dumps(summary, indent=2, allow_nan=True))
+    kwargs = dict(resume=args.resume, overwrite=args.overwrite, device=args.device, quiet=args.quiet, amp=args.amp)
+    if not args.seeds:
+        summary = train_detection(cfg, out, **kwargs)
+        print(json.dumps(summary, indent=2, allow_nan=True))
+        return 0
+    summaries = [train_detection(dataclasses.replace(cfg, seed=seed), out / f"seed{seed}", **kwargs)
+                 for seed in args.seeds]
+    _, table = write_seeds_summary(out, summaries, args.seeds, preset=cfg.preset)
+    print(table, end="")
     return 0
 
 
@@ -746,34 +729,6 @@ def cmd_kitti_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from dataparams.bench import load_spec, load_tuning, run_grid, summarize, tune
-
-    spec = load_spec(Path(args.spec) if args.spec else None, base=args.base, methods=args.methods,
-                     overrides=args.overrides)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.cell:
-        from dataparams.bench import parse_cell, run_cell
-
-        load_tuning(spec, out)
-        result = run_cell(spec, parse_cell(args.cell), out, device=args.device)
-        print(json.dumps({k: v for k, v in result.items() if k != "traceback"}, indent=2, allow_nan=True))
-        return 0 if result["status"] == "ok" else 1
-    (out / "spec.json").write_text(json.dumps(dataclasses.asdict(spec), indent=2) + "\n")
-    if args.stage in ("tune", "all"):
-        tune(spec, out, device=args.device, jobs=args.jobs, quiet=args.quiet)
-    if args.stage in ("grid", "all"):
-        run_grid(spec, out, device=args.device, jobs=args.jobs, quiet=args.quiet)
-    if args.stage == "summary":
-        summarize(spec, out)
-    if args.stage != "tune":
-        print((out / "results.md").read_text())
-    else:
-        print((out / "tuning.md").read_text())
-    return 0
-
-
 def _explain(e: Exception) -> str:
     """The library's message, with what to do about it in terms of this command line's flags."""
     from dataparams.data.base import DatasetNotFoundError
@@ -797,8 +752,8 @@ USER_ERRORS = (
     ("dataparams.runs.rundir", "RunDirError"),
     ("dataparams.data.base", "DatasetNotFoundError"),
     ("dataparams.data.base", "DatasetFormatError"),
-    ("dataparams.data.user", "UserDataError"),
-    ("dataparams.data.user", "ImageTooLarge"),
+    ("dataparams.data.userdata", "UserDataError"),
+    ("dataparams.data.images", "ImageTooLarge"),
     ("dataparams.distributed.checkpoint", "ShardFileError"),
     ("dataparams.detection.kitti", "KittiFormatError"),
     ("dataparams.detection.coco", "CocoFormatError"),

@@ -25,7 +25,7 @@ model, ``run/model.pt``) is kept under the output folder.
 Called again on the same data with the same settings, they reuse that run (continuing it if it
 was interrupted); after an edited label, an added, removed or replaced file, another class list
 or other settings they train again from scratch, replacing ``OUT/run``, and say why. The data is
-compared by its fingerprint (:attr:`dataparams.data.user.UserData.fingerprint`), which the run
+compared by its fingerprint (:attr:`dataparams.data.userdata.UserData.fingerprint`), which the run
 stores.
 """
 
@@ -44,7 +44,7 @@ from dataparams.analysis.issues_html import write_issues_html
 from dataparams.build import validate_config
 from dataparams.config import TrainConfig, apply_overrides, config_to_dict
 from dataparams.data.registry import LoadedDataset, load_dataset, user_dataset
-from dataparams.data.user import UserData, UserDataError
+from dataparams.data.userdata import UserData, UserDataError
 from dataparams.experiment import train
 from dataparams.presets import complete_user_config, get_preset
 from dataparams.runs import RunDir

@@ -54,7 +54,7 @@ def _rows_and_values(g: Tensor) -> tuple[Tensor, Tensor]:
     if not g.is_sparse:
         raise TypeError(
             "SparseSGD needs sparse gradients that list the rows present in the batch; "
-            "gather rows with dataparams.gather_rows or DataParameters, not p[index]"
+            "gather rows with DataParameters or dataparams.parameters.gather_rows, not p[index]"
         )
     return g._indices()[0], g._values()
 
@@ -226,7 +226,7 @@ class SparseSGD(Optimizer):
     ----------
     params : iterable of Tensors or dicts
         Parameters whose gradients are sparse COO tensors (use
-        :class:`~dataparams.DataParameters` or :func:`~dataparams.gather_rows`), or
+        :class:`~dataparams.DataParameters` or :func:`~dataparams.parameters.gather_rows`), or
         parameter-group dicts such as ``DataParameters.param_groups(...)`` returns.
     lr : float
         Learning rate.

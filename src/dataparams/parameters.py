@@ -26,6 +26,7 @@ This module imports only torch, so that it can be copied into other projects.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -244,17 +245,33 @@ class DataParameters(nn.Module):
         )
         self._attach_bounds()
 
+    _SIGMA_TABLES = ("class_log_sigma", "instance_log_sigma")
+
     def _attach_bounds(self) -> None:
         # The optimizer reads the clamp from the parameters themselves (optim.BOUNDS_ATTR), so
-        # that no construction of it can forget the range. A plain attribute does not survive
-        # Parameter.__deepcopy__, hence the re-attachment in __setstate__ too.
-        for p in (self.class_log_sigma, self.instance_log_sigma):
-            p.clamp_bounds = self.log_bounds  # type: ignore[attr-defined]
+        # that no construction of it can forget the range. A plain attribute lives on the
+        # Parameter object, and every path that puts a new Parameter in its place would lose it:
+        # copy.deepcopy and pickle (__setstate__), assigning one (__setattr__, which
+        # load_state_dict(assign=True) uses too), and .to() / .double() when torch is set to
+        # replace parameters on conversion (_apply). Each re-attaches it.
+        for name in self._SIGMA_TABLES:
+            p = self._parameters.get(name)
+            if p is not None:
+                p.clamp_bounds = self.log_bounds  # type: ignore[attr-defined]
 
     def __setstate__(self, state: dict) -> None:
-        # copy.deepcopy and pickle rebuild modules through __setstate__.
         super().__setstate__(state)
         self._attach_bounds()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in self._SIGMA_TABLES and "clamp" in self.__dict__:
+            self._attach_bounds()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> DataParameters:
+        super()._apply(fn, recurse)
+        self._attach_bounds()
+        return self
 
     def param_groups(
         self,

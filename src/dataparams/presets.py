@@ -131,7 +131,7 @@ def _random_labels() -> tuple[TrainConfig, dict[str, dict]]:
 # costs it 14 points at the final epoch on pair noise (it memorises the flipped pairs once the rate
 # drops); the same schedule applies to every method of the bench.
 # The data-parameter learning rates were chosen on a held-out noisy validation split (10% of the
-# 10,000 images, 40% uniform noise, seed 100; never the test set) by `dataparams bench --stage tune`,
+# 10,000 images, 40% uniform noise, seed 100; never the test set) by `python benchmarks/bench.py --stage tune`,
 # table in benchmarks/results/fmnist_methods/tuning.md: instance lr from {0.2, 1, 5} -> 5 (the small
 # CNN's logits are smaller than WRN-28-10's, so sigma needs a larger step to move as far); class lr
 # from {0.1, 0.5, 2.5} -> 0.1; joint instance lr from {0.2, 1, 5} -> 0.2.

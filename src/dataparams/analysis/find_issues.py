@@ -614,5 +614,7 @@ def find_issues(
         true_label=run.labels["clean"].astype(np.int64) if corrupted is not None else None,
         is_corrupted=corrupted,
         estimate=est,
-        notes=notes,
+        # With what reading the snapshots added: a snapshot skipped as unreadable (a damaged
+        # file, a missing shard file of a sharded run), named, and why an earlier epoch was used.
+        notes=[*notes, *(w for w in run.warnings if w not in notes)],
     )

@@ -49,7 +49,8 @@ class LoadedRun:
     labels : dict of str to ndarray, or None
         ``given``, ``clean`` (N,) int, ``is_corrupted`` (N,) bool, ``source_index`` (N,) int.
     snapshot_epochs : list of int
-        1-based epochs with a readable-looking snapshot file; loaded lazily by :meth:`snapshot`.
+        1-based epochs with a readable-looking snapshot file (or, for a sharded run, one of its
+        per-process files); loaded lazily by :meth:`snapshot`.
     predictions : dict of str to ndarray, or None
         ``predicted`` (N,) int, ``predicted_prob`` and ``given_prob`` (N,) float.
     summary : dict or None
@@ -112,7 +113,9 @@ class LoadedRun:
 
     # -- arrays ---------------------------------------------------------------------------
     def snapshot(self, epoch: int) -> dict[str, np.ndarray]:
-        """The arrays of ``snapshots/epoch_NNNN.npz``; ``RunDirError`` naming the file.
+        """The arrays of ``snapshots/epoch_NNNN.npz``, or of a sharded run's per-process files
+        of that epoch concatenated (:meth:`RunDir.load_snapshot`); ``RunDirError`` naming the
+        file that is missing or damaged.
 
         Not cached: the snapshots of a long run on a large dataset do not fit in memory together.
         """

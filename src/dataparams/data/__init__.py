@@ -6,7 +6,14 @@
 * :mod:`~dataparams.data.folders` -- ImageNet class folders, WebVision lists, CSV/TSV file lists;
 * :mod:`~dataparams.data.indexed` -- :class:`WithIndex`, any map-style dataset + its index;
 * :mod:`~dataparams.data.user` -- the user's own data (lists, class folders, feature arrays), checked
-  and measured;
+  and measured; :mod:`~dataparams.data.tables` -- the same from arrays, torch Datasets, DataFrames,
+  parquet files and Hugging Face datasets (:mod:`~dataparams.data.arrays` reads the first two);
+* what those two share: :mod:`~dataparams.data.userdata` (:class:`UserData`, :class:`UserDataError`),
+  :mod:`~dataparams.data.labels` (labels into class indices), :mod:`~dataparams.data.images`
+  (measuring and decoding a set of images), :mod:`~dataparams.data.decode` (one image file),
+  :mod:`~dataparams.data.memory_images` (images held in memory, not as files),
+  :mod:`~dataparams.data.features` (feature vectors), :mod:`~dataparams.data.fingerprint` (what
+  identifies the data);
 * :mod:`~dataparams.data.memory` -- :class:`InMemoryLoader` (tensors and augmentation on device),
   :class:`FeatureLoader`;
 * :mod:`~dataparams.data.prepare` -- the labels of a run (subset, noise, splits, label files);
@@ -30,7 +37,8 @@ from dataparams.data.indexed import WithIndex
 from dataparams.data.memory import Augment, FeatureLoader, InMemoryLoader
 from dataparams.data.registry import DATASETS, load_splits
 from dataparams.data.splits import holdout_split
-from dataparams.data.user import UserData, UserDataError, load_user_data
+from dataparams.data.user import load_user_data
+from dataparams.data.userdata import UserData, UserDataError
 
 __all__ = [
     "DATASETS",

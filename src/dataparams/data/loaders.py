@@ -54,7 +54,7 @@ def make_loader(split: Split, targets: np.ndarray, d: DataConfig, info: DatasetI
 
     Features and decoded pixels live on the device; image files are decoded by DataLoader
     workers -- with the measured resize and normalisation for user data (``user``, a
-    :class:`~dataparams.data.user.UserData`), with the ImageNet transforms otherwise.
+    :class:`~dataparams.data.userdata.UserData`), with the ImageNet transforms otherwise.
     """
     if split.features is not None:
         return FeatureLoader(split.features, targets, batch_size=batch_size, shuffle=train, mean=info.mean,
@@ -64,7 +64,7 @@ def make_loader(split: Split, targets: np.ndarray, d: DataConfig, info: DatasetI
         return InMemoryLoader(split.images, targets, batch_size=batch_size, shuffle=train, augment=augment,
                               mean=info.mean, std=info.std, device=device, seed=seed)
     if user is not None:
-        from dataparams.data.user import UserImageDataset
+        from dataparams.data.decode import UserImageDataset
 
         ds: Any = UserImageDataset(split.paths, targets, image_size=user.image_size, channels=user.channels,
                                    mean=info.mean, std=info.std)

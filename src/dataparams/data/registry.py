@@ -64,7 +64,7 @@ TABLE_OPTIONS = ("label_column", "image_column", "feature_columns", "id_column",
 class LoadedDataset:
     """``train`` and ``test`` splits (``test`` is None for user data), their normalisation, the
     labels shipped in place of the clean ones (CIFAR-N human labels), and, for ``user``, the
-    measured :class:`~dataparams.data.user.UserData`."""
+    measured :class:`~dataparams.data.userdata.UserData`."""
 
     train: Split
     test: Split | None
@@ -153,7 +153,8 @@ def load_splits(name: str, data_dir: str | os.PathLike[str] | None = None, *, la
 
 def _load_user(data_dir: str | os.PathLike[str] | None, **options: Any) -> LoadedDataset:
     from dataparams.data.tables import is_table_path, load_table_data
-    from dataparams.data.user import UserDataError, load_user_data
+    from dataparams.data.user import load_user_data
+    from dataparams.data.userdata import UserDataError
 
     if data_dir is None:
         raise DatasetNotFoundError("user data needs data.data_dir: a path,label list, a folder of class "
@@ -176,7 +177,7 @@ def _load_user(data_dir: str | os.PathLike[str] | None, **options: Any) -> Loade
 
 
 def user_dataset(ud: Any) -> LoadedDataset:
-    """The :class:`LoadedDataset` of a user's :class:`~dataparams.data.user.UserData`: its one
+    """The :class:`LoadedDataset` of a user's :class:`~dataparams.data.userdata.UserData`: its one
     split as ``train``, no test split, the measured normalisation, and ``user=ud``."""
     if ud.kind == "images":
         info = ud.info

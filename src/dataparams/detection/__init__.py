@@ -9,10 +9,13 @@
 * :mod:`~dataparams.detection.models` -- torchvision SSD detectors (SSD300-VGG16, a tiny SSD for
   the CPU) and the training forward without torchvision's fixed loss;
 * :mod:`~dataparams.detection.box_parameters` -- the SSD loss with one data parameter per box
-  (positives at their box's sigma, negatives at the batch's mean box sigma);
+  (positives at their box's sigma, negatives at the batch's mean box sigma, no negatives on
+  ignore regions such as DontCare);
 * :mod:`~dataparams.detection.config`, :mod:`~dataparams.detection.train`,
   :mod:`~dataparams.detection.presets` -- the run configuration, the trainer writing a run
   directory, and the named presets;
+* :mod:`~dataparams.detection.summary` -- a run's headline number (Car AP at IoU 0.7, or COCO
+  mAP) and its mean ± std over seeds;
 * :mod:`~dataparams.detection.curriculum`, :mod:`~dataparams.detection.figures` -- what the box
   temperatures learned (per level, rank correlations, flipped-box AUROC), Figure 3 and the report
   (:func:`~dataparams.detection.figures.object_detection_report`);
@@ -26,6 +29,7 @@ from dataparams.detection.box_parameters import (
     SSDBoxLoss,
     SSDBoxParameterLoss,
     anchor_temperatures,
+    ignored_anchors,
     ssd_box_parameter_loss,
 )
 from dataparams.detection.config import (
@@ -50,6 +54,7 @@ from dataparams.detection.kitti import (
     RandomScale,
     box_difficulty,
     collate_detection,
+    default_ignore_types,
     format_label_line,
     hflip,
     parse_label_line,
@@ -82,6 +87,7 @@ from dataparams.detection.presets import (
     get_detection_preset,
     list_detection_presets,
 )
+from dataparams.detection.summary import headline, summarize_seeds
 from dataparams.detection.synthetic import (
     SYNTHETIC_CLASS_SOURCES,
     KittiSetStatistics,
@@ -125,6 +131,7 @@ __all__ = [
     "build_detector",
     "collate_detection",
     "curriculum_statistics",
+    "default_ignore_types",
     "describe_kitti_set",
     "detection_config_from_dict",
     "detection_config_to_dict",
@@ -136,7 +143,9 @@ __all__ = [
     "format_label_line",
     "format_table",
     "get_detection_preset",
+    "headline",
     "hflip",
+    "ignored_anchors",
     "kitti_eval_command",
     "list_detection_presets",
     "load_label_dirs",
@@ -150,6 +159,7 @@ __all__ = [
     "scale",
     "ssd_box_parameter_loss",
     "ssd_training_outputs",
+    "summarize_seeds",
     "train_detection",
     "validate_detection_config",
     "write_label_file",

@@ -41,6 +41,24 @@ Choices the paper leaves open, and why:
   keeps the baseline's and the curriculum's selection rule identical (with sigma = 1 the two are
   the same anyway).
 
+Ignore regions (KITTI's DontCare regions and the devkit's neighbour types, COCO's crowd boxes;
+``target["ignore"]``, see :mod:`dataparams.detection.kitti`): an anchor that no box matched and
+that has more than the fraction ``ignore_overlap`` of its area inside one ignore region
+(intersection over the *anchor's* area, :func:`ignored_anchors`) is neither positive nor
+negative: it is left out of the pool that hard-negative mining draws from, and so out of the
+loss. Hard-negative mining picks the
+background anchors the detector finds most object-like, which on a DontCare region are the
+unlabelled cars themselves; training them as background teaches the detector to suppress what
+the evaluation does not count against it. Intersection over the anchor rather than IoU, because
+DontCare regions are often much larger than an anchor (a row of parked cars, a crowd): an anchor
+wholly inside one has a small IoU with it but looks at nothing but unlabelled objects. It is
+also the devkit's own test (:mod:`~dataparams.detection.kitti_eval`: an unmatched detection is
+no false positive when its intersection with a DontCare box over *its own* area exceeds the
+class's IoU threshold), and mmdetection's ``ignore_iof_thr`` (0.5) of its ``MaxIoUAssigner``;
+one threshold for all classes, since an anchor has none. The paper says nothing about DontCare.
+A matched anchor stays positive whatever it overlaps. With ``ignore_overlap=None`` (or no ignore
+regions) the loss is torchvision's.
+
 Notation: ``B`` images, ``A`` anchors per image, ``C = K + 1`` classes (0 background), ``M_b``
 target boxes of image ``b``, ``M = sum_b M_b`` boxes in the batch.
 """
@@ -63,6 +81,7 @@ __all__ = [
     "SSDBoxLoss",
     "SSDBoxParameterLoss",
     "anchor_temperatures",
+    "ignored_anchors",
     "ssd_box_parameter_loss",
 ]
 
@@ -81,6 +100,8 @@ class SSDBoxLoss:
         The temperature of the negative anchors (the mean sigma of the batch's boxes).
     foreground, hard_negative : BoolTensor (B, A)
         Positive anchors, and the negatives chosen by hard-negative mining.
+    ignored : BoolTensor (B, A)
+        Unmatched anchors inside an ignore region: neither positive nor negative.
     box_loss : Tensor (M,)
         Per target box, the mean *unscaled* cross-entropy of its positive anchors (detached);
         NaN for a box that kept no anchor. The small-loss score of the box.
@@ -93,6 +114,7 @@ class SSDBoxLoss:
     foreground: Tensor
     hard_negative: Tensor
     box_loss: Tensor
+    ignored: Tensor
 
     @property
     def total(self) -> Tensor:
@@ -151,6 +173,48 @@ def anchor_temperatures(
     return anchor_sigma, negative_sigma, anchor_box
 
 
+def ignored_anchors(
+    anchors: Tensor,
+    matched_idxs: Tensor,
+    regions: Tensor,
+    *,
+    min_overlap: float = 0.5,
+) -> Tensor:
+    """The unmatched anchors of one image that lie inside an ignore region.
+
+    Parameters
+    ----------
+    anchors : Tensor (A, 4)
+        Default boxes, xyxy pixels.
+    matched_idxs : LongTensor (A,)
+        The matcher's output; an anchor with a value >= 0 is positive and never ignored.
+    regions : Tensor (R, 4)
+        Ignore regions in the same pixels.
+    min_overlap : float
+        An anchor is ignored when more than this fraction of its area lies inside one region.
+
+    Returns
+    -------
+    BoolTensor (A,)
+
+    Examples
+    --------
+    >>> anchors = torch.tensor([[0., 0., 10., 10.], [8., 0., 18., 10.], [30., 0., 40., 10.]])
+    >>> ignored_anchors(anchors, torch.tensor([-1, -1, 0]), torch.tensor([[0., 0., 100., 10.]]))
+    tensor([ True,  True, False])
+    >>> ignored_anchors(anchors, torch.tensor([-1, -1, -1]), torch.tensor([[5., 0., 12., 10.]]))
+    tensor([False, False, False])
+    """
+    if regions.numel() == 0 or anchors.numel() == 0:
+        return torch.zeros(anchors.shape[0], dtype=torch.bool, device=anchors.device)
+    regions = regions.to(anchors.dtype)
+    lt = torch.maximum(anchors[:, None, :2], regions[None, :, :2])
+    rb = torch.minimum(anchors[:, None, 2:], regions[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)  # (A, R)
+    area = (anchors[:, 2:] - anchors[:, :2]).clamp(min=0).prod(-1)  # (A,)
+    return (inter.amax(1) > min_overlap * area) & (matched_idxs < 0)
+
+
 def ssd_box_parameter_loss(
     cls_logits: Tensor,
     bbox_regression: Tensor,
@@ -163,6 +227,7 @@ def ssd_box_parameter_loss(
     box_coder: BoxCoder,
     neg_to_pos_ratio: float = 3.0,
     negative_sigma_grad: bool = False,
+    ignored: Sequence[Tensor] | None = None,
 ) -> SSDBoxLoss:
     """torchvision's SSD loss with each anchor's logits divided by its box's sigma (sec. 3.3).
 
@@ -187,6 +252,9 @@ def ssd_box_parameter_loss(
         Hard negatives per positive anchor (``model.neg_to_pos_ratio``, 3).
     negative_sigma_grad : bool
         Let the gradient flow through the negatives' mean sigma (default: no; see module notes).
+    ignored : sequence of B BoolTensors (A,), optional
+        Anchors that are neither positive nor negative (:func:`ignored_anchors`); they are never
+        mined as hard negatives. A positive anchor marked here stays positive.
 
     Returns
     -------
@@ -219,6 +287,14 @@ def ssd_box_parameter_loss(
         cls_targets.append(target)
     targets = torch.stack(cls_targets)  # (B, A)
     foreground = targets > 0
+    if ignored is None:
+        ignore = torch.zeros_like(foreground)
+    else:
+        if len(ignored) != num_images:
+            raise ValueError(f"got {len(ignored)} ignore masks for {num_images} images")
+        ignore = torch.stack([m.to(device=foreground.device, dtype=torch.bool) for m in ignored]) & ~foreground
+    # The pool hard-negative mining draws from.
+    background = ~foreground & ~ignore
 
     anchor_sigma, negative_sigma, anchor_box = anchor_temperatures(
         matched_idxs, box_sigma, negative_sigma_grad=negative_sigma_grad
@@ -235,9 +311,11 @@ def ssd_box_parameter_loss(
                                 reduction="none").view(targets.shape)
         num_negative = neg_to_pos_ratio * foreground.sum(1, keepdim=True)
         negative_loss = plain.clone()
-        negative_loss[foreground] = -float("inf")
+        negative_loss[~background] = -float("inf")
         _, order = negative_loss.sort(1, descending=True)
-        hard_negative = order.sort(1)[1] < num_negative
+        # "& background": when the pool holds fewer than num_negative anchors, torchvision would
+        # take the -inf ones (positives) as negatives too; ignored anchors must never be.
+        hard_negative = (order.sort(1)[1] < num_negative) & background
 
         # Per box: mean unscaled loss over its positive anchors, O(anchors of the batch).
         num_boxes = sum(int(s.numel()) for s in box_sigma)
@@ -256,6 +334,7 @@ def ssd_box_parameter_loss(
         foreground=foreground,
         hard_negative=hard_negative,
         box_loss=box_loss,
+        ignored=ignore,
     )
 
 
@@ -276,6 +355,11 @@ class SSDBoxParameterLoss(nn.Module):
         See the module notes.
     wd_instance : float
         L2 penalty on the batch boxes' log sigma (sec. 3.1); the paper uses none for detection.
+    ignore_overlap : float, optional
+        Leave the unmatched anchors whose area lies more than this fraction inside one of a
+        target's ``ignore`` regions out of the negatives (:func:`ignored_anchors`); None (the
+        default) ignores nothing, which is torchvision's loss. The trainer passes
+        ``model.ignore_overlap`` (0.5).
 
     Notes
     -----
@@ -292,12 +376,16 @@ class SSDBoxParameterLoss(nn.Module):
         neg_to_pos_ratio: float = 3.0,
         negative_sigma_grad: bool = False,
         wd_instance: float = 0.0,
+        ignore_overlap: float | None = None,
     ) -> None:
         super().__init__()
         if neg_to_pos_ratio < 0:
             raise ValueError(f"neg_to_pos_ratio must be >= 0, got {neg_to_pos_ratio}")
         if wd_instance < 0:
             raise ValueError(f"wd_instance must be >= 0, got {wd_instance}")
+        if ignore_overlap is not None and not 0.0 <= ignore_overlap < 1.0:
+            raise ValueError(f"ignore_overlap must lie in [0, 1) or be None, got {ignore_overlap}")
+        self.ignore_overlap = ignore_overlap
         self.data_parameters = data_parameters
         self.box_coder = box_coder
         self.neg_to_pos_ratio = float(neg_to_pos_ratio)
@@ -318,8 +406,9 @@ class SSDBoxParameterLoss(nn.Module):
         head_outputs : dict with ``cls_logits`` (B, A, C) and ``bbox_regression`` (B, A, 4)
         anchors, matched_idxs : sequences of B tensors (A, 4), (A,)
         targets : sequence of B dicts
-            ``boxes`` (M_b, 4) in the network input's pixels, ``labels`` (M_b,) in 1..K and
-            ``box_index`` (M_b,) in [0, N).
+            ``boxes`` (M_b, 4) in the network input's pixels, ``labels`` (M_b,) in 1..K,
+            ``box_index`` (M_b,) in [0, N) and, optionally, ``ignore`` (R_b, 4) in the same
+            pixels.
 
         Returns
         -------
@@ -335,6 +424,11 @@ class SSDBoxParameterLoss(nn.Module):
         sigma, penalty = self.data_parameters.sigma_and_regularizer(
             torch.cat(labels) - 1, index, wd_instance=self.wd_instance
         )
+        ignored = None
+        if self.ignore_overlap is not None:
+            ignored = [ignored_anchors(a, m, t["ignore"].to(device), min_overlap=self.ignore_overlap)
+                       if "ignore" in t else torch.zeros_like(m, dtype=torch.bool)
+                       for a, m, t in zip(anchors, matched_idxs, targets)]
         parts = ssd_box_parameter_loss(
             head_outputs["cls_logits"],
             head_outputs["bbox_regression"],
@@ -346,5 +440,6 @@ class SSDBoxParameterLoss(nn.Module):
             box_coder=self.box_coder,
             neg_to_pos_ratio=self.neg_to_pos_ratio,
             negative_sigma_grad=self.negative_sigma_grad,
+            ignored=ignored,
         )
         return parts.total + penalty, parts

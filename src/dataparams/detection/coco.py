@@ -30,8 +30,9 @@ Rules of :class:`CocoDetection`:
   ``dataset.classes`` keeps the names, ``dataset.category_ids`` the COCO id of each label.
 * **Crowd annotations** (``iscrowd = 1``) are not training targets and get no data parameter:
   they are neither in ``boxes`` nor counted in ``num_boxes``. Their boxes are returned, like
-  KITTI's DontCare regions, in ``target["dontcare"]`` (the trainer's loss does not use them;
-  ``COCOeval`` ignores detections on them).
+  KITTI's DontCare regions, in ``target["dontcare"]`` and as the image's ignore regions in
+  ``target["ignore"]``: ``COCOeval`` ignores detections on them, so the trainer's SSD loss keeps
+  the background anchors they cover out of its negatives (as for KITTI's DontCare regions).
 * **Invalid boxes** of non-crowd annotations: a box of zero or negative width or height, or one
   reaching outside its image, raises :class:`CocoFormatError` naming the annotation id (the
   default, ``invalid_boxes="error"``). With ``invalid_boxes="clip"`` boxes are clipped to the
@@ -150,6 +151,7 @@ class CocoDetection(Dataset):
      truncated       (M,) float32     the annotation's ``truncated`` field, else -1
      height          (M,) float32     box height in the file (before any resize)
      dontcare        (D, 4) float32   the crowd boxes of kept classes, moved with the image
+     ignore          (D, 4) float32   the same boxes: the image's ignore regions
      image_id        int              the COCO image id
     ==============  ===============  ==========================================================
 
@@ -389,7 +391,8 @@ class CocoDetection(Dataset):
     def get_target(self, index: int) -> Target:
         """The untransformed target of image ``index``, without reading the image."""
         r = self._records[index]
-        return box_target(r, int(self._offsets[index]), dontcare=r.crowd, ann_id=torch.from_numpy(r.ann_ids.copy()))
+        return box_target(r, int(self._offsets[index]), dontcare=r.crowd, ignore=r.crowd,
+                          ann_id=torch.from_numpy(r.ann_ids.copy()))
 
     def load_image(self, index: int) -> torch.Tensor:
         """Image ``index`` as float (C, H, W) in [0, 1] (RGB for colour files)."""

@@ -55,7 +55,9 @@ class DetectionDataConfig:
     ``classes`` are the detected classes (labels 1..K); for COCO, empty means every category.
     ``hflip`` is the probability of a horizontal flip of a training image (the only
     augmentation: it keeps every box, so every annotation of an image is in its batch).
-    ``batch_size`` images per step.
+    ``batch_size`` images per step. ``workers`` is the number of DataLoader worker processes;
+    none (the default) means ``min(4, usable CPUs)`` on a CUDA device and 0 (load in the training
+    process) elsewhere (:func:`~dataparams.detection.train.loader_kwargs`).
     """
 
     root: str = ""
@@ -69,7 +71,7 @@ class DetectionDataConfig:
     hflip: float = 0.5
     batch_size: int = 32
     eval_batch_size: int = 64
-    workers: int = 0
+    workers: int | None = None
 
 
 @dataclass
@@ -77,13 +79,17 @@ class DetectionModelConfig:
     """The detector (:func:`~dataparams.detection.models.build_detector`).
 
     ``arch`` is ``ssd300_vgg16`` or ``tiny_ssd``; ``image_size`` is ``[H, W]`` of the network
-    input (every image is resized to it); ``width`` sizes ``tiny_ssd``. The rest is torchvision's
-    post-processing.
+    input (every image is resized to it); ``width`` sizes ``tiny_ssd``. ``ignore_overlap``: in
+    training, an anchor matched to no box and lying more than this fraction (of its own area)
+    inside an ignore region (DontCare, the devkit's neighbour types, COCO crowd boxes) is no
+    negative (:mod:`~dataparams.detection.box_parameters`); none treats such anchors as
+    background, as torchvision's SSD does. The rest is torchvision's post-processing.
     """
 
     arch: str = "tiny_ssd"
     image_size: list[int] = field(default_factory=lambda: [128, 256])
     width: int = 64
+    ignore_overlap: float | None = 0.5
     score_thresh: float = 0.01
     nms_thresh: float = 0.45
     detections_per_img: int = 100
@@ -188,9 +194,13 @@ def validate_detection_config(cfg: DetectionConfig) -> None:
         raise ConfigError(f"model.image_size must be [H, W], each >= 32, got {cfg.model.image_size}")
     for name, value, low in (("optim.epochs", cfg.optim.epochs, 1), ("data.batch_size", cfg.data.batch_size, 1),
                              ("data.eval_batch_size", cfg.data.eval_batch_size, 1), ("eval_every", cfg.eval_every, 1),
-                             ("data.workers", cfg.data.workers, 0), ("model.width", cfg.model.width, 4)):
+                             ("data.workers", 0 if cfg.data.workers is None else cfg.data.workers, 0),
+                             ("model.width", cfg.model.width, 4)):
         if value < low:
             raise ConfigError(f"{name} must be >= {low}, got {value}")
+    if cfg.model.ignore_overlap is not None and not 0.0 <= cfg.model.ignore_overlap < 1.0:
+        raise ConfigError(f"model.ignore_overlap is a fraction of an anchor's area in [0, 1), or none; got "
+                          f"{cfg.model.ignore_overlap}")
     if not 0.0 <= cfg.data.hflip <= 1.0:
         raise ConfigError(f"data.hflip is a probability, got {cfg.data.hflip}")
     o = cfg.optim

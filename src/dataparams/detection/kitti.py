@@ -35,7 +35,24 @@ belongs to. The official evaluation code is stricter by one pixel at the height 
 ignores ground truth with ``height <= MIN_HEIGHT``); :mod:`dataparams.detection.kitti_eval`
 follows the code, this module the published definition.
 
-Notation: ``M`` kept boxes in one image, ``D`` DontCare boxes in one image, ``K`` classes,
+Ignore regions. A ``DontCare`` line marks a region whose objects were not labelled (too far,
+too small, a crowd), and a ``Van`` is what a Car detector will fire on. Hard-negative mining
+picks exactly such anchors (the most object-like background), and training them as background
+teaches the detector to suppress real objects, although the devkit counts a detection there as
+neither a true nor a false positive. The dataset therefore returns, besides the kept boxes, the
+image's *ignore regions* (:func:`default_ignore_types`): every ``DontCare`` region, and the
+boxes of the devkit's neighbour type of each trained class (``Van`` when ``Car`` is trained,
+``Person_sitting`` when ``Pedestrian`` is; ``kitti_eval.NEIGHBOUR_CLASSES``), the types whose
+detections the devkit neither rewards nor penalises. ``Truck``, ``Tram`` and ``Misc`` stay
+background: the devkit counts a Car detection on a Truck or a Tram as a false positive, so the
+detector has to learn to reject them. This is our choice: the paper (sec. 3.3) says nothing
+about DontCare or the other types, and its released code (apple/ml-data-parameters) covers the
+classification experiments only. Ignore regions get no data parameter and no ``box_index``, and
+do not shift the kept boxes' indices or lines; the SSD loss keeps the unmatched anchors that
+they cover out of its negatives (:mod:`dataparams.detection.box_parameters`).
+
+Notation: ``M`` kept boxes in one image, ``D`` DontCare boxes in one image, ``R`` ignore regions
+in one image (``D`` of them DontCare), ``K`` classes,
 ``B`` kept boxes in the whole dataset (the number of per-box data parameters). Boxes are
 ``(x1, y1, x2, y2)`` in pixels, read as continuous coordinates: a horizontal flip maps ``x`` to
 ``W - x``, a resize multiplies by the scale factor (torchvision's convention).
@@ -70,6 +87,7 @@ __all__ = [
     "RandomScale",
     "box_difficulty",
     "collate_detection",
+    "default_ignore_types",
     "format_label_line",
     "hflip",
     "parse_label_line",
@@ -401,7 +419,7 @@ def make_split(root: str | os.PathLike, *, seed: int = 0, label_dir: str = "trai
 # ---------------------------------------------------------------------------------------------
 # augmentations on (image, target)
 # ---------------------------------------------------------------------------------------------
-_BOX_KEYS = ("boxes", "dontcare")
+_BOX_KEYS = ("boxes", "dontcare", "ignore")
 
 
 def _with_boxes(target: Target, fn: Callable[[torch.Tensor], torch.Tensor]) -> Target:
@@ -413,12 +431,13 @@ def _with_boxes(target: Target, fn: Callable[[torch.Tensor], torch.Tensor]) -> T
 
 
 def hflip(image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
-    """Mirror the image left-right and move ``boxes`` and ``dontcare`` with it.
+    """Mirror the image left-right and move ``boxes``, ``dontcare`` and ``ignore`` with it.
 
     Parameters
     ----------
     image : Tensor (C, H, W)
-    target : dict with ``boxes`` (M, 4) and optionally ``dontcare`` (D, 4), xyxy
+    target : dict with ``boxes`` (M, 4) and optionally ``dontcare`` (D, 4) and ``ignore``
+        (R, 4), xyxy
 
     Returns
     -------
@@ -440,7 +459,7 @@ def resize(image: torch.Tensor, target: Target, size: tuple[int, int]) -> tuple[
     Parameters
     ----------
     image : Tensor (C, H, W), float
-    target : dict with ``boxes`` (M, 4) and optionally ``dontcare`` (D, 4)
+    target : dict with ``boxes`` (M, 4) and optionally ``dontcare`` (D, 4) and ``ignore`` (R, 4)
     size : (int, int)
 
     Returns
@@ -540,6 +559,36 @@ def collate_detection(
 # ---------------------------------------------------------------------------------------------
 # dataset
 # ---------------------------------------------------------------------------------------------
+def default_ignore_types(classes: Sequence[str]) -> tuple[str, ...]:
+    """The label types whose boxes are ignore regions when training ``classes``.
+
+    ``DontCare``, and the devkit's neighbour type of each trained class (``Van`` for ``Car``,
+    ``Person_sitting`` for ``Pedestrian``): the types on which the evaluation
+    (:mod:`~dataparams.detection.kitti_eval`, after the devkit) counts a detection of the class
+    as neither right nor wrong, so that training calls them neither object nor background. Other
+    types (``Truck``, ``Tram``, ``Misc``, and the neighbours of untrained classes) stay
+    background, as the devkit counts detections on them as false positives.
+
+    Examples
+    --------
+    >>> default_ignore_types(("Car", "Pedestrian", "Cyclist"))
+    ('DontCare', 'Van', 'Person_sitting')
+    >>> default_ignore_types(("Cyclist",))
+    ('DontCare',)
+    """
+    # Imported here: kitti_eval imports this module.
+    from dataparams.detection.kitti_eval import NEIGHBOUR_CLASSES
+
+    # The evaluation's table is lower-case; the label files spell the types this way.
+    spelled = {"van": "Van", "person_sitting": "Person_sitting"}
+    out = ["DontCare"]
+    for c in classes:
+        neighbour = NEIGHBOUR_CLASSES.get(c.lower())
+        if neighbour is not None:
+            out.append(spelled.get(neighbour, neighbour))
+    return tuple(dict.fromkeys(out))
+
+
 @dataclass
 class _ImageRecord:
     image_id: str
@@ -553,6 +602,7 @@ class _ImageRecord:
     heights: np.ndarray  # (M,) float64, y2 - y1 of the label
     difficulty: np.ndarray  # (M,) int64
     dontcare: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # (D, 4)
+    ignore: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # (R, 4)
 
 
 def read_image_array(path: str | os.PathLike) -> np.ndarray:
@@ -569,10 +619,12 @@ def image_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float().div_(255.0)
 
 
-def box_target(record: Any, start: int, *, dontcare: np.ndarray, **extra: torch.Tensor) -> Target:
+def box_target(record: Any, start: int, *, dontcare: np.ndarray, ignore: np.ndarray,
+               **extra: torch.Tensor) -> Target:
     """The untransformed target of one image record (``boxes``, ``labels``, ``difficulty``,
-    ``occluded``, ``truncated``, ``heights``, ``image_id``), its boxes' data-parameter rows
-    numbered from ``start``; ``extra`` entries are added as they are (a COCO box's ``ann_id``)."""
+    ``occluded``, ``truncated``, ``heights``, ``dontcare``, ``ignore``, ``image_id``), its boxes'
+    data-parameter rows numbered from ``start``; ``extra`` entries are added as they are (a COCO
+    box's ``ann_id``)."""
     return {
         "boxes": torch.from_numpy(record.boxes.copy()),
         "labels": torch.from_numpy(record.labels.copy()),
@@ -583,6 +635,7 @@ def box_target(record: Any, start: int, *, dontcare: np.ndarray, **extra: torch.
         "truncated": torch.from_numpy(record.truncated.astype(np.float32)),
         "height": torch.from_numpy(record.heights.astype(np.float32)),
         "dontcare": torch.from_numpy(dontcare.copy()),
+        "ignore": torch.from_numpy(ignore.copy()),
         "image_id": record.image_id,
     }
 
@@ -606,6 +659,9 @@ class KittiDetection(Dataset):
      truncated       (M,) float32     the label's truncation
      height          (M,) float32     box height in the label (before any resize)
      dontcare        (D, 4) float32   the image's DontCare regions, moved with the image
+     ignore          (R, 4) float32   the image's ignore regions in line order: DontCare and
+                                      the ``ignore_types`` boxes; no ``box_index``, no data
+                                      parameter; moved with the image
      image_id        str              e.g. ``"000123"``
     ==============  ===============  ==========================================================
 
@@ -623,7 +679,10 @@ class KittiDetection(Dataset):
         An explicit split file instead; without either, every label file is used.
     classes : sequence of str
         The kept classes, label ``k + 1`` for ``classes[k]``. Other objects (``Van``,
-        ``Truck``, ``Person_sitting``, ...) are dropped; ``DontCare`` goes to ``dontcare``.
+        ``Truck``, ``Person_sitting``, ...) are no boxes; ``DontCare`` goes to ``dontcare``.
+    ignore_types : sequence of str, optional
+        Types (case-insensitive) whose boxes are ignore regions (``target["ignore"]``); default
+        :func:`default_ignore_types` of ``classes``. Pass ``()`` for none.
     transforms : callable ``(image, target) -> (image, target)``, optional
         E.g. ``Compose([RandomHorizontalFlip(), RandomScale()])``.
     image_dir, label_dir : str
@@ -647,6 +706,7 @@ class KittiDetection(Dataset):
         transforms: Transform | None = None,
         image_dir: str = "training/image_2",
         label_dir: str = "training/label_2",
+        ignore_types: Sequence[str] | None = None,
     ) -> None:
         self.root = Path(root)
         self.image_dir = self.root / image_dir
@@ -668,6 +728,12 @@ class KittiDetection(Dataset):
             raise ValueError("DontCare regions are returned in target['dontcare'], not as a class")
         self.classes = classes
         self.transforms = transforms
+        ignore_types = default_ignore_types(classes) if ignore_types is None else tuple(ignore_types)
+        trained = {c.lower() for c in classes}
+        if any(t.lower() in trained for t in ignore_types):
+            raise ValueError(f"ignore_types {ignore_types} overlap the trained classes {classes}")
+        self.ignore_types: tuple[str, ...] = ignore_types
+        ignored = {t.lower() for t in ignore_types}
 
         if split is not None:
             split_file = self.root / "ImageSets" / f"{split}.txt"
@@ -687,6 +753,9 @@ class KittiDetection(Dataset):
             objects = read_label_file(path)
             kept = [(line, o) for line, o in enumerate(objects) if o.type in class_to_label]
             dontcare = [o.bbox for o in objects if o.type == "DontCare"]
+            # Not kept, so they take no line of the box enumeration below: box_index and
+            # box_line_index are those of a loader that dropped them.
+            ignore = [o.bbox for o in objects if o.type.lower() in ignored]
             self._records.append(
                 _ImageRecord(
                     image_id=image_id,
@@ -700,6 +769,7 @@ class KittiDetection(Dataset):
                         [box_difficulty(o.height, o.occluded, o.truncated) for _, o in kept], np.int64
                     ),
                     dontcare=np.array(dontcare, np.float32).reshape(-1, 4),
+                    ignore=np.array(ignore, np.float32).reshape(-1, 4),
                 )
             )
         counts = np.array([len(r.labels) for r in self._records], np.int64)
@@ -749,7 +819,7 @@ class KittiDetection(Dataset):
     def get_target(self, index: int) -> Target:
         """The untransformed target of image ``index``, without reading the image."""
         r = self._records[index]
-        return box_target(r, int(self._offsets[index]), dontcare=r.dontcare)
+        return box_target(r, int(self._offsets[index]), dontcare=r.dontcare, ignore=r.ignore)
 
     def load_image(self, index: int) -> torch.Tensor:
         """Image ``index`` as float (C, H, W) in [0, 1] (RGB for colour files)."""

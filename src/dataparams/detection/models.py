@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSDHead, ssd300_vgg16
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import boxes as box_ops
 
 __all__ = [
@@ -55,6 +55,8 @@ _SSD300_SCALES = [0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05]
 # it; each level covers its scale and the geometric mean with the next one.
 _TINY_ASPECTS = [[2, 3], [2, 3], [2, 3], [2, 3]]
 _TINY_SCALES = [0.12, 0.24, 0.42, 0.64, 0.9]
+# Target entries holding boxes that torchvision's transform does not resize (it knows "boxes").
+_REGION_KEYS = ("ignore", "dontcare")
 
 
 class AspectBoxGenerator(DefaultBoxGenerator):
@@ -220,7 +222,9 @@ def ssd_training_outputs(
     The same steps as ``SSD.forward`` in training mode, with the model's own modules: resize and
     normalise (``model.transform``, which moves the target boxes and passes every other target
     entry, ``box_index`` included, through unchanged), backbone, head, default boxes
-    (``model.anchor_generator``) and matching (``box_iou`` + ``model.proposal_matcher``).
+    (``model.anchor_generator``) and matching (``box_iou`` + ``model.proposal_matcher``). The
+    ignore regions (``ignore``, and ``dontcare``), which torchvision's transform does not know,
+    are resized here by the same factors as the boxes.
 
     Parameters
     ----------
@@ -241,7 +245,8 @@ def ssd_training_outputs(
     matched_idxs : list of B LongTensors (A,)
         Per anchor, the index of its ground-truth box in the image, or -1 (background).
     targets : list of B dicts
-        The targets with ``boxes`` in the resized image's pixels.
+        The targets with ``boxes`` (and ``ignore``, ``dontcare`` where present) in the resized
+        image's pixels.
 
     Raises
     ------
@@ -250,6 +255,10 @@ def ssd_training_outputs(
     """
     image_list, resized = model.transform(list(images), [dict(t) for t in targets])
     assert resized is not None
+    for image, new_size, target in zip(images, image_list.image_sizes, resized):
+        for key in _REGION_KEYS:
+            if key in target:
+                target[key] = resize_boxes(target[key], list(image.shape[-2:]), list(new_size))
     for i, target in enumerate(resized):
         boxes = target["boxes"]
         if boxes.dim() != 2 or boxes.shape[-1] != 4:

@@ -79,8 +79,10 @@ for the from-scratch VGG; 240 epochs of 116 iterations (about 28k iterations, a 
 paper's VOC schedule, for a data set a fifth of VOC's size), steps at epochs 160 and 220. Horizontal
 flips only (SSD's zoom-in crops would cut and drop boxes, i.e. change which annotations a batch holds).
 Sigma clamped to [1/20, 20] as in the released classification code. No gradient through the negatives'
-mean sigma (see dataparams.detection.box_parameters). Evaluation every 10 epochs with the devkit's rules
-(AP|R40 and 11-point). Not run here (no GPU in this project's CI): the numbers above are the recipe,
+mean sigma (see dataparams.detection.box_parameters). DontCare regions and the devkit's neighbour types (Van
+for Car, Person_sitting for Pedestrian) are ignore regions: an anchor matched to no box and more than half
+inside one is not a negative (model.ignore_overlap 0.5; the paper does not say what its SSD did with them).
+Evaluation every 10 epochs with the devkit's rules (AP|R40 and 11-point); the headline is Car AP at IoU 0.7. Not run here (no GPU in this project's CI): the numbers above are the recipe,
 not a reproduced result."""
 
 _SYNTH_NOTES = """\
@@ -98,6 +100,7 @@ per visit (measured at initialisation and after training), and each box is visit
 12 times in all. At the paper's 0.1, log sigma would move by about 0.002 per visit, 2% over the run
 (a KITTI schedule visits each box hundreds of times); lr_instance 1.0 lets the curriculum form within
 the CPU budget. benchmarks/bench_detection.py --paper-lr runs the paper's 0.1 for comparison. No gradient through the negatives' mean sigma.
+DontCare regions are ignore regions (model.ignore_overlap 0.5, as for kitti/*).
 Evaluation every 4 epochs on the clean val split with the KITTI devkit's rules."""
 
 
@@ -139,9 +142,10 @@ _COCO_SYNTH_NOTES = """\
 kitti-synth/* (notes below) on the same 1,200 scenes written in COCO's format by
 dataparams.detection.coco.write_synthetic_coco (ensure_synthetic_coco): annotations/instances_{train,val}.json
 and the images in train/ and val/; data.format coco. Every non-crowd annotation gets one data parameter;
-each KITTI DontCare region is one crowd annotation per category, which gets none (and which COCOeval
-ignores). The evaluation is COCO's box mAP by pycocotools' COCOeval (AP@[.5:.95], AP50, AP75, by size,
-AR) in place of the KITTI devkit's AP; the difficulty and occlusion statistics of sigma still apply,
+each KITTI DontCare region is one crowd annotation per category, which gets none, is an ignore region
+of the loss as the DontCare region is in kitti-synth, and which COCOeval ignores. The evaluation is COCO's
+box mAP by pycocotools' COCOeval (AP@[.5:.95], AP50, AP75, by size, AR; the headline is the mAP) in place
+of the KITTI devkit's AP; the difficulty and occlusion statistics of sigma still apply,
 since the synthetic annotations carry KITTI's occluded and truncated values.
 
 """

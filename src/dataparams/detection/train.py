@@ -18,11 +18,19 @@ Run directory (:class:`~dataparams.runs.RunDir`)::
     snapshots/detections_epoch_NNNN/  KITTI label files of the latest evaluation (score last);
                                       for COCO data one results.json in COCO's result format
     checkpoint.pt           model, SGD, schedule, data parameters, SparseSGD, box losses, RNG
-    summary.json            the final numbers
+    summary.json            the final numbers; ``headline`` is the paper's metric (Car AP at
+                            IoU 0.7, easy / moderate / hard; COCO mAP for COCO data,
+                            :mod:`~dataparams.detection.summary`)
 
 Reproducibility: the order of the images and each image's flip are functions of (seed, epoch,
 image) only, and a checkpoint after every epoch holds all state, so that a resumed run ends
 bit for bit where an uninterrupted one does on the CPU (``tests/test_detection_train.py``).
+
+Loading: the training and validation DataLoaders are built once per run. On a CUDA device they
+use worker processes by default (``data.workers`` none: :func:`loader_kwargs`), kept alive across
+epochs, with pinned memory; elsewhere the images are read in the training process. The epoch
+travels with every index (:class:`EpochBatchSampler`), so the workers kept from one epoch draw
+the next epoch's flips without being told.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +70,7 @@ from dataparams.detection.kitti import (
 )
 from dataparams.detection.kitti_eval import evaluate
 from dataparams.detection.models import build_detector, ssd_training_outputs
+from dataparams.detection.summary import format_headline, headline
 from dataparams.engine import Execution, resolve_device
 from dataparams.optim import SparseSGD
 from dataparams.parameters import DataParameters
@@ -69,7 +78,9 @@ from dataparams.runs import RunDir, RunDirError
 
 __all__ = [
     "AugmentedDetection",
+    "EpochBatchSampler",
     "epoch_batches",
+    "loader_kwargs",
     "predict_detections",
     "train_detection",
     "write_detections",
@@ -102,7 +113,11 @@ class AugmentedDetection(Dataset):
     -----
     Each item seeds its own generator, so the augmentation does not depend on the order of the
     images, on the number of loader workers, or on what ran before: the key to resuming a run
-    exactly. ``box_index`` passes through the flip unchanged.
+    exactly. ``box_index`` passes through the flip unchanged. An item is asked for by image
+    index (flipped as in the epoch of :meth:`set_epoch`) or by ``(epoch, index)``, as
+    :class:`EpochBatchSampler` yields them: worker processes that persist across epochs hold
+    their own copy of this object, which a later ``set_epoch`` in the main process would not
+    reach.
     """
 
     def __init__(self, base: KittiDetection, *, hflip: float, seed: int) -> None:
@@ -115,10 +130,11 @@ class AugmentedDetection(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[Tensor, dict[str, Any]]:
+        epoch, index = (int(index[0]), int(index[1])) if isinstance(index, tuple) else (self.epoch, int(index))
         image, target = self.base[index]
         if self.hflip > 0:
-            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, index, 1))
+            g = torch.Generator().manual_seed(_mix(self.seed, epoch, index, 1))
             image, target = RandomHorizontalFlip(self.hflip, generator=g)(image, target)
         return image, target
 
@@ -133,6 +149,77 @@ def epoch_batches(num_images: int, batch_size: int, *, seed: int, epoch: int) ->
     return [order[i : i + batch_size] for i in range(0, num_images, batch_size)]
 
 
+class EpochBatchSampler:
+    """The batches of :func:`epoch_batches` for the epoch of :meth:`set_epoch`, each index
+    paired with that epoch (``[(epoch, index), ...]``, what :class:`AugmentedDetection` takes).
+
+    A DataLoader's batch sampler is iterated in the main process at the start of every pass, so
+    one loader (with persistent workers) serves every epoch.
+    """
+
+    def __init__(self, num_images: int, batch_size: int, *, seed: int) -> None:
+        if num_images < 0 or batch_size < 1:
+            raise ValueError(f"need num_images >= 0 and batch_size >= 1, got {num_images}, {batch_size}")
+        self.num_images, self.batch_size, self.seed = int(num_images), int(batch_size), int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_images / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.epoch
+        for batch in epoch_batches(self.num_images, self.batch_size, seed=self.seed, epoch=epoch):
+            yield [(epoch, i) for i in batch]
+
+
+def _usable_cpus() -> int:
+    # The CPUs this process may run on (a container's or taskset's limit), not the machine's.
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def loader_kwargs(device: torch.device | str, workers: int | None = None) -> dict[str, Any]:
+    """The DataLoader settings of the detection trainer on ``device``.
+
+    Parameters
+    ----------
+    device : torch.device or str
+    workers : int, optional
+        ``data.workers``. None (the default): ``min(4, usable CPUs)`` on a CUDA device, where
+        decoding PNGs in the training process would leave the GPU waiting, and 0 elsewhere,
+        where the workers would compete with the training for the same cores.
+
+    Returns
+    -------
+    dict
+        ``num_workers``; ``pin_memory`` on CUDA (page-locked batches make the non-blocking
+        copies to the GPU asynchronous); ``persistent_workers`` whenever there are workers, so
+        that they start once per run rather than once per epoch.
+    """
+    device = torch.device(device)
+    if workers is None:
+        workers = min(4, _usable_cpus()) if device.type == "cuda" else 0
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0 or None, got {workers}")
+    return {"num_workers": int(workers), "pin_memory": device.type == "cuda", "persistent_workers": workers > 0}
+
+
+def _close_loader(loader: DataLoader | None) -> None:
+    """Stop a loader's persistent workers now rather than at garbage collection (as Lightning's
+    ``_shutdown_workers_and_reset_iterator`` does), so that runs in one process (``--seeds``) do
+    not accumulate idle workers."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    if loader is not None:
+        loader._iterator = None
+
+
 def _to_device(target: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in target.items()}
 
@@ -145,12 +232,17 @@ def predict_detections(
     batch_size: int,
     device: torch.device,
     execution: Execution | None = None,
-    workers: int = 0,
+    workers: int | None = 0,
+    loader: DataLoader | None = None,
 ) -> dict[str, list[KittiObject]]:
     """The model's detections on every image of ``dataset``, as KITTI objects with scores.
 
     Runs in float32 whatever ``execution`` says: torchvision's SSD builds and decodes its default
     boxes in the features' dtype, which in bfloat16 would move boxes by pixels.
+
+    ``loader``, when given, is the DataLoader over ``dataset`` to read from (the trainer's, built
+    once per run); otherwise one is built with ``batch_size`` and :func:`loader_kwargs` of
+    ``workers``, without persistent workers.
 
     Returns
     -------
@@ -160,8 +252,9 @@ def predict_detections(
     """
     execution = execution or Execution(device)
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate_detection, pin_memory=execution.device.type == "cuda")
+    if loader is None:
+        kwargs = {**loader_kwargs(execution.device, workers), "persistent_workers": False}
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_detection, **kwargs)
     out: dict[str, list[KittiObject]] = {}
     for images, targets in loader:
         results = model([execution.input(x) for x in images])
@@ -275,8 +368,11 @@ def train_detection(
     Returns
     -------
     dict
-        The content of ``summary.json``: final KITTI AP per class and difficulty, the mean over
-        classes (for COCO data: ``coco``, pycocotools' mAP), and the final curriculum statistics.
+        The content of ``summary.json``: ``headline`` (Car AP at IoU 0.7, easy / moderate / hard,
+        AP|R40 and 11-point; for COCO data COCO mAP; :func:`~dataparams.detection.summary.headline`),
+        final KITTI AP per class and difficulty, the mean over classes (for COCO data: ``coco``,
+        pycocotools' mAP), and the final curriculum statistics. Unless ``quiet``, the headline is
+        printed last.
 
     Raises
     ------
@@ -291,17 +387,28 @@ def train_detection(
     if threads is not None:
         torch.set_num_threads(int(threads))
     config = detection_config_to_dict(cfg)
-    run = RunDir(out, defaults=detection_config_to_dict(DetectionConfig()))
-    # The run directory's lock (taken by prepare) is held until the run ends, however it ends.
+    # Fields an older run's config.json lacks read as what that run did, not as today's defaults:
+    # a run from before ignore regions trained without them, so resuming it under a config that
+    # has them is refused as a changed config instead of silently changing its loss mid-run.
+    legacy = DetectionConfig()
+    legacy.model.ignore_overlap = None
+    run = RunDir(out, defaults=detection_config_to_dict(legacy))
+    # The run directory's lock (taken by prepare) is held until the run ends, however it ends,
+    # and so are the loaders' worker processes.
+    loaders: list[DataLoader] = []
     try:
-        return _train(cfg, config, run, resume=resume, overwrite=overwrite, device=device, quiet=quiet, amp=amp)
+        return _train(cfg, config, run, resume=resume, overwrite=overwrite, device=device, quiet=quiet, amp=amp,
+                      loaders=loaders)
     finally:
+        for loader in loaders:
+            _close_loader(loader)
         run.unlock()
 
 
 def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume: bool, overwrite: bool, device: str,
-           quiet: bool, amp: str) -> dict[str, Any]:
-    """The body of :func:`train_detection`, in ``run`` (whose lock the caller releases)."""
+           quiet: bool, amp: str, loaders: list[DataLoader]) -> dict[str, Any]:
+    """The body of :func:`train_detection`, in ``run`` (whose lock the caller releases); the
+    DataLoaders it builds are appended to ``loaders`` for the caller to close."""
     dev = resolve_device(device)
     execution = Execution.create(dev, amp)
 
@@ -340,7 +447,8 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
     ).to(dev)
     criterion = SSDBoxParameterLoss(data_parameters, box_coder=model.box_coder,
                                     neg_to_pos_ratio=model.neg_to_pos_ratio,
-                                    negative_sigma_grad=c.negative_sigma_grad, wd_instance=c.wd_instance)
+                                    negative_sigma_grad=c.negative_sigma_grad, wd_instance=c.wd_instance,
+                                    ignore_overlap=cfg.model.ignore_overlap)
     o = cfg.optim
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=o.lr,
                                 momentum=o.momentum, weight_decay=o.weight_decay)
@@ -393,21 +501,22 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
         from dataparams.runs.logger import progress_factory
 
         bar_factory = progress_factory(o.epochs, f"{cfg.preset} seed {cfg.seed} ")
+    # One loader per split for the whole run: the sampler carries the epoch to the workers.
+    load = loader_kwargs(dev, cfg.data.workers)
+    sampler = EpochBatchSampler(len(train_set), cfg.data.batch_size, seed=cfg.seed)
+    loader = DataLoader(augmented, batch_sampler=sampler, collate_fn=collate_detection, **load)
+    val_loader = DataLoader(val_set, batch_size=cfg.data.eval_batch_size, shuffle=False,
+                            collate_fn=collate_detection, **load)
+    loaders += [loader, val_loader]
     t_run = time.perf_counter()
     record: dict[str, Any] = {}
     last_eval: dict[str, Any] | None = None
     for epoch in range(start_epoch, o.epochs):
         t0 = time.perf_counter()
-        augmented.set_epoch(epoch)
-        batches = epoch_batches(len(train_set), cfg.data.batch_size, seed=cfg.seed, epoch=epoch)
-        # Pinned pages make the non-blocking copies of Execution.input asynchronous on a GPU. Not
-        # persistent workers: each epoch's augmentation is keyed by set_epoch on the dataset,
-        # which workers kept from the last epoch would not see.
-        loader = DataLoader(augmented, batch_sampler=batches, num_workers=cfg.data.workers,
-                            collate_fn=collate_detection, pin_memory=dev.type == "cuda")
+        sampler.set_epoch(epoch)
         model.train()
         sums = torch.zeros(4, dtype=torch.float64)  # classification, regression, negative sigma, batches
-        bar = bar_factory(epoch, len(batches)) if bar_factory is not None else None
+        bar = bar_factory(epoch, len(sampler)) if bar_factory is not None else None
         lr = optimizer.param_groups[0]["lr"]
         try:
             for images, targets in loader:
@@ -448,7 +557,7 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == o.epochs:
             t_eval = time.perf_counter()
             detections = predict_detections(model, val_set, batch_size=cfg.data.eval_batch_size, device=dev,
-                                            execution=execution, workers=cfg.data.workers)
+                                            execution=execution, loader=val_loader)
             folder = run.snapshot_dir / f"{_DETECTIONS_PREFIX}{epoch + 1:04d}"
             if coco:  # pycocotools' COCOeval on the val instances file; results.json in the folder
                 arrays = coco_detections(detections, val_set)
@@ -500,6 +609,7 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
         "num_boxes": train_set.num_boxes,
         "num_flipped": int(table.is_flipped.sum()),
         "eval_epoch": last_eval["epoch"],
+        "headline": headline(last_eval),
         **{k: last_eval[k] for k in ("kitti", "coco") if k in last_eval},
         **{k: v for k, v in last_eval.items() if k.startswith("map")},
         "final": {k: record.get(k) for k in ("box_sigma", "sigma_by_difficulty", "sigma_by_occlusion",
@@ -508,6 +618,10 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
         "train_time_s": time.perf_counter() - t_run,
     }
     run.write_json("summary.json", summary)
+    if not quiet:
+        from dataparams.runs.logger import write_line
+
+        write_line(f"{cfg.preset} seed {cfg.seed}, epoch {last_eval['epoch']}: {format_headline(summary['headline'])}")
     return json.loads(json.dumps(summary))
 
 

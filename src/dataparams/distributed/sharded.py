@@ -645,10 +645,11 @@ class ShardedObjective(Objective):
     (``K`` rows) are replicated. The losses of a step travel to the owners with its gradients
     (no extra collective).
 
-    What needs all ``N`` values gathers them on rank 0 at the end of an epoch (O(N) there,
-    transiently): :meth:`snapshot` (sigma of every sample), :meth:`scores` (the loss and
-    sigma-mean scores) and hence the per-epoch snapshot and detection metrics. Checkpoints are
-    per-shard files (:meth:`save_shards`) that any number of processes reads back
+    The per-epoch snapshot is written by every rank for its rows (:meth:`snapshot_shard`, local,
+    O(N / P)). What needs all ``N`` values gathers them on rank 0 (O(N) there, transiently):
+    :meth:`snapshot` (sigma of every sample) and :meth:`scores` (the loss and sigma-mean scores),
+    which the run logger calls only for the detection metrics of a run with injected noise.
+    Checkpoints are per-shard files (:meth:`save_shards`) that any number of processes reads back
     (:meth:`load_shards`); ``state_dict`` holds the replicated part only.
 
     Parameters
@@ -737,6 +738,28 @@ class ShardedObjective(Objective):
 
     def on_epoch_end(self, epoch: int) -> None:
         self.end_epoch(self.dp.instance_log_sigma)
+
+    @torch.no_grad()
+    def snapshot_shard(self) -> tuple[tuple[int, int], dict[str, np.ndarray]]:
+        """This rank's rows of :meth:`snapshot` and of the ``last-loss`` score: local, O(N / P).
+
+        Returns
+        -------
+        (start, end) : (int, int)
+            The rows, :func:`shard_range` ``(N, P, rank)``.
+        arrays : dict of str to ndarray
+            ``instance_sigma`` (end - start,) float32 and ``last-loss`` (end - start,) float32,
+            row ``i`` being sample ``start + i``: the values :meth:`snapshot` and :meth:`scores`
+            gather for these rows (the losses bit for bit, the sigmas up to the last bit of
+            ``exp``, whose vectorised and scalar paths may differ); ``class_sigma`` (K,) float32
+            on every rank when the class level is on.
+        """
+        out = {}
+        if self.dp.class_curriculum:
+            out["class_sigma"] = self.dp.class_log_sigma.detach().exp().float().cpu().numpy()
+        out["instance_sigma"] = self.dp.instance_log_sigma.detach().exp().float().cpu().numpy()
+        out["last-loss"] = self.last_loss.detach().float().cpu().numpy()
+        return self.dp.shard, out
 
     def snapshot(self) -> dict[str, np.ndarray]:
         """Class sigma, and on rank 0 every sample's sigma (gathered: collective, O(N) on rank 0)."""

@@ -5,18 +5,14 @@ Two levels, in one place:
 * :data:`OBJECTIVES` -- what ``TrainConfig.method`` may name: how a minibatch becomes a loss
   (``ce`` is cross-entropy with data parameters as ``TrainConfig.curriculum`` says, i.e. the
   baseline when the curriculum is off), with each objective's ``method_options`` and defaults;
-* :data:`METHODS` -- the methods a user compares (``dataparams train --method``, ``dataparams
-  bench --methods``): an objective on a preset variant, with the number of trainings it costs,
-  the per-sample score it ranks suspects by, and the settings it is tuned over. Multi-stage
-  methods carry a ``pipeline``: ``dp-filter`` and ``dp-gce-filter`` a
-  :class:`~dataparams.methods.pipelines.FilterPipeline` (its settings as data; run by
-  :func:`~dataparams.methods.pipelines.run_filter_pipeline`, ``dataparams train`` and the bench),
-  ``cleanlab`` and ``aum`` the name of a pipeline that only the bench runs.
-
-A setting (an entry of a tuning grid) is a list of config overrides; ``pipeline.FIELD=VALUE``
-entries set a field of a filter pipeline (its other entries are overrides of its retraining), and
-``@name=value`` entries are options of a bench-only method (co-teaching's forget rate as a multiple
-of the noise rate, cleanlab's ``filter_by``, AUM's threshold percentile).
+* :data:`METHODS` -- the methods a user compares (``dataparams train --method``, and the bench
+  in ``benchmarks/bench.py``): an objective on a preset variant, with the number of trainings it
+  costs and the per-sample score it ranks suspects by. Multi-stage methods carry a ``pipeline``:
+  the ``dp-*filter`` methods a :class:`~dataparams.methods.pipelines.FilterPipeline` (its
+  settings as data; run by :func:`~dataparams.methods.pipelines.run_filter_pipeline`, ``dataparams
+  train`` and the bench), ``cleanlab`` and ``aum`` the name of a pipeline that only the bench
+  runs. The settings each method is tuned over belong to the bench (``benchmarks/bench.py``,
+  ``TUNING``), not to the library.
 
 ``method_options`` keys (with defaults) are those of :data:`OBJECTIVES`:
 
@@ -88,10 +84,6 @@ class Method:
         temperature), ``superloss`` (-log confidence), ``mean-loss`` (the small-loss criterion:
         mean training loss over the epochs so far), ``cleanlab`` (1 - label quality of K-fold
         out-of-sample probabilities), ``aum`` (-AUM).
-    tuning : tuple of tuple of str
-        The settings tried on the noisy validation split, the first being the paper's or the
-        package's default (see the module notes for ``pipeline.FIELD=VALUE`` and ``@name=value``
-        entries).
     pipeline : FilterPipeline, str or None
         None for one training; a :class:`~dataparams.methods.pipelines.FilterPipeline` for the
         dp-filter family (its settings before any tuning setting applies); the name of a
@@ -104,7 +96,6 @@ class Method:
     overrides: tuple[str, ...] = ()
     trainings: int = 1
     score: str | None = None
-    tuning: tuple[tuple[str, ...], ...] = ()
     pipeline: FilterPipeline | str | None = None
 
 
@@ -126,66 +117,43 @@ _CM_FILTER = FilterPipeline(first="dp-instance", score="mean-loss", rule="class-
 # the reason to add it; it has not run in the bench grid yet.
 _GCE_CM_FILTER = FilterPipeline(first="dp-gce", score="mean-loss", rule="class-mean", retrain="baseline")
 
-# The tuning budget: three settings per method. Data parameters: the paper's values first, then a
-# log-spaced step up (the small CNN's logits are smaller than WRN-28-10's, so its temperatures
-# need a larger step to move as far).
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("baseline", "cross-entropy", score="mean-loss"),
         Method("oracle", "cross-entropy on the clean samples only", variant="oracle"),
-        Method("dp-class", "data parameters, class curriculum (sec. 2.1)", variant="class",
-               tuning=(("curriculum.lr_class=0.1",), ("curriculum.lr_class=0.5",), ("curriculum.lr_class=2.5",))),
-        Method("dp-instance", "data parameters, instance curriculum (sec. 2.2)", variant="instance", score="sigma",
-               tuning=(("curriculum.lr_instance=0.2",), ("curriculum.lr_instance=1.0",),
-                       ("curriculum.lr_instance=5.0",))),
-        Method("dp-joint", "data parameters, joint curriculum (sec. 2.2)", variant="joint", score="sigma",
-               tuning=(("curriculum.lr_instance=0.2",), ("curriculum.lr_instance=1.0",),
-                       ("curriculum.lr_instance=5.0",))),
-        Method("superloss", OBJECTIVES["superloss"].summary, overrides=("method=superloss",), score="superloss",
-               tuning=((_opts(lam=1.0),), (_opts(lam=0.25),), (_opts(lam=4.0),))),
-        Method("gce", OBJECTIVES["gce"].summary, overrides=("method=gce",),
-               tuning=((_opts(q=0.7),), (_opts(q=0.4),), (_opts(q=0.9),))),
-        Method("sce", OBJECTIVES["sce"].summary, overrides=("method=sce",),
-               tuning=((_opts(alpha=0.1, beta=1.0),), (_opts(alpha=1.0, beta=1.0),), (_opts(alpha=0.5, beta=0.5),))),
-        # The forget rate as a multiple of the known noise rate (its paper uses 1x).
+        Method("dp-class", "data parameters, class curriculum (sec. 2.1)", variant="class"),
+        Method("dp-instance", "data parameters, instance curriculum (sec. 2.2)", variant="instance", score="sigma"),
+        Method("dp-joint", "data parameters, joint curriculum (sec. 2.2)", variant="joint", score="sigma"),
+        Method("superloss", OBJECTIVES["superloss"].summary, overrides=("method=superloss",), score="superloss"),
+        Method("gce", OBJECTIVES["gce"].summary, overrides=("method=gce",)),
+        Method("sce", OBJECTIVES["sce"].summary, overrides=("method=sce",)),
         Method("coteaching", OBJECTIVES["coteaching"].summary, overrides=("method=coteaching",), trainings=2,
-               score="mean-loss", tuning=(("@forget=1.0",), ("@forget=0.5",), ("@forget=1.25",))),
+               score="mean-loss"),
         # Extensions beyond the paper, kept because they measured better than the paper's dp-instance
         # (benchmarks/results/fmnist_methods/variants.md; the variants that did not are listed there).
         Method("dp-filter", "data parameters: one instance-curriculum training, flag by the mixture on "
                "sigma integrated over training, retrain on the kept samples", trainings=2, score="sigma-mean",
-               pipeline=FilterPipeline(first="dp-instance", score="sigma-mean", rule="mixture"),
-               tuning=(("pipeline.retrain=instance",), ("pipeline.retrain=baseline",),
-                       ("pipeline.retrain=instance", "pipeline.score=sigma"))),
+               pipeline=FilterPipeline(first="dp-instance", score="sigma-mean", rule="mixture")),
         Method("dp-gce", "data parameters, instance curriculum on generalized cross-entropy (scaled_loss)",
-               variant="instance", overrides=("curriculum.loss=gce",), score="sigma",
-               tuning=(("curriculum.loss_q=0.7",), ("curriculum.loss_q=0.4",), ("curriculum.loss_q=0.9",))),
+               variant="instance", overrides=("curriculum.loss=gce",), score="sigma"),
         # dp-filter fed by dp-gce: flagged by a fixed fraction of the bounded loss, since the mixture
         # on the log of GCE losses splits the clean samples (variants.md, "Flagging after dp-gce").
         Method("dp-gce-filter", "data parameters: one dp-gce training, flag samples whose mean training loss "
                "stays above 0.2 of the GCE loss bound, retrain on the kept samples", trainings=2,
-               score="mean-loss", pipeline=_GCE_FILTER,
-               tuning=(("pipeline.retrain=instance",), ("pipeline.retrain=baseline",),
-                       ("pipeline.retrain=instance", "curriculum.loss=gce"))),
+               score="mean-loss", pipeline=_GCE_FILTER),
         # dp-filter flagged by find-issues' per-class rule (dataparams.scores, 'class-mean', chosen on
-        # tuning sets: benchmarks/results/flag_rules.md); not yet tuned or run in the bench grid.
+        # tuning sets: benchmarks/results/flag_rules.md).
         Method("dp-cm-filter", "data parameters: one instance-curriculum training, flag samples whose label quality "
                "(the loss under sigma, averaged over training) is below their class's mean, retrain on the kept "
-               "samples", trainings=2, score="mean-loss", pipeline=_CM_FILTER,
-               tuning=(("pipeline.retrain=baseline",), ("pipeline.retrain=instance",),
-                       ("pipeline.retrain=instance", "curriculum.loss=gce"))),
+               "samples", trainings=2, score="mean-loss", pipeline=_CM_FILTER),
         Method("dp-gce-cm-filter", "data parameters: one dp-gce training, flag samples whose label quality (the GCE "
                "loss under sigma, averaged over training) is below their class's mean, retrain on the kept samples",
-               trainings=2, score="mean-loss", pipeline=_GCE_CM_FILTER,
-               tuning=(("pipeline.retrain=baseline",), ("pipeline.retrain=instance",),
-                       ("pipeline.retrain=instance", "curriculum.loss=gce"))),
+               trainings=2, score="mean-loss", pipeline=_GCE_CM_FILTER),
         Method("cleanlab", "confident learning (Northcutt et al. 2021): K-fold probabilities, filter, retrain",
-               trainings=6, score="cleanlab", pipeline="cleanlab",
-               tuning=(("@filter_by=prune_by_noise_rate",), ("@filter_by=both",), ("@filter_by=confident_learning",))),
+               trainings=6, score="cleanlab", pipeline="cleanlab"),
         Method("aum", "area under the margin (Pleiss et al. 2020): two threshold runs, filter, retrain",
-               trainings=3, score="aum", pipeline="aum",
-               tuning=(("@percentile=99",), ("@percentile=90",), ("@percentile=50",))),
+               trainings=3, score="aum", pipeline="aum"),
     )
 }
 

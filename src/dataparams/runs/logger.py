@@ -6,9 +6,15 @@ ranks them), saves the snapshot of the per-sample arrays, then the checkpoint --
 which is what lets :meth:`RunDir.truncate_after` clean up after a kill between two writes -- and
 prints one line. TensorBoard gets the scalars.
 
-Under torchrun it runs on every rank: what is collective (the snapshot and scores of a sharded
-objective, gathered on rank 0; its shard files, written by every rank) runs everywhere, and rank
-0 alone writes the files of the run directory and prints.
+Under torchrun it runs on every rank: what is collective for a sharded objective runs everywhere,
+and rank 0 alone writes the other files of the run directory and prints. A sharded objective's
+epoch never brings all ``N`` values to one rank, except for the detection metrics: every rank
+writes its rows of the snapshot to its own file (:meth:`RunDir.save_snapshot_shard`), the sigma
+statistics are reduced from each rank's moments (one small all-gather, :func:`sharded_sigma_stats`),
+and its checkpoint is shard files, written by every rank. The detection metrics (AUROC and the
+rest against the corruption mask) rank all ``N`` scores together: they exist only for runs whose
+corrupted labels are known (injected noise), and only for those the sigmas and scores are
+gathered on rank 0 (O(N) there); a run on real data gathers nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +35,17 @@ from dataparams.objectives import Objective
 from dataparams.runs.rundir import RunDir, atomic_write_bytes
 from dataparams.runs.state import is_sharded
 
-__all__ = ["SELECTED_MODEL", "RunLogger", "progress_factory", "read_selected_model", "sigma_stats", "write_line"]
+__all__ = [
+    "SELECTED_MODEL",
+    "RunLogger",
+    "merge_moments",
+    "moments",
+    "progress_factory",
+    "read_selected_model",
+    "sharded_sigma_stats",
+    "sigma_stats",
+    "write_line",
+]
 
 #: The weights of the epoch chosen on the noisy validation split (see ``RunLogger(select_model=)``).
 SELECTED_MODEL = "model_selected.pt"
@@ -52,6 +68,74 @@ def sigma_stats(values: np.ndarray) -> dict[str, float]:
         return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
     return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
             "max": float(values.max())}
+
+
+def moments(values: np.ndarray) -> tuple[int, float, float, float, float]:
+    """``(count, mean, m2, min, max)`` of an array, in float64: what :func:`merge_moments` combines.
+
+    ``m2`` is the sum of squared deviations from the mean; an empty array gives
+    ``(0, 0.0, 0.0, inf, -inf)``, the identity of the merge.
+    """
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    if x.size == 0:
+        return 0, 0.0, 0.0, math.inf, -math.inf
+    mean = float(x.mean())
+    return int(x.size), mean, float(np.square(x - mean).sum()), float(x.min()), float(x.max())
+
+
+def merge_moments(parts: list[tuple[int, float, float, float, float]]) -> dict[str, float]:
+    """:func:`sigma_stats` of the concatenation of arrays, from their :func:`moments` alone.
+
+    Means and sums of squared deviations are merged pairwise (Chan, Golub & LeVeque 1979), which
+    keeps the precision that ``E[x^2] - E[x]^2`` would lose to cancellation. The standard
+    deviation is the population one (``ddof=0``), as ``numpy.std``.
+    """
+    n, mean, m2, lo, hi = 0, 0.0, 0.0, math.inf, -math.inf
+    for nb, mb, m2b, lob, hib in parts:
+        if nb == 0:
+            continue
+        total = n + nb
+        delta = mb - mean
+        mean += delta * nb / total
+        m2 += m2b + delta * delta * n * nb / total
+        n, lo, hi = total, min(lo, lob), max(hi, hib)
+    if n == 0:
+        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
+    return {"mean": mean, "std": math.sqrt(max(m2, 0.0) / n), "min": lo, "max": hi}
+
+
+def sharded_sigma_stats(values: np.ndarray, corrupted: np.ndarray | None,
+                        all_gather: Callable[[Any], list[Any]]) -> dict[str, Any]:
+    """The ``instance_sigma`` statistics of a metrics record, from each rank's rows.
+
+    Parameters
+    ----------
+    values : ndarray (end - start,)
+        This rank's instance sigmas.
+    corrupted : ndarray (end - start,) bool, or None
+        Which of these rows' labels the run corrupted; with it, ``clean`` and ``corrupted``
+        statistics too, as :class:`RunLogger` gives for a run with injected noise.
+    all_gather : callable
+        Every rank's object, in rank order, on every rank (``DistributedContext.all_gather_object``):
+        collective, called once with a few floats per rank.
+
+    Returns
+    -------
+    dict
+        :func:`sigma_stats`' ``mean``, ``std``, ``min``, ``max`` of all ``N`` values (equal to those
+        of the concatenation up to float rounding; it has no percentiles to approximate), and
+        ``clean`` / ``corrupted`` with ``corrupted``.
+    """
+    groups = {"all": values}
+    if corrupted is not None:
+        corrupted = np.asarray(corrupted, dtype=bool)
+        groups.update(clean=values[~corrupted], corrupted=values[corrupted])
+    parts = all_gather({name: moments(v) for name, v in groups.items()})
+    stats: dict[str, Any] = merge_moments([p["all"] for p in parts])
+    if corrupted is not None:
+        for name in ("clean", "corrupted"):
+            stats[name] = merge_moments([p[name] for p in parts])
+    return stats
 
 
 def write_line(line: str) -> None:
@@ -149,26 +233,36 @@ class RunLogger(Callback):
         atomic_write_bytes(self.run.path / SELECTED_MODEL, buf.getvalue())
 
     def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
-        # The objective's per-sample arrays and the checkpoint state first: for a sharded
-        # objective they are collectives that every rank joins. The shard files a sharded state
-        # writes are committed only by save_checkpoint below, after the metrics and the snapshot.
-        # A replicated objective's are local: the other ranks would build O(N) arrays (and a copy
-        # of the state) only to drop them.
-        if not self.is_main and not is_sharded(self.objective):
+        """Write the epoch: metrics line, snapshot, checkpoint (see the module docstring).
+
+        For a sharded objective every rank joins: it writes its snapshot file and joins the
+        collectives of the sigma statistics, of the checkpoint's shard files and, for a run with
+        injected noise only, of the gathers the detection metrics need.
+        """
+        sharded = is_sharded(self.objective)
+        # A replicated objective's arrays are local: the other ranks would build O(N) arrays (and
+        # a copy of the state) only to drop them.
+        if not self.is_main and not sharded:
             return
-        snap = self.objective.snapshot()
-        extra = self.objective.scores()
+        if sharded:
+            snap, extra = self._sharded_snapshot(record)
+        else:
+            snap, extra = self.objective.snapshot(), self.objective.scores()
+        # For a sharded objective a collective (its shard files): it returns on rank 0 only once
+        # every rank has written its shard files, and so (written before) its snapshot file too.
+        # The shard files are committed only by save_checkpoint below, after the metrics and the
+        # snapshot.
         state = self.state_fn(epoch + 1)
         if not self.is_main:
             return
-        loss = extra["last-loss"]
-        for name in ("class_sigma", "instance_sigma"):
-            if name in snap:
-                stats = sigma_stats(snap[name])
-                if name == "instance_sigma" and self.noisy:
-                    stats["clean"] = sigma_stats(snap[name][~self.corrupted])
-                    stats["corrupted"] = sigma_stats(snap[name][self.corrupted])
-                record[name] = stats
+        if not sharded:
+            for name in ("class_sigma", "instance_sigma"):
+                if name in snap:
+                    stats = sigma_stats(snap[name])
+                    if name == "instance_sigma" and self.noisy:
+                        stats["clean"] = sigma_stats(snap[name][~self.corrupted])
+                        stats["corrupted"] = sigma_stats(snap[name][self.corrupted])
+                    record[name] = stats
         if self.noisy:
             scores = self.objective.method_score(snap)
             if scores is not None:
@@ -177,7 +271,8 @@ class RunLogger(Callback):
                 rep = label_error_metrics(values, self.corrupted)
                 record[f"detection_{key.replace('-', '_')}"] = {k: rep[k] for k in _SHORT}
         self.run.append_metrics(record)
-        self.run.save_snapshot(record["epoch"], loss=loss.astype(np.float16), **snap)
+        if not sharded:
+            self.run.save_snapshot(record["epoch"], loss=extra["last-loss"].astype(np.float16), **snap)
         self.run.save_checkpoint(state)
         if self.select_model is not None and record.get("val_acc") is not None and record["val_acc"] > self.best_val:
             # After the checkpoint (see _resume_selection for a kill in between).
@@ -203,6 +298,34 @@ class RunLogger(Callback):
                 parts.append(f"AUROC {record['detection']['auroc']:.3f}")
             parts.append(f"{record['time_s']:.1f}s, ETA {_fmt_time(eta)}")
             write_line("  ".join(parts))
+
+    def _sharded_snapshot(self, record: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """A sharded objective's end of epoch up to its checkpoint, on every rank: this rank's
+        snapshot file, the sigma statistics (into ``record`` on rank 0) and, for a run with
+        injected noise, the gathered snapshot and scores (rank 0; empty elsewhere and without
+        noise) for the detection metrics."""
+        obj: Any = self.objective
+        (start, end), rows = obj.snapshot_shard()
+        ctx = obj.ctx
+        # The same arrays and dtypes as a whole snapshot. instance_sigma stays float32: float16
+        # keeps ~3 significant digits, so samples whose sigmas differ by less would tie, and the
+        # rankings read from the snapshot (find-issues, the detection metrics of a report) would
+        # change with the distributed mode; a sharded run's snapshot equals the single-process one.
+        arrays = {"loss": rows["last-loss"].astype(np.float16), "instance_sigma": rows["instance_sigma"]}
+        if ctx.is_main and "class_sigma" in rows:
+            arrays["class_sigma"] = rows["class_sigma"]  # K values, replicated: rank 0's file alone
+        self.run.save_snapshot_shard(record["epoch"], rank=ctx.rank, world_size=ctx.world_size, start=start, end=end,
+                                     num_instances=obj.num_train, **arrays)
+        stats = sharded_sigma_stats(rows["instance_sigma"], self.corrupted[start:end] if self.noisy else None,
+                                    ctx.all_gather_object)
+        if self.is_main:
+            if "class_sigma" in rows:
+                record["class_sigma"] = sigma_stats(rows["class_sigma"])
+            record["instance_sigma"] = stats
+        if not self.noisy:
+            return {}, {}
+        # The detection metrics rank all N scores against the corruption mask: gathered on rank 0.
+        return self.objective.snapshot(), self.objective.scores()
 
     def close(self) -> None:
         if self.writer is not None:

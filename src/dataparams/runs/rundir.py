@@ -6,6 +6,10 @@ Layout of ``RUN_DIR``::
     metrics.jsonl        one JSON line per finished epoch
     labels.npz           given (noisy) labels, clean labels, is_corrupted mask, source index
     snapshots/epoch_NNNN.npz   per-epoch sigma values (class, instance) and per-sample loss
+    snapshots/epoch_NNNN.shard-RRRRR-of-PPPPP.npz
+                         distributed.mode=sharded: the same, written by each of the P processes
+                         for its rows ``start``..``end`` (class sigma in rank 0's file);
+                         :meth:`RunDir.load_snapshot` returns them concatenated
     checkpoint.pt        latest state, written atomically (tmp file + rename), its SHA-256
                          appended (a file that does not match is not used)
     checkpoint.prev.pt   the state before it, used when checkpoint.pt is missing or damaged
@@ -20,13 +24,14 @@ Layout of ``RUN_DIR``::
     model.pt             user data only: the trained network with its classes and normalisation
     tensorboard/         event files with the per-epoch scalars, when tensorboard is installed
 
-A checkpoint is written at the end of every epoch, after the metrics line and the snapshot.
-On resume the metrics and snapshots of epochs after the checkpoint are discarded (a kill between
-the two writes leaves one such epoch) and training continues from the checkpoint; with the same
-seed the result equals an uninterrupted run bit for bit on the CPU.
+A checkpoint is written at the end of every epoch, after the metrics line and the snapshot
+(in sharded mode: after every process's snapshot file). On resume the metrics and snapshots --
+whole or sharded -- of epochs after the checkpoint are discarded (a kill between the two writes
+leaves one such epoch) and training continues from the checkpoint; with the same seed the result
+equals an uninterrupted run bit for bit on the CPU.
 
 A run is the run of a config only on the same data. For the user's own data the config's
-``choices`` hold a fingerprint of the files (:attr:`dataparams.data.user.UserData.fingerprint`:
+``choices`` hold a fingerprint of the files (:attr:`dataparams.data.userdata.UserData.fingerprint`:
 the list's bytes, every image's path, size and modification time, the class list); a directory
 whose run was made on other data is neither resumed nor reused (:class:`RunConflictError` naming
 what changed), because the config fields alone do not change when a label is edited in place.
@@ -36,7 +41,8 @@ not bring back the file it replaced. A save that fails (a full disk) leaves the 
 checkpoint as it was and says so.
 
 Under torchrun rank 0 writes everything but the shard files. In sharded mode every process
-writes its shard files (named with a token fresh to the save) *before* rank 0 replaces
+writes its rows of each epoch's snapshot, and its shard files of the checkpoint (named with a
+token fresh to the save), *before* rank 0 replaces
 ``checkpoint.pt``, which names them: the replacement commits the save, and only then are the
 files of older saves deleted, so a kill of any process at any point leaves one complete
 checkpoint. The run directory must be visible to every process (a shared file system on
@@ -51,6 +57,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -66,6 +73,7 @@ from dataparams.config import EXECUTION_FIELDS, diff_configs
 
 __all__ = [
     "SHARDS_KEY",
+    "SNAPSHOT_SHARD_KEYS",
     "RunConflictError",
     "RunDir",
     "RunDirError",
@@ -95,6 +103,13 @@ _OURS = (
     "model_selected.pt",
     "checkpoint.prev.pt",
 )
+
+
+#: A snapshot file's name: ``epoch_NNNN.npz``, or one process's rows of a sharded run's snapshot,
+#: ``epoch_NNNN.shard-RRRRR-of-PPPPP.npz``; groups: epoch, rank, number of processes.
+_SNAPSHOT_NAME = re.compile(r"epoch_(\d+)(?:\.shard-(\d+)-of-(\d+))?\.npz")
+#: The keys of a snapshot shard file that say which rows it holds (the rest are arrays).
+SNAPSHOT_SHARD_KEYS = ("start", "end", "num_instances")
 
 
 class RunDirError(RuntimeError):
@@ -331,6 +346,10 @@ class RunDir:
     def snapshot_file(self, epoch: int) -> Path:
         return self.snapshot_dir / f"epoch_{epoch:04d}.npz"
 
+    def snapshot_shard_file(self, epoch: int, rank: int, world_size: int) -> Path:
+        """Where process ``rank`` of ``world_size`` writes its rows of epoch ``epoch``'s snapshot."""
+        return self.snapshot_dir / f"epoch_{epoch:04d}.shard-{rank:05d}-of-{world_size:05d}.npz"
+
     # -- the writer's lock ----------------------------------------------------------------
     def lock(self) -> None:
         """Hold ``RUN_DIR/.lock`` until :meth:`unlock` (or the process ends): a second process
@@ -515,14 +534,15 @@ class RunDir:
         if self.metrics_file.exists():
             kept = [r for r in self.read_metrics() if r.get("epoch", 0) <= epoch]
             atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
+        for e, files in self._snapshot_files().items():
+            if e > epoch:
+                for f, _, _ in files:
+                    f.unlink(missing_ok=True)
         if self.snapshot_dir.exists():
-            for f in self.snapshot_dir.glob("epoch_*.npz"):
-                try:
-                    e = int(f.stem.split("_")[1])
-                except (IndexError, ValueError):
-                    continue
-                if e > epoch:
-                    f.unlink()
+            # The temporary file of a snapshot write that a kill interrupted (no writer runs now:
+            # this is called before training starts or resumes).
+            for f in self.snapshot_dir.glob(".epoch_*.tmp"):
+                f.unlink(missing_ok=True)
 
     # -- arrays --------------------------------------------------------------------------
     def save_arrays(self, name: str, **arrays: np.ndarray) -> None:
@@ -544,19 +564,142 @@ class RunDir:
         self.snapshot_dir.mkdir(exist_ok=True)
         self.save_arrays(f"snapshots/{self.snapshot_file(epoch).name}", **arrays)
 
-    def snapshot_epochs(self) -> list[int]:
+    def save_snapshot_shard(self, epoch: int, *, rank: int, world_size: int, start: int, end: int,
+                            num_instances: int, **arrays: np.ndarray) -> Path:
+        """Write process ``rank``'s rows ``[start, end)`` of epoch ``epoch``'s snapshot
+        (:meth:`snapshot_shard_file`), atomically.
+
+        Parameters
+        ----------
+        epoch : int
+            1-based.
+        rank, world_size : int
+        start, end, num_instances : int
+            The rows this process holds, of ``N = num_instances``.
+        **arrays : ndarray
+            Per-sample arrays of ``end - start`` rows, the same names in every process's file;
+            arrays that are not per sample (the ``K`` class sigmas) in rank 0's file only: that
+            is how :meth:`load_snapshot` tells them apart.
+
+        Returns
+        -------
+        Path
+            The file written.
+        """
+        rows = int(end) - int(start)
+        if not 0 <= int(start) <= int(end) <= int(num_instances):
+            raise ValueError(f"rows [{start}, {end}) are not rows of N={num_instances}")
+        if rank != 0:
+            short = [k for k, v in arrays.items() if np.shape(v)[:1] != (rows,)]
+            if short:
+                raise ValueError(f"{', '.join(short)}: need {rows} rows (rows [{start}, {end})); arrays that are not "
+                                 "per sample go in rank 0's file")
+        clash = set(arrays) & set(SNAPSHOT_SHARD_KEYS)
+        if clash:
+            raise ValueError(f"{', '.join(sorted(clash))}: reserved for the rows a snapshot shard holds")
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        path = self.snapshot_shard_file(epoch, rank, world_size)
+        meta = {"start": np.int64(start), "end": np.int64(end), "num_instances": np.int64(num_instances)}
+        # Streamed into the temporary file (no in-memory copy of the compressed arrays, which at
+        # 1e9 samples would be O(N / P) more), then renamed onto the name: a reader sees the file
+        # whole or not at all.
+        _commit(_stream_temp(path, lambda f: np.savez_compressed(f, **arrays, **meta)), path)
+        return path
+
+    def _snapshot_files(self) -> dict[int, list[tuple[Path, int | None, int | None]]]:
+        """``{epoch: [(file, rank, world_size), ...]}`` of the snapshot files present (rank and
+        world_size None for a whole snapshot)."""
+        out: dict[int, list[tuple[Path, int | None, int | None]]] = {}
         if not self.snapshot_dir.exists():
-            return []
-        out = []
-        for f in self.snapshot_dir.glob("epoch_*.npz"):
-            try:
-                out.append(int(f.stem.split("_")[1]))
-            except (IndexError, ValueError):
+            return out
+        for f in self.snapshot_dir.iterdir():
+            m = _SNAPSHOT_NAME.fullmatch(f.name)
+            if m is None:
                 continue
-        return sorted(out)
+            rank, size = (None, None) if m.group(2) is None else (int(m.group(2)), int(m.group(3)))
+            out.setdefault(int(m.group(1)), []).append((f, rank, size))
+        return out
+
+    def snapshot_epochs(self) -> list[int]:
+        """1-based epochs with a snapshot file: whole, or at least one shard of a sharded run's
+        (:meth:`load_snapshot` says which shard is missing, if any)."""
+        return sorted(self._snapshot_files())
 
     def load_snapshot(self, epoch: int) -> dict[str, np.ndarray]:
-        return self.load_arrays(f"snapshots/{self.snapshot_file(epoch).name}")
+        """The arrays of epoch ``epoch``'s snapshot: ``snapshots/epoch_NNNN.npz``, or the
+        concatenation of a sharded run's ``epoch_NNNN.shard-RRRRR-of-PPPPP.npz`` files in rank
+        order (the same keys and full ``(N,)`` arrays as a whole snapshot).
+
+        Raises
+        ------
+        RunDirError
+            Naming the file: the snapshot is missing, one of its shard files is missing, or a
+            file is unreadable (truncated, damaged) or does not hold the rows its place says.
+        """
+        whole = self.snapshot_file(epoch)
+        shards = [(f, r, p) for f, r, p in self._snapshot_files().get(epoch, []) if r is not None]
+        if whole.exists() or not shards:
+            return self.load_arrays(f"snapshots/{whole.name}")
+        return self._load_snapshot_shards(epoch, shards)
+
+    def _load_snapshot_shards(self, epoch: int, shards: list[tuple[Path, int | None, int | None]]
+                              ) -> dict[str, np.ndarray]:
+        sizes = sorted({p for _, _, p in shards if p is not None})
+        if len(sizes) > 1:
+            # Not left by any write order (a resume drops the later epochs' files first): files
+            # copied in by hand.
+            raise RunDirError(f"{self.snapshot_dir}: epoch {epoch}'s snapshot has shard files of "
+                              f"{' and '.join(map(str, sizes))} processes; keep those of one")
+        size = sizes[0]
+        files = [self.snapshot_shard_file(epoch, rank, size) for rank in range(size)]
+        missing = [f for f in files if not f.exists()]
+        if missing:
+            shown = ", ".join(map(str, missing[:4])) + (f" (and {len(missing) - 4} more)" if len(missing) > 4 else "")
+            raise RunDirError(f"{shown} {'is' if len(missing) == 1 else 'are'} missing: epoch {epoch}'s snapshot was "
+                              f"written by {size} processes, one file each, and every file is needed for its rows")
+        # Arrays with one row per sample are in every file; those in rank 0's file alone (the
+        # class sigmas) are not per sample. One process's file is the whole snapshot as it is.
+        per_sample = set(self._peek_keys(files[-1])) - set(SNAPSHOT_SHARD_KEYS) if size > 1 else set()
+        out: dict[str, np.ndarray] = {}
+        end_before, n = 0, 0
+        # One file at a time into arrays allocated once: N values and one shard in memory.
+        for rank, path in enumerate(files):
+            data = self.load_arrays(f"snapshots/{path.name}")
+            try:
+                start, end, num = (int(data.pop(k)) for k in SNAPSHOT_SHARD_KEYS)
+            except (KeyError, TypeError, ValueError):
+                raise RunDirError(f"{path} is not a snapshot shard (it lacks "
+                                  f"{', '.join(SNAPSHOT_SHARD_KEYS)})") from None
+            if rank == 0:
+                n = num
+                out = {k: np.empty((num, *v.shape[1:]), dtype=v.dtype) if k in per_sample else v
+                       for k, v in data.items()}
+            if start != end_before or num != n or not start <= end <= num:
+                raise RunDirError(f"{path} holds rows [{start}, {end}) of N={num}; the files before it end at row "
+                                  f"{end_before} of N={n}")
+            rows = (end - start,)
+            wrong = sorted(k for k in per_sample if k not in data or k not in out
+                           or data[k].shape != rows + out[k].shape[1:])
+            if rank > 0:
+                wrong += sorted(set(data) - per_sample)
+            if wrong:
+                raise RunDirError(f"{path}: {', '.join(wrong)} not as in the other files of epoch {epoch}'s snapshot "
+                                  f"(per-sample arrays of {end - start} rows, its rows [{start}, {end}), in every file)")
+            for k in per_sample:
+                out[k][start:end] = data[k]
+            end_before = end
+        if end_before != n:
+            raise RunDirError(f"{files[-1]} ends at row {end_before} of N={n}: epoch {epoch}'s snapshot shards do not "
+                              "cover every sample")
+        return out
+
+    def _peek_keys(self, path: Path) -> list[str]:
+        """The array names in snapshot file ``path`` (read from the zip directory, not the arrays)."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return list(z.files)
+        except Exception as e:
+            raise RunDirError(f"{path} is unreadable ({type(e).__name__}: {e})") from None
 
     # -- checkpoints ---------------------------------------------------------------------
     def save_checkpoint(self, state: dict[str, Any]) -> None:

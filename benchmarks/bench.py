@@ -62,16 +62,51 @@ from dataparams.presets import get_preset
 from dataparams.runs import RunDir, RunDirError, atomic_write_text
 
 __all__ = ["METHODS", "BenchSpec", "Cell", "finished_sibling", "load_tuning", "parse_cell", "run_cell", "run_grid",
-           "summarize", "tune", "tuning_grid"]
+           "summarize", "tune", "tuning_grid", "TUNING", "main"]
 
-# Method names, variants, tuning settings, trainings and scores come from the one registry.
+# Method names, variants, trainings and scores come from the library's one registry; what each
+# method is tuned over is the bench's.
 METHODS = tuple(REGISTRY)
+
+
+def _opts(**kw: Any) -> str:
+    return f"method_options={json.dumps(kw)}"
+
+
+#: The tuning budget: three settings per method, the paper's or the package's default first (a
+#: grid cell runs the first when nothing was tuned). A setting is a list of config overrides;
+#: ``pipeline.FIELD=VALUE`` entries set a field of a filter pipeline (its other entries are
+#: overrides of its retraining), and ``@name=value`` entries are options of a method only the bench
+#: runs or sets (co-teaching's forget rate as a multiple of the known noise rate, which its paper
+#: uses at 1x; cleanlab's ``filter_by``; AUM's threshold percentile). Data parameters: the paper's
+#: learning rates first, then a log-spaced step up (the small CNN's logits are smaller than
+#: WRN-28-10's, so its temperatures need a larger step to move as far).
+TUNING: dict[str, tuple[tuple[str, ...], ...]] = {
+    "dp-class": (("curriculum.lr_class=0.1",), ("curriculum.lr_class=0.5",), ("curriculum.lr_class=2.5",)),
+    "dp-instance": (("curriculum.lr_instance=0.2",), ("curriculum.lr_instance=1.0",), ("curriculum.lr_instance=5.0",)),
+    "dp-joint": (("curriculum.lr_instance=0.2",), ("curriculum.lr_instance=1.0",), ("curriculum.lr_instance=5.0",)),
+    "superloss": ((_opts(lam=1.0),), (_opts(lam=0.25),), (_opts(lam=4.0),)),
+    "gce": ((_opts(q=0.7),), (_opts(q=0.4),), (_opts(q=0.9),)),
+    "sce": ((_opts(alpha=0.1, beta=1.0),), (_opts(alpha=1.0, beta=1.0),), (_opts(alpha=0.5, beta=0.5),)),
+    "coteaching": (("@forget=1.0",), ("@forget=0.5",), ("@forget=1.25",)),
+    "dp-filter": (("pipeline.retrain=instance",), ("pipeline.retrain=baseline",),
+                  ("pipeline.retrain=instance", "pipeline.score=sigma")),
+    "dp-gce": (("curriculum.loss_q=0.7",), ("curriculum.loss_q=0.4",), ("curriculum.loss_q=0.9",)),
+    "dp-gce-filter": (("pipeline.retrain=instance",), ("pipeline.retrain=baseline",),
+                      ("pipeline.retrain=instance", "curriculum.loss=gce")),
+    "dp-cm-filter": (("pipeline.retrain=baseline",), ("pipeline.retrain=instance",),
+                     ("pipeline.retrain=instance", "curriculum.loss=gce")),
+    "dp-gce-cm-filter": (("pipeline.retrain=baseline",), ("pipeline.retrain=instance",),
+                         ("pipeline.retrain=instance", "curriculum.loss=gce")),
+    "cleanlab": (("@filter_by=prune_by_noise_rate",), ("@filter_by=both",), ("@filter_by=confident_learning",)),
+    "aum": (("@percentile=99",), ("@percentile=90",), ("@percentile=50",)),
+}
 PROTOCOL = (
     "Every method trains the base preset's model on its data with its schedule (for fmnist-noisy40: the small CNN, "
     "the first 10,000 Fashion-MNIST images, 40 epochs of SGD lr 0.05 x0.1 at epochs 20 and 30, momentum 0.9, wd "
     "5e-4, batch 128, no augmentation); 10% of the noisy training data is held out with its noisy labels and is the "
     "only data used to choose anything. Tuning: each method gets the same budget, the three settings of its "
-    "registry entry (the paper's or package's default first), tried on one cell that is never reported (uniform "
+    "entry in benchmarks/bench.py's TUNING (the paper's or package's default first), tried on one cell that is never reported (uniform "
     "40%, seed 100) and chosen by the noisy-validation accuracy at the epoch that accuracy picks. The grid: every "
     "noise setting with seeds 1, 2, 3 for every method (noise, split and initialisation follow the seed). Reported "
     "per cell: test accuracy at the final epoch and at the epoch chosen on the noisy validation split (mean ± std, "
@@ -134,8 +169,8 @@ class BenchSpec:
 # one cell
 # ----------------------------------------------------------------------------------------------
 def tuning_grid(method: str) -> list[list[str]]:
-    """The settings ``method`` is tuned over (the registry's), as lists of overrides."""
-    return [list(t) for t in REGISTRY[method].tuning]
+    """The settings ``method`` is tuned over (:data:`TUNING`), as lists of overrides."""
+    return [list(t) for t in TUNING.get(method, ())]
 
 
 def _setting(spec: BenchSpec, method: str) -> list[str]:
@@ -638,9 +673,9 @@ def summarize(spec: BenchSpec, root: Path) -> dict[str, Any]:
 
     head = " | ".join(f"{n} {_percent(r)}%" for n, r in columns)
     lines = [f"# Bench: {spec.base}, methods x noise, test accuracy (%)", "",
-             "Reproduce any single cell: `dataparams bench --spec spec.json --out OUT --cell METHOD/NOISE_RATE/seedS` "
+             "Reproduce any single cell: `python benchmarks/bench.py --spec spec.json --out OUT --cell METHOD/NOISE_RATE/seedS` "
              "(e.g. `--cell dp-filter/pair40/seed2`; spec.json beside this file holds the grid, the overrides and the "
-             "settings chosen by tuning); the whole grid: `dataparams bench --spec spec.json --out OUT --stage grid "
+             "settings chosen by tuning); the whole grid: `python benchmarks/bench.py --spec spec.json --out OUT --stage grid "
              "--jobs 2`. Cells are `mean ± std (n=seeds)`.", "", f"Protocol: {spec.protocol}", ""]
     for title, key in (("Final epoch", "final_test_acc"), ("Epoch chosen on the noisy validation split",
                                                              "val_selected_test_acc")):
@@ -747,3 +782,75 @@ def load_spec(path: Path | None, **changes: Any) -> BenchSpec:
         raise ConfigError(f"unknown bench method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
     get_preset(f"{spec.base}/baseline")  # fails early on a bad base
     return spec
+
+
+# ----------------------------------------------------------------------------------------------
+# the command line: python benchmarks/bench.py
+# ----------------------------------------------------------------------------------------------
+def _parser() -> Any:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python benchmarks/bench.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Data parameters vs peer methods: run every method on the same model, data and budget over a "
+        "grid of noise models, rates and seeds. Each cell is its own run directory under OUT/cells; finished cells "
+        "are skipped, interrupted ones resume, crashing ones are recorded as failed. Writes OUT/results.md and "
+        "results.json (final epoch and noisy-validation-selected epoch, wall time, detection quality) and "
+        "OUT/results.png (the accuracy tables as bars, when matplotlib is installed).\n\nmethods:\n"
+        + "\n".join(f"  {m.name:<16} {m.summary} ({m.trainings} training{'s' if m.trainings > 1 else ''})"
+                    for m in REGISTRY.values()))
+    p.add_argument("--out", default="runs/bench", help="bench folder (default: %(default)s)")
+    p.add_argument("--spec", help="a JSON file with BenchSpec fields (base, methods, grid, overrides, chosen, folds)")
+    p.add_argument("--base", help="base experiment, default fmnist-noisy40 (its baseline preset sets model, data, "
+                   "epochs and optimizer for every method)")
+    p.add_argument("--methods", nargs="+", choices=list(REGISTRY), metavar="METHOD",
+                   help="subset of the methods listed above, compared side by side (default: all)")
+    p.add_argument("--set", dest="overrides", action="append", metavar="FIELD=VALUE",
+                   help="config override for every cell (replaces the default data.val_fraction=0.1 list); "
+                   "repeat for several")
+    p.add_argument("--stage", choices=["tune", "grid", "all", "summary"], default="all",
+                   help="tune: choose each method's setting on the noisy validation split; grid: run the cells "
+                   "(with the tuned settings when OUT/tuning.json exists); all: both; summary: only rewrite "
+                   "the tables (default: %(default)s)")
+    p.add_argument("--cell", metavar="METHOD/NOISE_RATE/seedS",
+                   help="run one cell only, e.g. dp-filter/pair40/seed2, with the spec's settings (its 'chosen', or "
+                   "OUT/tuning.json); prints its result")
+    p.add_argument("--jobs", type=int, default=1, help="cells run in parallel, each with cores/jobs threads")
+    p.add_argument("--device", default="cpu", help="device of every cell (default: %(default)s)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python benchmarks/bench.py ...``: tune, run the grid, or one cell; prints the table."""
+    args = _parser().parse_args(argv)
+    try:
+        return _main(args)
+    except ConfigError as e:  # a bad spec, cell key or override: one line, as the dataparams command does
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args: Any) -> int:
+    spec = load_spec(Path(args.spec) if args.spec else None, base=args.base, methods=args.methods,
+                     overrides=args.overrides)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.cell:
+        load_tuning(spec, out)
+        result = run_cell(spec, parse_cell(args.cell), out, device=args.device)
+        print(json.dumps({k: v for k, v in result.items() if k != "traceback"}, indent=2, allow_nan=True))
+        return 0 if result["status"] == "ok" else 1
+    atomic_write_text(out / "spec.json", json.dumps(dataclasses.asdict(spec), indent=2) + "\n")
+    if args.stage in ("tune", "all"):
+        tune(spec, out, device=args.device, jobs=args.jobs, quiet=args.quiet)
+    if args.stage in ("grid", "all"):
+        run_grid(spec, out, device=args.device, jobs=args.jobs, quiet=args.quiet)
+    if args.stage == "summary":
+        summarize(spec, out)
+    print((out / ("tuning.md" if args.stage == "tune" else "results.md")).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

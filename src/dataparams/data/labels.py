@@ -1,0 +1,368 @@
+"""Labels as a user gives them, read into class indices and a class list, or refused by row.
+
+Notation: ``N`` samples, ``K`` classes. Every reader returns ``targets`` (N,) int64 in ``[0, K)``,
+the K class names, and why (for :attr:`~dataparams.data.userdata.UserData.choices`).
+
+* Labels written as text (a CSV list, an ``.npz`` ``y`` of strings) are read as a spreadsheet user
+  means them (:func:`encode_labels`; the rules are in :mod:`~dataparams.data.user`'s header):
+  whole numbers are class indices, names are sorted, a missing-value marker or two spellings of
+  one class is an error unless the class list (:func:`read_classes_file`) names them.
+* Labels held in memory (arrays, tensors, the items of a Dataset, a table's column) already have
+  a type: :func:`label_values` turns them into indices or names, :func:`encode_values` into
+  ``targets``.
+
+Every refusal is a :class:`~dataparams.data.userdata.UserDataError` naming the row.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from dataparams.data.userdata import UserDataError
+
+__all__ = [
+    "check_class_list",
+    "check_classes_used",
+    "class_choice",
+    "encode_ints",
+    "encode_labels",
+    "encode_values",
+    "first_rows",
+    "how_they_differ",
+    "is_missing",
+    "label_values",
+    "read_classes_file",
+    "rows_text",
+    "spelling_key",
+    "two_spellings",
+]
+
+# How spreadsheets, pandas and R write an empty cell (compared case-insensitively): such a label
+# is missing, not a class, unless the class list names it.
+_MISSING = frozenset({"", "nan", "-nan", "na", "n/a", "#n/a", "<na>", "null", "none"})
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_PLAIN_INT = re.compile(r"[+-]?\d+")
+_Where = Callable[[int], str]
+
+
+# ---------------------------------------------------------------------------------------------
+# labels written as text: a list, class folders, an .npz
+# ---------------------------------------------------------------------------------------------
+def read_classes_file(path: Path) -> list[str]:
+    """The class list of a ``classes.txt``: one name per line, blank lines skipped, checked by
+    :func:`check_class_list`."""
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserDataError(f"{path}: cannot read the class list ({e})") from None
+    return check_class_list([n for n in names if n], str(path))
+
+
+def check_class_list(classes: Sequence[str], what: str) -> list[str]:
+    """The class list with every name stripped of surrounding whitespace; refused (``what`` names
+    the list) when it is empty, holds an empty name or names a class twice."""
+    classes = [str(c).strip() for c in classes]
+    if not classes:
+        raise UserDataError(f"{what}: the class list is empty")
+    if "" in classes:
+        raise UserDataError(f"{what}: the class list holds an empty name")
+    dup = [c for c, n in Counter(classes).items() if n > 1]
+    if dup:
+        raise UserDataError(f"{what}: class {dup[0]!r} is listed more than once")
+    return classes
+
+
+def _number(label: str) -> int | float | None:
+    """The number a label spells (``3``, ``+3``, ``3.0``, ``2.5e1``), or None for a name."""
+    if not _NUMBER.fullmatch(label):
+        return None
+    return int(label) if _PLAIN_INT.fullmatch(label) else float(label)
+
+
+def spelling_key(label: str) -> Any:
+    """What two spellings of one class share: the casefolded name, or the number a label spells."""
+    # Labels with one key are one class spelled two ways: "Shirt"/"shirt", "1"/"1.0".
+    v = _number(label)
+    return label.casefold() if v is None else float(v)
+
+
+def rows_text(n: int) -> str:
+    """``"1 row"`` or ``"1,234 rows"``, for messages."""
+    return f"{n:,} row" if n == 1 else f"{n:,} rows"
+
+
+def first_rows(rows: Sequence[int], row: Callable[[int], str], limit: int = 4) -> str:
+    """The first ``limit`` of ``rows``, each named by ``row(i)``, and how many more, for messages."""
+    shown = ", ".join(row(i) for i in rows[:limit])
+    return shown + (f" and {len(rows) - limit:,} more" if len(rows) > limit else "")
+
+
+def _check_missing(
+    raw: Sequence[str], known: set[str], where: Callable[[int], str], row: Callable[[int], str]
+) -> None:
+    """One error naming every row whose label is empty or a missing-value marker (``row``: the
+    row without the file name, for the second and later mentions)."""
+    missing = [i for i, label in enumerate(raw) if label.casefold() in _MISSING and label not in known]
+    if not missing:
+        return
+    i = missing[0]
+    first = "empty label" if not raw[i] else f"label {raw[i]!r} is a missing value, not a class"
+    more = ""
+    if len(missing) > 1:
+        others = missing[1:]
+        more = f"; {len(others):,} more {'row' if len(others) == 1 else 'rows'} without a label: "
+        more += first_rows(others, row)
+    markers = sorted({raw[j] for j in missing if raw[j]})
+    hint = ""
+    if markers:
+        verb = "is" if len(markers) == 1 else "are"
+        hint = (
+            f" ({', '.join(repr(m) for m in markers[:4])} {verb} read as a missing value; a class list "
+            "(classes.txt) that names one makes it a class)"
+        )
+    raise UserDataError(
+        f"{where(i)}: {first}{more}. Label every row, or delete the rows to leave those samples out{hint}"
+    )
+
+
+def two_spellings(labels: Sequence[str]) -> tuple[int, int] | None:
+    """``(j, i)``, the first rows of two distinct labels that name one class (differing only in
+    case, or spelling one number), or None."""
+    first: dict[Any, int] = {}
+    for i, label in enumerate(labels):
+        j = first.setdefault(spelling_key(label), i)
+        if labels[j] != label:
+            return j, i
+    return None
+
+
+def how_they_differ(a: str) -> str:
+    """How two spellings of one class differ, ``a`` being one of them: as numbers or only in case."""
+    return "are the same number" if _number(a) is not None else "differ only in case"
+
+
+_ONE_SPELLING = "write one spelling, or list both in classes.txt if they are different classes"
+
+
+def _check_spellings(labels: Sequence[str], where: Callable[[int], str], row: Callable[[int], str]) -> None:
+    pair = two_spellings(labels)
+    if pair is None:
+        return
+    j, i = pair
+    a, b = labels[j], labels[i]
+    counts = Counter(labels)
+    raise UserDataError(
+        f"{where(i)}: labels {a!r} ({rows_text(counts[a])}, first {row(j)}) and {b!r} ({rows_text(counts[b])}) "
+        f"{how_they_differ(a)}; {_ONE_SPELLING}"
+    )
+
+
+def encode_labels(
+    raw: Sequence[str],
+    classes: list[str] | None,
+    where: Callable[[int], str],
+    class_source: str,
+    *,
+    row: Callable[[int], str] | None = None,
+) -> tuple[np.ndarray, list[str], str]:
+    """String labels, whitespace already stripped -> (targets (N,) int64, classes, why).
+
+    ``where(i)`` names row ``i`` with its file; ``row(i)`` without (default ``where``), for the
+    rows an error names after the first.
+
+    With a class list, a label is a class name or, failing that for any label, an integer
+    index into the list (names win so that classes named "3" and "7" are not read as indices).
+    Without one, labels that are all whole numbers index classes "0".."max" (``1.0`` is 1: a
+    spreadsheet that stored the column as decimals means the integer); names are sorted.
+
+    Raises :class:`UserDataError` for an empty label or a missing-value marker (``nan``, ``NA``,
+    ``N/A``, ...; all such rows are named) unless the class list names it, for numeric labels
+    that are not whole, and, without a class list, for two labels that differ only in case or
+    spell one number (``Shirt``/``shirt``, ``1``/``1.0``): a class list that names both makes
+    them two classes.
+    """
+    row = row or where
+    known = set(classes) if classes is not None else set()
+    _check_missing(raw, known, where, row)
+    if classes is not None and all(label in known for label in raw):
+        lookup = {c: k for k, c in enumerate(classes)}
+        targets = np.array([lookup[label] for label in raw], dtype=np.int64)
+        return targets, classes, f"class names from {class_source}"
+    numbers = [_number(label) for label in raw]
+    if all(v is not None for v in numbers):
+        fractional = [i for i, v in enumerate(numbers) if not (isinstance(v, int) or float(v).is_integer())]
+        if fractional:
+            i = fractional[0]
+            raise UserDataError(
+                f"{where(i)}: label {raw[i]!r} is not a whole number ({rows_text(len(fractional))} like it); "
+                "numeric labels are class indices 0, 1, ... For classes named by numbers, list them in "
+                "classes.txt"
+            )
+        values = np.array([int(v) for v in numbers], dtype=np.int64)  # type: ignore[arg-type]
+        targets, classes, why = encode_ints(values, classes, where, class_source)
+        decimal = next((label for label in raw if not _PLAIN_INT.fullmatch(label)), None)
+        if decimal is not None:
+            why += f"; whole numbers written as decimals ({decimal!r}) read as integers"
+        return targets, classes, why
+    if classes is not None:
+        i = next(i for i, label in enumerate(raw) if label not in known)
+        shown = ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else "")
+        near = [c for c in classes if spelling_key(c) == spelling_key(raw[i])]
+        hint = f" (did you mean {near[0]!r}? class names are matched exactly)" if near else ""
+        raise UserDataError(
+            f"{where(i)}: label {raw[i]!r} is not a class{hint}; {class_source} lists {len(classes)}: {shown}"
+        )
+    _check_spellings(raw, where, row)
+    names = sorted(set(raw))
+    lookup = {c: k for k, c in enumerate(names)}
+    return np.array([lookup[label] for label in raw], dtype=np.int64), names, "class names in the labels, sorted"
+
+
+def encode_ints(
+    values: np.ndarray, classes: list[str] | None, where: Callable[[int], str], class_source: str
+) -> tuple[np.ndarray, list[str], str]:
+    """Integer labels -> (targets (N,) int64, classes, why)."""
+    values = values.astype(np.int64)
+    if len(values) and values.min() < 0:
+        i = int(np.flatnonzero(values < 0)[0])
+        raise UserDataError(f"{where(i)}: label {values[i]} is negative; labels are class indices from 0")
+    if classes is not None:
+        if len(values) and values.max() >= len(classes):
+            i = int(np.flatnonzero(values >= len(classes))[0])
+            raise UserDataError(
+                f"{where(i)}: label {values[i]} is not a class; {class_source} lists {len(classes)} "
+                f"(indices 0..{len(classes) - 1})"
+            )
+        return values, classes, f"integer labels index the classes of {class_source}"
+    top = int(values.max()) if len(values) else -1
+    return values, [str(k) for k in range(top + 1)], f"integer labels 0..{top}"
+
+
+def check_classes_used(targets: np.ndarray, classes: list[str], source: str) -> None:
+    """Refuse fewer than two classes, or labels that all name one class (``source`` names the data)."""
+    if len(classes) < 2:
+        raise UserDataError(f"{source}: {len(classes)} class ({', '.join(classes)}); need at least two")
+    present = np.unique(targets)
+    if len(present) < 2:
+        raise UserDataError(
+            f"{source}: all {len(targets):,} samples have the label {classes[int(present[0])]!r}; "
+            "need samples of at least two classes"
+        )
+
+
+def class_choice(classes: list[str], targets: np.ndarray, why: str) -> dict[str, Any]:
+    """The ``classes`` choice: K, and ``why`` (how the classes were found) with the first names and
+    those without samples."""
+    empty = [c for c, n in zip(classes, np.bincount(targets, minlength=len(classes))) if n == 0]
+    shown = ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
+    note = f"; {len(empty)} without samples ({', '.join(empty[:4])})" if empty else ""
+    return {"value": len(classes), "why": f"{why}: {shown}{note}"}
+
+
+# ---------------------------------------------------------------------------------------------
+# labels held in memory: arrays, tensors, Dataset items, table columns
+# ---------------------------------------------------------------------------------------------
+def is_missing(v: Any) -> bool:
+    """Whether a cell holds no value: None, NaN, or pandas' ``NA`` or ``NaT``."""
+    if v is None:
+        return True
+    if isinstance(v, (float, np.floating)):
+        return math.isnan(v)
+    pd = sys.modules.get("pandas")
+    return pd is not None and (v is pd.NA or v is pd.NaT)
+
+
+def label_values(values: Any, where: _Where, what: str) -> np.ndarray | list[str]:
+    """Labels as int64 (N,) class indices or N stripped names; ``what`` names them in messages."""
+    if isinstance(values, Tensor):
+        values = values.detach().cpu().numpy()
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(values, (pd.Series, pd.Index)):
+        arr = values.to_numpy()
+    elif isinstance(values, np.ndarray):
+        arr = values
+    else:
+        arr = np.empty(len(values), dtype=object)
+        arr[:] = list(values)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise UserDataError(f"{what}: labels must be one class per sample, shape (N,), got {arr.shape}")
+    kind = arr.dtype.kind
+    if kind in "iu":
+        return arr.astype(np.int64)
+    if kind == "f":
+        bad = np.flatnonzero(~np.isfinite(arr))
+        if len(bad):
+            more = f"; {len(bad) - 1:,} more rows have none" if len(bad) > 1 else ""
+            raise UserDataError(f"{where(int(bad[0]))}: no label ({arr[bad[0]]}){more}")
+        frac = np.flatnonzero(arr != np.round(arr))
+        if len(frac):
+            raise UserDataError(f"{where(int(frac[0]))}: label {arr[frac[0]]:g} is no class index or name")
+        return arr.astype(np.int64)
+    if kind in "bUS":
+        items: Sequence[Any] = arr.tolist()
+    elif kind == "O":
+        items = arr
+    else:
+        raise UserDataError(f"{what}: labels of dtype {arr.dtype}; give class indices or names")
+    ints: list[int] = []
+    names: list[str] = []
+    for i, v in enumerate(items):
+        if is_missing(v):
+            raise UserDataError(f"{where(i)}: no label ({v!r})")
+        if isinstance(v, Tensor) and v.numel() == 1:
+            v = v.item()
+        if isinstance(v, (bool, np.bool_)):
+            v = str(v)
+        elif isinstance(v, bytes):
+            v = v.decode("utf-8", errors="replace")
+        if isinstance(v, str):
+            names.append(v.strip())
+            if not names[-1]:
+                raise UserDataError(f"{where(i)}: empty label")
+        elif isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and v == round(v)):
+            ints.append(int(v))
+        else:
+            shape = f" of shape {tuple(v.shape)}" if hasattr(v, "shape") else ""
+            raise UserDataError(
+                f"{where(i)}: label {v!r:.60} is a {type(v).__name__}{shape}; a label is one class index or name"
+            )
+        if ints and names:
+            first = f"the number {ints[0]}" if isinstance(v, str) else f"the name {names[0]!r}"
+            raise UserDataError(
+                f"{where(i)}: label {v!r} where an earlier row holds {first}; labels are all class indices "
+                "or all names"
+            )
+    return np.array(ints, dtype=np.int64) if ints or not names else names
+
+
+def encode_values(
+    values: np.ndarray | list[str],
+    classes: list[str] | None,
+    where: _Where,
+    class_source: str,
+    *,
+    codes: str | None = None,
+) -> tuple[np.ndarray, list[str], str]:
+    """Labels -> (targets (N,) int64, classes, why). Names without a class list are sorted.
+    ``codes`` names a column of class codes where -1 means no label (ClassLabel, categorical)."""
+    if isinstance(values, np.ndarray):
+        if codes is not None and len(values) and (values == -1).any():
+            i = int(np.flatnonzero(values == -1)[0])
+            raise UserDataError(f"{where(i)}: no label (-1 in a {codes} column)")
+        return encode_ints(values, classes, where, class_source)
+    if classes is not None:
+        return encode_labels(values, classes, where, class_source)
+    names = sorted(set(values))
+    lookup = {c: k for k, c in enumerate(names)}
+    return np.array([lookup[v] for v in values], dtype=np.int64), names, "class names in the labels, sorted"
