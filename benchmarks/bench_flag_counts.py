@@ -2,7 +2,7 @@
 wrong labels, F1, precision, recall, and the share of wrong labels in what the retraining kept,
 per cell of a finished `python benchmarks/bench.py` grid.
 
-For every cell of a method that drops samples before retraining (dp-cm-filter, dp-gce-filter,
+For every cell of a method that drops samples before retraining (dp-cm-filter, dp-gce-cm-filter, dp-gce-filter,
 dp-filter, cleanlab, AUM), the flagged set is the training pool minus the kept index file the
 cell retrained on (``keep_final_*.npy``); the truth is the corruption mask in the ``labels.npz``
 of the cell's runs (a first stage covers the pool; cleanlab's folds cover it together). The
@@ -22,7 +22,7 @@ import numpy as np
 
 from _table import emit
 
-METHODS = ("dp-cm-filter", "dp-gce-filter", "dp-filter", "cleanlab", "aum")
+METHODS = ("dp-cm-filter", "dp-gce-cm-filter", "dp-gce-filter", "dp-filter", "cleanlab", "aum")
 COLUMNS = ("uniform40", "pair40", "uniform20", "uniform80", "instance40")
 
 

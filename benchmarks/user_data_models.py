@@ -74,7 +74,7 @@ def main() -> None:
              "default before dp-cm-filter); default is `train --data` with no method (now dp-cm-filter, last "
              "epoch kept), default-holdout the same with `--holdout 0.1` (the epoch the noisy held-out 10% "
              "chooses is kept). The rows but the last two were measured before the default changed and are "
-             "reused as they were.", "",
+             "reused as they were; the dp-gce-cm-filter row was added later (2026-12-07), the others reused.", "",
              "| method | " + " | ".join(IMAGE_SETS) + " |", "|---|" + "---:|" * len(IMAGE_SETS)]
     for m in args.methods:
         lines.append(f"| {m} | " + " | ".join(f"{acc[n, m]:.2f}" for n in IMAGE_SETS) + " |")

@@ -369,3 +369,30 @@ def write_filelist(
             lines.append(f"{rel},{classes[k]}\n")
         (root / f"{part}.csv").write_text("".join(lines))
     return root
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now, for a process group's rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def counted_step(model, optimizer, objective, x, y, idx) -> dict:
+    """One training step (zero grads, forward, backward, every optimizer, record) under
+    :func:`dataparams.syncs.count_host_syncs`; the sync points it called, by name."""
+    from dataparams.syncs import count_host_syncs
+
+    with count_host_syncs() as syncs:
+        for o in (optimizer, *objective.optimizers().values()):
+            o.zero_grad(set_to_none=True)
+        logits = model(x)
+        loss, per_sample = objective(logits, x, y, idx)
+        loss.backward()
+        optimizer.step()
+        for o in objective.optimizers().values():
+            o.step()
+        objective.record(idx, per_sample, logits.detach())
+    return dict(syncs.calls)

@@ -28,9 +28,10 @@ from dataparams.detection.box_parameters import (
     ssd_box_parameter_loss,
 )
 from dataparams.detection.curriculum import rank_correlation
-from dataparams.detection.kitti import Compose, KittiDetection, RandomHorizontalFlip, RandomScale
+from dataparams.detection.kitti import KittiDetection
 from dataparams.detection.models import AspectBoxGenerator, build_detector, ssd_training_outputs
 from dataparams.detection.train import AugmentedDetection, epoch_batches
+from dataparams.detection.transforms import Compose, RandomHorizontalFlip, RandomScale
 
 CODER = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
 

@@ -19,9 +19,10 @@ from dataparams.detection.coco import (
     write_synthetic_coco,
 )
 from dataparams.detection.config import validate_detection_config
-from dataparams.detection.kitti import DEFAULT_CLASSES, KittiDetection, hflip
+from dataparams.detection.kitti import DEFAULT_CLASSES, KittiDetection
 from dataparams.detection.presets import get_detection_preset
 from dataparams.detection.synthetic import SyntheticKittiConfig, write_synthetic_kitti
+from dataparams.detection.transforms import hflip
 
 
 def _fashion_mnist():

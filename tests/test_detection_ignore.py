@@ -30,11 +30,11 @@ from dataparams.detection.kitti import (
     KittiObject,
     default_ignore_types,
     format_label_line,
-    hflip,
     write_split_file,
 )
 from dataparams.detection.kitti_eval import NEIGHBOUR_CLASSES
 from dataparams.detection.models import build_detector, ssd_training_outputs
+from dataparams.detection.transforms import hflip
 
 CLASSES = ("Car", "Pedestrian", "Cyclist")
 

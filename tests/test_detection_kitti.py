@@ -9,23 +9,25 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from dataparams.detection.kitti import (
-    Compose,
     KittiDetection,
     KittiFormatError,
     KittiObject,
-    RandomHorizontalFlip,
-    RandomScale,
     box_difficulty,
-    collate_detection,
     format_label_line,
-    hflip,
     parse_label_line,
     read_label_file,
     read_split_file,
-    resize,
-    scale,
     write_label_file,
     write_split_file,
+)
+from dataparams.detection.transforms import (
+    Compose,
+    RandomHorizontalFlip,
+    RandomScale,
+    collate_detection,
+    hflip,
+    resize,
+    scale,
 )
 
 # training/label_2/000000.txt and 000001.txt of KITTI, and the devkit readme's Car line.

@@ -19,7 +19,7 @@ import dataparams.detection.train as train_module
 from dataparams.config import ConfigError
 from dataparams.data.base import DatasetNotFoundError
 from dataparams.detection.config import validate_detection_config
-from dataparams.detection.kitti import KittiDetection, collate_detection
+from dataparams.detection.kitti import KittiDetection
 from dataparams.detection.presets import get_detection_preset
 from dataparams.detection.train import (
     AugmentedDetection,
@@ -28,6 +28,7 @@ from dataparams.detection.train import (
     loader_kwargs,
     train_detection,
 )
+from dataparams.detection.transforms import collate_detection
 
 
 @pytest.fixture(scope="module")

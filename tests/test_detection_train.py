@@ -134,6 +134,31 @@ def test_two_epochs_write_a_run_directory_and_resume_is_exact(data_root, tmp_pat
         assert f.read_text() == (killed / "snapshots" / "detections_epoch_0002" / f.name).read_text()
 
 
+def test_ssd_augmentation_resumes_exactly(data_root, tmp_path, monkeypatch):
+    # SSD's augmentation drops boxes from steps and draws far more random numbers than a flip;
+    # each image's draws still come from (seed, epoch, image), so a killed run resumes bit for bit.
+    torch.set_num_threads(1)
+    cfg = _config(data_root)
+    cfg.data.augment = "ssd"
+    cfg.model.width = 8
+    cfg.eval_every = 2
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    train_detection(cfg, full, quiet=True)
+    _train_until_first_checkpoint(cfg, killed, monkeypatch)
+    train_detection(cfg, killed, resume=True, quiet=True)
+    a, b = RunDir(full).load_checkpoint(), RunDir(killed).load_checkpoint()
+    assert a["config"]["data"]["augment"] == "ssd"
+    for key in ("model", "data_parameters"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), name
+    assert torch.equal(a["box_loss"].nan_to_num(-1), b["box_loss"].nan_to_num(-1))
+    assert _without_times(RunDir(full).read_metrics()) == _without_times(RunDir(killed).read_metrics())
+    for epoch in (1, 2):
+        sa, sb = RunDir(full).load_snapshot(epoch), RunDir(killed).load_snapshot(epoch)
+        assert np.array_equal(sa["box_sigma"], sb["box_sigma"])
+        assert np.array_equal(sa["box_loss"], sb["box_loss"], equal_nan=True)
+
+
 def test_baseline_runs_the_same_code_with_sigma_one(data_root, tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "baseline"

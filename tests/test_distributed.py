@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import fakes
 from dataparams import DataParameters, SparseSGD, scaled_loss
 from dataparams.data.indexed import WithIndex
 from dataparams.data.memory import Augment, InMemoryLoader
@@ -185,11 +185,6 @@ def _worker(rank: int, world_size: int, port: int, tmp: str) -> None:
         ctx.barrier()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
@@ -198,7 +193,7 @@ def runs(tmp_path_factory):
     reference = _train("reference", one)
     # A one-process sharded run to step SAVE_AT, which the two processes resume (1 -> 2).
     _train("sharded", one, stop=SAVE_AT, save_at=SAVE_AT, save_dir=tmp / "saved_by_one")
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, fakes.free_port(), str(tmp)), nprocs=2, join=True)
     ranks = [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(2)]
     return {
         "reference": reference,
@@ -592,7 +587,7 @@ def _agree_worker(rank: int, world_size: int, port: int, tmp: str) -> None:
 
 @pytest.mark.distributed
 def test_ranks_that_disagree_on_their_labels_all_stop_with_one_message(tmp_path):
-    mp.spawn(_agree_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_agree_worker, args=(2, fakes.free_port(), str(tmp_path)), nprocs=2, join=True)
     errors = [torch.load(tmp_path / f"agree{r}.pt", weights_only=False)["error"] for r in range(2)]
     assert errors[0] == errors[1] is not None  # the same message on every rank
     assert "disagree" in errors[0] and "rank 1: labels" in errors[0] and "config" not in errors[0].split("--")[0]
@@ -707,7 +702,7 @@ def _damaged_worker(rank: int, world_size: int, port: int, tmp: str) -> None:
 @pytest.mark.faults
 @pytest.mark.slow
 def test_a_damaged_shard_stops_every_rank_with_one_message(tmp_path):
-    mp.spawn(_damaged_worker, args=(3, _free_port(), str(tmp_path)), nprocs=3, join=True)
+    mp.spawn(_damaged_worker, args=(3, fakes.free_port(), str(tmp_path)), nprocs=3, join=True)
     results = [torch.load(tmp_path / f"damaged{r}.pt", weights_only=False) for r in range(3)]
     errors = [r["error"] for r in results]
     assert errors[0] is not None and errors[0] == errors[1] == errors[2]

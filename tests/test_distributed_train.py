@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+import fakes
 from dataparams.build import validate_config
 from dataparams.config import EXECUTION_FIELDS, ConfigError, apply_overrides, config_to_dict, diff_configs
 from dataparams.distributed import (
@@ -139,11 +139,6 @@ LAUNCHER = textwrap.dedent('''
     sys.exit(main(sys.argv[1:]))
 ''')
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -565,7 +560,7 @@ def test_global_batch_norm_gives_the_single_process_training():
     model = _bn_model()
     reference = _bn_train(model, model, lambda t: t, 1)
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_bn_worker, args=(2, _free_port(), tmp), nprocs=2, join=True)
+        mp.spawn(_bn_worker, args=(2, fakes.free_port(), tmp), nprocs=2, join=True)
         ranks = [torch.load(Path(tmp) / f"bn{r}.pt", weights_only=False) for r in range(2)]
     for got in ranks:
         for key, value in reference["state"].items():

@@ -7,6 +7,7 @@ the same code path is checked by counting the Python calls into operations that 
 import numpy as np
 import torch
 
+import fakes
 from dataparams import DataParameters
 from dataparams.data.memory import Augment, InMemoryLoader
 from dataparams.engine import train_one_epoch
@@ -15,7 +16,7 @@ from dataparams.syncs import count_host_syncs
 
 
 def test_counts_each_kind_of_sync_and_restores_torch():
-    item, getitem = torch.Tensor.item, torch.Tensor.__getitem__
+    item, getitem, tensor = torch.Tensor.item, torch.Tensor.__getitem__, torch.tensor
     x = torch.arange(6.0)
     with count_host_syncs() as syncs:
         x.sum().item()
@@ -28,12 +29,14 @@ def test_counts_each_kind_of_sync_and_restores_torch():
         x[1:3]  # a slice has a static size: not counted
         x.to(torch.float64)  # a dtype change on the device: not counted
         torch.sparse_coo_tensor(torch.tensor([[0, 0]]), torch.ones(2), (3,), check_invariants=False).coalesce()
+        torch.tensor([1, 2], device=x.device)  # host data to the device: a blocking copy on a GPU
+        torch.full((2,), 3, device=x.device)  # filled on the device: not counted
     assert syncs.calls == {"Tensor.item": 1, "Tensor.__bool__": 1, "Tensor[bool mask]": 1, "Tensor.tolist": 1,
-                           "torch.nonzero": 1, "torch.unique": 1, "Tensor.coalesce": 1}
-    assert syncs.total == 7
-    assert torch.Tensor.item is item and torch.Tensor.__getitem__ is getitem
+                           "torch.nonzero": 1, "torch.unique": 1, "Tensor.coalesce": 1, "torch.tensor(device=)": 1}
+    assert syncs.total == 8
+    assert torch.Tensor.item is item and torch.Tensor.__getitem__ is getitem and torch.tensor is tensor
     x.sum().item()  # after the block nothing is counted any more
-    assert syncs.total == 7
+    assert syncs.total == 8
 
 
 def _objective(n=50, k=4):
@@ -54,17 +57,7 @@ def test_a_data_parameter_step_never_waits_for_the_device():
     for _ in range(4):
         x, y = torch.randn(8, 5), torch.randint(0, 4, (8,))
         idx = torch.randperm(50)[:8]
-        with count_host_syncs() as syncs:
-            for o in (opt, *objective.optimizers().values()):
-                o.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss, per_sample = objective(logits, x, y, idx)
-            loss.backward()
-            opt.step()
-            for o in objective.optimizers().values():
-                o.step()
-            objective.record(idx, per_sample, logits.detach())
-        steps.append(dict(syncs.calls))
+        steps.append(fakes.counted_step(model, opt, objective, x, y, idx))
     # The first step allocates the momentum buffers; from then on nothing may read back.
     assert steps[1:] == [{}, {}, {}], steps
     assert not torch.equal(objective.dp.instance_log_sigma[idx], torch.zeros(8))  # it did update

@@ -292,13 +292,18 @@ def _build_objective(cfg: TrainConfig, labels: TrainingLabels, ctx: DistributedC
     """The objective of ``cfg.method``; under torchrun or with sharded data parameters, its
     distributed form (:mod:`dataparams.distributed`) with the registry's settings."""
     c, k, n = cfg.curriculum, labels.num_classes, labels.num_train
+    # Each rank's share of a global batch is at most ceil(B / P) (the loaders split every batch
+    # that way): the padded size of the exchanges, known here, so that not even the first step
+    # reads a size back from the device.
+    b = int(cfg.data.batch_size)
+    max_share = -(-b // ctx.world_size) if b > 0 else None
     if cfg.distributed.mode == "sharded":
         # Built without samples: only the settings it derives from cfg (the per-sample loss) are
         # needed, and the (N,) state is exactly what must not exist on every process.
         template = build_objective(cfg, num_classes=k, num_train=0, device="cpu")
         return ShardedObjective(k, n, ctx=ctx, class_curriculum=c.class_curriculum, init_class=c.init_class,
                                 init_instance=c.init_instance,
-                                clamp=None if c.clamp is None else (c.clamp[0], c.clamp[1]),
+                                clamp=None if c.clamp is None else (c.clamp[0], c.clamp[1]), max_share=max_share,
                                 **_update_options(cfg, template))
     objective = build_objective(cfg, num_classes=k, num_train=n, device=ctx.device, model_factory=model_factory)
     if not ctx.is_distributed:
@@ -307,7 +312,8 @@ def _build_objective(cfg: TrainConfig, labels: TrainingLabels, ctx: DistributedC
         if probabilities_fit(n, k):
             objective.track_probabilities(k)
         return objective
-    return ReplicatedObjective(objective.dp, ctx=ctx, **_update_options(cfg, objective))  # type: ignore[arg-type]
+    return ReplicatedObjective(objective.dp, ctx=ctx, max_share=max_share,  # type: ignore[arg-type]
+                               **_update_options(cfg, objective))
 
 
 def _update_options(cfg: TrainConfig, objective: Any) -> dict[str, Any]:

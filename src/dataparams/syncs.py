@@ -1,8 +1,10 @@
 """Counting the places where Python code waits for the device: the host syncs of a training step.
 
 On a GPU, a step that reads a value back (``.item()``, ``.tolist()``, ``if tensor:``), asks for a
-data-dependent size (``nonzero``, ``unique``, boolean-mask indexing, ``coalesce``) or copies to the
-host stalls the CPU until the queue drains, and the GPU idles while the next step is prepared.
+data-dependent size (``nonzero``, ``unique``, boolean-mask indexing, ``coalesce``), copies to the
+host, or builds a device tensor from host data (``torch.tensor(..., device=...)``: a blocking copy
+from pageable memory, which waits for the stream) stalls the CPU until the queue drains, and the
+GPU idles while the next step is prepared.
 CUDA itself reports these under ``torch.cuda.set_sync_debug_mode``; a CPU has no queue, so that
 mode sees nothing there. :func:`count_host_syncs` instead counts the Python-level calls into the
 operations that synchronise on a GPU, whatever the device the tensors are on: a test on the CPU
@@ -61,9 +63,11 @@ def count_host_syncs() -> Iterator[HostSyncs]:
 
     Counted on tensors of any device: :data:`SYNC_METHODS` and :data:`SYNC_FUNCTIONS`
     (``.cpu()`` included: code calls it to bring a value to the host), indexing with a boolean
-    tensor (a data-dependent size), and ``Tensor.to`` from a device tensor towards the CPU (on a
-    CPU run, ``x.to(device)`` is the copy a GPU run makes towards the device, not counted). One
-    counter at a time (a lock; the patches are process-wide).
+    tensor (a data-dependent size), ``Tensor.to`` from a device tensor towards the CPU (on a
+    CPU run, ``x.to(device)`` is the copy a GPU run makes towards the device, not counted: with
+    ``non_blocking=True`` it need not wait), and ``torch.tensor`` given a ``device`` (host data
+    copied there without that option; on a CPU run too, where the device is the CPU, since a GPU
+    run of the same line copies). One counter at a time (a lock; the patches are process-wide).
     """
     out = HostSyncs()
     saved: list[tuple[Any, str, Any]] = []
@@ -100,6 +104,7 @@ def count_host_syncs() -> Iterator[HostSyncs]:
             for name in SYNC_FUNCTIONS:
                 wrap(torch, name, f"torch.{name}")
             wrap(torch.Tensor, "to", "Tensor.to(cpu)", to_host)
+            wrap(torch, "tensor", "torch.tensor(device=)", lambda *args, **kwargs: kwargs.get("device") is not None)
             wrap(torch.Tensor, "__getitem__", "Tensor[bool mask]", bool_index)
             yield out
         finally:

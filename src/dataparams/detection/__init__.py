@@ -1,7 +1,10 @@
 """Object detection with data parameters: the KITTI experiment of sec. 3.3.
 
 * :mod:`~dataparams.detection.kitti` -- KITTI label files, difficulty levels, split files, the
-  :class:`KittiDetection` dataset with a global per-box index, box-aware augmentations;
+  :class:`KittiDetection` dataset with a global per-box index;
+* :mod:`~dataparams.detection.transforms` -- transforms of ``(image, target)`` items that carry
+  every per-box entry with the boxes: flip, resize, and SSD's augmentation (photometric
+  distortion, zoom-out, IoU crop);
 * :mod:`~dataparams.detection.kitti_eval` -- the official devkit's 2D AP (easy / moderate /
   hard, AP|R40 and 11-point);
 * :mod:`~dataparams.detection.synthetic` -- a small KITTI-format data set of Fashion-MNIST
@@ -46,22 +49,15 @@ from dataparams.detection.curriculum import BoxTable, curriculum_statistics, ran
 from dataparams.detection.kitti import (
     DEFAULT_CLASSES,
     DIFFICULTIES,
-    Compose,
     KittiDetection,
     KittiFormatError,
     KittiObject,
-    RandomHorizontalFlip,
-    RandomScale,
     box_difficulty,
-    collate_detection,
     default_ignore_types,
     format_label_line,
-    hflip,
     parse_label_line,
     read_label_file,
     read_split_file,
-    resize,
-    scale,
     write_label_file,
     write_split_file,
 )
@@ -79,7 +75,9 @@ from dataparams.detection.models import (
     AspectBoxGenerator,
     TinySSDBackbone,
     build_detector,
+    load_detector_weights,
     ssd_training_outputs,
+    weights_file,
 )
 from dataparams.detection.presets import (
     DETECTION_PRESETS,
@@ -99,8 +97,27 @@ from dataparams.detection.synthetic import (
     write_synthetic_kitti,
 )
 from dataparams.detection.train import train_detection
+from dataparams.detection.transforms import (
+    AUGMENTATIONS,
+    Compose,
+    RandomHorizontalFlip,
+    RandomIoUCrop,
+    RandomPhotometricDistort,
+    RandomScale,
+    RandomZoomOut,
+    collate_detection,
+    crop,
+    hflip,
+    photometric_distort,
+    resize,
+    scale,
+    select_boxes,
+    ssd_augmentation,
+    zoom_out,
+)
 
 __all__ = [
+    "AUGMENTATIONS",
     "DEFAULT_CLASSES",
     "DETECTION_PRESETS",
     "DETECTOR_ARCHS",
@@ -120,7 +137,10 @@ __all__ = [
     "KittiObject",
     "KittiSetStatistics",
     "RandomHorizontalFlip",
+    "RandomIoUCrop",
+    "RandomPhotometricDistort",
     "RandomScale",
+    "RandomZoomOut",
     "SSDBoxLoss",
     "SSDBoxParameterLoss",
     "SyntheticKittiConfig",
@@ -130,6 +150,7 @@ __all__ = [
     "box_difficulty",
     "build_detector",
     "collate_detection",
+    "crop",
     "curriculum_statistics",
     "default_ignore_types",
     "describe_kitti_set",
@@ -148,23 +169,29 @@ __all__ = [
     "ignored_anchors",
     "kitti_eval_command",
     "list_detection_presets",
+    "load_detector_weights",
     "load_label_dirs",
     "object_detection_report",
     "parse_label_line",
+    "photometric_distort",
     "rank_correlation",
     "read_label_file",
     "read_split_file",
     "read_truth",
     "resize",
     "scale",
+    "select_boxes",
+    "ssd_augmentation",
     "ssd_box_parameter_loss",
     "ssd_training_outputs",
     "summarize_seeds",
     "train_detection",
     "validate_detection_config",
+    "weights_file",
     "write_label_file",
     "write_split_file",
     "write_synthetic_kitti",
+    "zoom_out",
 ]
 
 

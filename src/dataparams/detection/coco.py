@@ -73,13 +73,12 @@ from torch.utils.data import Dataset
 from dataparams.detection.kitti import (
     DEFAULT_CLASSES,
     KittiObject,
-    Target,
-    Transform,
     box_difficulty,
     box_target,
     image_tensor,
     read_image_array,
 )
+from dataparams.detection.transforms import Target, Transform
 
 __all__ = [
     "COCO_STATS",

@@ -20,6 +20,7 @@ from dataparams.config import ConfigError, config_from_dict
 from dataparams.detection.kitti import DEFAULT_CLASSES
 from dataparams.detection.kitti_eval import MIN_OVERLAP
 from dataparams.detection.models import DETECTOR_ARCHS
+from dataparams.detection.transforms import AUGMENTATIONS
 
 __all__ = [
     "DETECTION_FORMATS",
@@ -53,8 +54,14 @@ class DetectionDataConfig:
     the evaluation is COCO mAP by pycocotools. ``ann_file``, ``image_dir`` and ``invalid_boxes``
     apply to COCO only.
     ``classes`` are the detected classes (labels 1..K); for COCO, empty means every category.
-    ``hflip`` is the probability of a horizontal flip of a training image (the only
-    augmentation: it keeps every box, so every annotation of an image is in its batch).
+    ``augment`` is the training augmentation (:mod:`~dataparams.detection.transforms`):
+    ``flip`` (the default) a horizontal flip only, which keeps every box, so every annotation of
+    an image is in its batch; ``ssd`` SSD's augmentation (Liu et al. 2016: photometric
+    distortion, zoom-out onto a mean-coloured canvas, IoU crop, flip), the paper's setting,
+    since it trained a standard SSD: a box that the crop leaves out is missing from that step
+    (with its ``box_index``), so its data parameter is not updated then. ``kitti/*`` use
+    ``ssd``; the synthetic presets keep ``flip``, with which their published numbers were
+    measured. ``hflip`` is the flip probability under either.
     ``batch_size`` images per step. ``workers`` is the number of DataLoader worker processes;
     none (the default) means ``min(4, usable CPUs)`` on a CUDA device and 0 (load in the training
     process) elsewhere (:func:`~dataparams.detection.train.loader_kwargs`).
@@ -68,6 +75,7 @@ class DetectionDataConfig:
     train_split: str = "train"
     val_split: str = "val"
     classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
+    augment: str = "flip"
     hflip: float = 0.5
     batch_size: int = 32
     eval_batch_size: int = 64
@@ -83,12 +91,18 @@ class DetectionModelConfig:
     training, an anchor matched to no box and lying more than this fraction (of its own area)
     inside an ignore region (DontCare, the devkit's neighbour types, COCO crowd boxes) is no
     negative (:mod:`~dataparams.detection.box_parameters`); none treats such anchors as
-    background, as torchvision's SSD does. The rest is torchvision's post-processing.
+    background, as torchvision's SSD does. ``weights`` (``ssd300_vgg16`` only; ``tiny_ssd``
+    always starts from random weights) is what the detector starts from: none for random
+    weights, a torchvision ``VGG16_Weights`` name such as ``VGG16_Weights.IMAGENET1K_FEATURES``
+    (read from torch hub's cache, never downloaded), or a state_dict file of the VGG16 features
+    or of the whole detector (:func:`~dataparams.detection.models.weights_file`). The rest is
+    torchvision's post-processing.
     """
 
     arch: str = "tiny_ssd"
     image_size: list[int] = field(default_factory=lambda: [128, 256])
     width: int = 64
+    weights: str | None = None
     ignore_overlap: float | None = 0.5
     score_thresh: float = 0.01
     nms_thresh: float = 0.45
@@ -203,6 +217,11 @@ def validate_detection_config(cfg: DetectionConfig) -> None:
                           f"{cfg.model.ignore_overlap}")
     if not 0.0 <= cfg.data.hflip <= 1.0:
         raise ConfigError(f"data.hflip is a probability, got {cfg.data.hflip}")
+    if cfg.data.augment not in AUGMENTATIONS:
+        raise ConfigError(f"unknown data.augment {cfg.data.augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    if cfg.model.weights is not None and cfg.model.arch != "ssd300_vgg16":
+        raise ConfigError(f"model.weights applies to ssd300_vgg16 only; {cfg.model.arch} trains from random "
+                          "weights (set model.weights=none)")
     o = cfg.optim
     if not (o.lr > 0 and 0 <= o.momentum < 1 and o.weight_decay >= 0 and o.warmup_epochs >= 0 and o.gamma > 0):
         raise ConfigError("optim needs lr > 0, 0 <= momentum < 1, weight_decay >= 0, warmup_epochs >= 0, gamma > 0")

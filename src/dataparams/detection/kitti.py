@@ -54,8 +54,9 @@ they cover out of its negatives (:mod:`dataparams.detection.box_parameters`).
 Notation: ``M`` kept boxes in one image, ``D`` DontCare boxes in one image, ``R`` ignore regions
 in one image (``D`` of them DontCare), ``K`` classes,
 ``B`` kept boxes in the whole dataset (the number of per-box data parameters). Boxes are
-``(x1, y1, x2, y2)`` in pixels, read as continuous coordinates: a horizontal flip maps ``x`` to
-``W - x``, a resize multiplies by the scale factor (torchvision's convention).
+``(x1, y1, x2, y2)`` in pixels, read as continuous coordinates (torchvision's convention); the
+transforms of ``(image, target)`` items, which move them with the pixels, are in
+:mod:`dataparams.detection.transforms`.
 """
 
 from __future__ import annotations
@@ -63,15 +64,16 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
+
+from dataparams.detection.transforms import Target, Transform
 
 __all__ = [
     "DEFAULT_CLASSES",
@@ -79,17 +81,12 @@ __all__ = [
     "MAX_OCCLUSION",
     "MAX_TRUNCATION",
     "MIN_HEIGHT",
-    "Compose",
     "KittiDetection",
     "KittiFormatError",
     "KittiObject",
-    "RandomHorizontalFlip",
-    "RandomScale",
     "box_difficulty",
-    "collate_detection",
     "default_ignore_types",
     "format_label_line",
-    "hflip",
     "parse_label_line",
     "read_label_file",
     "read_split_file",
@@ -98,8 +95,6 @@ __all__ = [
     "image_tensor",
     "read_image_array",
     "CHEN_SPLIT_SIZES",
-    "resize",
-    "scale",
     "write_label_file",
     "write_split_file",
 ]
@@ -112,9 +107,6 @@ MAX_OCCLUSION: tuple[int, ...] = (0, 1, 2)
 MAX_TRUNCATION: tuple[float, ...] = (0.15, 0.30, 0.50)
 
 _IMAGE_ID = re.compile(r"^\d+$")
-
-Target = dict[str, Any]
-Transform = Callable[[torch.Tensor, Target], tuple[torch.Tensor, Target]]
 
 
 class KittiFormatError(ValueError):
@@ -417,146 +409,6 @@ def make_split(root: str | os.PathLike, *, seed: int = 0, label_dir: str = "trai
 
 
 # ---------------------------------------------------------------------------------------------
-# augmentations on (image, target)
-# ---------------------------------------------------------------------------------------------
-_BOX_KEYS = ("boxes", "dontcare", "ignore")
-
-
-def _with_boxes(target: Target, fn: Callable[[torch.Tensor], torch.Tensor]) -> Target:
-    out = dict(target)
-    for key in _BOX_KEYS:
-        if key in out:
-            out[key] = fn(out[key])
-    return out
-
-
-def hflip(image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
-    """Mirror the image left-right and move ``boxes``, ``dontcare`` and ``ignore`` with it.
-
-    Parameters
-    ----------
-    image : Tensor (C, H, W)
-    target : dict with ``boxes`` (M, 4) and optionally ``dontcare`` (D, 4) and ``ignore``
-        (R, 4), xyxy
-
-    Returns
-    -------
-    image, target
-        New objects; ``x1' = W - x2``, ``x2' = W - x1``; every other entry, ``box_index``
-        included, is passed through unchanged.
-    """
-    width = image.shape[-1]
-
-    def flip(boxes: torch.Tensor) -> torch.Tensor:
-        return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
-
-    return image.flip(-1), _with_boxes(target, flip)
-
-
-def resize(image: torch.Tensor, target: Target, size: tuple[int, int]) -> tuple[torch.Tensor, Target]:
-    """Resize to ``size = (H', W')`` (bilinear, antialiased) and scale the boxes with it.
-
-    Parameters
-    ----------
-    image : Tensor (C, H, W), float
-    target : dict with ``boxes`` (M, 4) and optionally ``dontcare`` (D, 4) and ``ignore`` (R, 4)
-    size : (int, int)
-
-    Returns
-    -------
-    image (C, H', W'), target
-        x coordinates times ``W'/W``, y coordinates times ``H'/H``; ``box_index`` and the
-        per-box annotation fields (``difficulty``, ``height``, ... of the original label) are
-        unchanged.
-    """
-    new_h, new_w = int(size[0]), int(size[1])
-    if new_h < 1 or new_w < 1:
-        raise ValueError(f"size must be positive, got {size}")
-    old_h, old_w = image.shape[-2:]
-    out = F.interpolate(
-        image[None], size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
-    )[0]
-    factor = torch.tensor([new_w / old_w, new_h / old_h, new_w / old_w, new_h / old_h])
-
-    def move(boxes: torch.Tensor) -> torch.Tensor:
-        return boxes * factor.to(boxes.dtype)
-
-    return out, _with_boxes(target, move)
-
-
-def scale(image: torch.Tensor, target: Target, factor: float) -> tuple[torch.Tensor, Target]:
-    """Resize by ``factor`` (both sides, rounded to whole pixels); see :func:`resize`."""
-    if factor <= 0:
-        raise ValueError(f"factor must be positive, got {factor}")
-    h, w = image.shape[-2:]
-    return resize(image, target, (max(1, round(h * factor)), max(1, round(w * factor))))
-
-
-class Compose:
-    """Apply ``(image, target)`` transforms in order."""
-
-    def __init__(self, transforms: Sequence[Transform]) -> None:
-        self.transforms = list(transforms)
-
-    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
-        for t in self.transforms:
-            image, target = t(image, target)
-        return image, target
-
-
-class RandomHorizontalFlip:
-    """:func:`hflip` with probability ``p``, drawn from ``generator`` (seeded randomness).
-
-    Parameters
-    ----------
-    p : float
-    generator : torch.Generator, optional
-        Without one, torch's global generator is used (seeded per worker by the DataLoader).
-    """
-
-    def __init__(self, p: float = 0.5, *, generator: torch.Generator | None = None) -> None:
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must lie in [0, 1], got {p}")
-        self.p = p
-        self.generator = generator
-
-    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
-        if torch.rand((), generator=self.generator).item() < self.p:
-            return hflip(image, target)
-        return image, target
-
-
-class RandomScale:
-    """:func:`scale` by a factor drawn uniformly from ``[low, high]``.
-
-    Parameters
-    ----------
-    low, high : float
-    generator : torch.Generator, optional
-    """
-
-    def __init__(
-        self, low: float = 0.8, high: float = 1.25, *, generator: torch.Generator | None = None
-    ) -> None:
-        if not 0 < low <= high:
-            raise ValueError(f"need 0 < low <= high, got {low}, {high}")
-        self.low, self.high = low, high
-        self.generator = generator
-
-    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
-        u = torch.rand((), generator=self.generator).item()
-        return scale(image, target, self.low + (self.high - self.low) * u)
-
-
-def collate_detection(
-    batch: Sequence[tuple[torch.Tensor, Target]],
-) -> tuple[list[torch.Tensor], list[Target]]:
-    """DataLoader ``collate_fn``: images and targets as lists (images differ in size)."""
-    images, targets = zip(*batch) if batch else ((), ())
-    return list(images), list(targets)
-
-
-# ---------------------------------------------------------------------------------------------
 # dataset
 # ---------------------------------------------------------------------------------------------
 def default_ignore_types(classes: Sequence[str]) -> tuple[str, ...]:
@@ -667,7 +519,8 @@ class KittiDetection(Dataset):
 
     ``box_index`` is assigned once, at construction, by enumerating the kept objects of the
     whole dataset in image order (the split file's order, or sorted ids) and line order, so
-    ``box_index`` of an annotation is the same in every epoch, worker and augmentation.
+    ``box_index`` of an annotation is the same in every epoch, worker and augmentation. A
+    transform that drops boxes (SSD's crop) drops them from every ``(M,)`` entry together.
 
     Parameters
     ----------
@@ -684,7 +537,8 @@ class KittiDetection(Dataset):
         Types (case-insensitive) whose boxes are ignore regions (``target["ignore"]``); default
         :func:`default_ignore_types` of ``classes``. Pass ``()`` for none.
     transforms : callable ``(image, target) -> (image, target)``, optional
-        E.g. ``Compose([RandomHorizontalFlip(), RandomScale()])``.
+        E.g. ``Compose([RandomHorizontalFlip(), RandomScale()])``
+        (:mod:`~dataparams.detection.transforms`).
     image_dir, label_dir : str
         Relative to ``root``.
 

@@ -18,6 +18,10 @@ adds three things:
   head, default boxes, matching) returning the pieces instead of torchvision's fixed loss, so
   that :mod:`~dataparams.detection.box_parameters` can scale each anchor's logits by the sigma
   of the box it is matched to.
+* :func:`weights_file` and :func:`load_detector_weights` -- starting ``ssd300_vgg16`` from
+  torchvision's ImageNet VGG16 features (the weights torchvision's SSD recipe assumes) or from a
+  local state_dict, without ever downloading: a torchvision weights name is looked up in torch
+  hub's cache only.
 
 Notation: ``B`` images in a batch, ``A`` default boxes (anchors) per image, ``C = K + 1``
 classes with background 0, ``M_b`` ground-truth boxes in image ``b``.
@@ -26,9 +30,13 @@ classes with background 0, ``M_b`` ground-truth boxes in image ``b``.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
@@ -37,12 +45,17 @@ from torchvision.models.detection.ssd import SSD, SSDHead, ssd300_vgg16
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import boxes as box_ops
 
+from dataparams.config import ConfigError
+from dataparams.detection.transforms import REGION_KEYS
+
 __all__ = [
     "DETECTOR_ARCHS",
     "AspectBoxGenerator",
     "TinySSDBackbone",
     "build_detector",
+    "load_detector_weights",
     "ssd_training_outputs",
+    "weights_file",
 ]
 
 #: Architectures :func:`build_detector` knows.
@@ -55,8 +68,6 @@ _SSD300_SCALES = [0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05]
 # it; each level covers its scale and the geometric mean with the next one.
 _TINY_ASPECTS = [[2, 3], [2, 3], [2, 3], [2, 3]]
 _TINY_SCALES = [0.12, 0.24, 0.42, 0.64, 0.9]
-# Target entries holding boxes that torchvision's transform does not resize (it knows "boxes").
-_REGION_KEYS = ("ignore", "dontcare")
 
 
 class AspectBoxGenerator(DefaultBoxGenerator):
@@ -114,7 +125,7 @@ class TinySSDBackbone(nn.Module):
     Notes
     -----
     Batch norm lets a network this small train from scratch with SGD at a high learning rate
-    (no pretrained weights are used anywhere). The output is an ``OrderedDict`` of
+    (it always starts from random weights). The output is an ``OrderedDict`` of
     ``(B, c, H / s, W / s)`` maps, as torchvision's SSD expects, and ``out_channels`` lists ``c``.
     """
 
@@ -156,14 +167,16 @@ def build_detector(
     nms_thresh: float = 0.45,
     detections_per_img: int = 100,
     topk_candidates: int = 200,
+    weights: str | os.PathLike[str] | None = None,
+    load_weights: bool = True,
 ) -> SSD:
-    """A randomly initialised torchvision ``SSD`` for ``num_classes`` object classes.
+    """A torchvision ``SSD`` for ``num_classes`` object classes, random or from ``weights``.
 
     Parameters
     ----------
     arch : {"ssd300_vgg16", "tiny_ssd"}
         ``ssd300_vgg16``: torchvision's ``ssd300_vgg16(weights=None, weights_backbone=None)``,
-        all layers trainable; for an ``image_size`` other than 300 x 300 its input transform and
+        all layers trainable unless ``weights`` are given; for an ``image_size`` other than 300 x 300 its input transform and
         default boxes are rebuilt for that size (same scales and aspect ratios, relative to the
         image height, tiled over the feature maps). ``tiny_ssd``: :class:`TinySSDBackbone`
         with torchvision's ``SSDHead`` and four levels of six default boxes.
@@ -175,11 +188,24 @@ def build_detector(
         Width of ``tiny_ssd`` (ignored otherwise).
     score_thresh, nms_thresh, detections_per_img, topk_candidates
         torchvision's post-processing settings.
+    weights : str or path-like, optional
+        ``ssd300_vgg16`` only: a torchvision ``VGG16_Weights`` name or a state_dict file
+        (:func:`weights_file`, :func:`load_detector_weights`). As torchvision's
+        ``ssd300_vgg16`` does with any pretrained weights (``trainable_backbone_layers=4``), the
+        first VGG stage (conv1_1, conv1_2) is then frozen.
+    load_weights : bool
+        False builds the model ``weights`` would give (the same frozen layers) without reading
+        the file: for a resume, whose checkpoint replaces every weight.
 
     Returns
     -------
     torchvision.models.detection.SSD
         Nothing is downloaded.
+
+    Raises
+    ------
+    ConfigError
+        ``weights`` for ``tiny_ssd``, or weights that cannot be found or loaded.
     """
     if arch not in DETECTOR_ARCHS:
         raise ValueError(f"unknown detector {arch!r}; choose one of {', '.join(DETECTOR_ARCHS)}")
@@ -190,8 +216,12 @@ def build_detector(
         raise ValueError(f"image_size must be at least 32 x 32, got {tuple(image_size)}")
     post: dict[str, Any] = dict(score_thresh=score_thresh, nms_thresh=nms_thresh,
                                 detections_per_img=detections_per_img, topk_candidates=topk_candidates)
+    if weights is not None and arch != "ssd300_vgg16":
+        raise ConfigError(f"model.weights applies to ssd300_vgg16 only; {arch} trains from random weights")
+    # Looked up before the (slow) build, so that a missing file fails at once.
+    path = weights_file(weights) if weights is not None and load_weights else None
     if arch == "ssd300_vgg16":
-        # Without pretrained weights torchvision trains every layer (trainable_backbone_layers=5).
+        # Built without weights (torchvision would download them); loaded below from a local file.
         model = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=num_classes + 1, **post)
         if (height, width_px) != (300, 300):
             transform = model.transform
@@ -203,11 +233,152 @@ def build_detector(
             # the boxes are tiled evenly over whatever feature maps the input gives.
             model.anchor_generator = AspectBoxGenerator(_SSD300_ASPECTS, scales=_SSD300_SCALES,
                                                         image_size=(height, width_px))
+        if weights is not None:
+            if path is not None:
+                load_detector_weights(model, path)
+            _freeze_first_vgg_stage(model)
         return model
     backbone = TinySSDBackbone(width)
     anchors = AspectBoxGenerator(_TINY_ASPECTS, scales=_TINY_SCALES, image_size=(height, width_px))
     head = SSDHead(backbone.out_channels, anchors.num_anchors_per_location(), num_classes + 1)
     return SSD(backbone, anchors, (width_px, height), num_classes + 1, head=head, **post)
+
+
+# ---------------------------------------------------------------------------------------------
+# starting weights
+# ---------------------------------------------------------------------------------------------
+_WEIGHTS_NAME = re.compile(r"^[A-Za-z0-9_]+_Weights\.[A-Za-z0-9_]+$")
+_VGG_KEY = re.compile(r"^(?:features\.)?(\d+)\.(weight|bias)$")
+# The convolutions of torchvision's vgg16().features (conv1_1 ... conv5_3), by module index.
+_VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+
+
+def weights_file(weights: str | os.PathLike[str]) -> Path:
+    """The local file of ``model.weights``; nothing is ever downloaded.
+
+    Parameters
+    ----------
+    weights : str or path-like
+        A torchvision weights name of the SSD backbone, ``VGG16_Weights.IMAGENET1K_FEATURES``
+        (the ImageNet features torchvision's ``ssd300_vgg16`` starts from, ported from the SSD
+        authors' VGG; its input normalisation is the SSD model's) or another ``VGG16_Weights``
+        member, resolved with ``torchvision.models.get_weight``; or the path of a state_dict file.
+
+    Returns
+    -------
+    Path
+        For a name, the file torchvision would have downloaded into torch hub's cache,
+        ``torch.hub.get_dir()/checkpoints/<file name of the weights' URL>``.
+
+    Raises
+    ------
+    ConfigError
+        An unknown or non-VGG16 weights name, a name whose file is not in the cache (the message
+        names the file, the folder and the URL to fetch it from by hand), or a missing path.
+    """
+    text = os.fspath(weights)
+    if _WEIGHTS_NAME.match(text) and not Path(text).exists():
+        from torchvision.models import get_weight
+
+        try:
+            enum = get_weight(text)
+        except (KeyError, ValueError, AttributeError) as e:
+            raise ConfigError(f"model.weights {text!r} is no torchvision weights name ({e})") from None
+        if type(enum).__name__ != "VGG16_Weights":
+            raise ConfigError(f"model.weights {text!r}: ssd300_vgg16 takes VGG16_Weights (its backbone), e.g. "
+                              "VGG16_Weights.IMAGENET1K_FEATURES, or a state_dict file")
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        path = folder / os.path.basename(urlparse(enum.url).path)
+        if not path.is_file():
+            raise ConfigError(
+                f"model.weights {text}: {path.name} is not in torch hub's cache {folder}, and nothing is downloaded "
+                f"here. Put the file there (from {enum.url}), or point model.weights at a local state_dict file, "
+                "or set model.weights=none to train from random weights")
+        return path
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"model.weights {text!r}: no such file (expected a torchvision VGG16_Weights name or a "
+                          "state_dict file)")
+    return path
+
+
+def load_detector_weights(model: SSD, path: str | os.PathLike[str]) -> str:
+    """Load a state_dict file into an ``ssd300_vgg16`` model.
+
+    Parameters
+    ----------
+    model : SSD
+        Built by :func:`build_detector` (``ssd300_vgg16``).
+    path : path-like
+        Read with ``torch.load(weights_only=True)``. Either VGG16 weights -- torchvision's
+        ``vgg16().state_dict()`` (``features.N.*``; ``classifier.*`` is ignored, as the SSD has
+        no classifier) or ``vgg16().features.state_dict()`` (``N.*``) -- whose 13 convolutions
+        go to the backbone: ``features.N`` is ``backbone.features.N`` up to conv4_3 and
+        ``backbone.extra.0.{N - 23}`` for conv5_1 to conv5_3, as torchvision's
+        ``SSDFeatureExtractorVGG`` splits the VGG; or a whole detector's state_dict (``backbone.*``
+        and ``head.*``, also as the ``"model"`` entry of a checkpoint such as a run's
+        ``checkpoint.pt``), loaded strictly: same architecture and number of classes.
+
+    Returns
+    -------
+    str
+        ``"backbone"`` or ``"detector"``: what was loaded.
+
+    Raises
+    ------
+    ConfigError
+        A file that is no such state_dict, or whose shapes do not fit the model.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same configuration error
+        raise ConfigError(f"model.weights {path}: cannot be read as a state_dict ({type(e).__name__}: {e})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not state:
+        raise ConfigError(f"model.weights {path}: expected a state_dict, got {type(state).__name__}")
+    keys = [str(k) for k in state]
+    if any(k.startswith("backbone.") for k in keys):
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ConfigError(f"model.weights {path}: a detector state_dict that does not fit this model: {e}") from None
+        return "detector"
+    vgg = {}
+    for key, value in state.items():
+        match = _VGG_KEY.match(str(key))
+        if match is None:
+            if str(key).startswith("classifier."):
+                continue
+            raise ConfigError(f"model.weights {path}: neither VGG16 weights nor a detector state_dict (key {key!r})")
+        vgg[(int(match.group(1)), match.group(2))] = value
+    wanted = {(i, kind) for i in _VGG16_CONVS for kind in ("weight", "bias")}
+    if set(vgg) != wanted:
+        missing = sorted(wanted - set(vgg))
+        extra = sorted(set(vgg) - wanted)
+        raise ConfigError(f"model.weights {path}: not VGG16's 13 convolutions (missing {missing[:4]}, unexpected "
+                          f"{extra[:4]})")
+    # torchvision's split of the VGG: features[:maxpool4] up to conv4_3, the rest in extra[0].
+    split = len(model.backbone.features)
+    mapped = {(f"backbone.features.{i}.{kind}" if i < split else f"backbone.extra.0.{i - split}.{kind}"): value
+              for (i, kind), value in vgg.items()}
+    own = model.state_dict()
+    for key, value in mapped.items():
+        if key not in own or own[key].shape != value.shape:
+            raise ConfigError(f"model.weights {path}: {key} does not fit the model "
+                              f"({tuple(value.shape)} vs {tuple(own[key].shape) if key in own else 'absent'})")
+    model.load_state_dict(mapped, strict=False)
+    return "backbone"
+
+
+def _freeze_first_vgg_stage(model: SSD) -> None:
+    """Freeze the layers before the first max-pool (conv1_1, conv1_2), as torchvision's
+    ``_vgg_extractor`` does with ``trainable_layers=4``, its default for pretrained weights."""
+    features = model.backbone.features
+    first_pool = next(i for i, layer in enumerate(features) if isinstance(layer, nn.MaxPool2d))
+    for layer in features[:first_pool]:
+        for p in layer.parameters():
+            p.requires_grad_(False)
 
 
 def ssd_training_outputs(
@@ -256,7 +427,7 @@ def ssd_training_outputs(
     image_list, resized = model.transform(list(images), [dict(t) for t in targets])
     assert resized is not None
     for image, new_size, target in zip(images, image_list.image_sizes, resized):
-        for key in _REGION_KEYS:
+        for key in REGION_KEYS:  # torchvision's transform resizes "boxes" only
             if key in target:
                 target[key] = resize_boxes(target[key], list(image.shape[-2:]), list(new_size))
     for i, target in enumerate(resized):

@@ -67,17 +67,25 @@ Paper (sec. 3.3): SSD on KITTI 2D detection, train/val split of Chen et al. [3] 
 ImageSets/train.txt and val.txt in data.root), classes Car, Pedestrian, Cyclist (the paper reports Car;
 all three are trained and evaluated here), one data parameter per box annotation, instance level only,
 lr_instance 0.1, no momentum, no weight decay, init sigma 1 (sec. 3.1); negatives use the batch's mean
-box sigma. Detector: torchvision ssd300_vgg16(weights=None, weights_backbone=None): nothing is
-downloaded, so the VGG16 backbone trains from scratch (the paper presumably started from ImageNet
-weights; with such weights, load them into the model before training).
+box sigma. Detector: torchvision's ssd300_vgg16 started, as torchvision's SSD recipe is, from the ImageNet
+VGG16 features (model.weights VGG16_Weights.IMAGENET1K_FEATURES, the SSD authors' VGG as ported by
+torchvision), with conv1 frozen as torchvision does with pretrained weights. Nothing is downloaded: the
+file (vgg16_features-amdegroot-88682ab5.pth) must be in torch hub's cache (torch.hub.get_dir()/checkpoints,
+by default ~/.cache/torch/hub/checkpoints; the run stops naming it otherwise), or model.weights can name a local state_dict file; model.weights=none
+trains every layer from random weights, for which this schedule was not made.
 Our choices where the paper is silent: input 384 x 1248 (H x W) instead of 300 x 300, because KITTI
 images are 375 x 1242 and squashing them to a square shrinks widths four-fold (a 25 px tall pedestrian
 would be 2-3 px wide); default boxes keep SSD300's scales and aspect ratios relative to the image height,
 tiled over the feature maps. Schedule after torchvision's SSD300 reference recipe (SGD lr 0.002 for a
 batch of 32, momentum 0.9, weight decay 5e-4, x0.1 steps late in training) with a one-epoch warm-up
-for the from-scratch VGG; 240 epochs of 116 iterations (about 28k iterations, a quarter of the SSD
-paper's VOC schedule, for a data set a fifth of VOC's size), steps at epochs 160 and 220. Horizontal
-flips only (SSD's zoom-in crops would cut and drop boxes, i.e. change which annotations a batch holds).
+(ours: the new head and extra layers start random); 240 epochs of 116 iterations (about 28k iterations,
+a quarter of the SSD paper's VOC schedule, for a data set a fifth of VOC's size), steps at epochs 160 and
+220. SSD's augmentation (data.augment ssd, as torchvision's recipe and the SSD paper: photometric
+distortion, zoom-out up to 4x on a mean-coloured canvas, IoU crop, horizontal flip), since the paper
+trained a standard SSD: a box the crop cuts away is absent from that step with its box_index (its data
+parameter gets no update then), a clipped box keeps its index; the crop's aspect ratio is bounded
+relative to the 384 x 1248 input rather than absolutely (torchvision's bound assumes a square input).
+data.augment=flip keeps every box in every step.
 Sigma clamped to [1/20, 20] as in the released classification code. No gradient through the negatives'
 mean sigma (see dataparams.detection.box_parameters). DontCare regions and the devkit's neighbour types (Van
 for Car, Person_sitting for Pedestrian) are ignore regions: an anchor matched to no box and more than half
@@ -92,7 +100,8 @@ variant gives 20% of the train boxes another class). Detector: tiny_ssd (a 7-lay
 norm, torchvision SSDHead, 4 levels of 6 default boxes, scales 0.12-0.9 of the image height for the
 12-96 px objects) at the native 128 x 256, so that an epoch of 900 images takes about 20 s on one core.
 Schedule (our choice, tuned once on the clean set's validation split): SGD lr 0.05, momentum 0.9,
-weight decay 5e-4, batch 16, one warm-up epoch then cosine to zero over 12 epochs; horizontal flips.
+weight decay 5e-4, batch 16, one warm-up epoch then cosine to zero over 12 epochs; horizontal flips
+only (data.augment flip; the committed numbers were measured so; ssd is SSD's augmentation).
 Data parameters: the paper's settings (no momentum, no weight decay, init 1, clamp [1/20, 20]) except
 the learning rate. The SSD loss is divided by the batch's positive anchors (130-200 in a batch of 16
 here), so the gradient on a box's log sigma is small: median 0.01-0.02, 90th percentile 0.03-0.07
@@ -108,10 +117,11 @@ def _kitti(curriculum: bool) -> DetectionConfig:
     return DetectionConfig(
         preset=f"kitti/{'instance' if curriculum else 'baseline'}",
         seed=1,
-        data=DetectionDataConfig(root="", train_split="train", val_split="val", hflip=0.5, batch_size=32,
-                                 eval_batch_size=32),
+        data=DetectionDataConfig(root="", train_split="train", val_split="val", augment="ssd", hflip=0.5,
+                                 batch_size=32, eval_batch_size=32),
         model=DetectionModelConfig(arch="ssd300_vgg16", image_size=[384, 1248], score_thresh=0.01,
-                                   nms_thresh=0.45, detections_per_img=100),
+                                   nms_thresh=0.45, detections_per_img=100,
+                                   weights="VGG16_Weights.IMAGENET1K_FEATURES"),
         optim=DetectionOptimConfig(epochs=240, lr=0.002, momentum=0.9, weight_decay=5e-4, schedule="multistep",
                                    milestones=[160, 220], gamma=0.1, warmup_epochs=1.0),
         curriculum=BoxCurriculumConfig(instance_curriculum=curriculum, init_instance=1.0, lr_instance=0.1,

@@ -22,9 +22,13 @@ Run directory (:class:`~dataparams.runs.RunDir`)::
                             IoU 0.7, easy / moderate / hard; COCO mAP for COCO data,
                             :mod:`~dataparams.detection.summary`)
 
-Reproducibility: the order of the images and each image's flip are functions of (seed, epoch,
-image) only, and a checkpoint after every epoch holds all state, so that a resumed run ends
-bit for bit where an uninterrupted one does on the CPU (``tests/test_detection_train.py``).
+Reproducibility: the order of the images and each image's augmentation (a flip, or SSD's
+augmentation, ``data.augment``) are functions of (seed, epoch, image) only, and a checkpoint after
+every epoch holds all state, so that a resumed run ends bit for bit where an uninterrupted one
+does on the CPU (``tests/test_detection_train.py``).
+
+``snapshots/epoch_NNNN.npz`` ``box_loss`` is the loss of each box in that epoch: NaN for a box
+that no anchor matched, or that SSD's crop left out of every step of the epoch.
 
 Loading: the training and validation DataLoaders are built once per run. On a CUDA device they
 use worker processes by default (``data.workers`` none: :func:`loader_kwargs`), kept alive across
@@ -63,14 +67,18 @@ from dataparams.detection.kitti import (
     DIFFICULTIES,
     KittiDetection,
     KittiObject,
-    RandomHorizontalFlip,
-    collate_detection,
     read_label_file,
     write_label_file,
 )
 from dataparams.detection.kitti_eval import evaluate
-from dataparams.detection.models import build_detector, ssd_training_outputs
+from dataparams.detection.models import build_detector, ssd_training_outputs, weights_file
 from dataparams.detection.summary import format_headline, headline
+from dataparams.detection.transforms import (
+    AUGMENTATIONS,
+    RandomHorizontalFlip,
+    collate_detection,
+    ssd_augmentation,
+)
 from dataparams.engine import Execution, resolve_device
 from dataparams.optim import SparseSGD
 from dataparams.parameters import DataParameters
@@ -99,29 +107,42 @@ def _mix(*values: int) -> int:
 
 
 class AugmentedDetection(Dataset):
-    """The training images with a horizontal flip drawn per (seed, epoch, image).
+    """The training images with their augmentation drawn per (seed, epoch, image).
 
     Parameters
     ----------
-    base : KittiDetection
+    base : KittiDetection or CocoDetection
         Without transforms of its own.
     hflip : float
         Flip probability.
     seed : int
+    augment : {"flip", "ssd"}
+        ``flip``: a horizontal flip only, which keeps every box. ``ssd``: SSD's augmentation
+        (:func:`~dataparams.detection.transforms.ssd_augmentation`: photometric distortion,
+        zoom-out, IoU crop, then the flip), whose crop drops the boxes centred outside it from
+        every per-box entry: their data parameters get no gradient in that step.
+    input_aspect : float, optional
+        W / H of the network input, for the SSD crop's aspect check.
 
     Notes
     -----
-    Each item seeds its own generator, so the augmentation does not depend on the order of the
-    images, on the number of loader workers, or on what ran before: the key to resuming a run
-    exactly. ``box_index`` passes through the flip unchanged. An item is asked for by image
-    index (flipped as in the epoch of :meth:`set_epoch`) or by ``(epoch, index)``, as
+    Each item seeds its own generators, one per transform, from (seed, epoch, image, transform),
+    so the augmentation does not depend on the order of the images, on the number of loader
+    workers, or on what ran before: the key to resuming a run exactly. The flip has the same
+    stream under both settings, so an image is flipped in the same epochs either way.
+    ``box_index`` passes through every transform. An item is asked for by image index
+    (augmented as in the epoch of :meth:`set_epoch`) or by ``(epoch, index)``, as
     :class:`EpochBatchSampler` yields them: worker processes that persist across epochs hold
     their own copy of this object, which a later ``set_epoch`` in the main process would not
     reach.
     """
 
-    def __init__(self, base: KittiDetection, *, hflip: float, seed: int) -> None:
+    def __init__(self, base: Dataset, *, hflip: float, seed: int, augment: str = "flip",
+                 input_aspect: float | None = None) -> None:
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
         self.base, self.hflip, self.seed = base, float(hflip), int(seed)
+        self.augment, self.input_aspect = augment, input_aspect
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -133,9 +154,17 @@ class AugmentedDetection(Dataset):
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[Tensor, dict[str, Any]]:
         epoch, index = (int(index[0]), int(index[1])) if isinstance(index, tuple) else (self.epoch, int(index))
         image, target = self.base[index]
+
+        def generator(stream: int) -> torch.Generator:
+            return torch.Generator().manual_seed(_mix(self.seed, epoch, index, stream))
+
+        if self.augment == "ssd":
+            # Stream 1 is the flip's under both settings; 2-4 distortion, zoom-out, crop.
+            transform = ssd_augmentation(hflip=self.hflip, input_aspect=self.input_aspect,
+                                         generators=[generator(2), generator(3), generator(4), generator(1)])
+            return transform(image, target)
         if self.hflip > 0:
-            g = torch.Generator().manual_seed(_mix(self.seed, epoch, index, 1))
-            image, target = RandomHorizontalFlip(self.hflip, generator=g)(image, target)
+            image, target = RandomHorizontalFlip(self.hflip, generator=generator(1))(image, target)
         return image, target
 
 
@@ -411,6 +440,8 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
     DataLoaders it builds are appended to ``loaders`` for the caller to close."""
     dev = resolve_device(device)
     execution = Execution.create(dev, amp)
+    if cfg.model.weights is not None and not resume:
+        weights_file(cfg.model.weights)  # a missing weights file stops the run before any data is read
 
     # -- data --------------------------------------------------------------------------------
     root = Path(cfg.data.root)
@@ -431,14 +462,16 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
     has_checkpoint = run.prepare(config, resume=resume, overwrite=overwrite)
     if not has_checkpoint:
         run.save_arrays("labels.npz", **table.as_arrays())
-    augmented = AugmentedDetection(train_set, hflip=cfg.data.hflip, seed=cfg.seed)
+    augmented = AugmentedDetection(train_set, hflip=cfg.data.hflip, seed=cfg.seed, augment=cfg.data.augment,
+                                   input_aspect=cfg.model.image_size[1] / cfg.model.image_size[0])
 
     # -- model, data parameters, optimizers --------------------------------------------------
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     model = build_detector(cfg.model.arch, train_set.num_classes, image_size=cfg.model.image_size,
                            width=cfg.model.width, score_thresh=cfg.model.score_thresh,
-                           nms_thresh=cfg.model.nms_thresh, detections_per_img=cfg.model.detections_per_img)
+                           nms_thresh=cfg.model.nms_thresh, detections_per_img=cfg.model.detections_per_img,
+                           weights=cfg.model.weights, load_weights=not has_checkpoint)
     model = execution.model(model)
     c = cfg.curriculum
     data_parameters = DataParameters(
@@ -517,6 +550,9 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
         model.train()
         sums = torch.zeros(4, dtype=torch.float64)  # classification, regression, negative sigma, batches
         bar = bar_factory(epoch, len(sampler)) if bar_factory is not None else None
+        # This epoch's losses only: a box that SSD's crop leaves out of every batch reads NaN, as
+        # an unmatched box does, rather than an earlier epoch's loss.
+        box_loss.fill_(float("nan"))
         lr = optimizer.param_groups[0]["lr"]
         try:
             for images, targets in loader:

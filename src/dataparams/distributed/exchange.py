@@ -1,13 +1,14 @@
 """Replicated data parameters: every rank holds all of them and the ranks swap the batch's gradients.
 
 :class:`ReplicatedExchange` does the swap (one all-gather of the batch's ``(row, gradient)``
-pairs per step); :class:`ReplicatedObjective` and its optimizer :class:`ExchangeOptimizer` put it
-into the engine's loop.
+pairs per step, padded to a size every rank knows, so that no rank waits for the device to learn
+another's); :class:`ReplicatedObjective` and its optimizer :class:`ExchangeOptimizer` put it into
+the engine's loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,11 +16,20 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
-from dataparams.distributed.collectives import NO_BYTES, all_gather_ragged, index_dtype_for
+from dataparams.distributed.collectives import NO_BYTES, all_gather_with_head, as_dtype, index_dtype_for
 from dataparams.distributed.context import DistributedContext
-from dataparams.distributed.steps import StepPlan, check_batch, distributed_loss, loss_weights
+from dataparams.distributed.steps import (
+    StepPlan,
+    agree_on_capacity,
+    check_batch,
+    device_check,
+    distributed_loss,
+    fill_padding,
+    loss_weights,
+)
 from dataparams.losses import scaled_loss
 from dataparams.objectives import DataParameterObjective
+from dataparams.optim import merge_rows
 from dataparams.parameters import DataParameters
 
 __all__ = ["ExchangeOptimizer", "ReplicatedExchange", "ReplicatedObjective"]
@@ -30,7 +40,7 @@ class ReplicatedExchange:
 
     A step::
 
-        plan = exchange.begin_step(y, idx)                        # all-gather of B_r
+        plan = exchange.begin_step(y, idx)                        # all-gather of B_r (on the device)
         sigma, penalty = exchange.sigma_and_regularizer(plan, wd_class=..., wd_instance=...)
         loss = distributed_loss(scaled_loss(loss_fn, ddp_model(x), y, sigma, reduction="none"),
                                 penalty, global_batch_size=plan.global_batch_size,
@@ -44,9 +54,17 @@ class ReplicatedExchange:
     data_parameters : DataParameters
         The replica on this rank (all ``N`` rows), initialised identically on every rank.
     ctx : DistributedContext
+    max_share : int, optional
+        The most samples a rank's share of any step holds (``ceil(B / P)`` for global batches
+        of ``B`` split as :func:`~dataparams.distributed.split_sizes` splits them), the same on
+        every rank: every share is padded to it. Without it the first step reads the gathered
+        sizes back once and pads every later share to that step's largest; a later, larger
+        share stops every rank with a ``ValueError``.
 
     Attributes
     ----------
+    capacity : int or None
+        The padded share size (``max_share``, or the first step's largest share).
     bytes_total : int
         Data-parameter bytes received by this rank over all steps.
 
@@ -57,9 +75,13 @@ class ReplicatedExchange:
     scaler's check for infinities decides alike everywhere.
     """
 
-    def __init__(self, data_parameters: DataParameters, ctx: DistributedContext) -> None:
+    def __init__(self, data_parameters: DataParameters, ctx: DistributedContext, *,
+                 max_share: int | None = None) -> None:
+        if max_share is not None and max_share < 1:
+            raise ValueError(f"max_share must be >= 1, got {max_share}")
         self.dp = data_parameters
         self.ctx = ctx
+        self.capacity = max_share
         self.bytes_total = 0
 
     def _params(self) -> list[Tensor]:
@@ -68,7 +90,7 @@ class ReplicatedExchange:
         return [p for p in (self.dp.class_log_sigma, self.dp.instance_log_sigma) if p.requires_grad]
 
     def begin_step(self, targets: Tensor, indices: Tensor) -> StepPlan:
-        """Agree on the global batch size ``B``: one all-gather of ``B_r``.
+        """Agree on the global batch size ``B``: one all-gather of ``B_r``, kept on the device.
 
         Parameters
         ----------
@@ -78,9 +100,13 @@ class ReplicatedExchange:
         device = self.dp.class_log_sigma.device
         targets, indices = check_batch(targets, indices, self.dp.class_log_sigma.shape[0],
                                        self.dp.instance_log_sigma.shape[0], device)
-        meta, _, nbytes = all_gather_ragged([targets.shape[0]], NO_BYTES, 0, self.ctx)
+        n = targets.shape[0]
+        head = torch.full((1,), n, dtype=torch.int64, device=self.ctx.device)
+        heads, _, nbytes = all_gather_with_head(head, NO_BYTES, 0, self.ctx)
+        counts = heads[:, 0].to(device)
+        self.capacity = agree_on_capacity(counts, n, self.capacity)
         self.bytes_total += nbytes
-        return StepPlan(targets, indices, meta[:, 0].tolist(), self.ctx.rank, nbytes)
+        return StepPlan(targets, indices, counts, self.capacity, self.ctx.rank, nbytes)
 
     def sigma_and_regularizer(
         self, plan: StepPlan, *, wd_class: float = 0.0, wd_instance: float = 0.0
@@ -91,12 +117,19 @@ class ReplicatedExchange:
     def all_reduce_gradients(self, plan: StepPlan) -> int:
         """Replace each data-parameter gradient by the sum over ranks times ``1/P``.
 
-        Each rank coalesces its sparse gradients (a class present many times travels once) and
-        all-gathers its ``(row, value)`` pairs, packed into one byte buffer with their counts:
-        one collective, padded to the most a share of ``max(B_r)`` samples can produce
-        (a second one only if a gradient lists more rows than its share has samples, e.g.
-        accumulated over several forward passes). The new ``.grad`` is a sparse COO tensor
-        that lists every rank's rows in rank order; the optimizer sums a row's entries.
+        Each rank sums its sparse gradients' repeated rows (:func:`merge_and_pad`: a class
+        present many times travels once) and all-gathers its ``(row, value)`` pairs with their
+        counts, packed into one byte buffer of a size every rank knows: ``min(C, R)`` pairs of a
+        table of ``R`` rows, ``C`` the plan's capacity. One collective, and nothing read back.
+        The new ``.grad`` is a sparse COO tensor that lists every rank's rows in rank order,
+        then the padding, which names a listed row with the value -0.0 (:func:`fill_padding`),
+        so the optimizer's sums and its set of present rows are those of the listed pairs.
+
+        A rank whose gradient lists more distinct rows than ``min(C, R)`` (accumulated over more
+        samples than a share holds) stops every rank with a ``ValueError``. If no rank lists a
+        row of a level (no rank's loss used it), the padding names row 0, which the optimizer
+        then updates with a zero gradient (its momentum decays); a step whose loss uses sigma
+        lists every sample's rows.
 
         Parameters
         ----------
@@ -111,58 +144,81 @@ class ReplicatedExchange:
         params = self._params()
         if not self.ctx.is_distributed or not params:
             return 0
-        parts = []
-        for p in params:
+        index_dtype = index_dtype_for(max(p.shape[0] for p in params))
+        caps = [min(plan.capacity, p.shape[0]) for p in params]
+        counts, pieces = [], []
+        for p, cap in zip(params, caps):
             g = p.grad
             if g is None:
                 rows, values = torch.empty(0, dtype=torch.long, device=p.device), p.new_empty(0)
             elif not g.is_sparse:
                 raise TypeError("data-parameter gradients must be sparse (gather rows with DataParameters)")
             else:
-                g = g.coalesce()
-                rows, values = g.indices()[0], g.values()
-            parts.append((rows.to(self.ctx.device), values.to(self.ctx.device)))
-        index_dtype = index_dtype_for(max(p.shape[0] for p in params))
-        isz = index_dtype.itemsize
-        bound = sum(min(max(plan.counts), p.shape[0]) * (isz + p.element_size()) for p in params)
-        meta, payloads, nbytes = all_gather_ragged(
-            [r.shape[0] for r, _ in parts], _pack(parts, index_dtype), bound, self.ctx
-        )
-        pieces = [_unpack(payloads[r], meta[r].tolist(), index_dtype, [p.dtype for p in params])
-                  for r in range(self.ctx.world_size)]
-        scale = loss_weights(plan.global_batch_size, self.ctx.world_size).data_gradient
-        for j, p in enumerate(params):
-            rows = torch.cat([piece[j][0] for piece in pieces]).to(p.device, torch.long)
-            values = torch.cat([piece[j][1] for piece in pieces]).to(p.device) * scale
-            p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, p.shape, check_invariants=False)
+                rows, values = g._indices()[0], g._values()
+            rows, sums, count = merge_and_pad(rows, values, cap)
+            counts.append(count)
+            pieces += [rows.to(self.ctx.device, index_dtype).view(torch.uint8),
+                       sums.to(self.ctx.device, p.dtype).view(torch.uint8)]
+        capacity = sum(cap * (index_dtype.itemsize + p.element_size()) for p, cap in zip(params, caps))
+        heads, payloads, nbytes = all_gather_with_head(torch.stack(counts).to(self.ctx.device), torch.cat(pieces),
+                                                       capacity, self.ctx)
+        fits = torch.stack([(heads[:, j] <= cap).all() for j, cap in enumerate(caps)]).all()
+        device_check(fits, lambda: ValueError(f"a rank's data-parameter gradient lists more distinct rows than the "
+                                              f"{caps} its share can produce: one backward per begin_step"))
+        scale = loss_weights(1, self.ctx.world_size).data_gradient  # 1 / P, whatever B is
+        at = 0
+        for j, (p, cap) in enumerate(zip(params, caps)):
+            rows = as_dtype(payloads[:, at : at + cap * index_dtype.itemsize], index_dtype)
+            at += cap * index_dtype.itemsize
+            sums = as_dtype(payloads[:, at : at + cap * p.element_size()], p.dtype)
+            at += cap * p.element_size()
+            valid = (torch.arange(cap, device=heads.device) < heads[:, j : j + 1]).reshape(-1)
+            rows, _ = fill_padding(rows.reshape(-1).to(torch.long), valid)
+            # Times 1/P entry by entry, as the combined pairs always were; -0.0 on the padding.
+            values = torch.where(valid, sums.reshape(-1) * scale, -0.0)
+            p.grad = torch.sparse_coo_tensor(rows.to(p.device).unsqueeze(0), values.to(p.device), p.shape,
+                                             check_invariants=False)
         self.bytes_total += nbytes
         plan.bytes_exchanged += nbytes
         return nbytes
 
 
-def _pack(parts: Sequence[tuple[Tensor, Tensor]], index_dtype: torch.dtype) -> Tensor:
-    """Rows and values of every part as one flat uint8 buffer: a single collective moves all."""
-    pieces = []
-    for rows, values in parts:
-        pieces.append(rows.to(index_dtype).contiguous().view(torch.uint8))
-        pieces.append(values.contiguous().view(torch.uint8))
-    return torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.uint8)
+def merge_and_pad(rows: Tensor, values: Tensor, capacity: int) -> tuple[Tensor, Tensor, Tensor]:
+    """A sparse gradient's pairs with repeated rows summed, padded to ``capacity``: what
+    ``coalesce`` gives, at a size known on the host.
 
+    Parameters
+    ----------
+    rows : LongTensor (M,)
+    values : Tensor (M,)
+        The listed pairs, a row possibly listed several times.
+    capacity : int
+        At least the number ``U`` of distinct rows (checked by the caller against the count).
 
-def _unpack(buf: Tensor, counts: Sequence[int], index_dtype: torch.dtype,
-            value_dtypes: Sequence[torch.dtype]) -> list[tuple[Tensor, Tensor]]:
-    """Inverse of :func:`_pack` for one rank's buffer."""
-    out, at = [], 0
-    isz = index_dtype.itemsize
-    for n, dtype in zip(counts, value_dtypes):
-        vsz = dtype.itemsize
-        # clone: a byte slice at an odd offset cannot be reinterpreted in place.
-        rows = buf[at : at + n * isz].clone().view(index_dtype)
-        at += n * isz
-        values = buf[at : at + n * vsz].clone().view(dtype)
-        at += n * vsz
-        out.append((rows, values))
-    return out
+    Returns
+    -------
+    rows : LongTensor (capacity,)
+        The ``U`` distinct rows, sorted, then zeros.
+    sums : Tensor (capacity,)
+        Each row's values summed in the order ``coalesce`` sums them
+        (:func:`~dataparams.optim.merge_rows`), then zeros.
+    count : LongTensor ()
+        ``U``, on the device.
+    """
+    out_rows = rows.new_zeros(capacity + 1)
+    out_sums = values.new_zeros(capacity + 1)
+    if rows.numel() == 0:
+        return out_rows[:capacity], out_sums[:capacity], rows.new_zeros(())
+    rows, sums = merge_rows(rows, values)  # sorted; each pair carries its row's sum
+    first = torch.ones_like(rows, dtype=torch.bool)
+    first[1:] = rows[1:] != rows[:-1]
+    slot = first.cumsum(0) - 1
+    # The first pair of each row goes to the row's slot; repeats, and rows past the capacity,
+    # to the spare last slot, which is dropped.
+    dest = torch.where(first, slot, capacity).clamp_max(capacity)
+    out_rows.index_put_((dest,), rows)
+    out_sums.index_put_((dest,), sums)
+    return out_rows[:capacity], out_sums[:capacity], slot[-1] + 1
 
 
 class ExchangeOptimizer:
@@ -246,14 +302,17 @@ class ReplicatedObjective(DataParameterObjective):
     data_parameters : DataParameters
         Initialised identically on every rank.
     ctx : DistributedContext
+    max_share : int, optional
+        As in :class:`ReplicatedExchange`.
     **options
         As in :class:`~dataparams.objectives.DataParameterObjective`.
     """
 
-    def __init__(self, data_parameters: DataParameters, *, ctx: DistributedContext, **options: Any) -> None:
+    def __init__(self, data_parameters: DataParameters, *, ctx: DistributedContext, max_share: int | None = None,
+                 **options: Any) -> None:
         super().__init__(data_parameters, **options)
         self.ctx = ctx
-        self.exchange = ReplicatedExchange(data_parameters, ctx)
+        self.exchange = ReplicatedExchange(data_parameters, ctx, max_share=max_share)
         #: The plan of the step in flight, set by ``forward``; the optimizer reads it.
         self.current_plan: StepPlan | None = None
         self._exchanging = {name: ExchangeOptimizer(opt, self) for name, opt in super().optimizers().items()}

@@ -33,10 +33,23 @@ from dataparams.distributed.checkpoint import (
     save_hashed,
     shard_advice,
 )
-from dataparams.distributed.collectives import all_gather_padded, all_gather_ragged, index_dtype_for, unpad
+from dataparams.distributed.collectives import (
+    NO_BYTES,
+    all_gather_padded,
+    all_gather_with_head,
+    as_dtype,
+    index_dtype_for,
+)
 from dataparams.distributed.context import DistributedContext
 from dataparams.distributed.sampling import shard_range, split_sizes
-from dataparams.distributed.steps import StepPlan, check_batch, distributed_loss, loss_weights
+from dataparams.distributed.steps import (
+    StepPlan,
+    agree_on_capacity,
+    check_batch,
+    distributed_loss,
+    fill_padding,
+    loss_weights,
+)
 from dataparams.losses import per_sample_cross_entropy, scaled_loss
 from dataparams.objectives import Objective
 from dataparams.optim import sparse_sgd_step
@@ -51,29 +64,32 @@ __all__ = ["ShardedDataParameters", "ShardedObjective", "ShardedOptimizer", "Sha
 class ShardedStepPlan(StepPlan):
     """A :class:`StepPlan` of :class:`ShardedDataParameters`, with what the step fetched.
 
+    The global batch is held padded (``P C`` positions, ``C`` the plan's capacity, see
+    :class:`StepPlan`): sizes fixed on the host, which positions hold a sample on the device.
+
     Attributes
     ----------
     class_log_sigma, instance_log_sigma : Tensor (B_r,) or None
         Leaf tensors holding ``log sigma`` of this rank's samples (None for a level that is off).
         The forward pass uses them; ``backward`` fills their ``.grad``, which
         :meth:`ShardedDataParameters.step` sends to the owners.
-    global_targets, global_indices : LongTensor (B,) or None
-        The whole global batch (targets when the class level is on, indices when the instance
-        level is on).
-    owned_positions : LongTensor or None
-        Positions in the global batch whose instance row this rank owns.
+    global_targets, global_indices : LongTensor (P C,) or None
+        The padded global batch (targets when the class level is on, indices when the instance
+        level is on); 0 at the padding.
+    owned : BoolTensor (P C,) or None
+        The positions of the padded global batch whose instance row this rank owns.
     per_sample_loss : Tensor (B_r,) or None
         This rank's per-sample losses, set by a caller that wants them sent to the owners with
         the gradients (:meth:`ShardedDataParameters.gather_gradients`'s ``extra``).
-    global_loss : Tensor (B,) or None
-        Every rank's ``per_sample_loss``, in global-batch order, once gathered.
+    global_loss : Tensor (P C,) or None
+        Every rank's ``per_sample_loss``, in the padded global batch's order, once gathered.
     """
 
     class_log_sigma: Tensor | None = None
     instance_log_sigma: Tensor | None = None
     global_targets: Tensor | None = None
     global_indices: Tensor | None = None
-    owned_positions: Tensor | None = None
+    owned: Tensor | None = None
     per_sample_loss: Tensor | None = None
     global_loss: Tensor | None = None
 
@@ -110,6 +126,11 @@ class ShardedDataParameters(nn.Module):
         The update of each level, as in :class:`~dataparams.SparseSGD` (weight decay on present
         rows; the paper's decay is the regulariser, so keep it 0). The learning rates are plain
         attributes, for schedules.
+    max_share : int, optional
+        The most samples a rank's share of any step holds, the same on every rank: every share
+        is padded to it (as in :class:`~dataparams.distributed.ReplicatedExchange`). Without it
+        the first step reads the gathered sizes back once and pads every later share to that
+        step's largest; a later, larger share stops every rank with a ``ValueError``.
 
     Attributes
     ----------
@@ -118,6 +139,8 @@ class ShardedDataParameters(nn.Module):
         This rank's rows only; left out of ``state_dict`` (use :meth:`save` and :meth:`load`).
     shard : (int, int)
         ``(start, end)``.
+    capacity : int or None
+        The padded share size (``max_share``, or the first step's largest share).
     bytes_total : int
         Data-parameter bytes received by this rank over all steps.
     """
@@ -138,6 +161,7 @@ class ShardedDataParameters(nn.Module):
         momentum: float = 0.9,
         nesterov: bool = False,
         weight_decay: float = 0.0,
+        max_share: int | None = None,
     ) -> None:
         super().__init__()
         # A one-row DataParameters validates the options and applies its initialisation and
@@ -152,6 +176,8 @@ class ShardedDataParameters(nn.Module):
             raise ValueError("need lr_class, lr_instance, weight_decay >= 0 and 0 <= momentum < 1")
         if nesterov and momentum <= 0:
             raise ValueError("Nesterov momentum requires a momentum > 0")
+        if max_share is not None and max_share < 1:
+            raise ValueError(f"max_share must be >= 1, got {max_share}")
         self.ctx = ctx
         self.num_classes, self.num_instances = int(num_classes), int(num_instances)
         self.class_curriculum, self.instance_curriculum = bool(class_curriculum), bool(instance_curriculum)
@@ -159,9 +185,7 @@ class ShardedDataParameters(nn.Module):
         self.lr_class, self.lr_instance = float(lr_class), float(lr_instance)
         self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
         self.shard = shard_range(self.num_instances, ctx.world_size, ctx.rank)
-        # Bytes of the largest share of (index, target) pairs seen: the padding of begin_step's
-        # gather (see collectives.all_gather_ragged).
-        self._capacity = 0
+        self.capacity = max_share
         self.bytes_total = 0
         rows = self.shard[1] - self.shard[0]
         device = ctx.device
@@ -178,10 +202,11 @@ class ShardedDataParameters(nn.Module):
     def begin_step(self, targets: Tensor, indices: Tensor) -> ShardedStepPlan:
         """Make the global batch known and fetch this rank's log-sigmas from their owners.
 
-        Two collectives, both O(B): an all-gather of ``B_r`` and the local (index, target)
-        pairs (padded to the largest share seen so far, so the first step, or a larger batch,
-        takes one more); an all-reduce of the ``B`` instance values, each filled in by its owner
-        (zeros elsewhere, so the sum is exact).
+        Two collectives, both O(B), and nothing read back: an all-gather of ``B_r`` and the local
+        (index, target) pairs padded to the capacity ``C``; an all-reduce of the ``P C`` instance
+        values of the padded global batch, each filled in by its owner (zeros elsewhere, so the
+        sum is exact). The first step of a process without ``max_share`` gathers the sizes
+        first and reads them back once, to fix ``C``.
 
         Parameters
         ----------
@@ -190,22 +215,30 @@ class ShardedDataParameters(nn.Module):
         """
         device = self.class_log_sigma.device
         targets, indices = check_batch(targets, indices, self.num_classes, self.num_instances, device)
+        n = targets.shape[0]
         columns = []
         if self.instance_curriculum:
             columns.append(indices)
         if self.class_curriculum:
             columns.append(targets)
         index_dtype = index_dtype_for(max(self.num_instances, self.num_classes))
-        local = torch.stack(columns, 1) if columns else indices.new_empty((indices.shape[0], 0))
-        payload = local.to(self.ctx.device, index_dtype).contiguous().view(torch.uint8).reshape(-1)
-        meta, payloads, nbytes = all_gather_ragged([targets.shape[0]], payload, self._capacity, self.ctx)
-        # The same lengths reach every rank, so the capacity stays equal everywhere.
-        self._capacity = max(self._capacity, *(p.numel() for p in payloads))
-        plan = ShardedStepPlan(targets, indices, meta[:, 0].tolist(), self.ctx.rank)
+        local = torch.stack(columns, 1) if columns else indices.new_empty((n, 0))
+        head = torch.full((1,), n, dtype=torch.int64, device=self.ctx.device)
+        nbytes = 0
+        if self.capacity is None:
+            heads, _, nbytes = all_gather_with_head(head, NO_BYTES, 0, self.ctx)
+            self.capacity = agree_on_capacity(heads[:, 0], n, None)
+        cap = self.capacity
+        # A share larger than the capacity sends what fits; the check below stops every rank.
+        payload = local[:cap].to(self.ctx.device, index_dtype).contiguous().view(torch.uint8).reshape(-1)
+        heads, payloads, more = all_gather_with_head(head, payload, cap * len(columns) * index_dtype.itemsize,
+                                                     self.ctx)
+        nbytes += more
+        counts = heads[:, 0].to(device)
+        agree_on_capacity(counts, n, cap)
+        plan = ShardedStepPlan(targets, indices, counts, cap, self.ctx.rank)
         if columns:
-            # clone: a byte slice at an odd offset cannot be reinterpreted in place.
-            everything = torch.cat([p.clone().view(index_dtype) for p in payloads]).view(-1, len(columns))
-            everything = everything.to(device, torch.long)
+            everything = as_dtype(payloads, index_dtype).reshape(-1, len(columns)).to(device, torch.long)
             if self.instance_curriculum:
                 plan.global_indices = everything[:, 0]
             if self.class_curriculum:
@@ -215,16 +248,18 @@ class ShardedDataParameters(nn.Module):
         if self.instance_curriculum:
             g = plan.global_indices
             start, end = self.shard
-            owned = ((g >= start) & (g < end)).nonzero().squeeze(1)
-            plan.owned_positions = owned
-            values = self.instance_log_sigma.new_zeros(g.shape[0])
-            values[owned] = self.instance_log_sigma.index_select(0, g[owned] - start)
+            plan.owned = plan.valid & (g >= start) & (g < end)  # type: ignore[operator]
+            values = self.instance_log_sigma.new_zeros(g.shape[0])  # type: ignore[union-attr]
+            if end > start:
+                # Every position reads a row of the shard; those this rank does not own keep 0.
+                rows = (g - start).clamp(0, end - start - 1)  # type: ignore[operator]
+                values = torch.where(plan.owned, self.instance_log_sigma.index_select(0, rows), values)
             if self.ctx.is_distributed:
                 values = values.to(self.ctx.device)
                 dist.all_reduce(values)
                 nbytes += 2 * (self.ctx.world_size - 1) * values.numel() * values.element_size() // self.ctx.world_size
                 values = values.to(device)
-            mine = values[plan.offset : plan.offset + targets.shape[0]]
+            mine = values[plan.offset : plan.offset + n]
             plan.instance_log_sigma = mine.clone().requires_grad_(True)
         plan.bytes_exchanged = nbytes
         self.bytes_total += nbytes
@@ -273,7 +308,8 @@ class ShardedDataParameters(nn.Module):
             From this step's :meth:`begin_step`, after ``backward``.
         grad_scale : float, optional
             The loss scale of a ``torch.amp.GradScaler`` (``scaler.get_scale()``): gradients are
-            divided by it, and the step is skipped, on every rank alike, when one is not finite.
+            divided by it, and the step is skipped, on every rank alike, when one is not finite
+            (which is read back: a host sync, as in the scaler's own ``step``).
 
         Returns
         -------
@@ -298,15 +334,15 @@ class ShardedDataParameters(nn.Module):
     def gather_gradients(self, plan: ShardedStepPlan, extra: Tensor | None = None) -> Tensor | None:
         """Every rank's per-sample data-parameter gradients of this step, times ``1/P``: O(B).
 
-        One all-gather of this rank's ``(B_r, L)`` gradients (``L`` levels on), with ``extra``
-        as one more column when given (a per-sample value the owners need, such as the loss;
-        it lands in ``plan.global_loss`` unscaled).
+        One all-gather of this rank's ``(B_r, L)`` gradients (``L`` levels on) padded to the
+        plan's capacity, with ``extra`` as one more column when given (a per-sample value the
+        owners need, such as the loss; it lands in ``plan.global_loss`` unscaled).
 
         Returns
         -------
-        Tensor (B, L) or None
-            Rows in global-batch order; columns as in :meth:`apply_gradients`. None when both
-            levels are off.
+        Tensor (P C, L) or None
+            Rows in the order of the padded global batch (zeros at the padding); columns as in
+            :meth:`apply_gradients`. None when both levels are off.
         """
         leaves = self._leaves(plan)
         if not leaves:
@@ -317,17 +353,14 @@ class ShardedDataParameters(nn.Module):
         if extra is not None:
             columns.append(extra.detach().to(columns[0].dtype))
         local = torch.stack(columns, 1)
-        if self.ctx.is_distributed:
-            gathered, b = all_gather_padded(local.to(self.ctx.device), max(plan.counts), self.ctx)
-            plan.bytes_exchanged += b
-            self.bytes_total += b
-            everything = unpad(gathered, plan.counts).to(local.device)
-        else:
-            everything = local
+        gathered, b = all_gather_padded(local.to(self.ctx.device), plan.capacity, self.ctx)
+        plan.bytes_exchanged += b
+        self.bytes_total += b
+        everything = gathered.reshape(-1, local.shape[1]).to(local.device)
         if extra is not None:
             plan.global_loss = everything[:, -1].to(extra.dtype)
             everything = everything[:, :-1]
-        return everything * loss_weights(plan.global_batch_size, self.ctx.world_size).data_gradient
+        return everything * loss_weights(1, self.ctx.world_size).data_gradient  # 1 / P, whatever B is
 
     @torch.no_grad()
     def apply_gradients(self, plan: ShardedStepPlan, grads: Tensor) -> None:
@@ -336,24 +369,38 @@ class ShardedDataParameters(nn.Module):
         Parameters
         ----------
         plan : ShardedStepPlan
-        grads : Tensor (B, L)
+        grads : Tensor (P C, L)
             From :meth:`gather_gradients` (unscaled, when a gradient scaler is used): column 0
             the instance level when it is on, the last column the class level when it is on.
+
+        Notes
+        -----
+        The gradients handed to :func:`~dataparams.optim.sparse_sgd_step` keep the padded
+        positions, naming a listed row with the value -0.0 (:func:`fill_padding`), so that their
+        size is fixed on the host; the sums of repeated rows and the set of present rows are
+        those of the valid positions.
         """
         options = dict(momentum=self.momentum, weight_decay=self.weight_decay, nesterov=self.nesterov,
                        bounds=self.log_bounds)
+        valid = plan.valid
         if plan.class_log_sigma is not None:
-            g = torch.sparse_coo_tensor(plan.global_targets.unsqueeze(0), grads[:, -1],  # type: ignore[union-attr]
+            rows, _ = fill_padding(plan.global_targets, valid)  # type: ignore[arg-type]
+            g = torch.sparse_coo_tensor(rows.unsqueeze(0), torch.where(valid, grads[:, -1], -0.0),
                                         (self.num_classes,), check_invariants=False)
             sparse_sgd_step([self.class_log_sigma], [g], [self.class_momentum], lr=self.lr_class, **options)
-        if plan.instance_log_sigma is not None:
-            values = grads[:, 0]
-            own = plan.owned_positions
-            rows = plan.global_indices.index_select(0, own) - self.shard[0]  # type: ignore[union-attr]
-            g = torch.sparse_coo_tensor(rows.unsqueeze(0), values.index_select(0, own),  # type: ignore[arg-type]
+        if plan.instance_log_sigma is not None and self.shard[1] > self.shard[0]:
+            own = plan.owned
+            rows, last = fill_padding(plan.global_indices - self.shard[0], own)  # type: ignore[operator,arg-type]
+            g = torch.sparse_coo_tensor(rows.unsqueeze(0), torch.where(own, grads[:, 0], -0.0),  # type: ignore[arg-type]
                                         self.instance_log_sigma.shape, check_invariants=False)
+            # A batch without a row of this shard (common with many ranks) names row 0 on every
+            # padded position: put back its value and momentum, which that row's update changed.
+            kept = torch.stack([self.instance_log_sigma[:1], self.instance_momentum[:1]])
             sparse_sgd_step([self.instance_log_sigma], [g], [self.instance_momentum], lr=self.lr_instance,
                             **options)
+            owns_any = last >= 0
+            self.instance_log_sigma[:1] = torch.where(owns_any, self.instance_log_sigma[:1], kept[0])
+            self.instance_momentum[:1] = torch.where(owns_any, self.instance_momentum[:1], kept[1])
 
     # -- whole-table access and checkpoints (epoch-level, O(N / P) per rank) ---------------
 
@@ -661,6 +708,8 @@ class ShardedObjective(Objective):
         As in :class:`~dataparams.DataParameters`; the instance level is always on.
     lr_class, lr_instance, momentum, wd_class, wd_instance, loss_fn
         As in :class:`~dataparams.objectives.DataParameterObjective`.
+    max_share : int, optional
+        As in :class:`ShardedDataParameters`.
     """
 
     name = "data-parameters"
@@ -684,6 +733,7 @@ class ShardedObjective(Objective):
         wd_class: float = 0.0,
         wd_instance: float = 0.0,
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        max_share: int | None = None,
     ) -> None:
         start, end = shard_range(int(num_train), ctx.world_size, ctx.rank)
         # The base class (a ScoreTracker) allocates last_loss, loss_sum and log_sigma_sum with one
@@ -698,7 +748,7 @@ class ShardedObjective(Objective):
         self.dp = ShardedDataParameters(
             num_classes, num_train, ctx=ctx, class_curriculum=class_curriculum, instance_curriculum=True,
             init_class=init_class, init_instance=init_instance, clamp=clamp, lr_class=lr_class,
-            lr_instance=lr_instance, momentum=momentum,
+            lr_instance=lr_instance, momentum=momentum, max_share=max_share,
         )
         self.wd_class, self.wd_instance = wd_class, wd_instance
         self.loss_fn = loss_fn or per_sample_cross_entropy
@@ -731,10 +781,16 @@ class ShardedObjective(Objective):
         if plan is None:
             raise RuntimeError("record() follows a step of this objective")
         self._optimizer.synchronize()
-        own = plan.owned_positions
-        rows = plan.global_indices.index_select(0, own) - self.dp.shard[0]  # type: ignore[union-attr]
-        losses = plan.global_loss.index_select(0, own)  # type: ignore[union-attr,arg-type]
-        self.last_loss.index_put_((rows,), losses.to(self.last_loss.dtype))
+        start, end = self.dp.shard
+        if end == start:
+            return
+        own = plan.owned
+        rows, last = fill_padding(plan.global_indices - start, own)  # type: ignore[operator,arg-type]
+        losses = plan.global_loss.to(self.last_loss.dtype)  # type: ignore[union-attr]
+        # The padding writes what the last owned position writes, so that a row's last write is
+        # still its last sample's; with no owned position, row 0's own value back.
+        pad = torch.where(last >= 0, losses.index_select(0, last.clamp_min(0)), self.last_loss[:1])
+        self.last_loss.index_put_((rows,), torch.where(own, losses, pad))  # type: ignore[arg-type]
 
     def on_epoch_end(self, epoch: int) -> None:
         self.end_epoch(self.dp.instance_log_sigma)

@@ -1,0 +1,194 @@
+"""Does a refactor change what training produces? Every method, before and after, bit for bit.
+
+Trains every method of the registry that ``dataparams train --method`` runs (two-stage ones into
+``stage1`` / ``stage2``) on a small slice of the ``fmnist-noisy40`` experiment, plus ``train
+--data`` with its default method on a folder of PNG images and on an ``.npz`` of features, once
+with the package as it was at ``--before`` (a git worktree of that revision, put first on
+``PYTHONPATH``) and once with the working tree; one thread each, on the CPU. Then compares every
+file the runs wrote: arrays of ``.npz`` files and tensors of ``.pt`` files exactly, JSON and JSON
+lines with the wall-clock fields (``*time_s``, ``wall_s``, dates) left out. Prints one row per
+run with the number of files compared and what differs.
+
+    python benchmarks/bit_identity.py --before c41a713 --out runs/bitid --table table.md
+
+Differences in ``config.json`` alone are listed but do not count (a new config field with its
+default shows there while changing nothing else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from _table import emit
+
+ROOT = Path(__file__).resolve().parents[1]
+SLICE = ["--set", "data.subset=1200", "--set", "optim.epochs=3", "--set", "data.val_fraction=0.1"]
+#: Fields that hold wall-clock time or dates: never compared.
+CLOCK = ("time_s", "wall_s", "elapsed", "started", "finished", "date", "timestamp", "seconds")
+
+
+def _trainable() -> list[str]:
+    from dataparams.methods.registry import METHODS
+
+    return [m.name for m in METHODS.values() if not isinstance(m.pipeline, str)]
+
+
+def _worktree(rev: str, out: Path) -> Path:
+    tree = out / f"tree-{rev}"
+    if not tree.exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(tree), rev], check=True,
+                       capture_output=True)
+    return tree
+
+
+def _write_user_sets(out: Path) -> dict[str, Path]:
+    """A class-folder set of 300 PNGs and an .npz of 600 feature rows, from Fashion-MNIST."""
+    from PIL import Image
+
+
+    sets = {"folder": out / "data" / "folder", "npz": out / "data" / "features.npz"}
+    if sets["npz"].exists():
+        return sets
+    images, labels = _fmnist()
+    rng = np.random.default_rng(0)
+    noisy = labels.copy()
+    flip = rng.random(len(labels)) < 0.3
+    noisy[flip] = rng.integers(0, 10, int(flip.sum()))
+    for i in range(300):
+        folder = sets["folder"] / f"c{noisy[i]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(folder / f"{i:04d}.png")
+    x = images[300:900].reshape(600, -1).astype(np.float32) / 255.0
+    np.savez(sets["npz"], X=x[:, ::7], y=noisy[300:900])
+    return sets
+
+
+def _fmnist() -> tuple[np.ndarray, np.ndarray]:
+    from dataparams.data.idx import load_fashion_mnist
+
+    split = load_fashion_mnist(train=True)
+    return split.images[:900, :, :, 0], split.targets[:900]
+
+
+def _train(tree: Path, args: list[str], out: Path) -> str | None:
+    if (out / "done").exists():
+        return None
+    env = {**os.environ, "PYTHONPATH": str(tree / "src"), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "dataparams", "train", *args, "--out", str(out), "--device", "cpu", "--quiet",
+           "--overwrite"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(tree))
+    if res.returncode != 0:
+        return res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"
+    (out / "done").write_text("")
+    return None
+
+
+#: The two run folders being compared, replaced in every string by one placeholder: a run
+#: records its own paths (pipeline.json, the keep file in a retraining's config).
+_HOMES: list[str] = []
+
+
+def _strip(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _strip(v) for k, v in x.items() if not any(c in k for c in CLOCK)}
+    if isinstance(x, (list, tuple)):
+        return [_strip(v) for v in x]
+    if isinstance(x, str):
+        for home in _HOMES:
+            x = x.replace(home, "<RUN>")
+    return x
+
+
+def _same_tensors(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.nan_to_num(-7.0), b.nan_to_num(-7.0))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_tensors(x, y) for x, y in zip(a, b))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
+    return _strip(a) == _strip(b)
+
+
+def compare(a: Path, b: Path) -> tuple[int, list[str], list[str]]:
+    """Files compared, the files that differ, and config-only differences."""
+    _HOMES[:] = [str(a), str(b)]
+    skip = {"done", "run.lock", ".lock"}
+    names = sorted({p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file()}
+                   | {p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file()})
+    names = [n for n in names if Path(n).name not in skip and "tensorboard" not in n and not n.endswith(".png")
+             and not n.endswith(".html") and not n.endswith(".log")]
+    differ, config = [], []
+    for n in names:
+        fa, fb = a / n, b / n
+        if not (fa.exists() and fb.exists()):
+            differ.append(f"{n} (only {'before' if fa.exists() else 'after'})")
+            continue
+        if n.endswith(".npz"):
+            za, zb = np.load(fa), np.load(fb)
+            same = set(za) == set(zb) and all(np.array_equal(za[k], zb[k], equal_nan=True) for k in za)
+        elif n.endswith(".pt"):
+            load = lambda f: torch.load(io.BytesIO(f.read_bytes()), weights_only=False)  # noqa: E731
+            same = _same_tensors(load(fa), load(fb))
+        elif n.endswith(".json"):
+            same = _strip(json.loads(fa.read_text())) == _strip(json.loads(fb.read_text()))
+        elif n.endswith(".jsonl"):
+            la = [_strip(json.loads(x)) for x in fa.read_text().splitlines() if x.strip()]
+            lb = [_strip(json.loads(x)) for x in fb.read_text().splitlines() if x.strip()]
+            same = la == lb
+        else:
+            same = fa.read_bytes() == fb.read_bytes()
+        if not same:
+            (config if Path(n).name == "config.json" else differ).append(n)
+    return len(names), differ, config
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--before", required=True, help="the git revision to compare against (e.g. the last release)")
+    p.add_argument("--out", default="runs/bitid")
+    p.add_argument("--methods", nargs="+", help="default: every method train --method runs, and the two --data sets")
+    p.add_argument("--table", help="also write the table here")
+    args = p.parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    trees = {"before": _worktree(args.before, out), "after": ROOT}
+    sets = _write_user_sets(out)
+    jobs = {m: ["--preset", "fmnist-noisy40", "--method", m, *SLICE] for m in args.methods or _trainable()}
+    if not args.methods:
+        jobs["--data folder (default method)"] = ["--data", str(sets["folder"]), "--set", "optim.epochs=3"]
+        jobs["--data features.npz (default method)"] = ["--data", str(sets["npz"]), "--set", "optim.epochs=3"]
+    lines = [f"| run | files compared | identical | what differs (before {args.before} vs the working tree) |",
+             "|---|---:|---|---|"]
+    bad = 0
+    for name, train_args in jobs.items():
+        key = name.split(" ")[0].strip("-") + ("-" + name.split(" ")[1] if name.startswith("--") else "")
+        errors = {side: _train(tree, train_args, out / side / key) for side, tree in trees.items()}
+        if any(errors.values()):
+            lines.append(f"| {name} | 0 | no | failed: {errors} |")
+            bad += 1
+            continue
+        n, differ, config = compare(out / "before" / key, out / "after" / key)
+        what = ", ".join(differ) or "nothing"
+        if config:
+            what += f" (config.json differs: {', '.join(config)})"
+        lines.append(f"| {name} | {n} | {'yes' if not differ else 'NO'} | {what} |")
+        bad += bool(differ)
+        print(lines[-1], flush=True)
+    emit(lines, args.table)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
