@@ -10,6 +10,7 @@ lines with the wall-clock fields (``*time_s``, ``wall_s``, dates) left out. Prin
 run with the number of files compared and what differs.
 
     python benchmarks/bit_identity.py --before c41a713 --out runs/bitid --table table.md
+    python benchmarks/bit_identity.py --before c41a713 --out runs/bitid12 --epochs 12 --methods dp-gce-filter
 
 Differences in ``config.json`` alone are listed but do not count (a new config field with its
 default shows there while changing nothing else).
@@ -32,7 +33,7 @@ import torch
 from _table import emit
 
 ROOT = Path(__file__).resolve().parents[1]
-SLICE = ["--set", "data.subset=1200", "--set", "optim.epochs=3", "--set", "data.val_fraction=0.1"]
+SLICE = ["--set", "data.subset=1200", "--set", "data.val_fraction=0.1"]
 #: Fields that hold wall-clock time or dates: never compared.
 CLOCK = ("time_s", "wall_s", "elapsed", "started", "finished", "date", "timestamp", "seconds")
 
@@ -159,16 +160,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--before", required=True, help="the git revision to compare against (e.g. the last release)")
     p.add_argument("--out", default="runs/bitid")
     p.add_argument("--methods", nargs="+", help="default: every method train --method runs, and the two --data sets")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of every training (dp-gce-filter flags every sample "
+                   "after 3: its first training must fit some samples; 12 lets it run)")
     p.add_argument("--table", help="also write the table here")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     trees = {"before": _worktree(args.before, out), "after": ROOT}
     sets = _write_user_sets(out)
-    jobs = {m: ["--preset", "fmnist-noisy40", "--method", m, *SLICE] for m in args.methods or _trainable()}
+    epochs = ["--set", f"optim.epochs={args.epochs}"]
+    jobs = {m: ["--preset", "fmnist-noisy40", "--method", m, *SLICE, *epochs] for m in args.methods or _trainable()}
     if not args.methods:
-        jobs["--data folder (default method)"] = ["--data", str(sets["folder"]), "--set", "optim.epochs=3"]
-        jobs["--data features.npz (default method)"] = ["--data", str(sets["npz"]), "--set", "optim.epochs=3"]
+        jobs["--data folder (default method)"] = ["--data", str(sets["folder"]), *epochs]
+        jobs["--data features.npz (default method)"] = ["--data", str(sets["npz"]), *epochs]
     lines = [f"| run | files compared | identical | what differs (before {args.before} vs the working tree) |",
              "|---|---:|---|---|"]
     bad = 0

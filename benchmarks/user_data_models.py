@@ -33,10 +33,10 @@ METHODS = ("dp-instance", "dp-gce", "dp-gce-filter", "dp-cm-filter", "dp-gce-cm-
 IMAGE_SETS = ("fmnist-folder", "fmnist-rgb-csv", "fmnist-instance35")
 
 
-def _train(path: Path, out: Path, method: str) -> tuple[Path, float]:
+def _train(path: Path, out: Path, method: str, seed: int = 1) -> tuple[Path, float]:
     """Train ``method`` on ``path`` into ``out`` (reused when finished); the kept model and the wall time."""
     args = [sys.executable, "-m", "dataparams", "train", "--data", str(path), "--out", str(out), "--device", "cpu",
-            "--quiet"]
+            "--quiet", "--seed", str(seed)]
     if method == "dp-instance":
         args += ["--preset", "user/instance"]
     elif method == "default-holdout":
@@ -56,28 +56,42 @@ def main() -> None:
     p.add_argument("data", help="the folder benchmarks/user_datasets.py wrote")
     p.add_argument("--out", default="runs/user-models")
     p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[1],
+                   help="training seeds (default 1, the seed of train --data); with several, the table gives "
+                   "mean ± std (n) and the runs of seed S > 1 go to OUT/SET/METHOD/seedS")
     p.add_argument("--table")
     args = p.parse_args()
     root, out = Path(args.data), Path(args.out)
-    acc: dict[tuple[str, str], float] = {}
+    runs: dict[tuple[str, str], list[float]] = {}
     for name in IMAGE_SETS:
         classes = [str(c) for c in np.load(root / name / "truth.npz")["classes"]]
         test = clean_test_set(name, classes, out / name)
         for m in args.methods:
-            model, wall = _train(root / SETS[name], out / name / m, m)
-            acc[name, m] = model_accuracy(model, test)  # type: ignore[arg-type]
-            print(f"{name} {m}: {acc[name, m]:.2f}% ({wall:.0f} s)", flush=True)
+            for seed in args.seeds:
+                # Seed 1's runs keep the folder they always had (reused).
+                folder = out / name / m / ("" if seed == 1 else f"seed{seed}")
+                model, wall = _train(root / SETS[name], folder, m, seed)
+                runs.setdefault((name, m), []).append(model_accuracy(model, test))  # type: ignore[arg-type]
+                print(f"{name} {m} seed {seed}: {runs[name, m][-1]:.2f}% ({wall:.0f} s)", flush=True)
+    several = len(args.seeds) > 1
+
+    def cell(values: list[float]) -> str:
+        if not several:
+            return f"{values[0]:.2f}"
+        return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f} (n={len(values)})"
+
     lines = ["# The model `train --data` keeps: accuracy on clean held-out images", "",
              "Each method trained once by `dataparams train --data PATH --method M` with the user preset's defaults "
              "(no noise rate given), scored on the first 2,000 Fashion-MNIST test images written like the set's "
-             "images; n=1 per cell. dp-instance is the `user/instance` preset (what `train --data` trained by "
+             f"images; {'n=1 per cell' if not several else 'n = the seeds below per cell'}. dp-instance is the `user/instance` preset (what `train --data` trained by "
              "default before dp-cm-filter); default is `train --data` with no method (now dp-cm-filter, last "
              "epoch kept), default-holdout the same with `--holdout 0.1` (the epoch the noisy held-out 10% "
              "chooses is kept). The rows but the last two were measured before the default changed and are "
-             "reused as they were; the dp-gce-cm-filter row was added later (2026-12-07), the others reused.", "",
+             "reused as they were; the dp-gce-cm-filter row was added later (2026-12-07), the others reused."
+             + (f" Seeds {', '.join(map(str, args.seeds))} (mean ± std, sample std)." if several else ""), "",
              "| method | " + " | ".join(IMAGE_SETS) + " |", "|---|" + "---:|" * len(IMAGE_SETS)]
     for m in args.methods:
-        lines.append(f"| {m} | " + " | ".join(f"{acc[n, m]:.2f}" for n in IMAGE_SETS) + " |")
+        lines.append(f"| {m} | " + " | ".join(cell(runs[n, m]) for n in IMAGE_SETS) + " |")
     # Which epoch each run kept (summary.json's kept_model; runs older than that record have none).
     kept = []
     for m in args.methods:
