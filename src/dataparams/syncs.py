@@ -63,11 +63,12 @@ def count_host_syncs() -> Iterator[HostSyncs]:
 
     Counted on tensors of any device: :data:`SYNC_METHODS` and :data:`SYNC_FUNCTIONS`
     (``.cpu()`` included: code calls it to bring a value to the host), indexing with a boolean
-    tensor (a data-dependent size), ``Tensor.to`` from a device tensor towards the CPU (on a
-    CPU run, ``x.to(device)`` is the copy a GPU run makes towards the device, not counted: with
-    ``non_blocking=True`` it need not wait), and ``torch.tensor`` given a ``device`` (host data
-    copied there without that option; on a CPU run too, where the device is the CPU, since a GPU
-    run of the same line copies). One counter at a time (a lock; the patches are process-wide).
+    tensor (a data-dependent size), ``torch.where`` with the condition alone (a ``nonzero``),
+    ``Tensor.to`` from a device tensor towards the CPU (on a CPU run, ``x.to(device)`` is the copy
+    a GPU run makes towards the device, not counted: with ``non_blocking=True`` it need not wait),
+    and ``torch.tensor`` or ``torch.as_tensor`` given host data and a ``device`` (host data copied
+    there without that option; on a CPU run too, where the device is the CPU, since a GPU run of
+    the same line copies). One counter at a time (a lock; the patches are process-wide).
     """
     out = HostSyncs()
     saved: list[tuple[Any, str, Any]] = []
@@ -93,6 +94,10 @@ def count_host_syncs() -> Iterator[HostSyncs]:
             return torch.device(target).type == "cpu"
         return False
 
+    def host_data_to_device(data: Any, *args: Any, **kwargs: Any) -> bool:
+        # A tensor given to as_tensor is a .to(), counted (towards the CPU) there.
+        return kwargs.get("device") is not None and not isinstance(data, torch.Tensor)
+
     def bool_index(self: torch.Tensor, index: Any) -> bool:
         items = index if isinstance(index, tuple) else (index,)
         return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
@@ -105,6 +110,8 @@ def count_host_syncs() -> Iterator[HostSyncs]:
                 wrap(torch, name, f"torch.{name}")
             wrap(torch.Tensor, "to", "Tensor.to(cpu)", to_host)
             wrap(torch, "tensor", "torch.tensor(device=)", lambda *args, **kwargs: kwargs.get("device") is not None)
+            wrap(torch, "as_tensor", "torch.as_tensor(device=)", host_data_to_device)
+            wrap(torch, "where", "torch.where(condition)", lambda *args, **kwargs: len(args) + len(kwargs) == 1)
             wrap(torch.Tensor, "__getitem__", "Tensor[bool mask]", bool_index)
             yield out
         finally:

@@ -154,11 +154,15 @@ def anchor_temperatures(
         raise ValueError("need at least one image")
     device = matched_idxs[0].device
     all_sigma = torch.cat([s.reshape(-1) for s in box_sigma]) if box_sigma else torch.zeros(0, device=device)
-    counts = [int(s.numel()) for s in box_sigma]
-    offsets = torch.tensor([0, *counts[:-1]], device=device).cumsum(0)
+    # Each image's offset in the concatenation, added as a Python number: a tensor of offsets
+    # built from host data would be a blocking copy on a GPU.
+    offsets = [0]
+    for s in box_sigma[:-1]:
+        offsets.append(offsets[-1] + int(s.numel()))
     matched = torch.stack(list(matched_idxs))  # (B, A)
     foreground = matched >= 0
-    anchor_box = torch.where(foreground, matched + offsets[:, None], torch.full_like(matched, -1))
+    shifted = torch.stack([m + offset for m, offset in zip(matched_idxs, offsets)])
+    anchor_box = torch.where(foreground, shifted, torch.full_like(matched, -1))
     if all_sigma.numel() == 0:
         negative_sigma = torch.ones((), device=device)
     else:
@@ -310,19 +314,22 @@ def ssd_box_parameter_loss(
         plain = F.cross_entropy(cls_logits.detach().reshape(-1, num_classes), targets.reshape(-1),
                                 reduction="none").view(targets.shape)
         num_negative = neg_to_pos_ratio * foreground.sum(1, keepdim=True)
-        negative_loss = plain.clone()
-        negative_loss[~background] = -float("inf")
+        negative_loss = plain.masked_fill(~background, -float("inf"))
         _, order = negative_loss.sort(1, descending=True)
         # "& background": when the pool holds fewer than num_negative anchors, torchvision would
         # take the -inf ones (positives) as negatives too; ignored anchors must never be.
         hard_negative = (order.sort(1)[1] < num_negative) & background
 
         # Per box: mean unscaled loss over its positive anchors, O(anchors of the batch).
+        # Every anchor is added, the background ones into a spare last row, so that no selection
+        # has a data-dependent size (a read-back on a GPU); the boxes' rows get the same terms in
+        # the same order as from a selection of the positives.
         num_boxes = sum(int(s.numel()) for s in box_sigma)
-        rows = anchor_box[foreground]
-        sums = torch.zeros(num_boxes, dtype=plain.dtype, device=plain.device).index_add_(0, rows, plain[foreground])
-        hits = torch.zeros(num_boxes, dtype=plain.dtype, device=plain.device).index_add_(
-            0, rows, torch.ones_like(rows, dtype=plain.dtype))
+        rows = torch.where(foreground, anchor_box, num_boxes).reshape(-1)
+        sums = torch.zeros(num_boxes + 1, dtype=plain.dtype, device=plain.device).index_add_(
+            0, rows, plain.reshape(-1))[:num_boxes]
+        hits = torch.zeros(num_boxes + 1, dtype=plain.dtype, device=plain.device).index_add_(
+            0, rows, foreground.reshape(-1).to(plain.dtype))[:num_boxes]
         box_loss = torch.where(hits > 0, sums / hits.clamp(min=1), torch.full_like(sums, float("nan")))
 
     n = max(1, num_foreground)

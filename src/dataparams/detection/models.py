@@ -38,11 +38,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSDHead, ssd300_vgg16
-from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import boxes as box_ops
 
 from dataparams.config import ConfigError
@@ -381,6 +382,37 @@ def _freeze_first_vgg_stage(model: SSD) -> None:
             p.requires_grad_(False)
 
 
+def _resize_regions(boxes: Tensor, original_size: Sequence[int], new_size: Sequence[int]) -> Tensor:
+    """torchvision's ``resize_boxes`` with the ratios as Python numbers: its ratios are device
+    tensors built from host data, a blocking copy on a GPU for every call. The ratios are the
+    same float32 quotients, so the boxes are the same bit for bit."""
+    ratio_h, ratio_w = (float(np.float32(s) / np.float32(s0)) for s, s0 in zip(new_size, original_size))
+    xmin, ymin, xmax, ymax = boxes.unbind(1)
+    return torch.stack((xmin * ratio_w, ymin * ratio_h, xmax * ratio_w, ymax * ratio_h), dim=1)
+
+
+def _check_box_sizes(targets: Sequence[dict[str, Any]]) -> None:
+    """Raise ``ValueError`` for a target box of zero width or height, without reading back on a GPU.
+
+    One device-side assertion over the batch (``torch._assert_async``, as
+    :mod:`dataparams.optim` checks rows): on the CPU it fails at once and is turned into a
+    ``ValueError`` naming the image; on a GPU a bad box is a device-side assertion.
+    """
+    oks = [(b[:, 2:] > b[:, :2]).all() for b in (t["boxes"] for t in targets) if b.numel()]
+    if not oks:
+        return
+    try:
+        torch._assert_async(torch.stack(oks).all(), "a target holds a box of zero width or height")
+    except RuntimeError:
+        # Only a CPU assertion raises here, where reading the boxes back costs nothing.
+        for i, target in enumerate(targets):
+            boxes = target["boxes"]
+            if boxes.numel() and bool((boxes[:, 2:] <= boxes[:, :2]).any()):
+                raise ValueError(f"target {i} ({target.get('image_id', '?')}) holds a box of zero width or "
+                                 "height") from None
+        raise
+
+
 def ssd_training_outputs(
     model: SSD,
     images: Sequence[Tensor],
@@ -422,20 +454,20 @@ def ssd_training_outputs(
     Raises
     ------
     ValueError
-        A target box with non-positive width or height (torchvision asserts the same).
+        A target box with non-positive width or height (torchvision asserts the same); on a GPU
+        this is a device-side assertion instead, as the check does not wait for the device.
     """
     image_list, resized = model.transform(list(images), [dict(t) for t in targets])
     assert resized is not None
     for image, new_size, target in zip(images, image_list.image_sizes, resized):
         for key in REGION_KEYS:  # torchvision's transform resizes "boxes" only
             if key in target:
-                target[key] = resize_boxes(target[key], list(image.shape[-2:]), list(new_size))
+                target[key] = _resize_regions(target[key], image.shape[-2:], new_size)
     for i, target in enumerate(resized):
         boxes = target["boxes"]
         if boxes.dim() != 2 or boxes.shape[-1] != 4:
             raise ValueError(f"target {i}: boxes must have shape (M, 4), got {tuple(boxes.shape)}")
-        if boxes.numel() and bool((boxes[:, 2:] <= boxes[:, :2]).any()):
-            raise ValueError(f"target {i} ({target.get('image_id', '?')}) holds a box of zero width or height")
+    _check_box_sizes(resized)
     with autocast():
         features = model.backbone(image_list.tensors)
         if isinstance(features, Tensor):

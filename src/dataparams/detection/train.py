@@ -95,6 +95,8 @@ __all__ = [
 ]
 
 _DETECTIONS_PREFIX = "detections_epoch_"
+# The progress bar's running loss is read back (a wait for the device) at most this often.
+_PROGRESS_INTERVAL_S = 1.0
 
 
 def _mix(*values: int) -> int:
@@ -492,7 +494,8 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(step, steps_per_epoch=steps_per_epoch, cfg=cfg)
     )
-    box_loss = torch.full((train_set.num_boxes,), float("nan"))
+    # On the device, as are the epoch's loss sums: a step writes them without waiting for it.
+    box_loss = torch.full((train_set.num_boxes,), float("nan"), device=dev)
 
     start_epoch = 0
     if has_checkpoint:
@@ -521,14 +524,13 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
             "scheduler": scheduler.state_dict(),
             "data_parameters": data_parameters.state_dict(),
             "dp_optimizer": dp_optimizer.state_dict() if dp_optimizer is not None else None,
-            "box_loss": box_loss.clone(),
+            "box_loss": box_loss.to("cpu", copy=True),
             "rng": get_rng_state(),
         }
         if execution.scaler is not None:
             state["scaler"] = execution.scaler.state_dict()
         return state
 
-    optimizers: list[torch.optim.Optimizer] = [optimizer] + ([dp_optimizer] if dp_optimizer is not None else [])
     bar_factory = None
     if not quiet:
         from dataparams.runs.logger import progress_factory
@@ -548,7 +550,8 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
         model.train()
-        sums = torch.zeros(4, dtype=torch.float64)  # classification, regression, negative sigma, batches
+        sums = torch.zeros(4, dtype=torch.float64, device=dev)  # classification, regression, negative sigma, batches
+        shown_at = time.perf_counter()
         bar = bar_factory(epoch, len(sampler)) if bar_factory is not None else None
         # This epoch's losses only: a box that SSD's crop leaves out of every batch reads NaN, as
         # an unmatched box does, rather than an earlier epoch's loss.
@@ -556,40 +559,33 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
         lr = optimizer.param_groups[0]["lr"]
         try:
             for images, targets in loader:
-                images = [execution.input(x) for x in images]
-                targets = [_to_device(t, dev) for t in targets]
-                for opt in optimizers:
-                    opt.zero_grad(set_to_none=True)
-                head_outputs, anchors, matched, resized = ssd_training_outputs(
-                    model, images, targets, autocast=execution.autocast)
-                loss, parts = criterion(head_outputs, anchors, matched, resized)
-                _backward_and_step(loss, model, optimizer, dp_optimizer, execution, o.clip_grad_norm)
-                scheduler.step()
-                with torch.no_grad():
-                    index = torch.cat([t["box_index"] for t in targets]).cpu()
-                    box_loss[index] = parts.box_loss.cpu()
-                    sums += torch.stack([parts.classification.detach().double().cpu(),
-                                         parts.bbox_regression.detach().double().cpu(),
-                                         parts.negative_sigma.detach().double().cpu(),
-                                         torch.ones((), dtype=torch.float64)])
+                _train_step(images, targets, model=model, criterion=criterion, optimizer=optimizer,
+                            dp_optimizer=dp_optimizer, scheduler=scheduler, execution=execution,
+                            clip_grad_norm=o.clip_grad_norm, box_loss=box_loss, sums=sums)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{(sums[0] + sums[1]).item() / sums[3].item():.3f}", refresh=False)
+                    now = time.perf_counter()
+                    if now - shown_at >= _PROGRESS_INTERVAL_S:  # reading the sums back waits for the device
+                        shown_at = now
+                        classification, regression, _, batches = sums.tolist()
+                        bar.set_postfix(loss=f"{(classification + regression) / batches:.3f}", refresh=False)
         finally:
             if bar is not None:
                 bar.close()
-        n = max(1.0, sums[3].item())
+        classification, regression, negative_sigma, batches = sums.tolist()  # the epoch's one read-back
+        n = max(1.0, batches)
         sigma = data_parameters.instance_sigma().cpu().numpy()
+        epoch_box_loss = box_loss.cpu().numpy()
         record = {
             "epoch": epoch + 1,
             "lr": lr,
-            "train_loss": (sums[0].item() + sums[1].item()) / n,
-            "loss_classification": sums[0].item() / n,
-            "loss_box": sums[1].item() / n,
-            "negative_sigma": sums[2].item() / n,
+            "train_loss": (classification + regression) / n,
+            "loss_classification": classification / n,
+            "loss_box": regression / n,
+            "negative_sigma": negative_sigma / n,
             "train_time_s": time.perf_counter() - t0,
         }
-        record.update(curriculum_statistics(sigma, table, box_loss=box_loss.numpy()))
+        record.update(curriculum_statistics(sigma, table, box_loss=epoch_box_loss))
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == o.epochs:
             t_eval = time.perf_counter()
             detections = predict_detections(model, val_set, batch_size=cfg.data.eval_batch_size, device=dev,
@@ -609,7 +605,7 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
             last_eval = record
         record["time_s"] = time.perf_counter() - t0
         run.append_metrics(record)
-        run.save_snapshot(epoch + 1, box_sigma=sigma.astype(np.float32), box_loss=box_loss.numpy().astype(np.float32))
+        run.save_snapshot(epoch + 1, box_sigma=sigma.astype(np.float32), box_loss=epoch_box_loss.astype(np.float32))
         run.save_checkpoint(checkpoint(epoch + 1))
         if not quiet:
             from dataparams.runs.logger import write_line
@@ -659,6 +655,29 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
 
         write_line(f"{cfg.preset} seed {cfg.seed}, epoch {last_eval['epoch']}: {format_headline(summary['headline'])}")
     return json.loads(json.dumps(summary))
+
+
+def _train_step(images: Sequence[Tensor], targets: Sequence[dict[str, Any]], *, model: nn.Module,
+                criterion: SSDBoxParameterLoss, optimizer: torch.optim.Optimizer,
+                dp_optimizer: torch.optim.Optimizer | None, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                execution: Execution, clip_grad_norm: float | None, box_loss: Tensor, sums: Tensor) -> None:
+    """One training step on a batch from the loader; the batch's box losses go into ``box_loss``
+    (N,) and its loss terms are added to ``sums`` (classification, regression, negative sigma,
+    batches)."""
+    dev = execution.device
+    images = [execution.input(x) for x in images]
+    targets = [_to_device(t, dev) for t in targets]
+    optimizers = [optimizer] + ([dp_optimizer] if dp_optimizer is not None else [])
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    head_outputs, anchors, matched, resized = ssd_training_outputs(model, images, targets, autocast=execution.autocast)
+    loss, parts = criterion(head_outputs, anchors, matched, resized)
+    _backward_and_step(loss, model, optimizer, dp_optimizer, execution, clip_grad_norm)
+    scheduler.step()
+    with torch.no_grad():  # on the device: nothing here waits for it
+        box_loss[torch.cat([t["box_index"] for t in targets])] = parts.box_loss
+        sums += torch.stack([parts.classification.detach().double(), parts.bbox_regression.detach().double(),
+                             parts.negative_sigma.detach().double(), sums.new_ones(())])
 
 
 def _backward_and_step(loss: Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
