@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from dataparams.data.base import DatasetNotFoundError
+import fakes
 from dataparams.detection.issues import aggregate_image_scores, find_box_issues
 from dataparams.detection.kitti import parse_label_line
 from dataparams.detection.train import train_detection
@@ -29,15 +29,8 @@ IMAGE_COLUMNS = ["rank", "image_id", "image_index", "label_score", "is_label_iss
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    try:
-        from dataparams.detection.synthetic import SyntheticKittiConfig, write_synthetic_kitti
-
-        root = tmp_path_factory.mktemp("synth_issues")
-        # 80 images, 60 train (243 boxes), 20% of the train boxes given another class.
-        write_synthetic_kitti(root, SyntheticKittiConfig(num_images=80, val_fraction=0.25, seed=5, flip_fraction=0.2))
-    except DatasetNotFoundError:  # pragma: no cover - depends on the machine
-        pytest.skip("Fashion-MNIST is not installed (see README: ./run test installs it)")
-    return root
+    # 80 images, 60 train (243 boxes), 20% of the train boxes given another class.
+    return fakes.synthetic_kitti(tmp_path_factory, "synth_issues", num_images=80)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ and the next one) counted with :func:`dataparams.syncs.count_host_syncs` inside 
 import pytest
 import torch
 
-from dataparams.data.base import DatasetNotFoundError
+import fakes
 from dataparams.detection import train as detection_train
 from dataparams.detection.presets import get_detection_preset
 from dataparams.syncs import count_host_syncs
@@ -16,14 +16,7 @@ from dataparams.syncs import count_host_syncs
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    try:
-        from dataparams.detection.synthetic import SyntheticKittiConfig, write_synthetic_kitti
-
-        root = tmp_path_factory.mktemp("synth")
-        write_synthetic_kitti(root, SyntheticKittiConfig(num_images=24, val_fraction=0.25, seed=5, flip_fraction=0.2))
-    except DatasetNotFoundError:  # pragma: no cover - depends on the machine
-        pytest.skip("Fashion-MNIST is not installed (see README: ./run test installs it)")
-    return root
+    return fakes.synthetic_kitti(tmp_path_factory, "synth", num_images=24)
 
 
 def counted_steps(root, tmp_path, monkeypatch, **overrides):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+import fakes
 from dataparams.config import ConfigError, apply_overrides
-from dataparams.data.base import DatasetNotFoundError
 from dataparams.detection.config import (
     DetectionConfig,
     detection_config_from_dict,
@@ -24,16 +24,7 @@ from dataparams.runs import RunDir, RunExistsError
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    try:
-        from dataparams.detection.synthetic import SyntheticKittiConfig, write_synthetic_kitti
-
-        root = tmp_path_factory.mktemp("synth")
-        # 24 images: 18 train / 6 val, with 20% of the train boxes flipped so that the
-        # corruption metrics are exercised too.
-        write_synthetic_kitti(root, SyntheticKittiConfig(num_images=24, val_fraction=0.25, seed=5, flip_fraction=0.2))
-    except DatasetNotFoundError:  # pragma: no cover - depends on the machine
-        pytest.skip("Fashion-MNIST is not installed (see README: ./run test installs it)")
-    return root
+    return fakes.synthetic_kitti(tmp_path_factory, "synth", num_images=24)
 
 
 def _config(root, *, instance: bool = True, epochs: int = 2) -> DetectionConfig:
