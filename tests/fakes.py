@@ -398,10 +398,11 @@ def counted_step(model, optimizer, objective, x, y, idx) -> dict:
     return dict(syncs.calls)
 
 
-def synthetic_kitti(tmp_path_factory, name: str = "synth", *, num_images: int = 24) -> Path:
-    """A synthetic KITTI folder (a quarter of it the validation split, 20% of the training boxes
-    given another class, seed 5) for a module-scoped fixture; skips the test without Fashion-MNIST,
-    whose images the generator draws its objects from."""
+def synthetic_kitti(tmp_path_factory, name: str = "synth", *, num_images: int = 24, seed: int = 5,
+                    flip_fraction: float = 0.2) -> Path:
+    """A synthetic KITTI folder (a quarter of it the validation split, ``flip_fraction`` of the
+    training boxes given another class) for a module-scoped fixture; skips the test without
+    Fashion-MNIST, whose images the generator draws its objects from."""
     import pytest
 
     from dataparams.data.base import DatasetNotFoundError
@@ -409,8 +410,8 @@ def synthetic_kitti(tmp_path_factory, name: str = "synth", *, num_images: int = 
 
     root = tmp_path_factory.mktemp(name)
     try:
-        write_synthetic_kitti(root, SyntheticKittiConfig(num_images=num_images, val_fraction=0.25, seed=5,
-                                                         flip_fraction=0.2))
+        write_synthetic_kitti(root, SyntheticKittiConfig(num_images=num_images, val_fraction=0.25, seed=seed,
+                                                         flip_fraction=flip_fraction))
     except DatasetNotFoundError:  # pragma: no cover - depends on the machine
         pytest.skip("Fashion-MNIST is not installed (see README: ./run test installs it)")
     return root

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 
+import fakes
 from dataparams import DataParameters, SparseSGD
-from dataparams.data.base import DatasetNotFoundError
 from dataparams.detection.box_parameters import (
     SSDBoxParameterLoss,
     anchor_temperatures,
@@ -142,14 +142,7 @@ def test_gradient_reaches_exactly_the_boxes_of_the_batch(negative_sigma_grad):
 
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
-    try:
-        from dataparams.detection.synthetic import SyntheticKittiConfig, write_synthetic_kitti
-
-        root = tmp_path_factory.mktemp("synth")
-        write_synthetic_kitti(root, SyntheticKittiConfig(num_images=16, val_fraction=0.25, seed=11))
-    except DatasetNotFoundError:  # pragma: no cover - depends on the machine
-        pytest.skip("Fashion-MNIST is not installed (see README: ./run test installs it)")
-    return root
+    return fakes.synthetic_kitti(tmp_path_factory, "synth", num_images=16, seed=11, flip_fraction=0.0)
 
 
 def test_box_index_is_stable_under_the_augmentations(tiny_set):

@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import DataLoader
 
 import dataparams.detection.train as train_module
+import fakes
 from dataparams.config import ConfigError
-from dataparams.data.base import DatasetNotFoundError
 from dataparams.detection.config import validate_detection_config
 from dataparams.detection.kitti import KittiDetection
 from dataparams.detection.presets import get_detection_preset
@@ -33,14 +33,7 @@ from dataparams.detection.transforms import collate_detection
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    try:
-        from dataparams.detection.synthetic import SyntheticKittiConfig, write_synthetic_kitti
-
-        root = tmp_path_factory.mktemp("synth")
-        write_synthetic_kitti(root, SyntheticKittiConfig(num_images=16, val_fraction=0.25, seed=7))
-    except DatasetNotFoundError:  # pragma: no cover - depends on the machine
-        pytest.skip("Fashion-MNIST is not installed (see README: ./run test installs it)")
-    return root
+    return fakes.synthetic_kitti(tmp_path_factory, "synth", num_images=16, seed=7, flip_fraction=0.0)
 
 
 @pytest.mark.parametrize("cpus, expected", [(16, 4), (4, 4), (2, 2), (1, 1)])

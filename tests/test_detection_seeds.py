@@ -15,21 +15,14 @@ import math
 import numpy as np
 import pytest
 
-from dataparams.data.base import DatasetNotFoundError
+import fakes
 from dataparams.detection.kitti import DIFFICULTIES
 from dataparams.detection.summary import format_headline, headline, seeds_markdown, summarize_seeds
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    try:
-        from dataparams.detection.synthetic import SyntheticKittiConfig, write_synthetic_kitti
-
-        root = tmp_path_factory.mktemp("synth")
-        write_synthetic_kitti(root, SyntheticKittiConfig(num_images=16, val_fraction=0.25, seed=5))
-    except DatasetNotFoundError:  # pragma: no cover - depends on the machine
-        pytest.skip("Fashion-MNIST is not installed (see README: ./run test installs it)")
-    return root
+    return fakes.synthetic_kitti(tmp_path_factory, "synth", num_images=16, seed=5, flip_fraction=0.0)
 
 
 def _kitti(car: tuple[float, ...], other: float) -> dict:

@@ -19,7 +19,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from dataparams.data.base import DatasetNotFoundError
+import fakes
 from dataparams.detection.kitti import KittiDetection
 from dataparams.detection.train import AugmentedDetection
 from dataparams.detection.transforms import (
@@ -223,14 +223,7 @@ def test_photometric_distortion_moves_no_box_and_follows_its_seed():
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory):
-    try:
-        from dataparams.detection.synthetic import SyntheticKittiConfig, write_synthetic_kitti
-
-        root = tmp_path_factory.mktemp("synth")
-        write_synthetic_kitti(root, SyntheticKittiConfig(num_images=12, val_fraction=0.25, seed=3))
-    except DatasetNotFoundError:  # pragma: no cover - depends on the machine
-        pytest.skip("Fashion-MNIST is not installed (see README: ./run test installs it)")
-    return root
+    return fakes.synthetic_kitti(tmp_path_factory, "synth", num_images=12, seed=3, flip_fraction=0.0)
 
 
 def test_ssd_pipeline_is_a_function_of_seed_epoch_and_image(synth_root):

@@ -14,7 +14,7 @@ import numpy as np
 from dataparams.data.fingerprint import bytes_digest, classes_digest, fingerprint_choice, labels_digest
 from dataparams.data.userdata import UserData, UserDataError
 
-__all__ = ["features_data", "finite_float32", "to_float32"]
+__all__ = ["features_data", "finite_float32", "standardization", "to_float32"]
 
 
 def finite_float32(x: np.ndarray) -> tuple[np.ndarray, tuple[int, int, str, int] | None]:
@@ -41,6 +41,22 @@ def to_float32(x: np.ndarray, locate: Callable[[int, int], str]) -> np.ndarray:
     return out
 
 
+def standardization(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Per-feature mean and std of (N, D) ``features`` (float32, measured in float64; std 1 where a
+    feature is constant, which standardising then maps to 0), and the ``standardize`` choice that
+    says so."""
+    n = len(features)
+    mean = features.mean(0, dtype=np.float64)
+    std = features.std(0, dtype=np.float64)
+    constant = std < 1e-12
+    std[constant] = 1.0
+    spread = std[~constant]
+    ratio = f"; feature std ranges {spread.min():.3g}..{spread.max():.3g}" if len(spread) else ""
+    const_note = f"; {int(constant.sum())} constant features become 0" if constant.any() else ""
+    choice = {"value": True, "why": f"per-feature mean/std measured on the {n:,} rows{ratio}{const_note}"}
+    return mean.astype(np.float32), std.astype(np.float32), choice
+
+
 def features_data(
     source: str,
     features: np.ndarray,
@@ -50,17 +66,10 @@ def features_data(
     choices: dict[str, Any],
 ) -> UserData:
     """The :class:`~dataparams.data.userdata.UserData` of (N, D) float32 ``features``: their
-    per-feature mean and std (1 where a feature is constant), with the ``standardize`` and
-    ``data`` (fingerprint) choices added to ``choices``."""
+    per-feature mean and std (:func:`standardization`), with the ``standardize`` and ``data``
+    (fingerprint) choices added to ``choices``."""
     n = len(features)
-    mean = features.mean(0, dtype=np.float64)
-    std = features.std(0, dtype=np.float64)
-    constant = std < 1e-12
-    std[constant] = 1.0
-    spread = std[~constant]
-    ratio = f"; feature std ranges {spread.min():.3g}..{spread.max():.3g}" if len(spread) else ""
-    const_note = f"; {int(constant.sum())} constant features become 0" if constant.any() else ""
-    choices["standardize"] = {"value": True, "why": f"per-feature mean/std measured on the {n:,} rows{ratio}{const_note}"}
+    mean, std, choices["standardize"] = standardization(features)
     parts = {
         "labels": labels_digest(targets, ids),
         "features": f"{n:,} x {features.shape[1]}, {bytes_digest(features.tobytes())}",
@@ -69,5 +78,5 @@ def features_data(
     choices["data"] = fingerprint_choice(parts, "sha256 of the labels, the ids and the float32 features")
     return UserData(
         kind="features", targets=targets, classes=classes, ids=ids, source=source, features=features,
-        mean=mean.astype(np.float32), std=std.astype(np.float32), choices=choices,
+        mean=mean, std=std, choices=choices,
     )

@@ -39,6 +39,7 @@ __all__ = [
     "load_images",
     "memory_need",
     "parallel",
+    "pixel_stat_choices",
     "pixel_stats",
     "raise_first",
     "side_and_channels",
@@ -325,6 +326,13 @@ def side_and_channels(
     return side, c
 
 
+def pixel_stat_choices(mean: np.ndarray, std: np.ndarray, stats_on: str) -> dict[str, Any]:
+    """The ``mean`` and ``std`` choices of images whose per-channel statistics were measured on
+    ``stats_on`` (e.g. "all 2,000 decoded images")."""
+    return {"mean": {"value": [round(float(v), 4) for v in mean], "why": f"per channel, pixels in [0, 1], on {stats_on}"},
+            "std": {"value": [round(float(v), 4) for v in std], "why": f"per channel, on {stats_on}"}}
+
+
 def load_images(
     source: Path,
     ids: list[str],
@@ -382,11 +390,7 @@ def load_images(
         mean, std = pixel_stats(decode_all(paths, np.arange(n), side, c, where, progress, keep=sample))
         stats_on = f"a seeded sample of {m:,} of the {n:,} images"
         dataset = UserImageDataset(paths, targets, image_size=side, channels=c, mean=mean, std=std)
-    choices["mean"] = {
-        "value": [round(float(v), 4) for v in mean],
-        "why": f"per channel, pixels in [0, 1], on {stats_on}",
-    }
-    choices["std"] = {"value": [round(float(v), 4) for v in std], "why": f"per channel, on {stats_on}"}
+    choices.update(pixel_stat_choices(mean, std, stats_on))
     files = hashlib.sha256()
     for name, (st_size, st_mtime) in zip(ids, stats):
         files.update(f"{name}\t{st_size}\t{st_mtime}\n".encode())

@@ -31,6 +31,7 @@ from dataparams.data.images import (
     load_images,
     memory_need,
     parallel,
+    pixel_stat_choices,
     pixel_stats,
     raise_first,
     side_and_channels,
@@ -215,8 +216,7 @@ def _memory_images(
     choices["storage"] = {"value": "memory", "why": f"{size_why}; the images are in memory, not files"}
     pixels = decode_all(images, np.arange(n), side, c, where, progress)  # type: ignore[arg-type]
     mean, std = pixel_stats(pixels)
-    choices["mean"] = {"value": [round(float(v), 4) for v in mean], "why": f"per channel, pixels in [0, 1], on all {n:,} images"}
-    choices["std"] = {"value": [round(float(v), 4) for v in std], "why": f"per channel, on all {n:,} images"}
+    choices.update(pixel_stat_choices(mean, std, f"all {n:,} images"))
     parts = {"labels": labels_digest, "images": f"{n:,} images, {digest}", "classes": classes_digest(classes)}
     choices["data"] = fingerprint_choice(parts, "sha256 of the labels, the ids and every image's bytes")
     return UserData(

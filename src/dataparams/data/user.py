@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from dataparams.data.base import DatasetNotFoundError
-from dataparams.data.features import finite_float32
+from dataparams.data.features import finite_float32, standardization
 from dataparams.data.fingerprint import bytes_digest, classes_digest, file_digest, fingerprint_choice
 from dataparams.data.folders import IMG_EXTENSIONS, load_image_folder
 from dataparams.data.images import load_images
@@ -386,27 +386,18 @@ def _load_features(path: Path, classes: list[str] | None) -> UserData:
         if len(ids) != n:
             raise UserDataError(f"{path}: ids has {len(ids):,} entries for {n:,} samples")
 
-    mean = features.mean(0, dtype=np.float64)
-    std = features.std(0, dtype=np.float64)
-    constant = std < 1e-12
-    std[constant] = 1.0
-    spread = std[~constant]
-    ratio = f"; feature std ranges {spread.min():.3g}..{spread.max():.3g}" if len(spread) else ""
-    const_note = f"; {int(constant.sum())} constant features become 0" if constant.any() else ""
+    mean, std, standardize = standardization(features)
     choices = {
         "kind": {"value": "features", "why": f"{path.name}: X is {n:,} x {d} {x.dtype}, stored as float32"},
         "classes": class_choice(classes, targets, why),
-        "standardize": {
-            "value": True,
-            "why": f"per-feature mean/std measured on the {n:,} rows{ratio}{const_note}",
-        },
+        "standardize": standardize,
         "data": fingerprint_choice(
             {"npz file": digest, "classes": classes_digest(classes)}, f"sha256 of {path.name}'s bytes"
         ),
     }
     return UserData(
         kind="features", targets=targets, classes=classes, ids=ids, source=str(path), features=features,
-        mean=mean.astype(np.float32), std=std.astype(np.float32), choices=choices,
+        mean=mean, std=std, choices=choices,
     )
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "DetectionOptimConfig",
     "detection_config_from_dict",
     "detection_config_to_dict",
+    "missing_field_defaults",
     "validate_detection_config",
 ]
 
@@ -169,6 +170,18 @@ class DetectionConfig:
 def detection_config_to_dict(cfg: DetectionConfig) -> dict[str, Any]:
     """The JSON-ready dict of ``cfg`` (what ``config.json`` holds)."""
     return dataclasses.asdict(cfg)
+
+
+def missing_field_defaults() -> dict[str, Any]:
+    """What a field missing from an older run's ``config.json`` reads as: what that run did, not
+    today's default (:class:`~dataparams.runs.RunDir`'s ``defaults``). Every field added since keeps
+    the old behaviour as its class default (``data.augment`` "flip", ``model.weights`` none), except
+    ``model.ignore_overlap``: a run from before ignore regions trained without them, so resuming it
+    under a config that has them is refused as a changed config instead of changing its loss
+    mid-run."""
+    cfg = DetectionConfig()
+    cfg.model.ignore_overlap = None
+    return detection_config_to_dict(cfg)
 
 
 def detection_config_from_dict(data: dict[str, Any]) -> DetectionConfig:

@@ -60,6 +60,7 @@ from dataparams.detection.coco import CocoDetection, coco_detections, coco_evalu
 from dataparams.detection.config import (
     DetectionConfig,
     detection_config_to_dict,
+    missing_field_defaults,
     validate_detection_config,
 )
 from dataparams.detection.curriculum import BoxTable, curriculum_statistics
@@ -418,12 +419,7 @@ def train_detection(
     if threads is not None:
         torch.set_num_threads(int(threads))
     config = detection_config_to_dict(cfg)
-    # Fields an older run's config.json lacks read as what that run did, not as today's defaults:
-    # a run from before ignore regions trained without them, so resuming it under a config that
-    # has them is refused as a changed config instead of silently changing its loss mid-run.
-    legacy = DetectionConfig()
-    legacy.model.ignore_overlap = None
-    run = RunDir(out, defaults=detection_config_to_dict(legacy))
+    run = RunDir(out, defaults=missing_field_defaults())
     # The run directory's lock (taken by prepare) is held until the run ends, however it ends,
     # and so are the loaders' worker processes.
     loaders: list[DataLoader] = []
