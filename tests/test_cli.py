@@ -124,9 +124,9 @@ def _raising(exc):
 @pytest.mark.parametrize("exc", [RuntimeError("a bug"), ValueError("a bug's plain ValueError"), KeyError("k"),
                                  ImportError("No module named 'nothing'"), TypeError("a bug")])
 def test_an_unexpected_exception_is_not_swallowed(monkeypatch, capsys, exc):
-    from dataparams import cli
+    from dataparams.cli import presets
 
-    monkeypatch.setattr(cli, "cmd_presets", _raising(exc))
+    monkeypatch.setattr(presets, "cmd_presets", _raising(exc))
     with pytest.raises(type(exc)) as info:
         main(["presets"])
     assert info.value is exc
@@ -153,9 +153,9 @@ def _user_errors():
 
 @pytest.mark.parametrize("exc", _user_errors(), ids=lambda e: type(e).__name__)
 def test_a_user_error_is_one_line_and_exit_2(monkeypatch, capsys, exc):
-    from dataparams import cli
+    from dataparams.cli import presets
 
-    monkeypatch.setattr(cli, "cmd_presets", _raising(exc))
+    monkeypatch.setattr(presets, "cmd_presets", _raising(exc))
     assert main(["presets"]) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
@@ -178,9 +178,9 @@ def test_a_bug_exits_1_with_its_traceback(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys\nfrom dataparams import cli\n"
+    code = ("import sys\nfrom dataparams import cli\nfrom dataparams.cli import presets\n"
             "def cmd(args):\n    raise ValueError('a bug')\n"
-            "cli.cmd_presets = cmd\nsys.exit(cli.main(['presets']))\n")
+            "presets.cmd_presets = cmd\nsys.exit(cli.main(['presets']))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "ValueError: a bug" in proc.stderr and "error: a bug" not in proc.stderr
