@@ -292,3 +292,54 @@ def test_cuda_rng_states_are_restored_for_the_devices_present(monkeypatch):
                                           torch.tensor([9], dtype=torch.uint8)]})
     assert calls == [(7, 0)]
     assert torch.equal(torch.get_rng_state(), cpu)
+
+
+def test_arrays_round_trip_with_integers_deflated_and_floats_stored(tmp_path, cfg):
+    # The archive must read back exactly (values and dtypes, through np.load as any .npz), with
+    # integer/boolean members compressed and floating-point members stored: the split the writer
+    # makes for speed (float data barely compresses).
+    import zipfile
+
+    run = RunDir(tmp_path / "run")
+    run.prepare(cfg)
+    rng = np.random.default_rng(0)
+    arrays = {"given": rng.integers(0, 10, 5000), "mask": rng.random(5000) < 0.2,
+              "sigma": rng.random(5000).astype(np.float32), "loss": rng.random(5000).astype(np.float16),
+              "probs": rng.random((5000, 10)), "empty": np.zeros(0, dtype=np.int32)}
+    run.save_arrays("arrays.npz", **arrays)
+    back = run.load_arrays("arrays.npz")
+    assert set(back) == set(arrays)
+    for k, v in arrays.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape and np.array_equal(back[k], v), k
+    with zipfile.ZipFile(tmp_path / "run" / "arrays.npz") as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+    assert {k: i.compress_type for k, i in infos.items()} == {
+        "given.npy": zipfile.ZIP_DEFLATED, "mask.npy": zipfile.ZIP_DEFLATED, "empty.npy": zipfile.ZIP_DEFLATED,
+        "sigma.npy": zipfile.ZIP_STORED, "loss.npy": zipfile.ZIP_STORED, "probs.npy": zipfile.ZIP_STORED}
+    # Deflate did its work on the labels: 5,000 int64 values of 0..9 are 40 KB raw.
+    assert infos["given.npy"].compress_size < 0.25 * infos["given.npy"].file_size
+
+
+def test_a_failed_array_write_leaves_the_previous_file_and_no_temporary_file(tmp_path, cfg, monkeypatch):
+    # save_arrays streams the archive into a temporary file beside the name: a failure half-way
+    # (a full disk) must leave the file it would have replaced as it was and nothing else behind.
+    import errno
+
+    run = RunDir(tmp_path / "run")
+    run.prepare(cfg)
+    run.save_arrays("arrays.npz", a=np.arange(10))
+    before = (tmp_path / "run" / "arrays.npz").read_bytes()
+    write_array = np.lib.format.write_array
+    calls = []
+
+    def full_disk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second member: the archive is half-written
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_array(*args, **kwargs)
+
+    monkeypatch.setattr(np.lib.format, "write_array", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        run.save_arrays("arrays.npz", a=np.arange(20), b=np.ones(3))
+    assert (tmp_path / "run" / "arrays.npz").read_bytes() == before
+    assert not list((tmp_path / "run").glob(".arrays.npz.*"))

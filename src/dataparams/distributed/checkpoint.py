@@ -5,7 +5,7 @@ A save (:meth:`ShardedDataParameters.write_shards
 <dataparams.distributed.sharded.ShardedDataParameters.write_shards>`) is one shard file per
 rank and one class file, each named with a token fresh to the save, and a manifest naming them
 with their sizes and SHA-256 (:data:`SHARDED_FORMAT`). Files are written with
-:func:`dataparams.runs.rundir.atomic_write_stream`: a temporary file beside the target, fsynced,
+:func:`dataparams.runs.files.atomic_write_stream`: a temporary file beside the target, fsynced,
 renamed onto it, the directory fsynced.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dataparams.runs.rundir import atomic_write_stream
+from dataparams.runs.files import atomic_write_stream
 
 __all__ = [
     "MANIFEST",
@@ -65,7 +65,7 @@ def remove_stale_shards(directory: str | os.PathLike[str], manifest: dict[str, A
 def save_hashed(obj: Any, path: Path) -> dict[str, Any]:
     """``torch.save`` that readers see whole or not at all; returns the file's
     ``{"bytes": size, "sha256": hex digest}``, hashed while it is written (the file is not read
-    back). See :func:`~dataparams.runs.rundir.atomic_write_stream`."""
+    back). See :func:`~dataparams.runs.files.atomic_write_stream`."""
     return atomic_write_stream(path, lambda f: torch.save(obj, f))
 
 

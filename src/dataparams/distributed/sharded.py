@@ -54,7 +54,7 @@ from dataparams.losses import per_sample_cross_entropy, scaled_loss
 from dataparams.objectives import Objective
 from dataparams.optim import sparse_sgd_step
 from dataparams.parameters import DEFAULT_CLAMP, DataParameters, combine_sigma
-from dataparams.runs.rundir import atomic_write_bytes
+from dataparams.runs.files import atomic_write_bytes
 from dataparams.scores import scores_from_sums
 
 __all__ = ["ShardedDataParameters", "ShardedObjective", "ShardedOptimizer", "ShardedStepPlan"]

@@ -32,7 +32,8 @@ from tqdm import tqdm
 from dataparams.analysis.metrics import label_error_metrics
 from dataparams.engine import Callback
 from dataparams.objectives import Objective
-from dataparams.runs.rundir import RunDir, atomic_write_bytes
+from dataparams.runs.files import atomic_write_bytes
+from dataparams.runs.rundir import RunDir
 from dataparams.runs.state import is_sharded
 
 __all__ = [

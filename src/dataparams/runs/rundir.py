@@ -36,9 +36,10 @@ the list's bytes, every image's path, size and modification time, the class list
 whose run was made on other data is neither resumed nor reused (:class:`RunConflictError` naming
 what changed), because the config fields alone do not change when a label is edited in place.
 
-Every rename is followed by an fsync of the directory, so that a power loss after a save does
-not bring back the file it replaced. A save that fails (a full disk) leaves the previous
-checkpoint as it was and says so.
+Every file is written by :mod:`dataparams.runs.files`: a temporary file renamed onto the name,
+the rename followed by an fsync of the directory, so that a power loss after a save does not
+bring back the file it replaced. A save that fails (a full disk) leaves the previous checkpoint
+as it was and says so.
 
 Under torchrun rank 0 writes everything but the shard files. In sharded mode every process
 writes its rows of each epoch's snapshot, and its shard files of the checkpoint (named with a
@@ -60,16 +61,22 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 
 from dataparams.config import EXECUTION_FIELDS, diff_configs
+from dataparams.runs.files import (
+    atomic_write_text,
+    commit_temp,
+    fsync_dir,
+    stream_temp,
+    write_npz,
+    write_temp,
+)
 
 __all__ = [
     "SHARDS_KEY",
@@ -78,9 +85,6 @@ __all__ = [
     "RunDir",
     "RunDirError",
     "RunExistsError",
-    "atomic_write_bytes",
-    "atomic_write_stream",
-    "atomic_write_text",
     "data_changes",
 ]
 
@@ -126,96 +130,6 @@ class RunConflictError(RunDirError):
     or ``overwrite`` where that is allowed."""
 
 
-def _write_temp(path: Path, data: bytes) -> str:
-    """``data`` written and fsynced to a temporary file beside ``path``; its name. On any
-    failure the temporary file is removed and the error raised."""
-    return _stream_temp(path, lambda f: f.write(data))
-
-
-def _stream_temp(path: Path, write: Callable[[BinaryIO], object]) -> str:
-    """:func:`_write_temp` of what ``write(file)`` writes (a ``.{name}.<random>.tmp`` file beside ``path``)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return tmp
-
-
-def _commit(tmp: str, path: Path) -> None:
-    """Rename the temporary file ``tmp`` onto ``path`` and make the rename durable; on a failed
-    rename the temporary file is removed and the error raised."""
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    path = Path(path)
-    _commit(_write_temp(path, data), path)
-
-
-class _HashingFile:
-    """A write-only file that forwards to ``f`` and keeps the SHA-256 and length of what went
-    through (all that ``torch.save`` needs of a file: ``write`` and ``flush``)."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f, self.sha256, self.size = f, hashlib.sha256(), 0
-
-    def write(self, data: Any) -> int:
-        self.sha256.update(data)
-        self.size += memoryview(data).nbytes
-        return self.f.write(data)
-
-    def flush(self) -> None:
-        self.f.flush()
-
-
-def atomic_write_stream(path: Path, write: Callable[[BinaryIO], object]) -> dict[str, Any]:
-    """:func:`atomic_write_bytes` of what ``write(file)`` writes (e.g. ``torch.save(obj, file)``),
-    streamed to the file rather than held whole in memory.
-
-    Returns
-    -------
-    dict
-        ``{"bytes": size, "sha256": hex digest}`` of the file, hashed while it is written (the
-        file is not read back).
-    """
-    path = Path(path)
-    box: list[_HashingFile] = []
-
-    def hashed(f: BinaryIO) -> None:
-        box.append(_HashingFile(f))
-        write(box[0])  # type: ignore[arg-type]
-
-    _commit(_stream_temp(path, hashed), path)
-    return {"bytes": box[0].size, "sha256": box[0].sha256.hexdigest()}
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in directory ``path`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on a directory: the rename stands as written
-        pass
-    finally:
-        os.close(fd)
-
-
 #: Appended to a checkpoint: this marker and the SHA-256 of the bytes before it.
 _CHECKSUM_MAGIC = b"\nDPSHA256"
 _TRAILER = len(_CHECKSUM_MAGIC) + 32
@@ -239,10 +153,6 @@ def _verified_payload(path: Path) -> bytes:
             raise RunDirError(f"{path} is damaged (its SHA-256 does not match the one saved with it)")
         return payload
     return data
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def with_defaults(old: dict[str, Any], defaults: dict[str, Any] | None) -> dict[str, Any]:
@@ -546,9 +456,10 @@ class RunDir:
 
     # -- arrays --------------------------------------------------------------------------
     def save_arrays(self, name: str, **arrays: np.ndarray) -> None:
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        atomic_write_bytes(self.path / name, buf.getvalue())
+        # Streamed into the temporary file beside the name, not built in memory first: at 1e8
+        # samples the buffer and its copy were two more copies of the arrays on rank 0.
+        path = self.path / name
+        commit_temp(stream_temp(path, lambda f: write_npz(f, arrays)), path)
 
     def load_arrays(self, name: str) -> dict[str, np.ndarray]:
         f = self.path / name
@@ -600,10 +511,10 @@ class RunDir:
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         path = self.snapshot_shard_file(epoch, rank, world_size)
         meta = {"start": np.int64(start), "end": np.int64(end), "num_instances": np.int64(num_instances)}
-        # Streamed into the temporary file (no in-memory copy of the compressed arrays, which at
-        # 1e9 samples would be O(N / P) more), then renamed onto the name: a reader sees the file
+        # Streamed into the temporary file (no in-memory copy of the archive, which at 1e9
+        # samples would be O(N / P) more), then renamed onto the name: a reader sees the file
         # whole or not at all.
-        _commit(_stream_temp(path, lambda f: np.savez_compressed(f, **arrays, **meta)), path)
+        commit_temp(stream_temp(path, lambda f: write_npz(f, {**arrays, **meta})), path)
         return path
 
     def _snapshot_files(self) -> dict[int, list[tuple[Path, int | None, int | None]]]:
@@ -715,7 +626,7 @@ class RunDir:
         data = _with_checksum(buf.getvalue())
         del buf
         try:
-            tmp = _write_temp(self.checkpoint_file, data)
+            tmp = write_temp(self.checkpoint_file, data)
         except OSError as e:
             kept = "the previous checkpoint is intact" if self.checkpoint_file.exists() else "no checkpoint was kept"
             raise RunDirError(f"could not write {self.checkpoint_file} ({e.strerror or e}); {kept}") from e
