@@ -68,13 +68,14 @@ Modules, with the public names that ``dataparams.distributed`` re-exports::
     steps        LossWeights, loss_weights, distributed_loss, StepPlan
     collectives  (internal) all-gathers of ragged per-rank rows and bytes
     exchange     replicated layout: ReplicatedExchange, ReplicatedObjective, ExchangeOptimizer
-    sharded      sharded layout: ShardedDataParameters, ShardedStepPlan, ShardedObjective,
-                 ShardedOptimizer
+    sharded      sharded layout: ShardedDataParameters, ShardedStepPlan
+    sharded_objective  the sharded layout in the engine's loop: ShardedObjective, ShardedOptimizer
     checkpoint   the files of a sharded save: ShardFileError, remove_stale_shards; (internal)
                  their hashed atomic writes, checks and opening
 
 Dependencies run one way: ``context`` <- ``models``, ``collectives``; ``sampling`` and ``steps``
-stand alone; ``exchange`` and ``sharded`` build on them (``sharded`` also on ``checkpoint``).
+stand alone; ``exchange`` and ``sharded`` build on them (``sharded`` also on ``checkpoint``),
+``sharded_objective`` on ``sharded``.
 The package imports its submodules lazily, on first use of a name: importing
 ``dataparams.distributed.context`` (as the engine does) does not import the sharded or replicated
 layouts.
@@ -103,12 +104,8 @@ if TYPE_CHECKING:
         shard_range,
         split_sizes,
     )
-    from dataparams.distributed.sharded import (
-        ShardedDataParameters,
-        ShardedObjective,
-        ShardedOptimizer,
-        ShardedStepPlan,
-    )
+    from dataparams.distributed.sharded import ShardedDataParameters, ShardedStepPlan
+    from dataparams.distributed.sharded_objective import ShardedObjective, ShardedOptimizer
     from dataparams.distributed.steps import LossWeights, StepPlan, distributed_loss, loss_weights
 
 __all__ = [
@@ -165,8 +162,8 @@ _SUBMODULE = {
     "ReplicatedExchange": "exchange",
     "ReplicatedObjective": "exchange",
     "ShardedDataParameters": "sharded",
-    "ShardedObjective": "sharded",
-    "ShardedOptimizer": "sharded",
+    "ShardedObjective": "sharded_objective",
+    "ShardedOptimizer": "sharded_objective",
     "ShardedStepPlan": "sharded",
     "ShardFileError": "checkpoint",
     "remove_stale_shards": "checkpoint",
