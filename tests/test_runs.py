@@ -320,6 +320,7 @@ def test_arrays_round_trip_with_integers_deflated_and_floats_stored(tmp_path, cf
     assert infos["given.npy"].compress_size < 0.25 * infos["given.npy"].file_size
 
 
+@pytest.mark.faults
 def test_a_failed_array_write_leaves_the_previous_file_and_no_temporary_file(tmp_path, cfg, monkeypatch):
     # save_arrays streams the archive into a temporary file beside the name: a failure half-way
     # (a full disk) must leave the file it would have replaced as it was and nothing else behind.
