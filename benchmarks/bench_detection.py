@@ -3,17 +3,19 @@
     python benchmarks/bench_detection.py [--out runs/detection_synth] [--seeds 1 2 3] [--jobs 2]
                                          [--paper-lr] [--results benchmarks/results/detection_synth]
 
-Writes two KITTI-format sets (``dataparams.detection.presets.SYNTHETIC_DATA``: 1,200 Fashion-MNIST
-scenes of 128 x 256, 900 train / 300 val; and the same scenes with 20% of the train boxes given
-another class), then trains ``kitti-synth/baseline`` and ``kitti-synth/instance`` on each, once
-per seed, each run in its own run directory under ``OUT/runs/{clean,flip20}/{variant}/seedN``.
+Writes KITTI-format sets (``dataparams.detection.presets.SYNTHETIC_DATA``: 1,200 Fashion-MNIST
+scenes of 128 x 256, 900 train / 300 val; the same scenes with 20% of the train boxes given
+another class, ``flip20``; and with three kinds of box error, a tenth of the train boxes each:
+flipped class, box moved by more than half its size, spurious box on background, ``errors3``),
+then trains ``kitti-synth/baseline`` and ``kitti-synth/instance`` on each set of ``--datasets``,
+once per seed, each run in its own run directory under ``OUT/runs/{DATA}/{variant}/seedN``.
 Finished runs are skipped and interrupted ones resumed, so the command can be re-run after a
 kill. ``--paper-lr`` adds one run of the instance preset at the paper's lr_instance = 0.1 on the
 clean set (seed 1). At the end it prints, and writes to ``RESULTS/results.md``, the KITTI AP|R40
 and 11-point AP per class and difficulty (mean ± std over seeds), the mean box sigma per
 difficulty and occlusion level, Spearman's rho of sigma with occlusion and difficulty per epoch,
-and for the corrupted set the AUROC of sigma (and of the per-box loss) for the flipped boxes; the
-figures (``object_detection_report``) go to ``RESULTS/``.
+and for the corrupted sets the AUROC of sigma (and of the per-box loss) for the flipped boxes,
+and for ``errors3`` per kind of error against the clean boxes; the figures (``object_detection_report``) go to ``RESULTS/``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 
 from _table import emit
 
-DATASETS = {"clean": "SYNTHETIC_DATA", "flip20": "SYNTHETIC_DATA_FLIP20"}
+DATASETS = {"clean": "SYNTHETIC_DATA", "flip20": "SYNTHETIC_DATA_FLIP20", "errors3": "SYNTHETIC_DATA_ERRORS"}
 VARIANTS = ("baseline", "instance")
 PAPER_LR_VARIANT = "instance-lr0.1"
 
@@ -43,6 +45,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/detection_synth", help="data and run directories")
     p.add_argument("--results", default="benchmarks/results/detection_synth", help="table and figures")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS),
+                   help="which sets to train on (default: all)")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one CPU thread each")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--paper-lr", action="store_true", help="also run lr_instance = 0.1 (clean set, seed 1)")
@@ -103,7 +107,9 @@ def _tables(runs: dict[tuple[str, str], list[Path]], command: str) -> list[str]:
              "parameters with lr 1.0, no momentum, no weight decay, negatives at the batch's mean box sigma "
              f"(no gradient through it); {boxes:,} train boxes. `flip20`: the same scenes with 20% of the train "
              f"boxes ({f'{flipped[0][0]:,} of {flipped[0][1]:,}' if flipped else 'none finished'}) given another "
-             "class; validation labels are clean. Mean ± std over seeds (n).",
+             "class; `errors3`: the same scenes with a tenth of the train boxes each given another class, moved by "
+             "more than half their size, and added as spurious boxes on background; validation labels are clean. "
+             "Mean ± std over seeds (n).",
              "", f"Time: one run {_fmt(times, 1)} min of wall time (two runs at a time, one thread each, on a "
              f"2-core machine shared with other work); {sum(times):.0f} min of run time in all.", ""]
     for kind, title in (("ap40", "AP|R40"), ("ap11", "AP 11-point")):
@@ -180,6 +186,29 @@ def _tables(runs: dict[tuple[str, str], list[Path]], command: str) -> list[str]:
                       for k in flip_keys]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+
+    error_keys = [k for k in loaded if k[0] == "errors3"]
+    if error_keys:
+        lines += ["## Three kinds of box error (`errors3`): AUROC per kind against the clean boxes, per epoch", "",
+                  "Each kind's boxes against the clean boxes only (the other kinds left out), by sigma (instance) and "
+                  "by the box's mean anchor loss in its last visit (both variants). Boxes per kind: " + ", ".join(
+                      f"{kind} {loaded[error_keys[0]][0][0][-1]['box_errors'][kind]['num']:,}"
+                      for kind in ("clean", "flip", "shift", "spurious")
+                      if kind in loaded[error_keys[0]][0][0][-1].get("box_errors", {})) + ".", ""]
+        kinds = ("flip", "shift", "spurious")
+        header = ["epoch"] + [f"{v} {kind} AUROC sigma" for _, v in error_keys if v != "baseline" for kind in kinds] \
+            + [f"{v} {kind} AUROC loss" for _, v in error_keys for kind in kinds]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        n = max(len(m) for k in error_keys for m, _ in loaded[k])
+        for e in range(n):
+            cells = [str(e + 1)]
+            for metric, keys in (("auroc_sigma", [k for k in error_keys if k[1] != "baseline"]), ("auroc_loss", error_keys)):
+                for k in keys:
+                    for kind in kinds:
+                        cells.append(_fmt([m[e].get("box_errors", {}).get(kind, {}).get(metric)
+                                           for m, _ in loaded[k] if len(m) > e], 3))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
     return lines
 
 
@@ -190,14 +219,15 @@ def main(args: argparse.Namespace) -> None:
     out = Path(args.out)
     results = Path(args.results)
     roots = {}
-    for data, const in DATASETS.items():
+    for data in args.datasets:
+        const = DATASETS[data]
         root = out / "data" / data
         made = presets.ensure_synthetic_data(root, getattr(presets, const))
         if made is not None:
             print(f"wrote {root}: {made.num_objects} objects, {made.num_flipped} flipped", flush=True)
         roots[data] = str(root)
 
-    plan: list[tuple[str, str, int]] = [(d, v, s) for s in args.seeds for d in DATASETS for v in VARIANTS]
+    plan: list[tuple[str, str, int]] = [(d, v, s) for s in args.seeds for d in args.datasets for v in VARIANTS]
     if args.paper_lr:
         plan.append(("clean", PAPER_LR_VARIANT, args.seeds[0]))
     runs: dict[tuple[str, str], list[Path]] = {}
@@ -219,7 +249,7 @@ def main(args: argparse.Namespace) -> None:
     finished = [p for paths in runs.values() for p in paths if (p / "summary.json").exists()]
     command = "python benchmarks/bench_detection.py " + " ".join(
         [f"--out {args.out}", f"--results {args.results}", "--seeds " + " ".join(map(str, args.seeds)),
-         f"--jobs {args.jobs}"] + (["--paper-lr"] if args.paper_lr else []))
+         "--datasets " + " ".join(args.datasets), f"--jobs {args.jobs}"] + (["--paper-lr"] if args.paper_lr else []))
     lines = _tables(runs, command)
     if finished:
         report = object_detection_report(finished, results, title="Box data parameters, synthetic KITTI set")

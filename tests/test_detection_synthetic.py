@@ -12,6 +12,7 @@ from dataparams.data.base import DatasetNotFoundError
 from dataparams.detection.kitti import (
     DEFAULT_CLASSES,
     KittiDetection,
+    format_label_line,
     parse_label_line,
     read_label_file,
     read_split_file,
@@ -19,6 +20,7 @@ from dataparams.detection.kitti import (
 from dataparams.detection.synthetic import (
     OCCLUSION_THRESHOLDS,
     SyntheticKittiConfig,
+    box_error_kinds,
     describe_kitti_set,
     flipped_box_mask,
     occlusion_level,
@@ -207,5 +209,66 @@ def test_config_is_validated():
         SyntheticKittiConfig(class_probs=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="must not exceed 1"):
         SyntheticKittiConfig(flip_fraction=0.6, missing_fraction=0.6)
+    with pytest.raises(ValueError, match="must not exceed 1"):
+        SyntheticKittiConfig(flip_fraction=0.5, shift_fraction=0.6)
+    with pytest.raises(ValueError, match="spurious_fraction"):
+        SyntheticKittiConfig(spurious_fraction=1.5)
     with pytest.raises(ValueError, match="max_box_height"):
         SyntheticKittiConfig(max_box_height=500)
+
+
+def test_shifted_and_spurious_boxes_follow_their_definition_and_the_truth_undoes_them(tmp_path, clean, corrupt):
+    cfg = replace(CORRUPT, shift_fraction=0.1, spurious_fraction=0.05)
+    mixed = write_synthetic_kitti(tmp_path / "mixed", cfg)
+    truth = read_truth(mixed.root)["images"]
+    noisy, original, flipped_only = _labels(mixed.root), _labels(clean.root), _labels(corrupt.root)
+    eligible = sum(1 for i in mixed.train_ids for o in original[i] if o.type != "DontCare")
+    assert mixed.num_shifted == round(0.1 * eligible) > 0 and mixed.num_spurious == round(0.05 * eligible) > 0
+    # Shifts and spurious boxes are drawn after the flips and deletions: those stay as without them.
+    assert (mixed.num_flipped, mixed.num_deleted) == (corrupt.num_flipped, corrupt.num_deleted)
+
+    counts = dict.fromkeys(("clean", "flip", "shift", "spurious"), 0)
+    for image_id, objects in noisy.items():
+        entry = truth[image_id]
+        assert len(entry["kinds"]) == len(entry["true_types"]) == len(entry["true_boxes"]) == len(objects)
+        assert entry["deleted"] == read_truth(corrupt.root)["images"][image_id]["deleted"]
+        kept = [o for o, k in zip(objects, entry["kinds"]) if k != "spurious"]
+        assert [o.type for o in kept] == [o.type for o in flipped_only[image_id]]
+        if image_id in mixed.val_ids:
+            assert objects == original[image_id]
+        for o, kind, true_type, true_box in zip(objects, entry["kinds"], entry["true_types"], entry["true_boxes"]):
+            counts[kind] += 1
+            assert 0 <= o.bbox[0] < o.bbox[2] <= cfg.width and 0 <= o.bbox[1] < o.bbox[3] <= cfg.height
+            if kind == "shift":
+                w, h = true_box[2] - true_box[0], true_box[3] - true_box[1]
+                assert o.type == true_type
+                assert (o.bbox[2] - o.bbox[0], o.bbox[3] - o.bbox[1]) == pytest.approx((w, h), abs=0.02)
+                dx, dy = abs(o.bbox[0] - true_box[0]), abs(o.bbox[1] - true_box[1])
+                assert dx > 0.5 * w or dy > 0.5 * h  # more than half its size off
+            if kind == "spurious":
+                assert true_type is None and true_box is None and o.type in DEFAULT_CLASSES
+                assert 25 - 0.02 <= o.bbox[3] - o.bbox[1] <= 64 + 0.02
+                # On background: it touches no labelled object and no DontCare region of the scene.
+                assert not any(_intersects(o.bbox, other.bbox) for other in original[image_id])
+        # Undo with the truth alone: the clean labels of the same seed come back.
+        restored = [format_label_line(replace(o, type=t, bbox=tuple(b)))
+                    for o, t, b, k in zip(objects, entry["true_types"], entry["true_boxes"], entry["kinds"])
+                    if k != "spurious"]
+        for d in sorted(entry["deleted"], key=lambda d: d["line"]):
+            restored.insert(d["line"], d["label"])
+        assert restored == [format_label_line(o) for o in original[image_id]]
+    assert counts["flip"] == mixed.num_flipped and counts["shift"] == mixed.num_shifted
+    assert counts["spurious"] == mixed.num_spurious
+
+    ds = KittiDetection(mixed.root, "train")
+    kinds = box_error_kinds(ds)
+    assert {k: int((kinds == k).sum()) for k in ("flip", "shift", "spurious")} == {
+        "flip": mixed.num_flipped, "shift": mixed.num_shifted, "spurious": mixed.num_spurious}
+    np.testing.assert_array_equal(flipped_box_mask(ds), kinds == "flip")
+    # A truth file from before shifts and spurious boxes (no kinds): flips by the true type.
+    old = read_truth(corrupt.root)
+    for entry in old["images"].values():
+        entry.pop("kinds"), entry.pop("true_boxes")
+    old_ds = KittiDetection(corrupt.root, "train")
+    np.testing.assert_array_equal(box_error_kinds(old_ds, old) == "flip", flipped_box_mask(old_ds))
+    assert set(box_error_kinds(old_ds, old)) == {"clean", "flip"}

@@ -87,10 +87,12 @@ from dataparams.detection.presets import (
 )
 from dataparams.detection.summary import headline, summarize_seeds
 from dataparams.detection.synthetic import (
+    BOX_ERROR_KINDS,
     SYNTHETIC_CLASS_SOURCES,
     KittiSetStatistics,
     SyntheticKittiConfig,
     SyntheticKittiSet,
+    box_error_kinds,
     describe_kitti_set,
     flipped_box_mask,
     read_truth,
@@ -118,6 +120,7 @@ from dataparams.detection.transforms import (
 
 __all__ = [
     "AUGMENTATIONS",
+    "BOX_ERROR_KINDS",
     "DEFAULT_CLASSES",
     "DETECTION_PRESETS",
     "DETECTOR_ARCHS",
@@ -153,6 +156,7 @@ __all__ = [
     "crop",
     "curriculum_statistics",
     "default_ignore_types",
+    "box_error_kinds",
     "describe_kitti_set",
     "detection_config_from_dict",
     "detection_config_to_dict",

@@ -29,7 +29,7 @@ from numpy.typing import ArrayLike
 
 from dataparams.analysis.metrics import auroc
 from dataparams.detection.kitti import DIFFICULTIES, KittiDetection
-from dataparams.detection.synthetic import flipped_box_mask, read_truth
+from dataparams.detection.synthetic import box_error_kinds, read_truth
 
 __all__ = [
     "DIFFICULTY_NAMES",
@@ -93,6 +93,11 @@ class BoxTable:
         sets do in ``training/truth.json``).
     is_flipped : bool (N,)
         ``labels != true_labels``.
+    error_kind : str (N,)
+        The box's injected annotation error, one of
+        :data:`~dataparams.detection.synthetic.BOX_ERROR_KINDS` (``clean``, ``flip``, ``shift``,
+        ``spurious``); all ``clean`` on a set without ``training/truth.json``. A run's
+        ``labels.npz`` written before it existed reads as ``flip`` where ``is_flipped``.
     difficulty : int64 (N,)
         KITTI level 0 easy, 1 moderate, 2 hard, -1 none.
     occluded : int64 (N,)
@@ -119,6 +124,11 @@ class BoxTable:
     line_index: np.ndarray
     image_ids: np.ndarray
     classes: np.ndarray
+    error_kind: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.error_kind is None:
+            self.error_kind = np.where(np.asarray(self.is_flipped, bool), "flip", "clean").astype("<U8")
 
     @property
     def num_boxes(self) -> int:
@@ -137,10 +147,12 @@ class BoxTable:
         labels = np.asarray(dataset.box_labels, np.int64)
         true_labels = labels.copy()
         flipped = np.zeros(labels.shape[0], bool)
+        kinds = np.full(labels.shape[0], "clean", dtype="<U8")
         truth_file = dataset.root / "training" / "truth.json"
         if truth_file.is_file():
             truth = read_truth(dataset.root)
-            flipped = flipped_box_mask(dataset, truth)
+            kinds = box_error_kinds(dataset, truth)
+            flipped = kinds == "flip"
             index = {c: k + 1 for k, c in enumerate(dataset.classes)}
             for b in np.flatnonzero(flipped):
                 image_id, line = dataset.box_source(int(b))
@@ -164,6 +176,7 @@ class BoxTable:
             line_index=np.asarray(dataset.box_line_index, np.int64),
             image_ids=np.asarray(dataset.image_ids, dtype=str),
             classes=np.asarray(dataset.classes, dtype=str),
+            error_kind=kinds,
         )
 
     def as_arrays(self) -> dict[str, np.ndarray]:
@@ -172,10 +185,11 @@ class BoxTable:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> BoxTable:
-        missing = [f.name for f in fields(cls) if f.name not in arrays]
+        # error_kind is derived from is_flipped when a run's labels.npz predates it.
+        missing = [f.name for f in fields(cls) if f.name not in arrays and f.name != "error_kind"]
         if missing:
             raise KeyError(f"box table arrays lack {', '.join(missing)}")
-        return cls(**{f.name: np.asarray(arrays[f.name]) for f in fields(cls)})
+        return cls(**{f.name: np.asarray(arrays[f.name]) for f in fields(cls) if f.name in arrays})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> BoxTable:
@@ -207,7 +221,10 @@ def curriculum_statistics(
         none}), ``sigma_by_occlusion`` ({"0".."3"}), ``sigma_by_class``, ``spearman_occlusion``
         (levels 0-2), ``spearman_difficulty`` (levels 0-2; None where undefined), and, when the
         table has flipped boxes, ``flipped`` with ``auroc_sigma``, ``auroc_loss``, the mean sigma
-        of clean and flipped boxes and their numbers.
+        of clean and flipped boxes and their numbers. When the table has shifted or spurious boxes,
+        ``box_errors``: for each kind present (``flip``, ``shift``, ``spurious``) the AUROC of sigma
+        and of the loss for those boxes against the clean ones (the other kinds left out), their
+        mean sigma and number.
     """
     s = np.asarray(sigma, np.float64).reshape(-1)
     if s.shape[0] != table.num_boxes:
@@ -237,4 +254,23 @@ def curriculum_statistics(
             known = np.isfinite(loss)
             report["auroc_loss"] = _finite(auroc(loss[known], flipped[known])) if known.any() else None
         out["flipped"] = report
+    kinds = np.asarray(table.error_kind)
+    if np.isin(kinds, ("shift", "spurious")).any():
+        loss = None if box_loss is None else np.asarray(box_loss, np.float64).reshape(-1)
+        clean = kinds == "clean"
+        per_kind: dict[str, Any] = {"clean": {"num": int(clean.sum()),
+                                              "sigma_mean": float(s[clean].mean()) if clean.any() else None}}
+        for kind in ("flip", "shift", "spurious"):
+            bad = kinds == kind
+            if not bad.any():
+                continue
+            pair = clean | bad  # this kind against the clean boxes only
+            entry = {"num": int(bad.sum()), "sigma_mean": float(s[bad].mean()),
+                     "auroc_sigma": _finite(auroc(s[pair], bad[pair])) if clean.any() else None}
+            if loss is not None:
+                known = pair & np.isfinite(loss)
+                entry["auroc_loss"] = (_finite(auroc(loss[known], bad[known]))
+                                       if (known & bad).any() and (known & clean).any() else None)
+            per_kind[kind] = entry
+        out["box_errors"] = per_kind
     return out

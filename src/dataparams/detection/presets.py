@@ -61,6 +61,9 @@ __all__ = [
 SYNTHETIC_DATA = SyntheticKittiConfig(num_images=1200, val_fraction=0.25, seed=0)
 #: The same scenes with 20% of the train split's boxes given another class (``flip_fraction``).
 SYNTHETIC_DATA_FLIP20 = replace(SYNTHETIC_DATA, flip_fraction=0.2)
+#: The same scenes with three kinds of box error in the train split, each a tenth of its labelled
+#: objects: a flipped class, a box moved by more than half its size, a spurious box on background.
+SYNTHETIC_DATA_ERRORS = replace(SYNTHETIC_DATA, flip_fraction=0.1, shift_fraction=0.1, spurious_fraction=0.1)
 
 _KITTI_NOTES = """\
 Paper (sec. 3.3): SSD on KITTI 2D detection, train/val split of Chen et al. [3] (3,712 / 3,769 images,

@@ -37,10 +37,16 @@ image height, so nearer (taller) objects stand lower and are drawn later, over f
 
 Corruption (for measuring sigma as a detector of bad annotations). Among the labelled objects
 of the *train* split, exactly ``round(flip_fraction * n)`` get another of the three classes
-(uniformly) and ``round(missing_fraction * n)`` others are deleted from the label file; the
-images are unchanged and the validation split stays clean. ``training/truth.json`` holds, for
-every image, the true type of every written line and the deleted lines with their original
-positions; the label files alone do not reveal the changes. With the same seed, the scenes are
+(uniformly), ``round(missing_fraction * n)`` others are deleted from the label file and
+``round(shift_fraction * n)`` others have their box moved by more than half its width or height
+(same size, inside the image: the annotator's box missed the object); ``round(spurious_fraction
+* n)`` boxes of a random class are added on background (touching no object and no DontCare
+region) of random train images, at the end of their label files. The images are unchanged and
+the validation split stays clean. ``training/truth.json`` holds, for every image, the true type
+of every written line (``null`` for a spurious one), its kind of error (``kinds``: ``clean``,
+``flip``, ``shift`` or ``spurious``), its true box (``true_boxes``: the box before the shift,
+``null`` for a spurious one) and the deleted lines with their original positions; the label
+files alone do not reveal the changes. :func:`box_error_kinds` reads the kinds per box. With the same seed, the scenes are
 identical whatever the corruption, because corruption draws from its own generator.
 
 Everything is drawn from ``numpy.random.default_rng`` seeded by ``seed``: the same seed writes
@@ -73,12 +79,14 @@ from dataparams.detection.kitti import (
 )
 
 __all__ = [
+    "BOX_ERROR_KINDS",
     "OCCLUSION_THRESHOLDS",
     "SYNTHETIC_CLASS_SOURCES",
     "KittiSetStatistics",
     "SyntheticKittiConfig",
     "SyntheticKittiSet",
     "describe_kitti_set",
+    "box_error_kinds",
     "flipped_box_mask",
     "occlusion_level",
     "class_pools",
@@ -124,8 +132,11 @@ class SyntheticKittiConfig:
     truncation_prob, max_truncation : float
         Probability that an object is placed across the left/right border, and the largest
         share of its width outside.
-    flip_fraction, missing_fraction : float
-        Share of the train split's labelled objects whose class is flipped / which are deleted.
+    flip_fraction, missing_fraction, shift_fraction : float
+        Share of the train split's labelled objects whose class is flipped / which are deleted /
+        whose box is moved by more than half its size.
+    spurious_fraction : float
+        Boxes added on background, as a share of the train split's labelled objects.
     seed : int
     """
 
@@ -144,6 +155,8 @@ class SyntheticKittiConfig:
     max_truncation: float = 0.7
     flip_fraction: float = 0.0
     missing_fraction: float = 0.0
+    shift_fraction: float = 0.0
+    spurious_fraction: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -165,13 +178,14 @@ class SyntheticKittiConfig:
                 f"need 4 <= min_box_height <= max_box_height <= height, got "
                 f"{self.min_box_height}, {self.max_box_height}, {self.height}"
             )
-        for name in ("crowd_prob", "truncation_prob", "flip_fraction", "missing_fraction"):
+        for name in ("crowd_prob", "truncation_prob", "flip_fraction", "missing_fraction", "shift_fraction",
+                     "spurious_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if not 0.1 < self.max_truncation < 1.0:
             raise ValueError(f"max_truncation must lie in (0.1, 1), got {self.max_truncation}")
-        if self.flip_fraction + self.missing_fraction > 1.0:
-            raise ValueError("flip_fraction + missing_fraction must not exceed 1")
+        if self.flip_fraction + self.missing_fraction + self.shift_fraction > 1.0:
+            raise ValueError("flip_fraction + missing_fraction + shift_fraction must not exceed 1")
 
 
 @dataclass(frozen=True)
@@ -184,6 +198,8 @@ class SyntheticKittiSet:
     num_objects: int  # labelled objects (not DontCare), before deletion
     num_flipped: int
     num_deleted: int
+    num_shifted: int = 0
+    num_spurious: int = 0
 
 
 def occlusion_level(hidden_fraction: float) -> int:
@@ -442,34 +458,114 @@ def write_synthetic_kitti(
     eligible = [(i, k) for i in train_ids for k, o in enumerate(labels[i]) if o.type != "DontCare"]
     n_flip = int(round(cfg.flip_fraction * len(eligible)))
     n_delete = int(round(cfg.missing_fraction * len(eligible)))
+    n_shift = int(round(cfg.shift_fraction * len(eligible)))
     chosen = corrupt_rng.permutation(len(eligible))
     flips = {eligible[j]: None for j in chosen[:n_flip]}
     deletions = {eligible[j] for j in chosen[n_flip : n_flip + n_delete]}
     for key in flips:
         others = [c for c in DEFAULT_CLASSES if c != labels[key[0]][key[1]].type]
         flips[key] = others[int(corrupt_rng.integers(len(others)))]
+    # Drawn after the flips, so that a set without shifts or spurious boxes is written as before.
+    shifts: dict[tuple[str, int], tuple[float, float, float, float]] = {}
+    for j in chosen[n_flip + n_delete :]:
+        if len(shifts) == n_shift:
+            break
+        box = _shifted_box(labels[eligible[j][0]][eligible[j][1]].bbox, cfg.height, cfg.width, corrupt_rng)
+        if box is not None:  # a box too large to move by half its size inside the image stays
+            shifts[eligible[j]] = box
+    spurious = _spurious_boxes(cfg, train_ids, labels, int(round(cfg.spurious_fraction * len(eligible))),
+                               corrupt_rng)
 
     truth: dict[str, Any] = {
-        "description": "true type of every written label line, and the deleted lines at their original 0-based positions",
+        "description": "true type, kind of error (clean, flip, shift, spurious) and true box of every written label "
+                       "line, and the deleted lines at their original 0-based positions",
         "config": asdict(cfg),
         "class_sources": dict(SYNTHETIC_CLASS_SOURCES),
         "images": {},
     }
     num_objects = sum(1 for objs in labels.values() for o in objs if o.type != "DontCare")
     for image_id in ids:
-        written, true_types, deleted = [], [], []
+        written, true_types, kinds, true_boxes, deleted = [], [], [], [], []
         for k, obj in enumerate(labels[image_id]):
             if (image_id, k) in deletions:
                 deleted.append({"line": k, "label": format_label_line(obj)})
                 continue
             true_types.append(obj.type)
-            new_type = flips.get((image_id, k))
-            written.append(replace(obj, type=new_type) if new_type else obj)
+            true_boxes.append(list(obj.bbox))
+            new_type, new_box = flips.get((image_id, k)), shifts.get((image_id, k))
+            kinds.append("flip" if new_type else "shift" if new_box else "clean")
+            written.append(replace(obj, type=new_type) if new_type else replace(obj, bbox=new_box) if new_box else obj)
+        for obj in spurious.get(image_id, []):
+            written.append(obj)
+            true_types.append(None)
+            kinds.append("spurious")
+            true_boxes.append(None)
         text = "".join(format_label_line(o) + "\n" for o in written)
         (label_dir / f"{image_id}.txt").write_text(text, encoding="utf-8")
-        truth["images"][image_id] = {"true_types": true_types, "deleted": deleted}
+        truth["images"][image_id] = {"true_types": true_types, "kinds": kinds, "true_boxes": true_boxes,
+                                     "deleted": deleted}
     (root / "training" / "truth.json").write_text(json.dumps(truth, indent=1) + "\n", encoding="utf-8")
-    return SyntheticKittiSet(root, train_ids, val_ids, num_objects, n_flip, n_delete)
+    return SyntheticKittiSet(root, train_ids, val_ids, num_objects, n_flip, n_delete, len(shifts),
+                             sum(len(v) for v in spurious.values()))
+
+
+def _shifted_box(
+    box: tuple[float, float, float, float], height: int, width: int, rng: np.random.Generator
+) -> tuple[float, float, float, float] | None:
+    """``box`` moved along x or y by more than half its width / height (at most its whole size),
+    with a jitter of up to a quarter of its size along the other axis, kept inside the image;
+    None when no direction has room for such a move."""
+    x1, y1, x2, y2 = box
+    size = (x2 - x1, y2 - y1)
+    room = {(0, -1): x1, (0, 1): width - x2, (1, -1): y1, (1, 1): height - y2}
+    # Strictly more than half: at least one pixel beyond it.
+    options = [key for key, r in room.items() if r >= 0.5 * size[key[0]] + 1]
+    if not options:
+        return None
+    axis, sign = options[int(rng.integers(len(options)))]
+    lo = 0.5 * size[axis] + 1
+    move = [0.0, 0.0]
+    move[axis] = sign * rng.uniform(lo, max(lo, min(room[(axis, sign)], size[axis])))
+    other = 1 - axis
+    jitter = rng.uniform(-0.25, 0.25) * size[other]
+    move[other] = float(np.clip(jitter, -room[(other, -1)], room[(other, 1)]))
+    return (x1 + move[0], y1 + move[1], x2 + move[0], y2 + move[1])
+
+
+def _spurious_boxes(
+    cfg: SyntheticKittiConfig, train_ids: list[str], labels: dict[str, list[KittiObject]], n: int,
+    rng: np.random.Generator,
+) -> dict[str, list[KittiObject]]:
+    """``n`` boxes on background of random train images: a class drawn by ``class_probs``, a
+    height log-uniform in [max(25, dontcare_below), min(64, image height)] px (a size the devkit
+    evaluates and the detector trains on), that class's aspect ratio, touching no labelled box
+    and no DontCare region of the image (nor another spurious box)."""
+    out: dict[str, list[KittiObject]] = {}
+    if n == 0 or not train_ids:
+        return out
+    lo, hi = max(25.0, cfg.dontcare_below), min(64.0, float(cfg.height))
+    placed, tries = 0, 0
+    while placed < n:
+        tries += 1
+        if tries > 100 * n + 1000:
+            raise ValueError(f"could not place {n} spurious boxes on background (placed {placed}): the scenes "
+                             "are too crowded; lower spurious_fraction")
+        image_id = train_ids[int(rng.integers(len(train_ids)))]
+        name = DEFAULT_CLASSES[int(rng.choice(3, p=np.asarray(cfg.class_probs) / sum(cfg.class_probs)))]
+        h = float(np.exp(rng.uniform(math.log(lo), math.log(hi))))
+        w = min(float(cfg.width), h * rng.uniform(*_ASPECT[name]))
+        x1, y1 = rng.uniform(0, cfg.width - w), rng.uniform(0, cfg.height - h)
+        box = (round(x1, 2), round(y1, 2), round(x1 + w, 2), round(y1 + h, 2))
+        taken = [o.bbox for o in labels[image_id]] + [o.bbox for o in out.get(image_id, [])]
+        if any(_overlap(box, t) for t in taken):
+            continue
+        out.setdefault(image_id, []).append(KittiObject.from_box(name, box))
+        placed += 1
+    return out
+
+
+def _overlap(a: Sequence[float], b: Sequence[float]) -> bool:
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
 
 
 def read_truth(root: str | os.PathLike) -> dict[str, Any]:
@@ -486,14 +582,31 @@ def flipped_box_mask(dataset: KittiDetection, truth: dict[str, Any] | None = Non
     The positives for scoring per-box temperatures as a detector of bad annotations, in the
     order of the data parameters. ``truth`` defaults to ``read_truth(dataset.root)``.
     """
+    return box_error_kinds(dataset, truth) == "flip"
+
+
+#: The kinds of box error :func:`write_synthetic_kitti` injects, and ``clean``.
+BOX_ERROR_KINDS = ("clean", "flip", "shift", "spurious")
+
+
+def box_error_kinds(dataset: KittiDetection, truth: dict[str, Any] | None = None) -> np.ndarray:
+    """str (B,): each of ``dataset``'s boxes' kind of error (:data:`BOX_ERROR_KINDS`), by ``box_index``.
+
+    ``truth`` defaults to ``read_truth(dataset.root)``. A truth file written before shifts and
+    spurious boxes existed (no ``kinds``) gives ``flip`` where the true type differs from the
+    given one and ``clean`` elsewhere.
+    """
     truth = truth if truth is not None else read_truth(dataset.root)
     images = truth["images"]
-    mask = np.zeros(dataset.num_boxes, bool)
+    out = np.full(dataset.num_boxes, "clean", dtype="<U8")
     for b in range(dataset.num_boxes):
         image_id, line = dataset.box_source(b)
-        given = dataset.classes[int(dataset.box_labels[b]) - 1]
-        mask[b] = images[image_id]["true_types"][line] != given
-    return mask
+        entry = images[image_id]
+        if "kinds" in entry:
+            out[b] = entry["kinds"][line]
+        elif entry["true_types"][line] != dataset.classes[int(dataset.box_labels[b]) - 1]:
+            out[b] = "flip"
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
