@@ -84,10 +84,9 @@ def main() -> None:
              "Each method trained once by `dataparams train --data PATH --method M` with the user preset's defaults "
              "(no noise rate given), scored on the first 2,000 Fashion-MNIST test images written like the set's "
              f"images; {'n=1 per cell' if not several else 'n = the seeds below per cell'}. dp-instance is the `user/instance` preset (what `train --data` trained by "
-             "default before dp-cm-filter); default is `train --data` with no method (now dp-cm-filter, last "
-             "epoch kept), default-holdout the same with `--holdout 0.1` (the epoch the noisy held-out 10% "
-             "chooses is kept). The rows but the last two were measured before the default changed and are "
-             "reused as they were; the dp-gce-cm-filter row was added later (2026-12-07), the others reused."
+             "default before dp-cm-filter); default is `train --data` with no method (the registry's "
+             "DATA_DEFAULT_METHOD when the row was measured, last epoch kept), default-holdout the same with "
+             "`--holdout 0.1` (the epoch the noisy held-out 10% chooses is kept)."
              + (f" Seeds {', '.join(map(str, args.seeds))} (mean ± std, sample std)." if several else ""), "",
              "| method | " + " | ".join(IMAGE_SETS) + " |", "|---|" + "---:|" * len(IMAGE_SETS)]
     for m in args.methods:

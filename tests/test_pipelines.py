@@ -223,7 +223,7 @@ def test_class_mean_filter_flags_and_refusal():
     assert METHODS["dp-cm-filter"].pipeline.rule == "class-mean"
 
 
-def test_train_data_default_is_dp_cm_filter_and_keeps_the_validation_chosen_network(tmp_path, capsys):
+def test_train_data_default_is_dp_gce_cm_filter_and_keeps_the_validation_chosen_network(tmp_path, capsys):
     import torch
 
     from dataparams.methods.registry import DATA_DEFAULT_METHOD, DATA_DEFAULT_WHY
@@ -234,10 +234,10 @@ def test_train_data_default_is_dp_cm_filter_and_keeps_the_validation_chosen_netw
             "--out", str(out), "--device", "cpu", "--quiet", "--no-tensorboard"]
     assert main(argv) == 0
     rec = json.loads(capsys.readouterr().out)
-    assert DATA_DEFAULT_METHOD == "dp-cm-filter" and rec["pipeline"]["rule"] == "class-mean"
+    assert DATA_DEFAULT_METHOD == "dp-gce-cm-filter" and rec["pipeline"]["rule"] == "class-mean"
     for stage in ("stage1", "stage2"):
         config = json.loads((out / stage / "config.json").read_text())
-        assert config["choices"]["method"] == {"value": "dp-cm-filter", "why": DATA_DEFAULT_WHY}
+        assert config["choices"]["method"] == {"value": "dp-gce-cm-filter", "why": DATA_DEFAULT_WHY}
         assert config["data"]["val_fraction"] == 0.25
     # The network kept is the one of the epoch the noisy validation split chose, not the last one.
     summary = json.loads((out / "stage2" / "summary.json").read_text())

@@ -51,20 +51,21 @@ def add_parser(sub: Any) -> None:
                        description="Train a named preset, optionally overriding any config field.")
     t.set_defaults(func=cmd_train)
     t.add_argument("--preset", help="EXPERIMENT/VARIANT, see `dataparams presets` (default: fmnist-noisy40/instance; "
-                   "with --data, the method dp-cm-filter on the user presets, or user/VARIANT when given)")
+                   "with --data, the method dp-gce-cm-filter on the user presets, or user/VARIANT when given)")
     add_data(t, "train on your own data: a path,label CSV/TSV list, a folder of class folders, an .npz with X "
               "(features) and y, a .parquet file or a datasets save_to_disk folder (see the table options "
               "below); not --data-dir, which is the folder a preset's own dataset (Fashion-MNIST, CIFAR, ...) "
               "is read from. Without --method or --preset it trains "
-              "dp-cm-filter (the instance curriculum, find-issues' flags, then a plain retraining on the "
-              "kept samples: OUT/stage1, OUT/stage2, whose model.pt is the one to keep; the reason is in "
+              "dp-gce-cm-filter (the instance curriculum on GCE, the samples whose label quality is below their "
+              "class's mean flagged, then a plain retraining on the kept samples: OUT/stage1, OUT/stage2, "
+              "whose model.pt is the one to keep; the reason is in "
               "each stage's config.json under choices.method). The labels are used as given, the "
               "image side, channels, normalisation, model and epochs are chosen from the data and printed, "
               "with a fingerprint of the data (the list's bytes, every image's size and modification "
               "time; a table's labels, ids and pixels or features) that --resume checks")
     t.add_argument("--method", help=f"train one compared method ({', '.join(_trainable_methods())}) on the preset's "
                    "experiment (or on --data): e.g. --preset fmnist-noisy40 --method gce; default: the preset's own "
-                   "variant. dp-filter, dp-gce-filter and dp-cm-filter train twice, into OUT/stage1 and, on the "
+                   "variant. dp-filter, dp-gce-filter, dp-cm-filter and dp-gce-cm-filter train twice, into OUT/stage1 and, on the "
                    "samples the first "
                    "training did not flag, OUT/stage2, and write OUT/pipeline.json; --set pipeline.FIELD=VALUE "
                    "sets their options (first, score, rule, fraction, retrain), other --set apply to both "
@@ -166,7 +167,7 @@ def _data_default(args: argparse.Namespace) -> bool:
 
 def _filter_method(args: argparse.Namespace) -> Any:
     """The registry entry of ``--method`` when it is a filter pipeline (dp-filter, dp-gce-filter,
-    dp-cm-filter), or of the default method of ``train --data``; else None."""
+    dp-cm-filter, dp-gce-cm-filter), or of the default method of ``train --data``; else None."""
     from dataparams.methods.pipelines import FilterPipeline
     from dataparams.methods.registry import DATA_DEFAULT_METHOD, get_method
 
