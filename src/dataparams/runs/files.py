@@ -76,7 +76,7 @@ def write_npz(f: BinaryIO, arrays: dict[str, Any]) -> None:
     integer and boolean arrays are deflated and floating-point ones stored as they are.
 
     Why: labels and masks shrink severalfold under zlib, while trained temperatures, losses and
-    probabilities barely shrink (10-13%) and compressing them cost most of the write.
+    probabilities barely shrink (by 6-13% in npz_write.md) and compressing them cost most of the write.
     benchmarks/results/npz_write.md (idle 2-CPU machine, median of 3): an epoch's snapshot of
     10^7 samples in 3.2 s with ``np.savez_compressed``, 0.09 s here; 10^6 rows of 20 class
     probabilities 3.6 s, 0.21 s; the labels of 10^7 samples 13.3 s, 1.7 s.
