@@ -55,7 +55,7 @@ def make_embeddings(n: int, *, dim: int = 128, classes: int = 20, spread: float 
     return x, given, given != clean
 
 
-def _auroc_ap(score: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+def auroc_ap(score: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     return float(roc_auc_score(truth, score)), float(average_precision_score(truth, score))
@@ -80,7 +80,7 @@ def run_ours(data: Path, out: Path, truth: np.ndarray, extra: list[str]) -> dict
     table = pd.read_csv(out / "issues.csv", usecols=["score", "source_index"])
     score = np.full(len(truth), np.nan)
     score[table["source_index"].to_numpy()] = table["score"].to_numpy()
-    auroc, ap = _auroc_ap(score, truth)
+    auroc, ap = auroc_ap(score, truth)
     mask = np.load(out / "label_issues_mask.npy")
     config = json.loads((out / "run" / "config.json").read_text())
     return {"wall_s": wall, "peak_rss_mb": rss / 1024, "auroc": auroc, "ap": ap,
@@ -105,7 +105,7 @@ def run_cleanlab(x: np.ndarray, given: np.ndarray, truth: np.ndarray, seed: int 
     issues = find_label_issues(labels=given, pred_probs=oof, n_jobs=1)
     score = 1.0 - get_label_quality_scores(given, oof)
     wall = time.perf_counter() - t0
-    auroc, ap = _auroc_ap(score, truth)
+    auroc, ap = auroc_ap(score, truth)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"wall_s": wall, "peak_rss_mb": max(rss, rss0) / 1024, "auroc": auroc, "ap": ap,
             "flag_ratio": float(issues.sum() / max(1, truth.sum()))}
