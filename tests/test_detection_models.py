@@ -8,6 +8,7 @@ on the same input, not by re-reading the key mapping under test.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -141,3 +142,44 @@ def test_a_state_dict_file_loads_into_the_detector(hub, tmp_path):
     (tmp_path / "text.pt").write_text("not a checkpoint")
     with pytest.raises(ConfigError, match="cannot be read"):
         load_detector_weights(model, tmp_path / "text.pt")
+
+
+@pytest.mark.slow
+def test_a_second_run_starts_from_the_first_runs_checkpoint_end_to_end(hub, tmp_path_factory, tmp_path, monkeypatch):
+    # The weights option end to end (nothing downloaded): ssd300_vgg16 trained for one epoch from
+    # random weights on the synthetic KITTI set, then a second run whose model.weights is the first
+    # run's checkpoint.pt (checksum trailer and all). The second run's detector, as the trainer
+    # builds it, must hold the first run's final weights before its first step, and it trains on.
+    import dataparams.detection.train as detection_train
+    import fakes
+    from dataparams.runs import RunDir
+
+    torch.set_num_threads(1)
+    root = fakes.synthetic_kitti(tmp_path_factory, "synth_weights", num_images=8, seed=3, flip_fraction=0.0)
+    cfg = get_detection_preset("kitti/instance", root=root)
+    cfg.model.weights, cfg.model.image_size = None, [300, 300]
+    cfg.data.batch_size = cfg.data.eval_batch_size = 3
+    cfg.optim.epochs, cfg.eval_every = 1, 1
+    built = []
+
+    def recording(*args, **kwargs):
+        model = build_detector(*args, **kwargs)
+        built.append({k: v.clone() for k, v in model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(detection_train, "build_detector", recording)
+    train_detection(cfg, tmp_path / "first", quiet=True, device="cpu")
+    first = RunDir(tmp_path / "first")
+    final = first.load_checkpoint()["model"]
+    # The first run's training moved its weights away from the initialisation.
+    assert any(not torch.equal(built[0][k], final[k]) for k in final if final[k].is_floating_point())
+
+    cfg.model.weights = str(first.checkpoint_file)
+    train_detection(cfg, tmp_path / "second", quiet=True, device="cpu")
+    assert set(built[1]) == set(final)
+    for key in final:
+        assert torch.equal(built[1][key], final[key]), key
+    second = RunDir(tmp_path / "second")
+    assert json.loads(second.config_file.read_text())["model"]["weights"] == str(first.checkpoint_file)
+    (record,) = second.read_metrics()
+    assert math.isfinite(record["train_loss"]) and "map40_moderate" in record
