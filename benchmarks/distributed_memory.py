@@ -44,11 +44,23 @@ import torch.multiprocessing as mp
 
 from _table import emit
 from dataparams import DataParameters
-from dataparams.distributed import ReplicatedObjective, ShardedObjective, init_distributed, local_share
+from dataparams.distributed import (
+    ReplicatedObjective,
+    ShardedObjective,
+    init_distributed,
+    local_share,
+    shard_range,
+    split_sizes,
+)
+from dataparams.distributed.collectives import gather_shares
+from dataparams.engine import predict_by_index
 from dataparams.runs import RunDir
 from dataparams.runs.logger import RunLogger
 
 B, K, STEPS = 256, 10, 20
+#: Batch of the end-of-run prediction pass (the trainer's evaluation loaders use larger batches
+#: than training; the bookkeeping per sample does not depend on it).
+PREDICT_BATCH = 4096
 
 
 def _status_mb(field: str) -> float:
@@ -103,6 +115,24 @@ def _end_of_epoch(objective, ctx, run_dir: Path, corrupted: np.ndarray) -> None:
     logger.on_epoch_end(0, {"epoch": 1, "time_s": 0.0, "train_loss": 0.0, "train_acc": 0.0})
 
 
+def _end_of_run(given: torch.Tensor, ctx, run_dir: Path) -> None:
+    """What the trainer does after the last epoch (``experiment.predict_training_set``, then
+    ``finish`` on rank 0), the model aside: every rank runs :func:`dataparams.engine.predict_by_index`
+    over its contiguous share of the N training samples (random logits stand in for the model's,
+    made batch by batch as a model would), rank 0 gathers the three (N,) columns and writes
+    ``predictions.npz``. The model's own forward pass over the share comes on top."""
+    n = len(given)
+    lo, hi = shard_range(n, ctx.world_size, ctx.rank)
+    g = torch.Generator().manual_seed(1 + ctx.rank)
+    loader = ((torch.randn(min(PREDICT_BATCH, hi - i), K, generator=g), given[i:min(i + PREDICT_BATCH, hi)],
+               torch.arange(i - lo, min(i + PREDICT_BATCH, hi) - lo)) for i in range(lo, hi, PREDICT_BATCH))
+    local = predict_by_index(torch.nn.Identity(), loader, torch.device("cpu"), given[lo:hi])
+    sizes = split_sizes(n, ctx.world_size)
+    pred = {k: gather_shares(v, sizes, ctx) for k, v in local.items()}
+    if ctx.is_main:
+        RunDir(run_dir).save_arrays("predictions.npz", **{k: v.numpy() for k, v in pred.items()})
+
+
 def _worker(rank: int, world_size: int, port: int, mode: str, n: int, out_dir: str, known_noise: bool) -> None:
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
@@ -133,9 +163,19 @@ def _worker(rank: int, world_size: int, port: int, mode: str, n: int, out_dir: s
         epoch_peak = _status_mb("VmHWM")
         ctx.barrier()  # every rank's snapshot file is written
         snapshot_bytes = sum(f.stat().st_size for f in Path(out_dir, "run", "snapshots").glob("epoch_*"))
-        Path(out_dir, f"{rank}.json").write_text(json.dumps(
-            {"start_mb": start, "steps_mb": steps_peak - start, "epoch_end_mb": epoch_peak - start,
-             "epoch_end_s": epoch_s, "snapshot_mb": snapshot_bytes / 2**20}))
+        record = {"start_mb": start, "steps_mb": steps_peak - start, "epoch_end_mb": epoch_peak - start,
+                  "epoch_end_s": epoch_s, "snapshot_mb": snapshot_bytes / 2**20}
+        # The end of the run: labels every rank holds in a run, then the shared-out prediction.
+        given = torch.randint(0, K, (n,), generator=torch.Generator().manual_seed(2))
+        ctx.barrier()
+        _reset_peak()
+        t0 = time.perf_counter()
+        _end_of_run(given, ctx, Path(out_dir, "run"))
+        ctx.barrier()
+        record.update(run_end_s=time.perf_counter() - t0, run_end_mb=_status_mb("VmHWM") - start)
+        if ctx.is_main:
+            record["predictions_mb"] = Path(out_dir, "run", "predictions.npz").stat().st_size / 2**20
+        Path(out_dir, f"{rank}.json").write_text(json.dumps(record))
         ctx.barrier()
 
 
@@ -179,18 +219,27 @@ def main(argv: list[str] | None = None) -> None:
              "the split's int64 indices: about 25 N bytes by their dtypes, not measured here).", "",
              "End-of-epoch time: wall seconds of that end of epoch (objective's on_epoch_end and the logger's, "
              "snapshot written), the slower rank; snapshot: the epoch's snapshot file(s) on disk, all ranks "
-             "together, compressed: after 20 steps most temperatures still hold their initial value, so a trained "
-             "run's snapshot compresses less (up to the raw 6 bytes per sample: float32 sigma, float16 loss).", "",
+             "together: 6 bytes per sample (float32 sigma, float16 loss), stored, not compressed "
+             "(`dataparams.runs.files.write_npz`, `npz_write.md`).", "",
+             "End of run: what the trainer does after the last epoch, the model's forward pass aside: every rank "
+             "runs `engine.predict_by_index` over its contiguous share of the N training samples (random logits "
+             f"for the model's, batches of {PREDICT_BATCH:,}; three (N/P,) buffers, never an N x K array), rank 0 "
+             "gathers the three (N,) columns (`experiment.predict_training_set`) and writes `predictions.npz`. "
+             "Its time (barrier to barrier), each rank's peak over it (over the same start as the other columns, so "
+             "the objective's state and the labels every rank holds, 8 N bytes here, are in it) and the file's size. The model's own "
+             "inference over each rank's share comes on top, split P ways.", "",
              "| N | mode | expected per rank MiB | steps: rank 0 / rank 1 MiB | end of epoch: rank 0 / rank 1 MiB | "
-             "end of epoch s | snapshot MiB |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+             "end of epoch s | snapshot MiB | end of run s | end of run: rank 0 / rank 1 MiB | predictions MiB |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in args.sizes:
         for mode in ("replicated", "sharded"):
             r0, r1 = measure(mode, n, args.known_noise)
             lines.append(f"| {n:,} | {mode} | {expected_bytes(mode, n) / 2**20:,.0f} | "
                          f"{r0['steps_mb']:,.0f} / {r1['steps_mb']:,.0f} | "
                          f"{r0['epoch_end_mb']:,.0f} / {r1['epoch_end_mb']:,.0f} | "
-                         f"{max(r0['epoch_end_s'], r1['epoch_end_s']):.1f} | {r0['snapshot_mb']:,.1f} |")
+                         f"{max(r0['epoch_end_s'], r1['epoch_end_s']):.1f} | {r0['snapshot_mb']:,.1f} | "
+                         f"{max(r0['run_end_s'], r1['run_end_s']):.1f} | {r0['run_end_mb']:,.0f} / "
+                         f"{r1['run_end_mb']:,.0f} | {r0['predictions_mb']:,.1f} |")
             print(lines[-1], flush=True)
     emit(lines, args.out)
 

@@ -251,6 +251,13 @@ def _assert_same_run(run: Path, reference: Path) -> None:
         assert a["detection"]["auroc"] == pytest.approx(b["detection"]["auroc"], abs=1e-3)
     summary, ref_summary = got.read_json("summary.json"), ref.read_json("summary.json")
     assert summary["final_test_acc"] == ref_summary["final_test_acc"]
+    # The final predictions over the training set, which each process made for its own share
+    # (experiment.predict_training_set) and rank 0 gathered: the single process's, in its order.
+    pa, pb = got.load_arrays("predictions.npz"), ref.load_arrays("predictions.npz")
+    np.testing.assert_array_equal(pa["predicted"], pb["predicted"])
+    assert (pa["predicted"] >= 0).all()  # every sample predicted
+    for key in ("predicted_prob", "given_prob"):
+        np.testing.assert_allclose(pa[key], pb[key], rtol=0, atol=1e-5, err_msg=key)
     state, ref_state = got.load_checkpoint(), ref.load_checkpoint()
     assert state["epoch"] == ref_state["epoch"] == 2
     for key, value in ref_state["model"].items():

@@ -221,19 +221,55 @@ def _train(cfg: TrainConfig, out: str | os.PathLike[str], ctx: DistributedContex
                     ctx=ctx if ctx.is_distributed else None)
         finally:
             logger.close()
+        # Every rank predicts its share of the training set (a collective under torchrun).
+        pred = predict_training_set(model, dataset, labels, cfg, loaders, dev, execution, ctx)
         if not ctx.is_main:
             return None
         return _finish_user(run, cfg, labels, loaders, model, dev, execution, objective, dataset,
-                            in_features=in_features, select=select)
+                            in_features=in_features, select=select, pred=pred)
     finally:
         run.unlock()
 
 
+def predict_training_set(model: torch.nn.Module, dataset: LoadedDataset, labels: TrainingLabels, cfg: TrainConfig,
+                         loaders: RunLoaders, dev: torch.device, execution: Execution,
+                         ctx: DistributedContext) -> dict[str, torch.Tensor] | None:
+    """The final model's predictions on every training sample (:func:`~dataparams.engine.predict_by_index`'s
+    three (N,) columns), on rank 0; ``None`` on the other ranks.
+
+    Under torchrun every rank predicts its contiguous share (:func:`~dataparams.distributed.shard_range`
+    of the training order) and rank 0 gathers the columns, so the model's pass over the N samples
+    is split P ways rather than run by rank 0 while the others wait; rank 0 holds the (N,)
+    columns, never N x K. Each share is predicted in order by the same network in eval mode, so the
+    columns are those one process computes, up to float rounding of batches that split differently.
+    """
+    given = torch.as_tensor(labels.given)
+    if not ctx.is_distributed:
+        return predict_by_index(model, loaders.train_eval, dev, given, execution=execution)
+    from dataparams.data.loaders import make_loader
+    from dataparams.distributed import shard_range, split_sizes
+    from dataparams.distributed.collectives import gather_shares
+
+    n = labels.num_train
+    lo, hi = shard_range(n, ctx.world_size, ctx.rank)
+    if hi > lo:
+        index = labels.train_index[lo:hi]
+        share = make_loader(dataset.train.subset(index), labels.labels[index], cfg.data, dataset.info, dev,
+                            train=False, batch_size=cfg.data.eval_batch_size, seed=cfg.seed, user=dataset.user)
+        local = predict_by_index(model, share, dev, given[lo:hi], execution=execution)
+    else:  # fewer samples than ranks: nothing to predict here, but the gather still counts this rank
+        local = {"predicted": torch.zeros(0, dtype=torch.long), "predicted_prob": torch.zeros(0),
+                 "given_prob": torch.zeros(0)}
+    sizes = split_sizes(n, ctx.world_size)
+    out = {k: gather_shares(v, sizes, ctx) for k, v in local.items()}
+    return out if ctx.is_main else None
+
+
 def _finish_user(run: RunDir, cfg: TrainConfig, labels: TrainingLabels, loaders: RunLoaders, model: torch.nn.Module,
                  dev: torch.device, execution: Execution, objective: Objective, dataset: LoadedDataset, *,
-                 in_features: int | None, select: bool) -> dict[str, Any]:
+                 in_features: int | None, select: bool, pred: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """:func:`finish`, then for user data the network to keep (``model.pt``)."""
-    summary = finish(run, cfg, labels, loaders, model, dev, execution, objective)
+    summary = finish(run, cfg, labels, loaders, model, dev, execution, objective, pred=pred)
     if dataset.user is not None:
         kept = read_selected_model(run) if select else None
         export_model(run.path / "model.pt", cfg, model, dataset, in_features=in_features,
@@ -374,13 +410,17 @@ def export_model(path: str | os.PathLike[str], cfg: TrainConfig, model: torch.nn
 
 
 def finish(run: RunDir, cfg: TrainConfig, labels: TrainingLabels, loaders: RunLoaders, model: torch.nn.Module,
-           dev: torch.device, execution: Execution, objective: Objective | None = None) -> dict[str, Any]:
+           dev: torch.device, execution: Execution, objective: Objective | None = None, *,
+           pred: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Predictions of the final model on the training set (and held-out pool), calibration, summary.json.
 
-    ``predictions.npz`` also holds ``mean_probs`` (N, K), each sample's class probabilities
-    averaged over training, when the objective tracked them.
+    ``pred``: the training-set predictions when already made (:func:`predict_training_set`,
+    shared out among the ranks under torchrun); made here otherwise. ``predictions.npz`` also
+    holds ``mean_probs`` (N, K), each sample's class probabilities averaged over training, when
+    the objective tracked them.
     """
-    pred = predict_by_index(model, loaders.train_eval, dev, torch.as_tensor(labels.given), execution=execution)
+    if pred is None:
+        pred = predict_by_index(model, loaders.train_eval, dev, torch.as_tensor(labels.given), execution=execution)
     mean_probs = None if objective is None else objective.mean_probabilities()
     run.save_arrays("predictions.npz", **{k: v.numpy() for k, v in pred.items()},
                     **({} if mean_probs is None else {"mean_probs": mean_probs}))
