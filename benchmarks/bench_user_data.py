@@ -20,7 +20,9 @@ else running when the committed table was made). For the three Fashion-MNIST set
 models on clean held-out images (the first 2,000 Fashion-MNIST *test* images, written and decoded
 the way the set's own images are): the model ``find-issues`` keeps (``run/model.pt``), the same
 network trained with cross-entropy on the given labels, and cleanlab's find-then-retrain (the same
-network retrained on the samples cleanlab did not flag). Finally it times the whole command line
+network retrained on the samples cleanlab did not flag) and the model ``train --data`` keeps with
+its default method (trained into ``--models``, as ``benchmarks/user_data_models.py`` does, and
+reused from there). Finally it times the whole command line
 ``dataparams find-issues --data`` on the 2,000-image 28 px set in a fresh process.
 
     python benchmarks/user_datasets.py runs/userdata --no-check
@@ -179,6 +181,35 @@ def run_cleanlab(path: Path, out: Path, truth: np.ndarray, ours_run: Path, seed:
     return res
 
 
+def train_data_method(path: Path, out: Path, method: str, seed: int = 1) -> tuple[Path, float]:
+    """``dataparams train --data path --method method`` into ``out`` in a fresh process (reused when
+    its model exists); the model it keeps and the wall time. ``default`` gives no method (the
+    registry's DATA_DEFAULT_METHOD), ``default-holdout`` the same with ``--holdout 0.1``,
+    ``dp-instance`` the ``user/instance`` preset."""
+    args = [sys.executable, "-m", "dataparams", "train", "--data", str(path), "--out", str(out), "--device", "cpu",
+            "--quiet", "--seed", str(seed)]
+    if method == "dp-instance":
+        args += ["--preset", "user/instance"]
+    elif method == "default-holdout":
+        args += ["--holdout", "0.1"]
+    elif method != "default":
+        args += ["--method", method]
+    two_stage = method.endswith("-filter") or method.startswith("default")
+    model = out / ("stage2" if two_stage else "") / "model.pt"
+    if model.exists() and method.startswith("default"):
+        # A folder reused across runs of this script: the default may have changed since it was trained.
+        from dataparams.methods.registry import DATA_DEFAULT_METHOD
+
+        trained = json.loads((out / "stage2" / "config.json").read_text())["choices"]["method"]["value"]
+        if trained != DATA_DEFAULT_METHOD:
+            raise SystemExit(f"{out} was trained by {trained}, the default is now {DATA_DEFAULT_METHOD}: "
+                             "remove it or use another --models folder")
+    t0 = time.perf_counter()
+    if not model.exists():
+        subprocess.run([*args, "--overwrite"], check=True, capture_output=True)
+    return model, time.perf_counter() - t0
+
+
 def _earlier_walls(table: Path, name: str) -> tuple[float, float]:
     """The wall times (ours, cleanlab) of set ``name`` in an earlier table of this script."""
     walls = {}
@@ -203,6 +234,11 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench-userdata")
     p.add_argument("--table")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS),
+                   help="the data sets to run (default: all five)")
+    p.add_argument("--models", default="runs/user-models",
+                   help="where `train --data` (the default method, seed 1) trains each Fashion-MNIST set, as "
+                        "benchmarks/user_data_models.py does (a finished run there is reused)")
     p.add_argument("--reuse", metavar="TABLE",
                    help="reuse the finished runs under --out (same data and settings) instead of training again, "
                    "e.g. after a change to how flags are drawn from the same trainings; the wall times are taken "
@@ -211,20 +247,23 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     root, out = Path(args.data), Path(args.out)
     rows = []
-    for name, rel in SETS.items():
+    for name, rel in ((n, SETS[n]) for n in args.sets):
         truth = _truth(root, name)
         ours = run_ours(root / rel, out / name / "ours", truth, reuse=bool(args.reuse))
         classes = [str(c) for c in np.load(root / name / "truth.npz")["classes"]]
         test = clean_test_set(name, classes, out / name)
         if test is not None:
             ours["kept_acc"] = model_accuracy(Path(ours["run_dir"]) / "model.pt", test)
+            default_model, _ = train_data_method(root / rel, Path(args.models) / name / "default", "default")
+            ours["default_acc"] = model_accuracy(default_model, test)
         clean = run_cleanlab(root / rel, out / name / "cleanlab", truth, Path(ours["run_dir"]), test=test,
                              reuse=bool(args.reuse))
         if args.reuse:
             ours["wall_s"], clean["wall_s"] = _earlier_walls(Path(args.reuse), name)
         rows.append((name, int(truth.sum()), len(truth), ours, clean))
         print(name, json.dumps({"ours": ours, "cleanlab": clean}), flush=True)
-    command_s = None if args.reuse else time_command(root / SETS["fmnist-rgb-csv"], out / "command")
+    command_s = None if args.reuse or "fmnist-rgb-csv" not in args.sets else time_command(
+        root / SETS["fmnist-rgb-csv"], out / "command")
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     lines = [f"# Label issues in the user's own data: find-issues --data vs cleanlab ({platform.machine()}, "
              f"{cpus} CPUs, torch threads {args.threads})", "",
@@ -241,13 +280,21 @@ def main() -> None:
             lines.append(f"| {name} | {n_bad:,} / {n:,} | {label} | {r['trainings']} | {r['epochs']} | "
                          f"{r['auroc']:.4f} | {r['ap']:.4f} | {r['flagged']:,} | {r['flagged'] / n_bad:.2f} | "
                          f"{r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['wall_s']:.1f} |")
+    from dataparams.methods.registry import DATA_DEFAULT_METHOD
+
     lines += ["", "Test accuracy (%) on 2,000 clean held-out Fashion-MNIST test images, written like each set's "
-              "images; the same network and schedule for all three models (n=1 each):", "",
-              "| data set | kept by find-issues | cross-entropy on the given labels | cleanlab find-then-retrain |",
-              "|---|---:|---:|---:|"]
+              "images; the same network for all models (n=1 each): the model `train --data` keeps with its default "
+              f"method ({DATA_DEFAULT_METHOD}: two trainings, the user preset's schedule each), the one find-issues "
+              "keeps (its one training), cross-entropy on the given labels and cleanlab's find-then-retrain (the "
+              "user preset's schedule each):", "",
+              "| data set | train --data (default) | kept by find-issues | cross-entropy on the given labels | "
+              "cleanlab find-then-retrain |", "|---|---:|---:|---:|---:|"]
+    if not any("kept_acc" in r[3] for r in rows):
+        lines = lines[:-5]  # no Fashion-MNIST set among --sets: no accuracy table
     for name, _, _, ours, clean in rows:
         if "kept_acc" in ours:
-            lines.append(f"| {name} | {ours['kept_acc']:.2f} | {clean['ce_acc']:.2f} | {clean['retrain_acc']:.2f} |")
+            lines.append(f"| {name} | {ours['default_acc']:.2f} | {ours['kept_acc']:.2f} | {clean['ce_acc']:.2f} | "
+                         f"{clean['retrain_acc']:.2f} |")
     if command_s is not None:
         lines += ["", f"`dataparams find-issues --data fmnist-rgb-csv/labels.csv` (2,000 RGB images of 28 px), the "
                   f"whole command in a fresh process: {command_s:.1f} s."]

@@ -10,7 +10,10 @@ the flagged set's precision / recall / F1, with the wall time (not comparable wh
 the machine; say so where it is quoted). n=1 per cell.
 
     python benchmarks/screen_feature_epochs.py --rows 200000 --epochs 2 3 4 5 8 15 \\
-        --out runs/screen-epochs --table benchmarks/results/feature_epochs_screen.md
+        --out runs/screen-epochs --table runs/screen-epochs/table.md
+
+(``benchmarks/results/feature_speed_screen.md`` quotes its rows.) Each set's ``data.npz`` and
+``truth.npy`` stay in its folder, for ``benchmarks/screen_feature_width.py``.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for noise in args.noise:
         for n in args.rows:
-            folder = Path(args.out) / f"{args.dataset}_{noise}_{n}_s{args.seed}"
+            folder = Path(args.out) / f"{args.dataset}_{noise}{args.rate:g}_{n}_s{args.seed}"
             folder.mkdir(parents=True, exist_ok=True)
             if args.dataset == "fmnist-pixels":
                 x, given, truth = fmnist_pixels(noise, args.rate, args.seed, n)
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
             data = folder / "data.npz"
             if not data.exists():
                 np.savez(data, X=x, y=given)
+                np.save(folder / "truth.npy", truth)
             del x
             for e in args.epochs:
                 out = folder / f"e{e}"

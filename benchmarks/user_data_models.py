@@ -7,8 +7,9 @@ rate (co-teaching keeps its default forget rate 0.2, since a user does not know 
 the accuracy of the model it keeps (``model.pt``; for the two-stage methods, the retraining's)
 on the first 2,000 Fashion-MNIST test images written like the set's own images
 (:func:`bench_user_data.clean_test_set`). n=1 per cell. ``default`` is ``train --data`` given no
-method (dp-cm-filter since it became the default: its last epoch is kept), ``default-holdout`` the
-same with ``--holdout 0.1`` (the network of the epoch that the noisy held-out 10% chooses is kept).
+method (the registry's DATA_DEFAULT_METHOD, dp-gce-cm-filter since 2026-12-07: its last epoch is
+kept), ``default-holdout`` the same with ``--holdout 0.1`` (the network of the epoch that the noisy
+held-out 10% chooses is kept).
 
     python benchmarks/user_data_models.py runs/userdata --out runs/user-models \\
         --table benchmarks/results/user_data_models.md
@@ -18,37 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from _table import emit
-from bench_user_data import SETS, clean_test_set, model_accuracy
+from bench_user_data import SETS, clean_test_set, model_accuracy, train_data_method
 
 METHODS = ("dp-instance", "dp-gce", "dp-gce-filter", "dp-cm-filter", "dp-gce-cm-filter", "baseline", "gce", "coteaching", "default",
            "default-holdout")
 IMAGE_SETS = ("fmnist-folder", "fmnist-rgb-csv", "fmnist-instance35")
-
-
-def _train(path: Path, out: Path, method: str, seed: int = 1) -> tuple[Path, float]:
-    """Train ``method`` on ``path`` into ``out`` (reused when finished); the kept model and the wall time."""
-    args = [sys.executable, "-m", "dataparams", "train", "--data", str(path), "--out", str(out), "--device", "cpu",
-            "--quiet", "--seed", str(seed)]
-    if method == "dp-instance":
-        args += ["--preset", "user/instance"]
-    elif method == "default-holdout":
-        args += ["--holdout", "0.1"]
-    elif method != "default":
-        args += ["--method", method]
-    two_stage = method.endswith("-filter") or method.startswith("default")
-    model = out / ("stage2" if two_stage else "") / "model.pt"
-    t0 = time.perf_counter()
-    if not model.exists():
-        subprocess.run([*args, "--overwrite"], check=True, capture_output=True)
-    return model, time.perf_counter() - t0
 
 
 def main() -> None:
@@ -70,7 +50,7 @@ def main() -> None:
             for seed in args.seeds:
                 # Seed 1's runs keep the folder they always had (reused).
                 folder = out / name / m / ("" if seed == 1 else f"seed{seed}")
-                model, wall = _train(root / SETS[name], folder, m, seed)
+                model, wall = train_data_method(root / SETS[name], folder, m, seed)
                 runs.setdefault((name, m), []).append(model_accuracy(model, test))  # type: ignore[arg-type]
                 print(f"{name} {m} seed {seed}: {runs[name, m][-1]:.2f}% ({wall:.0f} s)", flush=True)
     several = len(args.seeds) > 1

@@ -171,6 +171,7 @@ def test_a_second_run_starts_from_the_first_runs_checkpoint_end_to_end(hub, tmp_
     train_detection(cfg, tmp_path / "first", quiet=True, device="cpu")
     first = RunDir(tmp_path / "first")
     final = first.load_checkpoint()["model"]
+    assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
     # The first run's training moved its weights away from the initialisation.
     assert any(not torch.equal(built[0][k], final[k]) for k in final if final[k].is_floating_point())
 

@@ -40,6 +40,7 @@ from dataparams.distributed import (
     split_sizes,
     wrap_model,
 )
+from dataparams.engine import predict_by_index
 from dataparams.losses import per_sample_cross_entropy
 
 K, N, D = 5, 64, 8
@@ -711,3 +712,42 @@ def test_a_damaged_shard_stops_every_rank_with_one_message(tmp_path):
     assert all(r["untouched"] for r in results)
     print("load refused after", ", ".join(f"{r['seconds']:.2f} s" for r in results))
     assert max(r["seconds"] for r in results) < 10
+
+
+# ---- the end of a run: shares gathered on rank 0 ------------------------------------------------
+
+
+def _gather_worker(rank: int, world_size: int, port: int, tmp: str) -> None:
+    from dataparams.distributed.collectives import gather_shares
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    out = {}
+    with init_distributed("cpu", timeout=timedelta(seconds=60)) as ctx:
+        for n in (7, 2):  # 3 + 2 + 2 rows; then 1 + 1 + 0: the last rank's share is empty
+            lo, hi = shard_range(n, world_size, rank)
+            rows = torch.arange(lo, hi)
+            # What predict_training_set gathers: predict_by_index's columns of this rank's share
+            # (an empty share predicts an empty list), here with logits that encode the row.
+            logits = torch.nn.functional.one_hot(rows % 3, 3).float() * 5 + rows[:, None] * 1e-3
+            given = rows % 2
+            share = [] if hi == lo else [(logits, given, torch.arange(hi - lo))]
+            local = predict_by_index(torch.nn.Identity(), share, torch.device("cpu"), given)
+            sizes = split_sizes(n, world_size)
+            out[n] = {k: gather_shares(v, sizes, ctx) for k, v in local.items()}
+    torch.save(out, Path(tmp) / f"gather{rank}.pt")
+
+
+@pytest.mark.distributed
+def test_shares_gathered_on_rank_zero_are_the_whole_column_in_order(tmp_path):
+    mp.spawn(_gather_worker, args=(3, fakes.free_port(), str(tmp_path)), nprocs=3, join=True)
+    got = [torch.load(tmp_path / f"gather{r}.pt", weights_only=False) for r in range(3)]
+    for n in (7, 2):
+        assert all(v is None for r in (1, 2) for v in got[r][n].values())  # only rank 0 receives
+        rows = torch.arange(n)
+        logits = torch.nn.functional.one_hot(rows % 3, 3).float() * 5 + rows[:, None] * 1e-3
+        want = predict_by_index(torch.nn.Identity(), [(logits, rows % 2, rows)], torch.device("cpu"), rows % 2)
+        for key, value in want.items():
+            assert got[0][n][key].dtype == value.dtype, key
+            assert torch.equal(got[0][n][key], value), (n, key)

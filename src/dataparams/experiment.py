@@ -243,23 +243,22 @@ def predict_training_set(model: torch.nn.Module, dataset: LoadedDataset, labels:
     columns, never N x K. Each share is predicted in order by the same network in eval mode, so the
     columns are those one process computes, up to float rounding of batches that split differently.
     """
-    given = torch.as_tensor(labels.given)
     if not ctx.is_distributed:
-        return predict_by_index(model, loaders.train_eval, dev, given, execution=execution)
+        return predict_by_index(model, loaders.train_eval, dev, torch.as_tensor(labels.given), execution=execution)
     from dataparams.data.loaders import make_loader
     from dataparams.distributed import shard_range, split_sizes
     from dataparams.distributed.collectives import gather_shares
 
     n = labels.num_train
     lo, hi = shard_range(n, ctx.world_size, ctx.rank)
-    if hi > lo:
-        index = labels.train_index[lo:hi]
-        share = make_loader(dataset.train.subset(index), labels.labels[index], cfg.data, dataset.info, dev,
-                            train=False, batch_size=cfg.data.eval_batch_size, seed=cfg.seed, user=dataset.user)
-        local = predict_by_index(model, share, dev, given[lo:hi], execution=execution)
-    else:  # fewer samples than ranks: nothing to predict here, but the gather still counts this rank
-        local = {"predicted": torch.zeros(0, dtype=torch.long), "predicted_prob": torch.zeros(0),
-                 "given_prob": torch.zeros(0)}
+    index = labels.train_index[lo:hi]
+    given = torch.as_tensor(labels.labels[index])  # this share's labels only, not all N
+    # An empty share (fewer samples than ranks) predicts nothing but still takes part in the gather,
+    # with the empty columns predict_by_index makes.
+    share = [] if hi == lo else make_loader(
+        dataset.train.subset(index), labels.labels[index], cfg.data, dataset.info, dev, train=False,
+        batch_size=cfg.data.eval_batch_size, seed=cfg.seed, user=dataset.user)
+    local = predict_by_index(model, share, dev, given, execution=execution)
     sizes = split_sizes(n, ctx.world_size)
     out = {k: gather_shares(v, sizes, ctx) for k, v in local.items()}
     return out if ctx.is_main else None
