@@ -298,7 +298,7 @@ def main() -> None:
     if command_s is not None:
         lines += ["", f"`dataparams find-issues --data fmnist-rgb-csv/labels.csv` (2,000 RGB images of 28 px), the "
                   f"whole command in a fresh process: {command_s:.1f} s."]
-    else:
+    elif args.reuse:
         lines += ["", f"Flags recomputed from the trainings of the earlier table ({args.reuse}, `--reuse`): the "
                   "rankings, the accuracies and the wall times are those trainings'."]
     emit(lines, args.table)
