@@ -245,20 +245,19 @@ def predict_training_set(model: torch.nn.Module, dataset: LoadedDataset, labels:
     """
     if not ctx.is_distributed:
         return predict_by_index(model, loaders.train_eval, dev, torch.as_tensor(labels.given), execution=execution)
-    from dataparams.data.loaders import make_loader
+    from dataparams.data.loaders import pool_loader
     from dataparams.distributed import shard_range, split_sizes
     from dataparams.distributed.collectives import gather_shares
 
     n = labels.num_train
     lo, hi = shard_range(n, ctx.world_size, ctx.rank)
     index = labels.train_index[lo:hi]
-    given = torch.as_tensor(labels.labels[index])  # this share's labels only, not all N
     # An empty share (fewer samples than ranks) predicts nothing but still takes part in the gather,
     # with the empty columns predict_by_index makes.
-    share = [] if hi == lo else make_loader(
-        dataset.train.subset(index), labels.labels[index], cfg.data, dataset.info, dev, train=False,
-        batch_size=cfg.data.eval_batch_size, seed=cfg.seed, user=dataset.user)
-    local = predict_by_index(model, share, dev, given, execution=execution)
+    share = [] if hi == lo else pool_loader(dataset, labels, index, cfg.data, dev, shuffle=False,
+                                            batch_size=cfg.data.eval_batch_size, seed=cfg.seed)
+    # This share's labels only, not all N.
+    local = predict_by_index(model, share, dev, torch.as_tensor(labels.labels[index]), execution=execution)
     sizes = split_sizes(n, ctx.world_size)
     out = {k: gather_shares(v, sizes, ctx) for k, v in local.items()}
     return out if ctx.is_main else None
@@ -266,7 +265,7 @@ def predict_training_set(model: torch.nn.Module, dataset: LoadedDataset, labels:
 
 def _finish_user(run: RunDir, cfg: TrainConfig, labels: TrainingLabels, loaders: RunLoaders, model: torch.nn.Module,
                  dev: torch.device, execution: Execution, objective: Objective, dataset: LoadedDataset, *,
-                 in_features: int | None, select: bool, pred: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+                 in_features: int | None, select: bool, pred: dict[str, torch.Tensor]) -> dict[str, Any]:
     """:func:`finish`, then for user data the network to keep (``model.pt``)."""
     summary = finish(run, cfg, labels, loaders, model, dev, execution, objective, pred=pred)
     if dataset.user is not None:
@@ -410,16 +409,13 @@ def export_model(path: str | os.PathLike[str], cfg: TrainConfig, model: torch.nn
 
 def finish(run: RunDir, cfg: TrainConfig, labels: TrainingLabels, loaders: RunLoaders, model: torch.nn.Module,
            dev: torch.device, execution: Execution, objective: Objective | None = None, *,
-           pred: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
-    """Predictions of the final model on the training set (and held-out pool), calibration, summary.json.
+           pred: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Predictions of the final model on the training set (``pred``, from :func:`predict_training_set`)
+    and the held-out pool, calibration, summary.json.
 
-    ``pred``: the training-set predictions when already made (:func:`predict_training_set`,
-    shared out among the ranks under torchrun); made here otherwise. ``predictions.npz`` also
-    holds ``mean_probs`` (N, K), each sample's class probabilities averaged over training, when
-    the objective tracked them.
+    ``predictions.npz`` also holds ``mean_probs`` (N, K), each sample's class probabilities
+    averaged over training, when the objective tracked them.
     """
-    if pred is None:
-        pred = predict_by_index(model, loaders.train_eval, dev, torch.as_tensor(labels.given), execution=execution)
     mean_probs = None if objective is None else objective.mean_probabilities()
     run.save_arrays("predictions.npz", **{k: v.numpy() for k, v in pred.items()},
                     **({} if mean_probs is None else {"mean_probs": mean_probs}))

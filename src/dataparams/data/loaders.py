@@ -88,14 +88,21 @@ class RunLoaders:
     heldout: Any = None
 
 
+def pool_loader(dataset: LoadedDataset, labels: TrainingLabels, index: np.ndarray, d: DataConfig,
+                device: torch.device, *, shuffle: bool, batch_size: int, seed: int) -> Any:
+    """A loader over the training-pool samples ``index`` (source indices) with their run labels; it
+    yields positions in ``index`` as sample indices."""
+    return make_loader(dataset.train.subset(index), labels.labels[index], d, dataset.info, device, train=shuffle,
+                       batch_size=batch_size, seed=seed, user=dataset.user)
+
+
 def build_loaders(dataset: LoadedDataset, labels: TrainingLabels, d: DataConfig, device: torch.device, *,
                   seed: int) -> RunLoaders:
     """The loaders of a run over the dataset's ``train`` and ``test`` splits."""
-    train, test, info = dataset.train, dataset.test, dataset.info
+    test, info = dataset.test, dataset.info
 
     def loader(index: np.ndarray, *, shuffle: bool, batch_size: int) -> Any:
-        return make_loader(train.subset(index), labels.labels[index], d, info, device, train=shuffle,
-                           batch_size=batch_size, seed=seed, user=dataset.user)
+        return pool_loader(dataset, labels, index, d, device, shuffle=shuffle, batch_size=batch_size, seed=seed)
 
     evaluate = {}
     if test is not None:
