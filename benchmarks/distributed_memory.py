@@ -50,10 +50,9 @@ from dataparams.distributed import (
     init_distributed,
     local_share,
     shard_range,
-    split_sizes,
 )
-from dataparams.distributed.collectives import gather_shares
 from dataparams.engine import predict_by_index
+from dataparams.experiment import save_shares
 from dataparams.runs import RunDir
 from dataparams.runs.logger import RunLogger
 
@@ -116,21 +115,19 @@ def _end_of_epoch(objective, ctx, run_dir: Path, corrupted: np.ndarray) -> None:
 
 
 def _end_of_run(given: torch.Tensor, ctx, run_dir: Path) -> None:
-    """What the trainer does after the last epoch (``experiment.predict_training_set``, then
-    ``finish`` on rank 0), the model aside: every rank runs :func:`dataparams.engine.predict_by_index`
-    over its contiguous share of the N training samples (random logits stand in for the model's,
-    made batch by batch as a model would), rank 0 gathers the three (N,) columns and writes
-    ``predictions.npz``. The model's own forward pass over the share comes on top."""
+    """What the trainer does after the last epoch (``experiment.predict_training_set``), the model
+    aside: every rank runs :func:`dataparams.engine.predict_by_index` over its contiguous share of
+    the N training samples (random logits stand in for the model's, made batch by batch as a model
+    would) and writes its rows as its own shard file of ``predictions.npz``
+    (``experiment.save_shares``, the trainer's code). The model's own forward pass over the share
+    comes on top."""
     n = len(given)
     lo, hi = shard_range(n, ctx.world_size, ctx.rank)
     g = torch.Generator().manual_seed(1 + ctx.rank)
     loader = ((torch.randn(min(PREDICT_BATCH, hi - i), K, generator=g), given[i:min(i + PREDICT_BATCH, hi)],
                torch.arange(i - lo, min(i + PREDICT_BATCH, hi) - lo)) for i in range(lo, hi, PREDICT_BATCH))
     local = predict_by_index(torch.nn.Identity(), loader, torch.device("cpu"), given[lo:hi])
-    sizes = split_sizes(n, ctx.world_size)
-    pred = {k: gather_shares(v, sizes, ctx) for k, v in local.items()}
-    if ctx.is_main:
-        RunDir(run_dir).save_arrays("predictions.npz", **{k: v.numpy() for k, v in pred.items()})
+    save_shares(RunDir(run_dir), "predictions.npz", {k: v.numpy() for k, v in local.items()}, lo, hi, n, ctx)
 
 
 def _worker(rank: int, world_size: int, port: int, mode: str, n: int, out_dir: str, known_noise: bool) -> None:
@@ -174,7 +171,7 @@ def _worker(rank: int, world_size: int, port: int, mode: str, n: int, out_dir: s
         ctx.barrier()
         record.update(run_end_s=time.perf_counter() - t0, run_end_mb=_status_mb("VmHWM") - start)
         if ctx.is_main:
-            record["predictions_mb"] = Path(out_dir, "run", "predictions.npz").stat().st_size / 2**20
+            record["predictions_mb"] = sum(f.stat().st_size for f in Path(out_dir, "run").glob("predictions.*")) / 2**20
         Path(out_dir, f"{rank}.json").write_text(json.dumps(record))
         ctx.barrier()
 
@@ -223,10 +220,11 @@ def main(argv: list[str] | None = None) -> None:
              "(`dataparams.runs.files.write_npz`, `npz_write.md`).", "",
              "End of run: what the trainer does after the last epoch, the model's forward pass aside: every rank "
              "runs `engine.predict_by_index` over its contiguous share of the N training samples (random logits "
-             f"for the model's, batches of {PREDICT_BATCH:,}; three (N/P,) buffers, never an N x K array), rank 0 "
-             "gathers the three (N,) columns (`experiment.predict_training_set`) and writes `predictions.npz`. "
+             f"for the model's, batches of {PREDICT_BATCH:,}; three (N/P,) buffers, never an N x K array) and writes "
+             "them as its own shard file of `predictions.npz` (`experiment.predict_training_set` / `save_shares`). "
              "Its time (barrier to barrier), each rank's peak over it (over the same start as the other columns, so "
-             "the objective's state and the labels every rank holds, 8 N bytes here, are in it) and the file's size. The model's own "
+             "the objective's state and the labels every rank holds, 8 N bytes here, are in it) and the files' size, "
+             "all ranks together. The model's own "
              "inference over each rank's share comes on top, split P ways.", "",
              "| N | mode | expected per rank MiB | steps: rank 0 / rank 1 MiB | end of epoch: rank 0 / rank 1 MiB | "
              "end of epoch s | snapshot MiB | end of run s | end of run: rank 0 / rank 1 MiB | predictions MiB |",

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from _table import emit, parse_runs
+from dataparams.runs import RunDir
 from dataparams.scores import confident_counts, flag_by_rule, label_quality_scores
 
 
@@ -39,7 +40,8 @@ def _load(run: Path) -> dict:
     if not snaps:
         raise SystemExit(f"{run}: no snapshots")
     loss = np.mean([np.load(s)["loss"].astype(np.float64) for s in snaps], axis=0)
-    labels, pred = np.load(run / "labels.npz"), np.load(run / "predictions.npz")
+    run_dir = RunDir(run)  # a torchrun run's predictions are shard files that load_arrays joins
+    labels, pred = run_dir.load_arrays("labels.npz"), run_dir.load_arrays("predictions.npz")
     if "mean_probs" not in pred:
         raise SystemExit(f"{run}: predictions.npz keeps no mean_probs (train in one process with this version)")
     cur = cfg["curriculum"]

@@ -714,40 +714,64 @@ def test_a_damaged_shard_stops_every_rank_with_one_message(tmp_path):
     assert max(r["seconds"] for r in results) < 10
 
 
-# ---- the end of a run: shares gathered on rank 0 ------------------------------------------------
+# ---- the end of a run: each rank writes its share -----------------------------------------------
 
 
-def _gather_worker(rank: int, world_size: int, port: int, tmp: str) -> None:
-    from dataparams.distributed.collectives import gather_shares
+def _shares_worker(rank: int, world_size: int, port: int, tmp: str) -> None:
+    from dataparams.experiment import save_shares
+    from dataparams.runs import RunDir
 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    out = {}
+    errors = {}
     with init_distributed("cpu", timeout=timedelta(seconds=60)) as ctx:
         for n in (7, 2):  # 3 + 2 + 2 rows; then 1 + 1 + 0: the last rank's share is empty
+            run = RunDir(Path(tmp) / f"n{n}")
             lo, hi = shard_range(n, world_size, rank)
             rows = torch.arange(lo, hi)
-            # What predict_training_set gathers: predict_by_index's columns of this rank's share
+            # What predict_training_set writes: predict_by_index's columns of this rank's share
             # (an empty share predicts an empty list), here with logits that encode the row.
             logits = torch.nn.functional.one_hot(rows % 3, 3).float() * 5 + rows[:, None] * 1e-3
             given = rows % 2
             share = [] if hi == lo else [(logits, given, torch.arange(hi - lo))]
             local = predict_by_index(torch.nn.Identity(), share, torch.device("cpu"), given)
-            sizes = split_sizes(n, world_size)
-            out[n] = {k: gather_shares(v, sizes, ctx) for k, v in local.items()}
-    torch.save(out, Path(tmp) / f"gather{rank}.pt")
+            save_shares(run, "predictions.npz", {k: v.numpy() for k, v in local.items()}, lo, hi, n, ctx)
+        # A full disk on rank 1 alone, half-way through its file: every rank raises with rank 1's
+        # message, and no shard file (the others' removed again) nor a temporary file is left.
+        def full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        if rank == 1:
+            np.lib.format.write_array = full
+        try:
+            save_shares(RunDir(Path(tmp) / "full"), "predictions.npz", {"x": np.zeros(hi - lo)}, lo, hi, 2, ctx)
+        except OSError as e:
+            errors["full"] = str(e)
+    torch.save(errors, Path(tmp) / f"errors{rank}.pt")
 
 
 @pytest.mark.distributed
-def test_shares_gathered_on_rank_zero_are_the_whole_column_in_order(tmp_path):
-    mp.spawn(_gather_worker, args=(3, fakes.free_port(), str(tmp_path)), nprocs=3, join=True)
-    got = [torch.load(tmp_path / f"gather{r}.pt", weights_only=False) for r in range(3)]
+@pytest.mark.faults
+def test_each_ranks_share_written_as_its_own_file_reads_back_as_the_whole_column(tmp_path):
+    from dataparams.runs import RunDir
+
+    # A stale whole file and shards of another number of processes are removed first.
+    (tmp_path / "n7").mkdir()
+    np.savez(tmp_path / "n7" / "predictions.npz", pred=np.zeros(7))
+    (tmp_path / "n7" / "predictions.shard-00000-of-00002.npz").write_bytes(b"old")
+    mp.spawn(_shares_worker, args=(3, fakes.free_port(), str(tmp_path)), nprocs=3, join=True)
     for n in (7, 2):
-        assert all(v is None for r in (1, 2) for v in got[r][n].values())  # only rank 0 receives
+        run = RunDir(tmp_path / f"n{n}")
+        assert sorted(p.name for p in run.path.iterdir()) == [f"predictions.shard-0000{r}-of-00003.npz" for r in range(3)]
+        got = run.load_arrays("predictions.npz")
         rows = torch.arange(n)
         logits = torch.nn.functional.one_hot(rows % 3, 3).float() * 5 + rows[:, None] * 1e-3
         want = predict_by_index(torch.nn.Identity(), [(logits, rows % 2, rows)], torch.device("cpu"), rows % 2)
+        assert set(got) == set(want)
         for key, value in want.items():
-            assert got[0][n][key].dtype == value.dtype, key
-            assert torch.equal(got[0][n][key], value), (n, key)
+            assert got[key].dtype == value.numpy().dtype, key
+            assert np.array_equal(got[key], value.numpy()), (n, key)
+    errors = [torch.load(tmp_path / f"errors{r}.pt", weights_only=False) for r in range(3)]
+    assert all("rank 1: OSError" in e["full"] and "No space left on device" in e["full"] for e in errors)
+    assert list((tmp_path / "full").iterdir()) == []

@@ -344,3 +344,35 @@ def test_a_failed_array_write_leaves_the_previous_file_and_no_temporary_file(tmp
         run.save_arrays("arrays.npz", a=np.arange(20), b=np.ones(3))
     assert (tmp_path / "run" / "arrays.npz").read_bytes() == before
     assert not list((tmp_path / "run").glob(".arrays.npz.*"))
+
+
+def test_an_array_file_written_in_shards_reads_back_whole_and_a_whole_file_takes_precedence(tmp_path, cfg):
+    # Under torchrun each process writes its rows of predictions.npz (save_array_shard); a later
+    # single-process end of the run writes the whole file after removing the shards.
+    run = RunDir(tmp_path / "run")
+    run.prepare(cfg)
+    pred = np.arange(7) % 3
+    prob = np.linspace(0, 1, 7, dtype=np.float32)
+    for rank, (lo, hi) in enumerate([(0, 3), (3, 5), (5, 7)]):
+        path = run.save_array_shard("predictions.npz", rank=rank, world_size=3, start=lo, end=hi, num_instances=7,
+                                    predicted=pred[lo:hi], predicted_prob=prob[lo:hi])
+        assert path.name == f"predictions.shard-0000{rank}-of-00003.npz"
+    got = run.load_arrays("predictions.npz")
+    assert np.array_equal(got["predicted"], pred) and np.array_equal(got["predicted_prob"], prob)
+    assert [r for _, r, _ in run.shard_files("predictions.npz")] == [0, 1, 2]
+    # A directory holding the shards is a run's: --overwrite may clear it.
+    run.prepare(cfg, overwrite=True)
+    assert not run.shard_files("predictions.npz")
+    for rank, (lo, hi) in enumerate([(0, 4), (4, 7)]):
+        run.save_array_shard("predictions.npz", rank=rank, world_size=2, start=lo, end=hi, num_instances=7,
+                             predicted=pred[lo:hi])
+    (run.path / "predictions.shard-00001-of-00002.npz").unlink()
+    with pytest.raises(RunDirError, match="predictions.shard-00001-of-00002.npz is missing: predictions.npz was "
+                                          "written by 2 processes"):
+        run.load_arrays("predictions.npz")
+    run.save_arrays("predictions.npz", predicted=pred + 1)
+    assert np.array_equal(run.load_arrays("predictions.npz")["predicted"], pred + 1)  # the whole file wins
+    run.remove_array_files("predictions.npz", shards_only=True)
+    assert sorted(p.name for p in run.path.glob("predictions*")) == ["predictions.npz"]
+    run.remove_array_files("predictions.npz")
+    assert not list(run.path.glob("predictions*"))

@@ -222,7 +222,7 @@ def _train(cfg: TrainConfig, out: str | os.PathLike[str], ctx: DistributedContex
         finally:
             logger.close()
         # Every rank predicts its share of the training set (a collective under torchrun).
-        pred = predict_training_set(model, dataset, labels, cfg, loaders, dev, execution, ctx)
+        pred = predict_training_set(model, dataset, labels, cfg, loaders, dev, execution, ctx, run)
         if not ctx.is_main:
             return None
         return _finish_user(run, cfg, labels, loaders, model, dev, execution, objective, dataset,
@@ -233,39 +233,70 @@ def _train(cfg: TrainConfig, out: str | os.PathLike[str], ctx: DistributedContex
 
 def predict_training_set(model: torch.nn.Module, dataset: LoadedDataset, labels: TrainingLabels, cfg: TrainConfig,
                          loaders: RunLoaders, dev: torch.device, execution: Execution,
-                         ctx: DistributedContext) -> dict[str, torch.Tensor] | None:
+                         ctx: DistributedContext, run: RunDir) -> dict[str, torch.Tensor] | None:
     """The final model's predictions on every training sample (:func:`~dataparams.engine.predict_by_index`'s
-    three (N,) columns), on rank 0; ``None`` on the other ranks.
+    three (N,) columns): returned in one process (:func:`finish` writes them), written to
+    ``predictions.npz``'s shard files under torchrun (``None`` returned on every rank).
 
     Under torchrun every rank predicts its contiguous share (:func:`~dataparams.distributed.shard_range`
-    of the training order) and rank 0 gathers the columns, so the model's pass over the N samples
-    is split P ways rather than run by rank 0 while the others wait; rank 0 holds the (N,)
-    columns, never N x K. Each share is predicted in order by the same network in eval mode, so the
-    columns are those one process computes, up to float rounding of batches that split differently.
+    of the training order) and writes it as its own shard file of ``predictions.npz``
+    (:meth:`~dataparams.runs.RunDir.save_array_shard`; :meth:`~dataparams.runs.RunDir.load_arrays`
+    joins them), so the model's pass over the N samples is split P ways and no rank holds more
+    than its N / P rows, never N x K. Each share is predicted in order by the same network in eval
+    mode, so the columns are those one process computes, up to float rounding of batches that
+    split differently. The ranks agree on the outcome of the writes before rank 0 goes on to the
+    summary: a write that failed on any rank (a full disk) stops every rank with its message.
     """
     if not ctx.is_distributed:
         return predict_by_index(model, loaders.train_eval, dev, torch.as_tensor(labels.given), execution=execution)
     from dataparams.data.loaders import pool_loader
-    from dataparams.distributed import shard_range, split_sizes
-    from dataparams.distributed.collectives import gather_shares
+    from dataparams.distributed import shard_range
 
     n = labels.num_train
     lo, hi = shard_range(n, ctx.world_size, ctx.rank)
     index = labels.train_index[lo:hi]
-    # An empty share (fewer samples than ranks) predicts nothing but still takes part in the gather,
-    # with the empty columns predict_by_index makes.
+    # An empty share (fewer samples than ranks) predicts nothing and writes a file of no rows.
     share = [] if hi == lo else pool_loader(dataset, labels, index, cfg.data, dev, shuffle=False,
                                             batch_size=cfg.data.eval_batch_size, seed=cfg.seed)
     # This share's labels only, not all N.
     local = predict_by_index(model, share, dev, torch.as_tensor(labels.labels[index]), execution=execution)
-    sizes = split_sizes(n, ctx.world_size)
-    out = {k: gather_shares(v, sizes, ctx) for k, v in local.items()}
-    return out if ctx.is_main else None
+    save_shares(run, "predictions.npz", {k: v.numpy() for k, v in local.items()}, lo, hi, n, ctx)
+    return None
 
+
+def save_shares(run: RunDir, name: str, arrays: dict[str, np.ndarray], start: int, end: int, num: int,
+                ctx: DistributedContext) -> None:
+    """Every rank writes its rows ``[start, end)`` of the per-sample array file ``name`` as its own
+    shard file (:meth:`~dataparams.runs.RunDir.save_array_shard`), after rank 0 has removed the
+    file and any shard files an earlier write left; then the ranks agree on the outcome.
+
+    A step that failed on any rank (a full disk, a file that cannot be removed) raises on every
+    rank with that rank's message, no rank waiting in a collective the failed one never reaches,
+    and the shard files the others wrote are removed again: ``name`` is then absent rather than
+    a partial set of shards, and no rank goes on to mark the run finished.
+    """
+
+    def agreed(step: Any) -> None:
+        error = None
+        try:
+            step()
+        except Exception as e:  # any rank's failure must reach the others, not leave them waiting
+            error = f"rank {ctx.rank}: {type(e).__name__}: {e}"
+        errors = [e for e in ctx.all_gather_object(error) if e is not None]
+        if errors:
+            if ctx.is_main:
+                run.remove_array_files(name)
+            raise OSError(f"writing the shard files of {run.path / name} failed: " + "; ".join(errors))
+
+    # A whole file, or shards of another number of processes, from an earlier end of this run;
+    # the agreement is also the barrier that keeps every rank from writing before they are gone.
+    agreed(lambda: run.remove_array_files(name) if ctx.is_main else None)
+    agreed(lambda: run.save_array_shard(name, rank=ctx.rank, world_size=ctx.world_size, start=start, end=end,
+                                        num_instances=num, **arrays))
 
 def _finish_user(run: RunDir, cfg: TrainConfig, labels: TrainingLabels, loaders: RunLoaders, model: torch.nn.Module,
                  dev: torch.device, execution: Execution, objective: Objective, dataset: LoadedDataset, *,
-                 in_features: int | None, select: bool, pred: dict[str, torch.Tensor]) -> dict[str, Any]:
+                 in_features: int | None, select: bool, pred: dict[str, torch.Tensor] | None) -> dict[str, Any]:
     """:func:`finish`, then for user data the network to keep (``model.pt``)."""
     summary = finish(run, cfg, labels, loaders, model, dev, execution, objective, pred=pred)
     if dataset.user is not None:
@@ -409,16 +440,21 @@ def export_model(path: str | os.PathLike[str], cfg: TrainConfig, model: torch.nn
 
 def finish(run: RunDir, cfg: TrainConfig, labels: TrainingLabels, loaders: RunLoaders, model: torch.nn.Module,
            dev: torch.device, execution: Execution, objective: Objective | None = None, *,
-           pred: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Predictions of the final model on the training set (``pred``, from :func:`predict_training_set`)
-    and the held-out pool, calibration, summary.json.
+           pred: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+    """Predictions of the final model on the training set (``pred``, from :func:`predict_training_set`;
+    ``None`` when the processes of a torchrun run have written them as shard files) and on the
+    held-out pool, calibration, summary.json.
 
     ``predictions.npz`` also holds ``mean_probs`` (N, K), each sample's class probabilities
-    averaged over training, when the objective tracked them.
+    averaged over training, when the objective tracked them (one process only).
     """
-    mean_probs = None if objective is None else objective.mean_probabilities()
-    run.save_arrays("predictions.npz", **{k: v.numpy() for k, v in pred.items()},
-                    **({} if mean_probs is None else {"mean_probs": mean_probs}))
+    if pred is not None:
+        mean_probs = None if objective is None else objective.mean_probabilities()
+        run.save_arrays("predictions.npz", **{k: v.numpy() for k, v in pred.items()},
+                        **({} if mean_probs is None else {"mean_probs": mean_probs}))
+        # Shard files of an earlier torchrun end of this run, removed once the whole file (which
+        # takes precedence when both are there) is written: a failed write leaves them readable.
+        run.remove_array_files("predictions.npz", shards_only=True)
     if loaders.heldout is not None:
         h_logits, _, h_pos = predict(model, loaders.heldout, dev, execution=execution)
         run.save_arrays("heldout_predictions.npz", source_index=labels.heldout_index,

@@ -66,8 +66,7 @@ Modules, with the public names that ``dataparams.distributed`` re-exports::
     sampling     split_sizes, shard_range, local_share, GlobalBatchSampler,
                  LocalShareLoader, FileShareLoader
     steps        LossWeights, loss_weights, distributed_loss, StepPlan
-    collectives  (internal) all-gathers of ragged per-rank rows and bytes, and the gather of
-                 contiguous shares to rank 0 (the end of a run's predictions)
+    collectives  (internal) all-gathers of ragged per-rank rows and bytes
     exchange     replicated layout: ReplicatedExchange, ReplicatedObjective, ExchangeOptimizer
     sharded      sharded layout: ShardedDataParameters, ShardedStepPlan
     sharded_objective  the sharded layout in the engine's loop: ShardedObjective, ShardedOptimizer

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from dataparams.distributed.context import DistributedContext
 
-__all__ = ["NO_BYTES", "all_gather_padded", "all_gather_with_head", "as_dtype", "gather_shares", "index_dtype_for"]
+__all__ = ["NO_BYTES", "all_gather_padded", "all_gather_with_head", "as_dtype", "index_dtype_for"]
 
 
 def index_dtype_for(num_rows: int) -> torch.dtype:
@@ -91,24 +91,3 @@ def as_dtype(columns: Tensor, dtype: torch.dtype) -> Tensor:
 
 #: The empty payload of a gather that carries only its head.
 NO_BYTES = torch.empty(0, dtype=torch.uint8)
-
-
-def gather_shares(local: Tensor, sizes: list[int], ctx: DistributedContext) -> Tensor | None:
-    """Rank 0 receives every rank's contiguous share ``(sizes[r], ...)`` and returns them joined in
-    rank order, ``(sum(sizes), ...)`` on the CPU; the other ranks send theirs and get ``None``.
-
-    One ``gather`` of shares padded to the largest (on ``ctx.device``, as NCCL needs), so rank 0
-    holds the ``P`` padded shares once -- the whole column, never ``P`` times it as an
-    all-gather would. In one process: ``local`` itself.
-    """
-    if not ctx.is_distributed:
-        return local.cpu()
-    if local.shape[0] != sizes[ctx.rank]:
-        raise ValueError(f"rank {ctx.rank} holds {local.shape[0]} rows, its share is {sizes[ctx.rank]}")
-    buf = local.new_zeros((max(sizes), *local.shape[1:]), device=ctx.device)
-    buf[: local.shape[0]] = local.to(ctx.device)
-    parts = [torch.empty_like(buf) for _ in sizes] if ctx.is_main else None
-    dist.gather(buf, parts, dst=0)
-    if parts is None:
-        return None
-    return torch.cat([part[:n].cpu() for part, n in zip(parts, sizes)])

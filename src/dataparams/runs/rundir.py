@@ -19,6 +19,9 @@ Layout of ``RUN_DIR``::
                          parameters, their momentum and the per-sample buffers; checkpoint.pt
                          names the files of its save
     predictions.npz      final model's predictions on the training set (for find-issues)
+    predictions.shard-RRRRR-of-PPPPP.npz
+                         under torchrun instead: each of the P processes's rows of it, in the
+                         same format as a snapshot's shards; :meth:`RunDir.load_arrays` joins them
     heldout_predictions.npz   predictions on training-pool samples held out by data.keep_file
     summary.json         final numbers (test accuracy at the end and at report epochs, ...)
     model.pt             user data only: the trained network with its classes and normalisation
@@ -41,7 +44,8 @@ the rename followed by an fsync of the directory, so that a power loss after a s
 bring back the file it replaced. A save that fails (a full disk) leaves the previous checkpoint
 as it was and says so.
 
-Under torchrun rank 0 writes everything but the shard files. In sharded mode every process
+Under torchrun rank 0 writes everything but the shard files: the predictions' in every mode
+(each process predicts its share of the training set), and in sharded mode every process
 writes its rows of each epoch's snapshot, and its shard files of the checkpoint (named with a
 token fresh to the save), *before* rank 0 replaces
 ``checkpoint.pt``, which names them: the replacement commits the save, and only then are the
@@ -54,6 +58,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import io
 import json
@@ -112,6 +117,9 @@ _OURS = (
 #: A snapshot file's name: ``epoch_NNNN.npz``, or one process's rows of a sharded run's snapshot,
 #: ``epoch_NNNN.shard-RRRRR-of-PPPPP.npz``; groups: epoch, rank, number of processes.
 _SNAPSHOT_NAME = re.compile(r"epoch_(\d+)(?:\.shard-(\d+)-of-(\d+))?\.npz")
+#: One process's rows of any per-sample array file ``STEM.npz``: ``STEM.shard-RRRRR-of-PPPPP.npz``;
+#: groups: stem, rank, number of processes.
+_SHARD_NAME = re.compile(r"(.+)\.shard-(\d+)-of-(\d+)\.npz")
 #: The keys of a snapshot shard file that say which rows it holds (the rest are arrays).
 SNAPSHOT_SHARD_KEYS = ("start", "end", "num_instances")
 
@@ -128,6 +136,12 @@ class RunExistsError(RunDirError):
 class RunConflictError(RunDirError):
     """The directory holds something else (another run, foreign files): use another directory,
     or ``overwrite`` where that is allowed."""
+
+
+def _is_shard_of_ours(name: str) -> bool:
+    """Whether ``name`` is one process's rows of a run's top-level array file (``predictions.npz``)."""
+    m = _SHARD_NAME.fullmatch(name)
+    return m is not None and f"{m.group(1)}.npz" in _OURS
 
 
 #: Appended to a checkpoint: this marker and the SHA-256 of the bytes before it.
@@ -257,10 +271,41 @@ class RunDir:
         return self.snapshot_dir / f"epoch_{epoch:04d}.npz"
 
     def snapshot_shard_file(self, epoch: int, rank: int, world_size: int) -> Path:
-        """Where process ``rank`` of ``world_size`` writes its rows of epoch ``epoch``'s snapshot."""
-        return self.snapshot_dir / f"epoch_{epoch:04d}.shard-{rank:05d}-of-{world_size:05d}.npz"
+        """Process ``rank``'s rows of epoch ``epoch``'s snapshot in a run of ``world_size`` processes."""
+        return self.shard_file(f"{self.snapshot_dir.name}/{self.snapshot_file(epoch).name}", rank, world_size)
 
-    # -- the writer's lock ----------------------------------------------------------------
+    def shard_file(self, name: str, rank: int, world_size: int) -> Path:
+        """Process ``rank``'s rows of the array file ``name`` (``predictions.npz``, a snapshot)
+        written by ``world_size`` processes: ``STEM.shard-RRRRR-of-PPPPP.npz`` beside it."""
+        path = self.path / name
+        return path.with_name(f"{path.stem}.shard-{rank:05d}-of-{world_size:05d}.npz")
+
+    def shard_files(self, name: str) -> list[tuple[Path, int, int]]:
+        """``[(file, rank, world_size), ...]`` of the shard files of array file ``name`` present."""
+        path = self.path / name
+        if not path.parent.is_dir():
+            return []
+        out = []
+        for f in path.parent.glob(f"{glob.escape(path.stem)}.shard-*-of-*.npz"):
+            m = _SHARD_NAME.fullmatch(f.name)
+            if m is not None and m.group(1) == path.stem:
+                out.append((f, int(m.group(2)), int(m.group(3))))
+        return sorted(out, key=lambda t: (t[2], t[1]))
+
+    def remove_array_files(self, name: str, *, shards_only: bool = False) -> None:
+        """Delete array file ``name`` (unless ``shards_only``) and every shard file of it, before
+        it is written anew: :meth:`load_arrays` prefers a whole file to shards, and shards of
+        another number of processes would not join."""
+        if not shards_only:
+            (self.path / name).unlink(missing_ok=True)
+        for f, _, _ in self.shard_files(name):
+            f.unlink(missing_ok=True)
+        # Temporary files a killed write of a shard left (runs.files names them ".{file}.*.tmp").
+        path = self.path / name
+        if path.parent.is_dir():
+            for f in path.parent.glob(f".{glob.escape(path.stem)}.shard-*.tmp"):
+                f.unlink(missing_ok=True)
+
     def lock(self) -> None:
         """Hold ``RUN_DIR/.lock`` until :meth:`unlock` (or the process ends): a second process
         that tries gets :class:`RunConflictError` naming the holder's pid, host and start time.
@@ -378,7 +423,8 @@ class RunDir:
 
     def _prepare(self, config: dict[str, Any], existing: bool, *, resume: bool, overwrite: bool) -> bool:
         if existing and overwrite:
-            foreign = [p.name for p in self.path.iterdir() if p.name not in _OURS and not p.name.startswith(".")]
+            foreign = [p.name for p in self.path.iterdir() if p.name not in _OURS and not p.name.startswith(".")
+                       and not _is_shard_of_ours(p.name)]
             if foreign:
                 raise RunConflictError(
                     f"{self.path} holds files that are not from a run ({', '.join(sorted(foreign)[:5])}); "
@@ -462,9 +508,26 @@ class RunDir:
         commit_temp(stream_temp(path, lambda f: write_npz(f, arrays)), path)
 
     def load_arrays(self, name: str) -> dict[str, np.ndarray]:
+        """The arrays of ``name``: the file itself, or, where a distributed run wrote it one
+        process's rows per file (:meth:`save_array_shard`), its shard files joined in rank order
+        (the same keys and full ``(N, ...)`` arrays as the whole file).
+
+        Raises
+        ------
+        RunDirError
+            Naming the file: missing, one of its shard files missing, or a file unreadable
+            (truncated, damaged) or not holding the rows its place says.
+        """
         f = self.path / name
         if not f.exists():
+            shards = self.shard_files(name)
+            if shards:
+                return self._load_shards(name, shards)
             raise RunDirError(f"{f} is missing")
+        return self._load_file(name)
+
+    def _load_file(self, name: str) -> dict[str, np.ndarray]:
+        f = self.path / name
         try:
             with np.load(f, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
@@ -478,19 +541,28 @@ class RunDir:
     def save_snapshot_shard(self, epoch: int, *, rank: int, world_size: int, start: int, end: int,
                             num_instances: int, **arrays: np.ndarray) -> Path:
         """Write process ``rank``'s rows ``[start, end)`` of epoch ``epoch``'s snapshot
-        (:meth:`snapshot_shard_file`), atomically.
+        (:meth:`snapshot_shard_file`); see :meth:`save_array_shard`."""
+        return self.save_array_shard(f"{self.snapshot_dir.name}/{self.snapshot_file(epoch).name}", rank=rank,
+                                     world_size=world_size, start=start, end=end, num_instances=num_instances,
+                                     **arrays)
+
+    def save_array_shard(self, name: str, *, rank: int, world_size: int, start: int, end: int,
+                         num_instances: int, **arrays: np.ndarray) -> Path:
+        """Write process ``rank``'s rows ``[start, end)`` of the per-sample array file ``name``
+        (:meth:`shard_file`), atomically; :meth:`load_arrays` joins the ``world_size`` files.
 
         Parameters
         ----------
-        epoch : int
-            1-based.
+        name : str
+            The whole file's name in the run directory (``predictions.npz``,
+            ``snapshots/epoch_0003.npz``).
         rank, world_size : int
         start, end, num_instances : int
             The rows this process holds, of ``N = num_instances``.
         **arrays : ndarray
             Per-sample arrays of ``end - start`` rows, the same names in every process's file;
             arrays that are not per sample (the ``K`` class sigmas) in rank 0's file only: that
-            is how :meth:`load_snapshot` tells them apart.
+            is how :meth:`load_arrays` tells them apart.
 
         Returns
         -------
@@ -507,9 +579,9 @@ class RunDir:
                                  "per sample go in rank 0's file")
         clash = set(arrays) & set(SNAPSHOT_SHARD_KEYS)
         if clash:
-            raise ValueError(f"{', '.join(sorted(clash))}: reserved for the rows a snapshot shard holds")
-        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
-        path = self.snapshot_shard_file(epoch, rank, world_size)
+            raise ValueError(f"{', '.join(sorted(clash))}: reserved for the rows a shard file holds")
+        path = self.shard_file(name, rank, world_size)
+        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"start": np.int64(start), "end": np.int64(end), "num_instances": np.int64(num_instances)}
         # Streamed into the temporary file (no in-memory copy of the archive, which at 1e9
         # samples would be O(N / P) more), then renamed onto the name: a reader sees the file
@@ -547,39 +619,36 @@ class RunDir:
             Naming the file: the snapshot is missing, one of its shard files is missing, or a
             file is unreadable (truncated, damaged) or does not hold the rows its place says.
         """
-        whole = self.snapshot_file(epoch)
-        shards = [(f, r, p) for f, r, p in self._snapshot_files().get(epoch, []) if r is not None]
-        if whole.exists() or not shards:
-            return self.load_arrays(f"snapshots/{whole.name}")
-        return self._load_snapshot_shards(epoch, shards)
+        return self.load_arrays(f"{self.snapshot_dir.name}/{self.snapshot_file(epoch).name}")
 
-    def _load_snapshot_shards(self, epoch: int, shards: list[tuple[Path, int | None, int | None]]
-                              ) -> dict[str, np.ndarray]:
-        sizes = sorted({p for _, _, p in shards if p is not None})
+    def _load_shards(self, name: str, shards: list[tuple[Path, int, int]]) -> dict[str, np.ndarray]:
+        m = _SNAPSHOT_NAME.fullmatch(Path(name).name)
+        what = f"epoch {int(m.group(1))}'s snapshot" if m and Path(name).parent.name == self.snapshot_dir.name else name
+        sizes = sorted({p for _, _, p in shards})
         if len(sizes) > 1:
-            # Not left by any write order (a resume drops the later epochs' files first): files
-            # copied in by hand.
-            raise RunDirError(f"{self.snapshot_dir}: epoch {epoch}'s snapshot has shard files of "
+            # Not left by any write order (a resume drops the later epochs' files first, and a
+            # file written again removes its old shards first): files copied in by hand.
+            raise RunDirError(f"{(self.path / name).parent}: {what} has shard files of "
                               f"{' and '.join(map(str, sizes))} processes; keep those of one")
         size = sizes[0]
-        files = [self.snapshot_shard_file(epoch, rank, size) for rank in range(size)]
+        files = [self.shard_file(name, rank, size) for rank in range(size)]
         missing = [f for f in files if not f.exists()]
         if missing:
             shown = ", ".join(map(str, missing[:4])) + (f" (and {len(missing) - 4} more)" if len(missing) > 4 else "")
-            raise RunDirError(f"{shown} {'is' if len(missing) == 1 else 'are'} missing: epoch {epoch}'s snapshot was "
+            raise RunDirError(f"{shown} {'is' if len(missing) == 1 else 'are'} missing: {what} was "
                               f"written by {size} processes, one file each, and every file is needed for its rows")
         # Arrays with one row per sample are in every file; those in rank 0's file alone (the
-        # class sigmas) are not per sample. One process's file is the whole snapshot as it is.
+        # class sigmas) are not per sample. One process's file is the whole array file as it is.
         per_sample = set(self._peek_keys(files[-1])) - set(SNAPSHOT_SHARD_KEYS) if size > 1 else set()
         out: dict[str, np.ndarray] = {}
         end_before, n = 0, 0
         # One file at a time into arrays allocated once: N values and one shard in memory.
         for rank, path in enumerate(files):
-            data = self.load_arrays(f"snapshots/{path.name}")
+            data = self._load_file(str(path.relative_to(self.path)))
             try:
                 start, end, num = (int(data.pop(k)) for k in SNAPSHOT_SHARD_KEYS)
             except (KeyError, TypeError, ValueError):
-                raise RunDirError(f"{path} is not a snapshot shard (it lacks "
+                raise RunDirError(f"{path} is not a shard file (it lacks "
                                   f"{', '.join(SNAPSHOT_SHARD_KEYS)})") from None
             if rank == 0:
                 n = num
@@ -594,13 +663,13 @@ class RunDir:
             if rank > 0:
                 wrong += sorted(set(data) - per_sample)
             if wrong:
-                raise RunDirError(f"{path}: {', '.join(wrong)} not as in the other files of epoch {epoch}'s snapshot "
+                raise RunDirError(f"{path}: {', '.join(wrong)} not as in the other files of {what} "
                                   f"(per-sample arrays of {end - start} rows, its rows [{start}, {end}), in every file)")
             for k in per_sample:
                 out[k][start:end] = data[k]
             end_before = end
         if end_before != n:
-            raise RunDirError(f"{files[-1]} ends at row {end_before} of N={n}: epoch {epoch}'s snapshot shards do not "
+            raise RunDirError(f"{files[-1]} ends at row {end_before} of N={n}: the shard files of {what} do not "
                               "cover every sample")
         return out
 
