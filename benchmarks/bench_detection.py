@@ -43,7 +43,8 @@ PAPER_LR_VARIANT = "instance-lr0.1"
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/detection_synth", help="data and run directories")
-    p.add_argument("--results", default="benchmarks/results/detection_synth", help="table and figures")
+    p.add_argument("--results", help="table and figures (default benchmarks/results/detection_synth, and its "
+                   "subfolder ARCH for another --arch)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS),
                    help="which sets to train on (default: all)")
@@ -51,10 +52,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--paper-lr", action="store_true", help="also run lr_instance = 0.1 (clean set, seed 1)")
     p.add_argument("--report-only", action="store_true", help="only aggregate the finished runs")
+    p.add_argument("--arch", default="tiny_ssd", choices=("tiny_ssd", "tiny_retinanet"),
+                   help="model.arch of every run (default the presets' tiny_ssd; another architecture's runs go "
+                   "under OUT/runs/ARCH/...)")
     return p
 
 
-def _run_one(dataset: str, variant: str, seed: int, data_root: str, run_dir: str, threads: int) -> dict[str, Any]:
+def _run_one(dataset: str, variant: str, seed: int, data_root: str, run_dir: str, threads: int,
+             arch: str = "tiny_ssd") -> dict[str, Any]:
     """One training in a worker process (spawned: its own torch threads and RNG)."""
     import torch
 
@@ -64,6 +69,7 @@ def _run_one(dataset: str, variant: str, seed: int, data_root: str, run_dir: str
     name = "kitti-synth/instance" if variant == PAPER_LR_VARIANT else f"kitti-synth/{variant}"
     cfg = get_detection_preset(name, root=data_root)
     cfg.seed = seed
+    cfg.model.arch = arch
     if variant == PAPER_LR_VARIANT:
         cfg.preset = f"kitti-synth/{PAPER_LR_VARIANT}"
         cfg.curriculum.lr_instance = 0.1
@@ -90,7 +96,7 @@ def _load(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
     return metrics, json.loads(summary.read_text())
 
 
-def _tables(runs: dict[tuple[str, str], list[Path]], command: str) -> list[str]:
+def _tables(runs: dict[tuple[str, str], list[Path]], command: str, arch: str = "tiny_ssd") -> list[str]:
     from dataparams.detection.kitti import DIFFICULTIES
 
     loaded = {k: [x for x in (_load(p) for p in v) if x is not None] for k, v in runs.items()}
@@ -102,8 +108,11 @@ def _tables(runs: dict[tuple[str, str], list[Path]], command: str) -> list[str]:
     lines = ["# Box data parameters on the synthetic KITTI set (sec. 3.3, CPU)", "",
              f"Reproduce every number below: `{command}` (finished runs are skipped, killed ones resumed).", "",
              "Setup: `kitti-synth/{baseline,instance}` presets (`src/dataparams/detection/presets.py`): 1,200 "
-             "Fashion-MNIST scenes of 128 x 256 (900 train / 300 val, seed 0), `tiny_ssd` (torchvision SSD head "
-             "and matching on a 7-layer conv net), 12 epochs of SGD (lr 0.05, batch 16, cosine), box data "
+             "Fashion-MNIST scenes of 128 x 256 (900 train / 300 val, seed 0), "
+             + ("`tiny_ssd` (torchvision SSD head and matching on a 7-layer conv net)" if arch == "tiny_ssd" else
+                "`tiny_retinanet` (`model.arch`; torchvision's RetinaNet head, focal loss and matching on the same "
+                "7-layer conv net, `dataparams.detection.focal_box_parameters`)")
+             + ", 12 epochs of SGD (lr 0.05, batch 16, cosine), box data "
              "parameters with lr 1.0, no momentum, no weight decay, negatives at the batch's mean box sigma "
              f"(no gradient through it); {boxes:,} train boxes. `flip20`: the same scenes with 20% of the train "
              f"boxes ({f'{flipped[0][0]:,} of {flipped[0][1]:,}' if flipped else 'none finished'}) given another "
@@ -217,6 +226,8 @@ def main(args: argparse.Namespace) -> None:
     from dataparams.detection import presets
 
     out = Path(args.out)
+    if args.results is None:
+        args.results = "benchmarks/results/detection_synth" + ("" if args.arch == "tiny_ssd" else f"/{args.arch}")
     results = Path(args.results)
     roots = {}
     for data in args.datasets:
@@ -227,18 +238,19 @@ def main(args: argparse.Namespace) -> None:
             print(f"wrote {root}: {made.num_objects} objects, {made.num_flipped} flipped", flush=True)
         roots[data] = str(root)
 
+    runs_dir = out / "runs" if args.arch == "tiny_ssd" else out / "runs" / args.arch
     plan: list[tuple[str, str, int]] = [(d, v, s) for s in args.seeds for d in args.datasets for v in VARIANTS]
     if args.paper_lr:
         plan.append(("clean", PAPER_LR_VARIANT, args.seeds[0]))
     runs: dict[tuple[str, str], list[Path]] = {}
     for d, v, s in plan:
-        runs.setdefault((d, v), []).append(out / "runs" / d / v / f"seed{s}")
-    todo = [(d, v, s) for d, v, s in plan if not (out / "runs" / d / v / f"seed{s}" / "summary.json").exists()]
+        runs.setdefault((d, v), []).append(runs_dir / d / v / f"seed{s}")
+    todo = [(d, v, s) for d, v, s in plan if not (runs_dir / d / v / f"seed{s}" / "summary.json").exists()]
     if todo and not args.report_only:
         print(f"{len(todo)} runs to do, {args.jobs} at a time", flush=True)
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_run_one, d, v, s, roots[d], str(out / "runs" / d / v / f"seed{s}"), args.threads)
-                       for d, v, s in todo]
+            futures = [pool.submit(_run_one, d, v, s, roots[d], str(runs_dir / d / v / f"seed{s}"), args.threads,
+                                   args.arch) for d, v, s in todo]
             for f in as_completed(futures):
                 r = f.result()
                 print(f"done {r['dataset']}/{r['variant']}/seed{r['seed']}: mAP|R40 moderate "
@@ -249,8 +261,9 @@ def main(args: argparse.Namespace) -> None:
     finished = [p for paths in runs.values() for p in paths if (p / "summary.json").exists()]
     command = "python benchmarks/bench_detection.py " + " ".join(
         [f"--out {args.out}", f"--results {args.results}", "--seeds " + " ".join(map(str, args.seeds)),
-         "--datasets " + " ".join(args.datasets), f"--jobs {args.jobs}"] + (["--paper-lr"] if args.paper_lr else []))
-    lines = _tables(runs, command)
+         "--datasets " + " ".join(args.datasets), f"--jobs {args.jobs}"] + (["--paper-lr"] if args.paper_lr else [])
+        + ([f"--arch {args.arch}"] if args.arch != "tiny_ssd" else []))
+    lines = _tables(runs, command, args.arch)
     if finished:
         report = object_detection_report(finished, results, title="Box data parameters, synthetic KITTI set")
         lines += ["## Figures", ""]

@@ -19,7 +19,12 @@ from torchvision.models.vgg import cfgs, make_layers
 
 from dataparams.config import ConfigError
 from dataparams.detection.config import validate_detection_config
-from dataparams.detection.models import build_detector, load_detector_weights, weights_file
+from dataparams.detection.models import (
+    build_detector,
+    detector_from_config,
+    load_detector_weights,
+    weights_file,
+)
 from dataparams.detection.presets import get_detection_preset
 from dataparams.detection.train import train_detection
 
@@ -163,11 +168,11 @@ def test_a_second_run_starts_from_the_first_runs_checkpoint_end_to_end(hub, tmp_
     built = []
 
     def recording(*args, **kwargs):
-        model = build_detector(*args, **kwargs)
+        model = detector_from_config(*args, **kwargs)
         built.append({k: v.clone() for k, v in model.state_dict().items()})
         return model
 
-    monkeypatch.setattr(detection_train, "build_detector", recording)
+    monkeypatch.setattr(detection_train, "detector_from_config", recording)
     train_detection(cfg, tmp_path / "first", quiet=True, device="cpu")
     first = RunDir(tmp_path / "first")
     final = first.load_checkpoint()["model"]
@@ -184,3 +189,16 @@ def test_a_second_run_starts_from_the_first_runs_checkpoint_end_to_end(hub, tmp_
     assert json.loads(second.config_file.read_text())["model"]["weights"] == str(first.checkpoint_file)
     (record,) = second.read_metrics()
     assert math.isfinite(record["train_loss"]) and "map40_moderate" in record
+
+
+def test_detector_from_config_builds_the_networks_the_config_names():
+    # The trainer and the tools that rebuild a run's detector read the model section through this
+    # one helper: each post-processing setting and the input size must reach the network.
+    cfg = get_detection_preset("kitti-synth/baseline", root="unused").model
+    cfg.score_thresh, cfg.nms_thresh, cfg.detections_per_img = 0.2, 0.3, 7
+    model = detector_from_config(cfg, 3, load_weights=False)
+    expected = build_detector("tiny_ssd", 3, image_size=cfg.image_size, width=cfg.width, score_thresh=0.2,
+                              nms_thresh=0.3, detections_per_img=7)
+    assert (model.score_thresh, model.nms_thresh, model.detections_per_img) == (0.2, 0.3, 7)
+    assert model.transform.fixed_size == tuple(reversed(cfg.image_size))
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in expected.state_dict().items()}

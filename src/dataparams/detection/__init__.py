@@ -10,10 +10,12 @@
 * :mod:`~dataparams.detection.synthetic` -- a small KITTI-format data set of Fashion-MNIST
   scenes with controlled occlusion, truncation, DontCare and label corruption;
 * :mod:`~dataparams.detection.models` -- torchvision SSD detectors (SSD300-VGG16, a tiny SSD for
-  the CPU) and the training forward without torchvision's fixed loss;
+  the CPU), a tiny RetinaNet, and the training forward without torchvision's fixed loss;
 * :mod:`~dataparams.detection.box_parameters` -- the SSD loss with one data parameter per box
   (positives at their box's sigma, negatives at the batch's mean box sigma, no negatives on
   ignore regions such as DontCare);
+* :mod:`~dataparams.detection.focal_box_parameters` -- the same on RetinaNet's focal loss
+  (per-class sigmoids, every anchor);
 * :mod:`~dataparams.detection.config`, :mod:`~dataparams.detection.train`,
   :mod:`~dataparams.detection.presets` -- the run configuration, the trainer writing a run
   directory, and the named presets;
@@ -46,6 +48,11 @@ from dataparams.detection.config import (
     validate_detection_config,
 )
 from dataparams.detection.curriculum import BoxTable, curriculum_statistics, rank_correlation
+from dataparams.detection.focal_box_parameters import (
+    FocalBoxLoss,
+    FocalBoxParameterLoss,
+    focal_box_parameter_loss,
+)
 from dataparams.detection.kitti import (
     DEFAULT_CLASSES,
     DIFFICULTIES,
@@ -72,9 +79,11 @@ from dataparams.detection.kitti_eval import (
 )
 from dataparams.detection.models import (
     DETECTOR_ARCHS,
+    FOCAL_ARCHS,
     AspectBoxGenerator,
     TinySSDBackbone,
     build_detector,
+    detector_from_config,
     load_detector_weights,
     ssd_training_outputs,
     weights_file,
@@ -125,11 +134,14 @@ __all__ = [
     "DETECTION_PRESETS",
     "DETECTOR_ARCHS",
     "DIFFICULTIES",
+    "FOCAL_ARCHS",
     "SYNTHETIC_CLASS_SOURCES",
     "AspectBoxGenerator",
     "BoxCurriculumConfig",
     "BoxTable",
     "ClassResult",
+    "FocalBoxLoss",
+    "FocalBoxParameterLoss",
     "Compose",
     "DetectionConfig",
     "DetectionDataConfig",
@@ -152,6 +164,7 @@ __all__ = [
     "anchor_temperatures",
     "box_difficulty",
     "build_detector",
+    "detector_from_config",
     "collate_detection",
     "crop",
     "curriculum_statistics",
@@ -165,6 +178,7 @@ __all__ = [
     "evaluate_detailed",
     "evaluate_dirs",
     "flipped_box_mask",
+    "focal_box_parameter_loss",
     "format_label_line",
     "format_table",
     "get_detection_preset",

@@ -19,7 +19,7 @@ from typing import Any
 from dataparams.config import ConfigError, config_from_dict
 from dataparams.detection.kitti import DEFAULT_CLASSES
 from dataparams.detection.kitti_eval import MIN_OVERLAP
-from dataparams.detection.models import DETECTOR_ARCHS
+from dataparams.detection.models import DETECTOR_ARCHS, FOCAL_ARCHS
 from dataparams.detection.transforms import AUGMENTATIONS
 
 __all__ = [
@@ -87,13 +87,15 @@ class DetectionDataConfig:
 class DetectionModelConfig:
     """The detector (:func:`~dataparams.detection.models.build_detector`).
 
-    ``arch`` is ``ssd300_vgg16`` or ``tiny_ssd``; ``image_size`` is ``[H, W]`` of the network
-    input (every image is resized to it); ``width`` sizes ``tiny_ssd``. ``ignore_overlap``: in
+    ``arch`` is ``ssd300_vgg16``, ``tiny_ssd`` or ``tiny_retinanet`` (torchvision's RetinaNet head
+    and focal loss on the tiny backbone, :mod:`~dataparams.detection.focal_box_parameters`);
+    ``image_size`` is ``[H, W]`` of the network input (every image is resized to it); ``width``
+    sizes the tiny backbones. ``ignore_overlap``: in
     training, an anchor matched to no box and lying more than this fraction (of its own area)
     inside an ignore region (DontCare, the devkit's neighbour types, COCO crowd boxes) is no
     negative (:mod:`~dataparams.detection.box_parameters`); none treats such anchors as
-    background, as torchvision's SSD does. ``weights`` (``ssd300_vgg16`` only; ``tiny_ssd``
-    always starts from random weights) is what the detector starts from: none for random
+    background, as torchvision's SSD does. ``weights`` (``ssd300_vgg16`` only; the tiny
+    detectors always start from random weights) is what the detector starts from: none for random
     weights, a torchvision ``VGG16_Weights`` name such as ``VGG16_Weights.IMAGENET1K_FEATURES``
     (read from torch hub's cache, never downloaded), or a state_dict file of the VGG16 features
     or of the whole detector (:func:`~dataparams.detection.models.weights_file`). The rest is
@@ -225,6 +227,9 @@ def validate_detection_config(cfg: DetectionConfig) -> None:
                              ("model.width", cfg.model.width, 4)):
         if value < low:
             raise ConfigError(f"{name} must be >= {low}, got {value}")
+    if cfg.model.arch in FOCAL_ARCHS and cfg.model.width % 8:
+        raise ConfigError(f"model.width of {cfg.model.arch} must be a multiple of 8 (its head's GroupNorm has 8 "
+                          f"groups), got {cfg.model.width}")
     if cfg.model.ignore_overlap is not None and not 0.0 <= cfg.model.ignore_overlap < 1.0:
         raise ConfigError(f"model.ignore_overlap is a fraction of an anchor's area in [0, 1), or none; got "
                           f"{cfg.model.ignore_overlap}")

@@ -34,6 +34,7 @@ import os
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -41,7 +42,8 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
+from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
 from torchvision.models.detection.ssd import SSD, SSDHead, ssd300_vgg16
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import boxes as box_ops
@@ -51,16 +53,21 @@ from dataparams.detection.transforms import REGION_KEYS
 
 __all__ = [
     "DETECTOR_ARCHS",
+    "FOCAL_ARCHS",
     "AspectBoxGenerator",
     "TinySSDBackbone",
     "build_detector",
+    "detector_from_config",
     "load_detector_weights",
     "ssd_training_outputs",
     "weights_file",
 ]
 
 #: Architectures :func:`build_detector` knows.
-DETECTOR_ARCHS: tuple[str, ...] = ("ssd300_vgg16", "tiny_ssd")
+DETECTOR_ARCHS: tuple[str, ...] = ("ssd300_vgg16", "tiny_ssd", "tiny_retinanet")
+#: The architectures trained with the focal loss on sigmoid logits
+#: (:mod:`~dataparams.detection.focal_box_parameters`) rather than SSD's softmax loss.
+FOCAL_ARCHS: tuple[str, ...] = ("tiny_retinanet",)
 
 # torchvision's SSD300 default boxes (ssd300_vgg16), reused for other input sizes.
 _SSD300_ASPECTS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
@@ -69,6 +76,9 @@ _SSD300_SCALES = [0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05]
 # it; each level covers its scale and the geometric mean with the next one.
 _TINY_ASPECTS = [[2, 3], [2, 3], [2, 3], [2, 3]]
 _TINY_SCALES = [0.12, 0.24, 0.42, 0.64, 0.9]
+# tiny_retinanet's anchor base sizes (px) on the levels at strides 8-64: 4 x the stride, as
+# RetinaNet's 32-512 px on strides 8-128, covering the 12-96 px objects of the synthetic set.
+_TINY_RETINA_SIZES = (16, 32, 64, 128)
 
 
 class AspectBoxGenerator(DefaultBoxGenerator):
@@ -170,23 +180,28 @@ def build_detector(
     topk_candidates: int = 200,
     weights: str | os.PathLike[str] | None = None,
     load_weights: bool = True,
-) -> SSD:
-    """A torchvision ``SSD`` for ``num_classes`` object classes, random or from ``weights``.
+) -> SSD | RetinaNet:
+    """A torchvision ``SSD`` (or ``RetinaNet``) for ``num_classes`` object classes, random or from ``weights``.
 
     Parameters
     ----------
-    arch : {"ssd300_vgg16", "tiny_ssd"}
+    arch : {"ssd300_vgg16", "tiny_ssd", "tiny_retinanet"}
         ``ssd300_vgg16``: torchvision's ``ssd300_vgg16(weights=None, weights_backbone=None)``,
         all layers trainable unless ``weights`` are given; for an ``image_size`` other than 300 x 300 its input transform and
         default boxes are rebuilt for that size (same scales and aspect ratios, relative to the
         image height, tiled over the feature maps). ``tiny_ssd``: :class:`TinySSDBackbone`
         with torchvision's ``SSDHead`` and four levels of six default boxes.
+        ``tiny_retinanet``: torchvision's ``RetinaNet`` (focal loss on sigmoid class logits,
+        its ``RetinaNetHead`` with GroupNorm as in its v2 model) on the same backbone, each level
+        projected to ``width`` channels by a 1 x 1 convolution (no FPN), and nine anchors per
+        location (three sizes an octave apart times three aspect ratios) of 16, 32, 64, 128 px
+        base size on the four levels.
     num_classes : int
         ``K``, object classes without background; the model has ``K + 1`` outputs.
     image_size : (int, int)
         ``(H, W)`` the images are resized to (torchvision's ``fixed_size`` is ``(W, H)``).
     width : int
-        Width of ``tiny_ssd`` (ignored otherwise).
+        Width of ``tiny_ssd`` and ``tiny_retinanet`` (ignored otherwise).
     score_thresh, nms_thresh, detections_per_img, topk_candidates
         torchvision's post-processing settings.
     weights : str or path-like, optional
@@ -200,13 +215,17 @@ def build_detector(
 
     Returns
     -------
-    torchvision.models.detection.SSD
-        Nothing is downloaded.
+    torchvision.models.detection.SSD or RetinaNet
+        Nothing is downloaded. ``tiny_retinanet`` keeps torchvision's ``K + 1`` class columns
+        with column 0 (background) never a target: its sigmoid, trained towards 0 on every
+        anchor, falls below the score threshold as training goes on; until then its candidates
+        take some of the post-processing's ``topk_candidates`` / ``detections_per_img`` slots,
+        and :func:`~dataparams.detection.train.predict_detections` drops them.
 
     Raises
     ------
     ConfigError
-        ``weights`` for ``tiny_ssd``, or weights that cannot be found or loaded.
+        ``weights`` for a tiny detector, or weights that cannot be found or loaded.
     """
     if arch not in DETECTOR_ARCHS:
         raise ValueError(f"unknown detector {arch!r}; choose one of {', '.join(DETECTOR_ARCHS)}")
@@ -239,10 +258,41 @@ def build_detector(
                 load_detector_weights(model, path)
             _freeze_first_vgg_stage(model)
         return model
+    if arch == "tiny_retinanet":
+        backbone = UniformChannels(TinySSDBackbone(width), width)
+        sizes = tuple(tuple(base * 2 ** (i / 3) for i in range(3)) for base in _TINY_RETINA_SIZES)
+        generator = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+        head = RetinaNetHead(width, generator.num_anchors_per_location()[0], num_classes + 1,
+                             norm_layer=partial(nn.GroupNorm, 8))
+        model = RetinaNet(backbone, num_classes + 1, anchor_generator=generator, head=head,
+                          min_size=min(height, width_px), max_size=max(height, width_px), **post)
+        # The fixed input size of the SSD models, so that boxes, anchors and evaluation see the
+        # same pixels whichever detector is trained.
+        transform = model.transform
+        model.transform = GeneralizedRCNNTransform(min(height, width_px), max(height, width_px),
+                                                   transform.image_mean, transform.image_std, size_divisible=1,
+                                                   fixed_size=(width_px, height))
+        return model
     backbone = TinySSDBackbone(width)
     anchors = AspectBoxGenerator(_TINY_ASPECTS, scales=_TINY_SCALES, image_size=(height, width_px))
     head = SSDHead(backbone.out_channels, anchors.num_anchors_per_location(), num_classes + 1)
     return SSD(backbone, anchors, (width_px, height), num_classes + 1, head=head, **post)
+
+
+class UniformChannels(nn.Module):
+    """A multi-level backbone with every level projected to ``channels`` by a 1 x 1 convolution,
+    as torchvision's ``RetinaNet`` (one head shared by the levels) needs; ``out_channels`` is
+    that one number."""
+
+    def __init__(self, body: nn.Module, channels: int) -> None:
+        super().__init__()
+        self.body = body
+        self.proj = nn.ModuleList(nn.Conv2d(c, channels, kernel_size=1) for c in body.out_channels)
+        self.out_channels = int(channels)
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        features = self.body(x)
+        return OrderedDict((k, proj(v)) for (k, v), proj in zip(features.items(), self.proj))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +302,20 @@ _WEIGHTS_NAME = re.compile(r"^[A-Za-z0-9_]+_Weights\.[A-Za-z0-9_]+$")
 _VGG_KEY = re.compile(r"^(?:features\.)?(\d+)\.(weight|bias)$")
 # The convolutions of torchvision's vgg16().features (conv1_1 ... conv5_3), by module index.
 _VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+
+
+def detector_from_config(model_config: Any, num_classes: int, *, load_weights: bool = True) -> SSD | RetinaNet:
+    """:func:`build_detector` with the settings of a run's ``model`` section (a
+    :class:`~dataparams.detection.config.DetectionModelConfig`): the detector a run trains, or,
+    with ``load_weights=False``, its architecture to load the run's checkpoint into.
+
+    One place reads the config's fields, so that the trainer and the tools that rebuild a run's
+    detector (prediction on other images, benchmarks) cannot build different networks.
+    """
+    m = model_config
+    return build_detector(m.arch, num_classes, image_size=m.image_size, width=m.width, score_thresh=m.score_thresh,
+                          nms_thresh=m.nms_thresh, detections_per_img=m.detections_per_img, weights=m.weights,
+                          load_weights=load_weights)
 
 
 def weights_file(weights: str | os.PathLike[str]) -> Path:
@@ -414,13 +478,14 @@ def _check_box_sizes(targets: Sequence[dict[str, Any]]) -> None:
 
 
 def ssd_training_outputs(
-    model: SSD,
+    model: SSD | RetinaNet,
     images: Sequence[Tensor],
     targets: Sequence[dict[str, Any]],
     *,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> tuple[dict[str, Tensor], list[Tensor], list[Tensor], list[dict[str, Any]]]:
-    """The training forward of a torchvision ``SSD`` up to, and without, its loss.
+    """The training forward of a torchvision ``SSD`` (or ``RetinaNet``, whose training forward
+    has the same steps and modules) up to, and without, its loss.
 
     The same steps as ``SSD.forward`` in training mode, with the model's own modules: resize and
     normalise (``model.transform``, which moves the target boxes and passes every other target

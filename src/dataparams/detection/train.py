@@ -1,4 +1,4 @@
-"""Training an SSD with one data parameter per box annotation (sec. 3.3), into a run directory.
+"""Training an SSD (or a RetinaNet) with one data parameter per box annotation (sec. 3.3), into a run directory.
 
 :func:`train_detection` reads top to bottom like torchvision's reference ``main()``: config ->
 data -> detector, data parameters, optimizers -> epochs -> run directory. The baseline is the
@@ -64,6 +64,7 @@ from dataparams.detection.config import (
     validate_detection_config,
 )
 from dataparams.detection.curriculum import BoxTable, curriculum_statistics
+from dataparams.detection.focal_box_parameters import FocalBoxParameterLoss
 from dataparams.detection.kitti import (
     DIFFICULTIES,
     KittiDetection,
@@ -72,7 +73,7 @@ from dataparams.detection.kitti import (
     write_label_file,
 )
 from dataparams.detection.kitti_eval import evaluate
-from dataparams.detection.models import build_detector, ssd_training_outputs, weights_file
+from dataparams.detection.models import FOCAL_ARCHS, detector_from_config, ssd_training_outputs, weights_file
 from dataparams.detection.summary import format_headline, headline
 from dataparams.detection.transforms import (
     AUGMENTATIONS,
@@ -279,8 +280,9 @@ def predict_detections(
     Returns
     -------
     dict image id -> list of KittiObject
-        Boxes in the original image's pixels (torchvision's SSD post-processing: softmax, score
-        threshold, top-k, ``batched_nms``), class names from ``dataset.classes``.
+        Boxes in the original image's pixels (torchvision's post-processing: SSD's softmax or
+        RetinaNet's per-class sigmoids, score threshold, top-k, ``batched_nms``), class names from
+        ``dataset.classes``; a detection of the background column (RetinaNet's) is dropped.
     """
     execution = execution or Execution(device)
     model.eval()
@@ -294,9 +296,11 @@ def predict_detections(
             boxes = res["boxes"].float().cpu().tolist()
             scores = res["scores"].float().cpu().tolist()
             labels = res["labels"].cpu().tolist()
+            # Column 0 is background: SSD's post-processing never returns it, RetinaNet's (one
+            # sigmoid per column) can, with the low score of a column never trained positive.
             out[target["image_id"]] = [
                 KittiObject.from_box(dataset.classes[lab - 1], box, score=score)
-                for box, score, lab in zip(boxes, scores, labels)
+                for box, score, lab in zip(boxes, scores, labels) if lab > 0
             ]
     return out
 
@@ -466,20 +470,24 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
     # -- model, data parameters, optimizers --------------------------------------------------
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
-    model = build_detector(cfg.model.arch, train_set.num_classes, image_size=cfg.model.image_size,
-                           width=cfg.model.width, score_thresh=cfg.model.score_thresh,
-                           nms_thresh=cfg.model.nms_thresh, detections_per_img=cfg.model.detections_per_img,
-                           weights=cfg.model.weights, load_weights=not has_checkpoint)
+    model = detector_from_config(cfg.model, train_set.num_classes, load_weights=not has_checkpoint)
     model = execution.model(model)
     c = cfg.curriculum
     data_parameters = DataParameters(
         train_set.num_classes, train_set.num_boxes, instance_curriculum=c.instance_curriculum,
         init_instance=c.init_instance, clamp=tuple(c.clamp) if c.clamp is not None else None,
     ).to(dev)
-    criterion = SSDBoxParameterLoss(data_parameters, box_coder=model.box_coder,
-                                    neg_to_pos_ratio=model.neg_to_pos_ratio,
-                                    negative_sigma_grad=c.negative_sigma_grad, wd_instance=c.wd_instance,
-                                    ignore_overlap=cfg.model.ignore_overlap)
+    criterion: SSDBoxParameterLoss | FocalBoxParameterLoss
+    if cfg.model.arch in FOCAL_ARCHS:
+        criterion = FocalBoxParameterLoss(data_parameters, box_coder=model.box_coder,
+                                          box_loss_type=model.head.regression_head._loss_type,
+                                          negative_sigma_grad=c.negative_sigma_grad, wd_instance=c.wd_instance,
+                                          ignore_overlap=cfg.model.ignore_overlap)
+    else:
+        criterion = SSDBoxParameterLoss(data_parameters, box_coder=model.box_coder,
+                                        neg_to_pos_ratio=model.neg_to_pos_ratio,
+                                        negative_sigma_grad=c.negative_sigma_grad, wd_instance=c.wd_instance,
+                                        ignore_overlap=cfg.model.ignore_overlap)
     o = cfg.optim
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=o.lr,
                                 momentum=o.momentum, weight_decay=o.weight_decay)
@@ -654,7 +662,7 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
 
 
 def _train_step(images: Sequence[Tensor], targets: Sequence[dict[str, Any]], *, model: nn.Module,
-                criterion: SSDBoxParameterLoss, optimizer: torch.optim.Optimizer,
+                criterion: SSDBoxParameterLoss | FocalBoxParameterLoss, optimizer: torch.optim.Optimizer,
                 dp_optimizer: torch.optim.Optimizer | None, scheduler: torch.optim.lr_scheduler.LRScheduler,
                 execution: Execution, clip_grad_norm: float | None, box_loss: Tensor, sums: Tensor) -> None:
     """One training step on a batch from the loader; the batch's box losses go into ``box_loss``
