@@ -81,7 +81,10 @@ __all__ = [
     "SSDBoxLoss",
     "SSDBoxParameterLoss",
     "anchor_temperatures",
+    "check_batch",
+    "BoxParameterLoss",
     "ignored_anchors",
+    "mean_loss_per_box",
     "ssd_box_parameter_loss",
 ]
 
@@ -177,6 +180,36 @@ def anchor_temperatures(
     return anchor_sigma, negative_sigma, anchor_box
 
 
+def check_batch(num_images: int, anchors: Sequence[Tensor], matched_idxs: Sequence[Tensor],
+                target_boxes: Sequence[Tensor], target_labels: Sequence[Tensor], box_sigma: Sequence[Tensor]) -> None:
+    """Raise ``ValueError`` unless every per-image input covers the ``num_images`` images and each
+    image has as many labels and sigmas as boxes."""
+    if not (len(anchors) == len(matched_idxs) == len(target_boxes) == len(target_labels) == len(box_sigma)
+            == num_images):
+        raise ValueError("cls_logits, anchors, matched_idxs, target_boxes, target_labels and box_sigma must all "
+                         "cover the same images")
+    for b, (boxes, labels, sigma) in enumerate(zip(target_boxes, target_labels, box_sigma)):
+        if not (boxes.shape[0] == labels.shape[0] == sigma.shape[0]):
+            raise ValueError(f"image {b}: {boxes.shape[0]} boxes, {labels.shape[0]} labels and "
+                             f"{sigma.shape[0]} sigmas")
+
+
+def mean_loss_per_box(anchor_loss: Tensor, foreground: Tensor, anchor_box: Tensor, num_boxes: int) -> Tensor:
+    """Per box of the batch, the mean of ``anchor_loss`` (B, A) over its positive anchors, (M,);
+    NaN for a box no anchor matched. ``anchor_box`` is :func:`anchor_temperatures`' third output.
+
+    O(anchors of the batch). Every anchor is added, the background ones into a spare last row,
+    so that no selection has a data-dependent size (a read-back on a GPU); the boxes' rows get
+    the same terms in the same order as from a selection of the positives.
+    """
+    rows = torch.where(foreground, anchor_box, num_boxes).reshape(-1)
+    sums = torch.zeros(num_boxes + 1, dtype=anchor_loss.dtype, device=anchor_loss.device).index_add_(
+        0, rows, anchor_loss.reshape(-1))[:num_boxes]
+    hits = torch.zeros(num_boxes + 1, dtype=anchor_loss.dtype, device=anchor_loss.device).index_add_(
+        0, rows, foreground.reshape(-1).to(anchor_loss.dtype))[:num_boxes]
+    return torch.where(hits > 0, sums / hits.clamp(min=1), torch.full_like(sums, float("nan")))
+
+
 def ignored_anchors(
     anchors: Tensor,
     matched_idxs: Tensor,
@@ -265,14 +298,7 @@ def ssd_box_parameter_loss(
     SSDBoxLoss
     """
     num_images = cls_logits.shape[0]
-    if not (len(anchors) == len(matched_idxs) == len(target_boxes) == len(target_labels) == len(box_sigma)
-            == num_images):
-        raise ValueError("cls_logits, anchors, matched_idxs, target_boxes, target_labels and box_sigma must all "
-                         "cover the same images")
-    for b, (boxes, labels, sigma) in enumerate(zip(target_boxes, target_labels, box_sigma)):
-        if not (boxes.shape[0] == labels.shape[0] == sigma.shape[0]):
-            raise ValueError(f"image {b}: {boxes.shape[0]} boxes, {labels.shape[0]} labels and "
-                             f"{sigma.shape[0]} sigmas")
+    check_batch(num_images, anchors, matched_idxs, target_boxes, target_labels, box_sigma)
 
     # Box regression and class targets, image by image as in torchvision's SSD.compute_loss.
     num_foreground = 0
@@ -320,17 +346,7 @@ def ssd_box_parameter_loss(
         # take the -inf ones (positives) as negatives too; ignored anchors must never be.
         hard_negative = (order.sort(1)[1] < num_negative) & background
 
-        # Per box: mean unscaled loss over its positive anchors, O(anchors of the batch).
-        # Every anchor is added, the background ones into a spare last row, so that no selection
-        # has a data-dependent size (a read-back on a GPU); the boxes' rows get the same terms in
-        # the same order as from a selection of the positives.
-        num_boxes = sum(int(s.numel()) for s in box_sigma)
-        rows = torch.where(foreground, anchor_box, num_boxes).reshape(-1)
-        sums = torch.zeros(num_boxes + 1, dtype=plain.dtype, device=plain.device).index_add_(
-            0, rows, plain.reshape(-1))[:num_boxes]
-        hits = torch.zeros(num_boxes + 1, dtype=plain.dtype, device=plain.device).index_add_(
-            0, rows, foreground.reshape(-1).to(plain.dtype))[:num_boxes]
-        box_loss = torch.where(hits > 0, sums / hits.clamp(min=1), torch.full_like(sums, float("nan")))
+        box_loss = mean_loss_per_box(plain, foreground, anchor_box, sum(int(s.numel()) for s in box_sigma))
 
     n = max(1, num_foreground)
     return SSDBoxLoss(
@@ -345,8 +361,10 @@ def ssd_box_parameter_loss(
     )
 
 
-class SSDBoxParameterLoss(nn.Module):
-    """:func:`ssd_box_parameter_loss` with the boxes' sigma from :class:`DataParameters`.
+class BoxParameterLoss(nn.Module):
+    """What the detectors' losses with box data parameters share: the boxes' sigma looked up once
+    per batch from :class:`DataParameters` (with the L2 penalty on their log sigma) and the
+    anchors to ignore; a subclass's :meth:`forward` passes them to its loss function.
 
     Parameters
     ----------
@@ -354,10 +372,6 @@ class SSDBoxParameterLoss(nn.Module):
         ``num_classes = K`` and ``num_instances`` = the number of box annotations of the
         training set; the instance level on for the curriculum, off (sigma = 1) for the
         baseline. Box ``j`` of a target uses row ``target["box_index"][j]``.
-    box_coder : torchvision ``BoxCoder``
-        ``model.box_coder``.
-    neg_to_pos_ratio : float
-        ``model.neg_to_pos_ratio``.
     negative_sigma_grad : bool
         See the module notes.
     wd_instance : float
@@ -370,9 +384,54 @@ class SSDBoxParameterLoss(nn.Module):
 
     Notes
     -----
-    :meth:`forward` gathers each box of the batch once; the gradient of
+    Each box of the batch is gathered once; the gradient of
     ``data_parameters.instance_log_sigma`` is then a sparse tensor over exactly those rows, and a
     :class:`~dataparams.optim.SparseSGD` step touches nothing else: O(boxes in the batch).
+    """
+
+    def __init__(self, data_parameters: DataParameters, *, negative_sigma_grad: bool = False,
+                 wd_instance: float = 0.0, ignore_overlap: float | None = None) -> None:
+        super().__init__()
+        if wd_instance < 0:
+            raise ValueError(f"wd_instance must be >= 0, got {wd_instance}")
+        if ignore_overlap is not None and not 0.0 <= ignore_overlap < 1.0:
+            raise ValueError(f"ignore_overlap must lie in [0, 1) or be None, got {ignore_overlap}")
+        self.ignore_overlap = ignore_overlap
+        self.data_parameters = data_parameters
+        self.negative_sigma_grad = bool(negative_sigma_grad)
+        self.wd_instance = float(wd_instance)
+
+    def batch_terms(self, anchors: Sequence[Tensor], matched_idxs: Sequence[Tensor], targets: Sequence[dict[str, Any]],
+                    device: torch.device) -> tuple[list[Tensor], list[Tensor], list[Tensor], Tensor, list[Tensor] | None]:
+        """``(boxes, labels, box_sigma, penalty, ignored)`` of a batch: per image its boxes,
+        labels and sigmas on ``device``, the L2 penalty, and the ignore masks (None without
+        ``ignore_overlap``)."""
+        labels = [t["labels"].to(device) for t in targets]
+        index = torch.cat([t["box_index"].to(device) for t in targets])
+        counts = [int(t["labels"].numel()) for t in targets]
+        # Classes are 1..K with 0 for background; DataParameters counts classes from 0.
+        sigma, penalty = self.data_parameters.sigma_and_regularizer(
+            torch.cat(labels) - 1, index, wd_instance=self.wd_instance
+        )
+        ignored = None
+        if self.ignore_overlap is not None:
+            ignored = [ignored_anchors(a, m, t["ignore"].to(device), min_overlap=self.ignore_overlap)
+                       if "ignore" in t else torch.zeros_like(m, dtype=torch.bool)
+                       for a, m, t in zip(anchors, matched_idxs, targets)]
+        return [t["boxes"].to(device) for t in targets], labels, list(sigma.split(counts)), penalty, ignored
+
+
+class SSDBoxParameterLoss(BoxParameterLoss):
+    """:func:`ssd_box_parameter_loss` with the boxes' sigma from :class:`DataParameters`.
+
+    Parameters
+    ----------
+    data_parameters, negative_sigma_grad, wd_instance, ignore_overlap
+        As for :class:`BoxParameterLoss`.
+    box_coder : torchvision ``BoxCoder``
+        ``model.box_coder``.
+    neg_to_pos_ratio : float
+        ``model.neg_to_pos_ratio``.
     """
 
     def __init__(
@@ -385,19 +444,12 @@ class SSDBoxParameterLoss(nn.Module):
         wd_instance: float = 0.0,
         ignore_overlap: float | None = None,
     ) -> None:
-        super().__init__()
         if neg_to_pos_ratio < 0:
             raise ValueError(f"neg_to_pos_ratio must be >= 0, got {neg_to_pos_ratio}")
-        if wd_instance < 0:
-            raise ValueError(f"wd_instance must be >= 0, got {wd_instance}")
-        if ignore_overlap is not None and not 0.0 <= ignore_overlap < 1.0:
-            raise ValueError(f"ignore_overlap must lie in [0, 1) or be None, got {ignore_overlap}")
-        self.ignore_overlap = ignore_overlap
-        self.data_parameters = data_parameters
+        super().__init__(data_parameters, negative_sigma_grad=negative_sigma_grad, wd_instance=wd_instance,
+                         ignore_overlap=ignore_overlap)
         self.box_coder = box_coder
         self.neg_to_pos_ratio = float(neg_to_pos_ratio)
-        self.negative_sigma_grad = bool(negative_sigma_grad)
-        self.wd_instance = float(wd_instance)
 
     def forward(
         self,
@@ -423,27 +475,16 @@ class SSDBoxParameterLoss(nn.Module):
             Regression + classification + the L2 penalty on log sigma (0 by default).
         parts : SSDBoxLoss
         """
-        device = head_outputs["cls_logits"].device
-        labels = [t["labels"].to(device) for t in targets]
-        index = torch.cat([t["box_index"].to(device) for t in targets])
-        counts = [int(t["labels"].numel()) for t in targets]
-        # Classes are 1..K with 0 for background; DataParameters counts classes from 0.
-        sigma, penalty = self.data_parameters.sigma_and_regularizer(
-            torch.cat(labels) - 1, index, wd_instance=self.wd_instance
-        )
-        ignored = None
-        if self.ignore_overlap is not None:
-            ignored = [ignored_anchors(a, m, t["ignore"].to(device), min_overlap=self.ignore_overlap)
-                       if "ignore" in t else torch.zeros_like(m, dtype=torch.bool)
-                       for a, m, t in zip(anchors, matched_idxs, targets)]
+        boxes, labels, sigma, penalty, ignored = self.batch_terms(anchors, matched_idxs, targets,
+                                                                  head_outputs["cls_logits"].device)
         parts = ssd_box_parameter_loss(
             head_outputs["cls_logits"],
             head_outputs["bbox_regression"],
             anchors,
             matched_idxs,
-            [t["boxes"].to(device) for t in targets],
+            boxes,
             labels,
-            list(sigma.split(counts)),
+            sigma,
             box_coder=self.box_coder,
             neg_to_pos_ratio=self.neg_to_pos_ratio,
             negative_sigma_grad=self.negative_sigma_grad,

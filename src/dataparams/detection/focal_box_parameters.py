@@ -42,11 +42,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.models.detection._utils import BoxCoder, _box_loss
 from torchvision.ops import sigmoid_focal_loss
 
-from dataparams.detection.box_parameters import anchor_temperatures, ignored_anchors
+from dataparams.detection.box_parameters import (
+    BoxParameterLoss,
+    anchor_temperatures,
+    check_batch,
+    mean_loss_per_box,
+)
 from dataparams.losses import scale_logits
 from dataparams.parameters import DataParameters
 
@@ -141,15 +146,8 @@ def focal_box_parameter_loss(
     -------
     FocalBoxLoss
     """
-    num_images, _, num_classes = cls_logits.shape
-    if not (len(anchors) == len(matched_idxs) == len(target_boxes) == len(target_labels) == len(box_sigma)
-            == num_images):
-        raise ValueError("cls_logits, anchors, matched_idxs, target_boxes, target_labels and box_sigma must all "
-                         "cover the same images")
-    for b, (boxes, labels, sigma) in enumerate(zip(target_boxes, target_labels, box_sigma)):
-        if not (boxes.shape[0] == labels.shape[0] == sigma.shape[0]):
-            raise ValueError(f"image {b}: {boxes.shape[0]} boxes, {labels.shape[0]} labels and "
-                             f"{sigma.shape[0]} sigmas")
+    num_images = cls_logits.shape[0]
+    check_batch(num_images, anchors, matched_idxs, target_boxes, target_labels, box_sigma)
     matched = torch.stack(list(matched_idxs))  # (B, A)
     foreground = matched >= 0
     if ignored is None:
@@ -178,41 +176,28 @@ def focal_box_parameter_loss(
     classification = ((focal * valid).sum(1) / per_image_fg).sum() / num_images
     bbox = (torch.stack(regression) / per_image_fg).sum() / num_images
 
-    with torch.no_grad():
-        # Per box: mean unscaled focal loss of its positive anchors; every anchor added, the
-        # others into a spare last row, so that no selection has a data-dependent size.
+    with torch.no_grad():  # per box: the mean unscaled focal loss of its positive anchors
         plain = sigmoid_focal_loss(cls_logits.detach(), targets, alpha=alpha, gamma=gamma, reduction="none").sum(-1)
-        num_boxes = sum(int(s.numel()) for s in box_sigma)
-        rows = torch.where(foreground, anchor_box, num_boxes).reshape(-1)
-        sums = torch.zeros(num_boxes + 1, dtype=plain.dtype, device=plain.device).index_add_(
-            0, rows, plain.reshape(-1))[:num_boxes]
-        hits = torch.zeros(num_boxes + 1, dtype=plain.dtype, device=plain.device).index_add_(
-            0, rows, foreground.reshape(-1).to(plain.dtype))[:num_boxes]
-        box_loss = torch.where(hits > 0, sums / hits.clamp(min=1), torch.full_like(sums, float("nan")))
+        box_loss = mean_loss_per_box(plain, foreground, anchor_box, sum(int(s.numel()) for s in box_sigma))
     return FocalBoxLoss(bbox_regression=bbox, classification=classification, anchor_sigma=anchor_sigma,
                         negative_sigma=negative_sigma, foreground=foreground, valid=valid, ignored=ignore,
                         box_loss=box_loss)
 
 
-class FocalBoxParameterLoss(nn.Module):
+class FocalBoxParameterLoss(BoxParameterLoss):
     """:func:`focal_box_parameter_loss` with the boxes' sigma from :class:`DataParameters`; the
     same interface as :class:`~dataparams.detection.box_parameters.SSDBoxParameterLoss`, so the
     trainer takes either.
 
     Parameters
     ----------
-    data_parameters : DataParameters
-        Box ``j`` of a target uses row ``target["box_index"][j]``.
+    data_parameters, negative_sigma_grad, wd_instance, ignore_overlap
+        As for :class:`~dataparams.detection.box_parameters.BoxParameterLoss` (an ignored anchor
+        is left out of the loss here, there being no negatives to mine).
     box_coder : torchvision ``BoxCoder``
         ``model.box_coder``.
     box_loss_type : str
         ``model.head.regression_head._loss_type``.
-    negative_sigma_grad : bool
-    wd_instance : float
-        L2 penalty on the batch boxes' log sigma.
-    ignore_overlap : float, optional
-        Leave the unmatched anchors more than this fraction inside one of a target's ``ignore``
-        regions out of the loss; None ignores nothing (torchvision's loss).
     """
 
     def __init__(
@@ -225,17 +210,10 @@ class FocalBoxParameterLoss(nn.Module):
         wd_instance: float = 0.0,
         ignore_overlap: float | None = None,
     ) -> None:
-        super().__init__()
-        if wd_instance < 0:
-            raise ValueError(f"wd_instance must be >= 0, got {wd_instance}")
-        if ignore_overlap is not None and not 0.0 <= ignore_overlap < 1.0:
-            raise ValueError(f"ignore_overlap must lie in [0, 1) or be None, got {ignore_overlap}")
-        self.data_parameters = data_parameters
+        super().__init__(data_parameters, negative_sigma_grad=negative_sigma_grad, wd_instance=wd_instance,
+                         ignore_overlap=ignore_overlap)
         self.box_coder = box_coder
         self.box_loss_type = box_loss_type
-        self.negative_sigma_grad = bool(negative_sigma_grad)
-        self.wd_instance = float(wd_instance)
-        self.ignore_overlap = ignore_overlap
 
     def forward(
         self,
@@ -246,22 +224,10 @@ class FocalBoxParameterLoss(nn.Module):
     ) -> tuple[Tensor, FocalBoxLoss]:
         """Loss of a batch, from :func:`~dataparams.detection.models.ssd_training_outputs` of a
         ``RetinaNet``: ``(regression + classification + penalty, parts)``."""
-        device = head_outputs["cls_logits"].device
-        labels = [t["labels"].to(device) for t in targets]
-        index = torch.cat([t["box_index"].to(device) for t in targets])
-        counts = [int(t["labels"].numel()) for t in targets]
-        # Classes are 1..K (column 0 unused); DataParameters counts classes from 0.
-        sigma, penalty = self.data_parameters.sigma_and_regularizer(
-            torch.cat(labels) - 1, index, wd_instance=self.wd_instance
-        )
-        ignored = None
-        if self.ignore_overlap is not None:
-            ignored = [ignored_anchors(a, m, t["ignore"].to(device), min_overlap=self.ignore_overlap)
-                       if "ignore" in t else torch.zeros_like(m, dtype=torch.bool)
-                       for a, m, t in zip(anchors, matched_idxs, targets)]
+        boxes, labels, sigma, penalty, ignored = self.batch_terms(anchors, matched_idxs, targets,
+                                                                  head_outputs["cls_logits"].device)
         parts = focal_box_parameter_loss(
-            head_outputs["cls_logits"], head_outputs["bbox_regression"], anchors, matched_idxs,
-            [t["boxes"].to(device) for t in targets], labels, list(sigma.split(counts)),
+            head_outputs["cls_logits"], head_outputs["bbox_regression"], anchors, matched_idxs, boxes, labels, sigma,
             box_coder=self.box_coder, box_loss_type=self.box_loss_type,
             negative_sigma_grad=self.negative_sigma_grad, ignored=ignored,
         )
