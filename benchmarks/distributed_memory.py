@@ -21,9 +21,10 @@ so the detection metrics too). Its checkpoint is a small dict here: the checkpoi
 files are not measured. Reported per rank: resident size before the objective exists, the peak during
 the steps and the peak over the end of the epoch (``VmHWM``, reset before each phase), as increases
 over the start. What this leaves out: the model, the data and the labels the trainer holds
-(``data.prepare.TrainingLabels``: int64 given and clean labels, the corruption mask and the split's
-int64 indices, about 25 N bytes by their dtypes on every rank in either mode; the mask this script
-gives the logger is made before the start) -- this script measures the data-parameter side only.
+(``data.prepare.TrainingLabels``: int64 given labels, which are the clean labels' array when no
+noise is known, the corruption mask and the split's int64 indices, about 17 N bytes by their dtypes
+on every rank in either mode, 25 N with known noise and then 8 N more on the device for the accuracy
+on the true labels; the mask this script gives the logger is made before the start) -- this script measures the data-parameter side only.
 """
 
 from __future__ import annotations
@@ -212,8 +213,9 @@ def main(argv: list[str] | None = None) -> None:
              "was built (MiB); "
              "one run per cell (n=1). Expected: the per-sample state by construction (values, momentum, last_loss "
              "float32; loss_sum, log_sigma_sum float64; replicated's visited flag). Not included: the model, the "
-             "data and the labels every rank holds in either mode (int64 given and clean labels, the corruption mask, "
-             "the split's int64 indices: about 25 N bytes by their dtypes, not measured here).", "",
+             "data and the labels every rank holds in either mode (int64 given labels, the clean labels' own array when "
+             "no noise is known, the corruption mask, the split's int64 indices: about 17 N bytes by their dtypes, "
+             "25 N with known noise; not measured here).", "",
              "End-of-epoch time: wall seconds of that end of epoch (objective's on_epoch_end and the logger's, "
              "snapshot written), the slower rank; snapshot: the epoch's snapshot file(s) on disk, all ranks "
              "together: 6 bytes per sample (float32 sigma, float16 loss), stored, not compressed "

@@ -53,6 +53,22 @@ def test_subset_split_oracle_and_threshold_samples(tmp_path):
     assert not labels.is_corrupted.any()
 
 
+def test_without_noise_the_given_labels_are_the_clean_array_and_changes_copy_first(tmp_path):
+    # No noise: one (N,) array for given and clean labels, not two; a labels or threshold file
+    # then writes into a copy, never into the clean labels.
+    clean = np.arange(12) % 3
+    plain = resolve_labels(DataConfig(), clean, 3, seed=1)
+    assert plain.labels is plain.clean and not plain.is_corrupted.any()
+    noisy = resolve_labels(DataConfig(noise="uniform", noise_rate=0.5), clean, 3, seed=1)
+    assert not np.shares_memory(noisy.labels, noisy.clean) and noisy.is_corrupted.any()
+    np.save(tmp_path / "thr.npy", np.array([0, 1]))
+    with_thr = resolve_labels(DataConfig(threshold_file=str(tmp_path / "thr.npy")), clean, 3, seed=1)
+    assert (with_thr.labels[[0, 1]] == 3).all() and list(with_thr.clean[:2]) == [0, 1]
+    (tmp_path / "labels.csv").write_text("source_index,label\n0,2\n1,1\n")
+    relabelled = resolve_labels(DataConfig(labels_file=str(tmp_path / "labels.csv")), clean, 3, seed=1)
+    assert relabelled.labels[0] == 2 and relabelled.clean[0] == 0 and relabelled.is_corrupted.sum() == 1
+
+
 def test_reference_probabilities_are_out_of_sample():
     # Two well separated blobs: the cross-fitted linear model gives each sample its blob's class. A
     # sample's own label never reaches the model that predicts it, so changing it changes nothing

@@ -211,12 +211,16 @@ def _train(cfg: TrainConfig, out: str | os.PathLike[str], ctx: DistributedContex
         logger = RunLogger(run, objective, labels.is_corrupted, state_fn, epochs=cfg.optim.epochs, quiet=quiet,
                            tensorboard=tensorboard, is_main=ctx.is_main, start_epoch=start_epoch,
                            select_model=model.state_dict if select else None)
+        # The accuracy on the true labels is only worth an (N,) int64 tensor on the device when some
+        # label is known to differ from its true class (injected or shipped noise, a labels file).
+        noisy = bool(labels.is_corrupted.any())
         try:
             if start_epoch < cfg.optim.epochs:
                 # Wrapped after restoring: DDP broadcasts rank 0's parameters when it is built.
                 fit(wrap_model(model, ctx), objective, optimizer, train_loader, dev, epochs=cfg.optim.epochs,
                     start_epoch=start_epoch, scheduler=scheduler, eval_loaders=loaders.evaluate, execution=execution,
-                    clean_targets=torch.as_tensor(labels.clean[labels.train_index], device=dev), callbacks=[logger],
+                    clean_targets=torch.as_tensor(labels.clean[labels.train_index], device=dev) if noisy else None,
+                    callbacks=[logger],
                     progress_factory=None if quiet else progress_factory(cfg.optim.epochs, label),
                     ctx=ctx if ctx.is_distributed else None)
         finally:
