@@ -96,7 +96,7 @@ def _load(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
     return metrics, json.loads(summary.read_text())
 
 
-def _tables(runs: dict[tuple[str, str], list[Path]], command: str, arch: str = "tiny_ssd") -> list[str]:
+def _tables(runs: dict[tuple[str, str], list[Path]], command: str, arch: str = "tiny_ssd", jobs: int = 2) -> list[str]:
     from dataparams.detection.kitti import DIFFICULTIES
 
     loaded = {k: [x for x in (_load(p) for p in v) if x is not None] for k, v in runs.items()}
@@ -119,8 +119,8 @@ def _tables(runs: dict[tuple[str, str], list[Path]], command: str, arch: str = "
              "class; `errors3`: the same scenes with a tenth of the train boxes each given another class, moved by "
              "more than half their size, and added as spurious boxes on background; validation labels are clean. "
              "Mean ± std over seeds (n).",
-             "", f"Time: one run {_fmt(times, 1)} min of wall time (two runs at a time, one thread each, on a "
-             f"2-core machine shared with other work); {sum(times):.0f} min of run time in all.", ""]
+             "", f"Time: one run {_fmt(times, 1)} min of wall time ({jobs} run{'s' if jobs > 1 else ''} at a time, one "
+             f"thread each, on a 2-core machine shared with other work); {sum(times):.0f} min of run time in all.", ""]
     for kind, title in (("ap40", "AP|R40"), ("ap11", "AP 11-point")):
         lines += [f"## KITTI {title} (%) on the val split after the last epoch", ""]
         header = ["data", "variant"] + [f"{c} {d}" for c in (*classes, "mean") for d in DIFFICULTIES]
@@ -263,7 +263,7 @@ def main(args: argparse.Namespace) -> None:
         [f"--out {args.out}", f"--results {args.results}", "--seeds " + " ".join(map(str, args.seeds)),
          "--datasets " + " ".join(args.datasets), f"--jobs {args.jobs}"] + (["--paper-lr"] if args.paper_lr else [])
         + ([f"--arch {args.arch}"] if args.arch != "tiny_ssd" else []))
-    lines = _tables(runs, command, args.arch)
+    lines = _tables(runs, command, args.arch, args.jobs)
     if finished:
         report = object_detection_report(finished, results, title="Box data parameters, synthetic KITTI set")
         lines += ["## Figures", ""]
