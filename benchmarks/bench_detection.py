@@ -51,6 +51,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one CPU thread each")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--paper-lr", action="store_true", help="also run lr_instance = 0.1 (clean set, seed 1)")
+    p.add_argument("--lr-instance", type=float, nargs="+", default=[],
+                   help="also run the instance variant with these box learning rates (variants instance-lrLR, every "
+                   "seed and data set): a screen of the preset's lr_instance")
     p.add_argument("--report-only", action="store_true", help="only aggregate the finished runs")
     p.add_argument("--arch", default="tiny_ssd", choices=("tiny_ssd", "tiny_retinanet"),
                    help="model.arch of every run (default the presets' tiny_ssd; another architecture's runs go "
@@ -66,18 +69,25 @@ def _run_one(dataset: str, variant: str, seed: int, data_root: str, run_dir: str
     from dataparams.detection.presets import get_detection_preset, train_detection
 
     torch.set_num_threads(threads)
-    name = "kitti-synth/instance" if variant == PAPER_LR_VARIANT else f"kitti-synth/{variant}"
+    lr = _variant_lr(variant)
+    name = "kitti-synth/instance" if lr is not None else f"kitti-synth/{variant}"
     cfg = get_detection_preset(name, root=data_root)
     cfg.seed = seed
     cfg.model.arch = arch
-    if variant == PAPER_LR_VARIANT:
-        cfg.preset = f"kitti-synth/{PAPER_LR_VARIANT}"
-        cfg.curriculum.lr_instance = 0.1
+    if lr is not None:
+        cfg.preset = f"kitti-synth/{variant}"
+        cfg.curriculum.lr_instance = lr
     resume = (Path(run_dir) / "config.json").exists()
     t0 = time.perf_counter()
     summary = train_detection(cfg, run_dir, resume=resume, quiet=True, threads=threads)
     return {"dataset": dataset, "variant": variant, "seed": seed, "seconds": time.perf_counter() - t0,
             "map40_moderate": summary["map40_moderate"]}
+
+
+def _variant_lr(variant: str) -> float | None:
+    """The box data parameters' learning rate of a variant named ``instance-lrLR`` (None otherwise)."""
+    prefix = "instance-lr"
+    return float(variant[len(prefix):]) if variant.startswith(prefix) else None
 
 
 def _fmt(values: list[float], digits: int = 1) -> str:
@@ -137,16 +147,16 @@ def _tables(runs: dict[tuple[str, str], list[Path]], command: str, arch: str = "
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Difference instance - baseline, mean AP over classes (points; paired by seed)", ""]
-    lines += ["| data | metric | easy | moderate | hard |", "|---|---|---|---|---|"]
-    for data in DATASETS:
-        base, inst = loaded.get((data, "baseline")), loaded.get((data, "instance"))
-        if not base or not inst:
+    lines += ["| data | variant | metric | easy | moderate | hard |", "|---|---|---|---|---|---|"]
+    for (data, variant), inst in loaded.items():
+        base = loaded.get((data, "baseline"))
+        if variant == "baseline" or not base:
             continue
         bs = {s["seed"]: s for _, s in base}
         pairs = [(bs[s["seed"]], s) for _, s in inst if s["seed"] in bs]
         for kind in ("ap40", "ap11"):
-            cells = [data, kind] + [_fmt([i[f"m{kind}_{d}"] - b[f"m{kind}_{d}"] for b, i in pairs], 2)
-                                    for d in DIFFICULTIES]
+            cells = [data, variant, kind] + [_fmt([i[f"m{kind}_{d}"] - b[f"m{kind}_{d}"] for b, i in pairs], 2)
+                                             for d in DIFFICULTIES]
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
 
@@ -242,6 +252,7 @@ def main(args: argparse.Namespace) -> None:
     plan: list[tuple[str, str, int]] = [(d, v, s) for s in args.seeds for d in args.datasets for v in VARIANTS]
     if args.paper_lr:
         plan.append(("clean", PAPER_LR_VARIANT, args.seeds[0]))
+    plan += [(d, f"instance-lr{lr:g}", s) for s in args.seeds for d in args.datasets for lr in args.lr_instance]
     runs: dict[tuple[str, str], list[Path]] = {}
     for d, v, s in plan:
         runs.setdefault((d, v), []).append(runs_dir / d / v / f"seed{s}")
@@ -262,7 +273,8 @@ def main(args: argparse.Namespace) -> None:
     command = "python benchmarks/bench_detection.py " + " ".join(
         [f"--out {args.out}", f"--results {args.results}", "--seeds " + " ".join(map(str, args.seeds)),
          "--datasets " + " ".join(args.datasets), f"--jobs {args.jobs}"] + (["--paper-lr"] if args.paper_lr else [])
-        + ([f"--arch {args.arch}"] if args.arch != "tiny_ssd" else []))
+        + ([f"--arch {args.arch}"] if args.arch != "tiny_ssd" else [])
+        + (["--lr-instance " + " ".join(f"{lr:g}" for lr in args.lr_instance)] if args.lr_instance else []))
     lines = _tables(runs, command, args.arch, args.jobs)
     if finished:
         report = object_detection_report(finished, results, title="Box data parameters, synthetic KITTI set")

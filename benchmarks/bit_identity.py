@@ -11,7 +11,14 @@ run with the number of files compared and what differs.
 
     python benchmarks/bit_identity.py --before c41a713 --out runs/bitid --table table.md
     python benchmarks/bit_identity.py --before c41a713 --out runs/bitid12 --epochs 12 --methods dp-gce-filter
+    python benchmarks/bit_identity.py --before add5842 --out runs/bitid-det --detection
 
+``--detection`` trains the detection presets instead (two epochs each on a synthetic KITTI set of 24
+images with flipped, shifted and spurious boxes): ``tiny_ssd`` with and without box data parameters,
+with SSD's augmentation and gradient clipping under bf16 autocast, and ``tiny_retinanet``.
+
+The memory free when a run decided to hold its images in memory, quoted in that decision's reason
+in ``config.json`` (and so in every checkpoint), is replaced by a placeholder before comparing.
 Differences in ``config.json`` alone are listed but do not count (a new config field with its
 default shows there while changing nothing else).
 """
@@ -22,6 +29,7 @@ import argparse
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +82,32 @@ def _write_user_sets(out: Path) -> dict[str, Path]:
     return sets
 
 
+def _write_kitti_set(out: Path) -> Path:
+    """A synthetic KITTI folder of 24 images (6 for validation) with boxes of the three error kinds."""
+    from dataparams.detection.synthetic import SyntheticKittiConfig, write_synthetic_kitti
+
+    root = out / "data" / "kitti"
+    if not (root / "done").exists():
+        write_synthetic_kitti(root, SyntheticKittiConfig(num_images=24, val_fraction=0.25, seed=5, flip_fraction=0.2,
+                                                         shift_fraction=0.1, spurious_fraction=0.1))
+        (root / "done").write_text("")
+    return root
+
+
+def _detection_jobs(root: Path, epochs: int) -> dict[str, list[str]]:
+    small = ["--data-dir", str(root), "--epochs", str(epochs), "--set", "model.width=16", "--set",
+             "data.batch_size=6", "--set", "data.eval_batch_size=6", "--set", "eval_every=1"]
+    return {
+        "kitti-synth/instance": ["--preset", "kitti-synth/instance", *small],
+        "kitti-synth/baseline": ["--preset", "kitti-synth/baseline", *small],
+        "kitti-synth/instance (ssd augmentation, clipping, bf16)": [
+            "--preset", "kitti-synth/instance", *small, "--set", "data.augment=ssd", "--set",
+            "optim.clip_grad_norm=1.0", "--amp", "bf16"],
+        "kitti-synth/instance (tiny_retinanet)": ["--preset", "kitti-synth/instance", *small, "--set",
+                                                  "model.arch=tiny_retinanet"],
+    }
+
+
 def _fmnist() -> tuple[np.ndarray, np.ndarray]:
     from dataparams.data.idx import load_fashion_mnist
 
@@ -94,6 +128,8 @@ def _train(tree: Path, args: list[str], out: Path) -> str | None:
     return None
 
 
+_FREE_MEMORY = re.compile(r"of [0-9.]+ GiB available")
+
 #: The two run folders being compared, replaced in every string by one placeholder: a run
 #: records its own paths (pipeline.json, the keep file in a retraining's config).
 _HOMES: list[str] = []
@@ -107,6 +143,8 @@ def _strip(x: Any) -> Any:
     if isinstance(x, str):
         for home in _HOMES:
             x = x.replace(home, "<RUN>")
+        # The in-memory decision's reason quotes the memory free at that moment (machine state).
+        x = _FREE_MEMORY.sub("of <free> GiB available", x)
     return x
 
 
@@ -120,6 +158,12 @@ def _same_tensors(a: Any, b: Any) -> bool:
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
     return _strip(a) == _strip(b)
+
+
+def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal values and dtypes; NaN equals NaN in floating arrays (detection labels hold strings too)."""
+    floating = np.issubdtype(a.dtype, np.inexact) and np.issubdtype(b.dtype, np.inexact)
+    return a.dtype == b.dtype and np.array_equal(a, b, equal_nan=floating)
 
 
 def compare(a: Path, b: Path) -> tuple[int, list[str], list[str]]:
@@ -138,7 +182,7 @@ def compare(a: Path, b: Path) -> tuple[int, list[str], list[str]]:
             continue
         if n.endswith(".npz"):
             za, zb = np.load(fa), np.load(fb)
-            same = set(za) == set(zb) and all(np.array_equal(za[k], zb[k], equal_nan=True) for k in za)
+            same = set(za) == set(zb) and all(_same_array(za[k], zb[k]) for k in za)
         elif n.endswith(".pt"):
             load = lambda f: torch.load(io.BytesIO(f.read_bytes()), weights_only=False)  # noqa: E731
             same = _same_tensors(load(fa), load(fb))
@@ -160,19 +204,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--before", required=True, help="the git revision to compare against (e.g. the last release)")
     p.add_argument("--out", default="runs/bitid")
     p.add_argument("--methods", nargs="+", help="default: every method train --method runs, and the two --data sets")
-    p.add_argument("--epochs", type=int, default=3, help="epochs of every training (dp-gce-filter flags every sample "
-                   "after 3: its first training must fit some samples; 12 lets it run)")
+    p.add_argument("--epochs", type=int, help="epochs of every training: 3 by default, 2 with --detection "
+                   "(dp-gce-filter flags every sample after 3: its first training must fit some samples; 12 lets it run)")
     p.add_argument("--data-method", help="train the two --data sets with this --method on both sides (default: each "
                    "version's own default, which differs where a commit between them changed the default on purpose)")
+    p.add_argument("--detection", action="store_true", help="train the detection presets (two epochs by default) "
+                   "instead of the classification methods")
     p.add_argument("--table", help="also write the table here")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     trees = {"before": _worktree(args.before, out), "after": ROOT}
     sets = _write_user_sets(out)
+    if args.epochs is None:
+        args.epochs = 2 if args.detection else 3
     epochs = ["--set", f"optim.epochs={args.epochs}"]
-    jobs = {m: ["--preset", "fmnist-noisy40", "--method", m, *SLICE, *epochs] for m in args.methods or _trainable()}
-    if not args.methods:
+    if args.detection:
+        jobs = _detection_jobs(_write_kitti_set(out), args.epochs)
+    else:
+        jobs = {m: ["--preset", "fmnist-noisy40", "--method", m, *SLICE, *epochs] for m in args.methods or _trainable()}
+    if not args.methods and not args.detection:
         chosen = ["--method", args.data_method] if args.data_method else []
         which = args.data_method or "default method"
         jobs[f"--data folder ({which})"] = ["--data", str(sets["folder"]), *chosen, *epochs]
@@ -182,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = 0
     for name, train_args in jobs.items():
         key = name.split(" ")[0].strip("-") + ("-" + name.split(" ")[1] if name.startswith("--") else "")
+        key = key.replace("/", "-") + ("-" + name.split("(")[1].split(",")[0].split(")")[0].replace(" ", "-")
+                                       if "(" in name and not name.startswith("--") else "")
         errors = {side: _train(tree, train_args, out / side / key) for side, tree in trees.items()}
         if any(errors.values()):
             lines.append(f"| {name} | 0 | no | failed: {errors} |")

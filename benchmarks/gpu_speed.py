@@ -211,7 +211,7 @@ def _engine_loop(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, e
     from dataparams.build import build_optimizer
     from dataparams.data.memory import Augment, InMemoryLoader
     from dataparams.data.registry import DATASETS
-    from dataparams.engine import train_one_epoch
+    from dataparams.engine import ClassificationStep, train_one_epoch
     from dataparams.methods.registry import build_objective
 
     device = images.device
@@ -227,7 +227,8 @@ def _engine_loop(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, e
     }
 
     def run(steps: int, batch: int) -> None:
-        train_one_epoch(model, objective, optimizer, streams[batch].take(steps), device, execution=exe)
+        train_one_epoch(ClassificationStep(model, objective, optimizer, device, execution=exe),
+                        streams[batch].take(steps))
 
     def release() -> None:
         for opt in (optimizer, *objective.optimizers().values()):

@@ -1,8 +1,11 @@
 """Host syncs of a steady-state detection training step (kitti-synth, tiny_ssd), by name.
 
-The step is :func:`dataparams.detection.train._train_step` (everything between the loader's batch
-and the next one) counted with :func:`dataparams.syncs.count_host_syncs` inside a real run of
-:func:`~dataparams.detection.train.train_detection`, so that the setup is the trainer's own.
+The step is everything :func:`dataparams.engine.train_one_epoch` does with one batch of
+:class:`~dataparams.detection.train.DetectionStep` (from ``DetectionStep.loss``, which moves the
+batch to the device, through the backward pass, both optimizers' steps and the per-step schedule,
+to the end of ``DetectionStep.record``), counted with :func:`dataparams.syncs.count_host_syncs`
+inside a real run of :func:`~dataparams.detection.train.train_detection`, so that the setup is the
+trainer's own.
 """
 
 import pytest
@@ -27,14 +30,26 @@ def counted_steps(root, tmp_path, monkeypatch, **overrides):
         setattr(cfg.data, key, value)
     assert cfg.model.arch == "tiny_ssd"
     steps = []
-    step = detection_train._train_step
+    loss, record = detection_train.DetectionStep.loss, detection_train.DetectionStep.record
+    counting = []
 
-    def counted(*args, **kwargs):
-        with count_host_syncs() as syncs:
-            step(*args, **kwargs)
+    def counted_loss(self, batch):  # the step starts: count until its record() has returned
+        cm = count_host_syncs()
+        counting.append((cm, cm.__enter__()))
+        try:
+            return loss(self, batch)
+        except BaseException:
+            cm.__exit__(None, None, None)  # the counter's lock must not outlive a failed step
+            raise
+
+    def counted_record(self, callbacks):
+        record(self, callbacks)
+        cm, syncs = counting.pop()
+        cm.__exit__(None, None, None)
         steps.append(dict(syncs.calls))
 
-    monkeypatch.setattr(detection_train, "_train_step", counted)
+    monkeypatch.setattr(detection_train.DetectionStep, "loss", counted_loss)
+    monkeypatch.setattr(detection_train.DetectionStep, "record", counted_record)
     detection_train.train_detection(cfg, tmp_path / "run", quiet=True, device="cpu")
     return steps
 

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -76,11 +79,11 @@ LAUNCHER = textwrap.dedent('''
         if int(os.environ.get("RANK", "0")) == rank:
             original, steps = engine.Execution.backward_and_step, [0]
 
-            def backward_and_step(self, loss, optimizers):
+            def backward_and_step(self, loss, optimizers, **kwargs):
                 steps[0] += 1
                 if steps[0] == step:
                     os.kill(os.getpid(), signal.SIGKILL)
-                return original(self, loss, optimizers)
+                return original(self, loss, optimizers, **kwargs)
 
             engine.Execution.backward_and_step = backward_and_step
     if os.environ.get("DP_TEST_RAISE"):
@@ -92,13 +95,13 @@ LAUNCHER = textwrap.dedent('''
         if int(os.environ.get("RANK", "0")) == int(rank):
             original, steps = engine.Execution.backward_and_step, [0]
 
-            def backward_and_step(self, loss, optimizers):
+            def backward_and_step(self, loss, optimizers, **kwargs):
                 steps[0] += 1
                 if steps[0] == int(step):
                     with open(stamp, "w") as f:
                         f.write(repr(time.time()))
                     raise RuntimeError(f"injected fault on rank {rank} at step {step}")
-                return original(self, loss, optimizers)
+                return original(self, loss, optimizers, **kwargs)
 
             engine.Execution.backward_and_step = backward_and_step
     if os.environ.get("DP_TEST_LOADER_RAISE"):
@@ -176,6 +179,60 @@ def _run(args: list[str], *, processes: int, launcher: Path | None = None, kill:
     return proc
 
 
+def _two_nodes(args: list[str], logs: Path, *, launcher: Path | None = None, env_extra: dict[str, str] | None = None,
+               stop_on_failure: bool = True, timeout: float = TIMEOUT) -> tuple[list[int | None], list[float], list[str]]:
+    """``dataparams ARGS`` as a job of two nodes of one process each: two torchrun agents on this
+    host (``--nnodes 2``, node ranks 0 and 1, a static rendezvous on localhost), so that both
+    processes have ``LOCAL_RANK`` 0 and the job's ranks come from the node ranks. The run
+    directory is on a file system both "nodes" share, as on a cluster's shared storage.
+
+    Each node's output goes to a file (no pipe to fill). When either node fails
+    (``stop_on_failure``) or the job outlives ``timeout``, the nodes still running are killed with
+    their workers (a survivor would otherwise wait in a collective for the process group's
+    timeout). Returns each node's exit code (None: killed), the time (``time.time()``) it was
+    seen to end, and its output."""
+    port = fakes.free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    entry = [str(launcher)] if launcher is not None else ["-m", "dataparams"]
+    logs.mkdir(parents=True, exist_ok=True)
+    files = [open(logs / f"node{node}.log", "w") for node in (0, 1)]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={node}",
+                               "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={port}",
+                               *entry, *args], env=env, stdout=f, stderr=subprocess.STDOUT,
+                              start_new_session=True) for node, f in zip((0, 1), files)]
+    ended = [math.nan, math.nan]
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for i, n in enumerate(nodes):
+                if n.poll() is not None and math.isnan(ended[i]):
+                    ended[i] = time.time()
+            if all(n.poll() is not None for n in nodes):
+                break
+            if stop_on_failure and any(n.poll() not in (None, 0) for n in nodes):
+                break
+            time.sleep(0.2)
+    finally:
+        codes: list[int | None] = [n.poll() for n in nodes]
+        for n in nodes:
+            if n.poll() is None:
+                os.killpg(n.pid, signal.SIGKILL)
+                n.wait()
+        for f in files:
+            f.close()
+    return codes, ended, [(logs / f"node{i}.log").read_text() for i in (0, 1)]
+
+
+def _run_two_nodes(args: list[str], logs: Path) -> None:
+    """:func:`_two_nodes`, which must succeed on both nodes."""
+    codes, _, outputs = _two_nodes(args, logs)
+    if codes != [0, 0]:
+        report = "\n".join(f"node {i} (exit {c}):\n{out[-3000:]}" for i, (c, out) in enumerate(zip(codes, outputs)))
+        raise AssertionError(f"the two-node job failed or ran past {TIMEOUT} s:\n{report}")
+
+
 def _killed_then_resumed(data: Path, out: Path, launcher: Path, extra: tuple[str, ...], *, first: int,
                          then: int) -> Path:
     """Train with ``first`` processes, kill -9 one of them in epoch 2, resume with ``then``."""
@@ -225,6 +282,9 @@ def runs(tmp_path_factory):
         "sharded_2_to_3": lambda: _killed_then_resumed(data, tmp / "s23", launcher, sharded, first=2, then=3),
         # Killed after epoch 2's snapshot files, before its checkpoint; resumed with 3 processes.
         "sharded_commit_2_to_3": lambda: _killed_at_commit(data, tmp / "sc23", launcher, then=3),
+        # Two nodes of one process each (both LOCAL_RANK 0), sharded.
+        "two_nodes": lambda: _run_two_nodes(_train_args(data, tmp / "two_nodes", *sharded), tmp / "two_nodes_logs")
+        or tmp / "two_nodes",
         # Real data as far as the run knows: no label known to be corrupted, no detection metrics.
         "sharded_clean": lambda: plain("sharded_clean", 2, *sharded, "--set", "data.noise=none"),
     }
@@ -292,6 +352,16 @@ def test_two_processes_with_sharded_data_parameters_equal_one_process(runs):
     for m in (manifest, previous):
         assert m["world_size"] == 2 and {s["file"] for s in m["shards"]} | {m["classes"]} <= set(shards)
     assert not {s["file"] for s in manifest["shards"]} & {s["file"] for s in previous["shards"]}
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_nodes_of_one_process_each_equal_one_process(runs):
+    # A job launched as two nodes (two torchrun agents, node ranks 0 and 1) rather than two
+    # processes of one node: ranks 0 and 1 both with LOCAL_RANK 0. Sharded, so that each rank
+    # writes its own snapshot, checkpoint shard and prediction rows into the shared run directory.
+    _assert_same_run(runs["two_nodes"], runs["reference"])
+    assert _snapshot_files(runs["two_nodes"]) == _shard_names(1, 2) + _shard_names(2, 2)
 
 
 def _snapshot_files(run: Path) -> list[str]:
@@ -679,5 +749,31 @@ def test_an_exception_on_one_rank_ends_every_rank_within_seconds_with_its_messag
     print(f"the job ended {after:.1f} s after the raise")
     assert after < 30
     # Nothing was committed for the unfinished epoch; the lock was released with the processes.
+    assert not (out / "checkpoint.pt").exists()
+    RunDir(out).lock()
+
+
+@pytest.mark.distributed
+@pytest.mark.faults
+def test_an_exception_on_one_node_ends_both_nodes_within_seconds_with_its_message(tmp_path):
+    """The same raise (rank 1's step 3) in a job of two nodes (two torchrun agents, one process
+    each): node 0's agent is not told by its own process's failure but by its rank's agreed error
+    flag, so both nodes must end well within 30 s of the raise, not after the collective timeout,
+    each with rank 1's message; nothing of the epoch committed."""
+    data = write_idx(tmp_path / "fmnist", n_train=400, n_test=100, seed=3)
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(LAUNCHER)
+    stamp = tmp_path / "raised_at"
+    out = tmp_path / "run"
+    codes, ended, outputs = _two_nodes(_train_args(data, out), tmp_path / "logs", launcher=launcher,
+                                       env_extra={"DP_TEST_RAISE": f"1:3:{stamp}"}, stop_on_failure=False,
+                                       timeout=120)
+    assert codes[0] not in (None, 0) and codes[1] not in (None, 0), (codes, outputs)
+    raised = float(stamp.read_text())
+    after = [t - raised for t in ended]
+    print(f"node 0 ended {after[0]:.1f} s, node 1 {after[1]:.1f} s after the raise")
+    assert max(after) < 30
+    for output in outputs:
+        assert "injected fault on rank 1 at step 3" in output
     assert not (out / "checkpoint.pt").exists()
     RunDir(out).lock()

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from dataparams import DataParameters
 from dataparams.engine import (
     Callback,
+    ClassificationStep,
     Execution,
     evaluate,
     fit,
@@ -48,8 +49,8 @@ def test_fit_events_schedule_and_records():
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[1], gamma=0.1)
     rec = Recorder()
     obj = DataParameterObjective(DataParameters(2, 20, instance_curriculum=True))
-    history = fit(model, obj, opt, loader, torch.device("cpu"), epochs=2, scheduler=sched,
-                  eval_loaders={"test": loader}, callbacks=[rec])
+    step = ClassificationStep(model, obj, opt, torch.device("cpu"), eval_loaders={"test": loader})
+    history = fit(step, loader, epochs=2, scheduler=sched, callbacks=[rec])
     assert rec.events == [("start", 0), ("batch", 8), ("batch", 8), ("batch", 4), ("end", 0, 1),
                           ("start", 1), ("batch", 8), ("batch", 8), ("batch", 4), ("end", 1, 2)]
     assert [h["lr"] for h in history] == [1.0, pytest.approx(0.1)]
@@ -64,7 +65,7 @@ def test_train_one_epoch_tracks_loss_by_index_and_clean_accuracy():
     flipped = 1 - y
     obj = DataParameterObjective(DataParameters(2, 20))
     obj.last_loss.fill_(-1.0)
-    stats = train_one_epoch(model, obj, opt, loader, torch.device("cpu"), clean_targets=flipped)
+    stats = train_one_epoch(ClassificationStep(model, obj, opt, torch.device("cpu"), clean_targets=flipped), loader)
     with torch.no_grad():
         expected = F.cross_entropy(model(x), y, reduction="none")
         acc = 100.0 * float((model(x).argmax(1) == y).float().mean())
@@ -98,7 +99,7 @@ def test_bf16_autocast_trains_on_cpu():
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     obj = DataParameterObjective(DataParameters(2, 20, instance_curriculum=True), lr_instance=1.0)
     ex = Execution.create(torch.device("cpu"), "bf16")
-    stats = train_one_epoch(model, obj, opt, loader, torch.device("cpu"), execution=ex)
+    stats = train_one_epoch(ClassificationStep(model, obj, opt, torch.device("cpu"), execution=ex), loader)
     assert torch.isfinite(torch.tensor(stats["train_loss"]))
     assert obj.dp.instance_log_sigma.dtype == torch.float32
     assert not torch.equal(obj.dp.instance_log_sigma.detach(), torch.zeros(20))
@@ -118,7 +119,7 @@ def test_mean_loss_is_the_mean_of_the_epochs_last_losses():
         def on_epoch_end(self, epoch, record):
             seen.append(obj.last_loss.clone())
 
-    fit(model, obj, opt, loader, torch.device("cpu"), epochs=3, callbacks=[Keep()])
+    fit(ClassificationStep(model, obj, opt, torch.device("cpu")), loader, epochs=3, callbacks=[Keep()])
     scores = obj.scores()
     np.testing.assert_allclose(scores["mean-loss"], torch.stack(seen).double().mean(0).numpy(), rtol=1e-6)
     np.testing.assert_array_equal(scores["last-loss"], seen[-1].numpy())
@@ -155,9 +156,10 @@ def test_progress_bar_does_not_read_the_device_every_batch(monkeypatch):
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     obj = DataParameterObjective(DataParameters(2, 80))
-    train_one_epoch(model, obj, opt, loader, torch.device("cpu"), progress=Bar(), progress_interval_s=3600.0)
+    step = ClassificationStep(model, obj, opt, torch.device("cpu"))
+    train_one_epoch(step, loader, progress=Bar(), progress_interval_s=3600.0)
     assert calls == []  # 20 batches, none read the running statistics
-    train_one_epoch(model, obj, opt, loader, torch.device("cpu"), progress=Bar(), progress_interval_s=0.0)
+    train_one_epoch(step, loader, progress=Bar(), progress_interval_s=0.0)
     assert len(calls) == 20
 
 
@@ -183,3 +185,79 @@ def test_predict_by_index_reduces_each_batch_to_the_arrays_of_the_full_softmax()
     missing[idx] = False
     assert missing.sum() == 2 and (got["predicted"][missing] == -1).all()
     assert torch.isnan(got["given_prob"][missing]).all()
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["no-scaler", "grad-scaler"])
+def test_backward_and_step_clips_the_models_gradient_and_not_the_data_parameters(scaled):
+    # clip_grad_norm scales the first optimizer's gradient to the cap (computed here by hand from
+    # autograd's gradient); the second optimizer (data parameters) steps with its full gradient.
+    # With a gradient scaler (fp16's), the gradient is unscaled before it is clipped: the same step.
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4))
+    s = torch.nn.Parameter(torch.randn(3))
+    x = torch.randn(4)
+
+    def loss_fn():
+        return 10.0 * (w * x).sum() ** 2 + 5.0 * (s ** 2).sum()
+
+    gw, gs = torch.autograd.grad(loss_fn(), [w, s])
+    assert gw.norm() > 1.0
+    w0, s0 = w.detach().clone(), s.detach().clone()
+    opt_w, opt_s = torch.optim.SGD([w], lr=0.1), torch.optim.SGD([s], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0) if scaled else None
+    Execution(torch.device("cpu"), scaler=scaler).backward_and_step(loss_fn(), [opt_w, opt_s], clip_grad_norm=1.0)
+    torch.testing.assert_close(w.detach(), w0 - 0.1 * gw / gw.norm(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(s.detach(), s0 - 0.1 * gs)
+
+
+def test_fit_drives_any_train_step_with_a_per_step_schedule():
+    # A step of another task (least squares on a scalar) through the same loop: the events in
+    # order, the per-step schedule stepped once per batch, evaluation's numbers in the record.
+    from dataparams.engine import TrainStep
+
+    events = []
+
+    class Regression(TrainStep):
+        def __init__(self):
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.opt = torch.optim.SGD([self.w], lr=0.1)
+            self.execution = Execution(torch.device("cpu"))
+            self.sum = 0.0
+
+        def optimizers(self):
+            return [self.opt]
+
+        def on_epoch_start(self, epoch):
+            events.append(("start", epoch))
+
+        def train(self):
+            self.sum = 0.0
+
+        def loss(self, batch):
+            x, y = batch
+            self.last = ((self.w * x - y) ** 2).mean()
+            return self.last
+
+        def record(self, callbacks):
+            self.sum += float(self.last.detach())
+
+        def epoch_stats(self, ctx):
+            return {"train_loss": self.sum / 2}
+
+        def on_epoch_end(self, epoch):
+            events.append(("end", epoch))
+
+        def evaluate(self, epoch):
+            return {"w": float(self.w.detach())}
+
+    step = Regression()
+    batches = [(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0])), (torch.tensor([3.0]), torch.tensor([6.0]))]
+    per_step = torch.optim.lr_scheduler.LambdaLR(step.opt, lambda i: 0.5 ** i)
+    history = fit(step, batches, epochs=2, step_scheduler=per_step)
+    assert events == [("start", 0), ("end", 0), ("start", 1), ("end", 1)]
+    assert [h["lr"] for h in history] == [0.1, pytest.approx(0.1 * 0.5 ** 2)]
+    # Two steps of plain SGD by hand, lr 0.1 then 0.05, from w = 0 (the model is y = 2x).
+    w = 0.0
+    for lr, (x, y) in zip((0.1, 0.05), batches):
+        w -= lr * float((2 * (w * x - y) * x).mean())
+    assert history[0]["w"] == pytest.approx(w, rel=1e-6)

@@ -104,7 +104,7 @@ def test_coteaching_second_network_trains_with_the_model_optimizer():
 def test_coteaching_second_network_runs_in_the_engines_precision():
     # With --amp the engine runs the main model under autocast; the second network must run
     # under the same autocast, or the two networks of co-teaching are no longer alike.
-    from dataparams.engine import Execution, train_one_epoch
+    from dataparams.engine import ClassificationStep, Execution, train_one_epoch
 
     torch.manual_seed(0)
     cfg = apply_overrides(TrainConfig(), ["method=coteaching"])
@@ -116,9 +116,9 @@ def test_coteaching_second_network_runs_in_the_engines_precision():
     obj.model_b.register_forward_hook(lambda m, i, o: seen.__setitem__("b", o.dtype))
     batch = [(torch.randn(8, 3), torch.randint(0, 4, (8,)), torch.arange(8))]
     cpu = torch.device("cpu")
-    train_one_epoch(model_a, obj, opt_a, batch, cpu, execution=Execution.create(cpu, "bf16"))
+    train_one_epoch(ClassificationStep(model_a, obj, opt_a, cpu, execution=Execution.create(cpu, "bf16")), batch)
     assert seen == {"a": torch.bfloat16, "b": torch.bfloat16}
-    train_one_epoch(model_a, obj, opt_a, batch, cpu, execution=Execution.create(cpu, "off"))
+    train_one_epoch(ClassificationStep(model_a, obj, opt_a, cpu, execution=Execution.create(cpu, "off")), batch)
     assert seen == {"a": torch.float32, "b": torch.float32}
 
 

@@ -10,7 +10,7 @@ import torch
 import fakes
 from dataparams import DataParameters
 from dataparams.data.memory import Augment, InMemoryLoader
-from dataparams.engine import train_one_epoch
+from dataparams.engine import ClassificationStep, train_one_epoch
 from dataparams.objectives import DataParameterObjective
 from dataparams.syncs import count_host_syncs
 
@@ -76,10 +76,11 @@ def test_an_epoch_reads_back_once_however_many_batches():
         objective = _objective(n)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         loader.set_epoch(0)
-        train_one_epoch(model, objective, opt, loader, torch.device("cpu"))  # first visit allocates
+        step = ClassificationStep(model, objective, opt, torch.device("cpu"))
+        train_one_epoch(step, loader)  # first visit allocates
         loader.set_epoch(1)
         with count_host_syncs() as syncs:
-            train_one_epoch(model, objective, opt, loader, torch.device("cpu"))
+            train_one_epoch(step, loader)
         counts[n] = dict(syncs.calls)
     assert counts[16] == counts[48] == {"Tensor.tolist": 1}, counts
 

@@ -1,9 +1,15 @@
 """The training engine: one epoch, evaluation, and the epoch loop with a few callback events.
 
-It knows nothing about the model, the data set or the method: a loader yields
-``(inputs, targets, indices)``, an :class:`~dataparams.objectives.Objective` turns logits into the
-loss, and callbacks (logging, checkpoints) hook into ``on_batch_end`` and ``on_epoch_end``.
-Whether a curriculum is on is invisible here: a disabled one is sigma = 1 inside the objective.
+One loop for every task: :func:`fit` and :func:`train_one_epoch` drive a :class:`TrainStep`,
+which holds what is task-specific (a batch's forward pass and loss, and what is kept of it), and
+do the rest themselves (zeroing, backward through the gradient scaler, clipping, the optimizer
+steps, per-step and per-epoch schedules, progress, evaluation, callbacks). For classification,
+:class:`ClassificationStep`: a loader yields ``(inputs, targets, indices)`` and an
+:class:`~dataparams.objectives.Objective` turns logits into the loss; the detection trainer's
+``DetectionStep`` (:mod:`dataparams.detection.train`) runs through the same :func:`fit`.
+Callbacks (logging, checkpoints) hook into ``on_batch_end`` (classification) and
+``on_epoch_end``. Whether a curriculum is on is invisible here: a disabled one is sigma = 1 inside
+the objective.
 
 Per-step cost is O(B): the per-sample state (the objective's buffers, its ``last_loss``) is
 written by index, and the epoch statistics stay on the device; the host reads them at the end of
@@ -38,6 +44,7 @@ from dataparams.objectives import Objective
 
 __all__ = [
     "Callback",
+    "ClassificationStep",
     "EpochStats",
     "Execution",
     "evaluate",
@@ -46,6 +53,7 @@ __all__ = [
     "predict_by_index",
     "resolve_device",
     "train_one_epoch",
+    "TrainStep",
 ]
 
 
@@ -109,26 +117,42 @@ class Execution:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def backward_and_step(self, loss: Tensor, optimizers: Sequence[Optimizer]) -> None:
+    def backward_and_step(self, loss: Tensor, optimizers: Sequence[Optimizer], *,
+                          clip_grad_norm: float | None = None) -> None:
         """Backpropagate ``loss`` and step every optimizer (through the gradient scaler, if any).
 
         An optimizer with a ``synchronize()`` method (the distributed data-parameter optimizers)
         combines the ranks' gradients there; with a scaler it is called before
         ``scaler.step``, so that the scaler checks the combined gradients, which every rank
         holds alike, and all ranks skip or take the step together.
+
+        ``clip_grad_norm`` caps the norm of the gradient of the first optimizer's parameters
+        (the model's; data parameters are never clipped) before any step, after unscaling them
+        when there is a scaler, as torchvision's detection references do.
         """
         if self.scaler is None:
             loss.backward()
+            if clip_grad_norm is not None:
+                _clip(optimizers[0], clip_grad_norm)
             for opt in optimizers:
                 opt.step()
             return
         self.scaler.scale(loss).backward()
+        if clip_grad_norm is not None:
+            self.scaler.unscale_(optimizers[0])
+            _clip(optimizers[0], clip_grad_norm)
         for opt in optimizers:
             synchronize = getattr(opt, "synchronize", None)
             if synchronize is not None:
                 synchronize()
             self.scaler.step(opt)
         self.scaler.update()
+
+
+def _clip(optimizer: Optimizer, max_norm: float) -> None:
+    """Clip the total gradient norm of an optimizer's parameters (in their order) to ``max_norm``."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 class Callback:
@@ -186,67 +210,194 @@ class EpochStats:
         return out
 
 
+class TrainStep:
+    """The task's half of a training step: a batch's forward pass and loss, and what is kept of it.
+
+    :func:`train_one_epoch` and :func:`fit` do the other half, the same for every task: zeroing
+    the gradients, the backward pass through the gradient scaler, clipping, every optimizer's
+    step, a per-step learning-rate schedule, the progress bar, the epoch loop, evaluation and
+    callbacks. :class:`ClassificationStep` is a classifier trained through an
+    :class:`~dataparams.objectives.Objective`; ``dataparams.detection.train.DetectionStep`` a
+    detector with one data parameter per box (as torchvision's references share one
+    ``train_one_epoch`` between their tasks).
+
+    What a subclass provides: ``execution`` (the device and mixed precision), ``optimizers()``
+    (the model's first: it is the one clipped and whose learning rate is logged), ``loss(batch)``
+    and, after the optimizers stepped, ``record(callbacks)``, which keeps what the epoch needs on
+    the device without waiting for it; ``running()`` (read about once a second for a progress
+    bar) and ``epoch_stats(ctx)`` (once, at the end of the epoch) read it back.
+    """
+
+    execution: Execution
+
+    def optimizers(self) -> list[Optimizer]:
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Before the epoch's first batch (e.g. an objective's per-epoch schedule)."""
+
+    def train(self) -> None:
+        """Training mode, and the epoch's running sums back to zero."""
+        raise NotImplementedError
+
+    def loss(self, batch: Any) -> Tensor:
+        """The loss of one batch from the loader, to backpropagate."""
+        raise NotImplementedError
+
+    def record(self, callbacks: Sequence[Callback]) -> None:
+        """After the step: keep what the epoch's numbers need, on the device (under
+        ``torch.no_grad()``: nothing here is differentiated)."""
+
+    def running(self) -> dict[str, str]:
+        """The progress bar's numbers so far (this reads from the device)."""
+        return {}
+
+    def epoch_stats(self, ctx: DistributedContext | None) -> dict[str, Any]:
+        """The epoch's training numbers (summed over the ranks under torchrun)."""
+        return {}
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """After the epoch's last batch, before evaluation."""
+
+    def evaluate(self, epoch: int) -> dict[str, Any]:
+        """Numbers to add to the epoch's record after training (rank 0 only under torchrun)."""
+        return {}
+
+
+class ClassificationStep(TrainStep):
+    """A classifier's step: logits, an :class:`~dataparams.objectives.Objective`'s loss, and the
+    epoch's loss and accuracies on the device.
+
+    Parameters
+    ----------
+    model, objective, optimizer
+        The objective's own optimizers (data parameters) are stepped after ``optimizer``.
+    device : torch.device
+    execution : Execution, optional
+        Default: float32 on ``device``.
+    clean_targets : LongTensor (N,), optional
+        True labels, to report training accuracy against them as well as the given ones.
+    eval_loaders : dict of name -> loader, optional
+        Evaluated after every epoch (``{name}_loss``, ``{name}_acc``); under torchrun on rank 0
+        alone, through the model outside its ``DistributedDataParallel`` wrapper.
+
+    The loader yields ``(inputs, targets, indices)``; callbacks' ``on_batch_end`` get each batch's
+    detached logits, targets, indices and per-sample loss.
+    """
+
+    def __init__(self, model: nn.Module, objective: Objective, optimizer: Optimizer, device: torch.device, *,
+                 execution: Execution | None = None, clean_targets: Tensor | None = None,
+                 eval_loaders: dict[str, Any] | None = None) -> None:
+        self.model, self.objective, self.optimizer, self.device = model, objective, optimizer, device
+        self.execution = execution or Execution(device)
+        self.clean_targets = clean_targets
+        self.eval_loaders = eval_loaders or {}
+        self.stats = EpochStats(device)
+        self._batch: tuple[Tensor, ...] = ()
+
+    def optimizers(self) -> list[Optimizer]:
+        return [self.optimizer, *self.objective.optimizers().values()]
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.objective.on_epoch_start(epoch)
+
+    def train(self) -> None:
+        self.objective.autocast = self.execution.autocast
+        self.model.train()
+        self.objective.train()
+        self.stats = EpochStats(self.device)
+
+    def loss(self, batch: Any) -> Tensor:
+        x, y, idx = batch
+        x = self.execution.input(x)
+        y = y.to(self.device, non_blocking=True)
+        idx = idx.to(self.device, non_blocking=True)
+        with self.execution.autocast():
+            logits = self.model(x)
+        loss, per_sample = self.objective(logits.float(), x, y, idx)
+        self._batch = (logits, y, idx, per_sample)
+        return loss
+
+    def record(self, callbacks: Sequence[Callback]) -> None:
+        logits, y, idx, per_sample = self._batch
+        self._batch = ()
+        with torch.no_grad():
+            clean = self.clean_targets[idx] if self.clean_targets is not None else None
+            self.stats.add(per_sample, logits.argmax(1), y, clean)
+            self.objective.record(idx, per_sample, logits.detach())
+        for cb in callbacks:
+            cb.on_batch_end(logits.detach(), y, idx, per_sample)
+
+    def running(self) -> dict[str, str]:
+        mean_loss, acc = self.stats.running()
+        return {"loss": f"{mean_loss:.3f}", "acc": f"{acc:.1f}"}
+
+    def epoch_stats(self, ctx: DistributedContext | None) -> dict[str, Any]:
+        if ctx is not None:
+            self.stats.all_reduce(ctx)
+        return self.stats.as_dict(self.clean_targets is not None)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.objective.on_epoch_end(epoch)
+
+    def evaluate(self, epoch: int) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        for name, loader in self.eval_loaders.items():
+            ev = evaluate(unwrap_model(self.model), loader, self.device, execution=self.execution)
+            record[f"{name}_loss"], record[f"{name}_acc"] = ev["loss"], ev["acc"]
+        return record
+
+
 def train_one_epoch(
-    model: nn.Module,
-    objective: Objective,
-    optimizer: Optimizer,
-    loader: Iterable[tuple[Tensor, Tensor, Tensor]],
-    device: torch.device,
+    step: TrainStep,
+    loader: Iterable[Any],
     *,
-    execution: Execution | None = None,
-    clean_targets: Tensor | None = None,
+    clip_grad_norm: float | None = None,
+    step_scheduler: Any = None,
     callbacks: Sequence[Callback] = (),
     progress: Any = None,
     progress_interval_s: float = 1.0,
     ctx: DistributedContext | None = None,
-) -> dict[str, float]:
-    """Train for one epoch; return mean training loss (without regulariser) and accuracies.
+) -> dict[str, Any]:
+    """Train for one epoch; return the step's numbers for it (a classifier's: mean training loss
+    without regulariser, and accuracies).
 
     Parameters
     ----------
-    loader : iterable of ``(inputs, targets, indices)``
-    clean_targets : LongTensor (N,), optional
-        True labels, to report training accuracy against them as well as the given ones.
+    step : TrainStep
+        E.g. ``ClassificationStep(model, objective, optimizer, device)``.
+    loader : iterable of batches, as ``step.loss`` takes them
+        A classifier's: ``(inputs, targets, indices)``.
+    clip_grad_norm : float, optional
+        Cap on the norm of the model's gradient (:meth:`Execution.backward_and_step`).
+    step_scheduler : LR scheduler, optional
+        Stepped after every optimizer step (a per-iteration warm-up and decay).
     progress : tqdm-like, optional
-        Advanced once per batch; its running loss and accuracy are refreshed at most every
+        Advanced once per batch; its running numbers are refreshed at most every
         ``progress_interval_s`` seconds, since reading them waits for the device. Under
         torchrun they are this rank's share's.
     ctx : DistributedContext, optional
         Under torchrun: the returned numbers are over every rank's samples.
     """
-    execution = execution or Execution(device)
-    objective.autocast = execution.autocast
-    model.train()
-    objective.train()
-    optimizers = [optimizer, *objective.optimizers().values()]
-    stats = EpochStats(device)
+    execution = step.execution
+    step.train()
+    optimizers = step.optimizers()
     shown_at = time.perf_counter()
-    for x, y, idx in loader:
-        x = execution.input(x)
-        y = y.to(device, non_blocking=True)
-        idx = idx.to(device, non_blocking=True)
+    for batch in loader:
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
-        with execution.autocast():
-            logits = model(x)
-        loss, per_sample = objective(logits.float(), x, y, idx)
-        execution.backward_and_step(loss, optimizers)
-
-        with torch.no_grad():
-            stats.add(per_sample, logits.argmax(1), y, clean_targets[idx] if clean_targets is not None else None)
-            objective.record(idx, per_sample, logits.detach())
-        for cb in callbacks:
-            cb.on_batch_end(logits.detach(), y, idx, per_sample)
+        loss = step.loss(batch)
+        execution.backward_and_step(loss, optimizers, clip_grad_norm=clip_grad_norm)
+        if step_scheduler is not None:
+            step_scheduler.step()
+        step.record(callbacks)
         if progress is not None:
             progress.update(1)
             now = time.perf_counter()
             if now - shown_at >= progress_interval_s:
                 shown_at = now
-                mean_loss, acc = stats.running()
-                progress.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{acc:.1f}", refresh=False)
-    if ctx is not None:
-        stats.all_reduce(ctx)
-    return stats.as_dict(clean_targets is not None)
+                progress.set_postfix(**step.running(), refresh=False)
+    return step.epoch_stats(ctx)
 
 
 @torch.no_grad()
@@ -338,18 +489,14 @@ def evaluate(
 
 
 def fit(
-    model: nn.Module,
-    objective: Objective,
-    optimizer: Optimizer,
+    step: TrainStep,
     train_loader: Any,
-    device: torch.device,
     *,
     epochs: int,
     start_epoch: int = 0,
     scheduler: Any = None,
-    eval_loaders: dict[str, Any] | None = None,
-    execution: Execution | None = None,
-    clean_targets: Tensor | None = None,
+    step_scheduler: Any = None,
+    clip_grad_norm: float | None = None,
     callbacks: Sequence[Callback] = (),
     progress_factory: Any = None,
     ctx: DistributedContext | None = None,
@@ -357,51 +504,46 @@ def fit(
     """Train from ``start_epoch`` to ``epochs`` (0-based, exclusive), evaluating every epoch.
 
     ``train_loader`` may have ``set_epoch(epoch)`` (the in-memory loader, a distributed
-    sampler); it is called so that each epoch's order depends on the epoch only, which is what
-    makes a resumed run equal an uninterrupted one. ``scheduler`` is stepped once per epoch.
-    ``progress_factory(epoch, total_batches)`` returns a tqdm-like bar or None.
+    sampler, detection's batch sampler); it is called so that each epoch's order depends on the
+    epoch only, which is what makes a resumed run equal an uninterrupted one. ``scheduler`` is
+    stepped once per epoch, ``step_scheduler`` once per optimizer step. ``progress_factory(epoch,
+    total_batches)`` returns a tqdm-like bar or None.
+
+    Each epoch's record: ``epoch`` (1-based), ``lr`` (the model's, at the start of the epoch), the
+    step's :meth:`~TrainStep.epoch_stats`, ``train_time_s``, the step's
+    :meth:`~TrainStep.evaluate`, ``time_s``; it is passed to the callbacks' ``on_epoch_end``,
+    which write it (metrics, snapshots, checkpoints).
 
     Under torchrun (``ctx`` with several processes) every rank runs this loop; the training
-    statistics are summed over the ranks, and ``eval_loaders`` are evaluated on rank 0 only
-    (the other ranks' records have no evaluation numbers), with the model outside its
-    ``DistributedDataParallel`` wrapper.
+    statistics are summed over the ranks, and evaluation runs on rank 0 only (the other ranks'
+    records have no evaluation numbers).
 
-    Returns the list of per-epoch records (also passed to ``on_epoch_end``).
+    Returns the list of per-epoch records.
     """
     evaluates = ctx is None or ctx.is_main
+    model_optimizer = step.optimizers()[0]
     history = []
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
-        objective.on_epoch_start(epoch)
+        step.on_epoch_start(epoch)
         for cb in callbacks:
             cb.on_epoch_start(epoch)
         bar = progress_factory(epoch, len(train_loader)) if progress_factory else None
         try:
-            record: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-            record.update(
-                train_one_epoch(
-                    model,
-                    objective,
-                    optimizer,
-                    train_loader,
-                    device,
-                    execution=execution,
-                    clean_targets=clean_targets,
-                    callbacks=callbacks,
-                    progress=bar,
-                    ctx=ctx,
-                )
-            )
-            objective.on_epoch_end(epoch)
+            record: dict[str, Any] = {"epoch": epoch + 1, "lr": model_optimizer.param_groups[0]["lr"]}
+            record.update(train_one_epoch(step, train_loader, clip_grad_norm=clip_grad_norm,
+                                          step_scheduler=step_scheduler, callbacks=callbacks, progress=bar, ctx=ctx))
+            step.on_epoch_end(epoch)
             record["train_time_s"] = time.perf_counter() - t0
-            for name, loader in (eval_loaders or {}).items() if evaluates else ():
-                ev = evaluate(unwrap_model(model), loader, device, execution=execution)
-                record[f"{name}_loss"], record[f"{name}_acc"] = ev["loss"], ev["acc"]
+            if evaluates:
+                record.update(step.evaluate(epoch))
             if bar is not None:
                 shown = {k: f"{record[k]:.2f}" for k in ("train_acc", "test_acc") if k in record}
-                bar.set_postfix(loss=f"{record['train_loss']:.3f}", **shown, refresh=True)
+                if "train_loss" in record:
+                    shown = {"loss": f"{record['train_loss']:.3f}", **shown}
+                bar.set_postfix(**shown, refresh=True)
         finally:
             if bar is not None:
                 bar.close()

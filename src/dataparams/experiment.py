@@ -44,12 +44,13 @@ from dataparams.distributed import (
     LocalShareLoader,
     ReplicatedObjective,
     ShardedObjective,
+    first_failure,
     init_distributed,
     launched_world_size,
     sync_batch_norm,
     wrap_model,
 )
-from dataparams.engine import Execution, fit, predict, predict_by_index, resolve_device
+from dataparams.engine import ClassificationStep, Execution, fit, predict, predict_by_index, resolve_device
 from dataparams.methods.registry import build_objective
 from dataparams.objectives import Objective
 from dataparams.presets import complete_user_config
@@ -104,6 +105,16 @@ def train(
         # (and its process group is torn down) together.
         ctx.barrier()
         return summary
+    except Exception as e:
+        # Under torchrun, a rank that fails because another one did (a collective whose peer is
+        # gone) says which rank failed first and with what: on several nodes that message is
+        # otherwise only in the failing node's log.
+        earlier = first_failure(ctx, e)
+        if earlier is not None:
+            rank, message = earlier
+            raise RuntimeError(f"rank {rank} failed first: {message} (then on rank {ctx.rank}: "
+                               f"{type(e).__name__}: {e})") from e
+        raise
     finally:
         ctx.close()
 
@@ -217,9 +228,10 @@ def _train(cfg: TrainConfig, out: str | os.PathLike[str], ctx: DistributedContex
         try:
             if start_epoch < cfg.optim.epochs:
                 # Wrapped after restoring: DDP broadcasts rank 0's parameters when it is built.
-                fit(wrap_model(model, ctx), objective, optimizer, train_loader, dev, epochs=cfg.optim.epochs,
-                    start_epoch=start_epoch, scheduler=scheduler, eval_loaders=loaders.evaluate, execution=execution,
-                    clean_targets=torch.as_tensor(labels.clean[labels.train_index], device=dev) if noisy else None,
+                clean = torch.as_tensor(labels.clean[labels.train_index], device=dev) if noisy else None
+                step = ClassificationStep(wrap_model(model, ctx), objective, optimizer, dev, execution=execution,
+                                          clean_targets=clean, eval_loaders=loaders.evaluate)
+                fit(step, train_loader, epochs=cfg.optim.epochs, start_epoch=start_epoch, scheduler=scheduler,
                     callbacks=[logger],
                     progress_factory=None if quiet else progress_factory(cfg.optim.epochs, label),
                     ctx=ctx if ctx.is_distributed else None)

@@ -1,9 +1,13 @@
 """Training an SSD (or a RetinaNet) with one data parameter per box annotation (sec. 3.3), into a run directory.
 
 :func:`train_detection` reads top to bottom like torchvision's reference ``main()``: config ->
-data -> detector, data parameters, optimizers -> epochs -> run directory. The baseline is the
-same code with the instance level off, where :class:`~dataparams.parameters.DataParameters`
-returns sigma = 1 and the loss is torchvision's SSD loss.
+data -> detector, data parameters, optimizers -> epochs -> run directory. The epochs are the
+classifier's loop, :func:`dataparams.engine.fit`, over a :class:`DetectionStep` (the detector's
+forward pass, matching and per-box loss; the shared step does the backward pass, gradient
+clipping, both optimizers' steps through the scaler and the per-iteration schedule), with a
+callback that writes each epoch's metrics, snapshot and checkpoint. The baseline is the same
+code with the instance level off, where :class:`~dataparams.parameters.DataParameters` returns
+sigma = 1 and the loss is torchvision's SSD loss.
 
 Run directory (:class:`~dataparams.runs.RunDir`)::
 
@@ -44,7 +48,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,13 +85,15 @@ from dataparams.detection.transforms import (
     collate_detection,
     ssd_augmentation,
 )
-from dataparams.engine import Execution, resolve_device
+from dataparams.distributed.context import DistributedContext
+from dataparams.engine import Callback, Execution, TrainStep, fit, resolve_device
 from dataparams.optim import SparseSGD
 from dataparams.parameters import DataParameters
 from dataparams.runs import RunDir, RunDirError
 
 __all__ = [
     "AugmentedDetection",
+    "DetectionStep",
     "EpochBatchSampler",
     "epoch_batches",
     "loader_kwargs",
@@ -97,8 +103,6 @@ __all__ = [
 ]
 
 _DETECTIONS_PREFIX = "detections_epoch_"
-# The progress bar's running loss is read back (a wait for the device) at most this often.
-_PROGRESS_INTERVAL_S = 1.0
 
 
 def _mix(*values: int) -> int:
@@ -547,86 +551,38 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
     val_loader = DataLoader(val_set, batch_size=cfg.data.eval_batch_size, shuffle=False,
                             collate_fn=collate_detection, **load)
     loaders += [loader, val_loader]
-    t_run = time.perf_counter()
-    record: dict[str, Any] = {}
-    last_eval: dict[str, Any] | None = None
-    for epoch in range(start_epoch, o.epochs):
-        t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
-        model.train()
-        sums = torch.zeros(4, dtype=torch.float64, device=dev)  # classification, regression, negative sigma, batches
-        shown_at = time.perf_counter()
-        bar = bar_factory(epoch, len(sampler)) if bar_factory is not None else None
-        # This epoch's losses only: a box that SSD's crop leaves out of every batch reads NaN, as
-        # an unmatched box does, rather than an earlier epoch's loss.
-        box_loss.fill_(float("nan"))
-        lr = optimizer.param_groups[0]["lr"]
-        try:
-            for images, targets in loader:
-                _train_step(images, targets, model=model, criterion=criterion, optimizer=optimizer,
-                            dp_optimizer=dp_optimizer, scheduler=scheduler, execution=execution,
-                            clip_grad_norm=o.clip_grad_norm, box_loss=box_loss, sums=sums)
-                if bar is not None:
-                    bar.update(1)
-                    now = time.perf_counter()
-                    if now - shown_at >= _PROGRESS_INTERVAL_S:  # reading the sums back waits for the device
-                        shown_at = now
-                        classification, regression, _, batches = sums.tolist()
-                        bar.set_postfix(loss=f"{(classification + regression) / batches:.3f}", refresh=False)
-        finally:
-            if bar is not None:
-                bar.close()
-        classification, regression, negative_sigma, batches = sums.tolist()  # the epoch's one read-back
-        n = max(1.0, batches)
-        sigma = data_parameters.instance_sigma().cpu().numpy()
-        epoch_box_loss = box_loss.cpu().numpy()
-        record = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "train_loss": (classification + regression) / n,
-            "loss_classification": classification / n,
-            "loss_box": regression / n,
-            "negative_sigma": negative_sigma / n,
-            "train_time_s": time.perf_counter() - t0,
-        }
-        record.update(curriculum_statistics(sigma, table, box_loss=epoch_box_loss))
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == o.epochs:
-            t_eval = time.perf_counter()
-            detections = predict_detections(model, val_set, batch_size=cfg.data.eval_batch_size, device=dev,
-                                            execution=execution, loader=val_loader)
-            folder = run.snapshot_dir / f"{_DETECTIONS_PREFIX}{epoch + 1:04d}"
-            if coco:  # pycocotools' COCOeval on the val instances file; results.json in the folder
-                arrays = coco_detections(detections, val_set)
-                folder = write_coco_results(folder, arrays)
-                record["coco"] = coco_evaluate(val_set.ann_file, arrays, category_ids=val_set.category_ids)
-            else:
-                folder = write_detections(folder, detections)
-                results = evaluate(val_gt, detections, classes=cfg.data.classes)
-                record["kitti"] = results
-                record.update(_flat_ap(results))
-            _prune_detection_dirs(run.snapshot_dir, keep=folder.name)
-            record["eval_time_s"] = time.perf_counter() - t_eval
-            last_eval = record
-        record["time_s"] = time.perf_counter() - t0
-        run.append_metrics(record)
-        run.save_snapshot(epoch + 1, box_sigma=sigma.astype(np.float32), box_loss=epoch_box_loss.astype(np.float32))
-        run.save_checkpoint(checkpoint(epoch + 1))
-        if not quiet:
-            from dataparams.runs.logger import write_line
 
-            parts_text = [f"epoch {epoch + 1:>3}/{o.epochs}", f"loss {record['train_loss']:.3f}",
-                          f"sigma {record.get('box_sigma', {}).get('mean', 1.0):.3f}"]
-            if record.get("spearman_difficulty") is not None:
-                parts_text.append(f"rho(sigma, difficulty) {record['spearman_difficulty']:+.3f}")
-            if "flipped" in record and record["flipped"].get("auroc_sigma") is not None:
-                parts_text.append(f"AUROC(flipped) {record['flipped']['auroc_sigma']:.3f}")
-            if "kitti" in record:
-                parts_text.append(f"AP40 e/m/h {_fmt_ap(record['kitti'])}")
-            if "coco" in record:
-                parts_text.append("mAP/AP50 " + "/".join("n/a" if record["coco"][k] is None else
-                                                          f"{100 * record['coco'][k]:.1f}" for k in ("map", "map50")))
-            parts_text.append(f"{record['time_s']:.1f}s")
-            write_line("  ".join(parts_text))
+    def evaluation(epoch: int) -> dict[str, Any]:
+        """KITTI AP (or COCO mAP) on the validation split at evaluation epochs, its detections kept."""
+        if (epoch + 1) % cfg.eval_every != 0 and epoch + 1 != o.epochs:
+            return {}
+        t_eval = time.perf_counter()
+        record: dict[str, Any] = {}
+        detections = predict_detections(model, val_set, batch_size=cfg.data.eval_batch_size, device=dev,
+                                        execution=execution, loader=val_loader)
+        folder = run.snapshot_dir / f"{_DETECTIONS_PREFIX}{epoch + 1:04d}"
+        if coco:  # pycocotools' COCOeval on the val instances file; results.json in the folder
+            arrays = coco_detections(detections, val_set)
+            folder = write_coco_results(folder, arrays)
+            record["coco"] = coco_evaluate(val_set.ann_file, arrays, category_ids=val_set.category_ids)
+        else:
+            folder = write_detections(folder, detections)
+            results = evaluate(val_gt, detections, classes=cfg.data.classes)
+            record["kitti"] = results
+            record.update(_flat_ap(results))
+        _prune_detection_dirs(run.snapshot_dir, keep=folder.name)
+        record["eval_time_s"] = time.perf_counter() - t_eval
+        return record
+
+    step = DetectionStep(model, criterion, optimizer, dp_optimizer, execution=execution, box_loss=box_loss,
+                         table=table, evaluation=evaluation)
+    writer = _RunWriter(run, step, checkpoint, epochs=o.epochs, quiet=quiet)
+    t_run = time.perf_counter()
+    history = fit(step, _EpochLoader(loader, sampler), epochs=o.epochs, start_epoch=start_epoch,
+                  step_scheduler=scheduler, clip_grad_norm=o.clip_grad_norm, callbacks=[writer],
+                  progress_factory=bar_factory)
+    record: dict[str, Any] = history[-1] if history else {}
+    last_eval = next((r for r in reversed(history) if "kitti" in r or "coco" in r), None)
 
     if last_eval is None:
         # A resumed run whose last epoch was already done: take the numbers from the log.
@@ -661,47 +617,145 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
     return json.loads(json.dumps(summary))
 
 
-def _train_step(images: Sequence[Tensor], targets: Sequence[dict[str, Any]], *, model: nn.Module,
-                criterion: SSDBoxParameterLoss | FocalBoxParameterLoss, optimizer: torch.optim.Optimizer,
-                dp_optimizer: torch.optim.Optimizer | None, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                execution: Execution, clip_grad_norm: float | None, box_loss: Tensor, sums: Tensor) -> None:
-    """One training step on a batch from the loader; the batch's box losses go into ``box_loss``
-    (N,) and its loss terms are added to ``sums`` (classification, regression, negative sigma,
-    batches)."""
-    dev = execution.device
-    images = [execution.input(x) for x in images]
-    targets = [_to_device(t, dev) for t in targets]
-    optimizers = [optimizer] + ([dp_optimizer] if dp_optimizer is not None else [])
-    for opt in optimizers:
-        opt.zero_grad(set_to_none=True)
-    head_outputs, anchors, matched, resized = ssd_training_outputs(model, images, targets, autocast=execution.autocast)
-    loss, parts = criterion(head_outputs, anchors, matched, resized)
-    _backward_and_step(loss, model, optimizer, dp_optimizer, execution, clip_grad_norm)
-    scheduler.step()
-    with torch.no_grad():  # on the device: nothing here waits for it
-        box_loss[torch.cat([t["box_index"] for t in targets])] = parts.box_loss
-        sums += torch.stack([parts.classification.detach().double(), parts.bbox_regression.detach().double(),
-                             parts.negative_sigma.detach().double(), sums.new_ones(())])
+class DetectionStep(TrainStep):
+    """A detector's training step for :func:`~dataparams.engine.fit`: the detector's head outputs
+    and matching (:func:`~dataparams.detection.models.ssd_training_outputs`), the per-box loss,
+    and on the device each box's loss of the epoch and the epoch's loss sums.
+
+    Parameters
+    ----------
+    model : torchvision SSD or RetinaNet
+    criterion : SSDBoxParameterLoss or FocalBoxParameterLoss
+        Holds the box data parameters.
+    optimizer, dp_optimizer
+        The detector's SGD; the data parameters' SparseSGD (None for the baseline, whose sigma
+        = 1 is not learned).
+    execution : Execution
+    box_loss : Tensor (N,)
+        On the device; each box's loss in the current epoch (NaN for a box no anchor matched or
+        that SSD's crop kept out of every batch of the epoch).
+    table : BoxTable
+        The boxes' metadata, for the epoch's curriculum statistics.
+    evaluation : callable ``epoch -> dict``, optional
+        What :meth:`evaluate` adds after the sigma statistics (AP on the validation split at
+        evaluation epochs).
+
+    The loader yields ``(images, targets)`` (:func:`~dataparams.detection.transforms.collate_detection`),
+    each target carrying its boxes' global ``box_index``. After :meth:`evaluate`, ``sigma`` and
+    ``epoch_box_loss`` hold the epoch's per-box arrays (float32, on the host) for the snapshot.
+    """
+
+    def __init__(self, model: nn.Module, criterion: SSDBoxParameterLoss | FocalBoxParameterLoss,
+                 optimizer: torch.optim.Optimizer, dp_optimizer: torch.optim.Optimizer | None, *,
+                 execution: Execution, box_loss: Tensor, table: BoxTable,
+                 evaluation: Callable[[int], dict[str, Any]] | None = None) -> None:
+        self.model, self.criterion, self.execution = model, criterion, execution
+        self._optimizers = [optimizer] + ([dp_optimizer] if dp_optimizer is not None else [])
+        self.box_loss, self.table, self.evaluation = box_loss, table, evaluation
+        # classification, regression, negative sigma, batches
+        self.sums = torch.zeros(4, dtype=torch.float64, device=execution.device)
+        self._batch: tuple[Any, ...] = ()
+        self.sigma = np.zeros(0, dtype=np.float32)
+        self.epoch_box_loss = np.zeros(0, dtype=np.float32)
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return self._optimizers
+
+    def train(self) -> None:
+        self.model.train()
+        self.sums.zero_()
+        # This epoch's losses only: a box that SSD's crop leaves out of every batch reads NaN, as
+        # an unmatched box does, rather than an earlier epoch's loss.
+        self.box_loss.fill_(float("nan"))
+
+    def loss(self, batch: Any) -> Tensor:
+        images, targets = batch
+        dev = self.execution.device
+        images = [self.execution.input(x) for x in images]
+        targets = [_to_device(t, dev) for t in targets]
+        head_outputs, anchors, matched, resized = ssd_training_outputs(self.model, images, targets,
+                                                                       autocast=self.execution.autocast)
+        loss, parts = self.criterion(head_outputs, anchors, matched, resized)
+        self._batch = (targets, parts)
+        return loss
+
+    @torch.no_grad()
+    def record(self, callbacks: Sequence[Callback]) -> None:
+        targets, parts = self._batch  # on the device: nothing here waits for it
+        self._batch = ()
+        self.box_loss[torch.cat([t["box_index"] for t in targets])] = parts.box_loss
+        self.sums += torch.stack([parts.classification.detach().double(), parts.bbox_regression.detach().double(),
+                                  parts.negative_sigma.detach().double(), self.sums.new_ones(())])
+
+    def running(self) -> dict[str, str]:
+        classification, regression, _, batches = self.sums.tolist()
+        return {"loss": f"{(classification + regression) / max(1.0, batches):.3f}"}
+
+    def epoch_stats(self, ctx: DistributedContext | None = None) -> dict[str, Any]:
+        # One process: the detection trainer refuses torchrun, so there is nothing to sum over.
+        classification, regression, negative_sigma, batches = self.sums.tolist()  # the epoch's one read-back
+        n = max(1.0, batches)
+        return {
+            "train_loss": (classification + regression) / n,
+            "loss_classification": classification / n,
+            "loss_box": regression / n,
+            "negative_sigma": negative_sigma / n,
+        }
+
+    def evaluate(self, epoch: int) -> dict[str, Any]:
+        """The epoch's sigma statistics (:func:`~dataparams.detection.curriculum.curriculum_statistics`),
+        then ``evaluation``'s numbers; after ``train_time_s``, which they do not count."""
+        sigma = self.criterion.data_parameters.instance_sigma().cpu().numpy()
+        epoch_box_loss = self.box_loss.cpu().numpy()
+        self.sigma, self.epoch_box_loss = sigma.astype(np.float32), epoch_box_loss.astype(np.float32)
+        record = curriculum_statistics(sigma, self.table, box_loss=epoch_box_loss)
+        if self.evaluation is not None:
+            record.update(self.evaluation(epoch))
+        return record
 
 
-def _backward_and_step(loss: Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
-                       dp_optimizer: torch.optim.Optimizer | None, execution: Execution,
-                       clip_grad_norm: float | None) -> None:
-    """Backward, optional clipping of the model's gradient, then both optimizer steps."""
-    optimizers: Sequence[torch.optim.Optimizer] = [optimizer] + ([dp_optimizer] if dp_optimizer is not None else [])
-    scaler = execution.scaler
-    if scaler is None:
-        loss.backward()
-        if clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-        for opt in optimizers:
-            opt.step()
-        return
-    scaler.scale(loss).backward()
-    if clip_grad_norm is not None:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-    for opt in optimizers:
-        scaler.step(opt)
-    scaler.update()
+class _EpochLoader:
+    """The training DataLoader with a ``set_epoch`` (called by :func:`~dataparams.engine.fit`)
+    that reaches its :class:`EpochBatchSampler`."""
 
+    def __init__(self, loader: DataLoader, sampler: EpochBatchSampler) -> None:
+        self.loader, self.sampler = loader, sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.loader)
+
+
+class _RunWriter(Callback):
+    """After each epoch: the metrics line, the per-box snapshot, the checkpoint, the progress line."""
+
+    def __init__(self, run: RunDir, step: DetectionStep, checkpoint: Callable[[int], dict[str, Any]], *,
+                 epochs: int, quiet: bool) -> None:
+        self.run, self.step, self.checkpoint, self.epochs, self.quiet = run, step, checkpoint, epochs, quiet
+
+    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
+        self.run.append_metrics(record)
+        self.run.save_snapshot(epoch + 1, box_sigma=self.step.sigma, box_loss=self.step.epoch_box_loss)
+        self.run.save_checkpoint(self.checkpoint(epoch + 1))
+        if self.quiet:
+            return
+        from dataparams.runs.logger import write_line
+
+        parts_text = [f"epoch {epoch + 1:>3}/{self.epochs}", f"loss {record['train_loss']:.3f}",
+                      f"sigma {record.get('box_sigma', {}).get('mean', 1.0):.3f}"]
+        if record.get("spearman_difficulty") is not None:
+            parts_text.append(f"rho(sigma, difficulty) {record['spearman_difficulty']:+.3f}")
+        if "flipped" in record and record["flipped"].get("auroc_sigma") is not None:
+            parts_text.append(f"AUROC(flipped) {record['flipped']['auroc_sigma']:.3f}")
+        if "kitti" in record:
+            parts_text.append(f"AP40 e/m/h {_fmt_ap(record['kitti'])}")
+        if "coco" in record:
+            parts_text.append("mAP/AP50 " + "/".join("n/a" if record["coco"][k] is None else
+                                                      f"{100 * record['coco'][k]:.1f}" for k in ("map", "map50")))
+        parts_text.append(f"{record['time_s']:.1f}s")
+        write_line("  ".join(parts_text))

@@ -91,6 +91,7 @@ if TYPE_CHECKING:
     from dataparams.distributed.context import (
         MODES,
         DistributedContext,
+        first_failure,
         init_distributed,
         launched_world_size,
     )
@@ -126,6 +127,7 @@ __all__ = [
     "ShardedStepPlan",
     "StepPlan",
     "distributed_loss",
+    "first_failure",
     "init_distributed",
     "launched_world_size",
     "local_share",
@@ -142,6 +144,7 @@ __all__ = [
 _SUBMODULE = {
     "MODES": "context",
     "DistributedContext": "context",
+    "first_failure": "context",
     "init_distributed": "context",
     "launched_world_size": "context",
     "GlobalBatchNorm": "models",

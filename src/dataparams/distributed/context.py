@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from dataparams.config import ConfigError
 
-__all__ = ["MODES", "DistributedContext", "init_distributed", "launched_world_size"]
+__all__ = ["MODES", "DistributedContext", "first_failure", "init_distributed", "launched_world_size"]
 
 #: Values of ``TrainConfig.distributed.mode``: the layouts of the data parameters
 #: (:mod:`~dataparams.distributed.exchange`, :mod:`~dataparams.distributed.sharded`).
@@ -185,3 +185,35 @@ def init_distributed(
     backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
     dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size, timeout=timeout)
     return DistributedContext(rank, world_size, local_rank, dev, backend, owns_process_group=True)
+
+
+def first_failure(ctx: DistributedContext, exc: BaseException) -> tuple[int, str] | None:
+    """Which rank failed first in this job: record ``exc`` as this rank's failure in the process
+    group's store unless another rank's is there already, and return that one.
+
+    A rank whose step or loader raises leaves its peers inside a collective, where they fail in
+    turn (gloo: "connection closed by peer") or wait; on several nodes each node's log then shows
+    only its own rank's error. The first failing rank writes its message under one key of the
+    job's store (an atomic compare-and-set, before its process ends and its connections close);
+    a rank that fails after it reads the message back and can say what happened.
+
+    Returns
+    -------
+    (rank, message) or None
+        The earlier failure of another rank; None when this rank's failure is the first (now
+        recorded), in one process, or when the store cannot be reached (the master gone).
+    """
+    if not ctx.is_distributed or not dist.is_initialized():
+        return None
+    # One key per attempt of the job: torchrun's restarts (--max-restarts) share the store.
+    key = f"dataparams/first_failure/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    mine = f"{ctx.rank}|{type(exc).__name__}: {exc}"
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        first = store.compare_set(key, "", mine).decode("utf-8", "replace")
+    except Exception:  # the store's host is gone too: nothing more to learn
+        return None
+    if first == mine:
+        return None
+    rank, _, message = first.partition("|")
+    return int(rank), message
