@@ -311,3 +311,47 @@ def test_merged_rows_equal_coalesce_bit_for_bit(rows, b):
     # every listing of a row carries the same sum
     for r in merged_rows.unique():
         assert len(set(sums[merged_rows == r].tolist())) == 1
+
+
+_DYNAMO_SCRIPT = r"""
+import json, warnings
+import torch
+from dataparams import DataParameters, SparseSGD
+
+warnings.simplefilter("ignore")
+torch.manual_seed(0)
+dp = DataParameters(10, 1000, class_curriculum=True, instance_curriculum=True)
+opt = SparseSGD(dp.param_groups(lr_instance=0.1, lr_class=0.1, momentum=0.9), momentum=0.9)
+y, idx, logits = torch.randint(0, 10, (32,)), torch.randint(0, 1000, (32,)), torch.randn(32, 10)
+
+def step():
+    sigma = dp(y, idx)
+    torch.nn.functional.cross_entropy(logits / sigma[:, None], y).backward()
+    opt.step()
+    opt.zero_grad()
+
+step()  # the momentum buffers exist: the traced update is the steady-state one
+update = torch._dynamo.explain(opt.step)()
+whole = torch._dynamo.explain(step)()
+print(json.dumps({"update": [update.graph_count, update.graph_break_count],
+                  "whole_breaks": whole.graph_break_count,
+                  "reasons": [str(b.reason) for b in whole.break_reasons]}))
+"""
+
+
+@pytest.mark.slow
+def test_what_torch_compile_traces_of_a_data_parameter_step():
+    # README's claim, pinned (torch 2.14): Dynamo traces SparseSGD.step as one graph without a
+    # break, while the gather's sparse gradient (torch.sparse_coo_tensor) breaks a compiled step
+    # that includes dp(y, index). Run in a fresh interpreter: Dynamo's caches and patches stay out
+    # of the other tests.
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _DYNAMO_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["update"] == [1, 0]
+    assert out["whole_breaks"] > 0
+    assert any("sparse_coo_tensor" in r for r in out["reasons"])
