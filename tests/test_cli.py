@@ -210,6 +210,16 @@ def test_every_sub_command_runs_its_own_function():
         assert sub.choices[name].get_default("func") is func
 
 
+def test_help_texts_show_single_percent_signs():
+    # argparse %-formats help strings but not descriptions: "40%%" in a description printed as is.
+    from dataparams import cli
+
+    parser = cli.get_args_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    texts = [parser.format_help()] + [p.format_help() for p in sub.choices.values()]
+    assert not [t for t in texts if "%%" in t or "%(" in t]
+
+
 @pytest.mark.parametrize("command, option, other", [
     ("train", "--data", "--data-dir"), ("train", "--data-dir", "--data"),
     ("train", "--seed", "--seeds"), ("train", "--seeds", "--seed"),

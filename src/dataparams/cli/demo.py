@@ -24,7 +24,7 @@ def add_parser(sub: Any) -> None:
     """Add ``demo`` to the sub-command parsers ``sub``; it runs :func:`cmd_demo`."""
     d = sub.add_parser("demo", help="baseline vs instance curriculum on Fashion-MNIST with 40%% label noise",
                        description="The main job: train the cross-entropy baseline and the instance-level curriculum "
-                       "on Fashion-MNIST with 40%% uniform label noise, then print test accuracy and the "
+                       "on Fashion-MNIST with 40% uniform label noise, then print test accuracy and the "
                        "noise-detection AUROC of sigma side by side.")
     d.set_defaults(func=cmd_demo)
     add_out(d, default="runs/demo", help="parent folder of the two run directories (default: %(default)s)")
