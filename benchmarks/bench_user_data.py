@@ -62,7 +62,7 @@ SETS = {
 FOLDS = 5
 
 
-def _truth(root: Path, name: str) -> np.ndarray:
+def truth_mask(root: Path, name: str) -> np.ndarray:
     return np.load(root / name / "truth.npz")["is_corrupted"]
 
 
@@ -136,14 +136,16 @@ def run_ours(path: Path, out: Path, truth: np.ndarray, reuse: bool = False) -> d
 
 
 def run_cleanlab(path: Path, out: Path, truth: np.ndarray, ours_run: Path, seed: int = 0,
-                 test: tuple[np.ndarray, np.ndarray] | None = None, reuse: bool = False) -> dict:
+                 test: tuple[np.ndarray, np.ndarray] | None = None, reuse: bool = False,
+                 train_seed: int | None = None) -> dict:
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
     t0 = time.perf_counter()
     # The same resolved config as ours (model, epochs, schedule, batch), with plain cross-entropy.
     base = config_from_dict(json.loads((ours_run / "config.json").read_text()))
-    base = apply_overrides(base, ["curriculum.class_curriculum=false", "curriculum.instance_curriculum=false"])
+    base = apply_overrides(base, ["curriculum.class_curriculum=false", "curriculum.instance_curriculum=false"]
+                           + ([f"seed={train_seed}"] if train_seed is not None else []))
     dataset = load_dataset(base.data)
     given = dataset.train.targets
     k = dataset.train.num_classes
@@ -248,7 +250,7 @@ def main() -> None:
     root, out = Path(args.data), Path(args.out)
     rows = []
     for name, rel in ((n, SETS[n]) for n in args.sets):
-        truth = _truth(root, name)
+        truth = truth_mask(root, name)
         ours = run_ours(root / rel, out / name / "ours", truth, reuse=bool(args.reuse))
         classes = [str(c) for c in np.load(root / name / "truth.npz")["classes"]]
         test = clean_test_set(name, classes, out / name)
