@@ -109,8 +109,10 @@ def train(
         # Under torchrun, a rank that fails because another one did (a collective whose peer is
         # gone) says which rank failed first and with what: on several nodes that message is
         # otherwise only in the failing node's log.
+        # An error the ranks agreed on (a damaged shard, ranks that disagree on the data) is raised
+        # alike on every rank: it is left as it is.
         earlier = first_failure(ctx, e)
-        if earlier is not None:
+        if earlier is not None and earlier[1] != f"{type(e).__name__}: {e}":
             rank, message = earlier
             raise RuntimeError(f"rank {rank} failed first: {message} (then on rank {ctx.rank}: "
                                f"{type(e).__name__}: {e})") from e
