@@ -261,3 +261,31 @@ def test_fit_drives_any_train_step_with_a_per_step_schedule():
     for lr, (x, y) in zip((0.1, 0.05), batches):
         w -= lr * float((2 * (w * x - y) * x).mean())
     assert history[0]["w"] == pytest.approx(w, rel=1e-6)
+
+
+def test_fit_sets_the_epoch_of_a_dataloaders_batch_sampler():
+    # A plain DataLoader has no set_epoch; its batch sampler does (detection's EpochBatchSampler):
+    # fit reaches it, so every epoch draws its own order.
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Sampler:
+        def __init__(self):
+            self.epochs = []
+
+        def set_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+        def __len__(self):
+            return 2
+
+        def __iter__(self):
+            return iter([[0, 1, 2], [3, 4]])
+
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 0])
+    sampler = Sampler()
+    loader = DataLoader(TensorDataset(x, y, torch.arange(5)), batch_sampler=sampler)
+    model = torch.nn.Linear(3, 2)
+    step = ClassificationStep(model, DataParameterObjective(DataParameters(2, 5)),
+                              torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"))
+    fit(step, loader, epochs=3, start_epoch=1)
+    assert sampler.epochs == [1, 2]

@@ -25,6 +25,7 @@ numbers are those of one process.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import time
 from collections.abc import Iterable, Sequence
@@ -210,7 +211,7 @@ class EpochStats:
         return out
 
 
-class TrainStep:
+class TrainStep(abc.ABC):
     """The task's half of a training step: a batch's forward pass and loss, and what is kept of it.
 
     :func:`train_one_epoch` and :func:`fit` do the other half, the same for every task: zeroing
@@ -230,19 +231,20 @@ class TrainStep:
 
     execution: Execution
 
+    @abc.abstractmethod
     def optimizers(self) -> list[Optimizer]:
-        raise NotImplementedError
+        """The optimizers stepped after every backward pass, the model's first."""
 
     def on_epoch_start(self, epoch: int) -> None:
         """Before the epoch's first batch (e.g. an objective's per-epoch schedule)."""
 
+    @abc.abstractmethod
     def train(self) -> None:
         """Training mode, and the epoch's running sums back to zero."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def loss(self, batch: Any) -> Tensor:
         """The loss of one batch from the loader, to backpropagate."""
-        raise NotImplementedError
 
     def record(self, callbacks: Sequence[Callback]) -> None:
         """After the step: keep what the epoch's numbers need, on the device (under
@@ -488,6 +490,15 @@ def evaluate(
     }
 
 
+def _set_epoch(loader: Any, epoch: int) -> None:
+    """``set_epoch`` on the loader, or else on its batch sampler or sampler (as Lightning does for a
+    ``DataLoader``)."""
+    for owner in (loader, getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
+        if hasattr(owner, "set_epoch"):
+            owner.set_epoch(epoch)
+            return
+
+
 def fit(
     step: TrainStep,
     train_loader: Any,
@@ -503,9 +514,9 @@ def fit(
 ) -> list[dict[str, Any]]:
     """Train from ``start_epoch`` to ``epochs`` (0-based, exclusive), evaluating every epoch.
 
-    ``train_loader`` may have ``set_epoch(epoch)`` (the in-memory loader, a distributed
-    sampler, detection's batch sampler); it is called so that each epoch's order depends on the
-    epoch only, which is what makes a resumed run equal an uninterrupted one. ``scheduler`` is
+    ``set_epoch(epoch)`` is called on ``train_loader`` (the package's loaders), or on a
+    ``DataLoader``'s batch sampler or sampler that has it (detection's batch sampler, a
+    ``DistributedSampler``), so that each epoch's order depends on the epoch only, which is what makes a resumed run equal an uninterrupted one. ``scheduler`` is
     stepped once per epoch, ``step_scheduler`` once per optimizer step. ``progress_factory(epoch,
     total_batches)`` returns a tqdm-like bar or None.
 
@@ -525,8 +536,7 @@ def fit(
     history = []
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
+        _set_epoch(train_loader, epoch)
         step.on_epoch_start(epoch)
         for cb in callbacks:
             cb.on_epoch_start(epoch)

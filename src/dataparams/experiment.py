@@ -108,11 +108,9 @@ def train(
     except Exception as e:
         # Under torchrun, a rank that fails because another one did (a collective whose peer is
         # gone) says which rank failed first and with what: on several nodes that message is
-        # otherwise only in the failing node's log.
-        # An error the ranks agreed on (a damaged shard, ranks that disagree on the data) is raised
-        # alike on every rank: it is left as it is.
+        # otherwise only in the failing node's log. Errors raised alike on every rank stay as they are.
         earlier = first_failure(ctx, e)
-        if earlier is not None and earlier[1] != f"{type(e).__name__}: {e}":
+        if earlier is not None:
             rank, message = earlier
             raise RuntimeError(f"rank {rank} failed first: {message} (then on rank {ctx.rank}: "
                                f"{type(e).__name__}: {e})") from e

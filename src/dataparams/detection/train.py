@@ -578,7 +578,7 @@ def _train(cfg: DetectionConfig, config: dict[str, Any], run: RunDir, *, resume:
                          table=table, evaluation=evaluation)
     writer = _RunWriter(run, step, checkpoint, epochs=o.epochs, quiet=quiet)
     t_run = time.perf_counter()
-    history = fit(step, _EpochLoader(loader, sampler), epochs=o.epochs, start_epoch=start_epoch,
+    history = fit(step, loader, epochs=o.epochs, start_epoch=start_epoch,
                   step_scheduler=scheduler, clip_grad_norm=o.clip_grad_norm, callbacks=[writer],
                   progress_factory=bar_factory)
     record: dict[str, Any] = history[-1] if history else {}
@@ -712,23 +712,6 @@ class DetectionStep(TrainStep):
         if self.evaluation is not None:
             record.update(self.evaluation(epoch))
         return record
-
-
-class _EpochLoader:
-    """The training DataLoader with a ``set_epoch`` (called by :func:`~dataparams.engine.fit`)
-    that reaches its :class:`EpochBatchSampler`."""
-
-    def __init__(self, loader: DataLoader, sampler: EpochBatchSampler) -> None:
-        self.loader, self.sampler = loader, sampler
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.loader)
 
 
 class _RunWriter(Callback):

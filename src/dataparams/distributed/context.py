@@ -197,23 +197,28 @@ def first_failure(ctx: DistributedContext, exc: BaseException) -> tuple[int, str
     job's store (an atomic compare-and-set, before its process ends and its connections close);
     a rank that fails after it reads the message back and can say what happened.
 
+    An error the ranks raise alike on purpose (a damaged shard, ranks that disagree on the data:
+    the same message on every rank) is no one rank's cause: a rank whose message is the earlier
+    one's gets None too, and keeps its own error as it is.
+
     Returns
     -------
     (rank, message) or None
-        The earlier failure of another rank; None when this rank's failure is the first (now
-        recorded), in one process, or when the store cannot be reached (the master gone).
+        The earlier, different failure of another rank; None when this rank's failure is the
+        first (now recorded) or the same as the first, in one process, or when the store cannot be
+        reached (the master gone).
     """
     if not ctx.is_distributed or not dist.is_initialized():
         return None
     # One key per attempt of the job: torchrun's restarts (--max-restarts) share the store.
     key = f"dataparams/first_failure/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-    mine = f"{ctx.rank}|{type(exc).__name__}: {exc}"
+    message = f"{type(exc).__name__}: {exc}"
     try:
         store = dist.distributed_c10d._get_default_store()
-        first = store.compare_set(key, "", mine).decode("utf-8", "replace")
+        first = store.compare_set(key, "", f"{ctx.rank}|{message}").decode("utf-8", "replace")
     except Exception:  # the store's host is gone too: nothing more to learn
         return None
-    if first == mine:
+    rank, _, first_message = first.partition("|")
+    if int(rank) == ctx.rank or first_message == message:
         return None
-    rank, _, message = first.partition("|")
-    return int(rank), message
+    return int(rank), first_message
