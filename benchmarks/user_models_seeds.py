@@ -11,7 +11,7 @@ each seed S,
   trainings), its kept ``stage2/model.pt``;
 * cleanlab: 5-fold (stratified, fold seed S) out-of-sample probabilities of the same resolved
   config trained with cross-entropy at training seed S, ``cleanlab.filter.find_label_issues``,
-  then the same network retrained at seed S on the samples it did not flag (7 trainings);
+  then the same network retrained at seed S on the samples it did not flag (6 trainings: 5 folds and the retraining);
 * cross-entropy: the same network at seed S on every given label.
 
 The config every model shares is the one ``find-issues --data`` resolves for the set (trained
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
              "", f"`python benchmarks/user_models_seeds.py {args.data} --out {args.out} --seeds "
              f"{' '.join(map(str, args.seeds))}`: seeds {', '.join(map(str, args.seeds))}, every model of every seed "
              f"trained in this run on this machine. default: `train --data` ({DATA_DEFAULT_METHOD}, two trainings); "
-             "cleanlab: find-then-retrain on 5-fold out-of-sample probabilities (seven trainings); cross-entropy on "
+             "cleanlab: find-then-retrain on 5-fold out-of-sample probabilities (six trainings: 5 folds and the retraining); cross-entropy on "
              "the given labels (one). Test accuracy (%) on 2,000 clean Fashion-MNIST test images written like each "
              "set's images; mean ± sample std over the seeds.", "",
              "| data set | train --data (default) | cleanlab find-then-retrain | cross-entropy | default - cleanlab, "

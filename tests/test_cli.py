@@ -239,3 +239,28 @@ def test_make_split_is_refused_outside_the_kitti_presets(capsys):
     assert "--make-split is for the kitti detection presets" in capsys.readouterr().err
     assert main(["train", "--preset", "kitti-synth/instance", "--make-split", "--quiet"]) == 2
     assert "--make-split writes a KITTI train/val split" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--deterministic"], ["--holdout", "0.1"]])
+def test_detection_presets_refuse_classification_only_options(tmp_path, capsys, option):
+    # Accepted and then ignored, the option would promise what the detection trainer does not do.
+    out = tmp_path / "det"
+    assert main(["train", "--preset", "kitti-synth/instance", "--out", str(out), "--device", "cpu", "--quiet",
+                 *option]) == 2
+    assert option[0] in capsys.readouterr().err and not out.exists()
+
+
+def test_find_issues_refuses_epoch_with_data(tmp_path, capsys):
+    out = tmp_path / "issues"
+    assert main(["find-issues", "--data", str(tmp_path / "labels.csv"), "--out", str(out), "--epoch", "3",
+                 "--quiet"]) == 2
+    assert "--epoch" in capsys.readouterr().err and not out.exists()
+
+
+def test_demo_offers_no_workers_option():
+    # The demo's data is in memory: a --workers there would be silently ignored.
+    from dataparams.cli import get_args_parser
+
+    sub = next(a for a in get_args_parser()._actions if a.dest == "command").choices
+    assert not any("--workers" in a.option_strings for a in sub["demo"]._actions)
+    assert any("--workers" in a.option_strings for a in sub["train"]._actions)

@@ -5,8 +5,9 @@ training; learned by gradient descent with the model, it gives a dynamic curricu
 to noisy labels and a per-sample score that singles out mislabeled data. Inference is unchanged.
 
 ``find_label_issues(data)`` does all of it on a user's data (arrays, a DataFrame, a Hugging Face
-dataset, a torch Dataset, a file or folder) and returns a DataFrame of the likely wrong labels, as
-cleanlab's Datalab does (:func:`dataparams.issues.label_issues`).
+dataset, a torch Dataset, a file or folder) and returns a DataFrame with one row per sample, the
+likely wrong labels marked by ``is_label_issue``, as cleanlab's Datalab does
+(:func:`dataparams.issues.label_issues`).
 """
 
 from typing import Any

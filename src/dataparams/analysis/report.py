@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -492,7 +492,7 @@ def _write_html(path: Path, *, title: str, header: list[str], rows: list[list[st
     parts = [f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>",
              f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
              f"<p>{sum(len(g.runs) for g in groups)} run(s) in {len(groups)} group(s); generated "
-             f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. Values are mean ± std over seeds "
+             f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}. Values are mean ± std over seeds "
              "at the last epoch; detection metrics rank samples by their instance σ (k = number of corrupted "
              "samples); the estimated number of mislabeled samples comes from a two-component mixture on "
              "log σ, without knowing the noise rate.</p>", "<h2>Results</h2>", "<table><thead><tr>"]

@@ -28,11 +28,12 @@ def add_parser(sub: Any) -> None:
                        "noise-detection AUROC of sigma side by side.")
     d.set_defaults(func=cmd_demo)
     add_out(d, default="runs/demo", help="parent folder of the two run directories (default: %(default)s)")
-    add_data_dir(d, "Fashion-MNIST folder (default: the Debian package's)")
+    add_data_dir(d, "the folder of Fashion-MNIST's four IDX files (default: $DATAPARAMS_DATA_DIR/fashion-mnist when "
+                 "that variable is set, else the Debian package's)")
     add_epochs(d, "override the demo's epoch count")
     add_seed(d, default=1, help="seed of both trainings (default: %(default)s, the seed every preset trains with)")
     add_overwrite(d, "replace earlier demo runs (default: refuse, or resume)")
-    add_execution_args(d)
+    add_execution_args(d, workers=False)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

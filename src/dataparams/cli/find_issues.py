@@ -100,6 +100,11 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
     if args.data is not None:
         from dataparams.issues import DEFAULT_SCORE, find_label_issues
 
+        if args.epoch is not None:
+            raise ConfigError("--epoch reads one snapshot of a RUN_DIR; with --data the ranking is read at the end of "
+                              "the training it runs (to rank at an earlier epoch: `dataparams find-issues "
+                              "OUT/run --epoch N` afterwards)")
+
         t0 = time.perf_counter()
         overrides = [*args.overrides, *([f"model.arch={args.model}"] if args.model else []),
                      *([f"model.weights={args.weights}"] if args.weights else [])]

@@ -84,18 +84,21 @@ def add_holdout(p: _Parser, *, help: str, default: float | None = None, metavar:
     p.add_argument("--holdout", type=float, default=default, metavar=metavar, help=help)
 
 
-def add_execution_args(p: _Parser) -> None:
+def add_execution_args(p: _Parser, *, workers: bool = True) -> None:
     """Where and how a training runs: options that do not change its result (train, demo);
-    read back by :func:`train_kwargs` (and ``--workers`` as a config override)."""
+    read back by :func:`train_kwargs` (and ``--workers`` as a config override, offered only where
+    ``workers``: the demo's data is in memory)."""
     g = p.add_argument_group("execution (does not change the result)")
     add_device(g)
     g.add_argument("--amp", default="off", choices=["off", "fp16", "bf16"],
                    help="mixed precision: fp16 (CUDA, with a gradient scaler) or bf16 (default: off)")
     g.add_argument("--deterministic", action="store_true",
                    help="use deterministic algorithms only (slower on GPU; CPU runs are deterministic anyway)")
-    g.add_argument("--workers", type=int, help="DataLoader worker processes for image-file datasets")
+    if workers:
+        g.add_argument("--workers", type=int, help="DataLoader worker processes for image-file datasets")
     add_quiet(g, "no progress bars or per-epoch lines")
-    g.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard event files")
+    g.add_argument("--no-tensorboard", action="store_true",
+                   help="do not write TensorBoard event files (classification runs; detection runs write none)")
 
 
 def train_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -24,9 +24,10 @@ def add_parser(sub: Any) -> None:
     r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or folders holding them")
     add_out(r, required=True, help="folder for the report")
     r.add_argument("--classes", nargs="+", metavar="CLASS",
-                   help="classes (indices or names) for the class-parameter figure (default: 4 at random)")
+                   help="classes (indices or names) for the class-parameter figure (default: 4 at random; "
+                   "classification runs: a detection run's figures ignore it)")
     r.add_argument("--samples", nargs="+", type=int, metavar="INDEX",
-                   help="samples (positions in the run) for the instance-parameter figure "
+                   help="classification runs: samples (positions in the run) for the instance-parameter figure "
                    "(default: 3 clean and 3 corrupted at random)")
     add_seed(r, default=0, help="seed of the random choice of the classes and samples the figures show, not a "
               "training seed (default: %(default)s)")

@@ -69,7 +69,10 @@ def add_parser(sub: Any) -> None:
                    "samples the first "
                    "training did not flag, OUT/stage2, and write OUT/pipeline.json; --set pipeline.FIELD=VALUE "
                    "sets their options (first, score, rule, fraction, retrain), other --set apply to both "
-                   "trainings. cleanlab and aum run only in the bench that compares methods (python "
+                   "trainings. A method runs its registry setting (the first of its bench tuning grid), not "
+                   "necessarily the one the bench chose: those are in benchmarks/results/fmnist_methods/spec.json "
+                   "under 'chosen', to pass with --set (e.g. dp-gce-filter: --set pipeline.retrain=baseline). "
+                   "cleanlab and aum run only in the bench that compares methods (python "
                    "benchmarks/bench.py in a source checkout)")
     t.add_argument("--config", help="start from a config.json (e.g. of an earlier run) instead of a preset")
     add_overrides(t, default=[], help="override a config field, e.g. --set optim.lr=0.1 --set "
@@ -87,7 +90,7 @@ def add_parser(sub: Any) -> None:
                    "mean ± std in OUT/seeds_summary.md and .json (detection presets: of the headline, Car AP at "
                    "IoU 0.7 easy / moderate / hard, or COCO mAP for coco-synth); not --seed, which sets the seed "
                    "of a single run")
-    add_out(t, help="run directory (default: runs/<preset>)")
+    add_out(t, help="run directory (default: runs/EXPERIMENT_VARIANT; with --data, runs/ and the file or folder name without its suffix)")
     add_resume(t, "continue the run in --out from its last checkpoint (a two-stage --method: a finished "
                 "stage is used as it is and the unfinished one continues); refused, naming what changed, "
                 "when the config or (with --data) the data changed since the run began, e.g. a label "
@@ -313,8 +316,9 @@ def _train_detection(args: argparse.Namespace) -> int:
     )
     from dataparams.detection.summary import write_seeds_summary
 
-    if args.method or args.config or args.data:
-        raise ConfigError("--method, --config and --data apply to classification presets")
+    if args.method or args.config or args.data or args.holdout is not None or args.deterministic:
+        raise ConfigError("--method, --config, --data, --holdout and --deterministic apply to classification presets "
+                          "(the detection trainer has no deterministic mode)")
     # The detection trainer has no data-parallel path: every process would train the whole set
     # and write the same run directory.
     single_process("the detection presets train in one process; torchrun runs the classification presets only")

@@ -114,8 +114,8 @@ _CM_FILTER = FilterPipeline(first="dp-instance", score="mean-loss", rule="class-
 # The same flags on dp-gce's ranking (its mean GCE loss, whose label quality the per-class rule
 # reads with the GCE bound), then a plain retraining. Development runs on seed-100 cells (never
 # reported; benchmarks/results/fmnist_methods/variants.md, "dp-gce first, per-class flags") were
-# the reason to add it. In the bench grid since (results.md): the closest to first in every column
-# (5 of 10 cells within one std, at most 1.32 points behind); not the default (README says why).
+# the reason to add it. In the bench grid since (results.md): first or within one std in 5 of 10
+# cells, at most 1.32 points behind; the default of `train --data` (DATA_DEFAULT_WHY says why).
 _GCE_CM_FILTER = FilterPipeline(first="dp-gce", score="mean-loss", rule="class-mean", retrain="baseline")
 
 METHODS: dict[str, Method] = {
