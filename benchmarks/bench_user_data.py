@@ -79,9 +79,10 @@ _TEST_STYLE = {"fmnist-folder": ("L", 32), "fmnist-rgb-csv": ("RGB", 28), "fmnis
 N_TEST = 2000
 
 
-def clean_test_set(name: str, classes: list[str], out: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """The first 2,000 Fashion-MNIST test images written like set ``name``'s and decoded by the
-    user-data loader at that set's side and channels: (uint8 (N, S, S, C), labels in ``classes``)."""
+def clean_test_set(name: str, classes: list[str], out: Path, first: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """2,000 Fashion-MNIST test images from index ``first`` (the reported tables: the first 2,000),
+    written like set ``name``'s and decoded by the user-data loader at that set's side and
+    channels: (uint8 (N, S, S, C), labels in ``classes``)."""
     if name not in _TEST_STYLE:
         return None
     from PIL import Image
@@ -95,16 +96,16 @@ def clean_test_set(name: str, classes: list[str], out: Path) -> tuple[np.ndarray
     (folder / "images").mkdir(parents=True, exist_ok=True)
     lines = ["path,label\n"]
     for i in range(N_TEST):
-        im = Image.fromarray(test.images[i, ..., 0])
+        im = Image.fromarray(test.images[first + i, ..., 0])
         if side != 28:
             im = im.resize((side, side), Image.Resampling.BILINEAR)
         im.convert(mode).save(folder / f"images/{i:05d}.png")
-        lines.append(f"images/{i:05d}.png,{int(test.targets[i])}\n")
+        lines.append(f"images/{i:05d}.png,{int(test.targets[first + i])}\n")
     (folder / "labels.csv").write_text("".join(lines))
     data = load_user_data(folder / "labels.csv", image_size=side, channels=1 if mode == "L" else 3)
     names = [c.replace("/", "_") if name == "fmnist-folder" else c for c in FASHION_MNIST_CLASSES]
     to_set = np.array([classes.index(n) for n in names])
-    return data.images, to_set[test.targets[:N_TEST]]
+    return data.images, to_set[test.targets[first:first + N_TEST]]
 
 
 def model_accuracy(model_file: Path, test: tuple[np.ndarray, np.ndarray]) -> float:

@@ -1,13 +1,13 @@
 """Benchmark data sets in the forms a user brings, with known injected label noise.
 
-    python benchmarks/user_datasets.py OUT_DIR [--n 2000] [--seed 0] [--fmnist-dir DIR] [--no-check]
+    python benchmarks/user_datasets.py OUT_DIR [--n 2000] [--seed 0] [--offset 0] [--fmnist-dir DIR] [--no-check]
 
 Made only from data that ships here (the Fashion-MNIST system package, scikit-learn's bundled
 data sets); nothing is downloaded. Each set gets its labels corrupted by
 :func:`dataparams.noise.apply_noise` and a ``truth.npz`` beside it, in the sample order and
 class numbering that :func:`dataparams.data.user.load_user_data` gives it:
 
-* ``fmnist-folder/``: the first ``n`` Fashion-MNIST training images as greyscale PNGs of 32 px
+* ``fmnist-folder/``: the first ``n`` Fashion-MNIST training images (from ``--offset``) as greyscale PNGs of 32 px
   (not the native 28) in one folder per class, the folder being the noisy label; 40% uniform
   noise (realised about 36%: a draw may land on the true class).
 * ``fmnist-rgb-csv/``: the same images at 28 px converted to RGB, listed in ``labels.csv``
@@ -66,18 +66,18 @@ def _save_truth(folder: Path, *, clean: np.ndarray, given: np.ndarray, classes: 
     )
 
 
-def _fmnist(n: int, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+def _fmnist(n: int, data_dir: str | None, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     train = load_fashion_mnist(data_dir, train=True)
-    if n > len(train):
-        raise ValueError(f"n = {n} is more than the {len(train):,} Fashion-MNIST training images")
-    return train.images[:n, ..., 0], train.targets[:n]
+    if offset < 0 or offset + n > len(train):
+        raise ValueError(f"images {offset}..{offset + n} are not among the {len(train):,} Fashion-MNIST training images")
+    return train.images[offset:offset + n, ..., 0], train.targets[offset:offset + n]
 
 
 def write_fmnist_folder(out: Path, *, n: int = 2000, size: int = 32, noise: str = "uniform", rate: float = 0.4,
-                        seed: int = 0, data_dir: str | None = None) -> Path:
+                        seed: int = 0, data_dir: str | None = None, offset: int = 0) -> Path:
     """Greyscale PNGs of ``size`` px in class folders named by the noisy label; returns the folder."""
     folder = out / "fmnist-folder"
-    images, clean_fm = _fmnist(n, data_dir)
+    images, clean_fm = _fmnist(n, data_dir, offset)
     noisy_fm, _ = apply_noise(noise, clean_fm, rate, 10, seed=seed)
     names = [_folder_name(c) for c in FASHION_MNIST_CLASSES]
     for i, (img, k) in enumerate(zip(images, noisy_fm)):
@@ -95,11 +95,11 @@ def write_fmnist_folder(out: Path, *, n: int = 2000, size: int = 32, noise: str 
 
 
 def write_fmnist_rgb_csv(out: Path, *, n: int = 2000, noise: str = "pair", rate: float = 0.3, seed: int = 0,
-                         data_dir: str | None = None) -> Path:
+                         data_dir: str | None = None, offset: int = 0) -> Path:
     """RGB PNGs at the native 28 px and ``labels.csv`` with class names; returns the list."""
     folder = out / "fmnist-rgb-csv"
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    images, clean_fm = _fmnist(n, data_dir)
+    images, clean_fm = _fmnist(n, data_dir, offset)
     noisy_fm, _ = apply_noise(noise, clean_fm, rate, 10, seed=seed)
     names = list(FASHION_MNIST_CLASSES)
     lines = ["path,label,source_index\n"]
@@ -119,14 +119,14 @@ def write_fmnist_rgb_csv(out: Path, *, n: int = 2000, noise: str = "pair", rate:
 
 
 def write_fmnist_instance_csv(out: Path, *, n: int = 2000, rate: float = 0.35, seed: int = 0,
-                              data_dir: str | None = None) -> Path:
+                              data_dir: str | None = None, offset: int = 0) -> Path:
     """Grey PNGs at 28 px and a ``path,label`` CSV with instance-dependent noise; returns the list."""
     from dataparams.data.prepare import reference_probabilities
     from dataparams.noise import instance_dependent_noise
 
     folder = out / "fmnist-instance35"
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    images, clean_fm = _fmnist(n, data_dir)
+    images, clean_fm = _fmnist(n, data_dir, offset)
     reference = reference_probabilities(images, clean_fm, 10)
     noisy_fm, _ = instance_dependent_noise(clean_fm, rate, reference, seed=seed)
     names = list(FASHION_MNIST_CLASSES)
@@ -204,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", help="folder to write the data sets into (created)")
     parser.add_argument("--n", type=int, default=2000, help="Fashion-MNIST images per image set")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
+    parser.add_argument("--offset", type=int, default=0,
+                        help="first Fashion-MNIST training image of the image sets (development sets that share no "
+                             "image with the reported ones: e.g. --offset 20000)")
     parser.add_argument("--fmnist-dir", help="Fashion-MNIST folder (default: the Debian package's)")
     parser.add_argument("--no-check", action="store_true", help="write only; do not load the sets back")
     parser.add_argument("--table", help="also write the table (Markdown) to this file")
@@ -212,9 +215,12 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
-        "fmnist-folder": write_fmnist_folder(out, n=args.n, seed=args.seed, data_dir=args.fmnist_dir),
-        "fmnist-rgb-csv": write_fmnist_rgb_csv(out, n=args.n, seed=args.seed, data_dir=args.fmnist_dir),
-        "fmnist-instance35": write_fmnist_instance_csv(out, n=args.n, seed=args.seed, data_dir=args.fmnist_dir),
+        "fmnist-folder": write_fmnist_folder(out, n=args.n, seed=args.seed, data_dir=args.fmnist_dir,
+                                                     offset=args.offset),
+        "fmnist-rgb-csv": write_fmnist_rgb_csv(out, n=args.n, seed=args.seed, data_dir=args.fmnist_dir,
+                                                     offset=args.offset),
+        "fmnist-instance35": write_fmnist_instance_csv(out, n=args.n, seed=args.seed, data_dir=args.fmnist_dir,
+                                                     offset=args.offset),
         "digits-uniform30": write_digits(out, seed=args.seed),
         "breast-cancer-pair20": write_breast_cancer(out, seed=args.seed),
     }
