@@ -305,15 +305,20 @@ def test_find_label_issues_on_arrays_and_on_the_same_npz_agree_and_leave_nothing
     assert list(scratch.iterdir()) == []  # the temporary run is gone; the frame stays
     alone = dataparams.find_label_issues(x, labels=y, **opts)
     from_file = dataparams.find_label_issues(tmp_path / "emb.npz", **opts)
-    assert list(arrays.index) == [f"row {i}" for i in range(45)] and arrays.index.name == "id"
+    # Arrays are indexed by row position, as X and y are; the npz file by its ids ("row i" without any).
+    assert list(arrays.index) == list(range(45)) and arrays.index.name == "row"
+    assert list(from_file.index) == [f"row {i}" for i in range(45)] and from_file.index.name == "id"
+    assert np.array_equal(arrays.index[arrays["is_label_issue"]], np.flatnonzero(arrays["is_label_issue"].to_numpy()))
     # One implementation: the same features train the same run, whoever loaded them.
-    for other in (alone, from_file):
-        pd.testing.assert_frame_equal(arrays, other)
-    # A holdout picks the epoch and is not ranked: rows for the others only, still in the user's order.
+    pd.testing.assert_frame_equal(arrays, alone)
+    pd.testing.assert_frame_equal(arrays.reset_index(drop=True), from_file.reset_index(drop=True))
+    # A holdout picks the epoch and is not ranked: rows for the others only, still in the user's order,
+    # each at its own row position.
     held = dataparams.find_label_issues((x, y), holdout=0.2, **opts)
     assert len(held) == 36 and sorted(held["rank"]) == list(range(1, 37))
     assert set(held.index) < set(arrays.index)
-    assert list(held.index) == sorted(held.index, key=lambda s: int(s[4:]))
+    assert list(held.index) == sorted(held.index)
+    assert np.array_equal(held["given_label_index"].to_numpy(), y[held.index.to_numpy()])
     with pytest.raises(UserDataError, match="labels= is for an X array"):
         dataparams.find_label_issues(tmp_path / "emb.npz", labels=y, **opts)
     with pytest.raises(UserDataError, match="label_column applies to a table"):
@@ -336,3 +341,93 @@ def test_find_label_issues_on_a_csv_list_is_indexed_by_its_paths(tmp_path):
     assert list(issues["given_label"]) == [name for _, name, _, _ in rows[::-1]]
     assert json.loads((tmp_path / "o" / "run" / "config.json").read_text())["data"]["data_dir"] == \
         str(tmp_path / "list.csv")
+
+
+def test_find_label_issues_on_a_dataframe_keeps_its_index(tmp_path):
+    # cleanlab's Datalab keeps the data's row index: df[issues.is_label_issue] must select rows.
+    import dataparams
+
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(5)
+    y = np.arange(40) % K
+    x = rng.normal(size=(40, 4)) + 3.0 * np.eye(K, 4)[y]
+    frame = pd.DataFrame(x, columns=list("abcd"), index=pd.Index([f"s{i:02d}" for i in range(40)], name="sample"))
+    frame["label"] = y
+    frame.loc["s03", "label"] = (y[3] + 1) % K
+    issues = dataparams.find_label_issues(frame, overrides=["optim.epochs=3"], device="cpu")
+    assert issues.index.equals(frame.index)
+    picked = frame[issues["is_label_issue"]]
+    assert list(picked.index) == [i for i, f in zip(frame.index, issues["is_label_issue"]) if f]
+    assert (issues["given_label_index"] == frame["label"]).all()
+
+
+def test_with_a_holdout_the_cleanlab_arrays_index_the_users_rows(tmp_path, capsys):
+    # cleanlab's arrays index the labels they were given: y[mask] and y[ranked] must be the user's rows.
+    rng = np.random.default_rng(7)
+    y = np.arange(60) % K
+    x = (rng.normal(size=(60, 4)) + 3.0 * np.eye(K, 4)[y]).astype(np.float32)
+    np.savez(tmp_path / "emb.npz", X=x, y=y)
+    out = tmp_path / "held"
+    rc, _, err = _cli(capsys, ["find-issues", "--data", str(tmp_path / "emb.npz"), "--out", str(out), "--holdout",
+                               "0.2", "--set", "optim.epochs=3", "--device", "cpu", "--quiet"])
+    assert rc == 0, err
+    with open(out / "issues.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    mask, ranked = np.load(out / "label_issues_mask.npy"), np.load(out / "ranked_label_issues.npy")
+    assert mask.shape == (60,) and len(table) == 48
+    flagged = sorted((int(r["rank"]), int(r["source_index"])) for r in table if r["is_label_issue"] == "True")
+    assert list(ranked) == [s for _, s in flagged]
+    assert set(np.flatnonzero(mask)) == {s for _, s in flagged}
+    held_out = set(range(60)) - {int(r["source_index"]) for r in table}
+    assert len(held_out) == 12 and not mask[sorted(held_out)].any()
+
+
+def test_default_output_folder_is_never_inside_the_data(tmp_path, monkeypatch):
+    from dataparams.data.userdata import UserDataError
+    from dataparams.issues import check_out_outside_data, default_out_dir
+
+    data = tmp_path / "shots"
+    (data / "a").mkdir(parents=True)
+    (tmp_path / "labels.csv").write_text("path,label\n")
+    monkeypatch.chdir(tmp_path)
+    assert default_out_dir("shots") == tmp_path / "shots-issues"
+    assert default_out_dir("labels.csv") == tmp_path / "labels-issues"
+    monkeypatch.chdir(data)  # `--data .` from inside the folder: named after it, written beside it
+    assert default_out_dir(".") == tmp_path / "shots-issues"
+    monkeypatch.chdir(data / "a")
+    assert default_out_dir("..") == tmp_path / "shots-issues"
+    with pytest.raises(UserDataError, match="inside the data folder"):
+        check_out_outside_data(data, data / "a" / "out")
+    check_out_outside_data(tmp_path / "labels.csv", tmp_path / "out")  # beside a list: fine
+
+
+def test_other_data_is_refused_where_a_ranking_is_kept_and_an_edit_retrains(tmp_path, capsys):
+    for name, seed in (("projA", 0), ("projB", 1)):
+        _folder(tmp_path / name / "data", n=30, size=8, seed=seed)
+    out = tmp_path / "data-issues"
+    args = ["--out", str(out), "--set", "optim.epochs=2", "--device", "cpu", "--quiet"]
+    assert _cli(capsys, ["find-issues", "--data", str(tmp_path / "projA" / "data"), *args])[0] == 0
+    before = (out / "issues.csv").read_bytes()
+    rc, _, err = _cli(capsys, ["find-issues", "--data", str(tmp_path / "projB" / "data"), *args])
+    assert rc == 2 and "other data" in err and "--overwrite" in err
+    assert (out / "issues.csv").read_bytes() == before  # projA's results are kept
+    assert _cli(capsys, ["find-issues", "--data", str(tmp_path / "projB" / "data"), *args, "--overwrite"])[0] == 0
+    # An output path that is a file: one line, not a traceback.
+    (tmp_path / "afile").write_text("x")
+    rc, _, err = _cli(capsys, ["find-issues", "--data", str(tmp_path / "projA" / "data"), "--out",
+                               str(tmp_path / "afile"), "--quiet"])
+    assert rc == 2 and "is a file" in err
+
+
+def test_a_cleaned_label_list_of_an_earlier_call_does_not_outlive_it(tmp_path, capsys):
+    rows = _folder(tmp_path / "data", n=30, size=8)
+    out = tmp_path / "issues"
+    args = ["find-issues", "--data", str(tmp_path / "data"), "--out", str(out), "--set", "optim.epochs=2",
+            "--device", "cpu", "--quiet"]
+    assert _cli(capsys, [*args, "--cleaned-labels", "relabel"])[0] == 0
+    assert (out / "cleaned_labels_relabel.csv").exists()
+    # An edited label retrains; the old list would describe the old ranking.
+    first = tmp_path / "data" / rows[0][0]
+    first.rename(tmp_path / "data" / ("bee" if rows[0][1] != "bee" else "cat") / first.name)
+    assert _cli(capsys, args)[0] == 0
+    assert not list(out.glob("cleaned_labels_*.csv"))

@@ -47,7 +47,7 @@ from dataparams.data.registry import LoadedDataset, load_dataset, user_dataset
 from dataparams.data.userdata import UserData, UserDataError
 from dataparams.experiment import train
 from dataparams.presets import complete_user_config, get_preset
-from dataparams.runs import RunDir
+from dataparams.runs import RunConflictError, RunDir
 from dataparams.runs.logger import write_line
 
 if TYPE_CHECKING:
@@ -126,6 +126,9 @@ def find_label_issues(
         The report, and the written files by name (``issues_csv``, ``label_issues_mask``,
         ``ranked_label_issues``, ``summary``, ``report_html``, ``run_dir``).
     """
+    check_out_outside_data(data, out)
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UserDataError(f"the output folder {out} is a file, not a folder")
     table = dict(label_column=label_column, image_column=image_column, id_column=id_column, split=split,
                  feature_columns=None if feature_columns is None else list(feature_columns))
     cfg = _user_config(variant, os.fspath(data), holdout=holdout, seed=seed, overrides=overrides, table=table)
@@ -197,8 +200,10 @@ def label_issues(
     -------
     pandas.DataFrame
         One row per ranked sample, in the order the data gives them (not ranked), indexed by the
-        user's ids (``id_column``, the paths as a CSV list writes them, the npz ``ids``, else
-        ``"row i"``); the index is named by ``id_column``, else ``"id"``. Columns:
+        user's ids: ``id_column``; for a file or folder the paths as a CSV list writes them or the
+        npz ``ids`` (else ``"row i"``), the index named ``"id"``; for data held in memory without
+        ``id_column``, the data's own row index (a DataFrame's index, else the positions 0..N-1),
+        named ``"row"`` unless the DataFrame's index has a name. Columns:
 
         * ``is_label_issue`` (bool): flagged as a wrong label; how many are flagged is estimated
           without being told the noise rate;
@@ -231,7 +236,7 @@ def label_issues(
     >>> y[:5] = 1                                             # five wrong labels
     >>> issues = dataparams.find_label_issues((X, y), overrides=["optim.epochs=20"], device="cpu")
     >>> sorted(issues.sort_values("rank").index[:5])          # the five wrong labels rank first
-    ['row 0', 'row 1', 'row 2', 'row 3', 'row 4']
+    [0, 1, 2, 3, 4]
     >>> list(issues.columns[:4])
     ['is_label_issue', 'label_score', 'given_label', 'predicted_label']
     """
@@ -277,6 +282,16 @@ def label_issues(
     frame = issues_frame(report, user)
     if id_column is not None:
         frame.index.name = id_column
+    elif not isinstance(data, (str, os.PathLike)):
+        # Data held in memory without ids: index the rows as the data does, so that
+        # ``df[issues.is_label_issue]`` or ``X[issues.index[issues.is_label_issue]]`` selects them
+        # (cleanlab's Datalab keeps the data's row index too).
+        import pandas as pd
+
+        rows = np.sort(report.source_index)
+        frame.index = data.index[rows] if isinstance(data, pd.DataFrame) else pd.RangeIndex(len(user.ids))[rows]
+        if frame.index.name is None:
+            frame.index.name = "row"
     return frame
 
 
@@ -316,6 +331,32 @@ def issues_frame(report: IssueReport, user: UserData) -> pandas.DataFrame:
     return frame
 
 
+def default_out_dir(data: str | os.PathLike[str], suffix: str = "-issues", *,
+                    parent: str | os.PathLike[str] | None = None) -> Path:
+    """Where a command on ``data`` writes when given no ``--out``: ``parent`` (default: the
+    working directory) / the data's name + ``suffix`` -- beside the data folder instead when that
+    would put it inside the folder (``--data .``), whose next read would take the outputs for
+    images of a new class.
+
+    The name is that of the resolved path, so ``.`` is named after the folder it is."""
+    source = Path(data).resolve()
+    name = source.stem if source.is_file() else source.name
+    base = Path(parent) if parent is not None else Path.cwd()
+    out = base / f"{name}{suffix}"
+    if source.is_dir() and out.resolve().is_relative_to(source):
+        out = source.parent / f"{name}{suffix}"
+    return out
+
+
+def check_out_outside_data(data: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """Refuse an output folder inside a data folder: a folder of class folders would read the
+    outputs (a histogram PNG, the run) as images of a new class the next time it is loaded."""
+    source = Path(data).resolve()
+    if source.is_dir() and Path(out).resolve().is_relative_to(source):
+        raise UserDataError(f"the output folder {out} is inside the data folder {data}: the next run would read "
+                            "its files as data; choose a folder outside it")
+
+
 def _user_config(variant: str, data_dir: str | None, *, holdout: float, seed: int, overrides: Sequence[str],
                  table: dict[str, Any]) -> TrainConfig:
     """The ``user/<variant>`` preset for data at ``data_dir`` (None: data held in memory), with the
@@ -329,6 +370,23 @@ def _user_config(variant: str, data_dir: str | None, *, holdout: float, seed: in
     return cfg
 
 
+def _refuse_other_data(run_dir: Path, new: dict[str, Any], changed: list[str]) -> None:
+    """Refuse to replace a run on data elsewhere whose content differs too (two sets both called
+    ``labels.csv`` ranked into the default ``labels-issues``): that is another data set, whose
+    results would be lost, not an edit of this one, which trains again. The same data moved (its
+    fingerprint unchanged) and data held in memory (no path) are not refused."""
+    import json
+
+    old = json.loads((run_dir / "config.json").read_text()).get("data", {}).get("data_dir")
+    now = new.get("data", {}).get("data_dir")
+    if not changed or old is None or now is None or Path(old).resolve() == Path(now).resolve():
+        return
+    data_changed = [c for c in changed if not c.startswith("settings differ")]
+    if data_changed:
+        raise RunConflictError(f"{run_dir.parent} holds the label issues of other data ({old}; now {now}, and "
+                               f"{data_changed[0]}): give this data its own --out, or pass --overwrite to replace them")
+
+
 def _train_and_rank(cfg: TrainConfig, dataset: LoadedDataset, out: Path, *, score: str, rule: str, device: str,
                     overwrite: bool, quiet: bool, top: int,
                     title: str) -> tuple[IssueReport, dict[str, Path]]:
@@ -339,7 +397,9 @@ def _train_and_rank(cfg: TrainConfig, dataset: LoadedDataset, out: Path, *, scor
     if not overwrite and (run_dir / "config.json").exists():
         # The config train() will store, fingerprint of the data included: the only way to see
         # that a label was edited in place, which leaves every config field as it was.
-        changed = RunDir(run_dir, defaults=config_to_dict(TrainConfig())).differences(config_to_dict(complete_user_config(cfg, dataset.user)))
+        new = config_to_dict(complete_user_config(cfg, dataset.user))
+        changed = RunDir(run_dir, defaults=config_to_dict(TrainConfig())).differences(new)
+        _refuse_other_data(run_dir, new, changed)
         overwrite, resume = bool(changed), not changed
         if changed and not quiet:
             write_line(f"{run_dir} was trained on other data or settings ({'; '.join(changed)}); "

@@ -97,6 +97,9 @@ class IssueReport:
         (:func:`~dataparams.scores.label_quality_scores`); ``None`` without ``mean_loss``.
     source_index : ndarray of int
         Position in the dataset's train split.
+    n_source : int or None
+        The number of samples in the dataset's train split (held-out samples included), when the
+        dataset was loaded: the length of the written ``label_issues_mask.npy``.
     paths : list of str
         Image file per sample for file-based datasets, else empty strings.
     class_names : list of str or None
@@ -132,6 +135,7 @@ class IssueReport:
     is_corrupted: np.ndarray | None = None
     estimate: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    n_source: int | None = None
 
     @property
     def n(self) -> int:
@@ -367,13 +371,27 @@ class IssueReport:
         return cols
 
     def write_cleanlab(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-        """``label_issues_mask.npy`` (bool (N,)) and ``ranked_label_issues.npy`` (int, flagged only)."""
+        """``label_issues_mask.npy`` (bool) and ``ranked_label_issues.npy`` (int, flagged only).
+
+        They index the dataset's train split -- the rows of the user's data, as cleanlab's arrays
+        index the labels they were given -- when it is known (``n_source``): the mask has
+        ``n_source`` entries, False for samples the run held out, and the ranked indices are
+        ``source_index`` values. A run that holds out nothing gives the same arrays either way.
+        Without the dataset they index the run's samples (:meth:`label_issues_mask`)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        mask, ranked = out / "label_issues_mask.npy", out / "ranked_label_issues.npy"
-        np.save(mask, self.label_issues_mask())
-        np.save(ranked, self.ranked_label_issues())
-        return {"label_issues_mask": mask, "ranked_label_issues": ranked}
+        mask_file, ranked_file = out / "label_issues_mask.npy", out / "ranked_label_issues.npy"
+        mask, ranked = self.label_issues_mask(), self.ranked_label_issues()
+        source = np.asarray(self.source_index, dtype=np.int64)
+        # A dataset given by the caller that is not the run's (smaller than its indices) cannot
+        # place the samples: the run's own positions then.
+        if self.n_source is not None and (source.size == 0 or int(source.max()) < self.n_source):
+            mask = np.zeros(self.n_source, dtype=bool)
+            mask[source[self.is_flagged]] = True
+            ranked = source[ranked]
+        np.save(mask_file, mask)
+        np.save(ranked_file, ranked)
+        return {"label_issues_mask": mask_file, "ranked_label_issues": ranked_file}
 
     def write_cleaned_labels(self, path: str | os.PathLike[str], *, action: str = "relabel") -> Path:
         """A CSV ``index,source_index,label`` to retrain on (see :meth:`cleaned_labels`)."""
@@ -420,15 +438,18 @@ def _descending_ranks(score: np.ndarray, tiebreak: np.ndarray | None = None) -> 
     return rank
 
 
-def _dataset_info(run: LoadedRun, notes: list[str], ds: Any = None) -> tuple[list[str] | None, list[str] | None]:
+def _dataset_info(run: LoadedRun, notes: list[str],
+                  ds: Any = None) -> tuple[list[str] | None, list[str] | None, int | None]:
+    """Class names, every train-split sample's path (or the user's id) and the split's size."""
     if ds is None:
         ds, why = load_run_dataset(run.config)
         if ds is None:  # no data here is fine: the ranking does not need it
             notes.append(f"dataset {why}; no class names or file paths")
-            return None, None
+            return None, None, None
+    n = len(ds.train.targets)
     if ds.user is not None:  # the user's own data: the paths (or ids) as the user wrote them
-        return list(ds.train.classes), list(ds.user.ids)
-    return list(ds.train.classes), (list(ds.train.paths) if ds.train.paths is not None else None)
+        return list(ds.train.classes), list(ds.user.ids), n
+    return list(ds.train.classes), (list(ds.train.paths) if ds.train.paths is not None else None), n
 
 
 def run_loss(config: dict[str, Any]) -> tuple[str, float | None]:
@@ -581,9 +602,9 @@ def find_issues(
     if mean_loss is not None:
         label_score = label_quality_scores(mean_loss, loss=loss_kind, q=q)
 
-    class_names, paths = (None, None)
+    class_names, paths, n_source = (None, None, None)
     if load_dataset:
-        class_names, all_paths = _dataset_info(run, notes, dataset)
+        class_names, all_paths, n_source = _dataset_info(run, notes, dataset)
         src = run.labels["source_index"]
         if all_paths is not None:
             paths = [all_paths[int(i)] for i in src]
@@ -614,6 +635,7 @@ def find_issues(
         true_label=run.labels["clean"].astype(np.int64) if corrupted is not None else None,
         is_corrupted=corrupted,
         estimate=est,
+        n_source=n_source,
         # With what reading the snapshots added: a snapshot skipped as unreadable (a damaged
         # file, a missing shard file of a sharded run), named, and why an earlier epoch was used.
         notes=[*notes, *(w for w in run.warnings if w not in notes)],

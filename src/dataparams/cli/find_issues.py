@@ -53,7 +53,9 @@ def add_parser(sub: Any) -> None:
     add_data(f, "your data: a path,label CSV/TSV list, a folder of class "
               "folders, an .npz with X (features) and y, a .parquet file or a datasets save_to_disk "
               "folder (see the table options below)")
-    add_out(f, help="output folder (default: RUN_DIR/issues, or <data name>-issues with --data)")
+    add_out(f, help="output folder (default: RUN_DIR/issues; with --data, <data name>-issues in the working "
+            "directory, or beside the data folder when the working directory is inside it; an output folder "
+            "inside a data folder is refused)")
     f.add_argument("--score", choices=list(SCORES),
                    help="sigma: instance temperature at an epoch; sigma-mean: sigma integrated over training "
                    "(geometric mean over the epochs); last-loss: each sample's training loss at its last visit; "
@@ -87,6 +89,15 @@ def add_parser(sub: Any) -> None:
     add_table_args(f)
 
 
+def _drop_stale_cleaned_labels(out: Path, keep: str | None) -> None:
+    """Remove the cleaned label lists of an earlier call that this one does not write again: the
+    ranking beside them is new (retrained on edited labels, or ranked otherwise), and a list from
+    the old one would be trained on as if it belonged to it."""
+    for old in out.glob("cleaned_labels_*.csv"):
+        if keep is None or old.name != f"cleaned_labels_{keep}.csv":
+            old.unlink()
+
+
 def cmd_find_issues(args: argparse.Namespace) -> int:
     from dataparams.analysis.find_issues import find_issues
     from dataparams.config import ConfigError
@@ -98,7 +109,7 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
     single_process("find-issues runs in one process; under torchrun use `dataparams train --data PATH`, then "
                     "`dataparams find-issues RUN_DIR` without torchrun")
     if args.data is not None:
-        from dataparams.issues import DEFAULT_SCORE, find_label_issues
+        from dataparams.issues import DEFAULT_SCORE, default_out_dir, find_label_issues
 
         if args.epoch is not None:
             raise ConfigError("--epoch reads one snapshot of a RUN_DIR; with --data the ranking is read at the end of "
@@ -108,11 +119,12 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         overrides = [*args.overrides, *([f"model.arch={args.model}"] if args.model else []),
                      *([f"model.weights={args.weights}"] if args.weights else [])]
-        out = Path(args.out) if args.out else Path(f"{Path(args.data).stem}-issues")
+        out = Path(args.out) if args.out else default_out_dir(args.data)
         report, files = find_label_issues(args.data, out, score=args.score or DEFAULT_SCORE, rule=args.rule,
                                           holdout=args.holdout,
                                           overrides=overrides, seed=args.seed, device=args.device,
                                           overwrite=args.overwrite, quiet=args.quiet, **table)
+        _drop_stale_cleaned_labels(out, args.cleaned_labels)
         if args.cleaned_labels:
             files["cleaned_labels"] = report.write_cleaned_labels(out / f"cleaned_labels_{args.cleaned_labels}.csv",
                                                                   action=args.cleaned_labels)
@@ -124,6 +136,8 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
             return _find_box_issues(args)
         report = find_issues(args.run_dir, score=args.score or "sigma", epoch=args.epoch, rule=args.rule)
         out = Path(args.out) if args.out else Path(args.run_dir) / "issues"
+        if out.is_dir():
+            _drop_stale_cleaned_labels(out, args.cleaned_labels)
         files = report.save(out, cleaned_labels=args.cleaned_labels)
     summary = report.summary()
     print(f"{summary['run_dir']}: scored by {summary['score']} at epoch {summary['epoch']}")
