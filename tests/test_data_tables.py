@@ -318,7 +318,7 @@ def test_save_to_disk_folders(tmp_path):
     assert ud.choices["split"] == {"value": "test", "why": "given"}
 
     datasets.DatasetDict({"a": train, "b": test}).save_to_disk(str(tmp_path / "nodefault"))
-    _error(tmp_path / "nodefault", r"splits a, b and none named 'train'; pass split=")
+    _error(tmp_path / "nodefault", r"splits a, b and none named 'train'; pass split= \(CLI: --split\)$")
     _error(tmp_path / "dict", r"no split 'val'; the DatasetDict holds test, train", split="val")
 
 
@@ -339,7 +339,8 @@ def test_bad_tables_name_the_column_and_the_row(tmp_path):
     y = [0, 1, 0, 1]
     good = _png_bytes(np.zeros((4, 4), np.uint8))
     cases = [
-        (pd.DataFrame({"f": f, "y": y}), {}, r"^DataFrame: no column 'label'; the columns are 'f', 'y'$"),
+        (pd.DataFrame({"f": f, "y": y}), {}, r"^DataFrame: no column 'label'; the columns are 'f', 'y'; label_column= \(CLI: --label-column\) names "
+         r"the column of labels$"),
         (pd.DataFrame({"f": f, "label": y}), {"id_column": "name"}, r"no column 'name'; the columns are 'f', 'label'"),
         (pd.DataFrame({"f": f, "label": [0, None, 1, 0]}), {}, r"column 'label', row 1: no label \(nan\)"),
         (pd.DataFrame({"f": f, "label": ["a", "b", None, "a"]}), {}, r"column 'label', row 2: no label"),
@@ -410,7 +411,108 @@ def test_bad_hf_datasets():
     datasets = _datasets()
     features = datasets.Features({"f": datasets.Value("float32"), "label": datasets.ClassLabel(names=["a", "b"])})
     ds = datasets.Dataset.from_dict({"f": [1.0, 2.0, 3.0], "label": [0, -1, 1]}, features=features)
-    _error(ds, r"^Dataset: column 'label', row 1: no label \(-1 in a ClassLabel column\)$")
-    _error(ds, r"^Dataset: no column 'target'; the columns are 'f', 'label'$", label_column="target")
-    _error(ds, r"split='train' was given but this is one Dataset", split="train")
+    _error(ds, r"^Dataset: column 'label', row 1: no label \(-1 in a ClassLabel column\)\. Label every row")
+    _error(ds, r"^Dataset: no column 'target'; the columns are 'f', 'label'; label_column= \(CLI: --label-column\)", label_column="target")
+    _error(ds, r"split='train' \(CLI: --split\) was given but this is one Dataset", split="train")
     _error(ds, r"labels= is for an X array", labels=[0, 1, 0])
+
+
+# ---------------------------------------------------------------------------------------------
+# labels: every form reads them by the rules for a CSV list's labels
+
+
+def _forms(tmp_path, labels):
+    """The same two features per row and ``labels`` as each form a user may hand over: a DataFrame,
+    (X, y) arrays, a torch Dataset, a parquet file and a save_to_disk folder: [(data, how the
+    form names row i first and after, as regexes)]."""
+    datasets = _datasets()
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    x = np.arange(2.0 * len(labels)).reshape(-1, 2)
+    df = pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "label": labels})
+    df.to_parquet(tmp_path / "t.parquet")
+    datasets.Dataset.from_pandas(df).save_to_disk(str(tmp_path / "saved"))
+    column = ("column 'label', row {}", "row {}")
+    return [
+        (df, column),
+        ((x, np.array(labels, dtype=object)), (r"y\[{}\]", r"y\[{}\]")),
+        (_TensorDataset(list(torch.from_numpy(x)), list(labels)), ("sample {}, y", "sample {}")),
+        (tmp_path / "t.parquet", column),
+        (tmp_path / "saved", column),
+    ]
+
+
+def test_whole_number_labels_written_as_text_are_class_indices_in_every_form(tmp_path):
+    y = np.repeat(np.arange(12), 2)
+    # "10" is class 10 (not the 2nd name in string order) and "3.0" is 3: what a CSV of them gives.
+    text = [f"{k}.0" if i % 2 else str(k) for i, k in enumerate(y)]
+    for data, _ in _forms(tmp_path, text):
+        ud = _load(data)
+        assert ud.classes == [str(k) for k in range(12)], data
+        np.testing.assert_array_equal(ud.targets, y, err_msg=str(data))
+        assert "whole numbers written as decimals ('0.0') read as integers" in ud.choices["classes"]["why"]
+
+
+def test_bad_labels_are_refused_alike_in_every_form(tmp_path):
+    """The refusals of a CSV list's labels (test_data_user), with rows named as each form numbers them."""
+    ok = ["pullover", "shirt"] * 3
+    cases = [
+        (["PULLOVER"] + ok[1:], r"{2}: labels 'PULLOVER' \(1 row, first {r0}\) and 'pullover' \(2 rows\) differ only "
+         r"in case; write one spelling"),
+        (ok[:3] + ["nan"] + ok[4:], r"{3}: label 'nan' is a missing value, not a class\. Label every row"),
+        (ok[:2] + ["NA", "shirt", " "] + ok[5:], r"{2}: label 'NA' is a missing value, not a class; 1 more row "
+         r"without a label: {r4}\. Label every row"),
+        (ok[:1] + ["", "Pullover"] + ok[3:], r"{1}: empty label\. Label every row"),
+        (ok[:1] + [None, "shirt", None] + ok[4:], r"{1}: no label; 1 more row without a label: "
+         r"{r3}\. Label every row"),
+        (["7", "pullover", "7.0"] + ok[3:], r"{2}: labels '7' \(1 row, first {r0}\) and '7\.0' \(1 row\) are the same "
+         "number"),
+    ]
+    for k, (labels, match) in enumerate(cases):
+        for data, (first, later) in _forms(tmp_path / str(k), labels):
+            here = match.format(*(first.format(i) for i in range(6)), **{f"r{i}": later.format(i) for i in range(6)})
+            with pytest.raises(UserDataError, match=here):
+                _load(data)
+    # The class list alone makes two spellings two classes, as classes.txt does for a CSV.
+    for data, _ in _forms(tmp_path / "listed", ["PULLOVER"] + ok[1:]):
+        ud = _load(data, classes=["pullover", "shirt", "PULLOVER"])
+        assert ud.targets.tolist() == [2, 1, 0, 1, 0, 1]
+
+
+def test_an_image_file_named_twice_is_one_sample_or_refused_as_in_a_csv(tmp_path):
+    csv, names, labels = _files(tmp_path)
+    root = csv.parent
+    # The loader of record: a CSV list naming the first file again with its label.
+    pd.DataFrame({"path": names + ["./" + names[0]], "label": labels + [labels[0]]}).to_csv(root / "twice.csv",
+                                                                                           index=False)
+    ref = load_user_data(root / "twice.csv", progress=False)
+    pd.DataFrame({"path": names + ["./" + names[0]], "label": labels + [labels[0]]}).to_parquet(root / "t.parquet")
+    ud = _load(root / "t.parquet")
+    _same_images(ud, ref)
+    assert len(ud) == len(names) and ud.ids == [f"row {i}" for i in range(len(names))]
+    assert ud.choices["duplicates"]["value"] == 1
+    assert "listed a file again with the same label" in ud.choices["duplicates"]["why"]
+
+    other = {"cat": "dog", "dog": "emu", "emu": "cat"}[labels[0]]
+    df = pd.DataFrame({"path": names + [names[0]], "label": labels + [other]})
+    df.to_parquet(root / "conflict.parquet")
+    _error(root / "conflict.parquet", rf"column 'path', row 9: {root / names[0]} is listed twice with different "
+           rf"labels, '{labels[0]}' at row 0 and '{other}' here; keep the row with the right label")
+
+
+def test_table_messages_name_the_keyword_and_the_command_line_flag(tmp_path):
+    from dataparams.cli import get_args_parser
+
+    datasets = _datasets()
+    png = _png_bytes(np.zeros((4, 4), np.uint8))
+    two = pd.DataFrame({"a": [png] * 2, "b": [png] * 2, "label": [0, 1]})
+    _error(two, r"columns 'a', 'b' all hold images; pass image_column= \(CLI: --image-column\)$")
+    both = pd.DataFrame({"n": [1.0, 2.0], "v": [[1.0], [2.0]], "label": [0, 1]})
+    _error(both, r"could be the features; pass feature_columns= \(CLI: --feature-columns\)$")
+    _error(pd.DataFrame({"t": ["x", "y"], "label": [0, 1]}),
+           r"Pass image_column= \(CLI: --image-column\) or feature_columns= \(CLI: --feature-columns\)$")
+    ds = datasets.Dataset.from_dict({"f": [1.0, 2.0], "label": [0, 1]})
+    datasets.DatasetDict({"a": ds, "b": ds}).save_to_disk(str(tmp_path / "dict"))
+    _error(tmp_path / "dict", r"none named 'train'; pass split= \(CLI: --split\)$")
+    # The flags named are the command line's own.
+    get_args_parser().parse_args(["find-issues", "--data", "t.parquet", "--split", "a", "--image-column", "a",
+                                  "--feature-columns", "n", "--label-column", "y", "--id-column", "k"])

@@ -261,8 +261,8 @@ def test_missing_labels_name_every_row_and_write_nothing(tmp_path):
     # npz: NaN among float labels, and string markers
     x = np.zeros((4, 2))
     np.savez(tmp_path / "f.npz", X=x, y=np.array([0, np.nan, 1, np.nan]))
-    msg = _error(tmp_path / "f.npz", r"f.npz: row 1 \(y\[1\]\): label nan is missing; 2 rows without a label")
-    assert "row 3" in msg
+    _error(tmp_path / "f.npz", r"f.npz: row 1 \(y\[1\]\): no label \(nan\); 1 more row without a label: row 3\. "
+           r"Label every row")
     np.savez(tmp_path / "s.npz", X=x, y=np.array(["a", "b", "None", "a"]))
     _error(tmp_path / "s.npz", r"s.npz: row 2 \(y\[2\]\): label 'None' is a missing value")
 
@@ -437,6 +437,9 @@ def test_npz_features_integer_and_string_labels(tmp_path):
     data = _load(tmp_path / "names.npz")
     assert data.classes == ["wolf", "cat", "emu"] and data.targets[:2].tolist() == [0, 1]
     assert data.ids[5] == "item-5"
+    # ids name one row each, as a table's id column must
+    np.savez(tmp_path / "dup.npz", X=x, y=names, ids=np.array(["a"] * 30))
+    _error(tmp_path / "dup.npz", r"dup.npz: ids\[1\]: id 'a' is also row 0's; ids name one row each")
     np.savez(tmp_path / "float_ints.npz", X=x, y=(np.arange(30) % 2).astype(np.float64))
     assert _load(tmp_path / "float_ints.npz").classes == ["0", "1"]
     split = data.to_split()
@@ -575,6 +578,28 @@ def test_empty_class_folder_is_an_error_here_but_not_for_imagenet_folders(tmp_pa
     msg = _error(root, r"data/emu: class folder holds no images")
     assert "readme.gif" in msg
     assert load_image_folder(root).classes == ["cat", "dog", "emu"]  # the ImageNet loader keeps it
+
+
+def test_hidden_entries_are_skipped_and_loose_images_left_out_with_a_note(tmp_path):
+    clean = _tree(tmp_path / "clean", classes=("cat", "dog"), per_class=2)
+    root = _tree(tmp_path / "data", classes=("cat", "dog"), per_class=2)
+    # What Jupyter and macOS leave behind: a checkpoint folder, resource forks that are no image.
+    (root / ".ipynb_checkpoints").mkdir()
+    (root / ".ipynb_checkpoints" / "look-checkpoint.ipynb").write_text("{}")
+    (root / "cat" / "._00.png").write_bytes(b"\x00\x05\x16\x07 not a png")
+    _save(root / "cat" / ".thumbs" / "00.png", _grey(np.random.default_rng(1), 12))
+    for name in ("x.png", "y.jpg"):
+        _save(root / name, _grey(np.random.default_rng(2), 12))
+    data, ref = _load(root), _load(clean)
+    assert data.ids == ref.ids == ["cat/00.png", "cat/01.png", "dog/00.png", "dog/01.png"]
+    np.testing.assert_array_equal(data.images, ref.images)
+    assert data.classes == ref.classes == ["cat", "dog"]
+    note = data.choices["left_out"]
+    assert note["value"] == 2
+    assert f"2 image files are directly in {root}, not in a class folder, and left out (x.png, y.jpg)" in note["why"]
+    assert "hidden folders (.ipynb_checkpoints/) are skipped" in note["why"]
+    assert "left_out" not in ref.choices
+    assert load_image_folder(root).classes == ["cat", "dog"]  # the ImageNet loader skips them too
 
 
 def test_folder_without_classes_or_with_one(tmp_path):

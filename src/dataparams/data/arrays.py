@@ -45,12 +45,13 @@ def from_arrays(
     x = np.asarray(x)
     if x.ndim < 2:
         raise UserDataError(f"{source}: X of shape {x.shape}; expected (N, D) features or (N, H, W[, C]) images")
-    labels = label_values(y, lambda i: f"{source}: y[{i}]", f"{source}: y")
+    labels = label_values(y, lambda i: f"{source}: y[{i}]", f"{source}: y", row=lambda i: f"y[{i}]")
     if len(x) != len(labels):
         raise UserDataError(f"{source}: X has {len(x):,} rows but y has {len(labels):,} labels")
     if len(x) == 0:
         raise UserDataError(f"{source}: zero samples (X is empty)")
-    targets, classes, why = encode_values(labels, given, lambda i: f"{source}: y[{i}]", "the classes argument")
+    targets, classes, why = encode_values(labels, given, lambda i: f"{source}: y[{i}]", "the classes argument",
+                                          row=lambda i: f"y[{i}]")
     check_classes_used(targets, classes, f"{source}: y")
     ids = [f"row {i}" for i in range(len(x))]
     n = len(x)
@@ -147,8 +148,9 @@ def from_torch(ds: Any, given: list[str] | None, opts: dict[str, Any], progress:
     names = getattr(ds, "classes", None)
     if given is None and isinstance(names, (list, tuple)) and names and all(isinstance(c, str) for c in names):
         given, class_source = check_class_list(list(names), f"{source}.classes"), f"{source}.classes"
-    targets, classes, why = encode_values(label_values(labels, lambda i: f"{where(i)}, y", f"{source}: y"), given,
-                                    lambda i: f"{where(i)}, y", class_source)
+    values = label_values(labels, lambda i: f"{where(i)}, y", f"{source}: y", row=lambda i: f"sample {i}")
+    targets, classes, why = encode_values(values, given, lambda i: f"{where(i)}, y", class_source,
+                                          row=lambda i: f"sample {i}")
     check_classes_used(targets, classes, f"{source}: y")
     ids = [f"row {i}" for i in range(len(targets))]
     count = len(targets)

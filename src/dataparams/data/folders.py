@@ -29,13 +29,15 @@ __all__ = [
     "IMG_EXTENSIONS",
     "ImageFileDataset",
     "imagenet_transforms",
+    "is_hidden",
     "load_filelist",
     "load_image_folder",
     "load_imagenet",
     "load_webvision",
 ]
 
-# The same set torchvision's ImageFolder accepts, so both see the same files in the same order.
+# The same set torchvision's ImageFolder accepts, so both see the same files in the same order
+# (hidden ones aside: is_hidden).
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,8 +54,16 @@ _WEBVISION_HOW_TO = (
 )
 
 
+def is_hidden(name: str) -> bool:
+    """Whether a file or folder is hidden (its name starts with a dot). Such entries are tools'
+    leftovers, not data -- Jupyter's ``.ipynb_checkpoints/``, macOS's ``._photo.jpg`` resource
+    forks -- and are skipped everywhere in class folders, where torchvision's ImageFolder would
+    take ``.ipynb_checkpoints`` for an (empty) class."""
+    return name.startswith(".")
+
+
 def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMG_EXTENSIONS)
+    return name.lower().endswith(IMG_EXTENSIONS) and not is_hidden(name)
 
 
 def _check_first_exists(paths: list[str], what: str, how_to_get: str) -> None:
@@ -64,7 +74,7 @@ def _check_first_exists(paths: list[str], what: str, how_to_get: str) -> None:
 
 def _subfolders(path: Path) -> list[str]:
     with os.scandir(path) as entries:
-        return sorted(e.name for e in entries if e.is_dir())
+        return sorted(e.name for e in entries if e.is_dir() and not is_hidden(e.name))
 
 
 def _walk(top: Path) -> Any:
@@ -73,6 +83,7 @@ def _walk(top: Path) -> Any:
     until the path is too long, and two links to one folder would list its images twice."""
     seen: dict[tuple[int, int], str] = {}
     for entry in os.walk(top, followlinks=True):
+        entry[1][:] = [d for d in entry[1] if not is_hidden(d)]  # in place: os.walk then skips them
         st = os.stat(entry[0])
         key = (st.st_dev, st.st_ino)
         if key in seen:

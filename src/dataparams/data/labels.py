@@ -9,7 +9,10 @@ the K class names, and why (for :attr:`~dataparams.data.userdata.UserData.choice
   one class is an error unless the class list (:func:`read_classes_file`) names them.
 * Labels held in memory (arrays, tensors, the items of a Dataset, a table's column) already have
   a type: :func:`label_values` turns them into indices or names, :func:`encode_values` into
-  ``targets``.
+  ``targets``; names go through :func:`encode_labels`, so ``"1.0"``, ``"nan"`` or ``Shirt`` next
+  to ``shirt`` mean in a DataFrame what they mean in a CSV.
+* A file named twice (:func:`repeated_files`) and an id given twice (:func:`read_ids`) are
+  refused alike whatever holds them.
 
 Every refusal is a :class:`~dataparams.data.userdata.UserDataError` naming the row.
 """
@@ -22,7 +25,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from torch import Tensor
@@ -39,8 +42,11 @@ __all__ = [
     "first_rows",
     "how_they_differ",
     "is_missing",
+    "refuse_missing",
     "label_values",
     "read_classes_file",
+    "read_ids",
+    "repeated_files",
     "rows_text",
     "spelling_key",
     "two_spellings",
@@ -106,31 +112,47 @@ def first_rows(rows: Sequence[int], row: Callable[[int], str], limit: int = 4) -
     return shown + (f" and {len(rows) - limit:,} more" if len(rows) > limit else "")
 
 
-def _check_missing(
-    raw: Sequence[str], known: set[str], where: Callable[[int], str], row: Callable[[int], str]
-) -> None:
-    """One error naming every row whose label is empty or a missing-value marker (``row``: the
-    row without the file name, for the second and later mentions)."""
-    missing = [i for i, label in enumerate(raw) if label.casefold() in _MISSING and label not in known]
+def refuse_missing(rows: Sequence[int], first: str, where: _Where, row: _Where, hint: str = "") -> NoReturn:
+    """Raise one error naming every row in ``rows`` (the rows without a label): ``first`` says what
+    the first one holds, ``where`` names it with its file, ``row`` the others without."""
+    i = rows[0]
+    more = ""
+    if len(rows) > 1:
+        others = rows[1:]
+        more = f"; {len(others):,} more {'row' if len(others) == 1 else 'rows'} without a label: "
+        more += first_rows(others, row)
+    raise UserDataError(
+        f"{where(i)}: {first}{more}. Label every row, or delete the rows to leave those samples out{hint}"
+    )
+
+
+def _check_missing(raw: Sequence[str | None], known: set[str], where: _Where, row: _Where) -> None:
+    """One error naming every row whose label is None (a cell without a value), empty or a
+    missing-value marker (``row``: the row without the file name, for the second and later
+    mentions)."""
+    missing = [i for i, label in enumerate(raw) if label is None or (label.casefold() in _MISSING and label not in known)]
     if not missing:
         return
     i = missing[0]
-    first = "empty label" if not raw[i] else f"label {raw[i]!r} is a missing value, not a class"
-    more = ""
-    if len(missing) > 1:
-        others = missing[1:]
-        more = f"; {len(others):,} more {'row' if len(others) == 1 else 'rows'} without a label: "
-        more += first_rows(others, row)
-    markers = sorted({raw[j] for j in missing if raw[j]})
+    label = raw[i]
+    first = "no label" if label is None else "empty label" if not label else f"label {label!r} is a missing value, not a class"
+    markers = sorted({m for m in (raw[j] for j in missing) if m})
     hint = ""
     if markers:
         verb = "is" if len(markers) == 1 else "are"
         hint = (
             f" ({', '.join(repr(m) for m in markers[:4])} {verb} read as a missing value; a class list "
-            "(classes.txt) that names one makes it a class)"
+            "(classes.txt; classes= in Python) that names one makes it a class)"
         )
+    refuse_missing(missing, first, where, row, hint)
+
+
+def _refuse_fractional(rows: Sequence[int], shown: str, where: _Where) -> NoReturn:
+    """Raise for labels that are numbers but not whole (``shown``: the first one as written)."""
     raise UserDataError(
-        f"{where(i)}: {first}{more}. Label every row, or delete the rows to leave those samples out{hint}"
+        f"{where(rows[0])}: label {shown} is not a whole number ({rows_text(len(rows))} like it); "
+        "numeric labels are class indices 0, 1, ... For classes named by numbers, list them in classes.txt "
+        "(classes= in Python)"
     )
 
 
@@ -150,7 +172,8 @@ def how_they_differ(a: str) -> str:
     return "are the same number" if _number(a) is not None else "differ only in case"
 
 
-_ONE_SPELLING = "write one spelling, or list both in classes.txt if they are different classes"
+# The class list is classes.txt beside a list or in a folder, the classes argument in Python.
+_ONE_SPELLING = "write one spelling, or list both in classes.txt (classes= in Python) if they are different classes"
 
 
 def _check_spellings(labels: Sequence[str], where: Callable[[int], str], row: Callable[[int], str]) -> None:
@@ -167,14 +190,15 @@ def _check_spellings(labels: Sequence[str], where: Callable[[int], str], row: Ca
 
 
 def encode_labels(
-    raw: Sequence[str],
+    raw: Sequence[str | None],
     classes: list[str] | None,
     where: Callable[[int], str],
     class_source: str,
     *,
     row: Callable[[int], str] | None = None,
 ) -> tuple[np.ndarray, list[str], str]:
-    """String labels, whitespace already stripped -> (targets (N,) int64, classes, why).
+    """String labels, whitespace already stripped -> (targets (N,) int64, classes, why). A None
+    is a cell without a value (:func:`label_values`), refused as an empty label is.
 
     ``where(i)`` names row ``i`` with its file; ``row(i)`` without (default ``where``), for the
     rows an error names after the first.
@@ -184,7 +208,7 @@ def encode_labels(
     Without one, labels that are all whole numbers index classes "0".."max" (``1.0`` is 1: a
     spreadsheet that stored the column as decimals means the integer); names are sorted.
 
-    Raises :class:`UserDataError` for an empty label or a missing-value marker (``nan``, ``NA``,
+    Raises :class:`UserDataError` for a missing, empty label or a missing-value marker (``nan``, ``NA``,
     ``N/A``, ...; all such rows are named) unless the class list names it, for numeric labels
     that are not whole, and, without a class list, for two labels that differ only in case or
     spell one number (``Shirt``/``shirt``, ``1``/``1.0``): a class list that names both makes
@@ -201,12 +225,7 @@ def encode_labels(
     if all(v is not None for v in numbers):
         fractional = [i for i, v in enumerate(numbers) if not (isinstance(v, int) or float(v).is_integer())]
         if fractional:
-            i = fractional[0]
-            raise UserDataError(
-                f"{where(i)}: label {raw[i]!r} is not a whole number ({rows_text(len(fractional))} like it); "
-                "numeric labels are class indices 0, 1, ... For classes named by numbers, list them in "
-                "classes.txt"
-            )
+            _refuse_fractional(fractional, repr(raw[fractional[0]]), where)
         values = np.array([int(v) for v in numbers], dtype=np.int64)  # type: ignore[arg-type]
         targets, classes, why = encode_ints(values, classes, where, class_source)
         decimal = next((label for label in raw if not _PLAIN_INT.fullmatch(label)), None)
@@ -281,8 +300,18 @@ def is_missing(v: Any) -> bool:
     return pd is not None and (v is pd.NA or v is pd.NaT)
 
 
-def label_values(values: Any, where: _Where, what: str) -> np.ndarray | list[str]:
-    """Labels as int64 (N,) class indices or N stripped names; ``what`` names them in messages."""
+def label_values(
+    values: Any, where: _Where, what: str, *, row: _Where | None = None
+) -> np.ndarray | list[str | None]:
+    """Labels as int64 (N,) class indices or N stripped names; ``what`` names them in messages,
+    ``row(i)`` names row ``i`` briefly (default ``where``) after the first.
+
+    Names are read further by :func:`encode_values`, by the rules for labels written as text; a
+    cell without a value (None, NaN, pandas' ``NA``) among them is None there, refused with the
+    empty labels and missing-value markers. Among numbers, such rows are refused here, all named
+    in one error.
+    """
+    row = row or where
     if isinstance(values, Tensor):
         values = values.detach().cpu().numpy()
     pd = sys.modules.get("pandas")
@@ -301,13 +330,12 @@ def label_values(values: Any, where: _Where, what: str) -> np.ndarray | list[str
     if kind in "iu":
         return arr.astype(np.int64)
     if kind == "f":
-        bad = np.flatnonzero(~np.isfinite(arr))
-        if len(bad):
-            more = f"; {len(bad) - 1:,} more rows have none" if len(bad) > 1 else ""
-            raise UserDataError(f"{where(int(bad[0]))}: no label ({arr[bad[0]]}){more}")
-        frac = np.flatnonzero(arr != np.round(arr))
-        if len(frac):
-            raise UserDataError(f"{where(int(frac[0]))}: label {arr[frac[0]]:g} is no class index or name")
+        nan = np.flatnonzero(np.isnan(arr)).tolist()
+        if nan:
+            refuse_missing(nan, "no label (nan)", where, row)
+        frac = np.flatnonzero(arr != np.round(arr)).tolist()  # inf too: it is no whole number
+        if frac:
+            _refuse_fractional(frac, f"{arr[frac[0]]:g}", where)
         return arr.astype(np.int64)
     if kind in "bUS":
         items: Sequence[Any] = arr.tolist()
@@ -315,11 +343,18 @@ def label_values(values: Any, where: _Where, what: str) -> np.ndarray | list[str
         items = arr
     else:
         raise UserDataError(f"{what}: labels of dtype {arr.dtype}; give class indices or names")
+    # A cell without a value among names stays None for encode_values, which refuses it together
+    # with the empty and missing-value labels ("NA" is one only when no class list names it).
+    missing = [i for i, v in enumerate(items) if is_missing(v)]
+    if missing and not any(isinstance(v, (str, bytes)) for v in items):
+        refuse_missing(missing, f"no label ({items[missing[0]]!r})", where, row)
     ints: list[int] = []
-    names: list[str] = []
+    names: list[str | None] = []
+    first_name: str | None = None
     for i, v in enumerate(items):
         if is_missing(v):
-            raise UserDataError(f"{where(i)}: no label ({v!r})")
+            names.append(None)
+            continue
         if isinstance(v, Tensor) and v.numel() == 1:
             v = v.item()
         if isinstance(v, (bool, np.bool_)):
@@ -328,8 +363,7 @@ def label_values(values: Any, where: _Where, what: str) -> np.ndarray | list[str
             v = v.decode("utf-8", errors="replace")
         if isinstance(v, str):
             names.append(v.strip())
-            if not names[-1]:
-                raise UserDataError(f"{where(i)}: empty label")
+            first_name = names[-1] if first_name is None else first_name
         elif isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and v == round(v)):
             ints.append(int(v))
         else:
@@ -337,8 +371,8 @@ def label_values(values: Any, where: _Where, what: str) -> np.ndarray | list[str
             raise UserDataError(
                 f"{where(i)}: label {v!r:.60} is a {type(v).__name__}{shape}; a label is one class index or name"
             )
-        if ints and names:
-            first = f"the number {ints[0]}" if isinstance(v, str) else f"the name {names[0]!r}"
+        if ints and first_name is not None:
+            first = f"the number {ints[0]}" if isinstance(v, str) else f"the name {first_name!r}"
             raise UserDataError(
                 f"{where(i)}: label {v!r} where an earlier row holds {first}; labels are all class indices "
                 "or all names"
@@ -347,22 +381,82 @@ def label_values(values: Any, where: _Where, what: str) -> np.ndarray | list[str
 
 
 def encode_values(
-    values: np.ndarray | list[str],
+    values: np.ndarray | list[str | None],
     classes: list[str] | None,
     where: _Where,
     class_source: str,
     *,
+    row: _Where | None = None,
     codes: str | None = None,
 ) -> tuple[np.ndarray, list[str], str]:
-    """Labels -> (targets (N,) int64, classes, why). Names without a class list are sorted.
-    ``codes`` names a column of class codes where -1 means no label (ClassLabel, categorical)."""
+    """Labels from :func:`label_values` -> (targets (N,) int64, classes, why).
+
+    Names are read as :func:`encode_labels` reads a CSV's labels, so that the same labels mean
+    the same classes in every form the data comes in: whole numbers however written are class
+    indices, missing-value markers and two spellings of one class are refused. ``codes`` names a
+    column of class codes where -1 means no label (ClassLabel, categorical)."""
+    row = row or where
     if isinstance(values, np.ndarray):
         if codes is not None and len(values) and (values == -1).any():
-            i = int(np.flatnonzero(values == -1)[0])
-            raise UserDataError(f"{where(i)}: no label (-1 in a {codes} column)")
+            refuse_missing(np.flatnonzero(values == -1).tolist(), f"no label (-1 in a {codes} column)", where, row)
         return encode_ints(values, classes, where, class_source)
-    if classes is not None:
-        return encode_labels(values, classes, where, class_source)
-    names = sorted(set(values))
-    lookup = {c: k for k, c in enumerate(names)}
-    return np.array([lookup[v] for v in values], dtype=np.int64), names, "class names in the labels, sorted"
+    return encode_labels(values, classes, where, class_source, row=row)
+
+
+def repeated_files(
+    keys: Sequence[str | None],
+    shown: Sequence[str],
+    labels: Sequence[str],
+    targets: np.ndarray,
+    where: _Where,
+    row: _Where,
+) -> tuple[np.ndarray, str | None]:
+    """Rows to keep and, when a file is named twice, one line saying so: the first row of each
+    file, refused when a later one gives it another label.
+
+    ``keys[i]`` identifies row ``i``'s file (a normalised absolute path; None: not a file),
+    ``shown[i]`` is the path as the user wrote it and ``labels[i]`` the label.
+    """
+    first: dict[str, int] = {}
+    repeated: list[tuple[int, int]] = []
+    for i, key in enumerate(keys):
+        if key is None:
+            continue
+        j = first.setdefault(key, i)
+        if j != i:
+            repeated.append((i, j))
+    conflicts = [(i, j) for i, j in repeated if targets[i] != targets[j]]
+    if conflicts:
+        i, j = conflicts[0]
+        more = ""
+        if len(conflicts) > 1:
+            more = f" ({len(conflicts) - 1:,} more files listed with conflicting labels)"
+        raise UserDataError(
+            f"{where(i)}: {shown[i]} is listed twice with different labels, {labels[j]!r} at {row(j)} and "
+            f"{labels[i]!r} here{more}; keep the row with the right label"
+        )
+    if not repeated:
+        return np.arange(len(keys)), None
+    drop = {i for i, _ in repeated}
+    i, j = repeated[0]
+    note = (
+        f"{rows_text(len(drop))} listed a file again with the same label and were left out, each file trained "
+        f"on once (e.g. {shown[j]}: {row(j)} and {row(i)})"
+    )
+    return np.array([i for i in range(len(keys)) if i not in drop], dtype=np.int64), note
+
+
+def read_ids(values: Sequence[Any], where: _Where) -> list[str]:
+    """The user's id of each row as text, refused (``where(i)`` names row ``i``) when one is
+    missing or names two rows: an id must say which sample a report means."""
+    ids: list[str] = []
+    seen: dict[str, int] = {}
+    for i, v in enumerate(values):
+        if is_missing(v):
+            raise UserDataError(f"{where(i)}: no id ({v!r})")
+        s = v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)
+        if s in seen:
+            raise UserDataError(f"{where(i)}: id {s!r} is also row {seen[s]}'s; ids name one row each")
+        seen[s] = i
+        ids.append(s)
+    return ids

@@ -53,6 +53,8 @@ from dataparams.data.labels import (
     encode_values,
     is_missing,
     label_values,
+    read_ids,
+    repeated_files,
 )
 from dataparams.data.memory_images import image_source, images_data
 from dataparams.data.userdata import UserData, UserDataError
@@ -62,6 +64,12 @@ __all__ = ["TABLE_SUFFIXES", "is_table_path", "load_table_data"]
 TABLE_SUFFIXES = (".parquet",)
 _EXTRA = "pip install 'dataparams[tables]'"
 _Where = Callable[[int], str]
+
+
+def _option(name: str) -> str:
+    """An option of :func:`load_table_data` as messages name it: the keyword and the command line's
+    flag (``--data`` tables take the same options), since both kinds of user read the message."""
+    return f"{name}= (CLI: --{name.replace('_', '-')})"
 
 
 def _require(module: str, purpose: str) -> Any:
@@ -102,7 +110,7 @@ def _split_of(data: Any, split: str | None, source: str, choices: dict[str, Any]
     datasets = sys.modules["datasets"]
     if not isinstance(data, datasets.DatasetDict):
         if split is not None:
-            raise UserDataError(f"{source}: split={split!r} was given but this is one Dataset, not a DatasetDict")
+            raise UserDataError(f"{source}: split={split!r} (CLI: --split) was given but this is one Dataset, not a DatasetDict")
         return data
     splits = list(data)
     if split is not None:
@@ -112,12 +120,16 @@ def _split_of(data: Any, split: str | None, source: str, choices: dict[str, Any]
         return data[split]
     if "train" not in data:
         raise UserDataError(
-            f"{source}: a DatasetDict with the splits {', '.join(splits)} and none named 'train'; pass split="
+            f"{source}: a DatasetDict with the splits {', '.join(splits)} and none named 'train'; "
+            f"pass {_option('split')}"
         )
     others = [s for s in splits if s != "train"]
     choices["split"] = {
         "value": "train",
-        "why": f"a DatasetDict; 'train' taken, {', '.join(others) or 'no other split'} left (split= picks one)",
+        "why": (
+            f"a DatasetDict; 'train' taken, {', '.join(others) or 'no other split'} left "
+            f"({_option('split')} picks one)"
+        ),
     }
     return data["train"]
 
@@ -136,7 +148,7 @@ def _read_path(path: Path, split: str | None, choices: dict[str, Any]) -> _Table
         pq = _require("pyarrow.parquet", "reading a .parquet file")
         _require("pandas", "reading a .parquet file")
         if split is not None:
-            raise UserDataError(f"{path}: split={split!r} applies to a DatasetDict folder, not a parquet file")
+            raise UserDataError(f"{path}: split={split!r} (CLI: --split) applies to a DatasetDict folder, not a parquet file")
         try:
             table = pq.read_table(path)
         except (OSError, ValueError, pa.ArrowException) as e:
@@ -206,7 +218,7 @@ def _pick_inputs(
 
     for k, what in (("image", "images"), ("path", "image file paths")):
         if len(of[k]) > 1:
-            raise UserDataError(f"{table.source}: columns {names(of[k])} all hold {what}; pass image_column")
+            raise UserDataError(f"{table.source}: columns {names(of[k])} all hold {what}; pass {_option('image_column')}")
         if of[k]:
             rest = [c for c in kinds if c != of[k][0]]
             note = f"; not used: {names(rest)}" if rest else ""
@@ -216,17 +228,17 @@ def _pick_inputs(
     if of["number"] and of["vector"]:
         raise UserDataError(
             f"{table.source}: both numeric columns ({names(of['number'])}) and vector columns "
-            f"({names(of['vector'])}) could be the features; pass feature_columns"
+            f"({names(of['vector'])}) could be the features; pass {_option('feature_columns')}"
         )
     if of["number"]:
         return "features", of["number"], f"every numeric column but the label and the id ({len(of['number'])})"
     if len(of["vector"]) == 1:
         return "features", of["vector"], "the only column holding a vector per row"
     if of["vector"]:
-        raise UserDataError(f"{table.source}: columns {names(of['vector'])} all hold vectors; pass feature_columns")
+        raise UserDataError(f"{table.source}: columns {names(of['vector'])} all hold vectors; pass {_option('feature_columns')}")
     raise UserDataError(
         f"{table.source}: no column of images, image paths or numbers besides the label; columns: "
-        f"{names(table.frame.columns)}. Pass image_column or feature_columns"
+        f"{names(table.frame.columns)}. Pass {_option('image_column')} or {_option('feature_columns')}"
     )
 
 
@@ -273,20 +285,6 @@ def _table_features(
     return np.concatenate(blocks, axis=1), origin
 
 
-def _ids(values: Sequence[Any], where: _Where) -> list[str]:
-    ids: list[str] = []
-    seen: dict[str, int] = {}
-    for i, v in enumerate(values):
-        if is_missing(v):
-            raise UserDataError(f"{where(i)}: no id ({v!r})")
-        s = v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)
-        if s in seen:
-            raise UserDataError(f"{where(i)}: id {s!r} is also row {seen[s]}'s; ids name one row each")
-        seen[s] = i
-        ids.append(s)
-    return ids
-
-
 def _from_table(
     table: _Table,
     *,
@@ -300,7 +298,7 @@ def _from_table(
 ) -> UserData:
     frame, source = table.frame, table.source
     if image_column is not None and feature_columns is not None:
-        raise UserDataError("give image_column or feature_columns, not both")
+        raise UserDataError(f"give {_option('image_column')} or {_option('feature_columns')}, not both")
     if isinstance(feature_columns, (str, int)):
         feature_columns = [feature_columns]
     named = [label_column] + ([image_column] if image_column is not None else []) + list(feature_columns or [])
@@ -308,7 +306,10 @@ def _from_table(
     present = list(frame.columns)
     for c in named:
         if c not in present:
-            raise UserDataError(f"{source}: no column {c!r}; the columns are {', '.join(repr(p) for p in present)}")
+            hint = f"; {_option('label_column')} names the column of labels" if c == label_column else ""
+            raise UserDataError(
+                f"{source}: no column {c!r}; the columns are {', '.join(repr(p) for p in present)}{hint}"
+            )
     twice = next((c for c in named if named.count(c) > 1), None)
     if twice is not None:
         raise UserDataError(f"{source}: column {twice!r} is named twice among the label, id and input columns")
@@ -318,10 +319,13 @@ def _from_table(
 
     ids = [f"row {i}" for i in range(n)]
     if id_column is not None:
-        ids = _ids(frame[id_column].to_numpy(dtype=object), lambda i: f"{source}: column {id_column!r}, row {i}")
+        ids = read_ids(frame[id_column].to_numpy(dtype=object), lambda i: f"{source}: column {id_column!r}, row {i}")
 
     def at(column: Any, i: int) -> str:
         return f"{source}: column {column!r}, row {i}" + (f" (id {ids[i]!r})" if id_column is not None else "")
+
+    def row(i: int) -> str:
+        return f"row {i}"
 
     # A ClassLabel or a pandas categorical holds class codes and names the classes in its order.
     pd = sys.modules["pandas"]
@@ -338,24 +342,38 @@ def _from_table(
     if codes is not None and given is None:
         class_source = f"the {'categories' if codes == 'categorical' else codes} of column {label_column!r}"
         known = check_class_list(names, f"{source}: {class_source}")
-    values = label_values(column, where_label, f"{source}: column {label_column!r}")
-    targets, classes, why = encode_values(values, known, where_label, class_source, codes=codes)
+    values = label_values(column, where_label, f"{source}: column {label_column!r}", row=row)
+    targets, classes, why = encode_values(values, known, where_label, class_source, row=row, codes=codes)
     check_classes_used(targets, classes, f"{source}: column {label_column!r}")
 
     used = [label_column] + ([id_column] if id_column is not None else [])
     kind, columns, pick_why = _pick_inputs(table, used, image_column, feature_columns)
     if kind == "images":
         (col,) = columns
-        images = [image_source(v, table.base, at(col, i)) for i, v in enumerate(frame[col].to_numpy(dtype=object))]
+        cells = frame[col].to_numpy(dtype=object)
+        images = [image_source(v, table.base, at(col, i)) for i, v in enumerate(cells)]
+        # One image file named by two rows is one sample, as in a CSV list: trained on once, or
+        # refused when the rows disagree on its label.
+        keys = [os.path.normpath(os.path.abspath(s)) if isinstance(s, str) else None for s in images]
+        shown = [s if isinstance(s, str) else "" for s in images]
+        keep, repeats = repeated_files(
+            keys, shown, [classes[t] for t in targets], targets, lambda i: at(col, i), row
+        )
+        kept_ids = ids
+        if repeats is not None:
+            images, kept_ids, targets = [images[i] for i in keep], [ids[i] for i in keep], targets[keep]
+        where_image = lambda i: at(col, int(keep[i]))  # noqa: E731  (rows as the table numbers them)
         files = sum(isinstance(s, str) for s in images)
-        if files == n:
+        if files == len(images):
             held = "image files" + (f", paths relative to {table.base.resolve()}" if table.base is not None else "")
         else:
             held = "images held in memory" + (f" and {files:,} image files" if files else "")
         choices["kind"] = {"value": "images", "why": f"{source}: {n:,} rows of {held}"}
         choices["image_column"] = {"value": str(col), "why": pick_why}
         choices["classes"] = class_choice(classes, targets, why)
-        return images_data(source, ids, images, targets, classes, lambda i: at(col, i), choices, opts)
+        if repeats is not None:
+            choices["duplicates"] = {"value": n - len(keep), "why": repeats}
+        return images_data(source, kept_ids, images, targets, classes, where_image, choices, opts)
     x, origin = _table_features(frame, columns, at)
     if x.shape[1] == 0:
         raise UserDataError(f"{source}: columns {', '.join(repr(c) for c in columns)} hold zero features")
@@ -410,6 +428,10 @@ def load_table_data(
     label_column
         The column of labels: integers (class indices, classes "0".."max"), names (sorted), or
         class codes that name their classes in order (a ``ClassLabel``, a pandas categorical).
+        Labels held as text are read as a CSV list's are (:func:`~dataparams.data.labels.encode_labels`):
+        ``"1.0"`` is 1 when all are whole numbers, and ``"nan"``, ``"NA"``, empty labels or
+        ``Shirt`` next to ``shirt`` are refused unless ``classes`` names them. A file named by two
+        rows of an image-path column is used once, and refused when their labels differ.
     image_column
         A column of images: PIL images, the ``Image`` feature, encoded bytes (PNG, JPEG, ...), or
         file paths (relative to the folder of a parquet file or save_to_disk folder).
@@ -442,9 +464,10 @@ def load_table_data(
     ------
     UserDataError
         Naming the column (or array) and the row: a missing column (the columns present are
-        listed), a missing (None/NaN) or unusable label, id or feature, vectors of different
-        lengths, an unreadable image, fewer than two classes, ``X`` and ``y`` of different
-        lengths, a DatasetDict without the split.
+        listed), a missing (None/NaN, a missing-value marker, empty) or unusable label, two
+        spellings of one class, a repeated id, one image file with two labels, a missing or
+        unusable feature, vectors of different lengths, an unreadable image, fewer than two
+        classes, ``X`` and ``y`` of different lengths, a DatasetDict without the split.
     ImportError
         When pandas, pyarrow or ``datasets`` is needed and missing: ``pip install
         'dataparams[tables]'``.

@@ -60,18 +60,19 @@ import numpy as np
 from dataparams.data.base import DatasetNotFoundError
 from dataparams.data.features import finite_float32, standardization
 from dataparams.data.fingerprint import bytes_digest, classes_digest, file_digest, fingerprint_choice
-from dataparams.data.folders import IMG_EXTENSIONS, load_image_folder
+from dataparams.data.folders import IMG_EXTENSIONS, is_hidden, load_image_folder
 from dataparams.data.images import load_images
 from dataparams.data.labels import (
     check_class_list,
     check_classes_used,
     class_choice,
-    encode_ints,
     encode_labels,
-    first_rows,
+    encode_values,
     how_they_differ,
+    label_values,
     read_classes_file,
-    rows_text,
+    read_ids,
+    repeated_files,
     spelling_key,
     two_spellings,
 )
@@ -165,7 +166,8 @@ def _read_list(path: Path, classes: list[str] | None) -> _Listing:
     targets, classes, why = encode_labels(raw, classes, where, class_source, row=line)
     base = path.parent
     rows = len(ids)
-    keep, repeats = _drop_repeated_paths(base, ids, raw, targets, where, line)
+    keys = [os.path.normpath(os.path.abspath(base / p)) for p in ids]
+    keep, repeats = repeated_files(keys, ids, raw, targets, where, line)
     if repeats is not None:
         ids, raw, lines = [ids[i] for i in keep], [raw[i] for i in keep], [lines[i] for i in keep]
         targets = targets[keep]
@@ -186,48 +188,13 @@ def _read_list(path: Path, classes: list[str] | None) -> _Listing:
     return ids, paths, targets, classes, where, choices, {"list file": bytes_digest(data)}
 
 
-def _drop_repeated_paths(
-    base: Path,
-    ids: list[str],
-    raw: list[str],
-    targets: np.ndarray,
-    where: Callable[[int], str],
-    line: Callable[[int], str],
-) -> tuple[np.ndarray, str | None]:
-    """Rows to keep (the first of each file) and, when some repeat, one line saying so."""
-    first: dict[str, int] = {}
-    repeated: list[tuple[int, int]] = []
-    for i, p in enumerate(ids):
-        j = first.setdefault(os.path.normpath(os.path.abspath(base / p)), i)
-        if j != i:
-            repeated.append((i, j))
-    conflicts = [(i, j) for i, j in repeated if targets[i] != targets[j]]
-    if conflicts:
-        i, j = conflicts[0]
-        more = ""
-        if len(conflicts) > 1:
-            more = f" ({len(conflicts) - 1:,} more files listed with conflicting labels)"
-        raise UserDataError(
-            f"{where(i)}: {ids[i]} is listed twice with different labels, {raw[j]!r} at {line(j)} and "
-            f"{raw[i]!r} here{more}; keep the row with the right label"
-        )
-    if not repeated:
-        return np.arange(len(ids)), None
-    drop = {i for i, _ in repeated}
-    i, j = repeated[0]
-    note = (
-        f"{rows_text(len(drop))} listed a file again with the same label and were left out, each file trained "
-        f"on once (e.g. {ids[j]}: {line(j)} and {line(i)})"
-    )
-    return np.array([i for i in range(len(ids)) if i not in drop], dtype=np.int64), note
-
-
 def _read_folder(root: Path, classes: list[str] | None) -> _Listing:
     """Class folders -> (ids, paths, targets, classes, where, choices, digests), torchvision's order.
 
     A class is its folder's name stripped of surrounding whitespace (folders ``shirt`` and
     ``shirt `` are one class, as the labels of a list are); without a class list, two folders
-    whose names differ only in case are an error naming both.
+    whose names differ only in case are an error naming both. Hidden entries are skipped and
+    image files beside the class folders left out, both noted in the ``left_out`` choice.
     """
     lists = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in (".csv", ".tsv"))
     hint = f" It holds {lists[0]}: to use that list, pass the file itself." if lists else ""
@@ -293,7 +260,31 @@ def _read_folder(root: Path, classes: list[str] | None) -> _Listing:
         },
         "classes": class_choice(classes, targets, why),
     }
+    left_out = _left_out(root)
+    if left_out is not None:
+        choices["left_out"] = left_out
     return ids, paths, targets, classes, where, choices, {}
+
+
+def _left_out(root: Path) -> dict[str, Any] | None:
+    """The ``left_out`` choice of class folders: image files directly in ``root`` (no class
+    folder names their class) and hidden folders (:func:`~dataparams.data.folders.is_hidden`),
+    which are skipped; None when there are neither."""
+    with os.scandir(root) as entries:
+        found = sorted((e.name, e.is_dir()) for e in entries)
+    loose = [n for n, is_dir in found if not is_dir and not is_hidden(n) and n.lower().endswith(IMG_EXTENSIONS)]
+    hidden = [f"{n}/" for n, is_dir in found if is_dir and is_hidden(n)]
+    notes = []
+    if loose:
+        shown = ", ".join(loose[:3]) + (", ..." if len(loose) > 3 else "")
+        files = "1 image file is" if len(loose) == 1 else f"{len(loose):,} image files are"
+        notes.append(f"{files} directly in {root}, not in a class folder, and left out ({shown})")
+    if hidden:
+        notes.append(f"hidden folders ({', '.join(hidden[:3])}{', ...' if len(hidden) > 3 else ''}) are skipped, "
+                     "as are hidden files (names starting with '.')")
+    if not notes:
+        return None
+    return {"value": len(loose), "why": "; ".join(notes)}
 
 
 def _npz_array(data: Any, key: str, path: Path) -> np.ndarray:
@@ -353,38 +344,26 @@ def _load_features(path: Path, classes: list[str] | None) -> UserData:
     def where(i: int) -> str:
         return f"{path}: row {i} (y[{i}])"
 
+    def row(i: int) -> str:
+        return f"row {i}"
+
     class_source = "the classes argument"
     if classes is None and file_classes is not None:
         classes = check_class_list([_to_str(c) for c in file_classes.ravel()], f"{path} 'classes'")
         class_source = f"{path.name} 'classes'"
-    if y.dtype.kind == "f" and not np.isfinite(y).all():
-        rows = np.flatnonzero(~np.isfinite(y)).tolist()
-        raise UserDataError(
-            f"{where(rows[0])}: label {y[rows[0]]} is missing; {rows_text(len(rows))} without a label "
-            f"({first_rows(rows, lambda i: f'row {i}')}). Label every row, or delete the rows to leave "
-            "those samples out"
-        )
-    if y.dtype.kind == "f" and not (y == np.round(y)).all():
-        i = int(np.flatnonzero(y != np.round(y))[0])
-        raise UserDataError(
-            f"{where(i)}: label {y[i]:g} is not a whole number; y must hold integer class indices or "
-            "string labels"
-        )
-    if y.dtype.kind in "biuf":
-        targets, classes, why = encode_ints(y.astype(np.int64), classes, where, class_source)
-    elif y.dtype.kind in "US":
-        targets, classes, why = encode_labels([_to_str(v).strip() for v in y], classes, where, class_source,
-                                               row=lambda i: f"row {i}")
-    else:
+    if y.dtype.kind not in "biufUS":
         raise UserDataError(f"{path}: y must hold integer or string labels, got dtype {y.dtype}")
+    # The rules of every other form: a string "1.0" is 1, "nan" is missing, "Shirt"/"shirt" refused.
+    values = label_values(y, where, f"{path}: y", row=row)
+    targets, classes, why = encode_values(values, classes, where, class_source, row=row)
     check_classes_used(targets, classes, str(path))
 
     if ids_arr is None:
         ids = [f"row {i}" for i in range(n)]
     else:
-        ids = [_to_str(v) for v in ids_arr.ravel()]
-        if len(ids) != n:
-            raise UserDataError(f"{path}: ids has {len(ids):,} entries for {n:,} samples")
+        if ids_arr.size != n:
+            raise UserDataError(f"{path}: ids has {ids_arr.size:,} entries for {n:,} samples")
+        ids = read_ids(ids_arr.ravel().tolist(), lambda i: f"{path}: ids[{i}]")
 
     mean, std, standardize = standardization(features)
     choices = {
