@@ -4,6 +4,7 @@ error handling: the user's errors as one line (exit 2), a bug's exception with i
 import json
 import re
 
+import numpy as np
 import pytest
 
 import fakes
@@ -264,3 +265,109 @@ def test_demo_offers_no_workers_option():
     sub = next(a for a in get_args_parser()._actions if a.dest == "command").choices
     assert not any("--workers" in a.option_strings for a in sub["demo"]._actions)
     assert any("--workers" in a.option_strings for a in sub["train"]._actions)
+
+
+@pytest.mark.parametrize("argv, advice", [
+    (["train", "--preset", "fmnist/instance"], "interrupted; continue with --resume"),
+    (["train", "--preset", "fmnist/instance", "--overwrite"], "interrupted; continue with --resume (in place of --overwrite)"),
+    (["find-issues", "--data", "mine.csv"], "interrupted; run the same command again to continue"),
+    (["find-issues", "--data", "mine.csv", "--overwrite"], "interrupted; run the same command again without --overwrite to continue"),
+    (["demo"], "interrupted; run the same command again to continue"),
+    (["find-issues", "runs/x"], "interrupted"),
+    (["report", "runs/x", "--out", "figs"], "interrupted"),
+    (["presets"], "interrupted"),
+])
+def test_ctrl_c_advises_how_that_command_continues(monkeypatch, capsys, argv, advice):
+    # Only train has --resume; find-issues --data and demo continue by themselves when run again;
+    # the others train nothing, so there is nothing to continue.
+    from dataparams.cli import demo, find_issues, presets, report, train
+
+    module = {"train": train, "find-issues": find_issues, "demo": demo, "report": report, "presets": presets}[argv[0]]
+    name = "cmd_" + argv[0].replace("-", "_")
+    monkeypatch.setattr(module, name, _raising(KeyboardInterrupt()))
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip() == advice
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory):
+    # 120 rows of 8 features, 3 classes, in the .npz format --data reads (X and y).
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("npz") / "ok.npz"
+    np.savez(path, X=rng.normal(size=(120, 8)).astype(np.float32), y=np.arange(120) % 3)
+    return path
+
+
+@pytest.mark.parametrize("argv", [
+    ["--method", "dp-filter"],  # the two-stage pipeline: also its number flagged
+    ["--preset", "user/instance", "--holdout", "0.25"],  # also the held-out accuracy of the kept epoch
+])
+def test_seeds_on_data_without_a_test_set_summarise_what_the_runs_have(features, tmp_path, capsys, argv):
+    out = tmp_path / "seeds"
+    assert main(["train", "--data", str(features), *argv, "--seeds", "1", "2", "--set", "optim.epochs=2",
+                 "--out", str(out), "--device", "cpu", "--quiet", "--no-tensorboard"]) == 0
+    summary = json.loads((out / "seeds_summary.json").read_text())
+    runs = summary["runs"]
+    accs = [r["final_train_acc"] for r in runs]
+    mean, std = summary["mean_std"]["final_train_acc"]
+    assert mean == pytest.approx(sum(accs) / 2) and std == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
+    pipeline = argv[1] == "dp-filter"
+    if pipeline:
+        flagged = [json.loads((out / f"seed{s}" / "pipeline.json").read_text())["n_flagged"] for s in (1, 2)]
+        assert summary["mean_std"]["n_flagged"][0] == pytest.approx(sum(flagged) / 2)
+        assert "kept_model_val_acc" not in summary["mean_std"]
+    else:
+        val = [r["kept_model"]["val_acc"] for r in runs]
+        assert summary["mean_std"]["kept_model_val_acc"][0] == pytest.approx(sum(val) / 2)
+        assert "n_flagged" not in summary["mean_std"]
+    md = (out / "seeds_summary.md").read_text()
+    assert "| final_train_acc |" in md and "n/a" not in md and "final_test_acc" not in md
+    for seed in (1, 2):
+        model = out / f"seed{seed}" / ("stage2" if pipeline else "") / "model.pt"
+        assert model.exists() and summary["kept_models"][str(seed)] == str(model)
+        assert re.search(rf"^\| {seed} \| {re.escape(str(model))} \| \d+ \| ", md, re.M)
+
+
+@pytest.mark.parametrize("model", ["resnet18", "mobilenet_v3_small"])
+def test_find_issues_refuses_an_image_model_for_features(features, tmp_path, capsys, model):
+    out = tmp_path / "issues"
+    assert main(["find-issues", "--data", str(features), "--model", model, "--set", "optim.epochs=1",
+                 "--out", str(out), "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: model.arch '{model}' takes images, but {features} holds feature vectors; for features "
+                   "use mlp (or model.arch=auto)")
+    assert not (out / "run").exists()
+
+
+def test_find_issues_refuses_the_mlp_for_images(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    assert main(["find-issues", "--data", str(tmp_path / "imgs"), "--model", "mlp", "--set", "optim.epochs=1",
+                 "--out", str(tmp_path / "issues"), "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: model.arch 'mlp' takes feature vectors, but ") and "holds images" in err
+    assert "small_cnn" in err and len(err.splitlines()) == 1
+
+
+def test_train_data_from_inside_its_folder_writes_beside_it(tmp_path, monkeypatch):
+    # `train --data .` named its run `runs/` (the stem of "." is empty) inside the class folders,
+    # where the next read would take it for a class.
+    import argparse
+
+    from dataparams.cli.train import _default_out
+    from dataparams.data.userdata import UserDataError
+
+    data = tmp_path / "shots"
+    (data / "a").mkdir(parents=True)
+    monkeypatch.chdir(data)
+    args = argparse.Namespace(data=".", out=None)
+    assert _default_out(args, "user/instance") == tmp_path / "runs" / "shots"
+    with pytest.raises(UserDataError, match="inside the data folder"):
+        _default_out(argparse.Namespace(data=".", out="mine"), "user/instance")

@@ -396,6 +396,7 @@ def test_default_output_folder_is_never_inside_the_data(tmp_path, monkeypatch):
     assert default_out_dir(".") == tmp_path / "shots-issues"
     monkeypatch.chdir(data / "a")
     assert default_out_dir("..") == tmp_path / "shots-issues"
+    assert default_out_dir("..", "", under="runs") == tmp_path / "runs" / "shots"  # train's runs/<name>
     with pytest.raises(UserDataError, match="inside the data folder"):
         check_out_outside_data(data, data / "a" / "out")
     check_out_outside_data(tmp_path / "labels.csv", tmp_path / "out")  # beside a list: fine

@@ -150,3 +150,15 @@ def test_local_weights_errors(tmp_path):
     report = load_local_weights(model, tmp_path / "body.pt")
     assert report.missing == ["classifier.weight", "classifier.bias"]
     assert torch.equal(model.features[0].weight, other.features[0].weight)
+
+
+def test_a_model_given_the_other_kind_of_input_is_refused_by_name():
+    # Feature rows to a convolutional network, or images to the MLP: a ConfigError naming what fits,
+    # not a shape error inside the first training step.
+    from dataparams.config import ConfigError
+
+    for arch in ("resnet18", "small_cnn", "mobilenet_v3_small"):
+        with pytest.raises(ConfigError, match=rf"'{arch}' takes images, not feature vectors; use mlp"):
+            build_model(arch, 3, in_features=8)
+    with pytest.raises(ConfigError, match="'mlp' takes feature vectors .* not images; use small_cnn"):
+        build_model("mlp", 3, in_channels=1, image_size=28)

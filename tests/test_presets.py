@@ -424,3 +424,47 @@ def test_user_batch_size_grows_only_for_large_feature_tables():
     assert done.data.batch_size == 1024 and done.optim.epochs == 15  # 196 steps an epoch: the epoch floor
     given = apply_overrides(get_preset("user/instance"), ["data.batch_size=64"])
     assert complete_user_config(given, ud).data.batch_size == 64
+
+
+def _user_data(kind, n, classes=2):
+    # The measured user data complete_user_config reads: its kind, size, classes and source.
+    return type("UD", (), {"kind": kind, "image_size": 28 if kind == "images" else None,
+                           "channels": 1 if kind == "images" else None, "choices": {}, "source": "mine.npz",
+                           "num_classes": classes, "__len__": lambda self: n})()
+
+
+@pytest.mark.parametrize("kind, arch, fits", [
+    ("features", "mlp", True), ("features", "auto", True), ("features", "resnet18", False),
+    ("features", "small_cnn", False), ("features", "mobilenet_v3_small", False),
+    ("images", "small_cnn", True), ("images", "mobilenet_v3_small", True), ("images", "auto", True),
+    ("images", "mlp", False),
+])
+def test_user_config_refuses_a_model_for_the_other_kind_of_data(kind, arch, fits):
+    # A network for images cannot read feature rows and the MLP cannot read images: refused
+    # before training, naming what does fit.
+    from dataparams.presets import complete_user_config
+
+    cfg = apply_overrides(get_preset("user/instance"), [f"model.arch={arch}"])
+    if fits:
+        assert complete_user_config(cfg, _user_data(kind, 200)).model.arch != "auto"
+        return
+    fitting = "mlp" if kind == "features" else "small_cnn"
+    with pytest.raises(ConfigError, match=rf"model.arch '{arch}' takes .* mine.npz holds .*use .*{fitting}"):
+        complete_user_config(cfg, _user_data(kind, 200))
+
+
+@pytest.mark.parametrize("n, classes, fraction, left", [
+    # (n, K, holdout, training samples it leaves, counted by hand: n - round-half-up(fraction * n))
+    (120, 3, 0.9, 12), (120, 3, 0.95, 6), (120, 3, 0.99, 1),
+    (100, 10, 0.8, 20), (100, 10, 0.85, 15), (21, 2, 0.5, 10), (20, 2, 0.5, 10), (19, 2, 0.5, 9),
+])
+def test_user_config_refuses_a_holdout_that_leaves_too_few_to_train_on(n, classes, fraction, left):
+    # The rule: at least 10 training samples and at least 2 per class.
+    from dataparams.presets import complete_user_config
+
+    cfg = apply_overrides(get_preset("user/instance"), [f"data.val_fraction={fraction}"])
+    if left >= max(10, 2 * classes):
+        assert complete_user_config(cfg, _user_data("features", n, classes)).data.val_fraction == fraction
+        return
+    with pytest.raises(ConfigError, match=rf"leaves {left} to train on; at least {max(10, 2 * classes)} are needed"):
+        complete_user_config(cfg, _user_data("features", n, classes))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dataparams.config import TrainConfig, apply_overrides, config_to_dict
-from dataparams.runs import RunConflictError, RunDir, RunDirError, RunExistsError
+from dataparams.runs import RunConflictError, RunDir, RunDirError, RunExistsError, RunLockedError
 
 
 @pytest.fixture
@@ -160,8 +160,11 @@ def test_a_second_writer_is_refused_with_the_holders_pid_and_nothing_is_touched(
         assert holder.stdout.readline().strip() == "locked"
         before = sorted(p.name for p in path.iterdir())
         for kw in ({"resume": True}, {"overwrite": True}, {}):
-            with pytest.raises(RunConflictError, match=f"being written by pid {holder.pid} on host "):
+            with pytest.raises(RunLockedError, match=f"being written by pid {holder.pid} on host ") as info:
                 RunDir(path).prepare(cfg, **kw)
+            # Not a RunConflictError: its remedy, overwrite, is refused while the holder lives.
+            assert not isinstance(info.value, RunConflictError)
+            assert info.value.path == path and info.value.holder.startswith(f"pid {holder.pid} on host ")
         assert sorted(p.name for p in path.iterdir()) == before  # --overwrite deleted nothing
     finally:
         holder.kill()
@@ -176,14 +179,31 @@ def test_a_second_writer_is_refused_with_the_holders_pid_and_nothing_is_touched(
 def test_the_lock_is_released_by_unlock_and_taken_again(tmp_path, cfg):
     a, b = RunDir(tmp_path / "r"), RunDir(tmp_path / "r")
     a.prepare(cfg)
-    with pytest.raises(RunConflictError, match="being written by pid"):
+    with pytest.raises(RunLockedError, match="being written by pid"):
         b.prepare(cfg, resume=True)
     a.unlock()
     with b.checked(cfg):
-        with pytest.raises(RunConflictError):
+        with pytest.raises(RunLockedError):
             a.prepare(cfg, resume=True)
     a.prepare(cfg, resume=True)  # b released it on leaving the block
     a.unlock()
+
+
+def test_a_locked_error_survives_pickling_as_a_torchrun_job_broadcasts_it(tmp_path):
+    import pickle
+
+    e = pickle.loads(pickle.dumps(RunLockedError(tmp_path / "r", "pid 7 on host h")))
+    assert type(e) is RunLockedError and e.path == tmp_path / "r" and e.holder == "pid 7 on host h"
+    assert str(e) == f"{tmp_path / 'r'} is being written by pid 7 on host h; wait for it to end or use another directory"
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_a_run_directory_at_or_inside_a_file_is_refused_and_the_file_kept(tmp_path, cfg, inside):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(RunDirError, match=f"^{afile} is a file, not a folder"):
+        RunDir(afile / "run" if inside else afile).prepare(cfg)
+    assert afile.read_text() == "mine"
 
 
 def _state(epoch):

@@ -8,6 +8,7 @@ import hashlib
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -267,8 +268,76 @@ def test_out_is_a_file(capsys, idx_root, tmp_path):
     out = tmp_path / "run"
     out.write_text("not a folder")
     msg = _refused(capsys, _argv(idx_root, out))
-    assert "exists and is not a directory" in msg
+    assert msg == f"error: --out {out} is a file, not a folder"
     assert out.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("extra", [[], ["--seeds", "1", "2"]])
+def test_out_inside_a_file(capsys, idx_root, tmp_path, extra):
+    # A folder to be made inside a file: refused by name before anything trains, not an OSError.
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    msg = _refused(capsys, _argv(idx_root, afile / "run", *extra))
+    assert msg == f"error: --out {afile / 'run'}: {afile} is a file, not a folder"
+    assert afile.read_text() == "not a folder"
+
+
+def test_a_seed_folder_that_is_a_file(capsys, idx_root, tmp_path):
+    out = tmp_path / "seeds"
+    out.mkdir()
+    (out / "seed2").write_text("mine")
+    msg = _refused(capsys, _argv(idx_root, out, "--seeds", "1", "2"))
+    assert msg == f"error: --out {out}: {out / 'seed2'} is a file, not a folder"
+    assert [p.name for p in out.iterdir()] == ["seed2"]  # seed 1 was not trained either
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs POSIX flock")
+@pytest.mark.faults
+@pytest.mark.parametrize("flag", [[], ["--resume"], ["--overwrite"]])
+def test_a_run_another_process_is_writing(capsys, idx_root, tmp_path, flag):
+    # A live writer holds the lock: --overwrite is refused too, so the advice is to wait or
+    # use another --out, never --overwrite.
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    assert _cli(capsys, _argv(idx_root, out))[0] == 0
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from dataparams.runs import RunDir; r = RunDir(sys.argv[1]); "
+         "r.lock(); print('locked', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = _contents(out)
+        msg = _refused(capsys, _argv(idx_root, out, *flag))
+        assert msg.startswith(f"error: {out} is being written by pid {holder.pid} on host ")
+        assert msg.endswith("; wait for it to end or use another --out")
+        assert _contents(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _npz(path, n, classes, d=4):
+    rng = np.random.default_rng(0)
+    np.savez(path, X=rng.normal(size=(n, d)).astype(np.float32), y=np.arange(n) % classes)
+    return path
+
+
+@pytest.mark.parametrize("holdout, refused", [(0.99, True), (0.95, True), (0.9, False)])
+def test_a_holdout_that_leaves_too_few_to_train_on(capsys, tmp_path, holdout, refused):
+    # 120 samples of 3 classes: 0.99 leaves 1, 0.95 leaves 6, 0.9 leaves 12 (at least 10 needed).
+    data = _npz(tmp_path / "ok.npz", 120, 3)
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--preset", "user/instance", "--holdout", str(holdout), "--set",
+            "optim.epochs=1", "--out", str(out), "--device", "cpu", "--quiet", "--no-tensorboard"]
+    if not refused:
+        assert _cli(capsys, argv)[0] == 0
+        assert json.loads((out / "summary.json").read_text())["num_train"] == 12
+        return
+    msg = _refused(capsys, argv)
+    assert f"holding out {holdout} of 120 samples" in msg and "at least 10 are needed" in msg
+    assert not out.exists()
 
 
 def test_resume_refuses_a_checkpoint_of_another_configuration(capsys, idx_root, tmp_path):

@@ -331,20 +331,20 @@ def issues_frame(report: IssueReport, user: UserData) -> pandas.DataFrame:
     return frame
 
 
-def default_out_dir(data: str | os.PathLike[str], suffix: str = "-issues", *,
-                    parent: str | os.PathLike[str] | None = None) -> Path:
-    """Where a command on ``data`` writes when given no ``--out``: ``parent`` (default: the
-    working directory) / the data's name + ``suffix`` -- beside the data folder instead when that
-    would put it inside the folder (``--data .``), whose next read would take the outputs for
-    images of a new class.
+def default_out_dir(data: str | os.PathLike[str], suffix: str = "-issues", *, under: str = "") -> Path:
+    """Where a command on ``data`` writes when given no ``--out``: ``under`` / the data's name +
+    ``suffix`` in the working directory (``find-issues``: ``shots-issues``; ``train``, under
+    ``runs``: ``runs/shots``) -- the same beside the data folder instead when that would put it
+    inside the folder (``--data .``), whose next read would take the outputs for images of a new
+    class.
 
     The name is that of the resolved path, so ``.`` is named after the folder it is."""
     source = Path(data).resolve()
     name = source.stem if source.is_file() else source.name
-    base = Path(parent) if parent is not None else Path.cwd()
-    out = base / f"{name}{suffix}"
+    rel = Path(under) / f"{name}{suffix}"
+    out = Path.cwd() / rel
     if source.is_dir() and out.resolve().is_relative_to(source):
-        out = source.parent / f"{name}{suffix}"
+        out = source.parent / rel
     return out
 
 

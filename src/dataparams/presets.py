@@ -236,6 +236,10 @@ def complete_user_config(cfg: TrainConfig, user: Any) -> TrainConfig:
     if cfg.model.arch == "auto":
         cfg.model.arch, why = default_arch(user.kind, user.image_size, n)
         choices["model"] = {"value": cfg.model.arch, "why": why}
+    else:
+        _check_arch_fits(cfg.model.arch, user)
+    if cfg.data.val_fraction > 0:
+        _check_holdout(cfg.data.val_fraction, min(n, cfg.data.subset or n), user.num_classes)
     if cfg.data.batch_size == 0:
         cfg.data.batch_size, why = user_batch_size(user.kind, n)
         choices["batch_size"] = {"value": cfg.data.batch_size, "why": why}
@@ -253,6 +257,48 @@ def complete_user_config(cfg: TrainConfig, user: Any) -> TrainConfig:
                                  "why": f"lr x{cfg.optim.gamma:g} at 1/2 and 3/4 of the {e} epochs"}
     cfg.choices = choices
     return cfg
+
+
+def _check_arch_fits(arch: str, user: Any) -> None:
+    """``ConfigError`` unless ``arch`` takes the kind of inputs ``user`` holds.
+
+    Checked here, before anything trains: a convolutional network given (B, D) feature rows
+    fails only inside its first step (a shape error, or a probe of a 0 x 0 image), and the MLP
+    given images asks for an ``in_features`` that no user sets.
+    """
+    from dataparams.models import FEATURE_ARCHITECTURES, IMAGE_ARCHITECTURES
+
+    if user.kind == "features" and arch not in FEATURE_ARCHITECTURES:
+        raise ConfigError(
+            f"model.arch {arch!r} takes images, but {user.source} holds feature vectors; for features use "
+            f"{' or '.join(FEATURE_ARCHITECTURES)} (or model.arch=auto)")
+    if user.kind == "images" and arch in FEATURE_ARCHITECTURES:
+        raise ConfigError(
+            f"model.arch {arch!r} takes feature vectors, but {user.source} holds images; for images use "
+            f"{', '.join(IMAGE_ARCHITECTURES)} or a torchvision classification model such as resnet50 "
+            "(or model.arch=auto)")
+
+
+#: The fewest training samples a held-out split may leave: a model needs a couple of samples of
+#: each class to learn anything and the flag rules a few scores to compare, and below this a
+#: --holdout has eaten the data it was meant to check.
+MIN_TRAIN_TOTAL = 10
+MIN_TRAIN_PER_CLASS = 2
+
+
+def _check_holdout(fraction: float, n: int, num_classes: int) -> None:
+    """``ConfigError`` when holding out ``fraction`` of ``n`` samples leaves fewer than
+    ``max(MIN_TRAIN_TOTAL, MIN_TRAIN_PER_CLASS * K)`` to train on."""
+    import math
+
+    # As data.splits.holdout_split counts the held-out samples: round half up.
+    n_train = n - int(math.floor(fraction * n + 0.5))
+    need = max(MIN_TRAIN_TOTAL, MIN_TRAIN_PER_CLASS * num_classes)
+    if n_train < need:
+        raise ConfigError(
+            f"holding out {fraction:g} of {n:,} samples (--holdout / data.val_fraction) leaves {n_train} to train on; "
+            f"at least {need} are needed ({MIN_TRAIN_PER_CLASS} per class for {num_classes} classes, and at least "
+            f"{MIN_TRAIN_TOTAL}): hold out less")
 
 
 def _cpu_random() -> tuple[TrainConfig, dict[str, dict]]:

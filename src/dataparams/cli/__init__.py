@@ -63,8 +63,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _explain(e: Exception) -> str:
     """The library's message, with what to do about it in terms of this command line's flags."""
     from dataparams.data.base import DatasetNotFoundError
-    from dataparams.runs import RunConflictError, RunExistsError
+    from dataparams.runs import RunConflictError, RunExistsError, RunLockedError
 
+    if isinstance(e, RunLockedError):
+        # --overwrite does not help: a live process's run is never deleted under it.
+        return f"{e.path} is being written by {e.holder}; wait for it to end or use another --out"
     if isinstance(e, RunExistsError):
         return f"{e}; pass --resume to continue it or --overwrite to start over"
     if isinstance(e, RunConflictError):
@@ -74,10 +77,27 @@ def _explain(e: Exception) -> str:
     return str(e)
 
 
+def _interrupted(args: argparse.Namespace) -> str:
+    """What to say on Ctrl-C: how to continue the interrupted command, where it trains anything.
+
+    Each command continues in its own way: ``train`` takes ``--resume``; ``find-issues --data``
+    and ``demo`` have no such flag and continue a run they find in their output folder by
+    themselves; the other commands train nothing, so there is nothing to continue.
+    """
+    # Run again with --overwrite, these would start over rather than continue.
+    overwrite = getattr(args, "overwrite", False)
+    if args.command == "train":
+        return "interrupted; continue with --resume" + (" (in place of --overwrite)" if overwrite else "")
+    if args.command == "demo" or (args.command == "find-issues" and getattr(args, "data", None)):
+        return ("interrupted; run the same command again" + (" without --overwrite" if overwrite else "")
+                + " to continue")
+    return "interrupted"
+
+
 #: The library's errors about what the user gave (a name, a value, a file, the data, a run
 #: directory), as (module, class): :func:`main` prints them as one line. Subclasses count too
-#: (RunExistsError and RunConflictError are RunDirErrors). A class whose module was never imported
-#: cannot have been raised, so none is imported to check.
+#: (RunExistsError, RunConflictError and RunLockedError are RunDirErrors). A class whose module
+#: was never imported cannot have been raised, so none is imported to check.
 USER_ERRORS = (
     ("dataparams.config", "ConfigError"),
     ("dataparams.runs.rundir", "RunDirError"),
@@ -121,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("\ninterrupted; continue with --resume", file=sys.stderr)
+        print(f"\n{_interrupted(args)}", file=sys.stderr)
         return 130
     except Exception as e:
         if not _is_user_error(e):

@@ -90,7 +90,9 @@ def add_parser(sub: Any) -> None:
                    "mean ± std in OUT/seeds_summary.md and .json (detection presets: of the headline, Car AP at "
                    "IoU 0.7 easy / moderate / hard, or COCO mAP for coco-synth); not --seed, which sets the seed "
                    "of a single run")
-    add_out(t, help="run directory (default: runs/EXPERIMENT_VARIANT; with --data, runs/ and the file or folder name without its suffix)")
+    add_out(t, help="run directory (default: runs/EXPERIMENT_VARIANT; with --data, runs/ and the file or folder "
+                    "name without its suffix, beside the data folder when the working directory is inside it; an "
+                    "--out inside a data folder is refused)")
     add_resume(t, "continue the run in --out from its last checkpoint (a two-stage --method: a finished "
                 "stage is used as it is and the unfinished one continues); refused, naming what changed, "
                 "when the config or (with --data) the data changed since the run began, e.g. a label "
@@ -217,6 +219,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
         return 0
     out = _default_out(args, cfg.preset)
+    _check_out(out, args.seeds)
     if not args.seeds:
         summary = train(cfg, out, resume=args.resume, overwrite=args.overwrite, **train_kwargs(args))
         if summary is not None:  # None on the ranks other than 0 of a torchrun job
@@ -229,31 +232,74 @@ def cmd_train(args: argparse.Namespace) -> int:
                                label=f"seed {seed}: ", **train_kwargs(args)))
     if None in summaries:  # a rank other than 0 of a torchrun job: rank 0 writes the summary
         return 0
-    _seeds_table(out, cfg.preset, args.seeds, summaries, cfg.report_epochs)
+    _seeds_table(out, cfg.preset, args.seeds, summaries, cfg.report_epochs,
+                 run_dirs=[out / f"seed{seed}" for seed in args.seeds])
     return 0
 
 
+def _check_out(out: Path, seeds: list[int] | None) -> None:
+    """``ConfigError`` when ``--out`` (or a ``seedN`` folder in it) is, or lies in, a file:
+    refused before anything trains, rather than as an OSError when the first folder is made."""
+    from dataparams.config import ConfigError
+    from dataparams.runs import blocking_file
+
+    for path in [out, *(out / f"seed{seed}" for seed in seeds or [])]:
+        blocking = blocking_file(path)
+        if blocking is not None:
+            raise ConfigError(f"--out {blocking} is a file, not a folder" if blocking == out
+                              else f"--out {out}: {blocking} is a file, not a folder")
+
+
 def _default_out(args: argparse.Namespace, preset: str) -> Path:
+    """``--out``, else ``runs/<preset>`` or, with ``--data``, ``runs/<data name>`` (never inside a
+    data folder: :func:`~dataparams.issues.default_out_dir`); an ``--out`` inside a data folder is
+    refused, as its files would be read as data the next time."""
     data = getattr(args, "data", None)
-    return Path(args.out or (Path("runs") / Path(data).stem if data else Path("runs") / preset.replace("/", "_")))
+    if data is None:
+        return Path(args.out or Path("runs") / preset.replace("/", "_"))
+    from dataparams.issues import check_out_outside_data, default_out_dir
+
+    out = Path(args.out) if args.out else default_out_dir(data, "", under="runs")
+    check_out_outside_data(data, out)
+    return out
 
 
 def _seeds_table(out: Path, preset: str, seeds: list[int], summaries: list[dict[str, Any]],
-                 report_epochs: list[int]) -> None:
-    """``OUT/seeds_summary.{md,json}``: mean ± std over the seeds' summaries; printed."""
+                 report_epochs: list[int], *, run_dirs: list[Path]) -> None:
+    """``OUT/seeds_summary.{md,json}``: mean ± std over the seeds' summaries, and per seed the
+    network it keeps (``model.pt`` in ``run_dirs``, user data only); printed."""
     keys = ["final_test_acc", "val_selected_test_acc", *[f"test_acc_epoch_{e}" for e in report_epochs]]
     # Quantities no seed produced (no validation split, no report epoch reached) are left out
     # rather than shown as n/a rows.
     table = {k: mean_std([s.get(k) for s in summaries]) for k in keys
              if any(s.get(k) is not None for s in summaries)}
+    if not table:
+        # No test set (--data): the accuracy on the labels as given is the one accuracy every
+        # seed has. Beside a test accuracy it is left out: under label noise it measures how much
+        # of the noise was memorised, not how good the network is.
+        table["final_train_acc"] = mean_std([s.get("final_train_acc") for s in summaries])
+    kept = [s.get("kept_model") or {} for s in summaries]
+    if any("val_acc" in k for k in kept):  # --holdout: the held-out accuracy of the kept epoch
+        table["kept_model_val_acc"] = mean_std([k.get("val_acc") for k in kept])
+    if any("n_flagged" in s for s in summaries):  # a filter pipeline: samples its first stage dropped
+        table["n_flagged"] = mean_std([s.get("n_flagged") for s in summaries])
     det = [s["detection"]["auroc"] for s in summaries if s.get("detection")]
     if det:
         table["detection_auroc"] = mean_std(det)
     lines = [f"# {preset}, seeds {' '.join(map(str, seeds))}", "", "| quantity | mean ± std |", "|---|---:|"]
-    lines += [f"| {k} | {_fmt(v, 4 if k == 'detection_auroc' else 2)} |" for k, v in table.items()]
+    digits = {"detection_auroc": 4, "n_flagged": 1}
+    lines += [f"| {k} | {_fmt(v, digits.get(k, 2))} |" for k, v in table.items()]
+    # The network a --data run leaves to use, per seed: the mean of two networks is none of them.
+    models = {seed: (d / "model.pt", k) for seed, d, k in zip(seeds, run_dirs, kept, strict=True)
+              if (d / "model.pt").exists()}
+    if models:
+        lines += ["", "| seed | kept model | epoch | chosen by |", "|---:|---|---:|---|"]
+        lines += [f"| {seed} | {path} | {k.get('epoch', '')} | {k.get('chosen_by', '')} |"
+                  for seed, (path, k) in models.items()]
     (out / "seeds_summary.md").write_text("\n".join(lines) + "\n")
     (out / "seeds_summary.json").write_text(json.dumps(
-        {"seeds": seeds, "mean_std": table, "runs": summaries}, indent=2, allow_nan=True) + "\n")
+        {"seeds": seeds, "mean_std": table, "kept_models": {str(seed): str(p) for seed, (p, _) in models.items()},
+         "runs": summaries}, indent=2, allow_nan=True) + "\n")
     print("\n".join(lines))
 
 
@@ -286,19 +332,21 @@ def _train_pipeline(args: argparse.Namespace, method: Any) -> int:
                           "stage2": config_to_dict(cfg_retrain)}, indent=2, sort_keys=True))
         return 0
     out = _default_out(args, cfg_retrain.preset)
+    _check_out(out, args.seeds)
     kwargs = dict(method=method.name, resume=args.resume, overwrite=args.overwrite, **train_kwargs(args))
     if not args.seeds:
         print(json.dumps(run_filter_pipeline(pipeline, cfg_first, cfg_retrain, out, **kwargs), indent=2,
                          allow_nan=True))
         return 0
-    summaries = []
+    summaries, run_dirs = [], []
     for seed in args.seeds:
         record = run_filter_pipeline(pipeline, dataclasses.replace(cfg_first, seed=seed),
                                      dataclasses.replace(cfg_retrain, seed=seed), out / f"seed{seed}",
                                      label=f"seed {seed}, ", **kwargs)
         # The pipeline's own ranking is its first training's score, not the retraining's sigma.
-        summaries.append({**record["summary"], "detection": record["detection"]})
-    _seeds_table(out, cfg_retrain.preset, args.seeds, summaries, cfg_retrain.report_epochs)
+        summaries.append({**record["summary"], "detection": record["detection"], "n_flagged": record["n_flagged"]})
+        run_dirs.append(Path(record["stages"]["stage2"]["run_dir"]))
+    _seeds_table(out, cfg_retrain.preset, args.seeds, summaries, cfg_retrain.report_epochs, run_dirs=run_dirs)
     return 0
 
 
@@ -350,6 +398,7 @@ def _train_detection(args: argparse.Namespace) -> int:
     elif synthetic == "coco-synth":
         ensure_synthetic_coco(cfg.data.root, SYNTHETIC_DATA)
     out = Path(args.out or Path("runs") / args.preset.replace("/", "_"))
+    _check_out(out, args.seeds)
     kwargs = dict(resume=args.resume, overwrite=args.overwrite, device=args.device, quiet=args.quiet, amp=args.amp)
     if not args.seeds:
         summary = train_detection(cfg, out, **kwargs)

@@ -23,6 +23,8 @@ from dataparams.models.wide_resnet import WideResNet, wrn28_10
 
 __all__ = [
     "ARCHITECTURES",
+    "FEATURE_ARCHITECTURES",
+    "IMAGE_ARCHITECTURES",
     "MLP",
     "VGG16",
     "LoadReport",
@@ -39,6 +41,9 @@ __all__ = [
 # Built here; any torchvision classification model is also accepted by name (a name that is also
 # one of these, vgg16 and resnet18, means the one here; "torchvision.vgg16" means torchvision's).
 ARCHITECTURES = ("small_cnn", "wrn28_10", "resnet18", "vgg16", "mlp")
+# Which of them take (B, D) feature rows; every other name (torchvision's included) takes images.
+FEATURE_ARCHITECTURES = ("mlp",)
+IMAGE_ARCHITECTURES = tuple(a for a in ARCHITECTURES if a not in FEATURE_ARCHITECTURES)
 TORCHVISION_PREFIX = "torchvision."
 # The small CNN pools twice and the CPU presets train it in seconds an epoch at 28-32 px; above
 # 64 px its 128-unit layer would see (S/4)^2 * 64 inputs and a ResNet is the better fit.
@@ -167,6 +172,10 @@ def build_model(
         Randomly initialised (no weights are downloaded); maps (B, C, S, S) or, for ``mlp``,
         (B, D) to (B, K) logits.
     """
+    # A feature row is no image: refused here rather than as a shape error in the first step.
+    if in_features is not None and arch not in FEATURE_ARCHITECTURES:
+        raise ConfigError(f"model.arch {arch!r} takes images, not feature vectors; use "
+                          f"{' or '.join(FEATURE_ARCHITECTURES)}")
     if arch == "small_cnn":
         return SmallCNN(num_classes, in_channels=in_channels, image_size=image_size)
     if arch == "wrn28_10":
@@ -182,7 +191,8 @@ def build_model(
         return model
     if arch == "mlp":
         if in_features is None:
-            raise ConfigError("model.arch 'mlp' needs in_features (the number of input features D)")
+            raise ConfigError(f"model.arch 'mlp' takes feature vectors (it needs in_features, their length D), not "
+                              f"images; use {', '.join(IMAGE_ARCHITECTURES)} or a torchvision classification model")
         return MLP(in_features, num_classes, dropout=dropout)
     name = arch[len(TORCHVISION_PREFIX) :] if arch.startswith(TORCHVISION_PREFIX) else arch
     return _build_torchvision(name, num_classes, in_channels, image_size)

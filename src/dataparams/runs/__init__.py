@@ -10,6 +10,8 @@ from dataparams.runs.rundir import (
     RunDir,
     RunDirError,
     RunExistsError,
+    RunLockedError,
+    blocking_file,
 )
 
 __all__ = [
@@ -18,7 +20,9 @@ __all__ = [
     "RunDir",
     "RunDirError",
     "RunExistsError",
+    "RunLockedError",
     "atomic_write_bytes",
     "atomic_write_stream",
     "atomic_write_text",
+    "blocking_file",
 ]

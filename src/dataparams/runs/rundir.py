@@ -90,6 +90,8 @@ __all__ = [
     "RunDir",
     "RunDirError",
     "RunExistsError",
+    "RunLockedError",
+    "blocking_file",
     "data_changes",
 ]
 
@@ -136,6 +138,39 @@ class RunExistsError(RunDirError):
 class RunConflictError(RunDirError):
     """The directory holds something else (another run, foreign files): use another directory,
     or ``overwrite`` where that is allowed."""
+
+
+class RunLockedError(RunDirError):
+    """Another live process is writing the directory (it holds the lock): neither ``resume`` nor
+    ``overwrite`` may touch it; wait for that process to end or use another directory.
+
+    Not a :class:`RunConflictError`, whose remedy ``overwrite`` is refused here.
+
+    Attributes
+    ----------
+    path : Path
+        The run directory.
+    holder : str
+        Who holds the lock, as its lock file says (pid, host, since when).
+    """
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path} is being written by {holder}; wait for it to end or use another directory")
+        self.path, self.holder = path, holder
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its fields, not its message: a torchrun job broadcasts rank 0's error.
+        return type(self), (self.path, self.holder)
+
+
+def blocking_file(path: str | os.PathLike[str]) -> Path | None:
+    """The nearest of ``path`` and its parents that exists, when it is not a directory (a run
+    directory cannot be made at ``path``); else None."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
 
 
 def _is_shard_of_ours(name: str) -> bool:
@@ -308,7 +343,7 @@ class RunDir:
 
     def lock(self) -> None:
         """Hold ``RUN_DIR/.lock`` until :meth:`unlock` (or the process ends): a second process
-        that tries gets :class:`RunConflictError` naming the holder's pid, host and start time.
+        that tries gets :class:`RunLockedError` naming the holder's pid, host and start time.
 
         An ``flock`` on the file, so a killed holder releases it with its death (no stale lock
         to clean up); where ``fcntl`` is missing (Windows) there is no lock. Creates the
@@ -331,8 +366,7 @@ class RunDir:
             f.close()
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            raise RunConflictError(f"{self.path} is being written by {holder}; wait for it to end or use "
-                                   "another directory") from None
+            raise RunLockedError(self.path, holder) from None
         f.seek(0)
         self._lock_before = f.read()
         f.seek(0)
@@ -405,8 +439,10 @@ class RunDir:
         """
         if resume and overwrite:
             raise RunDirError("resume and overwrite exclude each other")
-        if self.path.exists() and not self.path.is_dir():
-            raise RunDirError(f"{self.path} exists and is not a directory")
+        blocking = blocking_file(self.path)
+        if blocking is not None:
+            where = "" if blocking == self.path else f" (the run directory {self.path} would be made in it)"
+            raise RunDirError(f"{blocking} is a file, not a folder{where}")
         created = not self.path.exists()
         # First: a run another process is writing is neither resumed nor overwritten.
         lock_created = not self.lock_file.exists()
