@@ -204,6 +204,11 @@ def test_tsv_integer_labels_and_sniffed_txt(tmp_path):
     assert "1 without samples (2)" in data.choices["classes"]["why"]
     (tmp_path / "list.txt").write_text("path;label\n" + "".join(f"{r};{k}\n" for k, r in zip((1, 0, 1, 0), rels)))
     assert _load(tmp_path / "list.txt").targets.tolist() == [1, 0, 1, 0]
+    # A ".csv" saved with semicolons (a spreadsheet with a decimal comma): its header decides.
+    (tmp_path / "semi.csv").write_text("path;label\n" + "".join(f"{r};{k}\n" for k, r in zip((1, 0, 1, 0), rels)))
+    assert _load(tmp_path / "semi.csv").targets.tolist() == [1, 0, 1, 0]
+    (tmp_path / "tabs.csv").write_text("label\tpath\n" + "".join(f"{k}\t{r}\n" for k, r in zip((0, 1, 1, 0), rels)))
+    assert _load(tmp_path / "tabs.csv").targets.tolist() == [0, 1, 1, 0]
 
 
 def test_classes_txt_beside_the_list_names_or_indexes(tmp_path):

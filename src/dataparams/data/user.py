@@ -88,10 +88,17 @@ LIST_SUFFIXES = (".csv", ".tsv", ".txt")
 # ---------------------------------------------------------------------------------------------
 def _sniff_delimiter(path: Path, text: str) -> str:
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return ","
-    if suffix == ".tsv":
-        return "\t"
+    if suffix in (".csv", ".tsv"):
+        default = "," if suffix == ".csv" else "\t"
+        # The header decides when it names both columns only with another separator: a
+        # spreadsheet set to a decimal comma saves its ".csv" with semicolons.
+        header = next((line for line in text.splitlines() if line.strip()), "")
+        names = {f.strip().strip('"').lower() for f in header.split(default)}
+        if not {"path", "label"} <= names:
+            for other in ",\t;|":
+                if {"path", "label"} <= {f.strip().strip('"').lower() for f in header.split(other)}:
+                    return other
+        return default
     try:
         return csv.Sniffer().sniff(text[:8192], delimiters=",\t;|").delimiter
     except csv.Error:
