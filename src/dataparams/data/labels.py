@@ -263,18 +263,6 @@ def encode_ints(
             )
         return values, classes, f"integer labels index the classes of {class_source}"
     top = int(values.max()) if len(values) else -1
-    present = np.unique(values)
-    if len(present) >= 2 and top + 1 - len(present) > len(present):
-        # Labels 0, 100, ..., 900 are ten classes named by numbers, not 901 class indices of which
-        # 891 never occur: a network with 901 outputs and flag rules over empty classes follows
-        # from reading them as indices. A few absent indices (a sample of 0..K-1) stay indices.
-        i = int(np.flatnonzero(values == present[1])[0])
-        raise UserDataError(
-            f"{where(i)}: integer labels are class indices 0..K-1, but only {len(present):,} of the "
-            f"{top + 1:,} indices 0..{top} occur ({', '.join(str(int(v)) for v in present[:5])}"
-            f"{', ...' if len(present) > 5 else ''}); for classes named by numbers list them in classes.txt "
-            "(classes= in Python), or number the classes from 0"
-        )
     return values, [str(k) for k in range(top + 1)], f"integer labels 0..{top}"
 
 
