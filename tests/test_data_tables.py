@@ -516,3 +516,31 @@ def test_table_messages_name_the_keyword_and_the_command_line_flag(tmp_path):
     # The flags named are the command line's own.
     get_args_parser().parse_args(["find-issues", "--data", "t.parquet", "--split", "a", "--image-column", "a",
                                   "--feature-columns", "n", "--label-column", "y", "--id-column", "k"])
+
+
+def test_a_repeated_image_row_in_the_middle_keeps_the_rows_of_the_others(tmp_path):
+    # The kept samples know their rows: the API's frame must index the caller's rows past the gap.
+    csv, names, labels = _files(tmp_path)
+    root = csv.parent
+    frame = pd.DataFrame({"path": [str(root / n) for n in names[:3]] + [str(root / names[0])]
+                          + [str(root / n) for n in names[3:]],
+                          "label": labels[:3] + [labels[0]] + labels[3:]})
+    ud = load_table_data(frame)
+    assert len(ud) == len(names) and ud.rows.tolist() == [0, 1, 2, *range(4, len(names) + 1)]
+    assert load_table_data(frame.drop(index=3)).rows is None  # nothing left out: row i is sample i
+    import dataparams
+
+    issues = dataparams.find_label_issues(frame.set_index(pd.Index([f"r{i}" for i in range(len(frame))])),
+                                          overrides=["optim.epochs=1"], device="cpu")
+    assert "r3" not in issues.index and list(issues.index) == [f"r{i}" for i in (0, 1, 2, *range(4, len(frame)))]
+    paths = {f"r{i}": p for i, p in enumerate(frame["path"])}
+    assert [issues.loc[r, "given_label"] for r in issues.index] == [frame["label"][int(r[1:])] for r in issues.index]
+    assert all(paths[r] for r in issues.index)
+
+
+def test_infinite_labels_are_refused_as_no_whole_number():
+    x = np.zeros((4, 2), np.float32)
+    for y in (np.array([0.0, 1.0, np.inf, 1.0]), pd.Series([0.0, 1.0, -np.inf, 1.0]),
+              np.array([0, 1, float("inf"), 1], dtype=object)):
+        with pytest.raises(UserDataError, match="is not a whole number|a label is one class index or name"):
+            load_table_data((x, y))

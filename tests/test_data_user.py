@@ -289,7 +289,7 @@ def test_spaces_are_stripped_and_case_variants_are_an_error_unless_listed(tmp_pa
     msg = _error(_list(tmp_path, "b.csv", rels, ["Shirt", "coat", "shirt", "Shirt"]),
                  r"b.csv line 4: labels 'Shirt' \(2 rows, first line 2\) and 'shirt' \(1 row\) differ only "
                  r"in case")
-    assert "list both in classes.txt" in msg
+    assert "list both in a class list (classes.txt beside a list" in msg
     # spelled as one number among names
     _error(_list(tmp_path, "c.csv", rels, ["7", "coat", "7.0", "coat"]),
            r"labels '7' .* and '7.0' .* are the same number")

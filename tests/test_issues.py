@@ -432,3 +432,17 @@ def test_a_cleaned_label_list_of_an_earlier_call_does_not_outlive_it(tmp_path, c
     first.rename(tmp_path / "data" / ("bee" if rows[0][1] != "bee" else "cat") / first.name)
     assert _cli(capsys, args)[0] == 0
     assert not list(out.glob("cleaned_labels_*.csv"))
+
+
+def test_summary_says_what_the_cleanlab_arrays_index(tmp_path, capsys):
+    rng = np.random.default_rng(9)
+    y = np.arange(30) % K
+    np.savez(tmp_path / "emb.npz", X=(rng.normal(size=(30, 3)) + 3.0 * np.eye(K, 3)[y]).astype(np.float32), y=y)
+    out = tmp_path / "o"
+    assert _cli(capsys, ["find-issues", "--data", str(tmp_path / "emb.npz"), "--out", str(out), "--set",
+                         "optim.epochs=2", "--device", "cpu", "--quiet"])[0] == 0
+    assert json.loads((out / "summary.json").read_text())["arrays_index"] == "data"
+    from dataparams.analysis.find_issues import find_issues
+
+    # Without its dataset a run's report indexes its own samples, and says so.
+    assert find_issues(out / "run", load_dataset=False).summary()["arrays_index"] == "run"

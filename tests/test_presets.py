@@ -426,11 +426,13 @@ def test_user_batch_size_grows_only_for_large_feature_tables():
     assert complete_user_config(given, ud).data.batch_size == 64
 
 
-def _user_data(kind, n, classes=2):
-    # The measured user data complete_user_config reads: its kind, size, classes and source.
+def _user_data(kind, n, classes=2, listed=None):
+    # The measured user data complete_user_config reads: its kind, size, classes (``listed`` in a
+    # class list, of which the first ``classes`` have samples) and source.
     return type("UD", (), {"kind": kind, "image_size": 28 if kind == "images" else None,
                            "channels": 1 if kind == "images" else None, "choices": {}, "source": "mine.npz",
-                           "num_classes": classes, "__len__": lambda self: n})()
+                           "num_classes": listed or classes, "targets": np.arange(n) % classes,
+                           "__len__": lambda self: n})()
 
 
 @pytest.mark.parametrize("kind, arch, fits", [
@@ -468,3 +470,11 @@ def test_user_config_refuses_a_holdout_that_leaves_too_few_to_train_on(n, classe
         return
     with pytest.raises(ConfigError, match=rf"leaves {left} to train on; at least {max(10, 2 * classes)} are needed"):
         complete_user_config(cfg, _user_data("features", n, classes))
+
+
+def test_holdout_rule_counts_the_classes_with_samples_not_the_class_list():
+    # 500 samples of 3 classes with a class list of 1,000 names: 450 left to train on is plenty.
+    from dataparams.presets import complete_user_config
+
+    cfg = apply_overrides(get_preset("user/instance"), ["data.val_fraction=0.1"])
+    assert complete_user_config(cfg, _user_data("features", 500, 3, listed=1000)).data.val_fraction == 0.1

@@ -396,3 +396,15 @@ def test_an_array_file_written_in_shards_reads_back_whole_and_a_whole_file_takes
     assert sorted(p.name for p in run.path.glob("predictions*")) == ["predictions.npz"]
     run.remove_array_files("predictions.npz")
     assert not list(run.path.glob("predictions*"))
+
+
+def test_snapshot_losses_beyond_float16_are_kept_at_its_largest_value():
+    # A diverging training's losses (1.7e6) cast to float16 are inf, which the mean-loss score
+    # cannot average: find-issues then refused the whole run after training it.
+    from dataparams.runs.logger import loss_float16
+
+    loss = np.array([0.25, 3.0, 7.0e4, 1.7e6], dtype=np.float32)
+    out = loss_float16(loss)
+    assert out.dtype == np.float16 and np.isfinite(out).all()
+    assert out.tolist() == [0.25, 3.0, 65504.0, 65504.0]
+    assert np.isnan(loss_float16(np.array([np.nan], np.float32)))[0]  # NaN stays what it is

@@ -127,8 +127,6 @@ def find_label_issues(
         ``ranked_label_issues``, ``summary``, ``report_html``, ``run_dir``).
     """
     check_out_outside_data(data, out)
-    if Path(out).exists() and not Path(out).is_dir():
-        raise UserDataError(f"the output folder {out} is a file, not a folder")
     table = dict(label_column=label_column, image_column=image_column, id_column=id_column, split=split,
                  feature_columns=None if feature_columns is None else list(feature_columns))
     cfg = _user_config(variant, os.fspath(data), holdout=holdout, seed=seed, overrides=overrides, table=table)
@@ -261,6 +259,7 @@ def label_issues(
                      image_column=image_column,
                      feature_columns=None if feature_columns is None else list(feature_columns),
                      id_column=id_column, split=split)
+        check_out_outside_data(data, out)
         cfg = _user_config("instance", os.fspath(data), holdout=holdout, seed=seed, overrides=overrides,
                            table=table)
         dataset = load_dataset(cfg.data, progress=not quiet, classes=classes)
@@ -284,12 +283,15 @@ def label_issues(
         frame.index.name = id_column
     elif not isinstance(data, (str, os.PathLike)):
         # Data held in memory without ids: index the rows as the data does, so that
-        # ``df[issues.is_label_issue]`` or ``X[issues.index[issues.is_label_issue]]`` selects them
-        # (cleanlab's Datalab keeps the data's row index too).
+        # ``df.loc[issues.index[issues.is_label_issue]]`` or ``X[issues.index[issues.is_label_issue]]``
+        # selects them (cleanlab's Datalab keeps the data's row index too).
         import pandas as pd
 
+        # A table's repeated image file is one sample: positions among the samples, then rows.
         rows = np.sort(report.source_index)
-        frame.index = data.index[rows] if isinstance(data, pd.DataFrame) else pd.RangeIndex(len(user.ids))[rows]
+        if user.rows is not None:
+            rows = user.rows[rows]
+        frame.index = data.index[rows] if isinstance(data, pd.DataFrame) else pd.Index(rows, dtype="int64")
         if frame.index.name is None:
             frame.index.name = "row"
     return frame
@@ -350,7 +352,10 @@ def default_out_dir(data: str | os.PathLike[str], suffix: str = "-issues", *, un
 
 def check_out_outside_data(data: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
     """Refuse an output folder inside a data folder: a folder of class folders would read the
-    outputs (a histogram PNG, the run) as images of a new class the next time it is loaded."""
+    outputs (a histogram PNG, the run) as images of a new class the next time it is loaded. And
+    one that is a file, before anything is read."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UserDataError(f"the output folder {out} is a file, not a folder")
     source = Path(data).resolve()
     if source.is_dir() and Path(out).resolve().is_relative_to(source):
         raise UserDataError(f"the output folder {out} is inside the data folder {data}: the next run would read "
@@ -384,7 +389,8 @@ def _refuse_other_data(run_dir: Path, new: dict[str, Any], changed: list[str]) -
     data_changed = [c for c in changed if not c.startswith("settings differ")]
     if data_changed:
         raise RunConflictError(f"{run_dir.parent} holds the label issues of other data ({old}; now {now}, and "
-                               f"{data_changed[0]}): give this data its own --out, or pass --overwrite to replace them")
+                               f"{data_changed[0]}): give this data its own output folder, or replace them "
+                               "(--overwrite; overwrite=True in dataparams.issues.find_label_issues)")
 
 
 def _train_and_rank(cfg: TrainConfig, dataset: LoadedDataset, out: Path, *, score: str, rule: str, device: str,

@@ -239,7 +239,8 @@ def complete_user_config(cfg: TrainConfig, user: Any) -> TrainConfig:
     else:
         _check_arch_fits(cfg.model.arch, user)
     if cfg.data.val_fraction > 0:
-        _check_holdout(cfg.data.val_fraction, min(n, cfg.data.subset or n), user.num_classes)
+        # The classes with samples: a class list may name classes the data never holds.
+        _check_holdout(cfg.data.val_fraction, min(n, cfg.data.subset or n), len(set(user.targets.tolist())))
     if cfg.data.batch_size == 0:
         cfg.data.batch_size, why = user_batch_size(user.kind, n)
         choices["batch_size"] = {"value": cfg.data.batch_size, "why": why}

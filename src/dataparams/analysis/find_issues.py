@@ -198,9 +198,10 @@ class IssueReport:
             ``run_dir``, ``score``, ``epoch``, ``n``, ``n_flagged`` (the estimated number of
             mislabeled samples), ``fraction_flagged``, ``threshold`` (smallest flagged score),
             ``separation`` and ``note`` of the mixture fit, ``per_class`` and ``confused_pairs``
-            (:meth:`per_class`); with the truth also ``n_corrupted``, ``precision``, ``recall`` (of
-            the flagged set), ``auroc`` and ``average_precision`` (of the score). Undefined values
-            are ``None``.
+            (:meth:`per_class`), ``arrays_index`` (what the written cleanlab arrays index: ``data``,
+            the dataset's train split, or ``run``, the run's samples; :meth:`write_cleanlab`); with
+            the truth also ``n_corrupted``, ``precision``, ``recall`` (of the flagged set), ``auroc``
+            and ``average_precision`` (of the score). Undefined values are ``None``.
         """
         n_flagged = int(self.is_flagged.sum())
         out: dict[str, Any] = {
@@ -214,6 +215,7 @@ class IssueReport:
             "threshold": _finite_or_none(self.estimate.get("threshold")),
             "separation": _finite_or_none(self.estimate.get("separation")),
             "note": self.estimate.get("note"),
+            "arrays_index": "data" if self._arrays_in_data() else "run",
             **self.per_class(),
         }
         if self.is_corrupted is not None:
@@ -370,6 +372,13 @@ class IssueReport:
         assert list(cols) == self.columns()
         return cols
 
+    def _arrays_in_data(self) -> bool:
+        """Whether the cleanlab arrays index the dataset's train split (else the run's samples). A
+        dataset given by the caller that is not the run's (smaller than its indices) cannot place
+        the samples."""
+        source = np.asarray(self.source_index)
+        return self.n_source is not None and (source.size == 0 or int(source.max()) < self.n_source)
+
     def write_cleanlab(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
         """``label_issues_mask.npy`` (bool) and ``ranked_label_issues.npy`` (int, flagged only).
 
@@ -383,9 +392,8 @@ class IssueReport:
         mask_file, ranked_file = out / "label_issues_mask.npy", out / "ranked_label_issues.npy"
         mask, ranked = self.label_issues_mask(), self.ranked_label_issues()
         source = np.asarray(self.source_index, dtype=np.int64)
-        # A dataset given by the caller that is not the run's (smaller than its indices) cannot
-        # place the samples: the run's own positions then.
-        if self.n_source is not None and (source.size == 0 or int(source.max()) < self.n_source):
+        if self._arrays_in_data():
+            assert self.n_source is not None
             mask = np.zeros(self.n_source, dtype=bool)
             mask[source[self.is_flagged]] = True
             ranked = source[ranked]
@@ -579,7 +587,8 @@ def find_issues(
     if values.shape != (n,):
         raise RunDirError(f"{run.path / 'snapshots'}: {key} has shape {values.shape}, labels.npz has {n} samples")
     if not np.all(np.isfinite(values)):
-        raise RunDirError(f"{run.path / 'snapshots'}: {key} of epoch {epoch} holds non-finite values")
+        raise RunDirError(f"{run.path / 'snapshots'}: {key} of epoch {epoch} holds non-finite values (the training "
+                          "diverged: see train_loss in metrics.jsonl; a smaller optim.lr may train)")
 
     # The flag rule follows the loss the scores come from: a bounded loss (GCE) flags by a fraction
     # of its bound, other loss scores by the per-class rule, sigma by the mixture (dataparams.scores).

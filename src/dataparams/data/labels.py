@@ -142,7 +142,7 @@ def _check_missing(raw: Sequence[str | None], known: set[str], where: _Where, ro
         verb = "is" if len(markers) == 1 else "are"
         hint = (
             f" ({', '.join(repr(m) for m in markers[:4])} {verb} read as a missing value; a class list "
-            "(classes.txt; classes= in Python) that names one makes it a class)"
+            f"({_CLASS_LIST}) that names one makes it a class)"
         )
     refuse_missing(missing, first, where, row, hint)
 
@@ -151,8 +151,8 @@ def _refuse_fractional(rows: Sequence[int], shown: str, where: _Where) -> NoRetu
     """Raise for labels that are numbers but not whole (``shown``: the first one as written)."""
     raise UserDataError(
         f"{where(rows[0])}: label {shown} is not a whole number ({rows_text(len(rows))} like it); "
-        "numeric labels are class indices 0, 1, ... For classes named by numbers, list them in classes.txt "
-        "(classes= in Python)"
+        f"numeric labels are class indices 0, 1, ... For classes named by numbers, list them in a class list "
+        f"({_CLASS_LIST})"
     )
 
 
@@ -172,8 +172,10 @@ def how_they_differ(a: str) -> str:
     return "are the same number" if _number(a) is not None else "differ only in case"
 
 
-# The class list is classes.txt beside a list or in a folder, the classes argument in Python.
-_ONE_SPELLING = "write one spelling, or list both in classes.txt (classes= in Python) if they are different classes"
+# Where a class list comes from depends on what holds the data; naming them all keeps one message true.
+_CLASS_LIST = ("classes.txt beside a list or in a class-folder root, an .npz's classes array, a categorical or "
+               "ClassLabel label column, classes= in Python")
+_ONE_SPELLING = f"write one spelling, or list both in a class list ({_CLASS_LIST}) if they are different classes"
 
 
 def _check_spellings(labels: Sequence[str], where: Callable[[int], str], row: Callable[[int], str]) -> None:
@@ -284,6 +286,10 @@ def class_choice(classes: list[str], targets: np.ndarray, why: str) -> dict[str,
     empty = [c for c, n in zip(classes, np.bincount(targets, minlength=len(classes))) if n == 0]
     shown = ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
     note = f"; {len(empty)} without samples ({', '.join(empty[:4])})" if empty else ""
+    if len(empty) > len(classes) - len(empty):
+        # Labels 0, 100, ..., 900 read as indices make 901 classes: legitimate for a sample of a
+        # many-class set, a mistake when the numbers name the classes.
+        note += f"; if the numbers name the classes rather than index them, give a class list ({_CLASS_LIST})"
     return {"value": len(classes), "why": f"{why}: {shown}{note}"}
 
 
@@ -333,7 +339,8 @@ def label_values(
         nan = np.flatnonzero(np.isnan(arr)).tolist()
         if nan:
             refuse_missing(nan, "no label (nan)", where, row)
-        frac = np.flatnonzero(arr != np.round(arr)).tolist()  # inf too: it is no whole number
+        # inf is no whole number either (np.round keeps it, and as int64 it would be negative)
+        frac = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr))).tolist()
         if frac:
             _refuse_fractional(frac, f"{arr[frac[0]]:g}", where)
         return arr.astype(np.int64)
@@ -364,7 +371,8 @@ def label_values(
         if isinstance(v, str):
             names.append(v.strip())
             first_name = names[-1] if first_name is None else first_name
-        elif isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and v == round(v)):
+        elif isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and math.isfinite(v)
+                                                  and float(v).is_integer()):
             ints.append(int(v))
         else:
             shape = f" of shape {tuple(v.shape)}" if hasattr(v, "shape") else ""

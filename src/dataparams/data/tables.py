@@ -373,7 +373,10 @@ def _from_table(
         choices["classes"] = class_choice(classes, targets, why)
         if repeats is not None:
             choices["duplicates"] = {"value": n - len(keep), "why": repeats}
-        return images_data(source, kept_ids, images, targets, classes, where_image, choices, opts)
+        user = images_data(source, kept_ids, images, targets, classes, where_image, choices, opts)
+        if repeats is not None:
+            user.rows = np.asarray(keep, dtype=np.int64)
+        return user
     x, origin = _table_features(frame, columns, at)
     if x.shape[1] == 0:
         raise UserDataError(f"{source}: columns {', '.join(repr(c) for c in columns)} hold zero features")

@@ -61,6 +61,9 @@ class UserData:
     choices : dict
         ``{name: {"value": ..., "why": "..."}}`` for every choice made, JSON-serialisable. The
         ``data`` entry also holds the ``fingerprint`` (see :attr:`fingerprint`).
+    rows : ndarray (N,) int64, optional
+        Each sample's row in the data held in memory, when rows were left out (a repeated image
+        file of a table); None: sample ``i`` is row ``i``.
     """
 
     kind: str
@@ -77,6 +80,7 @@ class UserData:
     mean: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     std: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     choices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.targets)

@@ -39,6 +39,7 @@ from dataparams.runs.state import is_sharded
 __all__ = [
     "SELECTED_MODEL",
     "RunLogger",
+    "loss_float16",
     "merge_moments",
     "moments",
     "progress_factory",
@@ -159,6 +160,12 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+
+def loss_float16(loss: np.ndarray) -> np.ndarray:
+    """A snapshot's per-sample losses in float16, those beyond its range (65,504: a diverging
+    training's) kept at its largest value rather than cast to inf, which no score can average."""
+    return np.minimum(loss, np.finfo(np.float16).max).astype(np.float16)
+
 class RunLogger(Callback):
     """Writes metrics, snapshots, detection metrics, TensorBoard scalars and checkpoints.
 
@@ -273,7 +280,7 @@ class RunLogger(Callback):
                 record[f"detection_{key.replace('-', '_')}"] = {k: rep[k] for k in _SHORT}
         self.run.append_metrics(record)
         if not sharded:
-            self.run.save_snapshot(record["epoch"], loss=extra["last-loss"].astype(np.float16), **snap)
+            self.run.save_snapshot(record["epoch"], loss=loss_float16(extra["last-loss"]), **snap)
         self.run.save_checkpoint(state)
         if self.select_model is not None and record.get("val_acc") is not None and record["val_acc"] > self.best_val:
             # After the checkpoint (see _resume_selection for a kill in between).
@@ -312,7 +319,7 @@ class RunLogger(Callback):
         # keeps ~3 significant digits, so samples whose sigmas differ by less would tie, and the
         # rankings read from the snapshot (find-issues, the detection metrics of a report) would
         # change with the distributed mode; a sharded run's snapshot equals the single-process one.
-        arrays = {"loss": rows["last-loss"].astype(np.float16), "instance_sigma": rows["instance_sigma"]}
+        arrays = {"loss": loss_float16(rows["last-loss"]), "instance_sigma": rows["instance_sigma"]}
         if ctx.is_main and "class_sigma" in rows:
             arrays["class_sigma"] = rows["class_sigma"]  # K values, replicated: rank 0's file alone
         self.run.save_snapshot_shard(record["epoch"], rank=ctx.rank, world_size=ctx.world_size, start=start, end=end,
