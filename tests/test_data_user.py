@@ -771,3 +771,15 @@ def test_a_symbolic_link_loop_in_class_folders_is_refused(tmp_path):
     os.unlink(root / "cat" / "again")
     os.symlink(root / "ant", root / "cat" / "more")  # a link to another folder: walked, as torchvision does
     assert len(load_image_folder(root).paths) == 8
+
+
+def test_integer_labels_that_leave_most_indices_empty_get_a_note(tmp_path):
+    # 0, 100, ..., 900 read as indices make 901 classes: allowed (a sample of a many-class set looks
+    # the same), with the remedy in the choices when the numbers name the classes.
+    x = np.random.default_rng(8).normal(size=(40, 3))
+    np.savez(tmp_path / "sparse.npz", X=x, y=(np.arange(40) % 10) * 100)
+    data = _load(tmp_path / "sparse.npz")
+    assert len(data.classes) == 901 and "891 without samples" in data.choices["classes"]["why"]
+    assert "if the numbers name the classes rather than index them" in data.choices["classes"]["why"]
+    np.savez(tmp_path / "gaps.npz", X=x, y=np.array([0, 1, 2, 4] * 10))
+    assert "name the classes" not in _load(tmp_path / "gaps.npz").choices["classes"]["why"]
