@@ -13,11 +13,14 @@ Notation: ``N`` samples, ``K`` classes.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
 import pickle
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -415,3 +418,19 @@ def synthetic_kitti(tmp_path_factory, name: str = "synth", *, num_images: int = 
     except DatasetNotFoundError:  # pragma: no cover - depends on the machine
         pytest.skip("Fashion-MNIST is not installed (see README: ./run test installs it)")
     return root
+
+
+@contextlib.contextmanager
+def lock_holder(path):
+    """Another live process holding ``RunDir(path)``'s lock for the block (its ``Popen``), killed at
+    the end: a second writer as the lock sees it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from dataparams.runs import RunDir; r = RunDir(sys.argv[1]); "
+         "r.lock(); print('locked', flush=True); time.sleep(60)", str(path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()

@@ -145,19 +145,13 @@ def test_unreadable_files_are_named(tmp_path, cfg):
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs POSIX flock")
 @pytest.mark.faults
 def test_a_second_writer_is_refused_with_the_holders_pid_and_nothing_is_touched(tmp_path, cfg):
-    import subprocess
-    import sys
+    import fakes
 
     path = tmp_path / "r"
     first = RunDir(path)
     first.prepare(cfg)
     first.unlock()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from dataparams.runs import RunDir; r = RunDir(sys.argv[1]); "
-         "r.lock(); print('locked', flush=True); time.sleep(60)", str(path)],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with fakes.lock_holder(path) as holder:
         before = sorted(p.name for p in path.iterdir())
         for kw in ({"resume": True}, {"overwrite": True}, {}):
             with pytest.raises(RunLockedError, match=f"being written by pid {holder.pid} on host ") as info:
@@ -166,9 +160,6 @@ def test_a_second_writer_is_refused_with_the_holders_pid_and_nothing_is_touched(
             assert not isinstance(info.value, RunConflictError)
             assert info.value.path == path and info.value.holder.startswith(f"pid {holder.pid} on host ")
         assert sorted(p.name for p in path.iterdir()) == before  # --overwrite deleted nothing
-    finally:
-        holder.kill()
-        holder.wait()
     # The holder's death releases the lock: the run can be continued.
     run = RunDir(path)
     assert run.prepare(cfg, resume=True) is False

@@ -297,25 +297,14 @@ def test_a_seed_folder_that_is_a_file(capsys, idx_root, tmp_path):
 def test_a_run_another_process_is_writing(capsys, idx_root, tmp_path, flag):
     # A live writer holds the lock: --overwrite is refused too, so the advice is to wait or
     # use another --out, never --overwrite.
-    import subprocess
-    import sys
-
     out = tmp_path / "run"
     assert _cli(capsys, _argv(idx_root, out))[0] == 0
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from dataparams.runs import RunDir; r = RunDir(sys.argv[1]); "
-         "r.lock(); print('locked', flush=True); time.sleep(60)", str(out)],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with fakes.lock_holder(out) as holder:
         before = _contents(out)
         msg = _refused(capsys, _argv(idx_root, out, *flag))
         assert msg.startswith(f"error: {out} is being written by pid {holder.pid} on host ")
         assert msg.endswith("; wait for it to end or use another --out")
         assert _contents(out) == before
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def _npz(path, n, classes, d=4):
