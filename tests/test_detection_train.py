@@ -254,3 +254,62 @@ def test_a_run_from_before_ignore_regions_resumes_only_as_it_trained(data_root, 
         train_detection(cfg, out, resume=True, quiet=True)
     train_detection(old_cfg, out, resume=True, quiet=True)
     assert [r["epoch"] for r in RunDir(out).read_metrics()] == [1, 2]
+
+
+def test_a_synthetic_preset_never_writes_into_a_data_folder_with_files(tmp_path, capsys, monkeypatch):
+    # The user's own KITTI-layout folder given to kitti-synth is trained on as it is: the synthetic
+    # set used to be written into it (among, or over, the user's images). Training itself is
+    # replaced: what is checked is everything the command does before it.
+    import dataparams.detection.presets as det_presets
+    from dataparams.cli import main
+
+    trained = []
+    monkeypatch.setattr(det_presets, "train_detection", lambda cfg, out, **kw: trained.append(cfg.data.root) or {})
+    # A folder the generator would have filled: the user's image where a synthetic one goes, no
+    # label files yet (what the old check looked for).
+    root = tmp_path / "mine"
+    (root / "training" / "image_2").mkdir(parents=True)
+    (root / "training" / "image_2" / "000000.png").write_bytes(b"the user's own image")
+    before = sorted((p.relative_to(root), p.read_bytes()) for p in root.rglob("*") if p.is_file())
+    argv = ["train", "--preset", "kitti-synth/instance", "--out", str(tmp_path / "out"), "--device", "cpu"]
+    assert main([*argv, "--data-dir", str(root)]) == 0
+    assert sorted((p.relative_to(root), p.read_bytes()) for p in root.rglob("*") if p.is_file()) == before
+    assert "writing the synthetic" not in capsys.readouterr().err
+    # A new folder is where the synthetic set may be written, and the command says so.
+    fresh = tmp_path / "fresh"
+    assert main([*argv, "--data-dir", str(fresh), "--overwrite"]) == 0
+    assert "writing the synthetic kitti-synth set" in capsys.readouterr().err
+    assert (fresh / "training" / "label_2").is_dir() and trained == [str(root), str(fresh)]
+
+
+def test_make_split_serves_the_users_kitti_folder_under_a_synthetic_preset(tmp_path, monkeypatch, capsys):
+    # The missing-split error sends the user to --make-split; with their own folder given to the
+    # CPU-sized kitti-synth preset it used to be refused ("this preset's data has its own").
+    import dataparams.detection.presets as det_presets
+    from dataparams.cli import main
+
+    monkeypatch.setattr(det_presets, "train_detection", lambda cfg, out, **kw: {})
+    root = tmp_path / "mine"
+    (root / "training" / "label_2").mkdir(parents=True)
+    for i in range(10):
+        (root / "training" / "label_2" / f"{i:06d}.txt").write_text("Car 0.00 0 -10 10 10 40 40 -1 -1 -1 -1000 -1000 -1000 -10\n")
+    assert main(["train", "--preset", "kitti-synth/instance", "--data-dir", str(root), "--make-split", "--out",
+                 str(tmp_path / "out"), "--device", "cpu", "--quiet"]) == 0
+    train_ids = (root / "ImageSets" / "train.txt").read_text().split()
+    val_ids = (root / "ImageSets" / "val.txt").read_text().split()
+    assert sorted(train_ids + val_ids) == [f"{i:06d}" for i in range(10)] and train_ids and val_ids
+
+
+def test_a_kitti_box_of_no_width_is_named_with_its_file_before_training(tmp_path):
+    from dataparams.detection.kitti import KittiDetection, KittiFormatError
+
+    root = tmp_path / "k"
+    (root / "training" / "label_2").mkdir(parents=True)
+    (root / "training" / "image_2").mkdir()
+    (root / "training" / "label_2" / "000001.txt").write_text(
+        "Car 0.00 0 -10 10 10 40 40 -1 -1 -1 -1000 -1000 -1000 -10\n"
+        "DontCare -1 -1 -10 5 5 5 5 -1 -1 -1 -1000 -1000 -1000 -10\n"  # not trained: not checked
+        "Car 0.00 0 -10 10.00 10.00 10.00 40.00 -1 -1 -1 -1000 -1000 -1000 -10\n")
+    with pytest.raises(KittiFormatError, match=r"000001.txt: object 3 \(Car\) has the box x1 y1 x2 y2 = 10 10 10 40, "
+                                               r"of zero or negative width or height"):
+        KittiDetection(root)

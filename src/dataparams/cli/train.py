@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -376,14 +377,23 @@ def _train_detection(args: argparse.Namespace) -> int:
                  f"data.workers={args.workers}" if args.workers is not None else ""]
     cfg = apply_overrides(cfg, [*args.overrides, *(s for s in shorthand if s)])
     synthetic = args.preset.split("/")[0] if args.preset.startswith(("kitti-synth", "coco-synth")) else None
-    if synthetic and not cfg.data.root:
-        # The synthetic set is written on first use (seconds), from the Fashion-MNIST package.
-        cfg.data.root = str(Path("runs") / "data" / synthetic)
+    # A root the user names holds the user's data: the synthetic set is written only into the
+    # default root, or into a given folder that is new or empty (it would otherwise land among,
+    # or over, the user's own images).
+    write_synthetic = False
+    if synthetic:
+        root = Path(cfg.data.root) if cfg.data.root else None
+        if root is None:
+            # The synthetic set is written on first use (seconds), from the Fashion-MNIST package.
+            cfg.data.root = str(Path("runs") / "data" / synthetic)
+        write_synthetic = root is None or not root.exists() or (root.is_dir() and not any(root.iterdir()))
+        if root is not None and write_synthetic and not args.quiet:
+            print(f"{root} is new or empty: writing the synthetic {synthetic} set into it", file=sys.stderr)
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
         return 0
     if getattr(args, "make_split", False):
-        if synthetic or cfg.data.format != "kitti":
+        if write_synthetic or cfg.data.format != "kitti":
             raise ConfigError("--make-split writes a KITTI train/val split; this preset's data has its own")
         from dataparams.detection.kitti import make_split
 
@@ -393,9 +403,9 @@ def _train_detection(args: argparse.Namespace) -> int:
             train_file, val_file = make_split(root, seed=cfg.seed, names=(cfg.data.train_split, cfg.data.val_split))
             print(f"wrote {train_file} ({len(train_file.read_text().split()):,} images) and {val_file} "
                   f"({len(val_file.read_text().split()):,}), seed {cfg.seed}")
-    if synthetic == "kitti-synth":
+    if write_synthetic and synthetic == "kitti-synth":
         ensure_synthetic_data(cfg.data.root, SYNTHETIC_DATA)
-    elif synthetic == "coco-synth":
+    elif write_synthetic and synthetic == "coco-synth":
         ensure_synthetic_coco(cfg.data.root, SYNTHETIC_DATA)
     out = Path(args.out or Path("runs") / args.preset.replace("/", "_"))
     _check_out(out, args.seeds)

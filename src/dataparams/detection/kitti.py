@@ -606,6 +606,14 @@ class KittiDetection(Dataset):
                 raise FileNotFoundError(f"{path}: label file of image {image_id} is missing")
             objects = read_label_file(path)
             kept = [(line, o) for line, o in enumerate(objects) if o.type in class_to_label]
+            # Found here, naming the file, rather than by the detector's own check in whichever
+            # training step first batches the image (a traceback, hours into a run).
+            for line, o in kept:
+                if not (o.bbox[2] > o.bbox[0] and o.bbox[3] > o.bbox[1]):
+                    raise KittiFormatError(
+                        f"{path}: object {line + 1} ({o.type}) has the box x1 y1 x2 y2 = "
+                        f"{' '.join(f'{v:g}' for v in o.bbox)}, of zero or negative width or height; "
+                        "fix or delete the line")
             dontcare = [o.bbox for o in objects if o.type == "DontCare"]
             # Not kept, so they take no line of the box enumeration below: box_index and
             # box_line_index are those of a loader that dropped them.
