@@ -346,3 +346,11 @@ def test_coco_synth_instance_trains_one_epoch_and_reports_coco_map(tmp_path):
     results = json.loads((run.snapshot_dir / "detections_epoch_0001" / "results.json").read_text())
     assert results and {"image_id", "category_id", "bbox", "score"} == set(results[0])
     assert {d["image_id"] for d in results} <= set(written.val_ids)
+
+
+def test_a_missing_image_is_named_when_the_file_is_read(tmp_path):
+    # Found when the data set is built, not when the first evaluation reads the validation image.
+    ann = _write(tmp_path, _hand_built())
+    (tmp_path / "img" / _hand_built()["images"][0]["file_name"]).unlink()  # b.png, image 7
+    with pytest.raises(FileNotFoundError, match=rf"image 7 of {ann} is missing"):
+        CocoDetection(ann, tmp_path / "img")

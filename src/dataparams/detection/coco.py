@@ -230,7 +230,8 @@ class CocoDetection(Dataset):
         unknown = [c for c in classes if c not in by_name]
         if unknown:
             raise CocoFormatError(f"{src}: classes {unknown} are not categories of the file; it has "
-                                  f"{', '.join(repr(names[c]) for c in sorted(names))}")
+                                  f"{', '.join(repr(names[c]) for c in sorted(names))} (an empty class list, "
+                                  "--set data.classes=, takes them all)")
         self.classes = classes
         self.category_ids: tuple[int, ...] = tuple(by_name[c] for c in classes)
         label_of = {cid: k + 1 for k, cid in enumerate(self.category_ids)}
@@ -267,6 +268,13 @@ class CocoDetection(Dataset):
         for iid in sorted(images):
             self._records.append(self._image_record(iid, images[iid], label_of, src))
         self.image_ids: list[int] = [r.image_id for r in self._records]
+        # Every image checked now, not when a batch (or, for the validation split, the first
+        # evaluation) first reads it, epochs into a run.
+        missing = [r for r in self._records if not (self.image_dir / r.file_name).is_file()]
+        if missing:
+            more = f"; {len(missing) - 1:,} more images of the file are missing" if len(missing) > 1 else ""
+            raise FileNotFoundError(f"{self.image_dir / missing[0].file_name}: image {missing[0].image_id} of "
+                                    f"{self.ann_file} is missing{more}")
 
         counts = np.array([len(r.labels) for r in self._records], np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -306,10 +314,12 @@ class CocoDetection(Dataset):
             if self.invalid_boxes == "error":
                 if not (w > 0 and h > 0):
                     raise CocoFormatError(f"{where}: box [x, y, w, h] = {list(bbox)} has zero area (pass "
-                                          f"invalid_boxes='clip' to drop such boxes)")
+                                          f"invalid_boxes='clip', on the command line --set data.invalid_boxes=clip, "
+                                          "to drop such boxes)")
                 if box != clipped:
                     raise CocoFormatError(f"{where}: box [x, y, w, h] = {list(bbox)} reaches outside the "
-                                          f"{width} x {height} image (pass invalid_boxes='clip' to clip it)")
+                                          f"{width} x {height} image (pass invalid_boxes='clip', on the command line "
+                                          "--set data.invalid_boxes=clip, to clip it)")
             elif not (clipped[2] > clipped[0] and clipped[3] > clipped[1]):
                 self.dropped_ann_ids.append(aid)
                 continue

@@ -61,6 +61,7 @@ transforms of ``(image, target)`` items, which move them with the pixels, are in
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 import re
@@ -634,6 +635,14 @@ class KittiDetection(Dataset):
                     ignore=np.array(ignore, np.float32).reshape(-1, 4),
                 )
             )
+        # Every image checked now, not when a batch (or, for the validation split, the first
+        # evaluation) first reads it, epochs into a run.
+        missing = [i for i in self.image_ids if not (self.image_dir / f"{i}.png").is_file()]
+        if missing:
+            other = sorted(p.name for p in self.image_dir.glob(f"{glob.escape(missing[0])}.*"))
+            hint = f" ({', '.join(other)} is there: KITTI images are read as .png)" if other else ""
+            more = f"; {len(missing) - 1:,} more images of the split are missing" if len(missing) > 1 else ""
+            raise FileNotFoundError(f"{self.image_dir / missing[0]}.png: image of {missing[0]} is missing{hint}{more}")
         counts = np.array([len(r.labels) for r in self._records], np.int64)
         # The first global index of each image's boxes: box_index = offset[i] + position in image.
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
