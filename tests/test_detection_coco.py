@@ -346,6 +346,16 @@ def test_coco_synth_instance_trains_one_epoch_and_reports_coco_map(tmp_path):
     results = json.loads((run.snapshot_dir / "detections_epoch_0001" / "results.json").read_text())
     assert results and {"image_id", "category_id", "bbox", "score"} == set(results[0])
     assert {d["image_id"] for d in results} <= set(written.val_ids)
+    # find-issues on the run finds the images through the instances file (no KITTI folders) and
+    # draws the suspects on them.
+    from dataparams.detection.issues import find_box_issues, write_box_issues_html
+
+    report = find_box_issues(tmp_path / "run")
+    assert report.label_dir is None and report.image_dir == root / "train"
+    assert not [n for n in report.notes if "label folder" in n]
+    assert set(report.image_files) == {str(i) for i in train_set.image_ids}
+    page = write_box_issues_html(report, tmp_path / "issues.html", top=5).read_text()
+    assert page.count("<img") == 5 and "without pictures" not in page
 
 
 def test_a_missing_image_is_named_when_the_file_is_read(tmp_path):

@@ -204,7 +204,11 @@ class BoxIssueReport:
     difficulty, occluded : ndarray of int
         KITTI difficulty level (0 easy .. 2 hard, -1 none) and occlusion level.
     label_dir, image_dir : Path or None
-        Where the label files and images were (``None`` when the data are gone).
+        Where the label files and images were (``None`` when the data are gone; a COCO-format
+        run has no label files).
+    image_files : dict or None
+        A COCO-format run's image file per image id (its instances file's ``file_name``), in
+        ``image_dir``; None: KITTI's ``<image id>.png``.
     true_labels, is_flipped : ndarray or None
         The truth, when the data set records it (synthetic sets with ``flip_fraction``).
     estimate : dict
@@ -236,6 +240,7 @@ class BoxIssueReport:
     occluded: np.ndarray
     label_dir: Path | None = None
     image_dir: Path | None = None
+    image_files: dict[str, str] | None = None
     true_labels: np.ndarray | None = None
     is_flipped: np.ndarray | None = None
     estimate: dict[str, Any] = field(default_factory=dict)
@@ -421,6 +426,21 @@ class BoxIssueReport:
 # ----------------------------------------------------------------------------------------------
 # reading a run
 # ----------------------------------------------------------------------------------------------
+def _coco_images(root: Path, data: dict[str, Any], notes: list[str]) -> tuple[Path | None, dict[str, str] | None]:
+    """The training split's image folder and ``{image id: file_name}`` from its instances file."""
+    import json
+
+    split = str(data.get("train_split", "train"))
+    ann = root / str(data.get("ann_file", "annotations/instances_{split}.json")).format(split=split)
+    try:
+        images = json.loads(ann.read_text()).get("images", [])
+        files = {str(im["id"]): str(im["file_name"]) for im in images}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        notes.append(f"{ann} not readable ({e}): boxes listed without pictures")
+        return None, None
+    return root / str(data.get("image_dir", "{split}")).format(split=split), files
+
+
 def _label_lines(label_dir: Path | None, image_ids: list[str], image_index: np.ndarray, object_index: np.ndarray,
                  labels: np.ndarray, classes: list[str], boxes: np.ndarray,
                  notes: list[str]) -> np.ndarray:
@@ -585,11 +605,20 @@ def find_box_issues(
                         -np.where(known, values, -np.inf), ~known))
     classes = [str(c) for c in table.classes.tolist()]
     image_ids = [str(i) for i in table.image_ids.tolist()]
-    root = Path(str(config.get("data", {}).get("root", "")))
-    label_dir = root / "training" / "label_2" if str(root) else None
-    image_dir = root / "training" / "image_2" if str(root) else None
-    line = _label_lines(label_dir, image_ids, table.image_index, table.line_index, labels, classes,
-                        table.boxes.astype(np.float64), notes)
+    data = config.get("data", {})
+    root = Path(str(data.get("root", "")))
+    image_files = None
+    if data.get("format", "kitti") == "coco":
+        # No label files: a box is its annotation, its "line" its position among the image's
+        # annotations (+1); the images are named by the training split's instances file.
+        label_dir = None
+        image_dir, image_files = _coco_images(root, data, notes) if str(root) else (None, None)
+        line = table.line_index.astype(np.int64) + 1
+    else:
+        label_dir = root / "training" / "label_2" if str(root) else None
+        image_dir = root / "training" / "image_2" if str(root) else None
+        line = _label_lines(label_dir, image_ids, table.image_index, table.line_index, labels, classes,
+                            table.boxes.astype(np.float64), notes)
     knows_truth = bool(table.is_flipped.any()) or (str(root) != "" and (root / "training" / "truth.json").is_file())
     if len(used) < len(available[: available.index(epoch) + 1]):
         notes.append(f"means over {len(used)} readable snapshot(s) up to epoch {epoch}")
@@ -618,6 +647,7 @@ def find_box_issues(
         occluded=table.occluded.astype(np.int64),
         label_dir=label_dir if label_dir is not None and label_dir.is_dir() else None,
         image_dir=image_dir if image_dir is not None and image_dir.is_dir() else None,
+        image_files=image_files,
         true_labels=(table.true_labels.astype(np.int64) - 1) if knows_truth else None,
         is_flipped=table.is_flipped.astype(bool) if knows_truth else None,
         estimate=est,
@@ -644,7 +674,11 @@ def _box_crop(report: BoxIssueReport, b: int) -> str | None:
         return None
     from PIL import Image, ImageDraw
 
-    path = report.image_dir / f"{report.image_ids[int(report.image_index[b])]}.png"
+    image_id = report.image_ids[int(report.image_index[b])]
+    name = f"{image_id}.png" if report.image_files is None else report.image_files.get(image_id)
+    if name is None:
+        return None
+    path = report.image_dir / name
     try:
         with Image.open(path) as im:
             image = im.convert("RGB")
