@@ -356,6 +356,11 @@ def test_coco_synth_instance_trains_one_epoch_and_reports_coco_map(tmp_path):
     assert set(report.image_files) == {str(i) for i in train_set.image_ids}
     page = write_box_issues_html(report, tmp_path / "issues.html", top=5).read_text()
     assert page.count("<img") == 5 and "without pictures" not in page
+    # And `report` draws Figure 3 (boxes with line width ~ sigma) from the COCO images.
+    from dataparams.detection.figures import object_detection_report
+
+    figures = object_detection_report([tmp_path / "run"], tmp_path / "report")["figures"]
+    assert any(path.endswith("_boxes.png") for path in figures.values()), figures
 
 
 def test_a_missing_image_is_named_when_the_file_is_read(tmp_path):

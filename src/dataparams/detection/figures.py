@@ -445,7 +445,14 @@ def _figure3_images(runs: Sequence[DetectionRun], out: Path, slug: str, label: s
         return None
     data = run.config["data"]
     try:
-        dataset = KittiDetection(data["root"], data["train_split"], classes=data["classes"])
+        if data.get("format", "kitti") == "coco":  # as the trainer reads it (detection.train)
+            from dataparams.detection.coco import CocoDetection
+
+            dataset: Any = CocoDetection.from_split(
+                data["root"], data["train_split"], classes=data["classes"] or None, ann_file=data["ann_file"],
+                image_dir=data["image_dir"], invalid_boxes=data.get("invalid_boxes", "error"))
+        else:
+            dataset = KittiDetection(data["root"], data["train_split"], classes=data["classes"])
     except (FileNotFoundError, OSError, ValueError):
         return None
     if dataset.num_boxes != run.table.num_boxes:
