@@ -446,3 +446,32 @@ def test_summary_says_what_the_cleanlab_arrays_index(tmp_path, capsys):
 
     # Without its dataset a run's report indexes its own samples, and says so.
     assert find_issues(out / "run", load_dataset=False).summary()["arrays_index"] == "run"
+
+
+def test_find_issues_on_a_pipeline_ranks_its_first_stage_with_the_pipelines_flags(tmp_path, capsys):
+    # `train --data` OUT is a pipeline folder (no config.json): find-issues ranks its first stage,
+    # by the score and rule the pipeline flagged with, so it shows the samples the retraining left
+    # out (its first stage trains on GCE, whose auto rule alone would be the bound).
+    rng = np.random.default_rng(4)
+    y = np.arange(60) % K
+    np.savez(tmp_path / "emb.npz", X=(rng.normal(size=(60, 4)) + 3.0 * np.eye(K, 4)[y]).astype(np.float32), y=y)
+    out = tmp_path / "pipe"
+    assert _cli(capsys, ["train", "--data", str(tmp_path / "emb.npz"), "--out", str(out), "--set", "optim.epochs=3",
+                         "--device", "cpu", "--quiet"])[0] == 0
+    record = json.loads((out / "pipeline.json").read_text())
+    rc, stdout, err = _cli(capsys, ["find-issues", str(out), "--out", str(tmp_path / "fi")])
+    assert rc == 0, err
+    assert "is a filter pipeline: ranking its first stage" in err
+    assert f"flagged {record['n_flagged']} of 60 samples" in stdout
+    summary = json.loads((tmp_path / "fi" / "summary.json").read_text())
+    assert summary["rule"] == record["flags"]["rule"] == "class-mean" and summary["score"] == "mean-loss"
+    kept = set(np.load(record["kept_file"]).tolist())
+    flagged = set(np.flatnonzero(np.load(tmp_path / "fi" / "label_issues_mask.npy")).tolist())
+    assert flagged == set(range(60)) - kept
+    # Asked for the bound after three epochs, every sample is flagged: said, and no empty list written.
+    rc, stdout, err = _cli(capsys, ["find-issues", str(out / "stage1"), "--score", "mean-loss", "--rule", "bound",
+                                    "--out", str(tmp_path / "fb")])
+    assert rc == 0 and "flagged 60 of 60" in stdout and "flagged every sample" in err
+    rc, _, err = _cli(capsys, ["find-issues", str(out / "stage1"), "--score", "mean-loss", "--rule", "bound",
+                               "--cleaned-labels", "drop", "--out", str(tmp_path / "fd")])
+    assert rc == 2 and "would be empty" in err and not (tmp_path / "fd" / "cleaned_labels_drop.csv").exists()

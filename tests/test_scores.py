@@ -241,3 +241,20 @@ def test_class_mean_leaves_a_class_that_confident_learning_finds_clean():
     np.testing.assert_array_equal(confident_counts(labels, probs), [0, 1])
     np.testing.assert_array_equal(find_label_issues(labels, losses, probs=probs),
                                   [False, False, False, False, False, True])
+
+
+def test_score_tracker_refuses_a_batch_mean_and_indices_outside_the_samples():
+    # A mean-reduced loss used to be broadcast to every sample of the batch, and index -1 wrote
+    # the last sample's row: both silently wrong scores.
+    from dataparams.scores import ScoreTracker
+
+    tracker = ScoreTracker(10)
+    index = torch.tensor([0, 3, 5])
+    with pytest.raises(ValueError, match=r"one loss per sample: loss \(\) for index \(3,\); .*reduction='none'"):
+        tracker.update(index, torch.tensor(0.7))
+    with pytest.raises(IndexError, match=r"index holds -1, outside \[0, 10\)"):
+        tracker.update(torch.tensor([-1, 3]), torch.tensor([0.5, 0.2]))
+    with pytest.raises(IndexError, match=r"index holds 10, outside \[0, 10\)"):
+        tracker.update(torch.tensor([2, 10]), torch.tensor([0.5, 0.2]))
+    tracker.update(index, torch.tensor([0.1, 0.2, 0.3]))
+    assert tracker.last_loss[[0, 3, 5]].tolist() == pytest.approx([0.1, 0.2, 0.3])

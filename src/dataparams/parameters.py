@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "DataParameters",
+    "check_ranges",
     "gather_rows",
     "combine_sigma",
     "log_sigma_penalty",
@@ -141,7 +142,7 @@ def _as_index(name: str, t: Tensor) -> Tensor:
     return t.long()
 
 
-def _check_ranges(*checks: tuple[str, Tensor, int, str]) -> None:
+def check_ranges(*checks: tuple[str, Tensor, int, str]) -> None:
     """Raise ``IndexError`` naming the first tensor with a value outside ``[0, limit)``.
 
     ``checks`` are ``(name, tensor, limit, what)`` with the tensors on one device. The test is a
@@ -325,7 +326,7 @@ class DataParameters(nn.Module):
         targets, indices = _as_index("targets", targets), _as_index("indices", indices)
         device = self.class_log_sigma.device
         targets, indices = targets.to(device, non_blocking=True), indices.to(device, non_blocking=True)
-        _check_ranges(("targets", targets, self.num_classes, "classes"),
+        check_ranges(("targets", targets, self.num_classes, "classes"),
                       ("indices", indices, self.num_instances, "training instances"))
         if targets.shape[0] != indices.shape[0]:
             raise ValueError(

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from dataparams.config import ConfigError
+from dataparams.parameters import check_ranges
 
 __all__ = [
     "FLAG_RULES",
@@ -178,6 +179,13 @@ class ScoreTracker(nn.Module):
         ``index_put_`` (not ``index_copy_``) has a deterministic CUDA kernel; a sample seen twice
         in one batch keeps one of its (same-step) values either way (its probabilities count twice).
         """
+        # A mean-reduced loss would be broadcast to every sample of the batch; an index outside
+        # [0, N) would wrap around (negative) or fail somewhere less clear. No value is read back:
+        # the range check is a device-side assertion (an IndexError on the CPU).
+        if loss.shape != index.shape or index.dim() != 1:
+            raise ValueError(f"update() takes one loss per sample: loss {tuple(loss.shape)} for index "
+                             f"{tuple(index.shape)}; compute it with reduction='none'")
+        check_ranges(("index", index, self.num_samples, "samples"))
         self.last_loss.index_put_((index,), loss.detach().to(self.last_loss.dtype))
         if probs is not None and self.num_classes is not None:
             self.prob_sum.index_put_((index,), probs.detach().to(self.prob_sum.dtype), accumulate=True)

@@ -7,6 +7,7 @@ mislabeled ones: of the user's data (``--data``, trained first:
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,35 @@ def add_parser(sub: Any) -> None:
     add_table_args(f)
 
 
+def _pipeline_stage(run_dir: Path, score: str | None, rule: str) -> tuple[Path, str | None, str]:
+    """A filter pipeline's folder (``train --data`` OUT, ``--method dp-*-filter``) ranks by its
+    first stage, and that stage, unless told otherwise, by the score and rule the pipeline
+    flagged with: the flags ``find-issues`` shows are then the ones the retraining left out."""
+    import json
+
+    from dataparams.runs.logger import write_line
+    from dataparams.scores import DEFAULT_BOUND_FRACTION
+
+    record_file = run_dir / "pipeline.json"
+    if record_file.is_file() and not (run_dir / "config.json").exists():
+        stage1 = Path(json.loads(record_file.read_text())["stages"]["stage1"]["run_dir"])
+        write_line(f"{run_dir} is a filter pipeline: ranking its first stage, {stage1}")
+        run_dir = stage1
+    parent = run_dir.parent / "pipeline.json"
+    if parent.is_file():
+        record = json.loads(parent.read_text())
+        stage1 = Path(record.get("stages", {}).get("stage1", {}).get("run_dir", ""))
+        flags = record.get("flags") or {}
+        # The bound rule's fraction is a pipeline option find_issues does not take: its default only.
+        fraction = (record.get("pipeline") or {}).get("fraction")
+        same_bound = flags.get("rule") != "bound" or fraction in (None, DEFAULT_BOUND_FRACTION)
+        if stage1.resolve() == run_dir.resolve() and flags.get("rule") and same_bound:
+            score = score or flags.get("score")
+            if rule == "auto" and score == flags.get("score"):
+                rule = flags["rule"]
+    return run_dir, score, rule
+
+
 def _drop_stale_cleaned_labels(out: Path, keep: str | None) -> None:
     """Remove the cleaned label lists of an earlier call that this one does not write again: the
     ranking beside them is new (retrained on edited labels, or ranked otherwise), and a list from
@@ -134,8 +164,13 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
 
         if is_detection_run(args.run_dir):  # per-box issues of a detection run (sec. 3.3)
             return _find_box_issues(args)
-        report = find_issues(args.run_dir, score=args.score or "sigma", epoch=args.epoch, rule=args.rule)
-        out = Path(args.out) if args.out else Path(args.run_dir) / "issues"
+        run_dir, score, rule = _pipeline_stage(Path(args.run_dir), args.score, args.rule)
+        report = find_issues(run_dir, score=score or "sigma", epoch=args.epoch, rule=rule)
+        if args.cleaned_labels == "drop" and report.is_flagged.all():
+            raise ConfigError(f"every one of the {report.n:,} samples was flagged (rule {report.estimate.get('rule')}): "
+                              "a list without them would be empty; try another --rule (class-mean) or a longer "
+                              "training")
+        out = Path(args.out) if args.out else run_dir / "issues"
         if out.is_dir():
             _drop_stale_cleaned_labels(out, args.cleaned_labels)
         files = report.save(out, cleaned_labels=args.cleaned_labels)
@@ -143,6 +178,10 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
     print(f"{summary['run_dir']}: scored by {summary['score']} at epoch {summary['epoch']}")
     print(f"flagged {summary['n_flagged']} of {summary['n']} samples as mislabeled "
           f"({100 * (summary['fraction_flagged'] or 0):.1f}%, estimated without the noise rate)")
+    if summary["n"] and summary["n_flagged"] == summary["n"]:
+        print(f"warning: the rule ({summary['rule']}) flagged every sample: it cannot tell these scores apart "
+              "(e.g. the bound rule after a few epochs, when every mean loss is still high); try --rule class-mean",
+              file=sys.stderr)
     if "n_corrupted" in summary:
         def pct(v: Any) -> str:
             return "n/a" if v is None else f"{100 * v:.1f}%"
