@@ -272,3 +272,28 @@ def test_group_runs_ignores_seed_and_execution_fields(tmp_path):
     groups = group_runs([load_run(p) for p in (a, b, c)])
     assert [len(g.runs) for g in groups] == [2, 1]
     assert groups[0].label != groups[1].label and "optim.lr" in groups[1].label
+
+
+def test_group_runs_keeps_seeds_of_a_pipeline_together_and_other_data_apart(tmp_path):
+    # Each seed of a filter pipeline's retraining has its own kept file: still seeds of one
+    # setting. Two data sets under one preset differ in their fingerprints (and in long choice
+    # reasons, which once made the group label, and so a figure's file name, too long to write).
+    def edit(path, seed, keep, fingerprint, why):
+        run = write_run(path, seed=seed)
+        cfg = json.loads((run / "config.json").read_text())
+        cfg["data"]["keep_file"], cfg["data"]["data_dir"] = keep, f"/data/{fingerprint}"
+        cfg["choices"] = {"data": {"value": "x", "why": why, "fingerprint": {"image files": fingerprint}},
+                          "classes": {"value": 3, "why": why * 20}}
+        (run / "config.json").write_text(json.dumps(cfg))
+        return run
+
+    runs = [edit(tmp_path / "a1", 1, "/o/seed1/kept_1.npy", "sha256 aaaa", "class folders, sorted: alpha_category"),
+            edit(tmp_path / "a2", 2, "/o/seed2/kept_2.npy", "sha256 aaaa", "class folders, sorted: alpha_category"),
+            edit(tmp_path / "b1", 1, "/p/seed1/kept_1.npy", "sha256 bbbb", "class folders, sorted: beta_category")]
+    groups = group_runs([load_run(p) for p in runs])
+    assert [len(g.runs) for g in groups] == [2, 1]
+    assert [g.label for g in groups] == ["fmnist-noisy40/instance [data=sha256 aaaa]",
+                                         "fmnist-noisy40/instance [data=sha256 bbbb]"]
+    assert all(len(g.slug) <= 96 for g in groups)
+    long = type(groups[0])(label="x" * 300, runs=groups[0].runs)
+    assert len(long.slug) == 91 and long.slug.startswith("x" * 80)

@@ -306,6 +306,8 @@ def _plan_group(group: RunGroup, datasets: _Datasets, plan: _Plan, *,
             images = None
             if ds is None:
                 plan.notes.append(f"{label}: sample images skipped: {ds_note}")
+            elif getattr(ds.train, "images", None) is None and getattr(ds.train, "paths", None) is None:
+                pass  # feature vectors: there is no image to show, and nothing failed
             else:
                 src = first.labels["source_index"]
                 images = [_sample_image(ds, int(src[i])) for i in idx]

@@ -13,6 +13,7 @@ still has its accuracy curves, and a kill mid-write leaves a truncated last metr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -374,8 +375,12 @@ class RunGroup:
 
     @property
     def slug(self) -> str:
-        """``label`` made safe for a file name."""
-        return re.sub(r"[^A-Za-z0-9.=-]+", "_", self.label).strip("_") or "run"
+        """``label`` made safe for a file name, and short enough for one (a long label keeps its
+        start and a hash of the whole)."""
+        slug = re.sub(r"[^A-Za-z0-9.=-]+", "_", self.label).strip("_") or "run"
+        if len(slug) > 96:
+            slug = f"{slug[:80]}_{hashlib.sha256(self.label.encode()).hexdigest()[:10]}"
+        return slug
 
     @property
     def is_random_labels(self) -> bool:
@@ -386,11 +391,26 @@ class RunGroup:
         return self.runs[0].class_curriculum or self.runs[0].instance_curriculum
 
 
+_FINGERPRINT = "choices.data.fingerprint"
+
+
+def _setting(config: dict[str, Any]) -> dict[str, Any]:
+    """The flattened fields that make a setting: not the seed, not the execution fields (whose
+    flattened ``choices.*`` entries hold long reasons and a memory-dependent storage choice) but
+    the data's fingerprint, so runs on other data are never seeds of one group; not a filter
+    pipeline's ``data.keep_file`` either, which each seed's first stage writes for itself."""
+    out = {}
+    for k, v in _flatten(config):
+        if k in ("seed", "data.keep_file"):
+            continue
+        if any(k == f or k.startswith(f"{f}.") for f in EXECUTION_FIELDS) and not k.startswith(_FINGERPRINT):
+            continue
+        out[k] = v
+    return out
+
+
 def _group_key(config: dict[str, Any]) -> str:
-    flat = dict(_flatten(config))
-    for name in ("seed", *EXECUTION_FIELDS):
-        flat.pop(name, None)
-    return json.dumps(flat, sort_keys=True, default=str)
+    return json.dumps(_setting(config), sort_keys=True, default=str)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -419,13 +439,17 @@ def group_runs(runs: Sequence[LoadedRun]) -> list[RunGroup]:
               for m in members]
     for preset in {lab for lab in labels if labels.count(lab) > 1}:
         same = [i for i, lab in enumerate(labels) if lab == preset]
-        flats = [dict(_flatten(members[i][0].config)) for i in same]
-        ignored = {"seed", *EXECUTION_FIELDS}
-        keys = sorted({k for f in flats for k in f} - ignored)
+        flats = [_setting(members[i][0].config) for i in same]
+        keys = sorted({k for f in flats for k in f})
         differing = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
+        # Other data is named by its folder or file, not by the parts of its fingerprint.
+        data_differs = any(k.startswith(_FINGERPRINT) for k in differing)
+        differing = [k for k in differing if not k.startswith(_FINGERPRINT)]
         for i, f in zip(same, flats):
-            shown = ", ".join(f"{k}={f.get(k)}" for k in differing[:3])
-            labels[i] = f"{preset} [{shown}]" if shown else preset
+            shown = [f"{k}={f.get(k)}" for k in differing[:3]]
+            if data_differs:
+                shown.insert(0, f"data={Path(str(members[i][0].config.get('data', {}).get('data_dir'))).name}")
+            labels[i] = f"{preset} [{', '.join(shown)}]" if shown else preset
     # A last resort for labels that still collide (more than three differing fields, say).
     seen: dict[str, int] = {}
     for i, lab in enumerate(labels):
