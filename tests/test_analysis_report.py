@@ -287,13 +287,31 @@ def test_group_runs_keeps_seeds_of_a_pipeline_together_and_other_data_apart(tmp_
         (run / "config.json").write_text(json.dumps(cfg))
         return run
 
-    runs = [edit(tmp_path / "a1", 1, "/o/seed1/kept_1.npy", "sha256 aaaa", "class folders, sorted: alpha_category"),
-            edit(tmp_path / "a2", 2, "/o/seed2/kept_2.npy", "sha256 aaaa", "class folders, sorted: alpha_category"),
-            edit(tmp_path / "b1", 1, "/p/seed1/kept_1.npy", "sha256 bbbb", "class folders, sorted: beta_category")]
+    for seed_dir in ("o/seed1", "o/seed2", "p/seed1"):  # each seed's pipeline folder holds its kept file
+        (tmp_path / seed_dir).mkdir(parents=True)
+        (tmp_path / seed_dir / "pipeline.json").write_text("{}")
+    runs = [edit(tmp_path / "a1", 1, str(tmp_path / "o/seed1/kept_1.npy"), "sha256 aaaa", "class folders, sorted: alpha_category"),
+            edit(tmp_path / "a2", 2, str(tmp_path / "o/seed2/kept_2.npy"), "sha256 aaaa", "class folders, sorted: alpha_category"),
+            edit(tmp_path / "b1", 1, str(tmp_path / "p/seed1/kept_1.npy"), "sha256 bbbb", "class folders, sorted: beta_category")]
     groups = group_runs([load_run(p) for p in runs])
     assert [len(g.runs) for g in groups] == [2, 1]
+    # A kept set given by hand (no pipeline beside it) is a setting of its own, not a seed.
+    by_hand = edit(tmp_path / "a3", 3, str(tmp_path / "mine_kept.npy"), "sha256 aaaa", "x")
+    assert [len(g.runs) for g in group_runs([load_run(p) for p in (*runs[:2], by_hand)])] == [2, 1]
     assert [g.label for g in groups] == ["fmnist-noisy40/instance [data=sha256 aaaa]",
                                          "fmnist-noisy40/instance [data=sha256 bbbb]"]
     assert all(len(g.slug) <= 96 for g in groups)
     long = type(groups[0])(label="x" * 300, runs=groups[0].runs)
     assert len(long.slug) == 91 and long.slug.startswith("x" * 80)
+
+
+def test_user_runs_without_a_fingerprint_are_grouped_by_where_their_data_was(tmp_path):
+    # Runs made before fingerprints were kept: their data folder is all that tells the data apart.
+    paths = []
+    for name, data_dir, seed in (("a", "/d/one", 1), ("b", "/d/one", 2), ("c", "/d/two", 1)):
+        run = write_run(tmp_path / name, seed=seed)
+        cfg = json.loads((run / "config.json").read_text())
+        cfg["data"]["dataset"], cfg["data"]["data_dir"], cfg["choices"] = "user", data_dir, {}
+        (run / "config.json").write_text(json.dumps(cfg))
+        paths.append(run)
+    assert [len(g.runs) for g in group_runs([load_run(p) for p in paths])] == [2, 1]

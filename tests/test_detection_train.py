@@ -280,6 +280,11 @@ def test_a_synthetic_preset_never_writes_into_a_data_folder_with_files(tmp_path,
     assert main([*argv, "--data-dir", str(fresh), "--overwrite"]) == 0
     assert "writing the synthetic kitti-synth set" in capsys.readouterr().err
     assert (fresh / "training" / "label_2").is_dir() and trained == [str(root), str(fresh)]
+    # Folders without a file (a first write interrupted before its images) are written again.
+    left = tmp_path / "left"
+    (left / "training" / "image_2").mkdir(parents=True)
+    assert main([*argv, "--data-dir", str(left), "--overwrite"]) == 0
+    assert any((left / "training" / "label_2").glob("*.txt"))
 
 
 def test_make_split_serves_the_users_kitti_folder_under_a_synthetic_preset(tmp_path, monkeypatch, capsys):

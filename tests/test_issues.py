@@ -468,6 +468,14 @@ def test_find_issues_on_a_pipeline_ranks_its_first_stage_with_the_pipelines_flag
     kept = set(np.load(record["kept_file"]).tolist())
     flagged = set(np.flatnonzero(np.load(tmp_path / "fi" / "label_issues_mask.npy")).tolist())
     assert flagged == set(range(60)) - kept
+    # A copied folder (its record names the original's absolute paths) ranks its own first stage.
+    import shutil
+
+    shutil.copytree(out, tmp_path / "copy")
+    rc, _, err = _cli(capsys, ["find-issues", str(tmp_path / "copy"), "--out", str(tmp_path / "fc")])
+    assert rc == 0 and f"ranking its first stage, {tmp_path / 'copy' / 'stage1'}" in err
+    assert np.array_equal(np.load(tmp_path / "fc" / "label_issues_mask.npy"),
+                          np.load(tmp_path / "fi" / "label_issues_mask.npy"))
     # Asked for the bound after three epochs, every sample is flagged: said, and no empty list written.
     rc, stdout, err = _cli(capsys, ["find-issues", str(out / "stage1"), "--score", "mean-loss", "--rule", "bound",
                                     "--out", str(tmp_path / "fb")])

@@ -142,7 +142,7 @@ def _as_index(name: str, t: Tensor) -> Tensor:
     return t.long()
 
 
-def check_ranges(*checks: tuple[str, Tensor, int, str]) -> None:
+def check_ranges(*checks: tuple[str, Tensor, int, str], owner: str = "DataParameters") -> None:
     """Raise ``IndexError`` naming the first tensor with a value outside ``[0, limit)``.
 
     ``checks`` are ``(name, tensor, limit, what)`` with the tensors on one device. The test is a
@@ -159,7 +159,7 @@ def check_ranges(*checks: tuple[str, Tensor, int, str]) -> None:
         lo, hi = torch.aminmax(t)
         oks.append((lo >= 0) & (hi < limit))
     try:
-        torch._assert_async(torch.stack(oks).all(), "DataParameters: targets or indices out of range")
+        torch._assert_async(torch.stack(oks).all(), f"{owner}: targets or indices out of range")
     except RuntimeError:
         # Only the CPU assertion raises here, where reading the values back costs nothing.
         for name, t, limit, what in present:

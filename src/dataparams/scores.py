@@ -185,7 +185,7 @@ class ScoreTracker(nn.Module):
         if loss.shape != index.shape or index.dim() != 1:
             raise ValueError(f"update() takes one loss per sample: loss {tuple(loss.shape)} for index "
                              f"{tuple(index.shape)}; compute it with reduction='none'")
-        check_ranges(("index", index, self.num_samples, "samples"))
+        check_ranges(("index", index, self.num_samples, "samples"), owner="ScoreTracker")
         self.last_loss.index_put_((index,), loss.detach().to(self.last_loss.dtype))
         if probs is not None and self.num_classes is not None:
             self.prob_sum.index_put_((index,), probs.detach().to(self.prob_sum.dtype), accumulate=True)

@@ -400,12 +400,20 @@ def _setting(config: dict[str, Any]) -> dict[str, Any]:
     the data's fingerprint, so runs on other data are never seeds of one group; not a filter
     pipeline's ``data.keep_file`` either, which each seed's first stage writes for itself."""
     out = {}
-    for k, v in _flatten(config):
-        if k in ("seed", "data.keep_file"):
+    flat = dict(_flatten(config))
+    keep = flat.get("data.keep_file")
+    # Only a pipeline's own kept file (beside its pipeline.json) is per seed; a kept set given by
+    # hand is a setting of its own.
+    own_keep = bool(keep) and (Path(str(keep)).parent / "pipeline.json").is_file()
+    for k, v in flat.items():
+        if k == "seed" or (k == "data.keep_file" and own_keep):
             continue
         if any(k == f or k.startswith(f"{f}.") for f in EXECUTION_FIELDS) and not k.startswith(_FINGERPRINT):
             continue
         out[k] = v
+    if not any(k.startswith(_FINGERPRINT) for k in out) and flat.get("data.dataset") == "user":
+        # A run made before fingerprints were kept: its data is known by where it was read.
+        out["data.data_dir"] = flat.get("data.data_dir")
     return out
 
 

@@ -90,33 +90,38 @@ def add_parser(sub: Any) -> None:
     add_table_args(f)
 
 
-def _pipeline_stage(run_dir: Path, score: str | None, rule: str) -> tuple[Path, str | None, str]:
+def _pipeline_stage(run_dir: Path, score: str | None,
+                    rule: str) -> tuple[Path, str | None, str, Path | None]:
     """A filter pipeline's folder (``train --data`` OUT, ``--method dp-*-filter``) ranks by its
-    first stage, and that stage, unless told otherwise, by the score and rule the pipeline
-    flagged with: the flags ``find-issues`` shows are then the ones the retraining left out."""
+    first stage; that stage, unless told another score or rule, is ranked by the pipeline's score
+    and flagged as the pipeline flagged it: its kept file, returned last (None otherwise), says
+    which samples the retraining left out."""
     import json
 
     from dataparams.runs.logger import write_line
-    from dataparams.scores import DEFAULT_BOUND_FRACTION
 
     record_file = run_dir / "pipeline.json"
     if record_file.is_file() and not (run_dir / "config.json").exists():
-        stage1 = Path(json.loads(record_file.read_text())["stages"]["stage1"]["run_dir"])
+        recorded = Path(json.loads(record_file.read_text())["stages"]["stage1"]["run_dir"])
+        # The layout's own stage1 first: a copied or moved folder records the old absolute path.
+        stage1 = run_dir / "stage1" if (run_dir / "stage1" / "config.json").exists() else recorded
         write_line(f"{run_dir} is a filter pipeline: ranking its first stage, {stage1}")
         run_dir = stage1
     parent = run_dir.parent / "pipeline.json"
-    if parent.is_file():
-        record = json.loads(parent.read_text())
-        stage1 = Path(record.get("stages", {}).get("stage1", {}).get("run_dir", ""))
-        flags = record.get("flags") or {}
-        # The bound rule's fraction is a pipeline option find_issues does not take: its default only.
-        fraction = (record.get("pipeline") or {}).get("fraction")
-        same_bound = flags.get("rule") != "bound" or fraction in (None, DEFAULT_BOUND_FRACTION)
-        if stage1.resolve() == run_dir.resolve() and flags.get("rule") and same_bound:
-            score = score or flags.get("score")
-            if rule == "auto" and score == flags.get("score"):
-                rule = flags["rule"]
-    return run_dir, score, rule
+    if not parent.is_file():
+        return run_dir, score, rule, None
+    record = json.loads(parent.read_text())
+    recorded = Path(record.get("stages", {}).get("stage1", {}).get("run_dir", ""))
+    flags = record.get("flags") or {}
+    is_stage1 = run_dir.name == "stage1" or recorded.resolve() == run_dir.resolve()
+    if not (is_stage1 and flags.get("score") and record.get("kept_file")):
+        return run_dir, score, rule, None
+    if (score or flags["score"]) != flags["score"] or rule != "auto":
+        return run_dir, score, rule, None  # asked for another ranking or rule: that one
+    kept = Path(record["kept_file"])
+    if not kept.is_file():
+        kept = parent.parent / kept.name
+    return run_dir, flags["score"], flags.get("rule") or rule, kept if kept.is_file() else None
 
 
 def _drop_stale_cleaned_labels(out: Path, keep: str | None) -> None:
@@ -164,11 +169,19 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
 
         if is_detection_run(args.run_dir):  # per-box issues of a detection run (sec. 3.3)
             return _find_box_issues(args)
-        run_dir, score, rule = _pipeline_stage(Path(args.run_dir), args.score, args.rule)
+        run_dir, score, rule, kept = _pipeline_stage(Path(args.run_dir), args.score, args.rule)
         report = find_issues(run_dir, score=score or "sigma", epoch=args.epoch, rule=rule)
+        if kept is not None and args.epoch is None:
+            # The pipeline's own flags, exactly: its rule ran without the class probabilities
+            # that find_issues reads (which may leave a clean-looking class whole).
+            import numpy as np
+
+            flagged = ~np.isin(report.source_index, np.load(kept))
+            report.mislabeled_prob = flagged.astype(np.float64)
+            report.notes.append(f"flags: the pipeline's, the samples its kept file {kept.name} leaves out")
         if args.cleaned_labels == "drop" and report.is_flagged.all():
             raise ConfigError(f"every one of the {report.n:,} samples was flagged (rule {report.estimate.get('rule')}): "
-                              "a list without them would be empty; try another --rule (class-mean) or a longer "
+                              "a list without them would be empty; try another --rule or --score, or a longer "
                               "training")
         out = Path(args.out) if args.out else run_dir / "issues"
         if out.is_dir():
@@ -179,9 +192,10 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
     print(f"flagged {summary['n_flagged']} of {summary['n']} samples as mislabeled "
           f"({100 * (summary['fraction_flagged'] or 0):.1f}%, estimated without the noise rate)")
     if summary["n"] and summary["n_flagged"] == summary["n"]:
+        loss_score = summary["score"] in ("mean-loss", "last-loss")
         print(f"warning: the rule ({summary['rule']}) flagged every sample: it cannot tell these scores apart "
-              "(e.g. the bound rule after a few epochs, when every mean loss is still high); try --rule class-mean",
-              file=sys.stderr)
+              "(e.g. the bound rule after a few epochs, when every mean loss is still high)"
+              + ("; try --rule class-mean" if loss_score else "; try a loss score (--score mean-loss)"), file=sys.stderr)
     if "n_corrupted" in summary:
         def pct(v: Any) -> str:
             return "n/a" if v is None else f"{100 * v:.1f}%"

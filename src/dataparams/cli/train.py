@@ -386,9 +386,10 @@ def _train_detection(args: argparse.Namespace) -> int:
         if root is None:
             # The synthetic set is written on first use (seconds), from the Fashion-MNIST package.
             cfg.data.root = str(Path("runs") / "data" / synthetic)
-        write_synthetic = root is None or not root.exists() or (root.is_dir() and not any(root.iterdir()))
-        if root is not None and write_synthetic and not args.quiet:
-            print(f"{root} is new or empty: writing the synthetic {synthetic} set into it", file=sys.stderr)
+        # Without a file in it (folders left by an interrupted first write count as empty).
+        write_synthetic = root is None or not root.exists() or (root.is_dir() and not any(
+            p.is_file() for p in root.rglob("*")))
+        announce = root is not None and write_synthetic and not args.quiet
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
         return 0
@@ -403,6 +404,8 @@ def _train_detection(args: argparse.Namespace) -> int:
             train_file, val_file = make_split(root, seed=cfg.seed, names=(cfg.data.train_split, cfg.data.val_split))
             print(f"wrote {train_file} ({len(train_file.read_text().split()):,} images) and {val_file} "
                   f"({len(val_file.read_text().split()):,}), seed {cfg.seed}")
+    if write_synthetic and announce:
+        print(f"{cfg.data.root} has no files: writing the synthetic {synthetic} set into it", file=sys.stderr)
     if write_synthetic and synthetic == "kitti-synth":
         ensure_synthetic_data(cfg.data.root, SYNTHETIC_DATA)
     elif write_synthetic and synthetic == "coco-synth":

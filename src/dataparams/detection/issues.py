@@ -434,7 +434,7 @@ def _coco_images(root: Path, data: dict[str, Any], notes: list[str]) -> tuple[Pa
     ann = root / str(data.get("ann_file", "annotations/instances_{split}.json")).format(split=split)
     try:
         images = json.loads(ann.read_text()).get("images", [])
-        files = {str(im["id"]): str(im["file_name"]) for im in images}
+        files = {str(int(im["id"])): str(im["file_name"]) for im in images}
     except (OSError, ValueError, KeyError, TypeError) as e:
         notes.append(f"{ann} not readable ({e}): boxes listed without pictures")
         return None, None
@@ -766,9 +766,12 @@ def write_box_issues_html(report: BoxIssueReport, path: str | os.PathLike[str], 
         ls = report.label_score[b]
         picture = f"<img src='{uri}' alt='box {b}'><br>" if uri else ""
         flag = "<span class='flag'>flagged</span>" if report.is_flagged[b] else "not flagged"
+        # A COCO box is an annotation of its image, a KITTI box a line of the image's label file.
+        where = (f"image {e(image_id)}, annotation {report.line[b]}" if report.image_files is not None
+                 else f"{e(image_id)}.txt line {report.line[b]}")
         parts.append(
-            f"<div class='card'>{picture}#{report.rank[b]} <span class='id'>{e(image_id)}.txt line "
-            f"{report.line[b]}</span><br>given: <b>{e(given)}</b>, {flag}<br>sigma {report.sigma[b]:.3g}, "
+            f"<div class='card'>{picture}#{report.rank[b]} <span class='id'>{where}"
+            f"</span><br>given: <b>{e(given)}</b>, {flag}<br>sigma {report.sigma[b]:.3g}, "
             f"mean loss {report.mean_loss[b]:.3g}, label_score {'n/a' if not math.isfinite(ls) else f'{ls:.3f}'}"
             f"{truth}</div>")
     parts.append("</div>")
