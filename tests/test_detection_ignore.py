@@ -236,6 +236,7 @@ def test_coco_crowd_annotations_are_ignore_regions(tmp_path):
         ],
     }
     (tmp_path / "instances.json").write_text(json.dumps(data))
+    Image.new("RGB", (100, 50)).save(tmp_path / "images" / "a.png")  # every image is checked when the set is built
     ds = CocoDetection(tmp_path / "instances.json", tmp_path / "images")
     t = ds.get_target(0)
     assert ds.num_boxes == 1 and t["box_index"].tolist() == [0] and t["ann_id"].tolist() == [11]
