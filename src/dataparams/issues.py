@@ -353,9 +353,12 @@ def default_out_dir(data: str | os.PathLike[str], suffix: str = "-issues", *, un
 def check_out_outside_data(data: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
     """Refuse an output folder inside a data folder: a folder of class folders would read the
     outputs (a histogram PNG, the run) as images of a new class the next time it is loaded. And
-    one that is a file, before anything is read."""
-    if Path(out).exists() and not Path(out).is_dir():
-        raise UserDataError(f"the output folder {out} is a file, not a folder")
+    one that is, or lies in, a file (:func:`~dataparams.runs.blocking_file`), before anything is read."""
+    from dataparams.runs import blocking_file
+
+    blocking = blocking_file(out)
+    if blocking is not None:
+        raise UserDataError(f"the output folder {out}: {blocking} is a file, not a folder")
     source = Path(data).resolve()
     if source.is_dir() and Path(out).resolve().is_relative_to(source):
         raise UserDataError(f"the output folder {out} is inside the data folder {data}: the next run would read "

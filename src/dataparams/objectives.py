@@ -80,7 +80,7 @@ class Objective(ScoreTracker, metaclass=abc.ABCMeta):
         """Write the batch's per-sample losses into :attr:`last_loss` by index, O(B), and, when the
         objective tracks class probabilities, the softmax of the model's (unscaled) ``logits``."""
         probs = None if logits is None or self.num_classes is None else logits.detach().float().softmax(1)
-        self.update(indices, per_sample, probs=probs)
+        self.update(indices, per_sample, probs=probs, check_index=False)
 
     def optimizers(self) -> dict[str, Optimizer]:
         """Optimizers of the objective's own parameters, stepped after the model's."""

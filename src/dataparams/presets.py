@@ -290,10 +290,9 @@ MIN_TRAIN_PER_CLASS = 2
 def _check_holdout(fraction: float, n: int, num_classes: int) -> None:
     """``ConfigError`` when holding out ``fraction`` of ``n`` samples leaves fewer than
     ``max(MIN_TRAIN_TOTAL, MIN_TRAIN_PER_CLASS * K)`` to train on."""
-    import math
+    from dataparams.data.splits import holdout_count
 
-    # As data.splits.holdout_split counts the held-out samples: round half up.
-    n_train = n - int(math.floor(fraction * n + 0.5))
+    n_train = n - holdout_count(n, fraction)  # the split data.prepare makes
     need = max(MIN_TRAIN_TOTAL, MIN_TRAIN_PER_CLASS * num_classes)
     if n_train < need:
         raise ConfigError(

@@ -172,20 +172,27 @@ class ScoreTracker(nn.Module):
         self.register_buffer("prob_count", torch.zeros(self.num_samples, device=device))
 
     @torch.no_grad()
-    def update(self, index: Tensor, loss: Tensor, sigma: Tensor | None = None, probs: Tensor | None = None) -> None:
+    def update(self, index: Tensor, loss: Tensor, sigma: Tensor | None = None, probs: Tensor | None = None, *,
+               check_index: bool = True) -> None:
         """Record a batch: per-sample ``loss`` (B,), with ``sigma="visit"`` its ``sigma`` (B,), and,
         when :meth:`track_probabilities` was called, its class probabilities ``probs`` (B, K); O(B K).
 
         ``index_put_`` (not ``index_copy_``) has a deterministic CUDA kernel; a sample seen twice
         in one batch keeps one of its (same-step) values either way (its probabilities count twice).
+        A ``loss`` of another shape than ``index`` is refused; ``check_index`` (the default) refuses
+        an index outside ``[0, N)`` too, without a host sync.
         """
         # A mean-reduced loss would be broadcast to every sample of the batch; an index outside
         # [0, N) would wrap around (negative) or fail somewhere less clear. No value is read back:
-        # the range check is a device-side assertion (an IndexError on the CPU).
+        # the range check is a device-side assertion (an IndexError on the CPU). The training
+        # objectives pass check_index=False: their indices come from the project's own loaders
+        # (and, with data parameters, DataParameters checks them in the same step), so the step
+        # pays for no check it did not pay for before.
         if loss.shape != index.shape or index.dim() != 1:
             raise ValueError(f"update() takes one loss per sample: loss {tuple(loss.shape)} for index "
                              f"{tuple(index.shape)}; compute it with reduction='none'")
-        check_ranges(("index", index, self.num_samples, "samples"), owner="ScoreTracker")
+        if check_index:
+            check_ranges(("index", index, self.num_samples, "samples"), owner="ScoreTracker")
         self.last_loss.index_put_((index,), loss.detach().to(self.last_loss.dtype))
         if probs is not None and self.num_classes is not None:
             self.prob_sum.index_put_((index,), probs.detach().to(self.prob_sum.dtype), accumulate=True)

@@ -184,8 +184,7 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
                               "a list without them would be empty; try another --rule or --score, or a longer "
                               "training")
         out = Path(args.out) if args.out else run_dir / "issues"
-        if out.is_dir():
-            _drop_stale_cleaned_labels(out, args.cleaned_labels)
+        _drop_stale_cleaned_labels(out, args.cleaned_labels)
         files = report.save(out, cleaned_labels=args.cleaned_labels)
     summary = report.summary()
     print(f"{summary['run_dir']}: scored by {summary['score']} at epoch {summary['epoch']}")

@@ -42,7 +42,6 @@ __all__ = [
     "first_rows",
     "how_they_differ",
     "is_missing",
-    "refuse_missing",
     "label_values",
     "read_classes_file",
     "read_ids",
@@ -112,7 +111,7 @@ def first_rows(rows: Sequence[int], row: Callable[[int], str], limit: int = 4) -
     return shown + (f" and {len(rows) - limit:,} more" if len(rows) > limit else "")
 
 
-def refuse_missing(rows: Sequence[int], first: str, where: _Where, row: _Where, hint: str = "") -> NoReturn:
+def _refuse_missing(rows: Sequence[int], first: str, where: _Where, row: _Where, hint: str = "") -> NoReturn:
     """Raise one error naming every row in ``rows`` (the rows without a label): ``first`` says what
     the first one holds, ``where`` names it with its file, ``row`` the others without."""
     i = rows[0]
@@ -144,7 +143,7 @@ def _check_missing(raw: Sequence[str | None], known: set[str], where: _Where, ro
             f" ({', '.join(repr(m) for m in markers[:4])} {verb} read as a missing value; a class list "
             f"({_CLASS_LIST}) that names one makes it a class)"
         )
-    refuse_missing(missing, first, where, row, hint)
+    _refuse_missing(missing, first, where, row, hint)
 
 
 def _refuse_fractional(rows: Sequence[int], shown: str, where: _Where) -> NoReturn:
@@ -338,7 +337,7 @@ def label_values(
     if kind == "f":
         nan = np.flatnonzero(np.isnan(arr)).tolist()
         if nan:
-            refuse_missing(nan, "no label (nan)", where, row)
+            _refuse_missing(nan, "no label (nan)", where, row)
         # inf is no whole number either (np.round keeps it, and as int64 it would be negative)
         frac = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr))).tolist()
         if frac:
@@ -354,7 +353,7 @@ def label_values(
     # with the empty and missing-value labels ("NA" is one only when no class list names it).
     missing = [i for i, v in enumerate(items) if is_missing(v)]
     if missing and not any(isinstance(v, (str, bytes)) for v in items):
-        refuse_missing(missing, f"no label ({items[missing[0]]!r})", where, row)
+        _refuse_missing(missing, f"no label ({items[missing[0]]!r})", where, row)
     ints: list[int] = []
     names: list[str | None] = []
     first_name: str | None = None
@@ -406,7 +405,7 @@ def encode_values(
     row = row or where
     if isinstance(values, np.ndarray):
         if codes is not None and len(values) and (values == -1).any():
-            refuse_missing(np.flatnonzero(values == -1).tolist(), f"no label (-1 in a {codes} column)", where, row)
+            _refuse_missing(np.flatnonzero(values == -1).tolist(), f"no label (-1 in a {codes} column)", where, row)
         return encode_ints(values, classes, where, class_source)
     return encode_labels(values, classes, where, class_source, row=row)
 

@@ -11,13 +11,18 @@ import numpy as np
 
 from dataparams.config import ConfigError
 
-__all__ = ["holdout_split"]
+__all__ = ["holdout_count", "holdout_split"]
 
 
 def _round_half_up(x: float) -> int:
     # Python's round() rounds halves to even, which would make 2.5 and 3.5 samples round in
     # opposite directions; half-up is the rule a reader expects.
     return int(np.floor(x + 0.5))
+
+
+def holdout_count(num_samples: int, fraction: float) -> int:
+    """How many of ``num_samples`` an unstratified :func:`holdout_split` holds out."""
+    return _round_half_up(float(fraction) * int(num_samples))
 
 
 def holdout_split(
@@ -57,7 +62,7 @@ def holdout_split(
     rng = np.random.default_rng(seed)
 
     if stratify is None:
-        n_val = _round_half_up(fraction * n)
+        n_val = holdout_count(n, fraction)
         val = rng.permutation(n)[:n_val]
     else:
         labels = np.asarray(stratify)
