@@ -40,6 +40,7 @@ import numpy as np
 
 from dataparams.analysis.metrics import auroc, average_precision
 from dataparams.analysis.runs_io import LoadedRun, load_run, load_run_dataset
+from dataparams.config import ConfigError
 from dataparams.runs import RunDirError
 from dataparams.scores import SCORE_NAMES, flag_by_rule, label_quality_scores
 
@@ -181,6 +182,11 @@ class IssueReport:
             raise ValueError(f"action must be 'relabel' or 'drop', got {action!r}")
         if action == "drop":
             keep = np.flatnonzero(~self.is_flagged)
+            if keep.size == 0 and self.n:
+                # A list to retrain on with no sample in it; as a filter pipeline refuses it too.
+                raise ConfigError(f"every one of the {self.n:,} samples was flagged (rule {self.estimate.get('rule')}): "
+                                  "a list without them would be empty; try another rule or score, or a longer "
+                                  "training")
             return keep, self.given[keep].copy()
         if self.predicted is None:
             raise RunDirError(f"{self.run_dir / 'predictions.npz'} is missing: no predicted labels to relabel "
@@ -417,6 +423,13 @@ class IssueReport:
         """Write ``issues.csv``, the cleanlab arrays, ``summary.json`` and, when asked,
         ``cleaned_labels_<action>.csv`` into ``out_dir``; return the paths by name."""
         out = Path(out_dir)
+        if cleaned_labels is not None:
+            self.cleaned_labels(action=cleaned_labels)  # refused (an empty list) before anything is written
+        # A cleaned label list of an earlier save that this one does not write again describes an
+        # old ranking (labels edited since, or ranked otherwise); trained on, it would mislead.
+        for old in out.glob("cleaned_labels_*.csv"):
+            if cleaned_labels is None or old.name != f"cleaned_labels_{cleaned_labels}.csv":
+                old.unlink()
         files = {"issues_csv": self.write_csv(out / "issues.csv"), **self.write_cleanlab(out)}
         if cleaned_labels is not None:
             files["cleaned_labels"] = self.write_cleaned_labels(out / f"cleaned_labels_{cleaned_labels}.csv",

@@ -124,15 +124,6 @@ def _pipeline_stage(run_dir: Path, score: str | None,
     return run_dir, flags["score"], flags.get("rule") or rule, kept if kept.is_file() else None
 
 
-def _drop_stale_cleaned_labels(out: Path, keep: str | None) -> None:
-    """Remove the cleaned label lists of an earlier call that this one does not write again: the
-    ranking beside them is new (retrained on edited labels, or ranked otherwise), and a list from
-    the old one would be trained on as if it belonged to it."""
-    for old in out.glob("cleaned_labels_*.csv"):
-        if keep is None or old.name != f"cleaned_labels_{keep}.csv":
-            old.unlink()
-
-
 def cmd_find_issues(args: argparse.Namespace) -> int:
     from dataparams.analysis.find_issues import find_issues
     from dataparams.config import ConfigError
@@ -159,7 +150,6 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
                                           holdout=args.holdout,
                                           overrides=overrides, seed=args.seed, device=args.device,
                                           overwrite=args.overwrite, quiet=args.quiet, **table)
-        _drop_stale_cleaned_labels(out, args.cleaned_labels)
         if args.cleaned_labels:
             files["cleaned_labels"] = report.write_cleaned_labels(out / f"cleaned_labels_{args.cleaned_labels}.csv",
                                                                   action=args.cleaned_labels)
@@ -179,12 +169,7 @@ def cmd_find_issues(args: argparse.Namespace) -> int:
             flagged = ~np.isin(report.source_index, np.load(kept))
             report.mislabeled_prob = flagged.astype(np.float64)
             report.notes.append(f"flags: the pipeline's, the samples its kept file {kept.name} leaves out")
-        if args.cleaned_labels == "drop" and report.is_flagged.all():
-            raise ConfigError(f"every one of the {report.n:,} samples was flagged (rule {report.estimate.get('rule')}): "
-                              "a list without them would be empty; try another --rule or --score, or a longer "
-                              "training")
         out = Path(args.out) if args.out else run_dir / "issues"
-        _drop_stale_cleaned_labels(out, args.cleaned_labels)
         files = report.save(out, cleaned_labels=args.cleaned_labels)
     summary = report.summary()
     print(f"{summary['run_dir']}: scored by {summary['score']} at epoch {summary['epoch']}")
